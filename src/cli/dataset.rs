@@ -1,0 +1,170 @@
+//! `saeshare dataset ...`
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::dataset::import::{
+    self, CocoImport, CocoRows, EmojiBuild, FolderImport, HfImport, ImportReport, ImportTarget,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Import a folder of images with a JSONL or CSV file of captions.
+    ImportFolder {
+        /// The folder holding the image files.
+        #[arg(long)]
+        images: PathBuf,
+        /// A .jsonl file (one object per line) or a .csv file (with a header) naming each image
+        /// file and its caption; other fields are kept as extra columns.
+        #[arg(long)]
+        captions: PathBuf,
+        /// The field naming the image file, relative to --images.
+        #[arg(long, default_value = "file")]
+        file_field: String,
+        /// The field holding the caption.
+        #[arg(long, default_value = "caption")]
+        caption_field: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Import COCO captions: an annotations JSON (e.g. captions_train2017.json) and its images.
+    ImportCoco {
+        #[arg(long)]
+        annotations: PathBuf,
+        #[arg(long)]
+        images: PathBuf,
+        /// A row is an image with its first caption, or an (image, caption) pair.
+        #[arg(long, value_enum, default_value = "first-caption")]
+        rows: CocoRows,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Import Parquet files written by Hugging Face `datasets` (struct<bytes, path> images).
+    ImportHf {
+        /// Parquet files, or folders of them.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The image column.
+        #[arg(long, default_value = "image")]
+        image_column: String,
+        /// The caption column: a string, or a list of strings.
+        #[arg(long)]
+        caption_column: String,
+        /// With a list of captions: one row per caption instead of the first one only.
+        #[arg(long)]
+        all_captions: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Build the embedded default dataset: emoji images (Google Noto and Twitter Twemoji styles)
+    /// captioned with their CLDR names and keywords, from the npm registry.
+    BuildEmoji {
+        /// Where the npm packages are kept between runs [default: $SAESHARE_CACHE/npm, or
+        /// ~/.cache/saeshare/npm].
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Summarise a dataset: rows, shards, schema, size, sample rows, unreadable rows.
+    Inspect {
+        dir: PathBuf,
+        /// How many sample rows to show.
+        #[arg(long, default_value_t = 5)]
+        show: usize,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The dataset folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Rows per shard.
+    #[arg(long, default_value_t = 2048)]
+    shard_rows: usize,
+    /// Add rows to the dataset already in --out (new shards, new sample ids).
+    #[arg(long)]
+    append: bool,
+}
+
+impl From<TargetArgs> for ImportTarget {
+    fn from(args: TargetArgs) -> Self {
+        ImportTarget {
+            out: args.out,
+            shard_rows: args.shard_rows,
+            append: args.append,
+        }
+    }
+}
+
+pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
+    let report = match command {
+        DatasetCommand::ImportFolder {
+            images,
+            captions,
+            file_field,
+            caption_field,
+            target,
+        } => import::import_folder(
+            &FolderImport {
+                images,
+                captions,
+                file_field,
+                caption_field,
+            },
+            &target.into(),
+        )?,
+        DatasetCommand::ImportCoco {
+            annotations,
+            images,
+            rows,
+            target,
+        } => import::import_coco(
+            &CocoImport {
+                annotations,
+                images,
+                rows,
+            },
+            &target.into(),
+        )?,
+        DatasetCommand::ImportHf {
+            inputs,
+            image_column,
+            caption_column,
+            all_captions,
+            target,
+        } => import::import_hf(
+            &HfImport {
+                inputs,
+                image_column,
+                caption_column,
+                all_captions,
+            },
+            &target.into(),
+        )?,
+        DatasetCommand::BuildEmoji { cache, target } => {
+            let cache = cache.unwrap_or_else(|| crate::cache_dir().join("npm"));
+            import::build_emoji(&EmojiBuild { cache }, &target.into())?
+        }
+        DatasetCommand::Inspect { dir, show, json } => {
+            let summary = crate::dataset::inspect(&dir, show)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{summary}");
+            }
+            return Ok(());
+        }
+    };
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(report: &ImportReport) {
+    print!("{report}");
+}

@@ -1,0 +1,56 @@
+//! Command-line parsing and dispatch. Argument structs are the library's own option types
+//! wherever one exists, so the CLI and the library say the same things.
+
+mod dataset;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// How much do vision, text and multimodal encoders share concepts? SAE features, wMPPC and
+/// Comparative Sharedness, as a streaming dataflow.
+#[derive(Debug, Parser)]
+#[command(name = "saeshare", version, about, long_about = None)]
+pub struct Cli {
+    /// No progress bars; only warnings and errors on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build, import and inspect datasets of (image, caption) rows.
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCommand),
+    /// Say which libtorch this binary runs on and which devices it sees.
+    Info,
+}
+
+/// Parses the process arguments and runs the command; errors are printed with their causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::progress::init(cli.quiet);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dataset(command) => dataset::run(command),
+        Command::Info => {
+            println!("saeshare {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", crate::torch::describe());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! saeshare: how much do visual, textual and multimodal encoders share concepts?
+//!
+//! Sparse autoencoders (SAEs) are trained on the activations of many encoders over one paired
+//! image-caption dataset; encoders are then compared through their SAE features with wMPPC
+//! (weighted max pairwise Pearson correlation) and Comparative Sharedness. The whole study runs
+//! as a streaming timely dataflow: no activation needs to be stored.
+//!
+//! Modules, each with one job:
+//! - [`dataset`]: the Parquet shard format, importers, and the streaming reader.
+//! - [`progress`]: progress bars and logging set-up shared by every command.
+//! - [`torch`]: the libtorch facts a user needs to trust a run (version, devices).
+
+pub mod cli;
+pub mod dataset;
+pub mod pipeline;
+pub mod progress;
+pub mod torch;
+
+/// The folder where saeshare keeps what it downloads or builds once per machine: `$SAESHARE_CACHE`,
+/// else `$XDG_CACHE_HOME/saeshare`, else `~/.cache/saeshare`. The same rule as
+/// `scripts/python-env.sh`.
+pub fn cache_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("SAESHARE_CACHE") {
+        return dir.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("saeshare")
+}

@@ -1,0 +1,5 @@
+//! The `saeshare` command line. Each subcommand is a thin layer over the library.
+
+fn main() -> std::process::ExitCode {
+    saeshare::cli::main()
+}

@@ -1,0 +1,93 @@
+//! What libtorch this binary runs on, and the devices it can use.
+
+use std::fmt;
+
+/// A device named on the command line: `cpu`, `cuda` (device 0) or `cuda:N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSpec(pub tch::Device);
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let device = match s {
+            "cpu" => tch::Device::Cpu,
+            "cuda" => tch::Device::Cuda(0),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => tch::Device::Cuda(n),
+                _ => return Err(format!("unknown device {s:?}: use cpu, cuda or cuda:N")),
+            },
+        };
+        Ok(DeviceSpec(device))
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            tch::Device::Cpu => write!(f, "cpu"),
+            tch::Device::Cuda(n) => write!(f, "cuda:{n}"),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Fails with a message a user can act on when the device does not exist here.
+    pub fn check_available(self) -> anyhow::Result<tch::Device> {
+        if let tch::Device::Cuda(n) = self.0 {
+            let count = tch::Cuda::device_count() as usize;
+            if n >= count {
+                anyhow::bail!(
+                    "device cuda:{n} was asked for but libtorch sees {count} CUDA device(s); \
+                     run with --device cpu, or check the driver with nvidia-smi"
+                );
+            }
+        }
+        Ok(self.0)
+    }
+}
+
+/// One line describing the libtorch in use, for logs and `saeshare --version`-like output.
+pub fn describe() -> String {
+    let cuda = if tch::Cuda::is_available() {
+        format!("CUDA with {} device(s)", tch::Cuda::device_count())
+    } else {
+        "no CUDA device".to_string()
+    };
+    format!(
+        "libtorch with {} CPU thread(s), {cuda}",
+        tch::get_num_threads()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn tensors_multiply_through_libtorch() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).reshape([2, 2]);
+        let b = Tensor::from_slice(&[5.0f32, 6.0, 7.0, 8.0]).reshape([2, 2]);
+        let c = a.matmul(&b);
+        let got: Vec<f32> = c.reshape([4]).try_into().unwrap();
+        assert_eq!(got, vec![19.0, 22.0, 43.0, 50.0]);
+        assert_eq!(c.kind(), Kind::Float);
+    }
+
+    #[test]
+    fn devices_parse_as_users_write_them() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap().0, tch::Device::Cpu);
+        assert_eq!(
+            "cuda".parse::<DeviceSpec>().unwrap().0,
+            tch::Device::Cuda(0)
+        );
+        assert_eq!(
+            "cuda:3".parse::<DeviceSpec>().unwrap().0,
+            tch::Device::Cuda(3)
+        );
+        assert!("gpu".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+}
