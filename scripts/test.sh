@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints (warnings are errors), every test.
+# The whole test suite, as CI runs it: formatting, lints (warnings are errors), every test, and
+# the linking of the executables users and tests run.
 # Expects the environment of scripts/python-env.sh (the Makefile's `test` target provides it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,5 +8,13 @@ cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
-# The rpath and libtorch_cuda checks run against the binary as a user gets it.
-scripts/check-linking.sh target/debug/saeshare
+
+mapfile -t executables < <(
+  cargo test --locked --all-targets --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])'
+)
+scripts/check-linking.sh target/debug/saeshare "${executables[@]}"

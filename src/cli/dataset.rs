@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use crate::dataset::import::{
     self, CocoImport, CocoRows, EmojiBuild, FolderImport, HfImport, ImportReport, ImportTarget,
 };
+use crate::pipeline::WorkerArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum DatasetCommand {
@@ -66,6 +67,26 @@ pub enum DatasetCommand {
         cache: Option<PathBuf>,
         #[command(flatten)]
         target: TargetArgs,
+    },
+    /// Stream a dataset through timely workers as a study reads it: rows/s, and a fingerprint of
+    /// the rows read (with -n processes, run one per process and add up their rows).
+    #[command(disable_help_flag = true)]
+    Scan {
+        dir: PathBuf,
+        /// Read and decode the images too (otherwise only ids and captions are read).
+        #[arg(long)]
+        decode: bool,
+        /// Rows per record batch.
+        #[arg(long, default_value_t = 256)]
+        batch_rows: usize,
+        #[command(flatten)]
+        workers: WorkerArgs,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print help (-h is the hostfile here, as in timely).
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
     },
     /// Summarise a dataset: rows, shards, schema, size, sample rows, unreadable rows.
     Inspect {
@@ -150,6 +171,33 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
         DatasetCommand::BuildEmoji { cache, target } => {
             let cache = cache.unwrap_or_else(|| crate::cache_dir().join("npm"));
             import::build_emoji(&EmojiBuild { cache }, &target.into())?
+        }
+        DatasetCommand::Scan {
+            dir,
+            decode,
+            batch_rows,
+            workers,
+            json,
+            help: _,
+        } => {
+            let summary = crate::pipeline::scan(&dir, &workers, decode, batch_rows)?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "process {} ({} worker(s)) read {} rows from {} shard(s) in {:.2} s: {:.0} rows/s; \
+                     {} skipped rows, {} unreadable images",
+                    summary.process,
+                    summary.workers,
+                    summary.rows,
+                    summary.shards,
+                    summary.seconds,
+                    summary.rows as f64 / summary.seconds.max(1e-9),
+                    summary.skipped_rows,
+                    summary.unreadable_images
+                );
+            }
+            return Ok(());
         }
         DatasetCommand::Inspect { dir, show, json } => {
             let summary = crate::dataset::inspect(&dir, show)?;

@@ -3,12 +3,14 @@
 //! They share [`ImportSink`], which owns the policy for bad rows: a row without a caption or
 //! without an image file is skipped, counted and logged; an image that does not decode is kept
 //! (the bytes are the user's data) but counted and logged with its sample id, and the encoders
-//! skip it later. The summary says both.
+//! skip it later. The summary says both. Images are decoded on a pool of threads beside the
+//! writer ([`verify::ImageVerifier`]), so checking every image costs little wall time.
 
 mod coco;
 mod emoji;
 mod folder;
 mod hf;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,6 +68,7 @@ impl fmt::Display for ImportReport {
 /// The writing end every importer shares.
 pub(crate) struct ImportSink {
     writer: DatasetWriter,
+    verifier: verify::ImageVerifier,
     report: ImportReport,
     bar: indicatif::ProgressBar,
 }
@@ -86,6 +89,7 @@ impl ImportSink {
         };
         Ok(ImportSink {
             writer,
+            verifier: verify::ImageVerifier::start(),
             report: ImportReport {
                 out: target.out.clone(),
                 ..ImportReport::default()
@@ -114,24 +118,20 @@ impl ImportSink {
             self.skip(origin, "empty caption");
             return Ok(());
         }
-        // The header is enough to catch files that are not images at all, cheaply; truncated
-        // pixel data shows up at `dataset inspect` or when an encoder decodes.
-        let readable = EncodedImage(image.clone().into()).dimensions();
+        let bytes = bytes::Bytes::from(image);
         let sample_id = self.writer.push(NewRow {
-            image,
+            image: bytes.to_vec(),
             caption: caption.to_string(),
             extra,
         })?;
-        if let Err(reason) = readable {
-            tracing::warn!("{origin} (sample_id {sample_id}): unreadable image: {reason}; kept, encoders will skip it");
-            self.report.unreadable_images += 1;
-        }
+        self.verifier.check(sample_id, origin, EncodedImage(bytes));
         self.bar.inc(1);
         Ok(())
     }
 
     pub(crate) fn finish(mut self) -> Result<ImportReport> {
         self.bar.finish_and_clear();
+        self.report.unreadable_images = self.verifier.finish();
         let written = self.writer.finish()?;
         self.report.rows = written.rows;
         self.report.shards = written.shards.len();

@@ -1,0 +1,90 @@
+//! Worker threads, processes and machines, as timely counts them: the flags every dataflow
+//! command shares. `-w` threads per process; `-n` processes, this one `-p`, their addresses in
+//! the `-h` hostfile (one `host:port` a line; without it, localhost ports from 2101).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// `-w N -n P -p I -h HOSTFILE`, as in timely's own examples.
+#[derive(Clone, Debug, Args)]
+pub struct WorkerArgs {
+    /// Worker threads in this process.
+    #[arg(short = 'w', long = "workers", default_value_t = 1)]
+    pub workers: usize,
+    /// Processes in the whole run, on one or several machines.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// Which of the processes this one is, from 0.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// A file with one `host:port` line per process.
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+}
+
+impl Default for WorkerArgs {
+    fn default() -> Self {
+        WorkerArgs {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+        }
+    }
+}
+
+impl WorkerArgs {
+    /// The timely configuration these flags describe, with errors a user can act on.
+    pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
+        use timely::CommunicationConfig;
+        anyhow::ensure!(self.workers >= 1, "-w must be at least 1");
+        anyhow::ensure!(self.processes >= 1, "-n must be at least 1");
+        anyhow::ensure!(
+            self.process < self.processes,
+            "-p {} is not one of the {} processes (0 to {})",
+            self.process,
+            self.processes,
+            self.processes - 1
+        );
+        let communication = if self.processes == 1 {
+            CommunicationConfig::Process(self.workers)
+        } else {
+            CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses: self.addresses()?,
+                report: false,
+                zerocopy: false,
+            }
+        };
+        Ok(timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+
+    fn addresses(&self) -> anyhow::Result<Vec<String>> {
+        let Some(hostfile) = &self.hostfile else {
+            return Ok((0..self.processes)
+                .map(|i| format!("localhost:{}", 2101 + i))
+                .collect());
+        };
+        let text = std::fs::read_to_string(hostfile)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", hostfile.display()))?;
+        let addresses: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        anyhow::ensure!(
+            addresses.len() >= self.processes,
+            "{}: {} address(es) for -n {} processes; write one host:port line per process",
+            hostfile.display(),
+            addresses.len(),
+            self.processes
+        );
+        Ok(addresses[..self.processes].to_vec())
+    }
+}

@@ -1,0 +1,79 @@
+//! Helpers shared by the integration tests: images, datasets and the CLI binary.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use parquet::arrow::ArrowWriter;
+use saeshare::dataset::{DatasetWriter, NewRow, WriteSummary, WriterOptions};
+
+/// A small PNG whose pixels depend on `seed`, so different rows have different bytes.
+pub fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let image = image::RgbaImage::from_fn(width, height, |x, y| {
+        image::Rgba([
+            seed,
+            (x as u8).wrapping_mul(7),
+            (y as u8).wrapping_add(seed),
+            255,
+        ])
+    });
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgba8(image)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
+/// Bytes that start like a PNG and then stop: the header promises pixels that are not there.
+pub fn truncated_png() -> Vec<u8> {
+    let mut bytes = png(16, 16, 1);
+    bytes.truncate(40);
+    bytes
+}
+
+/// Writes `rows` captions (`caption {i}`) with distinct images as a dataset.
+pub fn write_dataset(dir: &Path, rows: usize, shard_rows: usize) -> WriteSummary {
+    let mut writer = DatasetWriter::create(dir, WriterOptions::new(shard_rows, "test")).unwrap();
+    for i in 0..rows {
+        writer
+            .push(NewRow {
+                image: png(4, 4, i as u8),
+                caption: format!("caption {i}"),
+                extra: vec![],
+            })
+            .unwrap();
+    }
+    writer.finish().unwrap()
+}
+
+/// Writes one record batch as a Parquet file, for shards saeshare would not write itself.
+pub fn write_parquet(path: &Path, batch: RecordBatch) {
+    let file = std::fs::File::create(path).unwrap();
+    let schema: Arc<Schema> = batch.schema();
+    let mut writer = ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// Runs the `saeshare` binary with `args`, quietly.
+pub fn saeshare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_saeshare"))
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .expect("the saeshare binary runs")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
