@@ -7,13 +7,18 @@
 //!
 //! Modules, each with one job:
 //! - [`dataset`]: the Parquet shard format, importers, and the streaming reader.
+//! - [`activations`]: files of pooled activations, per sample and layer.
+//! - [`sae`]: sparse autoencoders: variants, online training, checkpoints.
+//! - [`pipeline`]: the timely dataflows.
 //! - [`progress`]: progress bars and logging set-up shared by every command.
 //! - [`torch`]: the libtorch facts a user needs to trust a run (version, devices).
 
+pub mod activations;
 pub mod cli;
 pub mod dataset;
 pub mod pipeline;
 pub mod progress;
+pub mod sae;
 pub mod torch;
 
 /// The folder where saeshare keeps what it downloads or builds once per machine: `$SAESHARE_CACHE`,

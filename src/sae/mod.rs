@@ -1,0 +1,30 @@
+//! Sparse autoencoders, trained online with tch on whatever device holds them.
+//!
+//! - [`SaeConfig`]: hyperparameters, shared by the CLI, study files and checkpoints.
+//! - [`Sae`]: weights and the forward pass; sparse codes decode by gathering decoder rows.
+//! - variants behind a registry ([`variant`]): [`SaeKind::Topk`], [`SaeKind::BatchTopk`],
+//!   [`SaeKind::Relu`] (with L1), one module each.
+//! - [`SaeTrainer`]: one Adam step per pushed batch, AuxK, metrics, checkpoints.
+//! - [`MixingBuffer`]: shuffles activations between the encoder and the trainer.
+//! - [`train_from_file`]: the loop of `saeshare sae train`.
+
+mod adam;
+mod batch_topk;
+mod buffer;
+mod checkpoint;
+mod code;
+mod config;
+mod model;
+mod relu;
+mod topk;
+mod train_file;
+mod trainer;
+pub mod variant;
+
+pub use buffer::MixingBuffer;
+pub use checkpoint::{read_meta, CheckpointError, CheckpointMeta, CHECKPOINT_VERSION};
+pub use code::Code;
+pub use config::{DecoderBiasInit, SaeConfig, SaeKind};
+pub use model::Sae;
+pub use train_file::{train_from_file, TrainFileOptions, TrainReport};
+pub use trainer::{SaeSource, SaeTrainer, TrainError, TrainingMetrics};

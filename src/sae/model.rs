@@ -1,0 +1,231 @@
+//! The SAE's weights and its forward pass:
+//! `z = act(ReLU((x - b_dec) W_enc + b_enc))`, `x_hat = z W_dec + b_dec`.
+//!
+//! Orientation (the SAELens convention): `W_enc` is `d_in x d_sae`, `W_dec` is `d_sae x d_in`
+//! with unit-norm rows (a row is a feature's direction), `b_enc` is `d_sae`, `b_dec` is `d_in`.
+//! Sparse codes are decoded by gathering the k active rows of `W_dec` (`embedding_bag`), never
+//! by a dense `(rows x d_sae) x (d_sae x d_in)` product; its gradient touches only those rows.
+
+use rand::{Rng, SeedableRng};
+use tch::{Device, Kind, Tensor};
+
+use super::code::Code;
+use super::config::SaeConfig;
+use super::variant::{variant_for, Variant};
+
+/// Names of the weight tensors in `sae.safetensors`.
+pub const W_ENC: &str = "W_enc";
+pub const B_ENC: &str = "b_enc";
+pub const W_DEC: &str = "W_dec";
+pub const B_DEC: &str = "b_dec";
+
+/// An SAE: weights on a device, and its variant.
+pub struct Sae {
+    pub config: SaeConfig,
+    pub d_in: i64,
+    pub d_sae: i64,
+    pub w_enc: Tensor,
+    pub b_enc: Tensor,
+    pub w_dec: Tensor,
+    pub b_dec: Tensor,
+    pub(crate) variant: Box<dyn Variant>,
+}
+
+impl Sae {
+    /// A new SAE for inputs of width `d_in`: decoder rows drawn from the seed and normalised,
+    /// encoder initialised as the decoder's transpose (Gao et al.), biases zero. The draw is
+    /// made on the CPU from the seed, so every device starts from the same weights.
+    pub fn new(config: &SaeConfig, d_in: usize, device: Device) -> Sae {
+        let d_sae = config.expansion * d_in;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+        let bound = 1.0 / (d_in as f32).sqrt();
+        let weights: Vec<f32> = (0..d_sae * d_in)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        let w_dec = Tensor::from_slice(&weights)
+            .reshape([d_sae as i64, d_in as i64])
+            .to_device(device);
+        let w_dec = &w_dec / w_dec.norm_scalaropt_dim(2, [1i64].as_slice(), true);
+        let w_enc = w_dec.transpose(0, 1).contiguous();
+        let sae = Sae {
+            config: config.clone(),
+            d_in: d_in as i64,
+            d_sae: d_sae as i64,
+            w_enc,
+            b_enc: Tensor::zeros([d_sae as i64], (Kind::Float, device)),
+            w_dec,
+            b_dec: Tensor::zeros([d_in as i64], (Kind::Float, device)),
+            variant: variant_for(config, device),
+        };
+        for p in sae.parameters() {
+            let _ = p.set_requires_grad(true);
+        }
+        sae
+    }
+
+    /// The four trainable tensors, in a fixed order: W_enc, b_enc, W_dec, b_dec.
+    pub fn parameters(&self) -> [&Tensor; 4] {
+        [&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec]
+    }
+
+    pub fn device(&self) -> Device {
+        self.w_dec.device()
+    }
+
+    /// `ReLU((x - b_dec) W_enc + b_enc)`, `rows x d_sae`.
+    pub fn pre_activations(&self, x: &Tensor) -> Tensor {
+        (x - &self.b_dec).mm(&self.w_enc).g_add(&self.b_enc).relu()
+    }
+
+    /// The codes of `x` (`rows x d_in`) at inference.
+    pub fn encode(&self, x: &Tensor) -> Code {
+        tch::no_grad(|| self.variant.encode(&self.pre_activations(x)))
+    }
+
+    /// `z W_dec` without the bias, `rows x d_in`.
+    pub fn decode_without_bias(&self, code: &Code) -> Tensor {
+        match code {
+            Code::Sparse {
+                latents,
+                values,
+                offsets,
+            } => {
+                Tensor::embedding_bag(
+                    &self.w_dec,
+                    latents,
+                    offsets,
+                    false,
+                    0, // sum
+                    false,
+                    Some(values),
+                    false,
+                )
+                .0
+            }
+            Code::Dense(z) => z.mm(&self.w_dec),
+        }
+    }
+
+    /// `x_hat = z W_dec + b_dec`.
+    pub fn decode(&self, code: &Code) -> Tensor {
+        self.decode_without_bias(code) + &self.b_dec
+    }
+
+    /// Rescales every decoder row to unit norm.
+    pub(crate) fn normalise_decoder(&mut self) {
+        tch::no_grad(|| {
+            let norms = self
+                .w_dec
+                .norm_scalaropt_dim(2, [1i64].as_slice(), true)
+                .clamp_min(1e-12);
+            let _ = self.w_dec.g_div_(&norms);
+        });
+    }
+
+    /// Sets `b_dec` from the first batch (mean or geometric median).
+    pub(crate) fn init_decoder_bias(&mut self, x: &Tensor) {
+        use super::config::DecoderBiasInit;
+        let centre = match self.config.b_dec_init {
+            DecoderBiasInit::Mean => x.mean_dim([0i64].as_slice(), false, Kind::Float),
+            DecoderBiasInit::GeometricMedian => geometric_median(x),
+        };
+        tch::no_grad(|| {
+            self.b_dec.copy_(&centre);
+        });
+    }
+}
+
+/// Weiszfeld's iterations from the mean: the point minimising the sum of distances to the rows
+/// of `x`, robust to the outliers that pull the mean.
+fn geometric_median(x: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let mut median = x.mean_dim([0i64].as_slice(), false, Kind::Float);
+        for _ in 0..50 {
+            let distances = (x - &median)
+                .norm_scalaropt_dim(2, [1i64].as_slice(), false)
+                .clamp_min(1e-8);
+            let weights = distances.reciprocal();
+            let next =
+                (x * weights.unsqueeze(1)).sum_dim_intlist([0i64].as_slice(), false, Kind::Float)
+                    / weights.sum(Kind::Float);
+            let moved = (&next - &median).norm().double_value(&[]);
+            median = next;
+            if moved < 1e-6 {
+                break;
+            }
+        }
+        median
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sae::config::SaeKind;
+
+    fn dense_reference(sae: &Sae, code: &Code, rows: i64) -> Tensor {
+        let z = match code {
+            Code::Dense(z) => z.shallow_clone(),
+            Code::Sparse { .. } => {
+                let (r, l, v) = code.triples();
+                let z = Tensor::zeros([rows, sae.d_sae], (Kind::Float, Device::Cpu));
+                for i in 0..r.len() {
+                    let _ = z.get(r[i]).get(l[i]).fill_(v[i] as f64);
+                }
+                z
+            }
+        };
+        z.mm(&sae.w_dec) + &sae.b_dec
+    }
+
+    #[test]
+    fn sparse_decoding_equals_the_dense_product_for_every_variant() {
+        for kind in [SaeKind::Topk, SaeKind::BatchTopk, SaeKind::Relu] {
+            let config = SaeConfig {
+                kind,
+                k: 3,
+                expansion: 4,
+                ..SaeConfig::default()
+            };
+            let mut sae = Sae::new(&config, 6, Device::Cpu);
+            let x = Tensor::randn([5, 6], (Kind::Float, Device::Cpu));
+            let pre = sae.pre_activations(&x);
+            let code = sae.variant.encode_train(&pre);
+            let fast = tch::no_grad(|| sae.decode(&code));
+            let slow = tch::no_grad(|| dense_reference(&sae, &code, 5));
+            let diff = (fast - slow).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{kind:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn topk_codes_have_exactly_k_latents_per_row() {
+        let config = SaeConfig {
+            k: 4,
+            expansion: 8,
+            ..SaeConfig::default()
+        };
+        let sae = Sae::new(&config, 10, Device::Cpu);
+        let x = Tensor::randn([7, 10], (Kind::Float, Device::Cpu)) * 3.0;
+        let (rows, _, _) = sae.encode(&x).triples();
+        for r in 0..7 {
+            assert!(rows.iter().filter(|&&x| x == r).count() <= 4);
+        }
+    }
+
+    #[test]
+    fn the_geometric_median_ignores_a_far_outlier_the_mean_follows() {
+        let mut points = vec![0.0f32; 2 * 9];
+        for i in 0..9 {
+            points[2 * i] = (i % 3) as f32;
+            points[2 * i + 1] = (i / 3) as f32;
+        }
+        points.extend([1000.0, 1000.0]);
+        let x = Tensor::from_slice(&points).reshape([10, 2]);
+        let median: Vec<f32> = geometric_median(&x).try_into().unwrap();
+        assert!(
+            (median[0] - 1.0).abs() < 0.2 && (median[1] - 1.0).abs() < 0.2,
+            "{median:?}"
+        );
+    }
+}

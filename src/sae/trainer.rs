@@ -1,0 +1,267 @@
+//! Online SAE training: batches are pushed in (from a mixing buffer), one Adam step each.
+//!
+//! The loss is the normalised reconstruction error (the fraction of variance unexplained, so one
+//! learning rate suits encoders whose activations differ in scale by orders of magnitude), plus
+//! the AuxK loss of Gao et al. (dead latents reconstruct the residual) and the variant's penalty.
+//! After each step the decoder's rows are put back to unit norm, having first removed from their
+//! gradient the part along the rows, which the normalisation would undo anyway.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::adam::Adam;
+use super::code::Code;
+use super::config::SaeConfig;
+use super::model::Sae;
+
+/// Where the activations an SAE learns from come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaeSource {
+    pub encoder: String,
+    pub layer: String,
+}
+
+/// Training metrics at one step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingMetrics {
+    pub step: usize,
+    pub tokens: u64,
+    pub loss: f64,
+    /// Mean squared error per input dimension.
+    pub mse: f64,
+    /// Fraction of variance unexplained: sum of squared errors over the batch's total variance.
+    pub fvu: f64,
+    /// Active latents per sample.
+    pub l0: f64,
+    /// Latents silent for the last `dead_after_tokens` tokens.
+    pub dead_fraction: f64,
+    pub lr: f64,
+}
+
+/// Why a step cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("the batch has width {found} but the SAE was made for {expected}")]
+    Width { expected: i64, found: i64 },
+    #[error("batch row {row} holds NaN or infinite values; activations must be finite")]
+    NotFinite { row: i64 },
+    #[error("the loss became {0} at step {1}; lower the learning rate (--lr)")]
+    Diverged(f64, usize),
+}
+
+/// One SAE and everything its training carries from step to step.
+pub struct SaeTrainer {
+    pub sae: Sae,
+    pub source: SaeSource,
+    pub(crate) adam: Adam,
+    pub(crate) step: usize,
+    pub(crate) tokens_seen: u64,
+    /// Tokens since each latent last fired (int64, d_sae).
+    pub(crate) since_fired: Tensor,
+    pub(crate) bias_initialised: bool,
+    pub(crate) history: Vec<TrainingMetrics>,
+    log_every: usize,
+}
+
+impl SaeTrainer {
+    pub fn new(config: &SaeConfig, d_in: usize, device: Device, source: SaeSource) -> SaeTrainer {
+        let sae = Sae::new(config, d_in, device);
+        let adam = Adam::new(&sae.parameters());
+        let since_fired = Tensor::zeros([sae.d_sae], (Kind::Int64, device));
+        SaeTrainer {
+            sae,
+            source,
+            adam,
+            step: 0,
+            tokens_seen: 0,
+            since_fired,
+            bias_initialised: false,
+            history: Vec::new(),
+            log_every: 50,
+        }
+    }
+
+    /// Records (and logs) the metrics every `every` steps; the first and last are always kept.
+    pub fn log_every(mut self, every: usize) -> Self {
+        self.log_every = every.max(1);
+        self
+    }
+
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    pub fn tokens_seen(&self) -> u64 {
+        self.tokens_seen
+    }
+
+    /// The metrics recorded so far.
+    pub fn history(&self) -> &[TrainingMetrics] {
+        &self.history
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step >= self.sae.config.steps
+    }
+
+    /// One training step on `x` (`rows x d_in`, on any device).
+    pub fn train_step(&mut self, x: &Tensor) -> Result<TrainingMetrics, TrainError> {
+        let x = x.to_device(self.sae.device()).to_kind(Kind::Float);
+        let (rows, width) = x.size2().expect("a batch is rows x d_in");
+        if width != self.sae.d_in {
+            return Err(TrainError::Width {
+                expected: self.sae.d_in,
+                found: width,
+            });
+        }
+        let finite = x.isfinite().all_dim(1, false);
+        if finite.all().int64_value(&[]) == 0 {
+            let row = finite.logical_not().nonzero().int64_value(&[0, 0]);
+            return Err(TrainError::NotFinite { row });
+        }
+        if !self.bias_initialised {
+            self.sae.init_decoder_bias(&x);
+            self.bias_initialised = true;
+        }
+        let config = self.sae.config.clone();
+        let lr = config.lr_at(self.step);
+
+        for p in self.sae.parameters() {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let pre = self.sae.pre_activations(&x);
+        let code = self.sae.variant.encode_train(&pre);
+        let x_hat = self.sae.decode(&code);
+        let error = &x - &x_hat;
+        let total_variance = tch::no_grad(|| {
+            (&x - x.mean_dim([0i64].as_slice(), true, Kind::Float))
+                .square()
+                .sum(Kind::Float)
+                .clamp_min(1e-12)
+        });
+        let fvu = error.square().sum(Kind::Float) / &total_variance;
+        let mut loss = fvu.shallow_clone();
+        if let Some(penalty) = self.sae.variant.penalty(&code, rows) {
+            loss += penalty;
+        }
+        if let Some(aux) = self.aux_loss(&pre, &error) {
+            loss += aux * config.aux_coefficient;
+        }
+        let loss_value = loss.double_value(&[]);
+        if !loss_value.is_finite() {
+            return Err(TrainError::Diverged(loss_value, self.step));
+        }
+        loss.backward();
+
+        self.project_decoder_gradient();
+        clip_gradients(&self.sae.parameters(), config.grad_clip);
+        self.adam.update(&self.sae.parameters(), lr);
+        self.sae.normalise_decoder();
+
+        let fired = code.fired();
+        tch::no_grad(|| {
+            let _ = self.since_fired.g_add_scalar_(rows);
+            let _ = self.since_fired.index_fill_(0, &fired, 0);
+        });
+        self.step += 1;
+        self.tokens_seen += rows as u64;
+
+        let metrics = TrainingMetrics {
+            step: self.step,
+            tokens: self.tokens_seen,
+            loss: loss_value,
+            mse: tch::no_grad(|| error.square().mean(Kind::Float).double_value(&[])),
+            fvu: fvu.double_value(&[]),
+            l0: code.mean_l0(rows),
+            dead_fraction: self.dead_fraction(),
+            lr,
+        };
+        if self.step == 1 || self.step % self.log_every == 0 || self.is_done() {
+            tracing::info!(
+                encoder = %self.source.encoder,
+                layer = %self.source.layer,
+                step = metrics.step,
+                fvu = format_args!("{:.4}", metrics.fvu),
+                l0 = format_args!("{:.1}", metrics.l0),
+                dead = format_args!("{:.3}", metrics.dead_fraction),
+                "sae step"
+            );
+            self.history.push(metrics.clone());
+        }
+        Ok(metrics)
+    }
+
+    /// Fraction of latents silent for at least `dead_after_tokens` tokens.
+    pub fn dead_fraction(&self) -> f64 {
+        tch::no_grad(|| {
+            self.since_fired
+                .ge(self.sae.config.dead_after_tokens as i64)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[])
+        })
+    }
+
+    /// The AuxK loss: the top `aux_k` dead latents reconstruct what the live ones missed.
+    fn aux_loss(&self, pre: &Tensor, error: &Tensor) -> Option<Tensor> {
+        let config = &self.sae.config;
+        if config.aux_k == 0 {
+            return None;
+        }
+        let dead = self.since_fired.ge(config.dead_after_tokens as i64);
+        let dead_count = dead.sum(Kind::Int64).int64_value(&[]);
+        if dead_count == 0 {
+            return None;
+        }
+        let k_aux = (config.aux_k as i64).min(dead_count);
+        let dead_pre = pre * dead.to_kind(Kind::Float);
+        let (values, indices) = dead_pre.topk(k_aux, -1, true, false);
+        let residual_hat = self
+            .sae
+            .decode_without_bias(&Code::from_topk(values, indices));
+        let target = error.detach();
+        let variance = (&target - target.mean_dim([0i64].as_slice(), true, Kind::Float))
+            .square()
+            .sum(Kind::Float)
+            .clamp_min(1e-12);
+        Some((residual_hat - target).square().sum(Kind::Float) / variance)
+    }
+
+    fn project_decoder_gradient(&self) {
+        tch::no_grad(|| {
+            let mut grad = self.sae.w_dec.grad();
+            if grad.defined() {
+                let along =
+                    (&grad * &self.sae.w_dec).sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
+                let _ = grad.g_sub_(&(along * &self.sae.w_dec));
+            }
+        });
+    }
+}
+
+/// Scales all gradients down together when their global norm exceeds `max_norm`.
+fn clip_gradients(params: &[&Tensor], max_norm: f64) {
+    if max_norm <= 0.0 {
+        return;
+    }
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(|p| p.grad())
+            .filter(Tensor::defined)
+            .collect();
+        let total: f64 = grads
+            .iter()
+            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .sum::<f64>()
+            .sqrt();
+        if total > max_norm {
+            for mut g in grads {
+                let _ = g.g_mul_scalar_(max_norm / (total + 1e-12));
+            }
+        }
+    });
+}
