@@ -143,7 +143,9 @@ fn batch_topk_and_relu_saes_train_too() {
         };
         let report = train_from_file(&config, &options).unwrap();
         let last = report.last.unwrap();
-        assert!(last.fvu < 0.2, "{kind:?}: final FVU {}", last.fvu);
+        // The L1 penalty trades reconstruction for sparsity; TopK-like variants need not.
+        let bound = if kind == SaeKind::Relu { 0.4 } else { 0.2 };
+        assert!(last.fvu < bound, "{kind:?}: final FVU {}", last.fvu);
         let (sae, meta) = Sae::load(&options.out, Device::Cpu).unwrap();
         assert_eq!(meta.config.kind, kind);
         let fraction = recovered(&sae, &atoms, d_in);
