@@ -12,9 +12,10 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Float32Builder, ListBuilder, RecordBatch, StringBuilder,
     UInt64Builder,
 };
+use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt64Type};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -273,6 +274,42 @@ fn meta_of(
         file: path.to_path_buf(),
         problem,
     };
+    let schema = builder.schema();
+    let column = |name: &str| {
+        schema
+            .field_with_name(name)
+            .map(|f| f.data_type().clone())
+            .map_err(|_| {
+                bad(format!(
+                    "no column `{name}`; an activation file has sample_id: uint64, layer: utf8, \
+                 activation: list<float32> (FORMATS.md, \"Activations\")"
+                ))
+            })
+    };
+    let is_float =
+        |t: &DataType| matches!(t, DataType::Float16 | DataType::Float32 | DataType::Float64);
+    let id = column("sample_id")?;
+    let layer = column("layer")?;
+    let activation = column("activation")?;
+    let activation_ok = match &activation {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            is_float(f.data_type())
+        }
+        _ => false,
+    };
+    for (name, ok, found) in [
+        ("sample_id", id == DataType::UInt64, &id),
+        (
+            "layer",
+            matches!(layer, DataType::Utf8 | DataType::LargeUtf8),
+            &layer,
+        ),
+        ("activation", activation_ok, &activation),
+    ] {
+        if !ok {
+            return Err(bad(format!("column `{name}` has type {found}")));
+        }
+    }
     let kv = builder.metadata().file_metadata().key_value_metadata();
     let get = |key: &str| {
         kv.into_iter()
@@ -280,18 +317,84 @@ fn meta_of(
             .find(|kv| kv.key == key)
             .and_then(|kv| kv.value.clone())
     };
-    match get(VERSION_KEY).map(|v| v.parse::<u32>()) {
-        Some(Ok(v)) if v <= FORMAT_VERSION => {}
-        Some(_) => return Err(bad("written by a newer saeshare; upgrade to read it".into())),
-        None => {
-            return Err(bad(
-                "not an activation file (no saeshare.activations.version); make one with `saeshare encode`"
-                    .into(),
-            ))
+    if let Some(version) = get(VERSION_KEY) {
+        match version.parse::<u32>() {
+            Ok(v) if v <= FORMAT_VERSION => {}
+            _ => {
+                return Err(bad(format!(
+                    "format version {version} is newer than this saeshare reads; upgrade"
+                )))
+            }
         }
     }
-    let meta = get(META_KEY).ok_or_else(|| bad("no saeshare.activations.meta".into()))?;
-    serde_json::from_str(&meta).map_err(|e| bad(format!("bad saeshare.activations.meta: {e}")))
+    match get(META_KEY) {
+        Some(meta) => serde_json::from_str(&meta).map_err(|e| bad(format!("bad {META_KEY}: {e}"))),
+        // A file written by another tool: its layers and widths are read off the rows.
+        None => infer_meta(path),
+    }
+}
+
+fn infer_meta(path: &Path) -> Result<ActivationsMeta> {
+    let arrow = |source| ActivationsError::Arrow {
+        file: path.to_path_buf(),
+        source,
+    };
+    let mut layers: Vec<LayerWidth> = Vec::new();
+    for batch in project(path, &["layer", "activation"], 8192)? {
+        let batch = batch.map_err(arrow)?;
+        let column = |name: &str| batch.column_by_name(name).expect("projected");
+        let names = cast(column("layer"), &DataType::Utf8).map_err(arrow)?;
+        let names = names.as_string::<i32>();
+        let values = as_float_lists(path, column("activation"))?;
+        for i in 0..batch.num_rows() {
+            if !layers.iter().any(|l| l.name == names.value(i)) {
+                layers.push(LayerWidth {
+                    name: names.value(i).to_string(),
+                    width: values.value(i).len(),
+                });
+            }
+        }
+    }
+    Ok(ActivationsMeta {
+        encoder: path
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+        pooling: "unknown".to_string(),
+        layers,
+    })
+}
+
+/// The activation column as `list<float32>`, whatever list and float type the file used.
+fn as_float_lists(path: &Path, column: &ArrayRef) -> Result<arrow::array::ListArray> {
+    let target = DataType::List(Arc::new(Field::new("item", DataType::Float32, true)));
+    let cast = cast(column, &target).map_err(|source| ActivationsError::Arrow {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    Ok(cast.as_list::<i32>().clone())
+}
+
+/// The named columns of a file (in the file's order: look them up by name), `batch_rows` rows
+/// at a time.
+fn project(path: &Path, columns: &[&str], batch_rows: usize) -> Result<ParquetRecordBatchReader> {
+    let builder = open(path)?;
+    let roots = columns
+        .iter()
+        .map(|c| builder.schema().index_of(c))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|source| ActivationsError::Arrow {
+            file: path.to_path_buf(),
+            source,
+        })?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    builder
+        .with_projection(mask)
+        .with_batch_size(batch_rows.max(1))
+        .build()
+        .map_err(|source| ActivationsError::Parquet {
+            file: path.to_path_buf(),
+            source,
+        })
 }
 
 impl LayerReader {
@@ -315,13 +418,7 @@ impl LayerReader {
                         .join(", ")
                 ),
             })?;
-        let inner = builder
-            .with_batch_size(batch_rows.max(1))
-            .build()
-            .map_err(|source| ActivationsError::Parquet {
-                file: path.to_path_buf(),
-                source,
-            })?;
+        let inner = project(path, &["sample_id", "layer", "activation"], batch_rows)?;
         Ok(LayerReader {
             file: path.to_path_buf(),
             layer: layer.to_string(),
@@ -336,9 +433,15 @@ impl LayerReader {
     }
 
     fn convert(&self, batch: &RecordBatch) -> Result<ActivationBatch> {
-        let ids = batch.column(0).as_primitive::<UInt64Type>();
-        let layers = batch.column(1).as_string::<i32>();
-        let lists = batch.column(2).as_list::<i32>();
+        let arrow = |source| ActivationsError::Arrow {
+            file: self.file.clone(),
+            source,
+        };
+        let column = |name: &str| batch.column_by_name(name).expect("projected");
+        let ids = column("sample_id").as_primitive::<UInt64Type>();
+        let layers = cast(column("layer"), &DataType::Utf8).map_err(arrow)?;
+        let layers = layers.as_string::<i32>();
+        let lists = as_float_lists(&self.file, column("activation"))?;
         let mut out = ActivationBatch {
             sample_ids: Vec::new(),
             width: self.width,

@@ -2,6 +2,7 @@
 //! wherever one exists, so the CLI and the library say the same things.
 
 mod dataset;
+mod sae;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +25,9 @@ pub enum Command {
     /// Build, import and inspect datasets of (image, caption) rows.
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
+    /// Train sparse autoencoders and encode activations with them.
+    #[command(subcommand)]
+    Sae(sae::SaeCommand),
     /// Say which libtorch this binary runs on and which devices it sees.
     Info,
 }
@@ -47,6 +51,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dataset(command) => dataset::run(command),
+        Command::Sae(command) => sae::run(command),
         Command::Info => {
             println!("saeshare {}", env!("CARGO_PKG_VERSION"));
             println!("{}", crate::torch::describe());

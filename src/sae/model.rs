@@ -29,6 +29,9 @@ pub struct Sae {
     pub w_dec: Tensor,
     pub b_dec: Tensor,
     pub(crate) variant: Box<dyn Variant>,
+    /// Decode sparse codes through the dense product instead, for the benchmark that measures
+    /// what the gather saves.
+    dense_decoding: bool,
 }
 
 impl Sae {
@@ -56,6 +59,7 @@ impl Sae {
             w_dec,
             b_dec: Tensor::zeros([d_in as i64], (Kind::Float, device)),
             variant: variant_for(config, device),
+            dense_decoding: false,
         };
         for p in sae.parameters() {
             let _ = p.set_requires_grad(true);
@@ -82,9 +86,35 @@ impl Sae {
         tch::no_grad(|| self.variant.encode(&self.pre_activations(x)))
     }
 
+    /// Makes sparse codes decode through a dense `(rows x d_sae) x (d_sae x d_in)` product, as
+    /// reference implementations do. Only for measuring the difference: results are the same.
+    pub fn use_dense_decoding(&mut self, dense: bool) {
+        self.dense_decoding = dense;
+    }
+
     /// `z W_dec` without the bias, `rows x d_in`.
     pub fn decode_without_bias(&self, code: &Code) -> Tensor {
         match code {
+            Code::Sparse {
+                latents,
+                values,
+                offsets,
+            } if self.dense_decoding => {
+                let rows = offsets.size()[0];
+                let counts = offsets.diff(
+                    1,
+                    0,
+                    None::<Tensor>,
+                    Some(Tensor::from_slice(&[latents.size()[0]]).to_device(latents.device())),
+                );
+                let row = Tensor::arange(rows, (tch::Kind::Int64, latents.device()))
+                    .repeat_interleave_self_tensor(&counts, 0, None);
+                let flat = row * self.d_sae + latents;
+                let z = Tensor::zeros([rows * self.d_sae], (values.kind(), values.device()))
+                    .index_add(0, &flat, values)
+                    .reshape([rows, self.d_sae]);
+                z.mm(&self.w_dec)
+            }
             Code::Sparse {
                 latents,
                 values,
