@@ -52,11 +52,15 @@ pub fn write_dataset(dir: &Path, rows: usize, shard_rows: usize) -> WriteSummary
     writer.finish().unwrap()
 }
 
-/// Writes one record batch as a Parquet file, for shards saeshare would not write itself.
+/// Writes one record batch as a Parquet file, for files saeshare would not write itself.
+/// Snappy-compressed, as pyarrow and Hugging Face `datasets` write by default.
 pub fn write_parquet(path: &Path, batch: RecordBatch) {
     let file = std::fs::File::create(path).unwrap();
     let schema: Arc<Schema> = batch.schema();
-    let mut writer = ArrowWriter::try_new(file, schema, None).unwrap();
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut writer = ArrowWriter::try_new(file, schema, Some(properties)).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 }
