@@ -6,6 +6,7 @@
 //!   [`SaeKind::Relu`] (with L1), one module each.
 //! - [`SaeTrainer`]: one Adam step per pushed batch, AuxK, metrics, checkpoints.
 //! - [`MixingBuffer`]: shuffles activations between the encoder and the trainer.
+//! - [`LayerTrainers`]: an SAE per layer, all fed from one forward pass.
 //! - [`train_from_file`]: the loop of `saeshare sae train`.
 
 mod adam;
@@ -15,6 +16,7 @@ mod checkpoint;
 mod code;
 mod config;
 mod model;
+mod online;
 mod relu;
 mod topk;
 mod train_file;
@@ -26,5 +28,6 @@ pub use checkpoint::{read_meta, CheckpointError, CheckpointMeta, CHECKPOINT_VERS
 pub use code::Code;
 pub use config::{DecoderBiasInit, SaeConfig, SaeKind};
 pub use model::Sae;
+pub use online::LayerTrainers;
 pub use train_file::{train_from_file, TrainFileOptions, TrainReport};
 pub use trainer::{SaeSource, SaeTrainer, TrainError, TrainingMetrics};
