@@ -64,7 +64,9 @@ impl Code {
         }
     }
 
-    /// `(row, latent, value)` triples, for writing code files.
+    /// `(row, latent, value)` triples in row order, for writing code files: every entry of a
+    /// sparse code (a TopK code gives exactly k per row, even where ReLU left a zero among
+    /// them), the non-zero entries of a dense one.
     pub fn triples(&self) -> (Vec<i64>, Vec<i64>, Vec<f32>) {
         let sparse;
         let (latents, values, offsets) = match self {
@@ -101,17 +103,12 @@ impl Code {
             .try_into()
             .expect("int64");
         let mut rows = vec![0i64; latents.len()];
-        for (r, window) in offsets.iter().enumerate() {
+        for (r, start) in offsets.iter().enumerate() {
             let end = offsets.get(r + 1).copied().unwrap_or(latents.len() as i64);
-            for row in &mut rows[*window as usize..end as usize] {
+            for row in &mut rows[*start as usize..end as usize] {
                 *row = r as i64;
             }
         }
-        let keep: Vec<usize> = (0..values.len()).filter(|&i| values[i] != 0.0).collect();
-        (
-            keep.iter().map(|&i| rows[i]).collect(),
-            keep.iter().map(|&i| latents[i]).collect(),
-            keep.iter().map(|&i| values[i]).collect(),
-        )
+        (rows, latents, values)
     }
 }
