@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Argument structs are the library's own option types
 //! wherever one exists, so the CLI and the library say the same things.
 
+mod compare;
 mod dataset;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,10 @@ pub enum Command {
     Dataset(dataset::DatasetCommand),
     /// Say which libtorch this binary runs on and which devices it sees.
     Info,
+    /// Compare two models through their SAE codes: MPPC per feature and wMPPC per layer pair.
+    Compare(compare::CompareArgs),
+    /// Rank a model's features by Comparative Sharedness from mppc tables.
+    Sharedness(compare::SharednessArgs),
 }
 
 /// Parses the process arguments and runs the command; errors are printed with their causes.
@@ -47,6 +52,8 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dataset(command) => dataset::run(command),
+        Command::Compare(args) => compare::run_compare(args),
+        Command::Sharedness(args) => compare::run_sharedness(args),
         Command::Info => {
             println!("saeshare {}", env!("CARGO_PKG_VERSION"));
             println!("{}", crate::torch::describe());
