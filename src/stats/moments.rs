@@ -52,7 +52,7 @@ impl Moments {
         self.samples
     }
 
-    /// Samples on which each feature is active.
+    /// Samples on which each feature is active (non-zero).
     pub fn counts(&self) -> &[u64] {
         &self.count
     }
@@ -72,7 +72,8 @@ impl Moments {
         self.samples += 1;
         for (&f, &v) in code.features.iter().zip(code.values) {
             let (f, v) = (f as usize, v as f64);
-            self.count[f] += 1;
+            // A zero is not an activation, whoever built the code.
+            self.count[f] += u64::from(v != 0.0);
             self.sum[f] += v;
             self.sum_sq[f] += v * v;
         }
