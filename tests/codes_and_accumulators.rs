@@ -281,3 +281,31 @@ fn the_dense_backend_gives_the_sums_of_the_sparse_one() {
     assert!(dense.is_dense());
     assert_same(&dense, &accumulate(&data, 5, 4));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The dense layout (batched updates grouped by row) holds the same sums as the sparse map,
+    /// and MPPC from either layout is the same, pairs that never fired together included.
+    #[test]
+    fn dense_and_sparse_layouts_agree(data in samples(8, 12)) {
+        let (mut a, mut b) = (CodeBatch::new(), CodeBatch::new());
+        for (n, ((fa, va), (fb, vb))) in data.iter().enumerate() {
+            a.push(SparseCode { sample_id: n as u64, features: fa, values: va });
+            b.push(SparseCode { sample_id: n as u64, features: fb, values: vb });
+        }
+        let mut sparse = CoactivationAccumulator::new(8, 12);
+        sparse.add_batch(&a, &b);
+        let mut dense = CoactivationAccumulator::new(8, 12);
+        dense.densify();
+        dense.add_batch(&a, &b);
+        prop_assert!(!sparse.is_dense() && dense.is_dense());
+        assert_same(&sparse, &dense);
+        let (ms, md) = (saeshare::metrics::mppc(&sparse), saeshare::metrics::mppc(&dense));
+        for (i, (s, d)) in ms.iter().zip(&md).enumerate() {
+            prop_assert!((s.rho - d.rho).abs() < 1e-12, "feature {}: {:?} vs {:?}", i, s, d);
+            prop_assert_eq!(s.weight, d.weight);
+            prop_assert_eq!(s.best.is_some(), d.best.is_some());
+        }
+    }
+}

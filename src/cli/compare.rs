@@ -132,3 +132,65 @@ pub fn run_sharedness(args: SharednessArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Arguments of `saeshare bench stats`.
+#[derive(Debug, Args)]
+pub struct BenchStatsArgs {
+    /// Samples N.
+    #[arg(long, default_value_t = 50_000)]
+    samples: usize,
+    /// Features of both SAEs.
+    #[arg(long, default_value_t = 8192)]
+    features: usize,
+    /// Active latents per sample (TopK).
+    #[arg(long, default_value_t = 32)]
+    k: usize,
+    /// Skip the dense float32 reference (it needs 8 * N * features bytes).
+    #[arg(long)]
+    no_dense: bool,
+    /// Seed of the synthetic codes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Runs `saeshare bench stats`.
+pub fn run_bench_stats(args: BenchStatsArgs) -> anyhow::Result<()> {
+    let options = crate::metrics::BenchOptions {
+        samples: args.samples,
+        features: args.features,
+        k: args.k,
+        dense_reference: !args.no_dense,
+        seed: args.seed,
+    };
+    println!(
+        "N = {}, d_A = d_B = {}, k = {}, {} torch threads",
+        options.samples,
+        options.features,
+        options.k,
+        tch::get_num_threads()
+    );
+    let report = crate::metrics::bench_stats(&options)?;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let peak = match (report.sparse_peak_bytes, report.baseline_bytes) {
+        (Some(peak), Some(base)) => format!(
+            "{:.0} MiB ({:.0} MiB above the {:.0} MiB of the process at start: binary, libtorch)",
+            mib(peak),
+            mib(peak.saturating_sub(base)),
+            mib(base)
+        ),
+        _ => "unknown".into(),
+    };
+    println!(
+        "sparse exact MPPC: {:.2} s, peak memory {peak}",
+        report.sparse_seconds
+    );
+    if let (Some(dense), Some(diff)) = (report.dense_seconds, report.max_difference) {
+        println!("dense float32 all-pairs (reference way): {dense:.2} s");
+        println!(
+            "ratio dense / sparse: {:.1}x",
+            dense / report.sparse_seconds
+        );
+        println!("max |MPPC sparse - dense float32|: {diff:.2e}");
+    }
+    Ok(())
+}

@@ -31,6 +31,15 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Rank a model's features by Comparative Sharedness from mppc tables.
     Sharedness(compare::SharednessArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Exact sparse MPPC against the dense float32 all-pairs correlation, side by side.
+    Stats(compare::BenchStatsArgs),
 }
 
 /// Parses the process arguments and runs the command; errors are printed with their causes.
@@ -54,6 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dataset(command) => dataset::run(command),
         Command::Compare(args) => compare::run_compare(args),
         Command::Sharedness(args) => compare::run_sharedness(args),
+        Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),
         Command::Info => {
             println!("saeshare {}", env!("CARGO_PKG_VERSION"));
             println!("{}", crate::torch::describe());

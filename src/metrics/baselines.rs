@@ -38,7 +38,12 @@ pub(crate) fn floor_values(
         permutation.shuffle(&mut rng);
         let mut accs: Vec<Vec<PairAcc>> = source
             .iter()
-            .map(|a| target.iter().map(|b| PairAcc::new(a, b, options)).collect())
+            .map(|a| {
+                target
+                    .iter()
+                    .map(|b| PairAcc::new(a, b, Some(n as u64), options))
+                    .collect()
+            })
             .collect();
         let mut blocks = vec![CodeBatch::new(); kept.len()];
         for start in (0..n).step_by(block) {

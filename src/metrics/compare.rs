@@ -53,7 +53,7 @@ impl Default for CompareOptions {
             missing: MissingSamples::Error,
             backend: Backend::Auto,
             device: tch::Device::Cpu,
-            batch_samples: 4096,
+            batch_samples: 16 * 1024,
         }
     }
 }
@@ -308,7 +308,14 @@ pub(crate) enum PairAcc {
 }
 
 impl PairAcc {
-    pub fn new(a: &CodesMeta, b: &CodesMeta, options: &CompareOptions) -> Self {
+    /// An accumulator for `a x b`; `samples`, when known, lets a sparse one start dense when
+    /// it would become dense anyway.
+    pub fn new(
+        a: &CodesMeta,
+        b: &CodesMeta,
+        samples: Option<u64>,
+        options: &CompareOptions,
+    ) -> Self {
         let dense = match options.backend {
             Backend::Sparse => false,
             Backend::Dense => true,
@@ -318,7 +325,13 @@ impl PairAcc {
         if dense {
             PairAcc::Dense(Box::new(DenseAccumulator::new(d_a, d_b, options.device)))
         } else {
-            PairAcc::Sparse(CoactivationAccumulator::new(d_a, d_b))
+            let updates = match (samples, a.k, b.k) {
+                (Some(n), Some(k_a), Some(k_b)) => n * k_a as u64 * k_b as u64,
+                _ => 0,
+            };
+            PairAcc::Sparse(CoactivationAccumulator::with_expected_updates(
+                d_a, d_b, updates,
+            ))
         }
     }
 
@@ -359,7 +372,7 @@ pub(crate) fn accumulate(
     let mut accs: Vec<Vec<PairAcc>> = (0..l_a)
         .map(|a| {
             (l_a..metas.len())
-                .map(|b| PairAcc::new(&metas[a], &metas[b], options))
+                .map(|b| PairAcc::new(&metas[a], &metas[b], expected, options))
                 .collect()
         })
         .collect();

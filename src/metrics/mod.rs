@@ -6,8 +6,10 @@
 //! - [`compare()`]: code files in, `mppc` and `wmppc` rows out, with floor and ceiling.
 //! - [`sharedness()`]: the Comparative Sharedness ranking from `mppc` rows.
 //! - [`tables`]: the Parquet tables of DESIGN section 4.
+//! - [`bench_stats()`]: sparse exact MPPC against the reference's dense float32 way.
 
 mod baselines;
+mod bench;
 mod compare;
 mod mppc;
 mod sharedness;
@@ -15,6 +17,7 @@ pub mod tables;
 
 use std::path::PathBuf;
 
+pub use bench::{bench_stats, BenchOptions, BenchReport};
 pub use compare::{compare, Aggregation, Backend, CompareOptions, Comparison, MppcRow, WmppcRow};
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};

@@ -67,6 +67,10 @@ pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
     let (d_a, d_b) = (a.m.d(), b.m.d());
     let mut best: Vec<(f64, Option<u32>)> = vec![(f64::NEG_INFINITY, None); d_a];
 
+    if let Some(cross) = acc.dense_cross() {
+        return dense(&a, &b, n, cross);
+    }
+
     // Dead or constant target features: rho = 0 for every source feature.
     if let Some(dead) = (0..d_b).find(|&j| !b.live(j)) {
         for (i, slot) in best.iter_mut().enumerate() {
@@ -88,9 +92,8 @@ pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
         }
     });
 
-    // Pairs that never fired together: rho = -ratio_a[i] * ratio_b[j]. Only a sparse accumulator
-    // leaves any out (a dense one holds every pair, done above).
-    if !acc.is_dense() {
+    // Pairs that never fired together: rho = -ratio_a[i] * ratio_b[j].
+    {
         let mut order: Vec<usize> = (0..d_b).filter(|&j| b.live(j)).collect();
         // Ascending ratio, then ascending index: the first unheld j maximises -a*b for a > 0
         // and, among equal values, has the smallest index.
@@ -127,6 +130,40 @@ pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
             rho: if j.is_some() { rho } else { 0.0 },
             best: j,
             weight: a.m.weight(i),
+        })
+        .collect()
+}
+
+/// MPPC from dense cross sums: every pair from its sums, one row at a time. A dead or constant
+/// target has `1 / sy = 0`, hence `rho = 0` as DESIGN says, with no special case; scanning `j`
+/// upwards and replacing only on a strictly larger value keeps the smallest index among ties.
+fn dense(a: &Side<'_>, b: &Side<'_>, n: f64, cross: &[f64]) -> Vec<FeatureMatch> {
+    let d_b = b.m.d();
+    let sy = b.m.sums();
+    (0..a.m.d())
+        .map(|i| {
+            let weight = a.m.weight(i);
+            if !a.live(i) || d_b == 0 {
+                return FeatureMatch {
+                    rho: 0.0,
+                    best: None,
+                    weight,
+                };
+            }
+            let (sx, inv) = (a.m.sums()[i], a.inv_spread[i]);
+            let row = &cross[i * d_b..(i + 1) * d_b];
+            let (mut best, mut best_j) = (f64::NEG_INFINITY, 0);
+            for (j, &sxy) in row.iter().enumerate() {
+                let rho = (n * sxy - sx * sy[j]) * inv * b.inv_spread[j];
+                if rho > best {
+                    (best, best_j) = (rho, j);
+                }
+            }
+            FeatureMatch {
+                rho: best.clamp(-1.0, 1.0),
+                best: Some(best_j as u32),
+                weight,
+            }
         })
         .collect()
 }
