@@ -309,3 +309,60 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn files_from_other_tools_read_with_wider_types_and_any_column_order() {
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::file::metadata::KeyValue;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pandas.parquet");
+    // As pandas writes it: int64 and float64, value first, an extra column.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("value", DataType::Float64, true),
+        Field::new("note", DataType::Utf8, true),
+        Field::new("sample_id", DataType::Int64, false),
+        Field::new("feature", DataType::Int64, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Float64Array::from(vec![Some(0.5), None, Some(2.0)])),
+        Arc::new(StringArray::from(vec!["a", "b", "c"])),
+        Arc::new(Int64Array::from(vec![4, 6, 9])),
+        Arc::new(Int64Array::from(vec![Some(3), None, Some(1)])),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let kv = |k: &str, v: &str| KeyValue::new(k.to_string(), v.to_string());
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![
+            kv("saeshare.codes.version", "1"),
+            kv("saeshare.codes.d_sae", "5"),
+            kv("saeshare.codes.encoder", "e"),
+            kv("saeshare.codes.layer", "l"),
+        ]))
+        .build();
+    let file = std::fs::File::create(&path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let batches: Vec<CodeBatch> = CodesReader::open(&path)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let codes: Vec<(u64, Vec<u32>, Vec<f32>)> = batches
+        .iter()
+        .flat_map(|b| {
+            b.iter()
+                .map(|c| (c.sample_id, c.features.to_vec(), c.values.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (4, vec![3], vec![0.5]),
+            (6, vec![], vec![]),
+            (9, vec![1], vec![2.0])
+        ]
+    );
+}

@@ -3,10 +3,12 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Float32Type, UInt32Type, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::KeyValue;
 
 use super::{keys, CodeBatch, CodesError, CodesMeta, Result, FORMAT_VERSION};
@@ -21,6 +23,9 @@ const READ_ROWS: usize = 16 * 1024;
 /// `d_sae` and appear once per sample, values are finite; the error names the file and row.
 pub struct CodesReader {
     path: PathBuf,
+    /// File positions of sample_id, feature, value when not in that order (projection keeps
+    /// file order).
+    order: Option<Vec<usize>>,
     meta: CodesMeta,
     samples: Option<u64>,
     batch_samples: usize,
@@ -41,13 +46,22 @@ impl CodesReader {
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(CodesError::parquet(path))?;
         let kv = builder.metadata().file_metadata().key_value_metadata();
         let (meta, samples) = read_meta(path, kv)?;
-        check_schema(path, builder.schema())?;
+        let roots = check_schema(path, builder.schema())?;
+        // Read in the order sample_id, feature, value, whatever the file's order.
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+        let order = if roots.windows(2).all(|w| w[0] < w[1]) {
+            None
+        } else {
+            Some(roots)
+        };
         let inner = builder
+            .with_projection(mask)
             .with_batch_size(READ_ROWS)
             .build()
             .map_err(CodesError::parquet(path))?;
         Ok(CodesReader {
             path: path.to_path_buf(),
+            order,
             meta,
             samples,
             batch_samples: 4096,
@@ -82,6 +96,22 @@ impl CodesReader {
         self.samples
     }
 
+    /// Puts the projected columns in the order sample_id, feature, value.
+    fn reorder(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let Some(order) = &self.order else {
+            return Ok(batch);
+        };
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|root| sorted.binary_search(root).expect("projected"))
+            .collect();
+        batch
+            .project(&positions)
+            .map_err(CodesError::arrow(&self.path))
+    }
+
     /// Reads rows until a batch is full or the file ends.
     fn fill(&mut self) -> Result<Option<CodeBatch>> {
         loop {
@@ -93,7 +123,8 @@ impl CodesReader {
                         return Ok((!batch.is_empty()).then_some(batch));
                     }
                     Some(batch) => {
-                        self.current = Some(batch.map_err(CodesError::arrow(&self.path))?);
+                        let batch = batch.map_err(CodesError::arrow(&self.path))?;
+                        self.current = Some(self.reorder(batch)?);
                         self.position = 0;
                     }
                 }
@@ -113,9 +144,10 @@ impl CodesReader {
     /// Moves rows of `batch` into `pending`; true when `pending` is full and the next row starts
     /// a new sample (which stays unread for the next batch).
     fn consume(&mut self, batch: &RecordBatch) -> Result<bool> {
-        let ids = batch.column(0).as_primitive::<UInt64Type>();
-        let features = batch.column(1).as_primitive::<UInt32Type>();
-        let values = batch.column(2).as_primitive::<Float32Type>();
+        let columns = convert(&self.path, batch)?;
+        let ids = columns[0].as_primitive::<UInt64Type>();
+        let features = columns[1].as_primitive::<UInt32Type>();
+        let values = columns[2].as_primitive::<Float32Type>();
         while self.position < batch.num_rows() {
             let r = self.position;
             let bad = |problem: String| CodesError::BadRow {
@@ -258,33 +290,50 @@ fn read_meta(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<(CodesMeta, Opti
     Ok((meta, samples))
 }
 
-fn check_schema(path: &Path, schema: &arrow::datatypes::Schema) -> Result<()> {
-    let expected = [
-        (keys::SAMPLE_ID, DataType::UInt64),
-        (keys::FEATURE, DataType::UInt32),
-        (keys::VALUE, DataType::Float32),
+/// Finds the three columns by name (tools may write them in any order, among other columns)
+/// and checks their types: any integer type for `sample_id` and `feature`, any float type for
+/// `value`, converted when read. Returns their positions.
+fn check_schema(path: &Path, schema: &arrow::datatypes::Schema) -> Result<Vec<usize>> {
+    type Accepts = fn(&DataType) -> bool;
+    let expected: [(&str, Accepts, &str); 3] = [
+        (keys::SAMPLE_ID, DataType::is_integer, "uint64"),
+        (keys::FEATURE, DataType::is_integer, "uint32"),
+        (keys::VALUE, DataType::is_floating, "float32"),
     ];
-    for (position, (name, data_type)) in expected.iter().enumerate() {
-        let field = schema.fields().get(position);
-        match field {
-            Some(f) if f.name() == name && f.data_type() == data_type => {}
-            Some(f) => {
+    expected
+        .iter()
+        .map(|(name, accepts, wanted)| {
+            let index = schema.index_of(name).map_err(|_| CodesError::WrongSchema {
+                file: path.to_path_buf(),
+                problem: format!("column `{name}` ({wanted}) is missing"),
+            })?;
+            let found = schema.field(index).data_type();
+            if !accepts(found) {
                 return Err(CodesError::WrongSchema {
                     file: path.to_path_buf(),
-                    problem: format!(
-                        "column {position} must be `{name}: {data_type}`, found `{}: {}`",
-                        f.name(),
-                        f.data_type()
-                    ),
-                })
+                    problem: format!("column `{name}` must be {wanted}, found {found}"),
+                });
             }
-            None => {
-                return Err(CodesError::WrongSchema {
-                    file: path.to_path_buf(),
-                    problem: format!("column `{name}: {data_type}` is missing"),
-                })
-            }
-        }
+            Ok(index)
+        })
+        .collect()
+}
+
+/// The batch's three columns in the format's types; a value that does not convert (a negative
+/// id, a feature beyond uint32) is an error rather than a silent change.
+fn convert(path: &Path, batch: &RecordBatch) -> Result<[ArrayRef; 3]> {
+    let options = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
+    let types = [DataType::UInt64, DataType::UInt32, DataType::Float32];
+    let mut out = Vec::with_capacity(3);
+    for (column, data_type) in batch.columns().iter().zip(types) {
+        out.push(if column.data_type() == &data_type {
+            column.clone()
+        } else {
+            cast_with_options(column, &data_type, &options).map_err(CodesError::arrow(path))?
+        });
     }
-    Ok(())
+    Ok(out.try_into().expect("three columns"))
 }
