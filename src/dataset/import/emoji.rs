@@ -161,7 +161,10 @@ fn read_labels(tarball: &Path) -> Result<HashMap<String, String>> {
 type Images = HashMap<String, Vec<u8>>;
 
 /// The entries of `emoji.json` in sort order, and the 64 px PNGs of `style` by file name.
-fn read_datasource(tarball: &Path, style: &str) -> Result<(Vec<DatasourceEntry>, Images)> {
+fn read_datasource(
+    tarball: &Path,
+    style: &str,
+) -> Result<(Vec<DatasourceEntry>, Images)> {
     let prefix = format!("package/img/{style}/64/");
     let mut members = read_members(tarball, |name| {
         name == "package/emoji.json" || (name.starts_with(&prefix) && name.ends_with(".png"))
