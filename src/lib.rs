@@ -10,15 +10,21 @@
 //! - [`activations`]: files of pooled activations, per sample and layer.
 //! - [`sae`]: sparse autoencoders: variants, online training, checkpoints.
 //! - [`pipeline`]: the timely dataflows.
+//! - [`codes`]: the sparse code file format (what an SAE produces per sample), writer and reader.
+//! - [`stats`]: per-feature moments and exact co-activation sums between code streams.
+//! - [`metrics`]: MPPC, wMPPC, Comparative Sharedness and their null baselines.
 //! - [`progress`]: progress bars and logging set-up shared by every command.
 //! - [`torch`]: the libtorch facts a user needs to trust a run (version, devices).
 
 pub mod activations;
 pub mod cli;
+pub mod codes;
 pub mod dataset;
+pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod sae;
+pub mod stats;
 pub mod torch;
 
 /// The folder where saeshare keeps what it downloads or builds once per machine: `$SAESHARE_CACHE`,

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Argument structs are the library's own option types
 //! wherever one exists, so the CLI and the library say the same things.
 
+mod compare;
 mod dataset;
 mod sae;
 
@@ -30,6 +31,19 @@ pub enum Command {
     Sae(sae::SaeCommand),
     /// Say which libtorch this binary runs on and which devices it sees.
     Info,
+    /// Compare two models through their SAE codes: MPPC per feature and wMPPC per layer pair.
+    Compare(compare::CompareArgs),
+    /// Rank a model's features by Comparative Sharedness from mppc tables.
+    Sharedness(compare::SharednessArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Exact sparse MPPC against the dense float32 all-pairs correlation, side by side.
+    Stats(compare::BenchStatsArgs),
 }
 
 /// Parses the process arguments and runs the command; errors are printed with their causes.
@@ -52,6 +66,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dataset(command) => dataset::run(command),
         Command::Sae(command) => sae::run(command),
+        Command::Compare(args) => compare::run_compare(args),
+        Command::Sharedness(args) => compare::run_sharedness(args),
+        Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),
         Command::Info => {
             println!("saeshare {}", env!("CARGO_PKG_VERSION"));
             println!("{}", crate::torch::describe());

@@ -1,0 +1,196 @@
+//! `saeshare compare` and `saeshare sharedness`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::metrics::tables::{self, MPPC_FILE, WMPPC_FILE};
+use crate::metrics::{Backend, CompareOptions, SharednessQuery};
+use crate::stats::MissingSamples;
+use crate::torch::DeviceSpec;
+
+/// Arguments of `saeshare compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Codes files of the source model, one per layer.
+    #[arg(long, required = true, num_args = 1..)]
+    source: Vec<PathBuf>,
+    /// Codes files of the target model, one per layer.
+    #[arg(long, required = true, num_args = 1..)]
+    target: Vec<PathBuf>,
+    /// Codes files of a second SAE (another seed) of source layers: the ceiling baseline.
+    #[arg(long, num_args = 1..)]
+    ceiling: Vec<PathBuf>,
+    /// Permutations of the target samples for the floor baseline (0: none). Holds all aligned
+    /// codes in memory.
+    #[arg(long, default_value_t = 0)]
+    baselines: usize,
+    /// Seed of the floor's permutations.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Leave out (and count) samples missing from some file, instead of failing.
+    #[arg(long)]
+    drop_missing: bool,
+    /// How co-activation sums are gathered.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: Backend,
+    /// Device of the dense backend: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// The folder receiving mppc.parquet and wmppc.parquet.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Arguments of `saeshare sharedness`.
+#[derive(Debug, Args)]
+pub struct SharednessArgs {
+    /// mppc tables: `compare` output folders or mppc.parquet files.
+    #[arg(long, required = true, num_args = 1..)]
+    mppc: Vec<PathBuf>,
+    /// The model M whose features are ranked.
+    #[arg(long)]
+    source: String,
+    /// G: models the features should be shared with.
+    #[arg(long, required = true, value_delimiter = ',')]
+    shared_with: Vec<String>,
+    /// H: models the features should not be shared with.
+    #[arg(long, value_delimiter = ',')]
+    not_shared_with: Vec<String>,
+    /// Keep the P features of highest Delta.
+    #[arg(long)]
+    top: Option<usize>,
+    /// The ranking's Parquet file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Runs `saeshare compare`.
+pub fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
+    let options = CompareOptions {
+        baselines: args.baselines,
+        seed: args.seed,
+        missing: if args.drop_missing {
+            MissingSamples::Drop
+        } else {
+            MissingSamples::Error
+        },
+        backend: args.backend,
+        device: args.device.check_available()?,
+        ..CompareOptions::default()
+    };
+    let result = crate::metrics::compare(&args.source, &args.target, &args.ceiling, &options)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    tables::write_mppc(&args.out.join(MPPC_FILE), &result.mppc)?;
+    tables::write_wmppc(&args.out.join(WMPPC_FILE), &result.wmppc)?;
+    println!(
+        "{} samples compared, {} dropped; {} mppc rows",
+        result.align.samples,
+        result.align.dropped,
+        result.mppc.len()
+    );
+    let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
+    println!("source\ttarget\tsource_layer\ttarget_layer\taggregation\twmppc\tfloor\tceiling");
+    for r in &result.wmppc {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.source,
+            r.target,
+            r.source_layer,
+            r.target_layer,
+            r.aggregation.as_str(),
+            show(r.wmppc),
+            show(r.baseline_floor),
+            show(r.baseline_ceiling)
+        );
+    }
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Runs `saeshare sharedness`.
+pub fn run_sharedness(args: SharednessArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for path in &args.mppc {
+        rows.extend(tables::read_mppc(path)?);
+    }
+    let query = SharednessQuery {
+        source: args.source,
+        shared_with: args.shared_with,
+        not_shared_with: args.not_shared_with,
+        top: args.top,
+    };
+    let ranking = crate::metrics::sharedness(&rows, &query)?;
+    tables::write_sharedness(&args.out, &query.source, &ranking)?;
+    println!(
+        "{} features of {} ranked; wrote {}",
+        ranking.len(),
+        query.source,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `saeshare bench stats`.
+#[derive(Debug, Args)]
+pub struct BenchStatsArgs {
+    /// Samples N.
+    #[arg(long, default_value_t = 50_000)]
+    samples: usize,
+    /// Features of both SAEs.
+    #[arg(long, default_value_t = 8192)]
+    features: usize,
+    /// Active latents per sample (TopK).
+    #[arg(long, default_value_t = 32)]
+    k: usize,
+    /// Skip the dense float32 reference (it needs 8 * N * features bytes).
+    #[arg(long)]
+    no_dense: bool,
+    /// Seed of the synthetic codes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Runs `saeshare bench stats`.
+pub fn run_bench_stats(args: BenchStatsArgs) -> anyhow::Result<()> {
+    let options = crate::metrics::BenchOptions {
+        samples: args.samples,
+        features: args.features,
+        k: args.k,
+        dense_reference: !args.no_dense,
+        seed: args.seed,
+    };
+    println!(
+        "N = {}, d_A = d_B = {}, k = {}, {} torch threads",
+        options.samples,
+        options.features,
+        options.k,
+        tch::get_num_threads()
+    );
+    let report = crate::metrics::bench_stats(&options)?;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let peak = match (report.sparse_peak_bytes, report.baseline_bytes) {
+        (Some(peak), Some(base)) => format!(
+            "{:.0} MiB ({:.0} MiB above the {:.0} MiB of the process at start: binary, libtorch)",
+            mib(peak),
+            mib(peak.saturating_sub(base)),
+            mib(base)
+        ),
+        _ => "unknown".into(),
+    };
+    println!(
+        "sparse exact MPPC: {:.2} s, peak memory {peak}",
+        report.sparse_seconds
+    );
+    if let (Some(dense), Some(diff)) = (report.dense_seconds, report.max_difference) {
+        println!("dense float32 all-pairs (reference way): {dense:.2} s");
+        println!(
+            "ratio dense / sparse: {:.1}x",
+            dense / report.sparse_seconds
+        );
+        println!("max |MPPC sparse - dense float32|: {diff:.2e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Sparse codes: what an SAE produces on each sample, stored as one Parquet row per active latent
+//! (FORMATS.md, "Sparse codes").
+//!
+//! - [`CodesWriter`]: writes one file for one (encoder, layer, SAE), samples in increasing
+//!   `sample_id` order, atomically (temporary file, then rename).
+//! - [`CodesReader`]: streams a file back as [`CodeBatch`]es of at most a chosen number of
+//!   samples, checking order, feature range and values as it goes.
+//!
+//! A sample whose code has no active latent is stored as one row with a null `feature` and a
+//! null `value`: alignment by `sample_id` and the sample count `N` of every statistic need to know
+//! the sample exists, and an absent sample cannot say so.
+
+mod batch;
+mod reader;
+mod writer;
+
+use std::path::PathBuf;
+
+pub use batch::{CodeBatch, SparseCode};
+pub use reader::CodesReader;
+pub use writer::{CodesSummary, CodesWriter};
+
+/// The codes format version written into every file's key-value metadata.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Column names and key-value metadata keys of the format.
+pub mod keys {
+    /// Column: the dataset row the code belongs to.
+    pub const SAMPLE_ID: &str = "sample_id";
+    /// Column: the index of the active latent, `0..d_sae`.
+    pub const FEATURE: &str = "feature";
+    /// Column: the latent's value (after TopK), never zero.
+    pub const VALUE: &str = "value";
+    /// Metadata: [`super::FORMAT_VERSION`].
+    pub const VERSION: &str = "saeshare.codes.version";
+    /// Metadata: the number of features of the SAE.
+    pub const D_SAE: &str = "saeshare.codes.d_sae";
+    /// Metadata: the encoder's name.
+    pub const ENCODER: &str = "saeshare.codes.encoder";
+    /// Metadata: the layer's name.
+    pub const LAYER: &str = "saeshare.codes.layer";
+    /// Metadata: `k` of a TopK SAE; absent for other SAEs.
+    pub const K: &str = "saeshare.codes.k";
+    /// Metadata: which SAE (checkpoint, seed) produced the codes; optional.
+    pub const SAE: &str = "saeshare.codes.sae";
+    /// Metadata: the number of samples in the file, written when the file is finished.
+    pub const SAMPLES: &str = "saeshare.codes.samples";
+}
+
+/// What a codes file says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodesMeta {
+    /// Number of features of the SAE: every `feature` is below it.
+    pub d_sae: u32,
+    /// The encoder whose activations were encoded, as named in its package.
+    pub encoder: String,
+    /// The layer of the encoder.
+    pub layer: String,
+    /// `k` of a TopK SAE (at most `k` active latents per sample); `None` for dense codes.
+    pub k: Option<u32>,
+    /// Which SAE produced the codes (checkpoint name, seed), to tell two SAEs of one layer apart.
+    pub sae: Option<String>,
+}
+
+impl CodesMeta {
+    /// Codes of a TopK SAE with `d_sae` features.
+    pub fn topk(encoder: impl Into<String>, layer: impl Into<String>, d_sae: u32, k: u32) -> Self {
+        CodesMeta {
+            d_sae,
+            encoder: encoder.into(),
+            layer: layer.into(),
+            k: Some(k),
+            sae: None,
+        }
+    }
+
+    /// Codes of an SAE without a per-sample limit on active latents (ReLU SAEs).
+    pub fn dense(encoder: impl Into<String>, layer: impl Into<String>, d_sae: u32) -> Self {
+        CodesMeta {
+            k: None,
+            ..Self::topk(encoder, layer, d_sae, 0)
+        }
+    }
+
+    /// The same, naming the SAE that produced the codes.
+    pub fn with_sae(mut self, sae: impl Into<String>) -> Self {
+        self.sae = Some(sae.into());
+        self
+    }
+}
+
+/// Everything that can go wrong reading or writing codes; each error names the file, and the row
+/// or sample where one is to blame.
+#[derive(Debug, thiserror::Error)]
+pub enum CodesError {
+    /// The file does not exist.
+    #[error("{path}: no such file")]
+    NotFound {
+        /// The missing file.
+        path: PathBuf,
+    },
+    /// The writer refuses to replace finished codes.
+    #[error("{path}: already exists; codes are never overwritten, remove the file first")]
+    AlreadyExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// An I/O error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file being read or written.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not Parquet, or the Parquet library failed.
+    #[error("{file}: not a readable Parquet file: {source}")]
+    Parquet {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// Arrow failed on the file's data.
+    #[error("{file}: {source}")]
+    Arrow {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A column or metadata key is missing or has the wrong type.
+    #[error("{file}: {problem}")]
+    WrongSchema {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong, naming the column or key.
+        problem: String,
+    },
+    /// The file was written by a newer saeshare.
+    #[error("{file}: codes format version {found} is newer than this saeshare reads (version {FORMAT_VERSION}); upgrade saeshare")]
+    UnsupportedVersion {
+        /// The file.
+        file: PathBuf,
+        /// The version it declares.
+        found: String,
+    },
+    /// A row breaks the format (order, range, value).
+    #[error("{file}: row {row} (sample_id {sample_id}): {problem}")]
+    BadRow {
+        /// The file.
+        file: PathBuf,
+        /// Row number in the file, from 0.
+        row: u64,
+        /// The row's sample id.
+        sample_id: u64,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A sample given to the writer breaks the format.
+    #[error("{file}: sample_id {sample_id}: {problem}")]
+    BadSample {
+        /// The file being written.
+        file: PathBuf,
+        /// The sample.
+        sample_id: u64,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl CodesError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CodesError {
+        let path = path.into();
+        move |source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                CodesError::NotFound { path }
+            } else {
+                CodesError::Io { path, source }
+            }
+        }
+    }
+
+    pub(crate) fn parquet(
+        file: impl Into<PathBuf>,
+    ) -> impl FnOnce(parquet::errors::ParquetError) -> CodesError {
+        let file = file.into();
+        move |source| CodesError::Parquet { file, source }
+    }
+
+    pub(crate) fn arrow(
+        file: impl Into<PathBuf>,
+    ) -> impl FnOnce(arrow::error::ArrowError) -> CodesError {
+        let file = file.into();
+        move |source| CodesError::Arrow { file, source }
+    }
+}
+
+/// Results of this module.
+pub type Result<T, E = CodesError> = std::result::Result<T, E>;

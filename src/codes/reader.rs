@@ -1,0 +1,339 @@
+//! Streams a codes file back as bounded [`CodeBatch`]es, checking the format row by row.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::{cast_with_options, CastOptions};
+use arrow::datatypes::{DataType, Float32Type, UInt32Type, UInt64Type};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::KeyValue;
+
+use super::{keys, CodeBatch, CodesError, CodesMeta, Result, FORMAT_VERSION};
+
+/// Parquet rows decoded at a time; independent of how many samples a batch holds.
+const READ_ROWS: usize = 16 * 1024;
+
+/// Reads one codes file in increasing `sample_id` order.
+///
+/// Each item is a batch of at most `batch_samples` whole samples (a sample is never split
+/// across batches). Rows are checked as they are read: ids never decrease, features are below
+/// `d_sae` and appear once per sample, values are finite; the error names the file and row.
+pub struct CodesReader {
+    path: PathBuf,
+    /// File positions of sample_id, feature, value when not in that order (projection keeps
+    /// file order).
+    order: Option<Vec<usize>>,
+    meta: CodesMeta,
+    samples: Option<u64>,
+    batch_samples: usize,
+    inner: ParquetRecordBatchReader,
+    current: Option<RecordBatch>,
+    position: usize,
+    row: u64,
+    last_id: Option<u64>,
+    pending: CodeBatch,
+    done: bool,
+}
+
+impl CodesReader {
+    /// Opens a codes file, checking its schema and metadata.
+    pub fn open(path: &Path) -> Result<CodesReader> {
+        let file = File::open(path).map_err(CodesError::io(path))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(CodesError::parquet(path))?;
+        let kv = builder.metadata().file_metadata().key_value_metadata();
+        let (meta, samples) = read_meta(path, kv)?;
+        let roots = check_schema(path, builder.schema())?;
+        // Read in the order sample_id, feature, value, whatever the file's order.
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+        let order = if roots.windows(2).all(|w| w[0] < w[1]) {
+            None
+        } else {
+            Some(roots)
+        };
+        let inner = builder
+            .with_projection(mask)
+            .with_batch_size(READ_ROWS)
+            .build()
+            .map_err(CodesError::parquet(path))?;
+        Ok(CodesReader {
+            path: path.to_path_buf(),
+            order,
+            meta,
+            samples,
+            batch_samples: 4096,
+            inner,
+            current: None,
+            position: 0,
+            row: 0,
+            last_id: None,
+            pending: CodeBatch::new(),
+            done: false,
+        })
+    }
+
+    /// At most `samples` samples per batch (at least 1).
+    pub fn with_batch_samples(mut self, samples: usize) -> Self {
+        self.batch_samples = samples.max(1);
+        self
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the file says about itself.
+    pub fn meta(&self) -> &CodesMeta {
+        &self.meta
+    }
+
+    /// The number of samples the writer recorded, if it did (files from other tools may not).
+    pub fn samples(&self) -> Option<u64> {
+        self.samples
+    }
+
+    /// Puts the projected columns in the order sample_id, feature, value.
+    fn reorder(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let Some(order) = &self.order else {
+            return Ok(batch);
+        };
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|root| sorted.binary_search(root).expect("projected"))
+            .collect();
+        batch
+            .project(&positions)
+            .map_err(CodesError::arrow(&self.path))
+    }
+
+    /// Reads rows until a batch is full or the file ends.
+    fn fill(&mut self) -> Result<Option<CodeBatch>> {
+        loop {
+            if self.current.is_none() {
+                match self.inner.next() {
+                    None => {
+                        self.done = true;
+                        let batch = std::mem::replace(&mut self.pending, CodeBatch::new());
+                        return Ok((!batch.is_empty()).then_some(batch));
+                    }
+                    Some(batch) => {
+                        let batch = batch.map_err(CodesError::arrow(&self.path))?;
+                        self.current = Some(self.reorder(batch)?);
+                        self.position = 0;
+                    }
+                }
+            }
+            let batch = self.current.take().expect("set above");
+            let full = self.consume(&batch)?;
+            if self.position < batch.num_rows() {
+                self.current = Some(batch);
+            }
+            if full {
+                let next = std::mem::replace(&mut self.pending, CodeBatch::new());
+                return Ok(Some(next));
+            }
+        }
+    }
+
+    /// Moves rows of `batch` into `pending`; true when `pending` is full and the next row starts
+    /// a new sample (which stays unread for the next batch).
+    fn consume(&mut self, batch: &RecordBatch) -> Result<bool> {
+        let columns = convert(&self.path, batch)?;
+        let ids = columns[0].as_primitive::<UInt64Type>();
+        let features = columns[1].as_primitive::<UInt32Type>();
+        let values = columns[2].as_primitive::<Float32Type>();
+        while self.position < batch.num_rows() {
+            let r = self.position;
+            let bad = |problem: String| CodesError::BadRow {
+                file: self.path.clone(),
+                row: self.row,
+                sample_id: if ids.is_valid(r) { ids.value(r) } else { 0 },
+                problem,
+            };
+            if !ids.is_valid(r) {
+                return Err(bad("sample_id is null".into()));
+            }
+            let id = ids.value(r);
+            let new_sample = match self.last_id {
+                Some(last) if id < last => {
+                    return Err(bad(format!(
+                        "comes after sample_id {last}; rows must be sorted by sample_id"
+                    )))
+                }
+                Some(last) => id != last,
+                None => true,
+            };
+            if new_sample {
+                if let Some(twice) = self.pending.finish_last() {
+                    return Err(bad(format!(
+                        "the previous sample lists feature {twice} twice"
+                    )));
+                }
+                if self.pending.len() >= self.batch_samples {
+                    return Ok(true);
+                }
+                self.pending.begin(id);
+                self.last_id = Some(id);
+            }
+            match (features.is_valid(r), values.is_valid(r)) {
+                (false, false) => {}
+                (true, true) => {
+                    let (f, v) = (features.value(r), values.value(r));
+                    if f >= self.meta.d_sae {
+                        return Err(bad(format!(
+                            "feature {f} is out of range: the SAE has {} features",
+                            self.meta.d_sae
+                        )));
+                    }
+                    if !v.is_finite() {
+                        return Err(bad(format!("feature {f} has value {v}")));
+                    }
+                    if v != 0.0 {
+                        self.pending.push_pair(f, v);
+                    }
+                }
+                _ => {
+                    return Err(bad(
+                        "feature and value must both be set, or both be null (a sample with no active latent)".into(),
+                    ))
+                }
+            }
+            self.position += 1;
+            self.row += 1;
+        }
+        Ok(false)
+    }
+}
+
+impl Iterator for CodesReader {
+    type Item = Result<CodeBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.fill() {
+            Ok(Some(mut batch)) => match batch.finish_last() {
+                None => Some(Ok(batch)),
+                Some(twice) => {
+                    self.done = true;
+                    let id = *batch.sample_ids().last().expect("not empty");
+                    Some(Err(CodesError::BadRow {
+                        file: self.path.clone(),
+                        row: self.row.saturating_sub(1),
+                        sample_id: id,
+                        problem: format!("the sample lists feature {twice} twice"),
+                    }))
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn read_meta(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<(CodesMeta, Option<u64>)> {
+    let get = |key: &str| {
+        kv.into_iter()
+            .flatten()
+            .find(|e| e.key == key)
+            .and_then(|e| e.value.clone())
+    };
+    let missing = |key: &str| CodesError::WrongSchema {
+        file: path.to_path_buf(),
+        problem: format!("key-value metadata `{key}` is missing; is this a saeshare codes file?"),
+    };
+    let number = |key: &str, text: String| {
+        text.parse::<u64>().map_err(|_| CodesError::WrongSchema {
+            file: path.to_path_buf(),
+            problem: format!("key-value metadata `{key}` = {text:?} is not a whole number"),
+        })
+    };
+    let version = get(keys::VERSION).ok_or_else(|| missing(keys::VERSION))?;
+    match version.parse::<u32>() {
+        Ok(v) if (1..=FORMAT_VERSION).contains(&v) => {}
+        _ => {
+            return Err(CodesError::UnsupportedVersion {
+                file: path.to_path_buf(),
+                found: version,
+            })
+        }
+    }
+    let d_sae = get(keys::D_SAE).ok_or_else(|| missing(keys::D_SAE))?;
+    let d_sae = number(keys::D_SAE, d_sae)?;
+    let d_sae = u32::try_from(d_sae).map_err(|_| CodesError::WrongSchema {
+        file: path.to_path_buf(),
+        problem: format!("d_sae = {d_sae} does not fit in uint32"),
+    })?;
+    let k = get(keys::K)
+        .map(|k| number(keys::K, k).map(|k| k as u32))
+        .transpose()?;
+    let samples = get(keys::SAMPLES)
+        .map(|s| number(keys::SAMPLES, s))
+        .transpose()?;
+    let meta = CodesMeta {
+        d_sae,
+        encoder: get(keys::ENCODER).ok_or_else(|| missing(keys::ENCODER))?,
+        layer: get(keys::LAYER).ok_or_else(|| missing(keys::LAYER))?,
+        k,
+        sae: get(keys::SAE),
+    };
+    Ok((meta, samples))
+}
+
+/// Finds the three columns by name (tools may write them in any order, among other columns)
+/// and checks their types: any integer type for `sample_id` and `feature`, any float type for
+/// `value`, converted when read. Returns their positions.
+fn check_schema(path: &Path, schema: &arrow::datatypes::Schema) -> Result<Vec<usize>> {
+    type Accepts = fn(&DataType) -> bool;
+    let expected: [(&str, Accepts, &str); 3] = [
+        (keys::SAMPLE_ID, DataType::is_integer, "uint64"),
+        (keys::FEATURE, DataType::is_integer, "uint32"),
+        (keys::VALUE, DataType::is_floating, "float32"),
+    ];
+    expected
+        .iter()
+        .map(|(name, accepts, wanted)| {
+            let index = schema.index_of(name).map_err(|_| CodesError::WrongSchema {
+                file: path.to_path_buf(),
+                problem: format!("column `{name}` ({wanted}) is missing"),
+            })?;
+            let found = schema.field(index).data_type();
+            if !accepts(found) {
+                return Err(CodesError::WrongSchema {
+                    file: path.to_path_buf(),
+                    problem: format!("column `{name}` must be {wanted}, found {found}"),
+                });
+            }
+            Ok(index)
+        })
+        .collect()
+}
+
+/// The batch's three columns in the format's types; a value that does not convert (a negative
+/// id, a feature beyond uint32) is an error rather than a silent change.
+fn convert(path: &Path, batch: &RecordBatch) -> Result<[ArrayRef; 3]> {
+    let options = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
+    let types = [DataType::UInt64, DataType::UInt32, DataType::Float32];
+    let mut out = Vec::with_capacity(3);
+    for (column, data_type) in batch.columns().iter().zip(types) {
+        out.push(if column.data_type() == &data_type {
+            column.clone()
+        } else {
+            cast_with_options(column, &data_type, &options).map_err(CodesError::arrow(path))?
+        });
+    }
+    Ok(out.try_into().expect("three columns"))
+}

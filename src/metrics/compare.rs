@@ -1,0 +1,493 @@
+//! `compare`: code files of a source and a target model in, `mppc` and `wmppc` rows out.
+//!
+//! One pass over all files, joined by sample id, fills one accumulator per (source layer,
+//! target layer); MPPC comes from each, then the aggregations of DESIGN section 1. The floor
+//! pairs each source sample with a permuted target sample (fixed seed, several permutations);
+//! the ceiling compares each source layer with a second SAE of the same encoder and layer.
+
+use std::path::PathBuf;
+
+use crate::codes::{CodeBatch, CodesMeta, CodesReader};
+use crate::stats::{
+    align, AlignReport, CoactivationAccumulator, DenseAccumulator, MissingSamples, StatsError,
+};
+
+use super::baselines::{ceiling_values, floor_values};
+use super::{best_over_layers, mean_over_layers, mppc, wmppc, FeatureMatch, MetricsError};
+
+/// How co-activation sums are gathered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Sparse for TopK codes (files that declare `k`), dense otherwise.
+    #[default]
+    Auto,
+    /// `k_A * k_B` updates per sample.
+    Sparse,
+    /// Blocked matmuls through libtorch.
+    Dense,
+}
+
+/// How to compare.
+#[derive(Clone, Debug)]
+pub struct CompareOptions {
+    /// Permutations for the floor baseline (0: none). The floor holds every aligned code in
+    /// memory, `O(N * k)`, unlike the main pass.
+    pub baselines: usize,
+    /// Seed of the permutations: equal seeds give equal floors.
+    pub seed: u64,
+    /// Samples missing from some file: an error, or dropped and counted.
+    pub missing: MissingSamples,
+    /// Sparse or dense sums.
+    pub backend: Backend,
+    /// Where the dense backend runs.
+    pub device: tch::Device,
+    /// Samples per batch read and accumulated at once.
+    pub batch_samples: usize,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        CompareOptions {
+            baselines: 0,
+            seed: 0,
+            missing: MissingSamples::Error,
+            backend: Backend::Auto,
+            device: tch::Device::Cpu,
+            batch_samples: 16 * 1024,
+        }
+    }
+}
+
+/// Which average a `wmppc` row holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregation {
+    /// One source layer against one target layer.
+    Layer,
+    /// One source layer against the union of the features of all target layers.
+    Union,
+    /// All layers, the reference's way: the `Union` values of the source layers averaged with
+    /// weights = number of features per layer.
+    MeanOverLayers,
+    /// All layers: one S-weighted average over all features of all source layers (MPPC over
+    /// the union of target layers).
+    AllFeatures,
+}
+
+impl Aggregation {
+    /// The name written in the `aggregation` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregation::Layer => "layer",
+            Aggregation::Union => "union",
+            Aggregation::MeanOverLayers => "mean_over_layers",
+            Aggregation::AllFeatures => "all_features",
+        }
+    }
+
+    /// The aggregation named `name` in the `aggregation` column.
+    pub fn parse(name: &str) -> Option<Aggregation> {
+        [
+            Aggregation::Layer,
+            Aggregation::Union,
+            Aggregation::MeanOverLayers,
+            Aggregation::AllFeatures,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == name)
+    }
+}
+
+/// The layer name standing for "all layers" in the `*_layer` columns.
+pub const ALL_LAYERS: &str = "*";
+
+/// One row of the `mppc` table: a source feature and its best match in a target layer
+/// (`target_layer` = `*`: in the union of all target layers, `best_layer` saying which).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MppcRow {
+    /// Source model (encoder name).
+    pub source: String,
+    /// Source layer.
+    pub source_layer: String,
+    /// Source feature.
+    pub feature: u32,
+    /// Target model.
+    pub target: String,
+    /// Target layer, or `*` for the union of all target layers.
+    pub target_layer: String,
+    /// Best matching target feature; `None` for a dead or constant source feature.
+    pub best_feature: Option<u32>,
+    /// The layer of `best_feature`.
+    pub best_layer: Option<String>,
+    /// `MPPC_i`, signed.
+    pub rho: f64,
+    /// `S_i`.
+    pub weight: f64,
+}
+
+/// One row of the `wmppc` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WmppcRow {
+    /// Source model.
+    pub source: String,
+    /// Target model.
+    pub target: String,
+    /// Source layer, or `*`.
+    pub source_layer: String,
+    /// Target layer, or `*`.
+    pub target_layer: String,
+    /// Which average.
+    pub aggregation: Aggregation,
+    /// The value; `None` when every source feature is dead or constant.
+    pub wmppc: Option<f64>,
+    /// Mean of the value over target permutations.
+    pub baseline_floor: Option<f64>,
+    /// Sample standard deviation of the value over permutations (needs two).
+    pub baseline_floor_std: Option<f64>,
+    /// The value against a second SAE of the source encoder and layer.
+    pub baseline_ceiling: Option<f64>,
+    /// Aligned samples `N`.
+    pub samples: u64,
+}
+
+/// Everything `compare` computed.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    /// Rows of the `mppc` table.
+    pub mppc: Vec<MppcRow>,
+    /// Rows of the `wmppc` table.
+    pub wmppc: Vec<WmppcRow>,
+    /// Samples compared and dropped.
+    pub align: AlignReport,
+}
+
+/// A row of the `wmppc` table before names and baselines: which layers (`None`: all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub source_layer: Option<usize>,
+    pub target_layer: Option<usize>,
+    pub aggregation: Aggregation,
+}
+
+/// Matches indexed `[source layer][target layer][feature]`.
+pub(crate) type Matches = Vec<Vec<Vec<FeatureMatch>>>;
+
+/// Compares the source model's code files (one per layer) with the target model's.
+pub fn compare(
+    sources: &[PathBuf],
+    targets: &[PathBuf],
+    ceilings: &[PathBuf],
+    options: &CompareOptions,
+) -> Result<Comparison, MetricsError> {
+    let source = side(sources, "--source")?;
+    let target = side(targets, "--target")?;
+    let (source_name, target_name) = (source[0].encoder.clone(), target[0].encoder.clone());
+
+    let pass = accumulate(sources, targets, options, options.baselines > 0)?;
+    let samples = pass.report.samples;
+    if pass.report.dropped > 0 {
+        let (id, file) = pass.report.first_dropped.clone().expect("counted");
+        tracing::warn!(
+            dropped = pass.report.dropped,
+            "left out {} samples missing from some file (the first: sample_id {id}, missing from {})",
+            pass.report.dropped,
+            file.display()
+        );
+    }
+    let matches: Matches = pass
+        .accumulators
+        .iter()
+        .map(|row| row.iter().map(mppc).collect())
+        .collect();
+    let values = keyed_values(&matches);
+
+    let floor = match &pass.kept {
+        Some(kept) if options.baselines > 0 => Some(floor_values(kept, &source, &target, options)?),
+        _ => None,
+    };
+    let ceiling = ceiling_values(sources, &source, ceilings, &values, options)?;
+
+    let layer_name = |layers: &[CodesMeta], index: Option<usize>| {
+        index.map_or_else(|| ALL_LAYERS.to_string(), |i| layers[i].layer.clone())
+    };
+    let wmppc_rows = values
+        .iter()
+        .enumerate()
+        .map(|(r, (key, value))| WmppcRow {
+            source: source_name.clone(),
+            target: target_name.clone(),
+            source_layer: layer_name(&source, key.source_layer),
+            target_layer: layer_name(&target, key.target_layer),
+            aggregation: key.aggregation,
+            wmppc: *value,
+            baseline_floor: floor.as_ref().and_then(|f| f[r].0),
+            baseline_floor_std: floor.as_ref().and_then(|f| f[r].1),
+            baseline_ceiling: ceiling.as_ref().and_then(|c| c[r]),
+            samples,
+        })
+        .collect();
+
+    let mut mppc_rows = Vec::new();
+    for (a, per_target) in matches.iter().enumerate() {
+        let mut row =
+            |feature: usize, target_layer: String, m: FeatureMatch, best: Option<usize>| {
+                mppc_rows.push(MppcRow {
+                    source: source_name.clone(),
+                    source_layer: source[a].layer.clone(),
+                    feature: feature as u32,
+                    target: target_name.clone(),
+                    target_layer,
+                    best_feature: m.best,
+                    best_layer: best.map(|b| target[b].layer.clone()),
+                    rho: m.rho,
+                    weight: m.weight,
+                })
+            };
+        for (b, layer) in per_target.iter().enumerate() {
+            for (i, m) in layer.iter().enumerate() {
+                row(i, target[b].layer.clone(), *m, m.best.map(|_| b));
+            }
+        }
+        if per_target.len() > 1 {
+            for (i, (m, b)) in best_over_layers(per_target).into_iter().enumerate() {
+                row(i, ALL_LAYERS.to_string(), m, b);
+            }
+        }
+    }
+    Ok(Comparison {
+        mppc: mppc_rows,
+        wmppc: wmppc_rows,
+        align: pass.report,
+    })
+}
+
+/// Reads the metadata of one side's files: one encoder, distinct layers.
+pub(crate) fn side(paths: &[PathBuf], flag: &str) -> Result<Vec<CodesMeta>, MetricsError> {
+    if paths.is_empty() {
+        return Err(MetricsError::BadInput(format!(
+            "{flag}: give at least one codes file"
+        )));
+    }
+    let metas = paths
+        .iter()
+        .map(|p| Ok(CodesReader::open(p)?.meta().clone()))
+        .collect::<Result<Vec<_>, MetricsError>>()?;
+    for (p, m) in paths.iter().zip(&metas).skip(1) {
+        if m.encoder != metas[0].encoder {
+            return Err(MetricsError::BadInput(format!(
+                "{flag}: {} holds codes of encoder {:?}, {} of {:?}; the files of one side are the layers of one model",
+                paths[0].display(), metas[0].encoder, p.display(), m.encoder
+            )));
+        }
+    }
+    for (x, mx) in metas.iter().enumerate() {
+        if let Some(y) = metas[x + 1..].iter().position(|my| my.layer == mx.layer) {
+            return Err(MetricsError::BadInput(format!(
+                "{flag}: {} and {} are both layer {:?} of {:?}",
+                paths[x].display(),
+                paths[x + 1 + y].display(),
+                mx.layer,
+                mx.encoder
+            )));
+        }
+    }
+    Ok(metas)
+}
+
+/// The accumulators of one pass, `[source][target]`, and, when asked, every aligned code of
+/// every stream (sources first) for the floor.
+pub(crate) struct Pass {
+    pub accumulators: Vec<Vec<CoactivationAccumulator>>,
+    pub report: AlignReport,
+    pub kept: Option<Vec<CodeBatch>>,
+}
+
+/// One accumulator, sparse or dense.
+pub(crate) enum PairAcc {
+    Sparse(CoactivationAccumulator),
+    Dense(Box<DenseAccumulator>),
+}
+
+impl PairAcc {
+    /// An accumulator for `a x b`; `samples`, when known, lets a sparse one start dense when
+    /// it would become dense anyway.
+    pub fn new(
+        a: &CodesMeta,
+        b: &CodesMeta,
+        samples: Option<u64>,
+        options: &CompareOptions,
+    ) -> Self {
+        let dense = match options.backend {
+            Backend::Sparse => false,
+            Backend::Dense => true,
+            Backend::Auto => a.k.is_none() || b.k.is_none(),
+        };
+        let (d_a, d_b) = (a.d_sae as usize, b.d_sae as usize);
+        if dense {
+            PairAcc::Dense(Box::new(DenseAccumulator::new(d_a, d_b, options.device)))
+        } else {
+            let updates = match (samples, a.k, b.k) {
+                (Some(n), Some(k_a), Some(k_b)) => n * k_a as u64 * k_b as u64,
+                _ => 0,
+            };
+            PairAcc::Sparse(CoactivationAccumulator::with_expected_updates(
+                d_a, d_b, updates,
+            ))
+        }
+    }
+
+    pub fn add(&mut self, a: &CodeBatch, b: &CodeBatch) -> Result<(), StatsError> {
+        match self {
+            PairAcc::Sparse(acc) => acc.add_batch(a, b),
+            PairAcc::Dense(acc) => acc.add_batch(a, b)?,
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<CoactivationAccumulator, MetricsError> {
+        match self {
+            PairAcc::Sparse(acc) => Ok(acc),
+            PairAcc::Dense(acc) => Ok(acc.finish()?),
+        }
+    }
+}
+
+/// Reads the files once, joined by sample id, filling every (source, target) accumulator.
+pub(crate) fn accumulate(
+    sources: &[PathBuf],
+    targets: &[PathBuf],
+    options: &CompareOptions,
+    keep: bool,
+) -> Result<Pass, MetricsError> {
+    let open = |p: &PathBuf| -> Result<CodesReader, MetricsError> {
+        Ok(CodesReader::open(p)?.with_batch_samples(options.batch_samples))
+    };
+    let readers: Vec<CodesReader> = sources
+        .iter()
+        .chain(targets)
+        .map(open)
+        .collect::<Result<_, _>>()?;
+    let metas: Vec<CodesMeta> = readers.iter().map(|r| r.meta().clone()).collect();
+    let expected = readers[0].samples();
+    let l_a = sources.len();
+    let mut accs: Vec<Vec<PairAcc>> = (0..l_a)
+        .map(|a| {
+            (l_a..metas.len())
+                .map(|b| PairAcc::new(&metas[a], &metas[b], expected, options))
+                .collect()
+        })
+        .collect();
+    let mut buffers: Vec<CodeBatch> = vec![CodeBatch::new(); readers.len()];
+    let mut kept: Option<Vec<CodeBatch>> = keep.then(|| vec![CodeBatch::new(); readers.len()]);
+    let bar = crate::progress::bar(expected, &describe(sources, targets), "samples");
+    let flush = |accs: &mut Vec<Vec<PairAcc>>, buffers: &mut Vec<CodeBatch>| {
+        for (a, row) in accs.iter_mut().enumerate() {
+            for (b, acc) in row.iter_mut().enumerate() {
+                acc.add(&buffers[a], &buffers[l_a + b])?;
+            }
+        }
+        buffers.iter_mut().for_each(CodeBatch::clear);
+        Ok::<(), StatsError>(())
+    };
+    let report = align(readers, options.missing, |codes| {
+        for (s, code) in codes.iter().enumerate() {
+            buffers[s].push(*code);
+            if let Some(kept) = kept.as_mut() {
+                kept[s].push(*code);
+            }
+        }
+        if buffers[0].len() >= options.batch_samples {
+            flush(&mut accs, &mut buffers)?;
+            bar.inc(options.batch_samples as u64);
+        }
+        Ok(())
+    });
+    let report = report?;
+    flush(&mut accs, &mut buffers)?;
+    bar.finish_and_clear();
+    tracing::info!(samples = report.samples, "{}", describe(sources, targets));
+    let accumulators = accs
+        .into_iter()
+        .map(|row| row.into_iter().map(PairAcc::finish).collect())
+        .collect::<Result<_, _>>()?;
+    Ok(Pass {
+        accumulators,
+        report,
+        kept,
+    })
+}
+
+fn describe(sources: &[PathBuf], targets: &[PathBuf]) -> String {
+    let names = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|p| {
+                p.file_name().map_or_else(
+                    || p.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!("co-activations {} x {}", names(sources), names(targets))
+}
+
+/// The `wmppc` values of one set of matches, in table order: every layer pair, the union per
+/// source layer (several target layers), then both all-layers aggregations (several pairs).
+pub(crate) fn keyed_values(matches: &Matches) -> Vec<(Key, Option<f64>)> {
+    let (l_a, l_b) = (matches.len(), matches[0].len());
+    let mut out = Vec::new();
+    for (a, per_target) in matches.iter().enumerate() {
+        for (b, m) in per_target.iter().enumerate() {
+            let key = Key {
+                source_layer: Some(a),
+                target_layer: Some(b),
+                aggregation: Aggregation::Layer,
+            };
+            out.push((key, wmppc(m)));
+        }
+    }
+    let unions: Vec<Vec<FeatureMatch>> = matches
+        .iter()
+        .map(|per_target| {
+            best_over_layers(per_target)
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect()
+        })
+        .collect();
+    if l_b > 1 {
+        for (a, u) in unions.iter().enumerate() {
+            let key = Key {
+                source_layer: Some(a),
+                target_layer: None,
+                aggregation: Aggregation::Union,
+            };
+            out.push((key, wmppc(u)));
+        }
+    }
+    if l_a * l_b > 1 {
+        out.extend(all_layers(&unions));
+    }
+    out
+}
+
+/// Both all-layers aggregations of per-source-layer union matches.
+pub(crate) fn all_layers(unions: &[Vec<FeatureMatch>]) -> [(Key, Option<f64>); 2] {
+    let per_layer: Vec<(Option<f64>, usize)> = unions.iter().map(|u| (wmppc(u), u.len())).collect();
+    let key = |aggregation| Key {
+        source_layer: None,
+        target_layer: None,
+        aggregation,
+    };
+    [
+        (
+            key(Aggregation::MeanOverLayers),
+            mean_over_layers(&per_layer),
+        ),
+        (
+            key(Aggregation::AllFeatures),
+            wmppc(unions.iter().flatten()),
+        ),
+    ]
+}

@@ -1,0 +1,117 @@
+//! Metrics over SAE features (DESIGN section 1): MPPC per feature, wMPPC per layer pair and over
+//! all layers, Comparative Sharedness, and the null baselines that make a number readable.
+//!
+//! - [`mppc()`]: exact MPPC of every source feature with its best match, from an accumulator.
+//! - [`wmppc()`] and [`mean_over_layers`]: the weighted averages.
+//! - [`compare()`]: code files in, `mppc` and `wmppc` rows out, with floor and ceiling.
+//! - [`sharedness()`]: the Comparative Sharedness ranking from `mppc` rows.
+//! - [`tables`]: the Parquet tables of DESIGN section 4.
+//! - [`bench_stats()`]: sparse exact MPPC against the reference's dense float32 way.
+
+mod baselines;
+mod bench;
+mod compare;
+mod mppc;
+mod sharedness;
+pub mod tables;
+
+use std::path::PathBuf;
+
+pub use bench::{bench_stats, BenchOptions, BenchReport};
+pub use compare::{compare, Aggregation, Backend, CompareOptions, Comparison, MppcRow, WmppcRow};
+pub use mppc::{best_over_layers, mppc, FeatureMatch};
+pub use sharedness::{sharedness, SharednessQuery, SharednessRow};
+
+/// What can go wrong computing or writing metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Gathering statistics failed.
+    #[error(transparent)]
+    Stats(#[from] crate::stats::StatsError),
+    /// Reading codes failed.
+    #[error(transparent)]
+    Codes(#[from] crate::codes::CodesError),
+    /// An I/O error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Parquet failed on a table.
+    #[error("{file}: {source}")]
+    Parquet {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// Arrow failed on a table.
+    #[error("{file}: {source}")]
+    Arrow {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A table lacks a column or has it with the wrong type.
+    #[error("{file}: {problem}")]
+    WrongSchema {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The inputs do not fit together (files of mixed encoders, unknown models, ...).
+    #[error("{0}")]
+    BadInput(String),
+}
+
+impl MetricsError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> MetricsError {
+        let path = path.into();
+        move |source| MetricsError::Io { path, source }
+    }
+
+    pub(crate) fn parquet(
+        file: impl Into<PathBuf>,
+    ) -> impl FnOnce(parquet::errors::ParquetError) -> MetricsError {
+        let file = file.into();
+        move |source| MetricsError::Parquet { file, source }
+    }
+
+    pub(crate) fn arrow(
+        file: impl Into<PathBuf>,
+    ) -> impl FnOnce(arrow::error::ArrowError) -> MetricsError {
+        let file = file.into();
+        move |source| MetricsError::Arrow { file, source }
+    }
+}
+
+/// `wMPPC = sum_i S_i MPPC_i / sum_i S_i`; `None` when every weight is 0 (all features dead or
+/// constant), where the average is undefined.
+pub fn wmppc<'a>(matches: impl IntoIterator<Item = &'a FeatureMatch>) -> Option<f64> {
+    let (mut num, mut den) = (0.0, 0.0);
+    for m in matches {
+        num += m.weight * m.rho;
+        den += m.weight;
+    }
+    (den != 0.0).then(|| num / den)
+}
+
+/// The reference's all-layers aggregation: per-layer values averaged with weights = number of
+/// features of each layer. Layers whose value is undefined are left out.
+pub fn mean_over_layers(values: &[(Option<f64>, usize)]) -> Option<f64> {
+    let (mut num, mut den) = (0.0, 0.0);
+    for &(value, features) in values {
+        if let Some(v) = value {
+            num += v * features as f64;
+            den += features as f64;
+        }
+    }
+    (den != 0.0).then(|| num / den)
+}

@@ -1,0 +1,189 @@
+//! Exact MPPC per feature from co-activation sums (DESIGN section 1, "Exact correlations from
+//! sparse codes").
+//!
+//! For a pair that fired together the correlation comes from its cross sum. For a pair that
+//! never did, `Sxy_ij = 0` and `rho_ij = -(Sx_i / sx_i) * (Sy_j / sy_j)`: a product of one number
+//! per source feature and one per target feature. The best such `j` for feature `i` is therefore
+//! the first one, in target features sorted by `Sy_j / sy_j`, that did not fire with `i`, which a
+//! short walk finds. Every pair takes part in the max; none is skipped or approximated.
+
+use crate::stats::{CoactivationAccumulator, Moments};
+
+/// The best match of one source feature in a target layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FeatureMatch {
+    /// `MPPC_i = max_j rho_ij`, signed; 0 for a dead or constant source feature.
+    pub rho: f64,
+    /// The target feature reaching it (ties: the smallest index); `None` for a dead or constant
+    /// source feature, or an empty target.
+    pub best: Option<u32>,
+    /// `S_i = sum_n f_i(n)`; 0 for a dead or constant feature.
+    pub weight: f64,
+}
+
+/// Per-feature quantities of one side: `1 / sx` (0 when dead or constant) and `Sx / sx`.
+struct Side<'a> {
+    m: &'a Moments,
+    inv_spread: Vec<f64>,
+    ratio: Vec<f64>,
+}
+
+impl<'a> Side<'a> {
+    fn new(m: &'a Moments) -> Self {
+        let inv_spread: Vec<f64> = (0..m.d())
+            .map(|i| match m.spread(i) {
+                s if s > 0.0 => 1.0 / s,
+                _ => 0.0,
+            })
+            .collect();
+        let ratio = (0..m.d()).map(|i| m.sums()[i] * inv_spread[i]).collect();
+        Side {
+            m,
+            inv_spread,
+            ratio,
+        }
+    }
+
+    fn live(&self, i: usize) -> bool {
+        self.inv_spread[i] > 0.0
+    }
+}
+
+fn better(candidate: (f64, usize), best: (f64, Option<u32>)) -> bool {
+    match best.1 {
+        None => true,
+        Some(j) => candidate.0 > best.0 || (candidate.0 == best.0 && (candidate.1 as u32) < j),
+    }
+}
+
+/// MPPC of every source feature of `acc` against its target features, with the best match.
+///
+/// Dead and constant features have no correlation: `rho := 0` with every feature (DESIGN), so a
+/// dead or constant target feature is a candidate of value 0, and a dead or constant source
+/// feature gets MPPC 0, no best match and weight 0.
+pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
+    let (a, b) = (Side::new(acc.source()), Side::new(acc.target()));
+    let n = acc.samples() as f64;
+    let (d_a, d_b) = (a.m.d(), b.m.d());
+    let mut best: Vec<(f64, Option<u32>)> = vec![(f64::NEG_INFINITY, None); d_a];
+
+    if let Some(cross) = acc.dense_cross() {
+        return dense(&a, &b, n, cross);
+    }
+
+    // Dead or constant target features: rho = 0 for every source feature.
+    if let Some(dead) = (0..d_b).find(|&j| !b.live(j)) {
+        for (i, slot) in best.iter_mut().enumerate() {
+            if a.live(i) {
+                *slot = (0.0, Some(dead as u32));
+            }
+        }
+    }
+
+    // Pairs held by the accumulator: from their sums.
+    let (sx, sy) = (a.m.sums(), b.m.sums());
+    acc.for_each_pair(|i, j, sxy| {
+        if a.live(i) && b.live(j) {
+            let rho =
+                ((n * sxy - sx[i] * sy[j]) * a.inv_spread[i] * b.inv_spread[j]).clamp(-1.0, 1.0);
+            if better((rho, j), best[i]) {
+                best[i] = (rho, Some(j as u32));
+            }
+        }
+    });
+
+    // Pairs that never fired together: rho = -ratio_a[i] * ratio_b[j].
+    {
+        let mut order: Vec<usize> = (0..d_b).filter(|&j| b.live(j)).collect();
+        // Ascending ratio, then ascending index: the first unheld j maximises -a*b for a > 0
+        // and, among equal values, has the smallest index.
+        order.sort_unstable_by(|&x, &y| b.ratio[x].total_cmp(&b.ratio[y]).then(x.cmp(&y)));
+        let mut descending: Option<Vec<usize>> = None;
+        for i in (0..d_a).filter(|&i| a.live(i)) {
+            let ra = a.ratio[i];
+            let found = if ra > 0.0 {
+                order.iter().copied().find(|&j| !acc.holds(i, j))
+            } else if ra < 0.0 {
+                // Codes with negative values only: walk from the largest ratio.
+                let order = descending.get_or_insert_with(|| {
+                    let mut o = order.clone();
+                    o.sort_unstable_by(|&x, &y| b.ratio[y].total_cmp(&b.ratio[x]).then(x.cmp(&y)));
+                    o
+                });
+                order.iter().copied().find(|&j| !acc.holds(i, j))
+            } else {
+                // Every unheld pair has rho = 0: the smallest unheld index.
+                (0..d_b).find(|&j| b.live(j) && !acc.holds(i, j))
+            };
+            if let Some(j) = found {
+                let rho = (-ra * b.ratio[j]).clamp(-1.0, 1.0);
+                if better((rho, j), best[i]) {
+                    best[i] = (rho, Some(j as u32));
+                }
+            }
+        }
+    }
+
+    best.into_iter()
+        .enumerate()
+        .map(|(i, (rho, j))| FeatureMatch {
+            rho: if j.is_some() { rho } else { 0.0 },
+            best: j,
+            weight: a.m.weight(i),
+        })
+        .collect()
+}
+
+/// MPPC from dense cross sums: every pair from its sums, one row at a time. A dead or constant
+/// target has `1 / sy = 0`, hence `rho = 0` as DESIGN says, with no special case; scanning `j`
+/// upwards and replacing only on a strictly larger value keeps the smallest index among ties.
+fn dense(a: &Side<'_>, b: &Side<'_>, n: f64, cross: &[f64]) -> Vec<FeatureMatch> {
+    let d_b = b.m.d();
+    let sy = b.m.sums();
+    (0..a.m.d())
+        .map(|i| {
+            let weight = a.m.weight(i);
+            if !a.live(i) || d_b == 0 {
+                return FeatureMatch {
+                    rho: 0.0,
+                    best: None,
+                    weight,
+                };
+            }
+            let (sx, inv) = (a.m.sums()[i], a.inv_spread[i]);
+            let row = &cross[i * d_b..(i + 1) * d_b];
+            let (mut best, mut best_j) = (f64::NEG_INFINITY, 0);
+            for (j, &sxy) in row.iter().enumerate() {
+                let rho = (n * sxy - sx * sy[j]) * inv * b.inv_spread[j];
+                if rho > best {
+                    (best, best_j) = (rho, j);
+                }
+            }
+            FeatureMatch {
+                rho: best.clamp(-1.0, 1.0),
+                best: Some(best_j as u32),
+                weight,
+            }
+        })
+        .collect()
+}
+
+/// The best match over several target layers (their union of features), with the index of the
+/// layer it is in. Ties go to the earlier layer.
+pub fn best_over_layers(per_layer: &[Vec<FeatureMatch>]) -> Vec<(FeatureMatch, Option<usize>)> {
+    let Some(first) = per_layer.first() else {
+        return Vec::new();
+    };
+    (0..first.len())
+        .map(|i| {
+            let mut best: (FeatureMatch, Option<usize>) = (per_layer[0][i], None);
+            for (layer, matches) in per_layer.iter().enumerate() {
+                let m = matches[i];
+                if m.best.is_some() && (best.1.is_none() || m.rho > best.0.rho) {
+                    best = (m, Some(layer));
+                }
+            }
+            best
+        })
+        .collect()
+}

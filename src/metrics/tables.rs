@@ -1,0 +1,231 @@
+//! The Parquet tables of DESIGN section 4: `mppc`, `wmppc` and `sharedness`, zstd-compressed,
+//! written atomically (temporary file, then rename; a newer result replaces an older one).
+//! Columns follow DESIGN; columns it does not list come last (FORMATS.md says what they hold).
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, UInt32Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::{MetricsError, MppcRow, SharednessRow, WmppcRow};
+
+/// File name of the `mppc` table inside a `compare` output folder.
+pub const MPPC_FILE: &str = "mppc.parquet";
+/// File name of the `wmppc` table inside a `compare` output folder.
+pub const WMPPC_FILE: &str = "wmppc.parquet";
+
+fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn field(name: &str, data_type: DataType, nullable: bool) -> Field {
+    Field::new(name, data_type, nullable)
+}
+
+/// Writes the `mppc` table.
+pub fn write_mppc(path: &Path, rows: &[MppcRow]) -> Result<(), MetricsError> {
+    let schema = Schema::new(vec![
+        field("source", DataType::Utf8, false),
+        field("source_layer", DataType::Utf8, false),
+        field("feature", DataType::UInt32, false),
+        field("target", DataType::Utf8, false),
+        field("target_layer", DataType::Utf8, false),
+        field("best_feature", DataType::UInt32, true),
+        field("rho", DataType::Float64, false),
+        field("weight", DataType::Float64, false),
+        field("best_layer", DataType::Utf8, true),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        strings(rows.iter().map(|r| r.source.as_str())),
+        strings(rows.iter().map(|r| r.source_layer.as_str())),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.feature),
+        )),
+        strings(rows.iter().map(|r| r.target.as_str())),
+        strings(rows.iter().map(|r| r.target_layer.as_str())),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.best_feature))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.rho))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.weight),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.best_layer.as_deref()),
+        )),
+    ];
+    write(path, schema, columns)
+}
+
+/// Writes the `wmppc` table.
+pub fn write_wmppc(path: &Path, rows: &[WmppcRow]) -> Result<(), MetricsError> {
+    let schema = Schema::new(vec![
+        field("source", DataType::Utf8, false),
+        field("target", DataType::Utf8, false),
+        field("source_layer", DataType::Utf8, false),
+        field("target_layer", DataType::Utf8, false),
+        field("wmppc", DataType::Float64, true),
+        field("baseline_floor", DataType::Float64, true),
+        field("baseline_ceiling", DataType::Float64, true),
+        field("aggregation", DataType::Utf8, false),
+        field("baseline_floor_std", DataType::Float64, true),
+        field("samples", DataType::UInt64, false),
+    ]);
+    let f64s = |get: fn(&WmppcRow) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from_iter(rows.iter().map(get)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        strings(rows.iter().map(|r| r.source.as_str())),
+        strings(rows.iter().map(|r| r.target.as_str())),
+        strings(rows.iter().map(|r| r.source_layer.as_str())),
+        strings(rows.iter().map(|r| r.target_layer.as_str())),
+        f64s(|r| r.wmppc),
+        f64s(|r| r.baseline_floor),
+        f64s(|r| r.baseline_ceiling),
+        strings(rows.iter().map(|r| r.aggregation.as_str())),
+        f64s(|r| r.baseline_floor_std),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.samples),
+        )),
+    ];
+    write(path, schema, columns)
+}
+
+/// Writes a `sharedness` ranking of `source`'s features.
+pub fn write_sharedness(
+    path: &Path,
+    source: &str,
+    rows: &[SharednessRow],
+) -> Result<(), MetricsError> {
+    let schema = Schema::new(vec![
+        field("feature", DataType::UInt32, false),
+        field("delta", DataType::Float64, false),
+        field("rho_min_shared", DataType::Float64, false),
+        field("rho_max_not_shared", DataType::Float64, true),
+        field("weight", DataType::Float64, false),
+        field("source", DataType::Utf8, false),
+        field("source_layer", DataType::Utf8, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.feature),
+        )),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.delta))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.rho_min_shared),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| r.rho_max_not_shared),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.weight),
+        )),
+        strings(rows.iter().map(|_| source)),
+        strings(rows.iter().map(|r| r.source_layer.as_str())),
+    ];
+    write(path, schema, columns)
+}
+
+fn write(path: &Path, schema: Schema, columns: Vec<ArrayRef>) -> Result<(), MetricsError> {
+    let schema = Arc::new(schema);
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(MetricsError::arrow(path))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(MetricsError::io(&dir))?;
+    let temp = tempfile::Builder::new()
+        .prefix(".table.")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(MetricsError::io(&dir))?;
+    let file = temp.reopen().map_err(MetricsError::io(path))?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, schema, Some(properties))
+        .map_err(MetricsError::parquet(path))?;
+    writer.write(&batch).map_err(MetricsError::parquet(path))?;
+    let file = writer.into_inner().map_err(MetricsError::parquet(path))?;
+    file.sync_all().map_err(MetricsError::io(path))?;
+    temp.persist(path)
+        .map_err(|e| MetricsError::io(path)(e.error))?;
+    Ok(())
+}
+
+/// Reads an `mppc` table: a file, or a `compare` output folder holding [`MPPC_FILE`]. Columns
+/// are found by name, so tables rewritten by pandas or polars read too.
+pub fn read_mppc(path: &Path) -> Result<Vec<MppcRow>, MetricsError> {
+    let file_path = if path.is_dir() {
+        path.join(MPPC_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let file = File::open(&file_path).map_err(MetricsError::io(&file_path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(MetricsError::parquet(&file_path))?
+        .build()
+        .map_err(MetricsError::parquet(&file_path))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(MetricsError::arrow(&file_path))?;
+        let column = |name: &str, data_type: DataType, nullable: bool| {
+            let wrong = |problem: String| MetricsError::WrongSchema {
+                file: file_path.clone(),
+                problem: format!("column `{name}`: {problem}"),
+            };
+            let c = batch
+                .column_by_name(name)
+                .ok_or_else(|| wrong("missing; is this an mppc table?".into()))?;
+            if !nullable && c.null_count() > 0 {
+                return Err(wrong("holds nulls".into()));
+            }
+            cast(c, &data_type).map_err(|e| wrong(e.to_string()))
+        };
+        let text = |name: &str| -> Result<StringArray, MetricsError> {
+            Ok(column(name, DataType::Utf8, false)?
+                .as_string::<i32>()
+                .clone())
+        };
+        let (source, source_layer) = (text("source")?, text("source_layer")?);
+        let (target, target_layer) = (text("target")?, text("target_layer")?);
+        let feature = column("feature", DataType::UInt32, false)?;
+        let feature = feature.as_primitive::<UInt32Type>();
+        let best = column("best_feature", DataType::UInt32, true)?;
+        let best = best.as_primitive::<UInt32Type>();
+        let rho = column("rho", DataType::Float64, false)?;
+        let rho = rho.as_primitive::<Float64Type>();
+        let weight = column("weight", DataType::Float64, false)?;
+        let weight = weight.as_primitive::<Float64Type>();
+        let best_layer = match batch.column_by_name("best_layer") {
+            Some(_) => Some(column("best_layer", DataType::Utf8, true)?),
+            None => None,
+        };
+        let best_layer = best_layer.as_ref().map(|c| c.as_string::<i32>());
+        for r in 0..batch.num_rows() {
+            rows.push(MppcRow {
+                source: source.value(r).to_string(),
+                source_layer: source_layer.value(r).to_string(),
+                feature: feature.value(r),
+                target: target.value(r).to_string(),
+                target_layer: target_layer.value(r).to_string(),
+                best_feature: best.is_valid(r).then(|| best.value(r)),
+                best_layer: best_layer
+                    .filter(|c| c.is_valid(r))
+                    .map(|c| c.value(r).to_string()),
+                rho: rho.value(r),
+                weight: weight.value(r),
+            });
+        }
+    }
+    Ok(rows)
+}

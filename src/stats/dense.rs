@@ -1,0 +1,118 @@
+//! The dense backend: co-activation sums of dense codes (ReLU SAEs without TopK) by blocked
+//! matrix products through libtorch, on the CPU or a GPU.
+//!
+//! Sparse updates cost `k_A * k_B` per sample, which for dense codes is `d_A * d_B`: a matmul
+//! over a block of samples does the same sums at BLAS speed. Sums are taken in f64, like the
+//! sparse backend, so both give the same statistics.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::codes::CodeBatch;
+
+use super::coactivation::Cross;
+use super::{CoactivationAccumulator, Moments, StatsError};
+
+/// Accumulates moments and `X^T Y` over blocks of aligned samples on a libtorch device.
+pub struct DenseAccumulator {
+    d_a: usize,
+    d_b: usize,
+    device: Device,
+    samples: u64,
+    source: [Tensor; 3],
+    target: [Tensor; 3],
+    cross: Tensor,
+}
+
+impl DenseAccumulator {
+    /// An empty accumulator of `d_a x d_b` features on `device`.
+    pub fn new(d_a: usize, d_b: usize, device: Device) -> Self {
+        let zeros = |d: usize| {
+            [
+                Tensor::zeros([d as i64], (Kind::Double, device)),
+                Tensor::zeros([d as i64], (Kind::Double, device)),
+                Tensor::zeros([d as i64], (Kind::Double, device)),
+            ]
+        };
+        DenseAccumulator {
+            d_a,
+            d_b,
+            device,
+            samples: 0,
+            source: zeros(d_a),
+            target: zeros(d_b),
+            cross: Tensor::zeros([d_a as i64, d_b as i64], (Kind::Double, device)),
+        }
+    }
+
+    /// Adds a block of aligned samples given as dense matrices `x: (n, d_a)` and `y: (n, d_b)`
+    /// of any floating kind; row `r` of both is one sample.
+    pub fn add_dense(&mut self, x: &Tensor, y: &Tensor) -> Result<(), StatsError> {
+        let (sx, sy) = (x.size(), y.size());
+        if sx.len() != 2 || sy.len() != 2 || sx[0] != sy[0] {
+            return Err(StatsError::ShapeMismatch(format!(
+                "dense blocks must be (n, d_a) and (n, d_b), got {sx:?} and {sy:?}"
+            )));
+        }
+        if sx[1] as usize != self.d_a || sy[1] as usize != self.d_b {
+            return Err(StatsError::ShapeMismatch(format!(
+                "blocks of {}x{} features given to an accumulator of {}x{}",
+                sx[1], sy[1], self.d_a, self.d_b
+            )));
+        }
+        let x = x.f_to_device(self.device)?.f_to_kind(Kind::Double)?;
+        let y = y.f_to_device(self.device)?.f_to_kind(Kind::Double)?;
+        add_moments(&mut self.source, &x)?;
+        add_moments(&mut self.target, &y)?;
+        let _ = self.cross.f_add_(&x.f_tr()?.f_mm(&y)?)?;
+        self.samples += sx[0] as u64;
+        Ok(())
+    }
+
+    /// Adds aligned code batches, densified into blocks.
+    pub fn add_batch(&mut self, a: &CodeBatch, b: &CodeBatch) -> Result<(), StatsError> {
+        assert_eq!(a.len(), b.len(), "aligned batches have the same length");
+        if a.is_empty() {
+            return Ok(());
+        }
+        let x = densify(a, self.d_a);
+        let y = densify(b, self.d_b);
+        self.add_dense(&x, &y)
+    }
+
+    /// The accumulated sums, as an accumulator that merges with sparse ones.
+    pub fn finish(self) -> Result<CoactivationAccumulator, StatsError> {
+        let moments = |t: &[Tensor; 3]| -> Result<Moments, StatsError> {
+            let count: Vec<f64> = Vec::try_from(&t[0])?;
+            Ok(Moments::from_parts(
+                self.samples,
+                count.into_iter().map(|c| c as u64).collect(),
+                Vec::try_from(&t[1])?,
+                Vec::try_from(&t[2])?,
+            ))
+        };
+        let cross: Vec<f64> = Vec::try_from(&self.cross.f_flatten(0, -1)?)?;
+        Ok(CoactivationAccumulator {
+            source: moments(&self.source)?,
+            target: moments(&self.target)?,
+            cross: Cross::Dense(cross),
+        })
+    }
+}
+
+fn add_moments(m: &mut [Tensor; 3], x: &Tensor) -> Result<(), StatsError> {
+    let _ = m[0].f_add_(&x.f_ne(0.0)?.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+    let _ = m[1].f_add_(&x.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+    let _ = m[2].f_add_(&x.f_square()?.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+    Ok(())
+}
+
+/// A batch as an `(n, d)` f32 matrix on the CPU (codes are f32; sums are widened later).
+fn densify(batch: &CodeBatch, d: usize) -> Tensor {
+    let mut dense = vec![0f32; batch.len() * d];
+    for (row, code) in batch.iter().enumerate() {
+        for (&f, &v) in code.features.iter().zip(code.values) {
+            dense[row * d + f as usize] = v;
+        }
+    }
+    Tensor::from_slice(&dense).view([batch.len() as i64, d as i64])
+}
