@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+cargo test --locked --doc
 
 mapfile -t executables < <(
   cargo test --locked --all-targets --no-run --message-format=json 2>/dev/null |

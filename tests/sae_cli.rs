@@ -108,6 +108,40 @@ fn sae_train_recovers_atoms_from_a_file_written_by_pyarrow() {
         recovered * 100.0
     );
 
+    // The codes: exactly k = 4 active latents for every one of the 16,000 samples, readable by
+    // the statistics.
+    let codes = dir.path().join("codes.parquet");
+    let encoded = common::saeshare(&[
+        "sae",
+        "encode",
+        "--sae",
+        out.to_str().unwrap(),
+        "--activations",
+        file.to_str().unwrap(),
+        "--layer",
+        "blocks.3",
+        "--out",
+        codes.to_str().unwrap(),
+    ]);
+    assert!(encoded.status.success(), "{}", common::stderr(&encoded));
+    assert!(
+        common::stdout(&encoded).contains("16000 samples (64000 active latents"),
+        "{}",
+        common::stdout(&encoded)
+    );
+    let reader = saeshare::codes::CodesReader::open(&codes).unwrap();
+    assert_eq!(reader.meta().k, Some(4));
+    let mut samples = 0;
+    for batch in reader {
+        let batch = batch.unwrap();
+        for code in batch.iter() {
+            assert_eq!(code.features.len(), 4, "sample {}", code.sample_id);
+            assert_eq!(code.sample_id, 1000 + samples);
+            samples += 1;
+        }
+    }
+    assert_eq!(samples, 16000);
+
     // Training into the same folder again is refused without --resume, and is a no-op with it.
     let again = common::saeshare(&args);
     assert!(!again.status.success() && common::stderr(&again).contains("--resume"));

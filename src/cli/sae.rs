@@ -38,6 +38,25 @@ pub enum SaeCommand {
         #[command(flatten)]
         config: SaeConfig,
     },
+    /// Write the sparse codes of a trained SAE on one layer of an activation file:
+    /// sample_id, feature, value, one row per active latent.
+    Encode {
+        /// The SAE's folder (as `sae train --out` wrote it).
+        #[arg(long)]
+        sae: PathBuf,
+        #[arg(long)]
+        activations: PathBuf,
+        #[arg(long)]
+        layer: String,
+        /// The codes file to write; it must not exist.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        /// Samples encoded at once.
+        #[arg(long, default_value_t = 4096)]
+        batch_rows: usize,
+    },
 }
 
 pub fn run(command: SaeCommand) -> anyhow::Result<()> {
@@ -77,6 +96,31 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
                     m.fvu, m.mse, m.l0, m.dead_fraction
                 );
             }
+            Ok(())
+        }
+        SaeCommand::Encode {
+            sae,
+            activations,
+            layer,
+            out,
+            device,
+            batch_rows,
+        } => {
+            let summary = crate::sae::encode_file(
+                &sae,
+                &activations,
+                &layer,
+                &out,
+                device.check_available()?,
+                batch_rows,
+            )?;
+            println!(
+                "wrote the codes of {} samples ({} active latents, {:.2} per sample) to {}",
+                summary.samples,
+                summary.active,
+                summary.active as f64 / summary.samples.max(1) as f64,
+                summary.path.display()
+            );
             Ok(())
         }
     }

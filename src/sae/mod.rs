@@ -7,7 +7,7 @@
 //! - [`SaeTrainer`]: one Adam step per pushed batch, AuxK, metrics, checkpoints.
 //! - [`MixingBuffer`]: shuffles activations between the encoder and the trainer.
 //! - [`LayerTrainers`]: an SAE per layer, all fed from one forward pass.
-//! - [`train_from_file`]: the loop of `saeshare sae train`.
+//! - [`train_from_file`], [`encode_file`]: `saeshare sae train` and `sae encode`.
 
 mod adam;
 mod batch_topk;
@@ -15,6 +15,7 @@ mod buffer;
 mod checkpoint;
 mod code;
 mod config;
+mod encode_file;
 mod model;
 mod online;
 mod relu;
@@ -27,6 +28,7 @@ pub use buffer::MixingBuffer;
 pub use checkpoint::{read_meta, CheckpointError, CheckpointMeta, CHECKPOINT_VERSION};
 pub use code::Code;
 pub use config::{DecoderBiasInit, SaeConfig, SaeKind};
+pub use encode_file::encode_file;
 pub use model::Sae;
 pub use online::LayerTrainers;
 pub use train_file::{train_from_file, TrainFileOptions, TrainReport};
