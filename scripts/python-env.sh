@@ -10,17 +10,21 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${SAESHARE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/saeshare}
 venv=$cache/venv
 reqs=$here/python/requirements.txt
-stamp=$venv/.requirements.sha256
-want=$(sha256sum "$reqs" | cut -d' ' -f1)
+nodeps=$here/python/requirements-nodeps.txt
+# One stamp per requirements content: clones of different versions can share the cache (installs
+# only add packages) without reinstalling each time the other one runs.
+want=$(cat "$reqs" "$nodeps" | sha256sum | cut -d' ' -f1)
+stamp=$venv/.installed/$want
 
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if [ ! -x "$venv/bin/python" ] || [ ! -e "$stamp" ]; then
   echo "saeshare: installing the Python environment (torch 2.13.0, exporter packages) into $venv" >&2
   mkdir -p "$cache"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
   # torch is a constraint too, so no later package can drag in another libtorch.
   "$venv/bin/python" -m pip install --quiet -r "$reqs" -c <(grep '^torch==' "$reqs") >&2
-  echo "$want" >"$stamp"
+  "$venv/bin/python" -m pip install --quiet --no-deps -r "$nodeps" >&2
+  mkdir -p "$venv/.installed" && touch "$stamp"
 fi
 
 libtorch=$("$venv/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
@@ -31,4 +35,5 @@ export LIBTORCH_USE_PYTORCH=1
 export VIRTUAL_ENV="$venv"
 export SAESHARE_LIBTORCH_LIB="$libtorch"
 export PATH="$venv/bin:\$PATH"
+export PYTHONPATH="$here/python\${PYTHONPATH:+:\$PYTHONPATH}"
 OUT

@@ -7,6 +7,7 @@
 //!
 //! Modules, each with one job:
 //! - [`dataset`]: the Parquet shard format, importers, and the streaming reader.
+//! - [`encoder`]: encoder packages run through tch: preprocessing, tokenization, pooling.
 //! - [`activations`]: files of pooled activations, per sample and layer.
 //! - [`sae`]: sparse autoencoders: variants, online training, checkpoints.
 //! - [`pipeline`]: the timely dataflows.
@@ -20,6 +21,7 @@ pub mod activations;
 pub mod cli;
 pub mod codes;
 pub mod dataset;
+pub mod encoder;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;

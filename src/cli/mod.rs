@@ -3,6 +3,7 @@
 
 mod compare;
 mod dataset;
+mod encode;
 mod sae;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ pub enum Command {
     /// Build, import and inspect datasets of (image, caption) rows.
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
+    /// Run an encoder package over a dataset: pooled activations per sample and layer.
+    Encode(encode::EncodeArgs),
     /// Train sparse autoencoders and encode activations with them.
     #[command(subcommand)]
     Sae(sae::SaeCommand),
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dataset(command) => dataset::run(command),
         Command::Sae(command) => sae::run(command),
+        Command::Encode(args) => encode::run(args),
         Command::Compare(args) => compare::run_compare(args),
         Command::Sharedness(args) => compare::run_sharedness(args),
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),

@@ -1,0 +1,61 @@
+"""python -m saeshare_export FAMILY ... --out DIR"""
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m saeshare_export", description=__doc__)
+    sub = parser.add_subparsers(dest="family", required=True)
+
+    hf = sub.add_parser("hf", help="a Hugging Face transformers model (folder or hub id)")
+    hf.add_argument("model")
+    hf.add_argument("--tower", choices=["text", "vision"], help="for CLIP and SigLIP checkpoints")
+    hf.add_argument("--pooling", choices=["cls", "eos", "last", "mean"])
+    hf.add_argument("--max-length", type=int)
+
+    tv = sub.add_parser("torchvision", help="a torchvision CNN: feature maps of each stage")
+    tv.add_argument("arch", help="e.g. mobilenet_v2, resnet50")
+    tv.add_argument("--weights", help="a state_dict file (.pth); random weights without it")
+
+    tm = sub.add_parser("timm", help="a timm model: ViTs (blocks) or CNNs (stages)")
+    tm.add_argument("arch")
+    tm.add_argument("--checkpoint", help="a state_dict file; random weights without it")
+
+    oc = sub.add_parser("open_clip", help="an open_clip model's visual or text tower")
+    oc.add_argument("arch", help="e.g. ViT-B-32-quickgelu")
+    oc.add_argument("--pretrained", help="a checkpoint file or open_clip tag")
+    oc.add_argument("--tower", choices=["text", "visual"], required=True)
+
+    real = sub.add_parser("real", help="every model that a registry package ships, as packages in --out")
+
+    for p in (hf, tv, tm, oc, real):
+        p.add_argument("--out", required=True)
+    for p in (hf, tv, tm, oc):
+        p.add_argument("--name")
+    args = parser.parse_args(argv)
+
+    if args.family == "hf":
+        from . import hf as family
+        manifest = family.export(args.model, args.out, tower=args.tower, name=args.name, pooling=args.pooling, max_length=args.max_length)
+    elif args.family == "torchvision":
+        from . import cnn
+        manifest = cnn.export_torchvision(args.arch, args.out, weights=args.weights, name=args.name)
+    elif args.family == "timm":
+        from . import cnn
+        manifest = cnn.export_timm(args.arch, args.out, checkpoint=args.checkpoint, name=args.name)
+    elif args.family == "open_clip":
+        from . import openclip
+        manifest = openclip.export(args.arch, args.out, pretrained=args.pretrained, tower=args.tower, name=args.name)
+    else:
+        from . import real as family
+        family.export_all(args.out)
+        return 0
+    json.dump({"name": manifest["name"], "layers": len(manifest["layers"]), "out": args.out}, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Writing an encoder package: trace, check, and move into place atomically."""
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+from . import PACKAGE_VERSION
+
+
+class Outputs(torch.nn.Module):
+    """Wraps a callable returning a list of per-layer tensors so TorchScript sees a tuple."""
+
+    def __init__(self, model, layers_of):
+        super().__init__()
+        self.model = model
+        self.layers_of = layers_of
+
+    def forward(self, *inputs):
+        return tuple(self.layers_of(self.model, *inputs))
+
+
+def write_package(out, module, example_inputs, manifest, tokenizer_json=None):
+    """Traces ``module`` on ``example_inputs``, checks the trace on the same inputs, and writes
+    the package to ``out`` (replacing nothing: ``out`` must not exist)."""
+    if os.path.exists(out):
+        raise SystemExit(f"{out}: already exists; remove it or choose another --out")
+    module = module.eval()
+    with torch.no_grad():
+        expected = module(*example_inputs)
+        traced = torch.jit.trace(module, example_inputs, check_trace=False, strict=False)
+        got = traced(*example_inputs)
+    for layer, (a, b) in enumerate(zip(expected, got)):
+        diff = (a - b).abs().max().item()
+        if diff > 1e-5:
+            raise SystemExit(f"tracing changed layer {layer} by {diff}; this model cannot be exported by tracing")
+    manifest = dict(manifest)
+    manifest["format_version"] = PACKAGE_VERSION
+    manifest["layers"] = [
+        {"name": name, "width": int(t.shape[-1] if manifest["outputs"] == "tokens" else t.shape[1])}
+        for name, t in zip(manifest["layer_names"], expected)
+    ]
+    del manifest["layer_names"]
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+    try:
+        traced.save(os.path.join(staging, "model.pt"))
+        if tokenizer_json is not None:
+            shutil.copyfile(tokenizer_json, os.path.join(staging, "tokenizer.json"))
+        with open(os.path.join(staging, "encoder.json"), "w") as f:
+            json.dump(manifest, f, indent=2)
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

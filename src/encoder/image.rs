@@ -1,0 +1,195 @@
+//! Image preprocessing as the encoders' own processors do it: RGB with transparency composited on
+//! white (what transformers' `convert_rgb` does), resize with the processor's filter, centre crop,
+//! rescale, normalise, channels first.
+
+use image::imageops::FilterType;
+use image::{DynamicImage, RgbImage};
+
+use super::manifest::ImageSpec;
+
+/// The model input for one image: `3 x height x width` floats, channels first.
+pub fn preprocess(image: &DynamicImage, spec: &ImageSpec) -> Vec<f32> {
+    let rgb = flatten_on(image, spec.background);
+    let resized = match &spec.resize {
+        None => rgb,
+        Some(resize) => {
+            let (w, h) = target_size(rgb.width(), rgb.height(), resize);
+            if (w, h) == (rgb.width(), rgb.height()) {
+                rgb
+            } else {
+                image::imageops::resize(&rgb, w, h, filter(&spec.resample))
+            }
+        }
+    };
+    let cropped = match &spec.crop {
+        None => resized,
+        Some(crop) => centre_crop(
+            &resized,
+            crop.width,
+            crop.height,
+            spec.crop_rounding == "round",
+        ),
+    };
+    let (w, h) = (cropped.width() as usize, cropped.height() as usize);
+    let mut out = vec![0f32; 3 * h * w];
+    for (x, y, pixel) in cropped.enumerate_pixels() {
+        for c in 0..3 {
+            let v = pixel.0[c] as f32 * spec.rescale;
+            out[c * h * w + y as usize * w + x as usize] = (v - spec.mean[c]) / spec.std[c];
+        }
+    }
+    out
+}
+
+/// RGB, with any alpha composited on `background` (grey, palette and 16-bit images included).
+fn flatten_on(image: &DynamicImage, background: [u8; 3]) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.to_rgb8();
+    }
+    let rgba = image.to_rgba8();
+    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = p[3] as u32;
+        // PIL's alpha_composite over an opaque background, in integer arithmetic.
+        let blend = |c: u8, b: u8| ((c as u32 * a + b as u32 * (255 - a) + 127) / 255) as u8;
+        image::Rgb([
+            blend(p[0], background[0]),
+            blend(p[1], background[1]),
+            blend(p[2], background[2]),
+        ])
+    })
+}
+
+/// The size after resizing: the short side to `shortest_edge` (the long side scaled and
+/// truncated, as transformers and torchvision do), or the given height and width.
+fn target_size(w: u32, h: u32, resize: &super::manifest::ResizeSpec) -> (u32, u32) {
+    if let Some(short) = resize.shortest_edge {
+        if w <= h {
+            (short, (short as u64 * h as u64 / w as u64) as u32)
+        } else {
+            ((short as u64 * w as u64 / h as u64) as u32, short)
+        }
+    } else {
+        (resize.width.unwrap_or(w), resize.height.unwrap_or(h))
+    }
+}
+
+fn filter(name: &str) -> FilterType {
+    match name {
+        "bilinear" | "linear" => FilterType::Triangle,
+        "nearest" => FilterType::Nearest,
+        "lanczos" => FilterType::Lanczos3,
+        // PIL's and torchvision's bicubic is Catmull-Rom (a = -0.5), antialiased when shrinking,
+        // as `image`'s resize is.
+        _ => FilterType::CatmullRom,
+    }
+}
+
+fn centre_crop(image: &RgbImage, width: u32, height: u32, round: bool) -> RgbImage {
+    let offset = |size: u32, crop: u32| {
+        let excess = size.saturating_sub(crop);
+        if round {
+            (excess as f64 / 2.0).round() as u32
+        } else {
+            excess / 2
+        }
+    };
+    let (left, top) = (offset(image.width(), width), offset(image.height(), height));
+    // A crop larger than the image is padded with black, as transformers pads.
+    RgbImage::from_fn(width, height, |x, y| {
+        let (sx, sy) = (
+            (left + x) as i64 - (width.saturating_sub(image.width()) / 2) as i64,
+            (top + y) as i64 - (height.saturating_sub(image.height()) / 2) as i64,
+        );
+        if sx >= 0 && sy >= 0 && (sx as u32) < image.width() && (sy as u32) < image.height() {
+            *image.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::manifest::{CropSpec, ResizeSpec};
+
+    fn spec() -> ImageSpec {
+        ImageSpec {
+            resize: Some(ResizeSpec {
+                shortest_edge: Some(4),
+                height: None,
+                width: None,
+            }),
+            resample: "bilinear".into(),
+            crop: Some(CropSpec {
+                height: 4,
+                width: 4,
+            }),
+            crop_rounding: "floor".into(),
+            rescale: 1.0 / 255.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            background: [255, 255, 255],
+            input_size: [4, 4],
+            processor: String::new(),
+        }
+    }
+
+    #[test]
+    fn transparent_pixels_become_the_background() {
+        let image = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+            4,
+            4,
+            image::Rgba([10, 20, 30, 0]),
+        ));
+        let out = preprocess(&image, &spec());
+        assert!(out.iter().all(|v| (*v - 1.0).abs() < 1e-6), "{out:?}");
+        let half = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+            4,
+            4,
+            image::Rgba([0, 0, 0, 128]),
+        ));
+        let out = preprocess(&half, &spec());
+        assert!((out[0] - 127.0 / 255.0).abs() < 1e-6, "{}", out[0]);
+    }
+
+    #[test]
+    fn the_short_side_is_resized_and_the_centre_kept() {
+        assert_eq!(
+            target_size(
+                640,
+                480,
+                &ResizeSpec {
+                    shortest_edge: Some(224),
+                    height: None,
+                    width: None
+                }
+            ),
+            (298, 224)
+        );
+        assert_eq!(
+            target_size(
+                480,
+                640,
+                &ResizeSpec {
+                    shortest_edge: Some(256),
+                    height: None,
+                    width: None
+                }
+            ),
+            (256, 341)
+        );
+        // A 4x8 image, top half red and bottom half blue, cropped to 4x4 keeps the middle rows.
+        let image = RgbImage::from_fn(4, 8, |_, y| {
+            if y < 4 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let crop = centre_crop(&image, 4, 4, false);
+        assert_eq!(crop.get_pixel(0, 0).0, [255, 0, 0]);
+        assert_eq!(crop.get_pixel(0, 2).0, [0, 0, 255]);
+    }
+}

@@ -1,0 +1,192 @@
+//! `encoder.json`: what an encoder package is and how to feed it (FORMATS.md, "Encoder package").
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::EncoderError;
+
+/// The package format version this saeshare reads.
+pub const PACKAGE_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    Image,
+    Text,
+}
+
+/// How the tokens (or the feature map) of a layer become one vector per sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The first token (a trained summary token: BERT's [CLS], ViT's class token).
+    Cls,
+    /// The last non-padding token (CLIP text: the end-of-text token, the only one that has seen
+    /// the whole caption under the causal mask).
+    Eos,
+    /// The final position, padding included (SigLIP text, trained padded to 64).
+    Last,
+    /// The mean of the non-padding tokens, or of the patches (without class or register tokens).
+    Mean,
+    /// Global average over the height and width of a CNN feature map.
+    Gap,
+}
+
+/// What `model.pt` returns per layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// `[batch, tokens, width]`.
+    Tokens,
+    /// `[batch, channels, height, width]`.
+    FeatureMaps,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub library: String,
+    pub family: String,
+    pub model: String,
+    #[serde(default)]
+    pub notes: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub name: String,
+    pub width: usize,
+}
+
+/// Image preprocessing, as the model's own processor does it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// `{"shortest_edge": S}` or `{"height": H, "width": W}`; none: no resize.
+    pub resize: Option<ResizeSpec>,
+    /// `bicubic`, `bilinear`, `nearest`, `lanczos`.
+    pub resample: String,
+    pub crop: Option<CropSpec>,
+    /// How the crop's offset is rounded: `floor` (transformers) or `round` (torchvision).
+    pub crop_rounding: String,
+    pub rescale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Transparent pixels are composited on this colour.
+    pub background: [u8; 3],
+    /// The size the model takes, `[height, width]`.
+    pub input_size: [usize; 2],
+    #[serde(default)]
+    pub processor: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeSpec {
+    pub shortest_edge: Option<u32>,
+    pub height: Option<u32>,
+    pub width: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CropSpec {
+    pub height: u32,
+    pub width: u32,
+}
+
+/// Tokenization, as the model was trained.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextSpec {
+    pub max_length: usize,
+    /// `longest` (pad to the longest caption of the batch) or `max_length`.
+    pub padding: String,
+    /// Whether attention is causal (CLIP text): padding then cannot change earlier tokens.
+    #[serde(default)]
+    pub causal: bool,
+    /// The token that pads captions to a common length.
+    #[serde(default)]
+    pub pad_id: u32,
+}
+
+/// `encoder.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub name: String,
+    pub modality: Modality,
+    pub source: Source,
+    pub outputs: OutputKind,
+    pub default_pooling: Pooling,
+    pub layers: Vec<Layer>,
+    pub image: Option<ImageSpec>,
+    pub text: Option<TextSpec>,
+    /// Tokens before the patches (class and register tokens), left out of `mean` pooling.
+    #[serde(default)]
+    pub prefix_tokens: usize,
+}
+
+impl Manifest {
+    /// Reads and checks `dir/encoder.json`.
+    pub fn read(dir: &Path) -> Result<Manifest, EncoderError> {
+        let path = dir.join("encoder.json");
+        let text = std::fs::read(&path).map_err(|e| EncoderError::Package {
+            package: dir.to_path_buf(),
+            problem: format!(
+                "cannot read encoder.json ({e}); make a package with `python -m saeshare_export`"
+            ),
+        })?;
+        let bad = |problem: String| EncoderError::Package {
+            package: dir.to_path_buf(),
+            problem,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| bad(format!("encoder.json is not JSON: {e}")))?;
+        let version = value.get("format_version").and_then(|v| v.as_u64());
+        if version != Some(PACKAGE_VERSION as u64) {
+            return Err(bad(format!(
+                "encoder.json has format_version {}, this saeshare reads version {PACKAGE_VERSION}; \
+                 export the model again with this version's python/saeshare_export",
+                version.map_or("none".to_string(), |v| v.to_string())
+            )));
+        }
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| bad(format!("encoder.json: {e}")))?;
+        match manifest.modality {
+            Modality::Image if manifest.image.is_none() => {
+                Err(bad("an image encoder needs `image`".into()))
+            }
+            Modality::Text if manifest.text.is_none() => {
+                Err(bad("a text encoder needs `text`".into()))
+            }
+            _ if manifest.layers.is_empty() => Err(bad("no layers".into())),
+            _ => Ok(manifest),
+        }
+    }
+
+    /// The layers named by `all`, `last`, or a comma-separated list of names.
+    pub fn select_layers(&self, selection: &str) -> Result<Vec<usize>, String> {
+        match selection {
+            "all" => Ok((0..self.layers.len()).collect()),
+            "last" => Ok(vec![self.layers.len() - 1]),
+            list => list
+                .split(',')
+                .map(|name| {
+                    let name = name.trim();
+                    self.layers
+                        .iter()
+                        .position(|l| l.name == name)
+                        .ok_or_else(|| {
+                            format!(
+                                "{}: no layer {name:?}; its layers are {}",
+                                self.name,
+                                self.layers
+                                    .iter()
+                                    .map(|l| l.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })
+                })
+                .collect(),
+        }
+    }
+}

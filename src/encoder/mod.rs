@@ -1,0 +1,233 @@
+//! Encoders: packages made by `python/saeshare_export`, run through tch on CPU or CUDA.
+//!
+//! - [`Manifest`]: `encoder.json`, checked on load.
+//! - [`image::preprocess`], [`text::TextTokenizer`]: inputs as each family's processor makes them.
+//! - [`pooling::pool`]: `cls`, `eos`, `last`, `mean`, `gap`.
+//! - [`Encoder`]: a loaded package; [`Encoder::encode`] turns a dataset batch into pooled
+//!   activations per layer, skipping (and counting) images that do not decode.
+//! - [`encode_dataset`]: `saeshare encode`.
+
+pub mod image;
+mod manifest;
+pub mod pooling;
+mod run;
+pub mod text;
+
+use std::path::{Path, PathBuf};
+
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+pub use manifest::{
+    CropSpec, ImageSpec, Layer, Manifest, Modality, OutputKind, Pooling, ResizeSpec, Source,
+    TextSpec, PACKAGE_VERSION,
+};
+pub use run::{encode_dataset, EncodeOptions, EncodeReport};
+
+use crate::dataset::SampleBatch;
+
+/// What can go wrong loading or running an encoder, naming the package, layer and sample.
+#[derive(Debug, thiserror::Error)]
+pub enum EncoderError {
+    #[error("encoder package {package}: {problem}")]
+    Package { package: PathBuf, problem: String },
+    #[error("encoder {encoder}: {source}")]
+    Torch {
+        encoder: String,
+        #[source]
+        source: tch::TchError,
+    },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("encoder {encoder}, layer {layer}, sample_id {sample_id}: the activation holds NaN or infinite values")]
+    NotFinite {
+        encoder: String,
+        layer: String,
+        sample_id: u64,
+    },
+    #[error("encoder {encoder}: {problem}")]
+    Usage { encoder: String, problem: String },
+}
+
+/// A loaded encoder package.
+pub struct Encoder {
+    pub manifest: Manifest,
+    dir: PathBuf,
+    module: CModule,
+    device: Device,
+    tokenizer: Option<text::TextTokenizer>,
+}
+
+/// Pooled activations of a batch: for each selected layer, `[n, width]` float32 on the CPU, rows
+/// in the order of `sample_ids`.
+pub struct Pooled {
+    pub sample_ids: Vec<u64>,
+    pub layers: Vec<(usize, Tensor)>,
+    /// Samples left out, with the reason (an image that does not decode).
+    pub skipped: Vec<(u64, String)>,
+}
+
+impl Encoder {
+    /// Loads the package in `dir` onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Encoder, EncoderError> {
+        let manifest = Manifest::read(dir)?;
+        let model = dir.join("model.pt");
+        let module =
+            CModule::load_on_device(&model, device).map_err(|e| EncoderError::Package {
+                package: dir.to_path_buf(),
+                problem: format!("model.pt does not load: {e}"),
+            })?;
+        let tokenizer = match &manifest.text {
+            Some(spec) => Some(text::TextTokenizer::load(dir, spec)?),
+            None => None,
+        };
+        Ok(Encoder {
+            manifest,
+            dir: dir.to_path_buf(),
+            module,
+            device,
+            tokenizer,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Captions cut at the model's maximum length so far.
+    pub fn truncated_captions(&self) -> u64 {
+        self.tokenizer.as_ref().map_or(0, |t| t.truncated)
+    }
+
+    /// Runs the model: one tensor per layer of the package.
+    pub fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EncoderError> {
+        let inputs: Vec<IValue> = inputs
+            .iter()
+            .map(|t| IValue::Tensor(t.shallow_clone()))
+            .collect();
+        let output = tch::no_grad(|| self.module.forward_is(&inputs)).map_err(|source| {
+            EncoderError::Torch {
+                encoder: self.manifest.name.clone(),
+                source,
+            }
+        })?;
+        let tensors = match output {
+            IValue::Tuple(items) | IValue::GenericList(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    IValue::Tensor(t) => Ok(t),
+                    other => Err(format!("a layer output is {other:?}, not a tensor")),
+                })
+                .collect::<Result<Vec<_>, _>>(),
+            IValue::TensorList(items) => Ok(items),
+            other => Err(format!(
+                "model.pt returned {other:?}, not a tuple of layer tensors"
+            )),
+        }
+        .map_err(|problem| EncoderError::Package {
+            package: self.dir.clone(),
+            problem,
+        })?;
+        if tensors.len() != self.manifest.layers.len() {
+            return Err(EncoderError::Package {
+                package: self.dir.clone(),
+                problem: format!(
+                    "model.pt returned {} layers, encoder.json lists {}",
+                    tensors.len(),
+                    self.manifest.layers.len()
+                ),
+            });
+        }
+        Ok(tensors)
+    }
+
+    /// Pooled activations of `layers` (indices into the manifest's layers) for a dataset batch.
+    pub fn encode(
+        &mut self,
+        batch: &SampleBatch,
+        layers: &[usize],
+        pooling: Pooling,
+    ) -> Result<Pooled, EncoderError> {
+        let mut pooled = Pooled {
+            sample_ids: Vec::new(),
+            layers: Vec::new(),
+            skipped: Vec::new(),
+        };
+        let (outputs, mask) = match self.manifest.modality {
+            Modality::Text => {
+                if batch.is_empty() {
+                    return Ok(pooled);
+                }
+                let tokens = self
+                    .tokenizer
+                    .as_mut()
+                    .expect("text encoders have a tokenizer")
+                    .encode(&batch.captions, self.device)?;
+                pooled.sample_ids = batch.sample_ids.clone();
+                (
+                    self.forward(&[tokens.ids, tokens.mask.shallow_clone()])?,
+                    Some(tokens.mask),
+                )
+            }
+            Modality::Image => {
+                if batch.images.len() != batch.len() {
+                    return Err(EncoderError::Usage {
+                        encoder: self.manifest.name.clone(),
+                        problem: "an image encoder needs the images: read the dataset with Projection::ALL".into(),
+                    });
+                }
+                let spec = self.manifest.image.as_ref().expect("checked on load");
+                let mut pixels = Vec::new();
+                for (id, image) in batch.sample_ids.iter().zip(&batch.images) {
+                    match image.decode() {
+                        Ok(decoded) => {
+                            pixels.extend(image::preprocess(&decoded, spec));
+                            pooled.sample_ids.push(*id);
+                        }
+                        Err(reason) => {
+                            tracing::warn!(
+                                sample_id = id,
+                                "shard {}: unreadable image skipped: {reason}",
+                                batch.shard
+                            );
+                            pooled.skipped.push((*id, reason));
+                        }
+                    }
+                }
+                if pooled.sample_ids.is_empty() {
+                    return Ok(pooled);
+                }
+                let [h, w] = spec.input_size;
+                let x = Tensor::from_slice(&pixels)
+                    .reshape([pooled.sample_ids.len() as i64, 3, h as i64, w as i64])
+                    .to_device(self.device);
+                (self.forward(&[x])?, None)
+            }
+        };
+        for &layer in layers {
+            let vectors = pooling::pool(
+                &outputs[layer],
+                self.manifest.outputs,
+                pooling,
+                mask.as_ref(),
+                self.manifest.prefix_tokens,
+            )
+            .map_err(|problem| EncoderError::Usage {
+                encoder: self.manifest.name.clone(),
+                problem,
+            })?
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu);
+            let finite = vectors.isfinite().all_dim(1, false);
+            if finite.all().int64_value(&[]) == 0 {
+                let row = finite.logical_not().nonzero().int64_value(&[0, 0]) as usize;
+                return Err(EncoderError::NotFinite {
+                    encoder: self.manifest.name.clone(),
+                    layer: self.manifest.layers[layer].name.clone(),
+                    sample_id: pooled.sample_ids[row],
+                });
+            }
+            pooled.layers.push((layer, vectors));
+        }
+        Ok(pooled)
+    }
+}
