@@ -59,7 +59,9 @@ impl Default for CompareOptions {
 }
 
 /// Which average a `wmppc` row holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Aggregation {
     /// One source layer against one target layer.
     Layer,
