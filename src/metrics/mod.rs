@@ -15,13 +15,16 @@ mod bench;
 mod compare;
 mod mppc;
 mod sharedness;
+mod state;
 pub mod tables;
 mod views;
 
 use std::path::PathBuf;
 
 pub use bench::{bench_stats, BenchOptions, BenchReport};
-pub use compare::{compare, Aggregation, Backend, CompareOptions, Comparison, MppcRow, WmppcRow};
+pub use compare::{
+    compare, Aggregation, Backend, CompareOptions, Comparison, FeatureRow, MppcRow, WmppcRow,
+};
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};
 pub use views::{Changes, MetricViews, WmppcKey};
