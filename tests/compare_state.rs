@@ -226,3 +226,33 @@ fn the_compare_command_writes_the_features_table_and_keeps_its_state() {
         .sum();
     close(total, expected, "sum of all features");
 }
+
+#[test]
+fn a_folder_of_shard_files_reads_as_one_layer_in_sample_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = run(&files(dir.path(), 0..SAMPLES), None);
+    // Name order (0-90, 200-300, 90-200) is not sample order: the folder is read by first id.
+    let folder = |encoder: &str, layer: u64| {
+        let folder = dir.path().join(format!("{encoder}-l{layer}"));
+        std::fs::create_dir(&folder).unwrap();
+        for range in [0..90, 90..200, 200..SAMPLES] {
+            write(&folder, encoder, layer, range);
+        }
+        folder
+    };
+    let folders = (
+        vec![folder("A", 0), folder("A", 1)],
+        vec![folder("B", 0), folder("B", 1)],
+    );
+    assert_same(&run(&folders, None), &whole);
+
+    // Overlapping shards would count a sample twice: an error naming both files.
+    write(&folders.1[0], "B", 0, 250..260);
+    let options = CompareOptions::default();
+    let error = metrics::compare(&folders.0, &folders.1, &[], &options).unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("disjoint ranges") && text.contains("B-l0-250-260"),
+        "{text}"
+    );
+}

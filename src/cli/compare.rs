@@ -13,10 +13,11 @@ use crate::torch::DeviceSpec;
 /// Arguments of `saeshare compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Codes files of the source model, one per layer.
+    /// Codes of the source model, one per layer: a codes file, or a folder of codes files (one
+    /// per dataset shard, read in sample id order).
     #[arg(long, required = true, num_args = 1..)]
     source: Vec<PathBuf>,
-    /// Codes files of the target model, one per layer.
+    /// Codes of the target model, one per layer: a codes file or a folder of shard files.
     #[arg(long, required = true, num_args = 1..)]
     target: Vec<PathBuf>,
     /// Codes files of a second SAE (another seed) of source layers: the ceiling baseline.
