@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::metrics::tables::{self, MPPC_FILE, WMPPC_FILE};
+use crate::metrics::tables::{self, FEATURES_FILE, MPPC_FILE, WMPPC_FILE};
 use crate::metrics::{Backend, CompareOptions, SharednessQuery};
 use crate::stats::MissingSamples;
 use crate::torch::DeviceSpec;
@@ -13,10 +13,11 @@ use crate::torch::DeviceSpec;
 /// Arguments of `saeshare compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Codes files of the source model, one per layer.
+    /// Codes of the source model, one per layer: a codes file, or a folder of codes files (one
+    /// per dataset shard, read in sample id order).
     #[arg(long, required = true, num_args = 1..)]
     source: Vec<PathBuf>,
-    /// Codes files of the target model, one per layer.
+    /// Codes of the target model, one per layer: a codes file or a folder of shard files.
     #[arg(long, required = true, num_args = 1..)]
     target: Vec<PathBuf>,
     /// Codes files of a second SAE (another seed) of source layers: the ceiling baseline.
@@ -38,7 +39,11 @@ pub struct CompareArgs {
     /// Device of the dense backend: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
-    /// The folder receiving mppc.parquet and wmppc.parquet.
+    /// A folder keeping the co-activation sums: sums saved there by earlier runs are added
+    /// to this run's, and the total saved, so a run on new shards completes the earlier ones.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// The folder receiving features.parquet, mppc.parquet and wmppc.parquet.
     #[arg(long)]
     out: PathBuf,
 }
@@ -78,11 +83,13 @@ pub fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         },
         backend: args.backend,
         device: args.device.check_available()?,
+        state: args.state,
         ..CompareOptions::default()
     };
     let result = crate::metrics::compare(&args.source, &args.target, &args.ceiling, &options)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    tables::write_features(&args.out.join(FEATURES_FILE), &result.features)?;
     tables::write_mppc(&args.out.join(MPPC_FILE), &result.mppc)?;
     tables::write_wmppc(&args.out.join(WMPPC_FILE), &result.wmppc)?;
     println!(
@@ -91,6 +98,10 @@ pub fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         result.align.dropped,
         result.mppc.len()
     );
+    if let Some(state) = &options.state {
+        let total = result.wmppc.first().map_or(0, |r| r.samples);
+        println!("{total} samples in the state {}", state.display());
+    }
     let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
     println!("source\ttarget\tsource_layer\ttarget_layer\taggregation\twmppc\tfloor\tceiling");
     for r in &result.wmppc {

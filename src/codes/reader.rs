@@ -16,7 +16,8 @@ use super::{keys, CodeBatch, CodesError, CodesMeta, Result, FORMAT_VERSION};
 /// Parquet rows decoded at a time; independent of how many samples a batch holds.
 const READ_ROWS: usize = 16 * 1024;
 
-/// Reads one codes file in increasing `sample_id` order.
+/// Reads one codes file, or a folder of them (one per dataset shard), in increasing
+/// `sample_id` order.
 ///
 /// Each item is a batch of at most `batch_samples` whole samples (a sample is never split
 /// across batches). Rows are checked as they are read: ids never decrease, features are below
@@ -36,11 +37,68 @@ pub struct CodesReader {
     last_id: Option<u64>,
     pending: CodeBatch,
     done: bool,
+    /// Files of a folder still to read, in order.
+    rest: std::collections::VecDeque<PathBuf>,
+    /// At the start of a folder's next file: the previous file and its last sample id, which
+    /// the next file's first must exceed.
+    boundary: Option<(PathBuf, u64)>,
 }
 
 impl CodesReader {
-    /// Opens a codes file, checking its schema and metadata.
+    /// Opens a codes file, checking its schema and metadata; or a folder of codes files of one
+    /// (encoder, layer, SAE), one per dataset shard (`*.parquet`, names starting with `.`
+    /// ignored), read one after another in the order of their first sample id. The files must
+    /// hold disjoint ranges of samples (a sample id at or below the previous file's last is an
+    /// error naming both files).
     pub fn open(path: &Path) -> Result<CodesReader> {
+        if !path.is_dir() {
+            return Self::open_file(path);
+        }
+        let entries = std::fs::read_dir(path).map_err(CodesError::io(path))?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let file = entry.map_err(CodesError::io(path))?.path();
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.unwrap_or_default();
+            if name.ends_with(".parquet") && !name.starts_with('.') {
+                files.push(file);
+            }
+        }
+        // Each file's first sample id (a file of no sample sorts first), then its metadata,
+        // which every file must share.
+        let mut keyed = Vec::with_capacity(files.len());
+        for file in files {
+            let mut reader = Self::open_file(&file)?.with_batch_samples(1);
+            let first = match reader.next() {
+                Some(batch) => batch?.sample_ids().first().copied(),
+                None => None,
+            };
+            keyed.push((first, file.clone(), reader.meta, reader.samples));
+        }
+        keyed.sort_by(|x, y| (x.0, &x.1).cmp(&(y.0, &y.1)));
+        let Some((_, first, meta, _)) = keyed.first() else {
+            return Err(CodesError::WrongSchema {
+                file: path.to_path_buf(),
+                problem: "the folder holds no codes file (*.parquet)".into(),
+            });
+        };
+        if let Some((_, other, m, _)) = keyed.iter().find(|k| &k.2 != meta) {
+            return Err(CodesError::WrongSchema {
+                file: other.clone(),
+                problem: format!(
+                    "holds codes of {m:?}, {} of {meta:?}; a folder holds the shards of one encoder, layer and SAE",
+                    first.display()
+                ),
+            });
+        }
+        let samples: Option<u64> = keyed.iter().map(|k| k.3).sum();
+        let mut reader = Self::open_file(first)?;
+        reader.samples = samples;
+        reader.rest = keyed.into_iter().skip(1).map(|k| k.1).collect();
+        Ok(reader)
+    }
+
+    fn open_file(path: &Path) -> Result<CodesReader> {
         let file = File::open(path).map_err(CodesError::io(path))?;
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(CodesError::parquet(path))?;
@@ -72,6 +130,8 @@ impl CodesReader {
             last_id: None,
             pending: CodeBatch::new(),
             done: false,
+            rest: Default::default(),
+            boundary: None,
         })
     }
 
@@ -117,6 +177,15 @@ impl CodesReader {
         loop {
             if self.current.is_none() {
                 match self.inner.next() {
+                    None if !self.rest.is_empty() => {
+                        let next = self.rest.pop_front().expect("not empty");
+                        let last = self.last_id.map(|id| (self.path.clone(), id));
+                        let reader = Self::open_file(&next)?;
+                        (self.path, self.order, self.inner) = (next, reader.order, reader.inner);
+                        self.row = 0;
+                        self.boundary = last;
+                        continue;
+                    }
                     None => {
                         self.done = true;
                         let batch = std::mem::replace(&mut self.pending, CodeBatch::new());
@@ -160,6 +229,14 @@ impl CodesReader {
                 return Err(bad("sample_id is null".into()));
             }
             let id = ids.value(r);
+            if let Some((previous, last)) = self.boundary.take() {
+                if id <= last {
+                    return Err(bad(format!(
+                        "is not after sample_id {last}, the last of {}; the files of a folder must hold disjoint ranges of samples",
+                        previous.display()
+                    )));
+                }
+            }
             let new_sample = match self.last_id {
                 Some(last) if id < last => {
                     return Err(bad(format!(

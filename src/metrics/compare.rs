@@ -13,6 +13,7 @@ use crate::stats::{
 };
 
 use super::baselines::{ceiling_values, floor_values};
+use super::state;
 use super::{best_over_layers, mean_over_layers, mppc, wmppc, FeatureMatch, MetricsError};
 
 /// How co-activation sums are gathered.
@@ -43,6 +44,10 @@ pub struct CompareOptions {
     pub device: tch::Device,
     /// Samples per batch read and accumulated at once.
     pub batch_samples: usize,
+    /// A folder keeping the accumulators: those of earlier runs are added to this run's and
+    /// the sums saved, so that a run on new shards of the same layers completes the earlier
+    /// ones. Incompatible with the baselines, which need every sample's codes.
+    pub state: Option<PathBuf>,
 }
 
 impl Default for CompareOptions {
@@ -54,12 +59,15 @@ impl Default for CompareOptions {
             backend: Backend::Auto,
             device: tch::Device::Cpu,
             batch_samples: 16 * 1024,
+            state: None,
         }
     }
 }
 
 /// Which average a `wmppc` row holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Aggregation {
     /// One source layer against one target layer.
     Layer,
@@ -149,9 +157,30 @@ pub struct WmppcRow {
     pub samples: u64,
 }
 
+/// One row of the `features` table: the moments of one feature over the compared samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureRow {
+    /// The model (encoder name).
+    pub encoder: String,
+    /// The layer.
+    pub layer: String,
+    /// The feature.
+    pub feature: u32,
+    /// Samples on which it is active.
+    pub count: u64,
+    /// `sum_n f_i(n)`.
+    pub sum: f64,
+    /// `sum_n f_i(n)^2`.
+    pub sum_sq: f64,
+    /// Samples `N` the sums run over.
+    pub samples: u64,
+}
+
 /// Everything `compare` computed.
 #[derive(Clone, Debug)]
 pub struct Comparison {
+    /// Rows of the `features` table: every source layer's features, then every target layer's.
+    pub features: Vec<FeatureRow>,
     /// Rows of the `mppc` table.
     pub mppc: Vec<MppcRow>,
     /// Rows of the `wmppc` table.
@@ -181,9 +210,28 @@ pub fn compare(
     let source = side(sources, "--source")?;
     let target = side(targets, "--target")?;
     let (source_name, target_name) = (source[0].encoder.clone(), target[0].encoder.clone());
+    if options.state.is_some() && (options.baselines > 0 || !ceilings.is_empty()) {
+        return Err(MetricsError::BadInput(
+            "--state with baselines: the floor and the ceiling need every sample's codes in one run; compare without --state for them".into(),
+        ));
+    }
 
-    let pass = accumulate(sources, targets, options, options.baselines > 0)?;
-    let samples = pass.report.samples;
+    // Checked before the pass, which may take long.
+    let inputs: Vec<PathBuf> = sources.iter().chain(targets).cloned().collect();
+    let state = options
+        .state
+        .as_deref()
+        .map(|dir| state::open(dir, &source, &target, &inputs))
+        .transpose()?;
+
+    let mut pass = accumulate(sources, targets, options, options.baselines > 0)?;
+    if let Some(state) = state {
+        let accumulators = std::mem::take(&mut pass.accumulators);
+        pass.accumulators = state::merge_and_save(state, accumulators)?;
+    }
+    // With a state, N counts the samples of earlier runs too.
+    let samples = pass.accumulators[0][0].samples();
+    let features = feature_rows(&pass.accumulators, &source, &target);
     if pass.report.dropped > 0 {
         let (id, file) = pass.report.first_dropped.clone().expect("counted");
         tracing::warn!(
@@ -254,10 +302,44 @@ pub fn compare(
         }
     }
     Ok(Comparison {
+        features,
         mppc: mppc_rows,
         wmppc: wmppc_rows,
         align: pass.report,
     })
+}
+
+/// The moments of every source layer (from its first accumulator) and every target layer.
+fn feature_rows(
+    accumulators: &[Vec<CoactivationAccumulator>],
+    source: &[CodesMeta],
+    target: &[CodesMeta],
+) -> Vec<FeatureRow> {
+    let sides = accumulators
+        .iter()
+        .zip(source)
+        .map(|(row, meta)| (row[0].source(), meta))
+        .chain(
+            accumulators[0]
+                .iter()
+                .zip(target)
+                .map(|(acc, meta)| (acc.target(), meta)),
+        );
+    let mut rows = Vec::new();
+    for (moments, meta) in sides {
+        for i in 0..moments.d() {
+            rows.push(FeatureRow {
+                encoder: meta.encoder.clone(),
+                layer: meta.layer.clone(),
+                feature: i as u32,
+                count: moments.counts()[i],
+                sum: moments.sums()[i],
+                sum_sq: moments.sums_sq()[i],
+                samples: moments.samples(),
+            });
+        }
+    }
+    rows
 }
 
 /// Reads the metadata of one side's files: one encoder, distinct layers.

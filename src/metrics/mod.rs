@@ -6,6 +6,8 @@
 //! - [`compare()`]: code files in, `mppc` and `wmppc` rows out, with floor and ceiling.
 //! - [`sharedness()`]: the Comparative Sharedness ranking from `mppc` rows.
 //! - [`tables`]: the Parquet tables of DESIGN section 4.
+//! - [`MetricViews`]: wMPPC and sharedness maintained by differential dataflow as MPPC rows
+//!   and queries arrive.
 //! - [`bench_stats()`]: sparse exact MPPC against the reference's dense float32 way.
 
 mod baselines;
@@ -13,14 +15,19 @@ mod bench;
 mod compare;
 mod mppc;
 mod sharedness;
+mod state;
 pub mod tables;
+mod views;
 
 use std::path::PathBuf;
 
 pub use bench::{bench_stats, BenchOptions, BenchReport};
-pub use compare::{compare, Aggregation, Backend, CompareOptions, Comparison, MppcRow, WmppcRow};
+pub use compare::{
+    compare, Aggregation, Backend, CompareOptions, Comparison, FeatureRow, MppcRow, WmppcRow,
+};
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};
+pub use views::{Changes, MetricViews, WmppcKey};
 
 /// What can go wrong computing or writing metrics.
 #[derive(Debug, thiserror::Error)]

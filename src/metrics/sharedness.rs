@@ -148,31 +148,50 @@ pub fn sharedness(
                 query.source, query.source
             )));
         }
-        // +inf and -inf: the neutral elements of min and max, never 0.
-        let min_shared = entry.shared.values().copied().fold(f64::INFINITY, f64::min);
-        let max_not_shared = entry
-            .not_shared
-            .values()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        let delta = entry.weight * (min_shared.max(0.0).powi(2) - max_not_shared.max(0.0).powi(2));
-        out.push(SharednessRow {
+        out.push(feature_delta(
             source_layer,
             feature,
-            delta,
-            rho_min_shared: min_shared,
-            rho_max_not_shared: max_not_shared.is_finite().then_some(max_not_shared),
-            weight: entry.weight,
-        });
+            entry.weight,
+            entry.shared.values().copied(),
+            entry.not_shared.values().copied(),
+        ));
     }
-    out.sort_by(|x, y| {
+    rank(&mut out, query.top);
+    Ok(out)
+}
+
+/// The row of one feature of weight `S_i` from its MPPC towards each model of G and of H.
+/// Shared by [`sharedness`] and the differential views, so both compute the same Delta.
+pub(crate) fn feature_delta(
+    source_layer: String,
+    feature: u32,
+    weight: f64,
+    shared: impl IntoIterator<Item = f64>,
+    not_shared: impl IntoIterator<Item = f64>,
+) -> SharednessRow {
+    // +inf and -inf: the neutral elements of min and max, never 0.
+    let min_shared = shared.into_iter().fold(f64::INFINITY, f64::min);
+    let max_not_shared = not_shared.into_iter().fold(f64::NEG_INFINITY, f64::max);
+    let delta = weight * (min_shared.max(0.0).powi(2) - max_not_shared.max(0.0).powi(2));
+    SharednessRow {
+        source_layer,
+        feature,
+        delta,
+        rho_min_shared: min_shared,
+        rho_max_not_shared: max_not_shared.is_finite().then_some(max_not_shared),
+        weight,
+    }
+}
+
+/// Sorts a ranking by Delta, highest first (ties: layer, then feature), and keeps the `top`.
+pub(crate) fn rank(rows: &mut Vec<SharednessRow>, top: Option<usize>) {
+    rows.sort_by(|x, y| {
         y.delta
             .total_cmp(&x.delta)
             .then_with(|| x.source_layer.cmp(&y.source_layer))
             .then(x.feature.cmp(&y.feature))
     });
-    if let Some(top) = query.top {
-        out.truncate(top);
+    if let Some(top) = top {
+        rows.truncate(top);
     }
-    Ok(out)
 }

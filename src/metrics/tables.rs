@@ -16,12 +16,14 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::{MetricsError, MppcRow, SharednessRow, WmppcRow};
+use super::{FeatureRow, MetricsError, MppcRow, SharednessRow, WmppcRow};
 
 /// File name of the `mppc` table inside a `compare` output folder.
 pub const MPPC_FILE: &str = "mppc.parquet";
 /// File name of the `wmppc` table inside a `compare` output folder.
 pub const WMPPC_FILE: &str = "wmppc.parquet";
+/// File name of the `features` table inside a `compare` output folder.
+pub const FEATURES_FILE: &str = "features.parquet";
 
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
@@ -29,6 +31,35 @@ fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
 
 fn field(name: &str, data_type: DataType, nullable: bool) -> Field {
     Field::new(name, data_type, nullable)
+}
+
+/// Writes the `features` table.
+pub fn write_features(path: &Path, rows: &[FeatureRow]) -> Result<(), MetricsError> {
+    let schema = Schema::new(vec![
+        field("encoder", DataType::Utf8, false),
+        field("layer", DataType::Utf8, false),
+        field("feature", DataType::UInt32, false),
+        field("count", DataType::UInt64, false),
+        field("sum", DataType::Float64, false),
+        field("sum_sq", DataType::Float64, false),
+        field("samples", DataType::UInt64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        strings(rows.iter().map(|r| r.encoder.as_str())),
+        strings(rows.iter().map(|r| r.layer.as_str())),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.feature),
+        )),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.count))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.sum))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.sum_sq),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.samples),
+        )),
+    ];
+    write(path, schema, columns)
 }
 
 /// Writes the `mppc` table.
