@@ -6,11 +6,10 @@ RUN_DIR ?= runs/demo
 
 .PHONY: demo test build lint
 
-## The main job on the embedded default: build the emoji dataset (when missing) and inspect it.
+## The main job on the embedded default (scripts/demo.sh): emoji dataset, real encoders, SAEs,
+## codes, and wMPPC both ways; each step skipped when its output exists.
 demo:
-	$(ENV) cargo build --release --locked
-	@if [ ! -d $(RUN_DIR)/emoji ]; then target/release/saeshare dataset build-emoji --out $(RUN_DIR)/emoji; fi
-	target/release/saeshare dataset inspect $(RUN_DIR)/emoji
+	$(ENV) cargo build --release --locked && RUN_DIR=$(RUN_DIR) scripts/demo.sh
 
 ## Every test: formatting, lints, and the test suite.
 test:

@@ -3,6 +3,20 @@
 import argparse
 import json
 import sys
+import warnings
+
+
+def quiet():
+    """Tracing warnings are about shapes the trace bakes in; the export checks the trace itself,
+    and the parity tests check other shapes, so they only hide what matters in the output."""
+    warnings.filterwarnings("ignore")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def main(argv=None):
@@ -35,6 +49,7 @@ def main(argv=None):
     for p in (hf, tv, tm, oc):
         p.add_argument("--name")
     args = parser.parse_args(argv)
+    quiet()
 
     if args.family == "hf":
         from . import hf as family
