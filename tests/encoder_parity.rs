@@ -13,7 +13,7 @@ use saeshare::dataset::{EncodedImage, SampleBatch};
 use saeshare::encoder::{pooling, Encoder, Modality};
 use tch::{Device, Kind, Tensor};
 
-const FAMILIES: [&str; 14] = [
+const FAMILIES: [&str; 16] = [
     "bert",
     "mpnet",
     "deberta",
@@ -28,6 +28,8 @@ const FAMILIES: [&str; 14] = [
     "torchvision-resnet18",
     "timm-resnet18",
     "timm-vit",
+    "open_clip-visual",
+    "open_clip-text",
 ];
 
 /// The tiny packages, exported once for all tests of this file.
@@ -119,6 +121,7 @@ fn a_batch_gives_the_same_pooled_vectors_as_one_sample_at_a_time() {
         "deberta-v2",
         "clip_text_model",
         "siglip_text_model",
+        "open_clip-text",
         "vit",
         "dinov2",
         "torchvision-resnet18",

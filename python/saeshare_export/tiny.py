@@ -16,7 +16,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-from . import cnn, hf
+from . import cnn, hf, openclip
 
 TEXT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)
@@ -130,7 +130,42 @@ def main(out):
         with torch.no_grad():
             layers = module(pixels)
         save_reference(package, {"pixel_values": pixels}, layers, manifest)
+    open_clip_tiny(out)
     print(json.dumps(sorted(f for f in os.listdir(out) if f != "sources")))
+
+
+def open_clip_tiny(out):
+    """A tiny open_clip CLIP, both towers; the reference is open_clip's own forward_intermediates."""
+    import tempfile
+
+    import open_clip
+
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
+    folder = tempfile.mkdtemp()
+    with open(os.path.join(folder, "tiny-clip.json"), "w") as f:
+        json.dump(config, f)
+    open_clip.add_model_config(folder)
+    model = open_clip.create_model("tiny-clip").eval()
+    visual = os.path.join(out, "open_clip-visual")
+    text = os.path.join(out, "open_clip-text")
+    manifests = {
+        "visual": openclip.export("tiny-clip", visual, tower="visual", model=model),
+        "text": openclip.export("tiny-clip", text, tower="text", model=model),
+    }
+    pixels = torch.randn(3, 3, 32, 32)
+    ids = open_clip.tokenize(["a red apple", "two cats asleep on an old sofa", "sun"])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        got = model.forward_intermediates(
+            image=pixels, text=ids, intermediates_only=True, image_output_fmt="NLC", image_output_extra_tokens=True, normalize_intermediates=False
+        )
+    images = [torch.cat([p, x], dim=1) for p, x in zip(got["image_intermediates_prefix"], got["image_intermediates"])]
+    save_reference(visual, {"pixel_values": pixels}, images, manifests["visual"])
+    save_reference(text, {"input_ids": ids, "attention_mask": mask}, got["text_intermediates"], manifests["text"])
 
 
 if __name__ == "__main__":
