@@ -5,6 +5,7 @@ mod compare;
 mod dataset;
 mod encode;
 mod sae;
+mod study;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ pub enum Command {
     Dataset(dataset::DatasetCommand),
     /// Run an encoder package over a dataset: pooled activations per sample and layer.
     Encode(encode::EncodeArgs),
+    /// Check study files.
+    #[command(subcommand)]
+    Study(study::StudyCommand),
     /// Train sparse autoencoders and encode activations with them.
     #[command(subcommand)]
     Sae(sae::SaeCommand),
@@ -70,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dataset(command) => dataset::run(command),
         Command::Sae(command) => sae::run(command),
         Command::Encode(args) => encode::run(args),
+        Command::Study(command) => study::run(command),
         Command::Compare(args) => compare::run_compare(args),
         Command::Sharedness(args) => compare::run_sharedness(args),
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),

@@ -1,0 +1,307 @@
+//! Study files (TOML): what to compare, typed. Every key is documented in
+//! pipelines/README.md with an example; unknown keys and references to encoders the file does not
+//! define are errors naming the line.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::encoder::Pooling;
+use crate::sae::SaeConfig;
+
+/// A study file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Study {
+    /// Names the study in logs and outputs.
+    pub name: String,
+    pub dataset: DatasetSpec,
+    /// Where every output goes (relative paths: from the study file's folder).
+    pub output: PathBuf,
+    /// SAE settings for every encoder and layer, unless an encoder overrides them.
+    #[serde(default)]
+    pub sae: SaeConfig,
+    /// The encoders, by the name outputs use.
+    pub encoders: BTreeMap<String, EncoderSpec>,
+    #[serde(default)]
+    pub comparisons: Vec<ComparisonSpec>,
+    #[serde(default)]
+    pub sharedness: Vec<SharednessSpec>,
+    #[serde(default)]
+    pub baselines: BaselinesSpec,
+    /// Keep each encoder's pooled activations on disk (off: they stream into the SAEs).
+    #[serde(default)]
+    pub activation_cache: bool,
+}
+
+/// The dataset: a folder of shards, or the embedded default built when missing.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    pub path: PathBuf,
+    /// `emoji`: built by `saeshare dataset build-emoji` when `path` does not exist.
+    #[serde(default)]
+    pub builtin: Option<String>,
+}
+
+/// One encoder of the study.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSpec {
+    /// The encoder package folder.
+    pub package: PathBuf,
+    /// How to make the package where it is missing, for the user to run (or for `saeshare run` to
+    /// run when it is `saeshare_export real`).
+    #[serde(default)]
+    pub export: Option<String>,
+    /// `all`, `last`, or a list of layer names.
+    #[serde(default = "default_layers")]
+    pub layers: String,
+    /// The package's default when absent.
+    #[serde(default)]
+    pub pooling: Option<Pooling>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Keys of `[sae]` to change for this encoder only.
+    #[serde(default)]
+    pub sae: Option<toml::Table>,
+}
+
+fn default_layers() -> String {
+    "all".to_string()
+}
+
+fn default_device() -> String {
+    "cpu".to_string()
+}
+
+fn default_batch_size() -> usize {
+    64
+}
+
+/// Which pairs to compare, and on which layers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComparisonSpec {
+    /// Source models; `["*"]` for every encoder.
+    pub sources: Vec<Spanned<String>>,
+    /// Target models; `["*"]` for every encoder.
+    pub targets: Vec<Spanned<String>>,
+    /// `last`: the last layers against each other; `all`: every layer against the union of the
+    /// target's layers (all-layers wMPPC).
+    #[serde(default = "default_comparison_layers")]
+    pub layers: String,
+}
+
+fn default_comparison_layers() -> String {
+    "last".to_string()
+}
+
+/// A Comparative Sharedness query: features of `model` shared with every model of
+/// `shared_with` and with none of `not_shared_with`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharednessSpec {
+    pub name: String,
+    pub model: Spanned<String>,
+    pub shared_with: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_shared_with: Vec<Spanned<String>>,
+    /// How many features to keep in the ranking.
+    #[serde(default = "default_top")]
+    pub top: usize,
+}
+
+fn default_top() -> usize {
+    100
+}
+
+/// The null baselines of every wMPPC.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselinesSpec {
+    /// Permutations of the target's samples for the floor (0: none).
+    pub floor_permutations: usize,
+    /// Train a second SAE with this seed on each source layer, for the ceiling.
+    pub ceiling_seed: Option<u64>,
+}
+
+impl Default for BaselinesSpec {
+    fn default() -> Self {
+        BaselinesSpec {
+            floor_permutations: 3,
+            ceiling_seed: None,
+        }
+    }
+}
+
+/// A study file that does not describe a study: the file and line, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {problem}")]
+pub struct StudyError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub problem: String,
+}
+
+impl Study {
+    /// Reads and checks a study file.
+    pub fn read(path: &Path) -> Result<Study, StudyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| StudyError {
+            file: path.to_path_buf(),
+            line: 0,
+            problem: e.to_string(),
+        })?;
+        Study::parse(path, &text)
+    }
+
+    /// Parses and checks study text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Study, StudyError> {
+        let at = |span: Option<Range<usize>>, problem: String| StudyError {
+            file: path.to_path_buf(),
+            line: span.map_or(0, |s| line_of(text, s.start)),
+            problem,
+        };
+        let study: Study =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+        let known = |name: &Spanned<String>| -> Result<(), StudyError> {
+            if name.get_ref() == "*" || study.encoders.contains_key(name.get_ref()) {
+                Ok(())
+            } else {
+                Err(at(
+                    Some(name.span()),
+                    format!(
+                        "no encoder {:?} in [encoders]; the study defines {}",
+                        name.get_ref(),
+                        study
+                            .encoders
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+            }
+        };
+        for comparison in &study.comparisons {
+            comparison
+                .sources
+                .iter()
+                .chain(&comparison.targets)
+                .try_for_each(known)?;
+        }
+        for query in &study.sharedness {
+            std::iter::once(&query.model)
+                .chain(&query.shared_with)
+                .chain(&query.not_shared_with)
+                .try_for_each(known)?;
+            if query.shared_with.is_empty() {
+                return Err(at(
+                    Some(query.model.span()),
+                    format!("query {}: shared_with is empty", query.name),
+                ));
+            }
+        }
+        for (name, encoder) in &study.encoders {
+            let config = study
+                .sae_for(name)
+                .map_err(|e| at(None, format!("[encoders.{name}.sae]: {e}")))?;
+            if encoder.batch_size == 0 || config.steps == 0 {
+                return Err(at(
+                    None,
+                    format!("[encoders.{name}]: batch_size and sae.steps must be positive"),
+                ));
+            }
+        }
+        Ok(study)
+    }
+
+    /// The SAE settings of `encoder`: `[sae]` with the encoder's overrides on top.
+    pub fn sae_for(&self, encoder: &str) -> Result<SaeConfig, String> {
+        let Some(overrides) = self.encoders.get(encoder).and_then(|e| e.sae.as_ref()) else {
+            return Ok(self.sae.clone());
+        };
+        let mut merged = toml::Table::try_from(&self.sae).map_err(|e| e.to_string())?;
+        merged.extend(overrides.clone());
+        merged
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STUDY: &str = r#"
+name = "t"
+output = "out"
+dataset = { path = "data/emoji", builtin = "emoji" }
+
+[sae]
+k = 16
+
+[encoders.a]
+package = "enc/a"
+layers = "last"
+
+[encoders.b]
+package = "enc/b"
+sae = { k = 8, expansion = 4 }
+
+[[comparisons]]
+sources = ["*"]
+targets = ["*"]
+
+[[sharedness]]
+name = "a-with-b"
+model = "a"
+shared_with = ["b"]
+"#;
+
+    #[test]
+    fn a_study_parses_with_defaults_and_overrides() {
+        let study = Study::parse(Path::new("s.toml"), STUDY).unwrap();
+        assert_eq!(study.encoders.len(), 2);
+        assert_eq!(study.sae_for("a").unwrap().k, 16);
+        let b = study.sae_for("b").unwrap();
+        assert_eq!(
+            (b.k, b.expansion, b.batch_size),
+            (8, 4, SaeConfig::default().batch_size)
+        );
+        assert_eq!(study.encoders["b"].layers, "all");
+        assert_eq!(study.baselines.floor_permutations, 3);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_encoders_name_the_line() {
+        let typo = STUDY.replace("layers = \"last\"", "layer = \"last\"");
+        let err = Study::parse(Path::new("s.toml"), &typo).unwrap_err();
+        assert_eq!(err.line, 11, "{err}");
+        assert!(
+            err.to_string().starts_with("s.toml:11:") && err.to_string().contains("layer"),
+            "{err}"
+        );
+
+        let missing = STUDY.replace("shared_with = [\"b\"]", "shared_with = [\"c\"]");
+        let err = Study::parse(Path::new("s.toml"), &missing).unwrap_err();
+        assert_eq!(err.line, 24, "{err}");
+        assert!(err.problem.contains("no encoder \"c\""), "{err}");
+
+        let bad_override = STUDY.replace("k = 8,", "kk = 8,");
+        assert!(Study::parse(Path::new("s.toml"), &bad_override)
+            .unwrap_err()
+            .problem
+            .contains("kk"));
+    }
+}
