@@ -98,6 +98,17 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
         }
     }
     bar.finish_and_clear();
+    if samples == 0 {
+        let what = match encoder.manifest.modality {
+            Modality::Image => "an image encoder, and no row has a readable image",
+            Modality::Text => "a text encoder, and no row has a caption",
+        };
+        anyhow::bail!(
+            "{}: nothing encoded: {} is {what} ({skipped} rows skipped); check that the dataset and the encoder go together",
+            options.dataset.display(),
+            encoder.manifest.name
+        );
+    }
     let out = writer.finish()?;
     let report = EncodeReport {
         samples,
