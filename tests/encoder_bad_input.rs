@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{BinaryArray, RecordBatch, StringArray, UInt64Array};
@@ -30,12 +29,11 @@ json.dump({"format_version": 1, "name": "nan-encoder", "modality": "text", "outp
 "#;
 
 fn nan_package(dir: &Path) -> std::path::PathBuf {
-    let python = std::env::var("SAESHARE_PYTHON").expect("run the tests with `make test`");
     let package = dir.join("nan");
     // TorchScript's compiler reads the module's source, so it must be in a file.
     let script = dir.join("nan_package.py");
     std::fs::write(&script, NAN_PACKAGE).unwrap();
-    let status = Command::new(python)
+    let status = common::python()
         .arg(&script)
         .arg(&package)
         .status()
@@ -129,15 +127,10 @@ fn an_image_encoder_on_a_dataset_without_images_is_an_error() {
     )
     .unwrap();
     common::write_parquet(&data.join("part.parquet"), batch);
-    let python = std::env::var("SAESHARE_PYTHON").expect("run the tests with `make test`");
     let package = dir.path().join("resnet");
-    let status = Command::new(python)
+    let status = common::python()
         .args(["-m", "saeshare_export", "torchvision", "resnet18", "--out"])
         .arg(&package)
-        .env(
-            "PYTHONPATH",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
-        )
         .status()
         .unwrap();
     assert!(status.success());

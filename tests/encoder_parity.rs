@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use saeshare::dataset::{EncodedImage, SampleBatch};
@@ -37,12 +36,9 @@ fn packages() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let python = std::env::var("SAESHARE_PYTHON")
-            .expect("SAESHARE_PYTHON names the Python of scripts/python-env.sh; run the tests with `make test`");
-        let output = Command::new(python)
+        let output = common::python()
             .args(["-m", "saeshare_export.tiny"])
             .arg(&dir)
-            .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")).join("python"))
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", common::stderr(&output));

@@ -13,9 +13,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use saeshare::dataset::import::{build_emoji, EmojiBuild, ImportTarget};
 use saeshare::dataset::{decode_image, Dataset, Projection};
 use saeshare::encoder::image::preprocess;
@@ -29,24 +26,12 @@ for n in ["astronaut", "coffee", "chelsea"]:
     Image.fromarray(getattr(d, n)()).save(f"{sys.argv[1]}/{n}.png")
 "#;
 
-fn python() -> Command {
-    let python = std::env::var("SAESHARE_PYTHON").expect(
-        "SAESHARE_PYTHON names the Python of scripts/python-env.sh; run the tests with `make test`",
-    );
-    let mut command = Command::new(python);
-    command.env(
-        "PYTHONPATH",
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
-    );
-    command
-}
-
 #[test]
 fn rust_preprocessing_matches_the_python_processors_on_real_images() {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    assert!(python()
+    assert!(common::python()
         .args(["-c", PHOTOS])
         .arg(&images)
         .status()
@@ -82,7 +67,7 @@ fn rust_preprocessing_matches_the_python_processors_on_real_images() {
     files.sort();
 
     let out = dir.path().join("reference");
-    let status = python()
+    let status = common::python()
         .args(["-m", "saeshare_export.reference"])
         .arg(&out)
         .args(&files)

@@ -4,27 +4,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
-
-fn python() -> Command {
-    let python = std::env::var("SAESHARE_PYTHON").expect(
-        "SAESHARE_PYTHON names the Python of scripts/python-env.sh; run the tests with `make test`",
-    );
-    let mut command = Command::new(python);
-    command.env(
-        "PYTHONPATH",
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
-    );
-    command
-}
 
 /// The real packages, exported once for this file's tests.
 fn packages() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let output = python()
+        let output = common::python()
             .args(["-m", "saeshare_export", "real", "--out"])
             .arg(&dir)
             .output()
@@ -98,7 +85,7 @@ fn smallest_cosine_to_sentence_transformers(name: &str, last_layer: &str) -> f64
         common::stdout(&encoded)
     );
 
-    let output = python()
+    let output = common::python()
         .args(["-c", SENTENCE_TRANSFORMERS])
         .arg(&dataset)
         .arg(&acts)
@@ -164,7 +151,11 @@ fn mobilenet_v2_through_rust_gives_torchvision_top5_classes() {
         images.display(),
         dir.path().display()
     );
-    assert!(python().args(["-c", &write]).status().unwrap().success());
+    assert!(common::python()
+        .args(["-c", &write])
+        .status()
+        .unwrap()
+        .success());
     let dataset = dir.path().join("photos-dataset");
     let imported = common::saeshare(&[
         "dataset",
@@ -191,7 +182,7 @@ fn mobilenet_v2_through_rust_gives_torchvision_top5_classes() {
     ]);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
 
-    let output = python()
+    let output = common::python()
         .args(["-c", TORCHVISION_TOP5])
         .arg(&acts)
         .arg(serde_json::to_string(&names).unwrap())

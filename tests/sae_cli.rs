@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use saeshare::sae::Sae;
 use tch::{Device, Kind, Tensor};
 
@@ -31,13 +29,10 @@ json.dump(atoms.tolist(), open(sys.argv[2], "w"))
 
 #[test]
 fn sae_train_recovers_atoms_from_a_file_written_by_pyarrow() {
-    let python = std::env::var("SAESHARE_PYTHON").expect(
-        "SAESHARE_PYTHON names the Python of scripts/python-env.sh; run the tests with `make test`",
-    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("planted.parquet");
     let atoms_file = dir.path().join("atoms.json");
-    let status = Command::new(python)
+    let status = common::python()
         .args(["-c", WRITE_PLANTED])
         .arg(&file)
         .arg(&atoms_file)

@@ -81,3 +81,17 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// The Python of scripts/python-env.sh (torch, transformers, the exporter on its path), for the
+/// references the tests compare against.
+pub fn python() -> Command {
+    let python = std::env::var("SAESHARE_PYTHON").expect(
+        "SAESHARE_PYTHON names the Python of scripts/python-env.sh; run the tests with `make test`",
+    );
+    let mut command = Command::new(python);
+    command.env(
+        "PYTHONPATH",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
+    );
+    command
+}
