@@ -57,6 +57,68 @@ pub struct Encoder {
     tokenizer: Option<text::TextTokenizer>,
 }
 
+/// A batch's model inputs, made on the CPU without the model: decoded and preprocessed images,
+/// or captions (tokenized with the model, which counts truncations).
+pub struct Prepared {
+    pub sample_ids: Vec<u64>,
+    pub skipped: Vec<(u64, String)>,
+    input: PreparedInput,
+}
+
+enum PreparedInput {
+    Pixels(Vec<f32>),
+    Captions(Vec<String>),
+}
+
+/// Decodes and preprocesses a batch's images (image encoders) or takes its captions (text
+/// encoders). Images that do not decode are skipped and counted, with a warning naming the
+/// sample.
+pub fn prepare(manifest: &Manifest, batch: &SampleBatch) -> Result<Prepared, EncoderError> {
+    match manifest.modality {
+        Modality::Text => Ok(Prepared {
+            sample_ids: batch.sample_ids.clone(),
+            skipped: Vec::new(),
+            input: PreparedInput::Captions(batch.captions.clone()),
+        }),
+        Modality::Image => {
+            if batch.images.len() != batch.len() {
+                return Err(EncoderError::Usage {
+                    encoder: manifest.name.clone(),
+                    problem:
+                        "an image encoder needs the images: read the dataset with Projection::ALL"
+                            .into(),
+                });
+            }
+            let spec = manifest.image.as_ref().expect("checked on load");
+            let mut prepared = Prepared {
+                sample_ids: Vec::new(),
+                skipped: Vec::new(),
+                input: PreparedInput::Pixels(Vec::new()),
+            };
+            let PreparedInput::Pixels(pixels) = &mut prepared.input else {
+                unreachable!()
+            };
+            for (id, image) in batch.sample_ids.iter().zip(&batch.images) {
+                match image.decode() {
+                    Ok(decoded) => {
+                        pixels.extend(image::preprocess(&decoded, spec));
+                        prepared.sample_ids.push(*id);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(
+                            sample_id = id,
+                            "shard {}: unreadable image skipped: {reason}",
+                            batch.shard
+                        );
+                        prepared.skipped.push((*id, reason));
+                    }
+                }
+            }
+            Ok(prepared)
+        }
+    }
+}
+
 /// Pooled activations of a batch: for each selected layer, `[n, width]` float32 on the CPU, rows
 /// in the order of `sample_ids`.
 pub struct Pooled {
@@ -147,56 +209,45 @@ impl Encoder {
         layers: &[usize],
         pooling: Pooling,
     ) -> Result<Pooled, EncoderError> {
+        let prepared = prepare(&self.manifest, batch)?;
+        self.encode_prepared(prepared, layers, pooling)
+    }
+
+    /// The model and pooling half of [`encode`](Self::encode), on inputs [`prepare`]d elsewhere
+    /// (another thread, while the model runs the previous batch).
+    pub fn encode_prepared(
+        &mut self,
+        prepared: Prepared,
+        layers: &[usize],
+        pooling: Pooling,
+    ) -> Result<Pooled, EncoderError> {
         let mut pooled = Pooled {
-            sample_ids: Vec::new(),
+            sample_ids: prepared.sample_ids,
             layers: Vec::new(),
-            skipped: Vec::new(),
+            skipped: prepared.skipped,
         };
-        let (outputs, mask) = match self.manifest.modality {
-            Modality::Text => {
-                if batch.is_empty() {
-                    return Ok(pooled);
-                }
+        if pooled.sample_ids.is_empty() {
+            return Ok(pooled);
+        }
+        let (outputs, mask) = match prepared.input {
+            PreparedInput::Captions(captions) => {
                 let tokens = self
                     .tokenizer
                     .as_mut()
                     .expect("text encoders have a tokenizer")
-                    .encode(&batch.captions, self.device)?;
-                pooled.sample_ids = batch.sample_ids.clone();
+                    .encode(&captions, self.device)?;
                 (
                     self.forward(&[tokens.ids, tokens.mask.shallow_clone()])?,
                     Some(tokens.mask),
                 )
             }
-            Modality::Image => {
-                if batch.images.len() != batch.len() {
-                    return Err(EncoderError::Usage {
-                        encoder: self.manifest.name.clone(),
-                        problem: "an image encoder needs the images: read the dataset with Projection::ALL".into(),
-                    });
-                }
-                let spec = self.manifest.image.as_ref().expect("checked on load");
-                let mut pixels = Vec::new();
-                for (id, image) in batch.sample_ids.iter().zip(&batch.images) {
-                    match image.decode() {
-                        Ok(decoded) => {
-                            pixels.extend(image::preprocess(&decoded, spec));
-                            pooled.sample_ids.push(*id);
-                        }
-                        Err(reason) => {
-                            tracing::warn!(
-                                sample_id = id,
-                                "shard {}: unreadable image skipped: {reason}",
-                                batch.shard
-                            );
-                            pooled.skipped.push((*id, reason));
-                        }
-                    }
-                }
-                if pooled.sample_ids.is_empty() {
-                    return Ok(pooled);
-                }
-                let [h, w] = spec.input_size;
+            PreparedInput::Pixels(pixels) => {
+                let [h, w] = self
+                    .manifest
+                    .image
+                    .as_ref()
+                    .expect("checked on load")
+                    .input_size;
                 let x = Tensor::from_slice(&pixels)
                     .reshape([pooled.sample_ids.len() as i64, 3, h as i64, w as i64])
                     .to_device(self.device);

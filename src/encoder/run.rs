@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tch::Device;
 
-use super::{Encoder, Modality, Pooling};
+use super::{prepare, Encoder, Modality, Pooling, Prepared};
 use crate::activations::{ActivationWriter, ActivationsMeta, LayerWidth};
 use crate::dataset::{Dataset, Projection};
 
@@ -67,13 +67,40 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     );
     let start = Instant::now();
     let (mut samples, mut skipped) = (0u64, 0u64);
-    for shard in dataset.shards() {
-        for batch in shard.reader(projection, options.batch_size.max(1))? {
-            let batch = batch?;
-            skipped += batch.skipped.len() as u64;
-            let pooled = encoder.encode(&batch, &layers, pooling)?;
-            skipped += pooled.skipped.len() as u64;
-            let rows: Vec<(usize, Vec<f32>)> = pooled
+    // Reading, decoding and preprocessing run on their own thread, one bounded step ahead of
+    // the model, so the CPU prepares the next batch while libtorch runs this one.
+    let (prepared_tx, prepared_rx) =
+        crossbeam_channel::bounded::<anyhow::Result<(Prepared, u64)>>(2);
+    let manifest = encoder.manifest.clone();
+    let dataset = &dataset;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        scope.spawn(move || {
+            for shard in dataset.shards() {
+                let reader = match shard.reader(projection, options.batch_size.max(1)) {
+                    Ok(reader) => reader,
+                    Err(e) => {
+                        let _ = prepared_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                for batch in reader {
+                    let item = batch.map_err(anyhow::Error::from).and_then(|batch| {
+                        let read_skips = batch.skipped.len() as u64;
+                        Ok((prepare(&manifest, &batch)?, read_skips))
+                    });
+                    // A closed channel means the consumer failed; its error is the one to report.
+                    if prepared_tx.send(item).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        for item in prepared_rx {
+            let (prepared, read_skips) = item?;
+            let rows = prepared.sample_ids.len() + prepared.skipped.len() + read_skips as usize;
+            let pooled = encoder.encode_prepared(prepared, &layers, pooling)?;
+            skipped += read_skips + pooled.skipped.len() as u64;
+            let values: Vec<(usize, Vec<f32>)> = pooled
                 .layers
                 .iter()
                 .map(|(layer, t)| {
@@ -84,19 +111,20 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
                 })
                 .collect();
             for (i, id) in pooled.sample_ids.iter().enumerate() {
-                for (layer, values) in &rows {
-                    let width = encoder.manifest.layers[*layer].width;
+                for (layer, values) in &values {
+                    let layer = &encoder.manifest.layers[*layer];
                     writer.push(
                         *id,
-                        &encoder.manifest.layers[*layer].name,
-                        &values[i * width..(i + 1) * width],
+                        &layer.name,
+                        &values[i * layer.width..(i + 1) * layer.width],
                     )?;
                 }
             }
             samples += pooled.sample_ids.len() as u64;
-            bar.inc((batch.len() + batch.skipped.len()) as u64);
+            bar.inc(rows as u64);
         }
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     if samples == 0 {
         let what = match encoder.manifest.modality {
