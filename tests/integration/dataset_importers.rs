@@ -1,6 +1,6 @@
 //! The importers on small inputs of each kind, checked row by row.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! Every study file shipped in pipelines/ parses and refers only to encoders it defines.
 
-mod common;
+use crate::common;
 
 #[test]
 fn every_shipped_study_file_parses() {

@@ -11,7 +11,7 @@
 //! pixel is 0.017 after dividing by a std of 0.229, and edges with overshoot differ by a few
 //! levels more. The means stay far below the noise any encoder tolerates.
 
-mod common;
+use crate::common;
 
 use saeshare::dataset::import::{build_emoji, EmojiBuild, ImportTarget};
 use saeshare::dataset::{decode_image, Dataset, Projection};

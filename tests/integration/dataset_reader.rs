@@ -1,7 +1,7 @@
 //! The streaming reader: every row read exactly once, whatever the number of workers, in batches
 //! of bounded size; shards written by the writer read back as written.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! The embedded default dataset, built for real from the npm registry (cached after the first run).
 
-mod common;
+use crate::common;
 
 #[test]
 fn build_emoji_gives_7572_readable_rows_with_cldr_captions() {

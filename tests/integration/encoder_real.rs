@@ -1,7 +1,7 @@
 //! Real weights that registry packages ship, through the Rust path: all-MiniLM-L6-v2 equals
 //! sentence-transformers' embeddings; MobileNetV2 gives torchvision's own top-5 ImageNet classes.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

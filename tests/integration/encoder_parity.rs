@@ -3,7 +3,7 @@
 //! equal the untraced Python model's on the same input tensors, and batching does not change a
 //! sample's pooled vector.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

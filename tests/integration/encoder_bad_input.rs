@@ -1,7 +1,7 @@
 //! Bad encoder input: a missing or corrupt package, a manifest of another version, an image
 //! encoder given a dataset without images, NaN activations.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

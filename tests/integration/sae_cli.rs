@@ -1,7 +1,7 @@
 //! `saeshare sae train` on an activation file written by another tool (pyarrow, no saeshare
 //! metadata, float64 fixed-size lists): the planted dictionary comes back out.
 
-mod common;
+use crate::common;
 
 use saeshare::sae::Sae;
 use tch::{Device, Kind, Tensor};

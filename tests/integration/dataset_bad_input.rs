@@ -1,6 +1,6 @@
 //! Bad input gets a clear error naming the file (and row or column), or a counted, logged skip.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

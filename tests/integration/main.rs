@@ -1,0 +1,21 @@
+//! The integration tests, as one test executable: each module is one area of the tool, tested
+//! through its public library API or the `saeshare` binary. One executable rather than one per
+//! file, because each links the whole crate and its dependencies: sixteen of them cost minutes
+//! of linking and gigabytes of disk.
+
+mod codes_and_accumulators;
+mod common;
+mod compare_state;
+mod dataset_bad_input;
+mod dataset_importers;
+mod dataset_reader;
+mod emoji_dataset;
+mod encoder_bad_input;
+mod encoder_parity;
+mod encoder_preprocessing;
+mod encoder_real;
+mod metric_views;
+mod sae_cli;
+mod sae_training;
+mod stats_reference;
+mod study_files;
