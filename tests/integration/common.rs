@@ -1,9 +1,9 @@
 //! Helpers shared by the integration tests: images, datasets and the CLI binary.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
@@ -94,4 +94,19 @@ pub fn python() -> Command {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
     );
     command
+}
+
+/// The real packages, exported once for the tests.
+pub fn real_packages() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let output = python()
+            .args(["-m", "saeshare_export", "real", "--out"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        dir
+    })
 }

@@ -14,6 +14,7 @@ mod encoder_bad_input;
 mod encoder_parity;
 mod encoder_preprocessing;
 mod encoder_real;
+mod encoder_real_images;
 mod metric_views;
 mod sae_cli;
 mod sae_training;
