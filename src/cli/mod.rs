@@ -33,6 +33,10 @@ pub enum Command {
     /// Check study files.
     #[command(subcommand)]
     Study(study::StudyCommand),
+    /// Run a study: fit the SAEs, encode the codes, compare the pairs, write the outputs;
+    /// only what is missing or out of date.
+    #[command(disable_help_flag = true)]
+    Run(study::RunArgs),
     /// Train sparse autoencoders and encode activations with them.
     #[command(subcommand)]
     Sae(sae::SaeCommand),
@@ -75,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sae(command) => sae::run(command),
         Command::Encode(args) => encode::run(args),
         Command::Study(command) => study::run(command),
+        Command::Run(args) => study::run_study(args),
         Command::Compare(args) => compare::run_compare(args),
         Command::Sharedness(args) => compare::run_sharedness(args),
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),

@@ -209,7 +209,6 @@ pub fn compare(
 ) -> Result<Comparison, MetricsError> {
     let source = side(sources, "--source")?;
     let target = side(targets, "--target")?;
-    let (source_name, target_name) = (source[0].encoder.clone(), target[0].encoder.clone());
     if options.state.is_some() && (options.baselines > 0 || !ceilings.is_empty()) {
         return Err(MetricsError::BadInput(
             "--state with baselines: the floor and the ceiling need every sample's codes in one run; compare without --state for them".into(),
@@ -229,30 +228,78 @@ pub fn compare(
         let accumulators = std::mem::take(&mut pass.accumulators);
         pass.accumulators = state::merge_and_save(state, accumulators)?;
     }
-    // With a state, N counts the samples of earlier runs too.
-    let samples = pass.accumulators[0][0].samples();
-    let features = feature_rows(&pass.accumulators, &source, &target);
-    if pass.report.dropped > 0 {
-        let (id, file) = pass.report.first_dropped.clone().expect("counted");
-        tracing::warn!(
-            dropped = pass.report.dropped,
-            "left out {} samples missing from some file (the first: sample_id {id}, missing from {})",
-            pass.report.dropped,
-            file.display()
-        );
-    }
-    let matches: Matches = pass
-        .accumulators
-        .iter()
-        .map(|row| row.iter().map(mppc).collect())
-        .collect();
-    let values = keyed_values(&matches);
-
     let floor = match &pass.kept {
         Some(kept) if options.baselines > 0 => Some(floor_values(kept, &source, &target, options)?),
         _ => None,
     };
-    let ceiling = ceiling_values(sources, &source, ceilings, &values, options)?;
+    assemble(
+        pass.accumulators,
+        pass.report,
+        &source,
+        &target,
+        floor,
+        |values| ceiling_values(sources, &source, ceilings, values, options),
+    )
+}
+
+/// Compares a source and a target model from accumulators gathered elsewhere (a streaming
+/// pipeline, shard by shard): `accumulators[a][b]` holds source layer `a` against target layer
+/// `b`. `aligned`, when given, holds every aligned code of every layer (sources first) for the
+/// floor baseline of `options.baselines` permutations.
+pub fn compare_accumulated(
+    accumulators: Vec<Vec<CoactivationAccumulator>>,
+    report: AlignReport,
+    source: &[CodesMeta],
+    target: &[CodesMeta],
+    aligned: Option<&[CodeBatch]>,
+    options: &CompareOptions,
+) -> Result<Comparison, MetricsError> {
+    let floor = match aligned {
+        Some(kept) if options.baselines > 0 => Some(floor_values(kept, source, target, options)?),
+        _ => None,
+    };
+    assemble(accumulators, report, source, target, floor, |_| Ok(None))
+}
+
+/// The co-activation accumulators of source files against target files (one file per layer,
+/// joined by sample id): `[source layer][target layer]`.
+pub fn accumulate_files(
+    sources: &[PathBuf],
+    targets: &[PathBuf],
+    options: &CompareOptions,
+) -> Result<(Vec<Vec<CoactivationAccumulator>>, AlignReport), MetricsError> {
+    let pass = accumulate(sources, targets, options, false)?;
+    Ok((pass.accumulators, pass.report))
+}
+
+/// MPPC, the `features`, `mppc` and `wmppc` rows, from accumulators and baselines.
+fn assemble(
+    accumulators: Vec<Vec<CoactivationAccumulator>>,
+    report: AlignReport,
+    source: &[CodesMeta],
+    target: &[CodesMeta],
+    floor: Option<Vec<super::baselines::Spread>>,
+    ceiling: impl FnOnce(&[(Key, Option<f64>)]) -> Result<Option<Vec<Option<f64>>>, MetricsError>,
+) -> Result<Comparison, MetricsError> {
+    let (source_name, target_name) = (source[0].encoder.clone(), target[0].encoder.clone());
+    // With a state, N counts the samples of earlier runs too.
+    let samples = accumulators[0][0].samples();
+    let features = feature_rows(&accumulators, source, target);
+    if report.dropped > 0 {
+        let (id, file) = report.first_dropped.clone().expect("counted");
+        tracing::warn!(
+            dropped = report.dropped,
+            "left out {} samples missing from some file (the first: sample_id {id}, missing from {})",
+            report.dropped,
+            file.display()
+        );
+    }
+    let matches: Matches = accumulators
+        .iter()
+        .map(|row| row.iter().map(mppc).collect())
+        .collect();
+    let values = keyed_values(&matches);
+    let ceiling = ceiling(&values)?;
 
     let layer_name = |layers: &[CodesMeta], index: Option<usize>| {
         index.map_or_else(|| ALL_LAYERS.to_string(), |i| layers[i].layer.clone())
@@ -263,8 +310,8 @@ pub fn compare(
         .map(|(r, (key, value))| WmppcRow {
             source: source_name.clone(),
             target: target_name.clone(),
-            source_layer: layer_name(&source, key.source_layer),
-            target_layer: layer_name(&target, key.target_layer),
+            source_layer: layer_name(source, key.source_layer),
+            target_layer: layer_name(target, key.target_layer),
             aggregation: key.aggregation,
             wmppc: *value,
             baseline_floor: floor.as_ref().and_then(|f| f[r].0),
@@ -305,7 +352,7 @@ pub fn compare(
         features,
         mppc: mppc_rows,
         wmppc: wmppc_rows,
-        align: pass.report,
+        align: report,
     })
 }
 

@@ -23,7 +23,8 @@ use std::path::PathBuf;
 
 pub use bench::{bench_stats, BenchOptions, BenchReport};
 pub use compare::{
-    compare, Aggregation, Backend, CompareOptions, Comparison, FeatureRow, MppcRow, WmppcRow,
+    accumulate_files, compare, compare_accumulated, Aggregation, Backend, CompareOptions,
+    Comparison, FeatureRow, MppcRow, WmppcRow,
 };
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};

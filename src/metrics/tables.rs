@@ -260,3 +260,81 @@ pub fn read_mppc(path: &Path) -> Result<Vec<MppcRow>, MetricsError> {
     }
     Ok(rows)
 }
+
+/// Reads a `wmppc` table written by [`write_wmppc`].
+pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
+    let mut rows = Vec::new();
+    for batch in read_batches(path)? {
+        let column = |name: &str, data_type: DataType| {
+            let c = batch
+                .column_by_name(name)
+                .ok_or_else(|| MetricsError::WrongSchema {
+                    file: path.to_path_buf(),
+                    problem: format!("column `{name}` is missing; is this a wmppc table?"),
+                })?;
+            cast(c, &data_type).map_err(|e| MetricsError::WrongSchema {
+                file: path.to_path_buf(),
+                problem: format!("column `{name}`: {e}"),
+            })
+        };
+        let text: Vec<ArrayRef> = [
+            "source",
+            "target",
+            "source_layer",
+            "target_layer",
+            "aggregation",
+        ]
+        .iter()
+        .map(|n| column(n, DataType::Utf8))
+        .collect::<Result<_, _>>()?;
+        let text: Vec<&StringArray> = text.iter().map(|c| c.as_string::<i32>()).collect();
+        let reals: Vec<ArrayRef> = [
+            "wmppc",
+            "baseline_floor",
+            "baseline_floor_std",
+            "baseline_ceiling",
+        ]
+        .iter()
+        .map(|n| column(n, DataType::Float64))
+        .collect::<Result<_, _>>()?;
+        let reals: Vec<&Float64Array> = reals
+            .iter()
+            .map(|c| c.as_primitive::<Float64Type>())
+            .collect();
+        let samples = column("samples", DataType::UInt64)?;
+        let samples = samples.as_primitive::<arrow::datatypes::UInt64Type>();
+        let real = |c: usize, r: usize| reals[c].is_valid(r).then(|| reals[c].value(r));
+        for r in 0..batch.num_rows() {
+            let aggregation = super::Aggregation::parse(text[4].value(r)).ok_or_else(|| {
+                MetricsError::WrongSchema {
+                    file: path.to_path_buf(),
+                    problem: format!("row {r}: unknown aggregation {:?}", text[4].value(r)),
+                }
+            })?;
+            rows.push(WmppcRow {
+                source: text[0].value(r).to_string(),
+                target: text[1].value(r).to_string(),
+                source_layer: text[2].value(r).to_string(),
+                target_layer: text[3].value(r).to_string(),
+                aggregation,
+                wmppc: real(0, r),
+                baseline_floor: real(1, r),
+                baseline_floor_std: real(2, r),
+                baseline_ceiling: real(3, r),
+                samples: samples.value(r),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, MetricsError> {
+    let file = File::open(path).map_err(MetricsError::io(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(MetricsError::parquet(path))?
+        .build()
+        .map_err(MetricsError::parquet(path))?;
+    reader
+        .map(|b| b.map_err(MetricsError::arrow(path)))
+        .collect()
+}

@@ -1,15 +1,33 @@
-//! The study as timely dataflows. For now: the study file, the source operator that streams a
-//! dataset's shards into a dataflow, the worker/process flags, and a scan of a dataset through
-//! both.
+//! The study as timely dataflows: the study file, its plan and manifest of finished units, the
+//! fit and compare passes, and the outputs (DESIGN section 2).
+//!
+//! - [`Study`]: the study file, typed. [`Plan`]: the study resolved against the disk.
+//! - [`Units`]: the manifest of finished work that makes runs resumable and incremental.
+//! - `fit`, `compare`: the two dataflows; `outputs`: the study-wide tables.
+//! - [`run_study`]: all of it, on `-w` threads and `-n` processes.
+//! - [`scan`]: a dataset streamed through a dataflow, to measure reading.
 
+mod compare;
+mod encoding;
+mod fit;
+mod outputs;
+mod plan;
+mod run;
 mod scan;
 mod source;
+mod stage;
 mod study;
+mod units;
 mod workers;
 
+pub use compare::PairState;
+pub use plan::{Plan, PlannedEncoder, PlannedPair};
+pub use run::{peak_memory_mib, run_study, RunSummary};
 pub use scan::{scan, ScanSummary};
 pub use source::{shard_source, SourceErrors};
 pub use study::{
-    BaselinesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, SharednessSpec, Study, StudyError,
+    BaselinesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, FitSpec, SharednessSpec, Study,
+    StudyError,
 };
+pub use units::{UnitRecord, Units};
 pub use workers::WorkerArgs;

@@ -59,7 +59,13 @@ pub fn scan(
         let mine = Arc::new(Mutex::new(mine));
         let counts = mine.clone();
         let errors = worker.dataflow::<u64, _, _>(|scope| {
-            let (batches, errors) = shard_source(scope, dataset.clone(), projection, batch_rows);
+            let (batches, errors) = shard_source(
+                scope,
+                dataset.clone(),
+                (0..dataset.shards().len()).collect(),
+                projection,
+                batch_rows,
+            );
             batches.inspect(move |batch| {
                 let mut c = counts.lock().expect("not poisoned");
                 c.rows += batch.len() as u64;

@@ -25,10 +25,12 @@ impl SourceErrors {
     }
 }
 
-/// Streams this worker's shards of `dataset` in batches of at most `batch_rows` rows.
+/// Streams this worker's shards among `shards` (indices) in batches of at most `batch_rows`
+/// rows.
 pub fn shard_source<'scope>(
     scope: Scope<'scope, u64>,
     dataset: Arc<Dataset>,
+    shards: Vec<usize>,
     projection: Projection,
     batch_rows: usize,
 ) -> (Stream<'scope, u64, Vec<SampleBatch>>, SourceErrors) {
@@ -37,6 +39,7 @@ pub fn shard_source<'scope>(
     let mine: Vec<usize> = dataset
         .shards_for_worker(scope.index(), scope.peers())
         .map(|s| s.index)
+        .filter(|index| shards.contains(index))
         .collect();
     let stream = source(scope, "ShardSource", move |capability, info| {
         let activator = scope.activator_for(info.address);

@@ -32,9 +32,32 @@ pub struct Study {
     pub sharedness: Vec<SharednessSpec>,
     #[serde(default)]
     pub baselines: BaselinesSpec,
+    /// How SAEs are fitted from the stream.
+    #[serde(default)]
+    pub fit: FitSpec,
     /// Keep each encoder's pooled activations on disk (off: they stream into the SAEs).
     #[serde(default)]
     pub activation_cache: bool,
+}
+
+/// How the fit pass feeds the SAEs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FitSpec {
+    /// Rows each SAE's mixing buffer holds (as `sae train --buffer-rows`).
+    pub buffer_rows: usize,
+    /// Memory per SAE for replaying a pass from memory when its steps need more rows than the
+    /// dataset has: the encoders then run once, not once per pass.
+    pub replay_memory_mib: usize,
+}
+
+impl Default for FitSpec {
+    fn default() -> Self {
+        FitSpec {
+            buffer_rows: 65_536,
+            replay_memory_mib: 1024,
+        }
+    }
 }
 
 /// The dataset: a folder of shards, or the embedded default built when missing.

@@ -6,7 +6,7 @@
 //!   [`SaeKind::Relu`] (with L1), one module each.
 //! - [`SaeTrainer`]: one Adam step per pushed batch, AuxK, metrics, checkpoints.
 //! - [`MixingBuffer`]: shuffles activations between the encoder and the trainer.
-//! - [`LayerTrainers`]: an SAE per layer, all fed from one forward pass.
+//! - [`LayerFit`]: an SAE fitted from a stream of activations, as `sae train` fits it from a file.
 //! - [`train_from_file`], [`encode_file`]: `saeshare sae train` and `sae encode`.
 
 mod adam;
@@ -30,6 +30,6 @@ pub use code::Code;
 pub use config::{DecoderBiasInit, SaeConfig, SaeKind};
 pub use encode_file::encode_file;
 pub use model::Sae;
-pub use online::LayerTrainers;
+pub use online::{FitError, LayerFit, FILE_CHUNK_ROWS};
 pub use train_file::{train_from_file, TrainFileOptions, TrainReport};
 pub use trainer::{SaeSource, SaeTrainer, TrainError, TrainingMetrics};

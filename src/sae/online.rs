@@ -1,102 +1,217 @@
-//! Several SAEs fed by one encoder: each forward pass yields activations of several layers, and
-//! each layer's rows go through that layer's mixing buffer into that layer's trainer.
+//! Training an SAE from a stream of activations that no file holds: rows arrive once, in dataset
+//! order, from an encoder running in a dataflow.
+//!
+//! [`LayerFit`] draws batches exactly as `saeshare sae train` does from a file (rows pushed in
+//! chunks of [`FILE_CHUNK_ROWS`], the mixing buffer capped to one pass after the first), so an
+//! SAE fitted in the pipeline equals the one trained from the same activations on disk. Passes
+//! after the first replay the rows from memory when they fit in the replay budget: the encoder
+//! never runs twice.
 
-use std::collections::BTreeMap;
-
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use super::buffer::MixingBuffer;
 use super::config::SaeConfig;
 use super::trainer::{SaeSource, SaeTrainer, TrainError};
 
-/// One mixing buffer and one trainer per layer of an encoder.
-pub struct LayerTrainers {
-    layers: BTreeMap<String, (MixingBuffer, SaeTrainer)>,
+/// Rows per push: the batch size of the activation file reader in `sae train`.
+pub const FILE_CHUNK_ROWS: usize = 1024;
+
+/// One SAE being fitted on one layer of one encoder.
+pub struct LayerFit {
+    trainer: SaeTrainer,
+    buffer: MixingBuffer,
+    width: usize,
+    pending: Vec<f32>,
+    /// The first pass's rows while they fit in the budget; `None` once they do not.
+    replay: Option<Vec<f32>>,
+    replay_budget_rows: usize,
+    rows_first_pass: usize,
+    drawn: usize,
 }
 
-impl LayerTrainers {
-    /// An SAE per `(layer, width)`, all with `config`, each with a buffer of `buffer_rows`.
+impl LayerFit {
+    /// A new SAE with `config` on rows of `width`, mixing through `buffer_rows` rows, keeping at
+    /// most `replay_budget_rows` rows for passes after the first.
     pub fn new(
-        encoder: &str,
-        layers: &[(String, usize)],
         config: &SaeConfig,
+        width: usize,
+        source: SaeSource,
+        device: tch::Device,
         buffer_rows: usize,
-        device: Device,
-    ) -> LayerTrainers {
-        let layers = layers
-            .iter()
-            .map(|(layer, width)| {
-                let source = SaeSource {
-                    encoder: encoder.to_string(),
-                    layer: layer.clone(),
-                };
-                let trainer = SaeTrainer::new(config, *width, device, source);
-                let buffer = MixingBuffer::new(*width, buffer_rows, config.seed);
-                (layer.clone(), (buffer, trainer))
-            })
-            .collect();
-        LayerTrainers { layers }
+        replay_budget_rows: usize,
+    ) -> LayerFit {
+        LayerFit {
+            trainer: SaeTrainer::new(config, width, device, source),
+            buffer: MixingBuffer::new(width, buffer_rows, config.seed),
+            width,
+            pending: Vec::new(),
+            replay: Some(Vec::new()),
+            replay_budget_rows,
+            rows_first_pass: 0,
+            drawn: 0,
+        }
     }
 
-    /// Adds one forward pass's rows of `layer` and trains on every batch that is ready. Returns
-    /// the number of steps taken.
-    pub fn push(&mut self, layer: &str, rows: &[f32]) -> Result<usize, TrainError> {
-        let (buffer, trainer) = self
-            .layers
-            .get_mut(layer)
-            .unwrap_or_else(|| panic!("no SAE for layer {layer}"));
-        buffer.push(rows);
-        let batch_size = trainer.sae.config.batch_size;
-        let mut steps = 0;
-        while !trainer.is_done() {
-            let Some(batch) = buffer.pop_when_mixed(batch_size) else {
+    /// Adds rows of the first pass, in dataset order, and trains on every batch that is ready.
+    pub fn push(&mut self, rows: &[f32]) -> Result<(), TrainError> {
+        assert_eq!(rows.len() % self.width, 0, "whole rows only");
+        self.rows_first_pass += rows.len() / self.width;
+        if let Some(replay) = self.replay.as_mut() {
+            if self.rows_first_pass <= self.replay_budget_rows {
+                replay.extend_from_slice(rows);
+            } else {
+                self.replay = None;
+            }
+        }
+        self.pending.extend_from_slice(rows);
+        let chunk = FILE_CHUNK_ROWS * self.width;
+        while self.pending.len() >= chunk {
+            let rest = self.pending.split_off(chunk);
+            let full = std::mem::replace(&mut self.pending, rest);
+            self.train_on(&full)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the first pass and trains the remaining steps, replaying the rows from memory.
+    /// Fails when one pass holds fewer rows than a batch, or when more passes are needed and
+    /// the rows did not fit the replay budget.
+    pub fn finish(&mut self) -> Result<(), FitError> {
+        let pending = std::mem::take(&mut self.pending);
+        if !pending.is_empty() {
+            self.train_on(&pending)?;
+        }
+        let (batch_size, steps) = self.batch_and_steps();
+        if self.rows_first_pass < batch_size {
+            return Err(FitError::TooFewRows {
+                rows: self.rows_first_pass,
+                batch_size,
+            });
+        }
+        self.buffer.cap_at(self.rows_first_pass);
+        while self.drawn < steps {
+            let Some(batch) = self.buffer.pop_when_mixed(batch_size) else {
                 break;
             };
-            let x = Tensor::from_slice(&batch).reshape([batch_size as i64, -1]);
-            trainer.train_step(&x)?;
-            steps += 1;
+            self.step(&batch)?;
         }
-        Ok(steps)
+        if self.drawn >= steps {
+            return Ok(());
+        }
+        let Some(replay) = self.replay.take() else {
+            return Err(FitError::ReplayTooLarge {
+                rows: self.rows_first_pass,
+                budget: self.replay_budget_rows,
+                steps_done: self.drawn,
+            });
+        };
+        while self.drawn < steps {
+            for chunk in replay.chunks(FILE_CHUNK_ROWS * self.width) {
+                self.train_on(chunk)?;
+                if self.drawn >= steps {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Whether every SAE has taken all its steps.
-    pub fn all_done(&self) -> bool {
-        self.layers.values().all(|(_, t)| t.is_done())
+    /// The trainer, to save.
+    pub fn trainer(&self) -> &SaeTrainer {
+        &self.trainer
     }
 
-    /// The trainers, by layer name.
-    pub fn trainers(&self) -> impl Iterator<Item = (&str, &SaeTrainer)> {
-        self.layers.iter().map(|(l, (_, t))| (l.as_str(), t))
+    /// Rows of the first pass.
+    pub fn rows(&self) -> usize {
+        self.rows_first_pass
     }
+
+    fn batch_and_steps(&self) -> (usize, usize) {
+        let config = &self.trainer.sae.config;
+        (config.batch_size, config.steps)
+    }
+
+    fn train_on(&mut self, rows: &[f32]) -> Result<(), TrainError> {
+        let (batch_size, steps) = self.batch_and_steps();
+        self.buffer.push(rows);
+        while self.drawn < steps {
+            let Some(batch) = self.buffer.pop_when_mixed(batch_size) else {
+                break;
+            };
+            self.step(&batch)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, batch: &[f32]) -> Result<(), TrainError> {
+        let x = Tensor::from_slice(batch).reshape([-1, self.width as i64]);
+        self.trainer.train_step(&x)?;
+        self.drawn += 1;
+        Ok(())
+    }
+}
+
+/// Why a fit could not take all its steps.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(
+        "{rows} rows in the data, fewer than one batch ({batch_size}); lower the SAE's batch_size"
+    )]
+    TooFewRows { rows: usize, batch_size: usize },
+    #[error(
+        "one pass over {rows} rows gave {steps_done} steps, and keeping the rows for more passes \
+         needs more than the replay budget of {budget} rows; raise the study's \
+         fit.replay_memory_mib, or lower the SAE's steps"
+    )]
+    ReplayTooLarge {
+        rows: usize,
+        budget: usize,
+        steps_done: usize,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
-    #[test]
-    fn each_layer_trains_its_own_sae_from_shared_forward_passes() {
-        let config = SaeConfig {
+    fn config() -> SaeConfig {
+        SaeConfig {
             k: 2,
             expansion: 2,
             batch_size: 8,
-            steps: 5,
+            steps: 12,
             ..SaeConfig::default()
-        };
-        let layers = [("0".to_string(), 4), ("1".to_string(), 6)];
-        let mut trainers = LayerTrainers::new("enc", &layers, &config, 16, Device::Cpu);
-        let mut passes = 0;
-        while !trainers.all_done() {
-            // One "forward pass" of 4 samples gives both layers' rows.
-            trainers.push("0", &[0.5; 16]).unwrap();
-            trainers.push("1", &[-0.5; 24]).unwrap();
-            passes += 1;
-            assert!(passes < 100);
         }
-        let done: Vec<(String, usize, i64)> = trainers
-            .trainers()
-            .map(|(l, t)| (l.to_string(), t.steps_done(), t.sae.d_in))
-            .collect();
-        assert_eq!(done, vec![("0".into(), 5, 4), ("1".into(), 5, 6)]);
+    }
+
+    fn source() -> SaeSource {
+        SaeSource {
+            encoder: "enc".into(),
+            layer: "0".into(),
+        }
+    }
+
+    #[test]
+    fn passes_after_the_first_replay_from_memory_until_every_step_is_taken() {
+        // 20 rows give 2 steps a pass; 12 steps need the replay.
+        let rows: Vec<f32> = (0..80).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut fit = LayerFit::new(&config(), 4, source(), Device::Cpu, 16, 1000);
+        fit.push(&rows[..40]).unwrap();
+        fit.push(&rows[40..]).unwrap();
+        fit.finish().unwrap();
+        assert_eq!(fit.trainer().steps_done(), 12);
+        assert_eq!(fit.rows(), 20);
+    }
+
+    #[test]
+    fn rows_beyond_the_replay_budget_are_an_error_that_says_what_to_change() {
+        let rows = vec![0.5f32; 80];
+        let mut fit = LayerFit::new(&config(), 4, source(), Device::Cpu, 16, 10);
+        fit.push(&rows).unwrap();
+        let error = fit.finish().unwrap_err().to_string();
+        assert!(error.contains("replay_memory_mib"), "{error}");
     }
 }

@@ -56,6 +56,21 @@ impl CoactivationAccumulator {
         })
     }
 
+    /// The accumulator as bytes (the file's layout, uncompressed), to ship it between workers.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out).expect("writing to memory");
+        out
+    }
+
+    /// Reads bytes written by [`to_bytes`](Self::to_bytes).
+    pub fn from_bytes(mut bytes: &[u8]) -> Result<CoactivationAccumulator, StatsError> {
+        read_from(&mut bytes).map_err(|e| StatsError::Corrupt {
+            path: "<bytes from another worker>".into(),
+            problem: e.to_string(),
+        })
+    }
+
     fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;

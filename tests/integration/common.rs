@@ -110,3 +110,49 @@ pub fn real_packages() -> &'static Path {
         dir
     })
 }
+
+/// Tiny randomly initialised packages of every family (`saeshare_export.tiny`), exported once
+/// for the tests.
+pub fn tiny_packages() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let output = python()
+            .args(["-m", "saeshare_export.tiny"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        dir
+    })
+}
+
+/// The emoji dataset in shards of 100 rows, built once for the tests: 76 shards, google's
+/// emoji in shards 0 to 37, twitter's after them.
+pub fn emoji_shards() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep().join("emoji");
+        let built = saeshare(&[
+            "dataset",
+            "build-emoji",
+            "--out",
+            dir.to_str().unwrap(),
+            "--shard-rows",
+            "100",
+        ]);
+        assert!(built.status.success(), "{}", stderr(&built));
+        dir
+    })
+}
+
+/// A dataset folder in `dir` holding copies of the emoji shards `shards` (by index).
+pub fn emoji_subset(dir: &Path, shards: &[usize]) -> PathBuf {
+    let out = dir.join("emoji");
+    std::fs::create_dir_all(&out).unwrap();
+    for s in shards {
+        let name = format!("shard-{s:06}.parquet");
+        std::fs::copy(emoji_shards().join(&name), out.join(&name)).unwrap();
+    }
+    out
+}

@@ -5,8 +5,7 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use saeshare::dataset::{EncodedImage, SampleBatch};
 use saeshare::encoder::{pooling, Encoder, Modality};
@@ -31,19 +30,8 @@ const FAMILIES: [&str; 16] = [
     "open_clip-text",
 ];
 
-/// The tiny packages, exported once for all tests of this file.
 fn packages() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let output = common::python()
-            .args(["-m", "saeshare_export.tiny"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", common::stderr(&output));
-        dir
-    })
+    common::tiny_packages()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {

@@ -16,6 +16,7 @@ mod encoder_preprocessing;
 mod encoder_real;
 mod encoder_real_images;
 mod metric_views;
+mod pipeline;
 mod sae_cli;
 mod sae_training;
 mod stats_reference;

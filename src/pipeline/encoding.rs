@@ -1,0 +1,128 @@
+//! What a worker runs on the shards it reads: the study's encoders (loaded once, on first use)
+//! and, in the compare pass, their SAEs. Plain code, no timely: the dataflow operators call it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tch::{Device, Tensor};
+
+use super::plan::Plan;
+use crate::dataset::SampleBatch;
+use crate::encoder::{prepare, Encoder};
+use crate::sae::Sae;
+
+/// Pooled rows of one batch of one encoder: per chosen layer, `[samples x width]` row-major.
+pub struct PooledRows {
+    pub sample_ids: Vec<u64>,
+    pub layers: Vec<Vec<f32>>,
+    /// Rows left out (unreadable images, rows the reader skipped).
+    pub skipped: u64,
+}
+
+/// One worker's encoders and SAEs.
+pub struct WorkerModels {
+    plan: Arc<Plan>,
+    worker: usize,
+    encoders: HashMap<usize, Encoder>,
+    saes: HashMap<(usize, usize), Sae>,
+}
+
+impl WorkerModels {
+    /// Nothing loaded yet; `worker` (this process's worker index) picks the GPU when an
+    /// encoder asks for `cuda` and there are several.
+    pub fn new(plan: Arc<Plan>, worker: usize) -> WorkerModels {
+        WorkerModels {
+            plan,
+            worker,
+            encoders: HashMap::new(),
+            saes: HashMap::new(),
+        }
+    }
+
+    /// The device encoder `e` runs on in this worker: one GPU per worker where there are several.
+    pub fn device(&self, e: usize) -> Device {
+        match self.plan.encoders[e].device {
+            Device::Cuda(0) => {
+                let count = tch::Cuda::device_count().max(1) as usize;
+                Device::Cuda(self.worker % count)
+            }
+            other => other,
+        }
+    }
+
+    /// Encoder `e`'s pooled rows of the chosen layers for `batch`, run in the encoder's batches.
+    pub fn pooled(&mut self, e: usize, batch: &SampleBatch) -> anyhow::Result<PooledRows> {
+        let planned = &self.plan.encoders[e];
+        if !self.encoders.contains_key(&e) {
+            let device = self.device(e);
+            let encoder = Encoder::load(&planned.package, device)?;
+            self.encoders.insert(e, encoder);
+        }
+        let encoder = self.encoders.get_mut(&e).expect("loaded above");
+        let mut rows = PooledRows {
+            sample_ids: Vec::new(),
+            layers: vec![Vec::new(); planned.layers.len()],
+            skipped: batch.skipped.len() as u64,
+        };
+        let step = planned.batch_size.max(1);
+        for start in (0..batch.len()).step_by(step) {
+            let end = (start + step).min(batch.len());
+            let part = slice(batch, start, end);
+            let prepared = prepare(&encoder.manifest, &part)?;
+            let pooled = encoder.encode_prepared(prepared, &planned.layers, planned.pooling)?;
+            rows.skipped += pooled.skipped.len() as u64;
+            rows.sample_ids.extend(&pooled.sample_ids);
+            for (out, (_, tensor)) in rows.layers.iter_mut().zip(&pooled.layers) {
+                out.extend(Vec::<f32>::try_from(tensor.reshape([-1]))?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The codes of layer position `l` of encoder `e` for `rows` (`[n x width]`): for each
+    /// sample, its features and values.
+    pub fn codes(
+        &mut self,
+        e: usize,
+        l: usize,
+        rows: &[f32],
+        samples: usize,
+    ) -> anyhow::Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        if !self.saes.contains_key(&(e, l)) {
+            let layer = &self.plan.encoders[e].layer_names()[l];
+            let dir = self.plan.sae_dir(e, layer);
+            let (sae, _) = Sae::load(&dir, self.device(e))?;
+            self.saes.insert((e, l), sae);
+        }
+        let sae = &self.saes[&(e, l)];
+        let mut codes = vec![(Vec::new(), Vec::new()); samples];
+        if samples == 0 {
+            return Ok(codes);
+        }
+        let x = Tensor::from_slice(rows)
+            .reshape([samples as i64, -1])
+            .to_device(sae.device());
+        let (rows, latents, values) = sae.encode(&x).triples();
+        for ((row, latent), value) in rows.into_iter().zip(latents).zip(values) {
+            let code = &mut codes[row as usize];
+            code.0.push(latent as u32);
+            code.1.push(value);
+        }
+        Ok(codes)
+    }
+}
+
+/// Rows `start..end` of a batch, as a batch (its skips stay with the first part).
+fn slice(batch: &SampleBatch, start: usize, end: usize) -> SampleBatch {
+    SampleBatch {
+        shard: batch.shard,
+        sample_ids: batch.sample_ids[start..end].to_vec(),
+        captions: batch.captions[start..end].to_vec(),
+        images: if batch.images.is_empty() {
+            Vec::new()
+        } else {
+            batch.images[start..end].to_vec()
+        },
+        skipped: Vec::new(),
+    }
+}

@@ -1,0 +1,358 @@
+//! A study resolved against the disk: packages read, layers chosen, pairs listed, every unit of
+//! work named with the fingerprint of what it depends on. All workers of all processes compute
+//! the same plan from the same files, so they agree on the work without talking.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::study::Study;
+use crate::dataset::{Dataset, ShardInfo};
+use crate::encoder::{Manifest, Modality, Pooling};
+use crate::sae::SaeConfig;
+use crate::torch::DeviceSpec;
+
+/// One encoder of the study, resolved.
+#[derive(Clone, Debug)]
+pub struct PlannedEncoder {
+    /// The study's name for it, used in every output.
+    pub name: String,
+    pub package: PathBuf,
+    pub manifest: Manifest,
+    /// Indices into the manifest's layers.
+    pub layers: Vec<usize>,
+    pub pooling: Pooling,
+    pub device: tch::Device,
+    pub batch_size: usize,
+    pub sae: SaeConfig,
+    /// Changes when the package, the layers, the pooling or the SAE settings change.
+    pub fingerprint: String,
+}
+
+impl PlannedEncoder {
+    /// The names of the chosen layers.
+    pub fn layer_names(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .map(|&l| self.manifest.layers[l].name.clone())
+            .collect()
+    }
+
+    pub fn is_image(&self) -> bool {
+        self.manifest.modality == Modality::Image
+    }
+}
+
+/// One compared (source, target) pair on some of their layers.
+#[derive(Clone, Debug)]
+pub struct PlannedPair {
+    /// Folder and unit name: `source__target`, `__all` added for all layers.
+    pub key: String,
+    pub source: usize,
+    pub target: usize,
+    /// Positions in the encoders' chosen layers.
+    pub source_layers: Vec<usize>,
+    pub target_layers: Vec<usize>,
+    /// Changes when either SAE set, the layers or the baselines change (not with new shards).
+    pub fingerprint: String,
+}
+
+/// Everything a run needs to know before it starts.
+pub struct Plan {
+    pub study: Study,
+    pub dataset: Arc<Dataset>,
+    pub output: PathBuf,
+    pub encoders: Vec<PlannedEncoder>,
+    pub pairs: Vec<PlannedPair>,
+}
+
+impl Plan {
+    /// Resolves `study` (read from `path`): builds the embedded dataset and exports the real
+    /// encoder packages where they are missing and the study says how.
+    pub fn resolve(study: Study, path: &Path) -> anyhow::Result<Plan> {
+        let root = path.parent().unwrap_or(Path::new("."));
+        let output = resolve_path(root, &study.output);
+        let dataset_dir = resolve_path(root, &study.dataset.path);
+        if !dataset_dir.exists() {
+            build_dataset(&study, &dataset_dir, path)?;
+        }
+        let dataset = Arc::new(Dataset::open(&dataset_dir)?);
+        dataset.check_unique_ids()?;
+
+        let mut encoders = Vec::new();
+        for (name, spec) in &study.encoders {
+            anyhow::ensure!(
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+                "{}: encoder name {name:?}: use letters, digits, '.', '_' and '-' (it names folders)",
+                path.display()
+            );
+            let package = resolve_path(root, &spec.package);
+            if !package.join("encoder.json").is_file() {
+                export_package(name, spec.export.as_deref(), &package, path)?;
+            }
+            let manifest = Manifest::read(&package)?;
+            let layers = manifest
+                .select_layers(&spec.layers)
+                .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;
+            let pooling = spec.pooling.unwrap_or(manifest.default_pooling);
+            let device: DeviceSpec = spec
+                .device
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;
+            let sae = study
+                .sae_for(name)
+                .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}.sae]: {e}", path.display()))?;
+            for &l in &layers {
+                sae.validate(manifest.layers[l].width).map_err(|e| {
+                    anyhow::anyhow!("{}: [encoders.{name}.sae]: {e}", path.display())
+                })?;
+            }
+            let fingerprint = fingerprint(&(
+                package_digest(&package)?,
+                &layers,
+                format!("{pooling:?}"),
+                &sae,
+            ));
+            encoders.push(PlannedEncoder {
+                name: name.clone(),
+                package,
+                manifest,
+                layers,
+                pooling,
+                device: device.check_available()?,
+                batch_size: spec.batch_size,
+                sae,
+                fingerprint,
+            });
+        }
+
+        let mut pairs: Vec<PlannedPair> = Vec::new();
+        for comparison in &study.comparisons {
+            let pick = |names: &[toml::Spanned<String>]| -> Vec<usize> {
+                (0..encoders.len())
+                    .filter(|&i| {
+                        names
+                            .iter()
+                            .any(|n| n.get_ref() == "*" || *n.get_ref() == encoders[i].name)
+                    })
+                    .collect()
+            };
+            let all = match comparison.layers.as_str() {
+                "last" => false,
+                "all" => true,
+                other => anyhow::bail!(
+                    "{}: comparison layers {other:?}: use \"last\" or \"all\"",
+                    path.display()
+                ),
+            };
+            for &s in &pick(&comparison.sources) {
+                for &t in &pick(&comparison.targets) {
+                    if s == t {
+                        continue;
+                    }
+                    let key = format!(
+                        "{}__{}{}",
+                        encoders[s].name,
+                        encoders[t].name,
+                        if all { "__all" } else { "" }
+                    );
+                    if pairs.iter().any(|p| p.key == key) {
+                        continue;
+                    }
+                    let layers = |e: &PlannedEncoder| -> Vec<usize> {
+                        if all {
+                            (0..e.layers.len()).collect()
+                        } else {
+                            vec![e.layers.len() - 1]
+                        }
+                    };
+                    let fingerprint = fingerprint(&(
+                        &encoders[s].fingerprint,
+                        &encoders[t].fingerprint,
+                        all,
+                        study.baselines.floor_permutations,
+                    ));
+                    pairs.push(PlannedPair {
+                        key,
+                        source: s,
+                        target: t,
+                        source_layers: layers(&encoders[s]),
+                        target_layers: layers(&encoders[t]),
+                        fingerprint,
+                    });
+                }
+            }
+        }
+        Ok(Plan {
+            study,
+            dataset,
+            output,
+            encoders,
+            pairs,
+        })
+    }
+
+    /// The folder of an encoder's SAE on one of its layers.
+    pub fn sae_dir(&self, encoder: usize, layer: &str) -> PathBuf {
+        self.output
+            .join("saes")
+            .join(&self.encoders[encoder].name)
+            .join(layer)
+    }
+
+    /// The codes file of an encoder's layer on one shard.
+    pub fn codes_file(&self, encoder: usize, layer: &str, shard: &ShardInfo) -> PathBuf {
+        self.output
+            .join("codes")
+            .join(&self.encoders[encoder].name)
+            .join(layer)
+            .join(shard_name(shard))
+    }
+
+    /// The folder of a pair's accumulators and tables.
+    pub fn pair_dir(&self, pair: usize) -> PathBuf {
+        self.output.join("pairs").join(&self.pairs[pair].key)
+    }
+
+    /// The unit name and fingerprint of an encoder's codes on a shard.
+    pub fn codes_unit(&self, encoder: usize, shard: &ShardInfo) -> (String, String) {
+        (
+            format!(
+                "codes/{}/{}",
+                self.encoders[encoder].name,
+                shard_name(shard)
+            ),
+            fingerprint(&(&self.encoders[encoder].fingerprint, shard_key(shard))),
+        )
+    }
+
+    /// The unit name and fingerprint of an encoder's SAEs.
+    pub fn sae_unit(&self, encoder: usize) -> (String, String) {
+        (
+            format!("saes/{}", self.encoders[encoder].name),
+            self.encoders[encoder].fingerprint.clone(),
+        )
+    }
+
+    /// The unit name and fingerprint of a pair's accumulators over the given shards.
+    pub fn pair_unit(&self, pair: usize) -> (String, String) {
+        (
+            format!("pairs/{}", self.pairs[pair].key),
+            self.pairs[pair].fingerprint.clone(),
+        )
+    }
+}
+
+/// What identifies a shard's content cheaply: its file name, rows and bytes.
+pub fn shard_key(shard: &ShardInfo) -> (String, u64, u64) {
+    (shard_name(shard), shard.rows, shard.bytes)
+}
+
+fn shard_name(shard: &ShardInfo) -> String {
+    shard
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| format!("shard-{}", shard.index))
+}
+
+/// A short hex digest of anything serialisable.
+pub fn fingerprint(value: &impl Serialize) -> String {
+    let bytes = serde_json::to_vec(value).expect("plain data serialises");
+    let digest = Sha256::digest(&bytes);
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digest of a package's manifest and weights.
+fn package_digest(package: &Path) -> anyhow::Result<String> {
+    let mut hasher = Sha256::new();
+    for file in ["encoder.json", "model.pt", "tokenizer.json"] {
+        let path = package.join(file);
+        if !path.exists() {
+            continue;
+        }
+        let mut reader = std::fs::File::open(&path).with_context(|| path.display().to_string())?;
+        std::io::copy(&mut reader, &mut hasher).with_context(|| path.display().to_string())?;
+    }
+    Ok(hasher.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// `~/` is the home folder; a relative path is relative to the study file's folder.
+fn resolve_path(root: &Path, path: &Path) -> PathBuf {
+    if let Ok(rest) = path.strip_prefix("~") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return Path::new(&home).join(rest);
+        }
+    }
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        root.join(path)
+    }
+}
+
+fn build_dataset(study: &Study, dir: &Path, file: &Path) -> anyhow::Result<()> {
+    match study.dataset.builtin.as_deref() {
+        Some("emoji") => {
+            tracing::info!("building the emoji dataset into {}", dir.display());
+            let spec = crate::dataset::import::EmojiBuild {
+                cache: crate::cache_dir().join("npm"),
+            };
+            let target = crate::dataset::import::ImportTarget {
+                out: dir.to_path_buf(),
+                shard_rows: 2048,
+                append: false,
+            };
+            crate::dataset::import::build_emoji(&spec, &target)?;
+            Ok(())
+        }
+        Some(other) => anyhow::bail!(
+            "{}: dataset builtin {other:?}: the only embedded dataset is \"emoji\"",
+            file.display()
+        ),
+        None => anyhow::bail!(
+            "{}: dataset {} does not exist; import one with `saeshare dataset import-...`",
+            file.display(),
+            dir.display()
+        ),
+    }
+}
+
+fn export_package(
+    name: &str,
+    export: Option<&str>,
+    package: &Path,
+    file: &Path,
+) -> anyhow::Result<()> {
+    let Some(command) = export else {
+        anyhow::bail!(
+            "{}: [encoders.{name}]: no encoder package in {}; make one with `python -m saeshare_export` \
+             or give an `export` command",
+            file.display(),
+            package.display()
+        );
+    };
+    tracing::info!("encoder {name}: exporting the package with `{command}`");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .status()
+        .with_context(|| format!("running `{command}`"))?;
+    anyhow::ensure!(
+        status.success() && package.join("encoder.json").is_file(),
+        "{}: [encoders.{name}]: `{command}` did not make {} ({status}); run it by hand in the \
+         environment of scripts/python-env.sh to see why",
+        file.display(),
+        package.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! `saeshare run STUDY.toml`: the whole study as timely dataflows, one after the other in every
+//! worker of every process: fit (the SAEs that are missing), compare (the codes and pair sums
+//! that are missing), then the study-wide outputs on worker 0.
+//!
+//! Every worker computes the same plan and the same work from the manifest before starting,
+//! so they build the same dataflows without talking. A barrier ends each stage: what one
+//! worker wrote (an SAE, a codes file) is on disk before any worker reads it. Processes share
+//! the output folder (on several machines, a network file system).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::compare::{self, CompareWork};
+use super::encoding::WorkerModels;
+use super::fit;
+use super::outputs;
+use super::plan::Plan;
+use super::stage::{barrier, run_to_completion, Failure, StageCounters};
+use super::study::Study;
+use super::units::Units;
+use super::WorkerArgs;
+
+/// What a run did (this process's share of the rows; the units of the whole run).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunSummary {
+    pub study: String,
+    pub output: PathBuf,
+    /// Encoders whose SAEs were fitted.
+    pub saes_fitted: Vec<String>,
+    /// (encoder, shard) codes units run.
+    pub codes_units: usize,
+    /// Pairs whose sums or tables were updated.
+    pub pairs_updated: Vec<String>,
+    /// Seconds per stage.
+    pub seconds: BTreeMap<String, f64>,
+    /// Rows encoded and skipped per encoder, per stage, by this process's workers.
+    pub rows: BTreeMap<String, (u64, u64)>,
+    pub peak_memory_mib: Option<f64>,
+    pub outputs: Vec<PathBuf>,
+    /// The last-layer wMPPC matrix as printed.
+    pub matrix: String,
+}
+
+/// Runs the study in `path` with the workers and processes of `workers`.
+pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary> {
+    let start = Instant::now();
+    let study = Study::read(path)?;
+    anyhow::ensure!(
+        !study.activation_cache,
+        "{}: activation_cache = true is not supported yet; remove it (activations stream into \
+         the SAEs and are encoded again for the codes)",
+        path.display()
+    );
+    let plan = Arc::new(Plan::resolve(study, path)?);
+    let units = Units::new(&plan.output);
+    let fit_todo: Vec<usize> = (0..plan.encoders.len())
+        .filter(|&e| {
+            let (unit, fingerprint) = plan.sae_unit(e);
+            !units.is_done(&unit, &fingerprint)
+        })
+        .collect();
+    let mut work = CompareWork::of(&plan, &units);
+    // New SAEs make new codes and new sums, whatever the manifest says of older ones.
+    for &e in &fit_todo {
+        work.codes[e].iter_mut().for_each(|b| *b = true);
+        for (p, pair) in plan.pairs.iter().enumerate() {
+            if pair.source == e || pair.target == e {
+                work.pairs[p].iter_mut().for_each(|b| *b = true);
+                work.tables[p] = true;
+            }
+        }
+    }
+    let (codes_units, _) = work.counts();
+    let mut summary = RunSummary {
+        study: plan.study.name.clone(),
+        output: plan.output.clone(),
+        saes_fitted: fit_todo
+            .iter()
+            .map(|&e| plan.encoders[e].name.clone())
+            .collect(),
+        codes_units,
+        pairs_updated: (0..plan.pairs.len())
+            .filter(|&p| work.tables[p])
+            .map(|p| plan.pairs[p].key.clone())
+            .collect(),
+        ..RunSummary::default()
+    };
+    let nothing_to_do = fit_todo.is_empty() && codes_units == 0 && summary.pairs_updated.is_empty();
+    if nothing_to_do && plan.output.join("wmppc.parquet").exists() {
+        tracing::info!(
+            "study {}: every unit is done and the outputs are in {}; nothing to do",
+            plan.study.name,
+            plan.output.display()
+        );
+    }
+    tracing::info!(
+        "study {}: {} SAE set(s) to fit, {} codes unit(s), {} pair(s) to update, on {} worker(s) x {} process(es)",
+        plan.study.name,
+        fit_todo.len(),
+        codes_units,
+        summary.pairs_updated.len(),
+        workers.workers,
+        workers.processes
+    );
+    if workers.process == 0 {
+        for &e in &fit_todo {
+            let dir = plan.output.join("saes").join(&plan.encoders[e].name);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    let work = Arc::new(work);
+    let shared: Arc<Mutex<RunSummary>> = Arc::new(Mutex::new(RunSummary::default()));
+    let sink = shared.clone();
+    let plan_for_workers = plan.clone();
+    let guards = timely::execute(workers.timely_config()?, move |worker| {
+        let plan = plan_for_workers.clone();
+        let index = worker.index();
+        let peers = worker.peers();
+        let models = Rc::new(RefCell::new(WorkerModels::new(plan.clone(), index)));
+        let failure = Failure::default();
+        let mut seconds = BTreeMap::new();
+
+        // Fit.
+        let fit_start = Instant::now();
+        let fit_counters = Rc::new(RefCell::new(StageCounters::default()));
+        if !fit_todo.is_empty() {
+            let owned = fit::build(
+                worker,
+                &plan,
+                &fit_todo,
+                models.clone(),
+                fit_counters.clone(),
+                failure.clone(),
+            );
+            run_to_completion(worker);
+            if !failure.failed() {
+                if let Err(error) = fit::finish(&owned, &plan) {
+                    failure.set(error);
+                }
+            }
+            drop(owned);
+            barrier(worker);
+            if index == 0 && !failure.failed() {
+                if let Err(error) = record_saes(&plan, &fit_todo) {
+                    failure.set(error);
+                }
+            }
+            barrier(worker);
+        }
+        seconds.insert("fit".to_string(), fit_start.elapsed().as_secs_f64());
+
+        // Compare.
+        let compare_start = Instant::now();
+        let compare_counters = Rc::new(RefCell::new(StageCounters::default()));
+        let owned = compare::build(
+            worker,
+            &plan,
+            &work,
+            models.clone(),
+            compare_counters.clone(),
+            failure.clone(),
+        );
+        run_to_completion(worker);
+        if !failure.failed() {
+            if let Err(error) = compare::finish(&owned, &plan, &work, index, peers) {
+                failure.set(error);
+            }
+        }
+        barrier(worker);
+        seconds.insert("compare".to_string(), compare_start.elapsed().as_secs_f64());
+
+        // Outputs.
+        let outputs_start = Instant::now();
+        let mut mine = RunSummary::default();
+        if index == 0 && !failure.failed() {
+            match outputs::write(&plan) {
+                Ok(written) => {
+                    mine.matrix = outputs::matrix(&plan, &written.wmppc);
+                    mine.outputs = written.files;
+                }
+                Err(error) => failure.set(error),
+            }
+        }
+        seconds.insert("outputs".to_string(), outputs_start.elapsed().as_secs_f64());
+
+        let mut total = sink.lock().expect("not poisoned");
+        for (stage, counters) in [("fit", &fit_counters), ("compare", &compare_counters)] {
+            for (&e, &(rows, skipped)) in &counters.borrow().rows {
+                let entry = total
+                    .rows
+                    .entry(format!("{} ({stage})", plan.encoders[e].name))
+                    .or_default();
+                entry.0 += rows;
+                entry.1 += skipped;
+            }
+        }
+        for (stage, s) in seconds {
+            let entry = total.seconds.entry(stage).or_default();
+            *entry = f64::max(*entry, s);
+        }
+        if index == 0 {
+            total.matrix = mine.matrix;
+            total.outputs = mine.outputs;
+        }
+        drop(total);
+        match failure.take() {
+            Some(error) => Err(format!("{error:#}")),
+            None => Ok(()),
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))?;
+    let mut first_error = None;
+    for result in guards.join() {
+        let result = result
+            .map_err(|e| anyhow::anyhow!("a worker failed: {e}"))
+            .and_then(|r| r.map_err(anyhow::Error::msg));
+        if let Err(error) = result {
+            first_error.get_or_insert(error);
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    let shared = shared.lock().expect("not poisoned").clone();
+    summary.seconds = shared.seconds;
+    summary
+        .seconds
+        .insert("total".to_string(), start.elapsed().as_secs_f64());
+    summary.rows = shared.rows;
+    summary.outputs = shared.outputs;
+    summary.matrix = shared.matrix;
+    summary.peak_memory_mib = peak_memory_mib();
+    if workers.process == 0 {
+        let path = plan.output.join("last-run.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)?;
+    }
+    Ok(summary)
+}
+
+/// Records the SAE units of the fitted encoders, once every layer's SAE is on disk.
+fn record_saes(plan: &Plan, fitted: &[usize]) -> anyhow::Result<()> {
+    let units = Units::new(&plan.output);
+    for &e in fitted {
+        for layer in plan.encoders[e].layer_names() {
+            let dir = plan.sae_dir(e, &layer);
+            anyhow::ensure!(
+                dir.join("sae.json").is_file(),
+                "the SAE of {} layer {layer} is missing from {} after the fit",
+                plan.encoders[e].name,
+                dir.display()
+            );
+        }
+        let (unit, fingerprint) = plan.sae_unit(e);
+        units.record(
+            &unit,
+            &fingerprint,
+            serde_json::json!({ "layers": plan.encoders[e].layer_names() }),
+        )?;
+    }
+    Ok(())
+}
+
+/// The process's peak resident memory, from /proc (Linux).
+pub fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

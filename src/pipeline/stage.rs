@@ -1,0 +1,91 @@
+//! What every stage of a run shares: the worker's first error, row counters, and running a
+//! dataflow to completion with a barrier after it.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::worker::Worker;
+
+use super::source::SourceErrors;
+
+/// The first error of a worker's stage. Operators record it and stop working, but keep
+/// consuming their inputs, so the dataflow still drains and every worker of every process
+/// ends; the worker then reports it.
+#[derive(Clone, Default)]
+pub struct Failure {
+    error: Rc<RefCell<Option<anyhow::Error>>>,
+    sources: Rc<RefCell<Vec<SourceErrors>>>,
+}
+
+impl Failure {
+    /// Records `error` unless an earlier one is recorded.
+    pub fn set(&self, error: anyhow::Error) {
+        let mut slot = self.error.borrow_mut();
+        if slot.is_none() {
+            tracing::error!("{error:#}");
+            *slot = Some(error);
+        }
+    }
+
+    /// Whether an error was recorded.
+    pub fn failed(&self) -> bool {
+        self.error.borrow().is_some()
+    }
+
+    /// Also reports the error that stopped a shard source.
+    pub fn watch_source(&self, errors: SourceErrors) {
+        self.sources.borrow_mut().push(errors);
+    }
+
+    /// The recorded error, if any.
+    pub fn take(&self) -> Option<anyhow::Error> {
+        for source in self.sources.borrow().iter() {
+            if let Some(error) = source.take() {
+                self.set(error.into());
+            }
+        }
+        self.error.borrow_mut().take()
+    }
+}
+
+/// Rows each encoder saw in this worker: `(encoded, skipped)`.
+#[derive(Clone, Debug, Default)]
+pub struct StageCounters {
+    pub rows: BTreeMap<usize, (u64, u64)>,
+}
+
+impl StageCounters {
+    pub fn add(&mut self, encoder: usize, encoded: usize, skipped: u64) {
+        let entry = self.rows.entry(encoder).or_default();
+        entry.0 += encoded as u64;
+        entry.1 += skipped;
+    }
+}
+
+/// Steps the worker until every dataflow it built has completed.
+pub fn run_to_completion(worker: &mut Worker) {
+    while worker.step_or_park(None) {}
+}
+
+/// Returns once every worker of every process has called it: what a stage wrote to disk is
+/// then there for the next stage's readers. A dataflow of one source per worker that holds
+/// its capability until first scheduled: it completes only when every worker's has.
+pub fn barrier(worker: &mut Worker) {
+    worker.dataflow::<u64, _, _>(|scope| {
+        source::<_, CapacityContainerBuilder<Vec<()>>, _, _>(
+            scope,
+            "Barrier",
+            |capability, _info| {
+                // Dropped at the first scheduling: this worker has reached the barrier.
+                let mut held = Some(capability);
+                move |_output| {
+                    held.take();
+                }
+            },
+        );
+    });
+    run_to_completion(worker);
+}

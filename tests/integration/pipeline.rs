@@ -1,0 +1,393 @@
+//! `saeshare run`: the study as timely dataflows, on tiny randomly initialised encoders over
+//! emoji shards. Outputs equal across worker and process counts, a run killed with SIGKILL and
+//! started again equals an uninterrupted one, and a second run does only what changed.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use saeshare::metrics::tables::{read_mppc, read_wmppc};
+
+/// The encoders a study may use: study name and tiny package.
+const ENCODERS: [(&str, &str, &str); 4] = [
+    ("bert", "bert", "all"),
+    ("clip-text", "clip_text_model", "last"),
+    ("dinov2", "dinov2", "all"),
+    ("vit", "vit", "last"),
+];
+
+/// A study of `encoders` over `dataset` into `output`: every pair on last layers, dinov2 x
+/// bert on all layers, one sharedness query, two floor permutations.
+fn study(dir: &Path, dataset: &Path, output: &str, encoders: &[&str], k_of_vit: usize) -> PathBuf {
+    let mut text = format!(
+        r#"name = "tiny"
+output = "{output}"
+dataset = {{ path = "{}" }}
+
+[sae]
+k = 4
+expansion = 2
+steps = 40
+batch_size = 64
+lr = 1e-3
+warmup_steps = 5
+aux_k = 8
+
+[fit]
+buffer_rows = 256
+
+[baselines]
+floor_permutations = 2
+
+[[comparisons]]
+sources = ["*"]
+targets = ["*"]
+layers = "last"
+"#,
+        dataset.display()
+    );
+    for (name, package, layers) in ENCODERS {
+        if !encoders.contains(&name) {
+            continue;
+        }
+        text += &format!(
+            "\n[encoders.{name}]\npackage = \"{}\"\nlayers = \"{layers}\"\nbatch_size = 32\n",
+            common::tiny_packages().join(package).display()
+        );
+        if name == "vit" {
+            text += &format!("sae = {{ k = {k_of_vit} }}\n");
+        }
+    }
+    if encoders.contains(&"dinov2") && encoders.contains(&"bert") {
+        text +=
+            "\n[[comparisons]]\nsources = [\"dinov2\"]\ntargets = [\"bert\"]\nlayers = \"all\"\n";
+        text += "\n[[sharedness]]\nname = \"dinov2-with-bert\"\nmodel = \"dinov2\"\nshared_with = [\"bert\"]\n";
+        if encoders.contains(&"vit") {
+            text += "not_shared_with = [\"vit\"]\n";
+        }
+    }
+    let path = dir.join(format!("{output}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(study: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["run", study.to_str().unwrap()];
+    args.extend(extra);
+    let output = common::saeshare(&args);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    common::stdout(&output)
+}
+
+/// What the last run did, as `last-run.json` says.
+fn last_run(output: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(output.join("last-run.json")).unwrap()).unwrap()
+}
+
+/// Asserts that two runs' `wmppc`, `mppc` and sharedness tables hold the same rows, values
+/// within `tolerance`.
+fn assert_same_outputs(a: &Path, b: &Path, tolerance: f64) {
+    let (wa, wb) = (
+        read_wmppc(&a.join("wmppc.parquet")).unwrap(),
+        read_wmppc(&b.join("wmppc.parquet")).unwrap(),
+    );
+    assert_eq!(wa.len(), wb.len());
+    assert!(!wa.is_empty());
+    let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => (x - y).abs() <= tolerance,
+        (None, None) => true,
+        _ => false,
+    };
+    for (x, y) in wa.iter().zip(&wb) {
+        assert_eq!(
+            (
+                &x.source,
+                &x.target,
+                &x.source_layer,
+                &x.target_layer,
+                x.aggregation,
+                x.samples
+            ),
+            (
+                &y.source,
+                &y.target,
+                &y.source_layer,
+                &y.target_layer,
+                y.aggregation,
+                y.samples
+            )
+        );
+        assert!(
+            close(x.wmppc, y.wmppc) && close(x.baseline_floor, y.baseline_floor),
+            "{x:?} vs {y:?}"
+        );
+    }
+    let (ma, mb) = (
+        read_mppc(&a.join("mppc.parquet")).unwrap(),
+        read_mppc(&b.join("mppc.parquet")).unwrap(),
+    );
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(
+            (
+                &x.source,
+                &x.source_layer,
+                x.feature,
+                &x.target,
+                &x.target_layer
+            ),
+            (
+                &y.source,
+                &y.source_layer,
+                y.feature,
+                &y.target,
+                &y.target_layer
+            )
+        );
+        assert!(
+            (x.rho - y.rho).abs() <= tolerance && (x.weight - y.weight).abs() <= tolerance,
+            "{x:?} vs {y:?}"
+        );
+    }
+    let sharedness = |dir: &Path| std::fs::read(dir.join("sharedness/dinov2-with-bert.parquet"));
+    assert!(sharedness(a).is_ok() && sharedness(b).is_ok());
+}
+
+/// Two free localhost ports, for two processes.
+fn hostfile(dir: &Path) -> PathBuf {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let path = dir.join("hosts.txt");
+    std::fs::write(
+        &path,
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    path
+}
+
+fn saeshare_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_saeshare"));
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+#[test]
+fn outputs_are_equal_on_1_worker_4_workers_and_2_processes_of_2_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[0, 1, 2, 40, 41]);
+    let all = ["bert", "clip-text", "dinov2", "vit"];
+    let one = study(dir.path(), &dataset, "one", &all, 4);
+    let printed = run(&one, &[]);
+    assert!(printed.contains("wMPPC (floor)"), "{printed}");
+    assert_eq!(last_run(&dir.path().join("one"))["codes_units"], 4 * 5);
+
+    let four = study(dir.path(), &dataset, "four", &all, 4);
+    run(&four, &["-w", "4"]);
+    assert_same_outputs(&dir.path().join("one"), &dir.path().join("four"), 1e-6);
+
+    let two = study(dir.path(), &dataset, "two", &all, 4);
+    let hosts = hostfile(dir.path());
+    let processes: Vec<_> = (0..2)
+        .map(|p| {
+            saeshare_command(&[
+                "run",
+                two.to_str().unwrap(),
+                "-w",
+                "2",
+                "-n",
+                "2",
+                "-p",
+                &p.to_string(),
+                "-h",
+                hosts.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for process in processes {
+        let output = process.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", common::stderr(&output));
+    }
+    assert_same_outputs(&dir.path().join("one"), &dir.path().join("two"), 1e-6);
+}
+
+#[test]
+fn a_run_killed_at_a_random_point_and_started_again_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[3, 4, 5, 43, 44, 45]);
+    let encoders = ["bert", "dinov2", "vit"];
+    let whole = study(dir.path(), &dataset, "whole", &encoders, 4);
+    run(&whole, &[]);
+
+    let killed = study(dir.path(), &dataset, "killed", &encoders, 4);
+    // A random point of a run of a few seconds: during the fit, the codes or the pairs.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let delay = Duration::from_millis(400 + u64::from(nanos) % 3000);
+    let mut child = saeshare_command(&["run", killed.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let finished_before = child.try_wait().unwrap().is_some();
+    child.kill().ok(); // SIGKILL
+    child.wait().unwrap();
+    let units = walk(&dir.path().join("killed/units"));
+    eprintln!(
+        "killed after {delay:?} ({} units recorded{})",
+        units,
+        if finished_before {
+            ", run already done"
+        } else {
+            ""
+        }
+    );
+
+    run(&killed, &[]);
+    assert_same_outputs(&dir.path().join("whole"), &dir.path().join("killed"), 1e-6);
+    let again = run(&killed, &[]);
+    assert!(again.contains("nothing to do"), "{again}");
+}
+
+/// Files under `dir`, recursively.
+fn walk(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                if e.path().is_dir() {
+                    walk(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+#[test]
+fn adding_an_encoder_runs_only_it_and_the_pairs_that_involve_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[6, 7, 46, 47]);
+    // The same output folder, a study that grows.
+    let first = study(dir.path(), &dataset, "grow", &["bert", "dinov2"], 4);
+    run(&first, &[]);
+    assert_eq!(
+        last_run(&dir.path().join("grow"))["pairs_updated"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let grown = study(dir.path(), &dataset, "grow", &["bert", "dinov2", "vit"], 4);
+    run(&grown, &[]);
+    let did = last_run(&dir.path().join("grow"));
+    assert_eq!(did["saes_fitted"], serde_json::json!(["vit"]));
+    assert_eq!(
+        did["codes_units"], 4,
+        "vit's codes on 4 shards, nothing else"
+    );
+    let mut pairs: Vec<String> = did["pairs_updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        ["bert__vit", "dinov2__vit", "vit__bert", "vit__dinov2"],
+        "only the pairs with vit (and the sharedness query now names vit)"
+    );
+    // The grown study equals the same study run from scratch.
+    let fresh = study(dir.path(), &dataset, "fresh", &["bert", "dinov2", "vit"], 4);
+    run(&fresh, &[]);
+    assert_same_outputs(&dir.path().join("grow"), &dir.path().join("fresh"), 1e-6);
+
+    // A finished study does nothing, and says so.
+    let again = run(&grown, &[]);
+    assert!(again.contains("nothing to do"), "{again}");
+    assert_eq!(last_run(&dir.path().join("grow"))["codes_units"], 0);
+
+    // Changing vit's SAE invalidates vit's SAEs, codes and pairs, and nothing else.
+    let changed = study(dir.path(), &dataset, "grow", &["bert", "dinov2", "vit"], 3);
+    run(&changed, &[]);
+    let did = last_run(&dir.path().join("grow"));
+    assert_eq!(did["saes_fitted"], serde_json::json!(["vit"]));
+    assert_eq!(did["codes_units"], 4);
+    assert_eq!(did["pairs_updated"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn new_shards_are_encoded_with_the_frozen_saes_and_added_to_the_sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[8, 9, 48, 49]);
+    let encoders = ["bert", "dinov2"];
+    let grow = study(dir.path(), &dataset, "grow", &encoders, 4);
+    run(&grow, &[]);
+
+    common::emoji_subset(dir.path(), &[10, 50]);
+    run(&grow, &[]);
+    let did = last_run(&dir.path().join("grow"));
+    assert_eq!(
+        did["saes_fitted"],
+        serde_json::json!([]),
+        "the SAEs stay frozen"
+    );
+    assert_eq!(
+        did["codes_units"],
+        2 * 2,
+        "two encoders on the two new shards"
+    );
+    let state =
+        saeshare::pipeline::PairState::latest(&dir.path().join("grow/pairs/dinov2__bert")).unwrap();
+    assert_eq!((state.shards.len(), state.samples), (6, 600));
+
+    // The same SAEs over all six shards at once give the same statistics.
+    let fresh = study(dir.path(), &dataset, "fresh", &encoders, 4);
+    for folder in ["saes", "units/saes"] {
+        copy_dir(
+            &dir.path().join("grow").join(folder),
+            &dir.path().join("fresh").join(folder),
+        );
+    }
+    run(&fresh, &[]);
+    assert_eq!(
+        last_run(&dir.path().join("fresh"))["saes_fitted"],
+        serde_json::json!([])
+    );
+    assert_same_outputs(&dir.path().join("grow"), &dir.path().join("fresh"), 1e-6);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
