@@ -2,14 +2,13 @@
 # environment that provides libtorch (scripts/python-env.sh), then the build.
 SHELL := /bin/bash
 ENV := eval "$$(scripts/python-env.sh)" &&
-RUN_DIR ?= runs/demo
 
 .PHONY: demo test build lint
 
-## The main job on the embedded default (scripts/demo.sh): emoji dataset, real encoders, SAEs,
-## codes, and wMPPC both ways; each step skipped when its output exists.
+## The main job on the embedded default: the study pipelines/demo.toml (the emoji dataset and
+## the real encoder packages are made where missing); a second run does only what changed.
 demo:
-	$(ENV) cargo build --release --locked && RUN_DIR=$(RUN_DIR) scripts/demo.sh
+	$(ENV) cargo build --release --locked && target/release/saeshare run pipelines/demo.toml
 
 ## Every test: formatting, lints, and the test suite.
 test:

@@ -55,6 +55,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Exact sparse MPPC against the dense float32 all-pairs correlation, side by side.
     Stats(compare::BenchStatsArgs),
+    /// Peak memory of one study on datasets of different sizes (it should not grow).
+    Pipeline(study::BenchPipelineArgs),
 }
 
 /// Parses the process arguments and runs the command; errors are printed with their causes.
@@ -83,6 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare::run_compare(args),
         Command::Sharedness(args) => compare::run_sharedness(args),
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),
+        Command::Bench(BenchCommand::Pipeline(args)) => study::run_bench_pipeline(args),
         Command::Info => {
             println!("saeshare {}", env!("CARGO_PKG_VERSION"));
             println!("{}", crate::torch::describe());

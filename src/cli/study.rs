@@ -99,24 +99,65 @@ pub fn run_study(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     for (stage, seconds) in &summary.seconds {
-        println!("  {stage:>8}: {seconds:.1} s");
+        let suffix = format!(" ({stage})");
+        let rows: u64 = summary
+            .rows
+            .iter()
+            .filter(|(name, _)| name.ends_with(&suffix))
+            .map(|(_, (rows, _))| rows)
+            .sum();
+        if rows > 0 {
+            println!(
+                "  {stage:>8}: {seconds:.1} s, {rows} rows through encoders ({:.0} rows/s)",
+                rows as f64 / seconds.max(1e-9)
+            );
+        } else {
+            println!("  {stage:>8}: {seconds:.1} s");
+        }
     }
     for (encoder, (rows, skipped)) in &summary.rows {
-        let stage = encoder
-            .rsplit(' ')
-            .next()
-            .unwrap_or("")
-            .trim_matches(|c| c == '(' || c == ')');
-        let seconds = summary.seconds.get(stage).copied().unwrap_or(0.0).max(1e-9);
-        println!(
-            "  {encoder}: {rows} rows ({:.0} rows/s over the stage), {skipped} skipped",
-            *rows as f64 / seconds
-        );
+        println!("  {encoder}: {rows} rows, {skipped} skipped");
     }
     if let Some(peak) = summary.peak_memory_mib {
         println!("  peak memory: {peak:.0} MiB");
     }
     print!("{}", summary.matrix);
     println!("results in {}", summary.output.display());
+    Ok(())
+}
+
+/// `saeshare bench pipeline --encoder PKG [--rows 10000,40000]`.
+#[derive(Debug, Args)]
+pub struct BenchPipelineArgs {
+    /// An encoder package (a text encoder keeps it quick).
+    #[arg(long)]
+    pub encoder: PathBuf,
+    /// Dataset sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,40000")]
+    pub rows: Vec<usize>,
+    /// Where the datasets and runs go (kept, so a second bench reuses the datasets).
+    #[arg(long, default_value = "runs/bench-pipeline")]
+    pub workdir: PathBuf,
+}
+
+pub fn run_bench_pipeline(args: BenchPipelineArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let encoder = std::fs::canonicalize(&args.encoder)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.encoder.display()))?;
+    let figures = crate::pipeline::bench_memory(&exe, &encoder, &args.rows, &args.workdir)?;
+    println!("rows      peak memory   time");
+    for f in &figures {
+        println!(
+            "{:<9} {:>8.0} MiB   {:>6.1} s",
+            f.rows, f.peak_memory_mib, f.seconds
+        );
+    }
+    if let (Some(first), Some(last)) = (figures.first(), figures.last()) {
+        println!(
+            "peak memory x{:.2} for x{:.1} rows",
+            last.peak_memory_mib / first.peak_memory_mib,
+            last.rows as f64 / first.rows as f64
+        );
+    }
     Ok(())
 }

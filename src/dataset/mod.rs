@@ -32,6 +32,8 @@ pub enum DatasetError {
     Empty { dir: PathBuf },
     #[error("{dir}: already holds shards; choose an empty folder, or pass --append to add rows")]
     NotEmpty { dir: PathBuf },
+    #[error("{dir}: {problem}")]
+    BadSelection { dir: PathBuf, problem: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -111,6 +111,36 @@ impl Dataset {
         &self.dir
     }
 
+    /// The dataset restricted to the shards at `positions` (in the folder's order), numbered
+    /// again from 0: a study on part of a dataset.
+    pub fn select(self, positions: &[usize]) -> Result<Dataset> {
+        let mut chosen: Vec<usize> = positions.to_vec();
+        chosen.sort_unstable();
+        chosen.dedup();
+        if let Some(&missing) = chosen.iter().find(|&&p| p >= self.shards.len()) {
+            return Err(DatasetError::BadSelection {
+                dir: self.dir.clone(),
+                problem: format!(
+                    "shard {missing} was chosen, but the dataset has {} shards (0 to {})",
+                    self.shards.len(),
+                    self.shards.len().saturating_sub(1)
+                ),
+            });
+        }
+        let shards = chosen
+            .iter()
+            .enumerate()
+            .map(|(index, &p)| ShardInfo {
+                index,
+                ..self.shards[p].clone()
+            })
+            .collect();
+        Ok(Dataset {
+            dir: self.dir,
+            shards,
+        })
+    }
+
     pub fn shards(&self) -> &[ShardInfo] {
         &self.shards
     }

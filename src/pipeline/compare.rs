@@ -222,7 +222,9 @@ fn encode_batch(
             continue;
         }
         let mut models = models.borrow_mut();
-        let pooled = models.pooled(e, batch)?;
+        let Some(pooled) = models.pooled_for(e, batch)? else {
+            continue;
+        };
         counters
             .borrow_mut()
             .add(e, pooled.sample_ids.len(), pooled.skipped);

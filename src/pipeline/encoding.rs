@@ -1,12 +1,14 @@
 //! What a worker runs on the shards it reads: the study's encoders (loaded once, on first use)
 //! and, in the compare pass, their SAEs. Plain code, no timely: the dataflow operators call it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tch::{Device, Tensor};
 
+use super::cache;
 use super::plan::Plan;
+use super::units::Units;
 use crate::dataset::SampleBatch;
 use crate::encoder::{prepare, Encoder};
 use crate::sae::Sae;
@@ -19,12 +21,35 @@ pub struct PooledRows {
     pub skipped: u64,
 }
 
+impl PooledRows {
+    /// No rows yet, of `layers` layers.
+    pub fn empty(layers: usize) -> PooledRows {
+        PooledRows {
+            sample_ids: Vec::new(),
+            layers: vec![Vec::new(); layers],
+            skipped: 0,
+        }
+    }
+
+    /// Adds `other`'s rows after these.
+    pub fn append(&mut self, other: &PooledRows) {
+        self.sample_ids.extend(&other.sample_ids);
+        for (mine, theirs) in self.layers.iter_mut().zip(&other.layers) {
+            mine.extend(theirs);
+        }
+        self.skipped += other.skipped;
+    }
+}
+
 /// One worker's encoders and SAEs.
 pub struct WorkerModels {
     plan: Arc<Plan>,
     worker: usize,
     encoders: HashMap<usize, Encoder>,
     saes: HashMap<(usize, usize), Sae>,
+    /// (encoder, shard) whose activations the cache holds, and those already served this stage.
+    cached: HashSet<(usize, usize)>,
+    served: HashSet<(usize, usize)>,
 }
 
 impl WorkerModels {
@@ -36,7 +61,42 @@ impl WorkerModels {
             worker,
             encoders: HashMap::new(),
             saes: HashMap::new(),
+            cached: HashSet::new(),
+            served: HashSet::new(),
         }
+    }
+
+    /// Looks at the activation cache again: a stage starts, after another may have filled it.
+    pub fn begin_stage(&mut self) {
+        let units = Units::new(&self.plan.output);
+        self.served.clear();
+        self.cached = (0..self.plan.encoders.len())
+            .flat_map(|e| self.plan.dataset.shards().iter().map(move |s| (e, s)))
+            .filter(|(e, s)| cache::is_cached(&self.plan, &units, *e, s))
+            .map(|(e, s)| (e, s.index))
+            .collect();
+    }
+
+    /// Whether encoder `e`'s activations of `shard` come from the cache in this stage.
+    pub fn is_cached(&self, e: usize, shard: usize) -> bool {
+        self.cached.contains(&(e, shard))
+    }
+
+    /// Encoder `e`'s pooled rows for `batch`: encoded, or read from the activation cache (the
+    /// whole shard at its first batch, `None` for its later batches).
+    pub fn pooled_for(
+        &mut self,
+        e: usize,
+        batch: &SampleBatch,
+    ) -> anyhow::Result<Option<PooledRows>> {
+        if self.cached.contains(&(e, batch.shard)) {
+            if !self.served.insert((e, batch.shard)) {
+                return Ok(None);
+            }
+            let shard = &self.plan.dataset.shards()[batch.shard];
+            return cache::read(&self.plan, e, shard).map(Some);
+        }
+        self.pooled(e, batch).map(Some)
     }
 
     /// The device encoder `e` runs on in this worker: one GPU per worker where there are several.
@@ -65,17 +125,32 @@ impl WorkerModels {
             skipped: batch.skipped.len() as u64,
         };
         let step = planned.batch_size.max(1);
-        for start in (0..batch.len()).step_by(step) {
-            let end = (start + step).min(batch.len());
-            let part = slice(batch, start, end);
-            let prepared = prepare(&encoder.manifest, &part)?;
-            let pooled = encoder.encode_prepared(prepared, &planned.layers, planned.pooling)?;
-            rows.skipped += pooled.skipped.len() as u64;
-            rows.sample_ids.extend(&pooled.sample_ids);
-            for (out, (_, tensor)) in rows.layers.iter_mut().zip(&pooled.layers) {
-                out.extend(Vec::<f32>::try_from(tensor.reshape([-1]))?);
+        // Decoding and preprocessing the next chunk on a helper thread, a bounded step ahead,
+        // while libtorch runs this one: CPU-bound image decoding overlaps inference.
+        let manifest = &encoder.manifest.clone();
+        let (prepared_tx, prepared_rx) = crossbeam_channel::bounded(2);
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            scope.spawn(move || {
+                for start in (0..batch.len()).step_by(step) {
+                    let end = (start + step).min(batch.len());
+                    let prepared = prepare(manifest, &slice(batch, start, end));
+                    // A closed channel means the model side failed; its error is reported.
+                    if prepared_tx.send(prepared).is_err() {
+                        return;
+                    }
+                }
+            });
+            for prepared in prepared_rx {
+                let pooled =
+                    encoder.encode_prepared(prepared?, &planned.layers, planned.pooling)?;
+                rows.skipped += pooled.skipped.len() as u64;
+                rows.sample_ids.extend(&pooled.sample_ids);
+                for (out, (_, tensor)) in rows.layers.iter_mut().zip(&pooled.layers) {
+                    out.extend(Vec::<f32>::try_from(tensor.reshape([-1]))?);
+                }
             }
-        }
+            Ok(())
+        })?;
         Ok(rows)
     }
 

@@ -8,7 +8,7 @@
 //! data order and seeds give equal SAEs on 1 worker or many.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -17,7 +17,8 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::worker::Worker;
 
-use super::encoding::WorkerModels;
+use super::cache;
+use super::encoding::{PooledRows, WorkerModels};
 use super::plan::Plan;
 use super::source::shard_source;
 use super::stage::{Failure, StageCounters};
@@ -76,9 +77,13 @@ pub fn build(
         failure.watch_source(errors);
         let encode_failure = failure.clone();
         let mut seq: BTreeMap<u64, u32> = BTreeMap::new();
+        // With the activation cache on: each shard's rows per encoder, written once the
+        // frontier has passed the shard.
+        let mut to_cache: BTreeMap<u64, HashMap<usize, PooledRows>> = BTreeMap::new();
+        let cache_plan = plan.clone();
         batches
-            .unary(Pipeline, "Encode", move |_, _| {
-                move |input, output| {
+            .unary_frontier(Pipeline, "Encode", move |_, _| {
+                move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         let mut session = output.session(&cap);
                         let Some(&shard) = cap.least() else {
@@ -92,9 +97,10 @@ pub fn build(
                                 continue;
                             }
                             for &e in &todo {
-                                let pooled = models.borrow_mut().pooled(e, &batch);
+                                let pooled = models.borrow_mut().pooled_for(e, &batch);
                                 let pooled = match pooled {
-                                    Ok(p) => p,
+                                    Ok(Some(p)) => p,
+                                    Ok(None) => continue,
                                     Err(error) => {
                                         encode_failure.set(error);
                                         break;
@@ -105,6 +111,15 @@ pub fn build(
                                     pooled.sample_ids.len(),
                                     pooled.skipped,
                                 );
+                                let caching = cache_plan.study.activation_cache
+                                    && !models.borrow().is_cached(e, shard as usize);
+                                if caching {
+                                    let rows =
+                                        to_cache.entry(shard).or_default().entry(e).or_insert_with(
+                                            || PooledRows::empty(pooled.layers.len()),
+                                        );
+                                    rows.append(&pooled);
+                                }
                                 for (l, values) in pooled.layers.into_iter().enumerate() {
                                     session.give(LayerRows {
                                         encoder: e as u32,
@@ -117,6 +132,23 @@ pub fn build(
                             }
                         }
                     });
+                    let ready: Vec<u64> = to_cache
+                        .keys()
+                        .copied()
+                        .filter(|shard| !frontier.less_equal(shard))
+                        .collect();
+                    for shard in ready {
+                        let encoders = to_cache.remove(&shard).expect("listed above");
+                        if encode_failure.failed() {
+                            continue;
+                        }
+                        let info = &cache_plan.dataset.shards()[shard as usize];
+                        for (e, rows) in encoders {
+                            if let Err(error) = cache::write(&cache_plan, e, info, &rows) {
+                                encode_failure.set(error);
+                            }
+                        }
+                    }
                 }
             })
             .sink(
@@ -132,7 +164,7 @@ pub fn build(
                             .pending
                             .entry(shard)
                             .or_default()
-                            .extend(data.drain(..));
+                            .append(data);
                     });
                     // Shards the frontier has passed are complete: feed them in order.
                     let ready: Vec<u64> = owned
@@ -169,7 +201,15 @@ fn feed(owned: &mut OwnedFits, plan: &Plan, mut rows: Vec<LayerRows>) -> anyhow:
 fn new_fit(plan: &Plan, e: usize, l: usize) -> LayerFit {
     let encoder = &plan.encoders[e];
     let layer = &encoder.manifest.layers[encoder.layers[l]];
-    let budget_bytes = plan.study.fit.replay_memory_mib * 1024 * 1024;
+    // One pass draws each row at most once, and leaves up to half a mixing buffer undrawn: a
+    // dataset larger than that needs no replay, and keeping its rows would make memory grow
+    // with the dataset.
+    let needed = encoder.sae.steps * encoder.sae.batch_size + plan.study.fit.buffer_rows / 2;
+    let budget_bytes = if plan.dataset.rows() as usize >= needed {
+        0
+    } else {
+        plan.study.fit.replay_memory_mib * 1024 * 1024
+    };
     LayerFit::new(
         &encoder.sae,
         layer.width,

@@ -7,6 +7,8 @@
 //! - [`run_study`]: all of it, on `-w` threads and `-n` processes.
 //! - [`scan`]: a dataset streamed through a dataflow, to measure reading.
 
+mod bench;
+mod cache;
 mod compare;
 mod encoding;
 mod fit;
@@ -20,6 +22,7 @@ mod study;
 mod units;
 mod workers;
 
+pub use bench::{bench_memory, MemoryFigure};
 pub use compare::PairState;
 pub use plan::{Plan, PlannedEncoder, PlannedPair};
 pub use run::{peak_memory_mib, run_study, RunSummary};

@@ -79,7 +79,11 @@ impl Plan {
         if !dataset_dir.exists() {
             build_dataset(&study, &dataset_dir, path)?;
         }
-        let dataset = Arc::new(Dataset::open(&dataset_dir)?);
+        let mut dataset = Dataset::open(&dataset_dir)?;
+        if let Some(shards) = &study.dataset.shards {
+            dataset = dataset.select(shards)?;
+        }
+        let dataset = Arc::new(dataset);
         dataset.check_unique_ids()?;
 
         let mut encoders = Vec::new();
@@ -286,8 +290,12 @@ fn package_digest(package: &Path) -> anyhow::Result<String> {
         .collect())
 }
 
-/// `~/` is the home folder; a relative path is relative to the study file's folder.
+/// `~/` is the home folder, `$SAESHARE_CACHE/` saeshare's cache folder ([`crate::cache_dir`],
+/// also where it is unset); a relative path is relative to the study file's folder.
 fn resolve_path(root: &Path, path: &Path) -> PathBuf {
+    if let Ok(rest) = path.strip_prefix("$SAESHARE_CACHE") {
+        return crate::cache_dir().join(rest);
+    }
     if let Ok(rest) = path.strip_prefix("~") {
         if let Some(home) = std::env::var_os("HOME") {
             return Path::new(&home).join(rest);

@@ -52,9 +52,9 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     let start = Instant::now();
     let study = Study::read(path)?;
     anyhow::ensure!(
-        !study.activation_cache,
-        "{}: activation_cache = true is not supported yet; remove it (activations stream into \
-         the SAEs and are encoded again for the codes)",
+        study.baselines.ceiling_seed.is_none(),
+        "{}: [baselines] ceiling_seed is not supported by `saeshare run` yet; remove it, and get \
+         the ceiling with `saeshare sae train --seed` and `saeshare compare --ceiling`",
         path.display()
     );
     let plan = Arc::new(Plan::resolve(study, path)?);
@@ -115,6 +115,26 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
         }
     }
 
+    // This process's share of the encoding, for its bars: the shards its workers read.
+    let peers = workers.workers * workers.processes;
+    let local = workers.process * workers.workers..(workers.process + 1) * workers.workers;
+    let mine = |s: usize| local.contains(&(s % peers));
+    let shards = plan.dataset.shards();
+    let fit_rows: u64 = shards
+        .iter()
+        .filter(|s| mine(s.index))
+        .map(|s| s.rows * fit_todo.len() as u64)
+        .sum();
+    let compare_rows: u64 = shards
+        .iter()
+        .filter(|s| mine(s.index))
+        .map(|s| s.rows * work.codes.iter().filter(|row| row[s.index]).count() as u64)
+        .sum();
+    let fit_bar = crate::progress::bar(Some(fit_rows), "fit: encoding into the SAEs", "rows");
+    let compare_bar =
+        crate::progress::bar(Some(compare_rows), "compare: encoding to codes", "rows");
+    let bars = (fit_bar.clone(), compare_bar.clone());
+
     let work = Arc::new(work);
     let shared: Arc<Mutex<RunSummary>> = Arc::new(Mutex::new(RunSummary::default()));
     let sink = shared.clone();
@@ -124,12 +144,13 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
         let index = worker.index();
         let peers = worker.peers();
         let models = Rc::new(RefCell::new(WorkerModels::new(plan.clone(), index)));
+        models.borrow_mut().begin_stage();
         let failure = Failure::default();
         let mut seconds = BTreeMap::new();
 
         // Fit.
         let fit_start = Instant::now();
-        let fit_counters = Rc::new(RefCell::new(StageCounters::default()));
+        let fit_counters = Rc::new(RefCell::new(StageCounters::new(bars.0.clone())));
         if !fit_todo.is_empty() {
             let owned = fit::build(
                 worker,
@@ -158,7 +179,8 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
 
         // Compare.
         let compare_start = Instant::now();
-        let compare_counters = Rc::new(RefCell::new(StageCounters::default()));
+        models.borrow_mut().begin_stage();
+        let compare_counters = Rc::new(RefCell::new(StageCounters::new(bars.1.clone())));
         let owned = compare::build(
             worker,
             &plan,
@@ -216,6 +238,8 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
         }
     })
     .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))?;
+    fit_bar.finish_and_clear();
+    compare_bar.finish_and_clear();
     let mut first_error = None;
     for result in guards.join() {
         let result = result

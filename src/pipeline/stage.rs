@@ -51,17 +51,27 @@ impl Failure {
     }
 }
 
-/// Rows each encoder saw in this worker: `(encoded, skipped)`.
-#[derive(Clone, Debug, Default)]
+/// Rows each encoder saw in this worker, `(encoded, skipped)`, shown on the stage's bar (one
+/// bar per process, shared by its workers).
+#[derive(Clone, Debug)]
 pub struct StageCounters {
     pub rows: BTreeMap<usize, (u64, u64)>,
+    bar: indicatif::ProgressBar,
 }
 
 impl StageCounters {
+    pub fn new(bar: indicatif::ProgressBar) -> StageCounters {
+        StageCounters {
+            rows: BTreeMap::new(),
+            bar,
+        }
+    }
+
     pub fn add(&mut self, encoder: usize, encoded: usize, skipped: u64) {
         let entry = self.rows.entry(encoder).or_default();
         entry.0 += encoded as u64;
         entry.1 += skipped;
+        self.bar.inc(encoded as u64 + skipped);
     }
 }
 

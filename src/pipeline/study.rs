@@ -68,6 +68,10 @@ pub struct DatasetSpec {
     /// `emoji`: built by `saeshare dataset build-emoji` when `path` does not exist.
     #[serde(default)]
     pub builtin: Option<String>,
+    /// Only these shards (positions in the folder's sorted shard files): a study on part of a
+    /// dataset.
+    #[serde(default)]
+    pub shards: Option<Vec<usize>>,
 }
 
 /// One encoder of the study.

@@ -391,3 +391,65 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn an_sae_fitted_in_the_pipeline_equals_sae_train_on_the_same_activations() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[11, 12, 51]);
+    let piped = study(dir.path(), &dataset, "piped", &["bert", "dinov2"], 4);
+    run(&piped, &[]);
+
+    let acts = dir.path().join("bert.parquet");
+    let bert = common::tiny_packages().join("bert");
+    let encoded = common::saeshare(&[
+        "encode",
+        "--encoder",
+        bert.to_str().unwrap(),
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--layers",
+        "2",
+        "--batch-size",
+        "32",
+        "--out",
+        acts.to_str().unwrap(),
+    ]);
+    assert!(encoded.status.success(), "{}", common::stderr(&encoded));
+    let trained_dir = dir.path().join("trained");
+    #[rustfmt::skip]
+    let trained = common::saeshare(&[
+        "sae", "train", "--activations", acts.to_str().unwrap(), "--layer", "2",
+        "--out", trained_dir.to_str().unwrap(), "--k", "4", "--expansion", "2",
+        "--steps", "40", "--batch-size", "64", "--lr", "1e-3", "--warmup-steps", "5",
+        "--aux-k", "8", "--buffer-rows", "256",
+    ]);
+    assert!(trained.status.success(), "{}", common::stderr(&trained));
+
+    let (fitted, _) =
+        saeshare::sae::Sae::load(&dir.path().join("piped/saes/bert/2"), tch::Device::Cpu).unwrap();
+    let (reference, _) = saeshare::sae::Sae::load(&trained_dir, tch::Device::Cpu).unwrap();
+    for (a, b) in fitted.parameters().iter().zip(reference.parameters()) {
+        let diff = (*a - b).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "parameters differ by {diff}");
+    }
+}
+
+#[test]
+fn the_activation_cache_gives_the_same_outputs_from_one_encoder_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[13, 14, 53]);
+    let encoders = ["bert", "dinov2"];
+    let streamed = study(dir.path(), &dataset, "streamed", &encoders, 4);
+    run(&streamed, &[]);
+    let cached = study(dir.path(), &dataset, "cached", &encoders, 4);
+    let text = std::fs::read_to_string(&cached).unwrap();
+    std::fs::write(&cached, format!("activation_cache = true\n{text}")).unwrap();
+    run(&cached, &["-w", "2"]);
+    assert_same_outputs(
+        &dir.path().join("streamed"),
+        &dir.path().join("cached"),
+        1e-6,
+    );
+    let files = walk(&dir.path().join("cached/activations"));
+    assert_eq!(files, 2 * 3, "one activation file per encoder and shard");
+}

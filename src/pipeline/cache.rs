@@ -1,0 +1,101 @@
+//! The optional activation cache (`activation_cache = true`): the fit pass keeps each encoder's
+//! pooled activations of each shard in `OUTPUT/activations/<encoder>/<shard file>` (the
+//! "Activations" format), recorded as a unit, and every later pass reads them instead of running
+//! the encoder again. It trades disk (N x the layers' widths x 4 bytes) for one encoder pass
+//! instead of two; off, nothing of the activations touches the disk.
+
+use std::path::PathBuf;
+
+use super::encoding::PooledRows;
+use super::plan::{fingerprint, shard_key, Plan};
+use super::units::Units;
+use crate::activations::{ActivationWriter, ActivationsMeta, LayerReader, LayerWidth};
+use crate::dataset::ShardInfo;
+
+fn file(plan: &Plan, e: usize, shard: &ShardInfo) -> PathBuf {
+    plan.output
+        .join("activations")
+        .join(&plan.encoders[e].name)
+        .join(shard.path.file_name().expect("a shard file"))
+}
+
+/// The unit name and fingerprint of an encoder's cached activations on a shard.
+fn unit(plan: &Plan, e: usize, shard: &ShardInfo) -> (String, String) {
+    let name = shard_key(shard).0;
+    (
+        format!("activations/{}/{name}", plan.encoders[e].name),
+        fingerprint(&(
+            "activations",
+            &plan.encoders[e].fingerprint,
+            shard_key(shard),
+        )),
+    )
+}
+
+/// Whether encoder `e`'s activations of `shard` are in the cache.
+pub fn is_cached(plan: &Plan, units: &Units, e: usize, shard: &ShardInfo) -> bool {
+    plan.study.activation_cache && {
+        let (unit, fingerprint) = unit(plan, e, shard);
+        units.is_done(&unit, &fingerprint)
+    }
+}
+
+/// Writes encoder `e`'s activations of `shard` and records them.
+pub fn write(plan: &Plan, e: usize, shard: &ShardInfo, rows: &PooledRows) -> anyhow::Result<()> {
+    let encoder = &plan.encoders[e];
+    let names = encoder.layer_names();
+    let widths: Vec<usize> = encoder
+        .layers
+        .iter()
+        .map(|&l| encoder.manifest.layers[l].width)
+        .collect();
+    let meta = ActivationsMeta {
+        encoder: encoder.name.clone(),
+        pooling: format!("{:?}", encoder.pooling).to_lowercase(),
+        layers: names
+            .iter()
+            .zip(&widths)
+            .map(|(name, &width)| LayerWidth {
+                name: name.clone(),
+                width,
+            })
+            .collect(),
+    };
+    let path = file(plan, e, shard);
+    std::fs::create_dir_all(path.parent().expect("in a folder"))?;
+    let mut writer = ActivationWriter::create(&path, meta)?;
+    for (i, id) in rows.sample_ids.iter().enumerate() {
+        for (l, values) in rows.layers.iter().enumerate() {
+            writer.push(*id, &names[l], &values[i * widths[l]..(i + 1) * widths[l]])?;
+        }
+    }
+    writer.finish()?;
+    let (unit, fingerprint) = unit(plan, e, shard);
+    Units::new(&plan.output).record(
+        &unit,
+        &fingerprint,
+        serde_json::json!({ "samples": rows.sample_ids.len(), "skipped": rows.skipped }),
+    )
+}
+
+/// Reads encoder `e`'s cached activations of `shard`, rows in the order they were encoded.
+pub fn read(plan: &Plan, e: usize, shard: &ShardInfo) -> anyhow::Result<PooledRows> {
+    let path = file(plan, e, shard);
+    let mut rows = PooledRows {
+        sample_ids: Vec::new(),
+        layers: Vec::new(),
+        skipped: 0,
+    };
+    for (l, name) in plan.encoders[e].layer_names().iter().enumerate() {
+        let mut values = Vec::new();
+        for batch in LayerReader::open(&path, name, 4096)? {
+            let batch = batch?;
+            if l == 0 {
+                rows.sample_ids.extend(&batch.sample_ids);
+            }
+            values.extend(batch.values);
+        }
+        rows.layers.push(values);
+    }
+    Ok(rows)
+}
