@@ -418,6 +418,16 @@ fn finish_pair(plan: &Plan, p: usize, mut partials: Vec<PairPartial>) -> anyhow:
         None => Vec::new(),
     };
     partials.sort_by_key(|partial| partial.shard);
+    if let Some(previous) = &previous {
+        if !partials.is_empty() {
+            tracing::info!(
+                "pair {}: adding {} new shard(s) to the {} already summed; the old ones are not read",
+                pair.key,
+                partials.len(),
+                previous.shards.len()
+            );
+        }
+    }
     for partial in &partials {
         let info = &plan.dataset.shards()[partial.shard as usize];
         let sums: Vec<CoactivationAccumulator> = partial

@@ -160,11 +160,7 @@ pub fn build(
                         let Some(&shard) = cap.least() else {
                             return;
                         };
-                        owned
-                            .pending
-                            .entry(shard)
-                            .or_default()
-                            .append(data);
+                        owned.pending.entry(shard).or_default().append(data);
                     });
                     // Shards the frontier has passed are complete: feed them in order.
                     let ready: Vec<u64> = owned
