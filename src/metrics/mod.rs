@@ -14,6 +14,7 @@ mod baselines;
 mod bench;
 mod compare;
 mod mppc;
+mod pair_acc;
 mod sharedness;
 mod state;
 pub mod tables;
