@@ -128,7 +128,6 @@ pub(crate) fn ceiling_values(
         per_layer[a] = Some(mppc(&pass.accumulators[0][0]));
     }
     let unions: Option<Vec<Vec<FeatureMatch>>> = per_layer.iter().cloned().collect();
-    let all = unions.as_deref().map(all_layers);
     Ok(Some(
         values
             .iter()
@@ -136,11 +135,28 @@ pub(crate) fn ceiling_values(
                 (Aggregation::Layer | Aggregation::Union, Some(a)) => {
                     per_layer[a].as_ref().and_then(wmppc)
                 }
-                (aggregation, _) => all
-                    .as_ref()
-                    .and_then(|all| all.iter().find(|(k, _)| k.aggregation == aggregation))
-                    .and_then(|(_, v)| *v),
+                (aggregation, _) => unions
+                    .as_deref()
+                    .and_then(|u| ceiling_for(u, aggregation, None)),
             })
             .collect(),
     ))
+}
+
+/// The ceiling of one `wmppc` row, from each source layer's matches against the same layer of a
+/// second SAE (`per_layer`, in the row's source layers' order): the layer's value for a `Layer`
+/// or `Union` row of `source_layer`, the all-layers aggregation otherwise. What
+/// `compare --ceiling` computes, for matches gathered elsewhere (a study's pipeline).
+pub fn ceiling_for(
+    per_layer: &[Vec<FeatureMatch>],
+    aggregation: Aggregation,
+    source_layer: Option<usize>,
+) -> Option<f64> {
+    match (aggregation, source_layer) {
+        (Aggregation::Layer | Aggregation::Union, Some(a)) => wmppc(per_layer.get(a)?),
+        (aggregation, _) => all_layers(per_layer)
+            .into_iter()
+            .find(|(k, _)| k.aggregation == aggregation)
+            .and_then(|(_, v)| v),
+    }
 }

@@ -22,6 +22,7 @@ mod views;
 
 use std::path::PathBuf;
 
+pub use baselines::ceiling_for;
 pub use bench::{bench_stats, BenchOptions, BenchReport};
 pub use compare::{
     accumulate_files, compare, compare_accumulated, Aggregation, Backend, CompareOptions,

@@ -461,13 +461,18 @@ fn finish_pair(plan: &Plan, p: usize, mut partials: Vec<PairPartial>) -> anyhow:
     }
 
     let (source, target) = metas(plan, p);
-    let aligned = if plan.study.baselines.floor_permutations > 0 {
+    let floor_permutations = if pair.ceiling_of.is_some() {
+        0
+    } else {
+        plan.study.baselines.floor_permutations
+    };
+    let aligned = if floor_permutations > 0 {
         Some(aligned_codes(plan, p)?)
     } else {
         None
     };
     let options = CompareOptions {
-        baselines: plan.study.baselines.floor_permutations,
+        baselines: floor_permutations,
         missing: MissingSamples::Drop,
         ..CompareOptions::default()
     };

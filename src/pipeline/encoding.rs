@@ -14,6 +14,7 @@ use crate::encoder::{prepare, Encoder};
 use crate::sae::Sae;
 
 /// Pooled rows of one batch of one encoder: per chosen layer, `[samples x width]` row-major.
+#[derive(Clone)]
 pub struct PooledRows {
     pub sample_ids: Vec<u64>,
     pub layers: Vec<Vec<f32>>,
@@ -50,7 +51,12 @@ pub struct WorkerModels {
     /// (encoder, shard) whose activations the cache holds, and those already served this stage.
     cached: HashSet<(usize, usize)>,
     served: HashSet<(usize, usize)>,
+    /// The last batch's rows of each encoder with a ceiling twin, which asks for them next.
+    last: HashMap<usize, (BatchKey, PooledRows)>,
 }
+
+/// Which rows of which encoder: (encoder, shard, first sample id, rows).
+type BatchKey = (usize, usize, Option<u64>, usize);
 
 impl WorkerModels {
     /// Nothing loaded yet; `worker` (this process's worker index) picks the GPU when an
@@ -63,6 +69,7 @@ impl WorkerModels {
             saes: HashMap::new(),
             cached: HashSet::new(),
             served: HashSet::new(),
+            last: HashMap::new(),
         }
     }
 
@@ -89,14 +96,31 @@ impl WorkerModels {
         e: usize,
         batch: &SampleBatch,
     ) -> anyhow::Result<Option<PooledRows>> {
-        if self.cached.contains(&(e, batch.shard)) {
+        // The ceiling's second SAEs see the very rows of their encoder.
+        let base = self.plan.encoders[e].twin_of.unwrap_or(e);
+        if self.cached.contains(&(base, batch.shard)) {
             if !self.served.insert((e, batch.shard)) {
                 return Ok(None);
             }
             let shard = &self.plan.dataset.shards()[batch.shard];
-            return cache::read(&self.plan, e, shard).map(Some);
+            return cache::read(&self.plan, base, shard).map(Some);
         }
-        self.pooled(e, batch).map(Some)
+        let key = (
+            base,
+            batch.shard,
+            batch.sample_ids.first().copied(),
+            batch.len(),
+        );
+        if let Some((memo_key, rows)) = self.last.get(&base) {
+            if *memo_key == key {
+                return Ok(Some(rows.clone()));
+            }
+        }
+        let rows = self.pooled(base, batch)?;
+        if self.plan.encoders.iter().any(|t| t.twin_of == Some(base)) {
+            self.last.insert(base, (key, rows.clone()));
+        }
+        Ok(Some(rows))
     }
 
     /// The device encoder `e` runs on in this worker: one GPU per worker where there are several.

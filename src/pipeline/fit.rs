@@ -112,6 +112,7 @@ pub fn build(
                                     pooled.skipped,
                                 );
                                 let caching = cache_plan.study.activation_cache
+                                    && cache_plan.encoders[e].twin_of.is_none()
                                     && !models.borrow().is_cached(e, shard as usize);
                                 if caching {
                                     let rows =

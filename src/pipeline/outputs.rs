@@ -6,7 +6,11 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use crate::metrics::{tables, Aggregation, MetricViews, MppcRow, SharednessQuery, WmppcRow};
+use std::collections::BTreeMap;
+
+use crate::metrics::{
+    ceiling_for, tables, Aggregation, FeatureMatch, MetricViews, MppcRow, SharednessQuery, WmppcRow,
+};
 
 use super::plan::Plan;
 
@@ -25,9 +29,28 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     let mut mppc: Vec<MppcRow> = Vec::new();
     let mut seen_wmppc = HashSet::new();
     let mut seen_mppc = HashSet::new();
-    for p in 0..plan.pairs.len() {
+    let ceilings = ceiling_matches(plan)?;
+    for p in (0..plan.pairs.len()).filter(|&p| plan.pairs[p].ceiling_of.is_none()) {
         let dir = plan.pair_dir(p);
-        for row in tables::read_wmppc(&dir.join(tables::WMPPC_FILE))? {
+        let pair = &plan.pairs[p];
+        let source_layers: Vec<String> = {
+            let names = plan.encoders[pair.source].layer_names();
+            pair.source_layers
+                .iter()
+                .map(|&l| names[l].clone())
+                .collect()
+        };
+        for mut row in tables::read_wmppc(&dir.join(tables::WMPPC_FILE))? {
+            if let Some(per_layer) = ceilings.get(&pair.source) {
+                // In the pair's source layers' order, as the ceiling's aggregations expect.
+                let matches: Option<Vec<Vec<FeatureMatch>>> = source_layers
+                    .iter()
+                    .map(|l| per_layer.get(l).cloned())
+                    .collect();
+                let position = source_layers.iter().position(|l| *l == row.source_layer);
+                row.baseline_ceiling =
+                    matches.and_then(|m| ceiling_for(&m, row.aggregation, position));
+            }
             let key = (
                 row.source.clone(),
                 row.target.clone(),
@@ -100,39 +123,90 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     Ok(Outputs { files, wmppc })
 }
 
-/// The last-layer wMPPC matrix (rows: source, columns: target), with the floor under each value.
+/// For each encoder with a ceiling pair: per layer, its features' matches in the same layer of
+/// its second SAEs.
+fn ceiling_matches(
+    plan: &Plan,
+) -> anyhow::Result<BTreeMap<usize, BTreeMap<String, Vec<FeatureMatch>>>> {
+    let mut out: BTreeMap<usize, BTreeMap<String, Vec<FeatureMatch>>> = BTreeMap::new();
+    for (p, pair) in plan.pairs.iter().enumerate() {
+        let Some(source) = pair.ceiling_of else {
+            continue;
+        };
+        let per_layer = out.entry(source).or_default();
+        for row in tables::read_mppc(&plan.pair_dir(p).join(tables::MPPC_FILE))? {
+            if row.source_layer == row.target_layer {
+                per_layer
+                    .entry(row.source_layer.clone())
+                    .or_default()
+                    .push(FeatureMatch {
+                        rho: row.rho,
+                        best: row.best_feature,
+                        weight: row.weight,
+                    });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The last-layer wMPPC matrix (rows: source, columns: target), with the floor (and the
+/// ceiling, when the study has one) of each value in brackets.
 pub fn matrix(plan: &Plan, rows: &[WmppcRow]) -> String {
-    let names: Vec<&str> = plan.encoders.iter().map(|e| e.name.as_str()).collect();
-    let last: Vec<String> = plan
-        .encoders
-        .iter()
-        .map(|e| e.layer_names().pop().expect("at least one layer"))
+    let names: Vec<&str> = plan
+        .named_encoders()
+        .map(|(_, e)| e.name.as_str())
         .collect();
-    let width = names.iter().map(|n| n.len()).max().unwrap_or(8).max(14);
-    let mut out = format!("{:width$}", "wMPPC (floor)");
+    let last: Vec<String> = plan
+        .named_encoders()
+        .map(|(_, e)| e.layer_names().pop().expect("at least one layer"))
+        .collect();
+    let cell = |i: usize, j: usize| -> String {
+        if i == j {
+            return ".".to_string();
+        }
+        rows.iter()
+            .find(|r| {
+                r.source == names[i]
+                    && r.target == names[j]
+                    && r.aggregation == Aggregation::Layer
+                    && r.source_layer == last[i]
+                    && r.target_layer == last[j]
+            })
+            .map_or_else(String::new, |r| {
+                match (r.wmppc, r.baseline_floor, r.baseline_ceiling) {
+                    (Some(v), Some(f), Some(c)) => format!("{v:.3} ({f:.3}-{c:.3})"),
+                    (Some(v), Some(f), None) => format!("{v:.3} ({f:.3})"),
+                    (Some(v), None, Some(c)) => format!("{v:.3} (-{c:.3})"),
+                    (Some(v), None, None) => format!("{v:.3}"),
+                    _ => "-".to_string(),
+                }
+            })
+    };
+    let cells: Vec<Vec<String>> = (0..names.len())
+        .map(|i| (0..names.len()).map(|j| cell(i, j)).collect())
+        .collect();
+    let header = if rows.iter().any(|r| r.baseline_ceiling.is_some()) {
+        "wMPPC (floor-ceiling)"
+    } else {
+        "wMPPC (floor)"
+    };
+    let width = names
+        .iter()
+        .map(|n| n.len())
+        .chain(cells.iter().flatten().map(String::len))
+        .chain([header.len()])
+        .max()
+        .unwrap_or(8);
+    let mut out = format!("{header:width$}");
     for n in &names {
         out.push_str(&format!(" {n:>width$}"));
     }
     out.push('\n');
-    for (i, s) in names.iter().enumerate() {
-        out.push_str(&format!("{s:width$}"));
-        for (j, t) in names.iter().enumerate() {
-            let cell = rows
-                .iter()
-                .find(|r| {
-                    r.source == *s
-                        && r.target == *t
-                        && r.aggregation == Aggregation::Layer
-                        && r.source_layer == last[i]
-                        && r.target_layer == last[j]
-                })
-                .map(|r| match (r.wmppc, r.baseline_floor) {
-                    (Some(v), Some(f)) => format!("{v:.3} ({f:.3})"),
-                    (Some(v), None) => format!("{v:.3}"),
-                    _ => "-".to_string(),
-                })
-                .unwrap_or_else(|| if i == j { "." } else { "" }.to_string());
-            out.push_str(&format!(" {cell:>width$}"));
+    for (name, row) in names.iter().zip(&cells) {
+        out.push_str(&format!("{name:width$}"));
+        for c in row {
+            out.push_str(&format!(" {c:>width$}"));
         }
         out.push('\n');
     }

@@ -30,6 +30,8 @@ pub struct PlannedEncoder {
     pub sae: SaeConfig,
     /// Changes when the package, the layers, the pooling or the SAE settings change.
     pub fingerprint: String,
+    /// For the second SAEs of the ceiling baseline: the encoder whose rows this one reuses.
+    pub twin_of: Option<usize>,
 }
 
 impl PlannedEncoder {
@@ -58,6 +60,8 @@ pub struct PlannedPair {
     pub target_layers: Vec<usize>,
     /// Changes when either SAE set, the layers or the baselines change (not with new shards).
     pub fingerprint: String,
+    /// For a ceiling pair (an encoder against its second SAEs): that encoder.
+    pub ceiling_of: Option<usize>,
 }
 
 /// Everything a run needs to know before it starts.
@@ -133,6 +137,7 @@ impl Plan {
                 batch_size: spec.batch_size,
                 sae,
                 fingerprint,
+                twin_of: None,
             });
         }
 
@@ -189,9 +194,13 @@ impl Plan {
                         source_layers: layers(&encoders[s]),
                         target_layers: layers(&encoders[t]),
                         fingerprint,
+                        ceiling_of: None,
                     });
                 }
             }
+        }
+        if let Some(seed) = study.baselines.ceiling_seed {
+            add_ceiling_twins(&mut encoders, &mut pairs, seed, path)?;
         }
         Ok(Plan {
             study,
@@ -200,6 +209,14 @@ impl Plan {
             encoders,
             pairs,
         })
+    }
+
+    /// The encoders the study names (not the ceiling's second SAEs).
+    pub fn named_encoders(&self) -> impl Iterator<Item = (usize, &PlannedEncoder)> {
+        self.encoders
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.twin_of.is_none())
     }
 
     /// The folder of an encoder's SAE on one of its layers.
@@ -251,6 +268,51 @@ impl Plan {
             self.pairs[pair].fingerprint.clone(),
         )
     }
+}
+
+/// For the ceiling baseline: a second SAE set (seed `seed`) of every source encoder, fed the
+/// same rows, and a pair of each source encoder against it on all its layers.
+fn add_ceiling_twins(
+    encoders: &mut Vec<PlannedEncoder>,
+    pairs: &mut Vec<PlannedPair>,
+    seed: u64,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let sources: std::collections::BTreeSet<usize> = pairs.iter().map(|p| p.source).collect();
+    for s in sources {
+        let mut twin = encoders[s].clone();
+        twin.name = format!("{}.ceiling", encoders[s].name);
+        anyhow::ensure!(
+            encoders.iter().all(|e| e.name != twin.name),
+            "{}: an encoder is named {:?}, the name of the ceiling's second SAEs of {:?}; rename it",
+            path.display(),
+            twin.name,
+            encoders[s].name
+        );
+        anyhow::ensure!(
+            twin.sae.seed != seed,
+            "{}: [baselines] ceiling_seed {seed} is the SAE seed of {:?}; the ceiling needs another",
+            path.display(),
+            encoders[s].name
+        );
+        twin.sae.seed = seed;
+        twin.fingerprint = fingerprint(&(&encoders[s].fingerprint, "ceiling", seed));
+        twin.twin_of = Some(s);
+        let layers: Vec<usize> = (0..twin.layers.len()).collect();
+        let key = format!("{}__{}", encoders[s].name, twin.name);
+        let pair_fingerprint = fingerprint(&(&encoders[s].fingerprint, &twin.fingerprint));
+        encoders.push(twin);
+        pairs.push(PlannedPair {
+            key,
+            source: s,
+            target: encoders.len() - 1,
+            source_layers: layers.clone(),
+            target_layers: layers,
+            fingerprint: pair_fingerprint,
+            ceiling_of: Some(s),
+        });
+    }
+    Ok(())
 }
 
 /// What identifies a shard's content cheaply: its file name, rows and bytes.

@@ -51,12 +51,6 @@ pub struct RunSummary {
 pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary> {
     let start = Instant::now();
     let study = Study::read(path)?;
-    anyhow::ensure!(
-        study.baselines.ceiling_seed.is_none(),
-        "{}: [baselines] ceiling_seed is not supported by `saeshare run` yet; remove it, and get \
-         the ceiling with `saeshare sae train --seed` and `saeshare compare --ceiling`",
-        path.display()
-    );
     let plan = Arc::new(Plan::resolve(study, path)?);
     let units = Units::new(&plan.output);
     let fit_todo: Vec<usize> = (0..plan.encoders.len())

@@ -453,3 +453,79 @@ fn the_activation_cache_gives_the_same_outputs_from_one_encoder_pass() {
     let files = walk(&dir.path().join("cached/activations"));
     assert_eq!(files, 2 * 3, "one activation file per encoder and shard");
 }
+
+#[test]
+fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[15, 55]);
+    let piped = study(dir.path(), &dataset, "piped", &["bert", "dinov2"], 4);
+    let text = std::fs::read_to_string(&piped).unwrap();
+    std::fs::write(
+        &piped,
+        text.replace(
+            "floor_permutations = 2",
+            "floor_permutations = 0\nceiling_seed = 7",
+        ),
+    )
+    .unwrap();
+    let printed = run(&piped, &[]);
+    assert!(printed.contains("wMPPC (floor-ceiling)"), "{printed}");
+
+    // The same SAEs by the file-based commands: activations, SAEs of seeds 0 and 7, codes.
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let ok = |args: &[&str]| {
+        let output = common::saeshare(args);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            common::stderr(&output)
+        );
+    };
+    for encoder in ["bert", "dinov2"] {
+        let package = common::tiny_packages().join(encoder);
+        #[rustfmt::skip]
+        ok(&["encode", "--encoder", package.to_str().unwrap(), "--dataset", dataset.to_str().unwrap(),
+             "--layers", "2", "--batch-size", "32", "--out", &path(&format!("{encoder}.parquet"))]);
+    }
+    for (encoder, seed) in [("bert", "0"), ("bert", "7"), ("dinov2", "0")] {
+        let sae = path(&format!("sae-{encoder}-{seed}"));
+        let acts = path(&format!("{encoder}.parquet"));
+        #[rustfmt::skip]
+        ok(&["sae", "train", "--activations", &acts, "--layer", "2", "--out", &sae, "--k", "4",
+             "--expansion", "2", "--steps", "40", "--batch-size", "64", "--lr", "1e-3",
+             "--warmup-steps", "5", "--aux-k", "8", "--buffer-rows", "256", "--seed", seed]);
+        #[rustfmt::skip]
+        ok(&["sae", "encode", "--sae", &sae, "--activations", &acts, "--layer", "2",
+             "--out", &path(&format!("codes-{encoder}-{seed}.parquet"))]);
+    }
+    #[rustfmt::skip]
+    ok(&["compare", "--source", &path("codes-bert-0.parquet"), "--target", &path("codes-dinov2-0.parquet"),
+         "--ceiling", &path("codes-bert-7.parquet"), "--baselines", "0", "--out", &path("cmp")]);
+
+    let theirs = read_wmppc(&dir.path().join("cmp/wmppc.parquet")).unwrap();
+    let ours = read_wmppc(&dir.path().join("piped/wmppc.parquet")).unwrap();
+    // `compare` names the models as their packages do (tiny-bert): one pair, one layer pair.
+    let layer_row = |rows: Vec<saeshare::metrics::WmppcRow>, source: &str| {
+        rows.into_iter()
+            .find(|r| {
+                r.aggregation == saeshare::metrics::Aggregation::Layer
+                    && r.source.ends_with(source)
+                    && r.target.ends_with("dinov2")
+            })
+            .unwrap()
+    };
+    let (ours, theirs) = (layer_row(ours, "bert"), layer_row(theirs, "bert"));
+    let (a, b) = (
+        ours.baseline_ceiling.unwrap(),
+        theirs.baseline_ceiling.unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 1e-6,
+        "ceiling {a} vs compare --ceiling {b}"
+    );
+    assert!((ours.wmppc.unwrap() - theirs.wmppc.unwrap()).abs() <= 1e-6);
+    assert!(
+        b > ours.wmppc.unwrap(),
+        "the ceiling {b} is above the value"
+    );
+}
