@@ -120,6 +120,10 @@ pub struct OwnedPairs {
 /// One sample's code.
 type Code = (u64, Vec<u32>, Vec<f32>);
 
+/// A finished shard's codes, for the helper thread, and what it made of them.
+type ShardJob = (u64, HashMap<(usize, usize), Vec<Code>>);
+type ShardResult = (u64, anyhow::Result<Vec<PairPartial>>);
+
 /// Builds the compare dataflow in `worker`. Once the worker has run it to completion,
 /// [`finish`] merges and tabulates the pairs this worker owns.
 pub fn build(
@@ -147,8 +151,26 @@ pub fn build(
         failure.watch_source(errors);
         let mut stash: BTreeMap<u64, HashMap<(usize, usize), Vec<Code>>> = BTreeMap::new();
         let mut caps = BTreeMap::new();
+        // Writing a finished shard's codes and summing its pairs run on a helper thread while
+        // this worker encodes the next shard; a bounded channel of one shard holds the encoder
+        // back when the sums fall behind.
+        let (jobs, job_queue) = crossbeam_channel::bounded::<ShardJob>(1);
+        let (results, done) = crossbeam_channel::unbounded::<ShardResult>();
+        let mut in_flight = BTreeMap::new();
+        let helper_plan = plan.clone();
+        let helper_work = work.clone();
         batches
-            .unary_frontier(Pipeline, "ShardCodes", move |_, _| {
+            .unary_frontier(Pipeline, "ShardCodes", move |_, info| {
+                let wake = scope.worker().sync_activator_for(info.address.to_vec());
+                std::thread::spawn(move || {
+                    for (shard, codes) in job_queue {
+                        let result =
+                            finish_shard(&helper_plan, &helper_work, shard as usize, codes);
+                        if results.send((shard, result)).is_err() || wake.activate().is_err() {
+                            return;
+                        }
+                    }
+                });
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         let (Some(&shard), Some(retained)) = (cap.least(), cap.retain_least(0))
@@ -179,12 +201,23 @@ pub fn build(
                         if failure.failed() {
                             continue;
                         }
-                        match finish_shard(&plan, &work, shard as usize, codes) {
+                        // The capability stays held until the shard's sums are out.
+                        in_flight.insert(shard, cap);
+                        if jobs.send((shard, codes)).is_err() {
+                            failure.set(anyhow::anyhow!("the shard accumulator thread stopped"));
+                        }
+                    }
+                    while let Ok((shard, result)) = done.try_recv() {
+                        let cap = in_flight.remove(&shard).expect("sent above");
+                        match result {
                             Ok(partials) => {
                                 output.session(&cap).give_iterator(partials.into_iter())
                             }
                             Err(error) => failure.set(error),
                         }
+                    }
+                    if failure.failed() {
+                        in_flight.clear();
                     }
                 }
             })

@@ -125,13 +125,7 @@ impl WorkerModels {
 
     /// The device encoder `e` runs on in this worker: one GPU per worker where there are several.
     pub fn device(&self, e: usize) -> Device {
-        match self.plan.encoders[e].device {
-            Device::Cuda(0) => {
-                let count = tch::Cuda::device_count().max(1) as usize;
-                Device::Cuda(self.worker % count)
-            }
-            other => other,
-        }
+        worker_device(self.plan.encoders[e].device, self.worker)
     }
 
     /// Encoder `e`'s pooled rows of the chosen layers for `batch`, run in the encoder's batches.
@@ -208,6 +202,18 @@ impl WorkerModels {
             code.1.push(value);
         }
         Ok(codes)
+    }
+}
+
+/// The device a study's `device` means for worker `worker`: `cuda` (device 0) spreads the
+/// workers over every GPU, one each in turn; a numbered device or the CPU stays as it is.
+pub fn worker_device(device: Device, worker: usize) -> Device {
+    match device {
+        Device::Cuda(0) => {
+            let count = tch::Cuda::device_count().max(1) as usize;
+            Device::Cuda(worker % count)
+        }
+        other => other,
     }
 }
 

@@ -18,7 +18,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::worker::Worker;
 
 use super::cache;
-use super::encoding::{PooledRows, WorkerModels};
+use super::encoding::{worker_device, PooledRows, WorkerModels};
 use super::plan::Plan;
 use super::source::shard_source;
 use super::stage::{Failure, StageCounters};
@@ -42,6 +42,8 @@ pub struct LayerRows {
 pub struct OwnedFits {
     pub fits: BTreeMap<(u32, u32), LayerFit>,
     pending: BTreeMap<u64, Vec<LayerRows>>,
+    /// This worker's index, which picks its GPU.
+    worker: usize,
 }
 
 /// The worker that fits an (encoder, layer)'s SAE, as a number timely reduces modulo peers.
@@ -59,7 +61,10 @@ pub fn build(
     counters: Rc<RefCell<StageCounters>>,
     failure: Failure,
 ) -> Rc<RefCell<OwnedFits>> {
-    let owned = Rc::new(RefCell::new(OwnedFits::default()));
+    let owned = Rc::new(RefCell::new(OwnedFits {
+        worker: worker.index(),
+        ..OwnedFits::default()
+    }));
     let plan = plan.clone();
     let todo = todo.to_vec();
     let images = todo.iter().any(|&e| plan.encoders[e].is_image());
@@ -184,18 +189,19 @@ pub fn build(
 
 /// Feeds one shard's rows to their fits, stretch by stretch.
 fn feed(owned: &mut OwnedFits, plan: &Plan, mut rows: Vec<LayerRows>) -> anyhow::Result<()> {
+    let worker = owned.worker;
     rows.sort_by_key(|r| (r.encoder, r.layer, r.seq));
     for r in rows {
         let fit = owned
             .fits
             .entry((r.encoder, r.layer))
-            .or_insert_with(|| new_fit(plan, r.encoder as usize, r.layer as usize));
+            .or_insert_with(|| new_fit(plan, r.encoder as usize, r.layer as usize, worker));
         fit.push(&r.values)?;
     }
     Ok(())
 }
 
-fn new_fit(plan: &Plan, e: usize, l: usize) -> LayerFit {
+fn new_fit(plan: &Plan, e: usize, l: usize, worker: usize) -> LayerFit {
     let encoder = &plan.encoders[e];
     let layer = &encoder.manifest.layers[encoder.layers[l]];
     // One pass draws each row at most once, and leaves up to half a mixing buffer undrawn: a
@@ -214,7 +220,7 @@ fn new_fit(plan: &Plan, e: usize, l: usize) -> LayerFit {
             encoder: encoder.name.clone(),
             layer: layer.name.clone(),
         },
-        encoder.device,
+        worker_device(encoder.device, worker),
         plan.study.fit.buffer_rows,
         budget_bytes / (layer.width * 4),
     )
