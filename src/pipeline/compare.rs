@@ -1,7 +1,7 @@
 //! The compare pass: shards -> encoder -> SAE codes -> codes store (one file per encoder, layer
 //! and shard) -> per-shard co-activation accumulators of every compared pair, exchanged to the
 //! worker that owns the pair -> merged, in shard order, into the pair's saved state -> MPPC and
-//! the pair's tables.
+//! the pair's tables (the pair owner's half is [`super::pairs`]).
 //!
 //! The codes of different encoders meet where the shard is read: one worker encodes a whole
 //! shard with every encoder, so a pair's accumulators for that shard need no exchange of codes,
@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -22,15 +22,16 @@ use timely::dataflow::operators::generic::Operator;
 use timely::worker::Worker;
 
 use super::encoding::WorkerModels;
+use super::pairs::PairState;
 use super::plan::{shard_key, Plan};
 use super::source::shard_source;
 use super::stage::{Failure, StageCounters};
 use super::units::Units;
-use crate::codes::{CodeBatch, CodesMeta, CodesReader, CodesWriter};
+use crate::codes::{CodesMeta, CodesWriter};
 use crate::dataset::{Projection, ShardInfo};
-use crate::metrics::{accumulate_files, compare_accumulated, tables, CompareOptions};
+use crate::metrics::{accumulate_files, CompareOptions};
 use crate::sae::SaeKind;
-use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples};
+use crate::stats::MissingSamples;
 
 /// What the compare pass has to do, from the manifest: `codes[e][s]` encoder `e` needs codes
 /// for shard `s`; `pairs[p][s]` pair `p`'s state lacks shard `s`; `tables[p]` pair `p`'s tables
@@ -114,7 +115,7 @@ pub struct PairPartial {
 /// The partial sums this worker received for the pairs it owns.
 #[derive(Default)]
 pub struct OwnedPairs {
-    partials: BTreeMap<u32, Vec<PairPartial>>,
+    pub(super) partials: BTreeMap<u32, Vec<PairPartial>>,
 }
 
 /// One sample's code.
@@ -338,7 +339,7 @@ fn finish_shard(
     Ok(partials)
 }
 
-fn codes_meta(plan: &Plan, e: usize, layer: &str) -> CodesMeta {
+pub(super) fn codes_meta(plan: &Plan, e: usize, layer: &str) -> CodesMeta {
     let encoder = &plan.encoders[e];
     let width = encoder
         .manifest
@@ -356,7 +357,7 @@ fn codes_meta(plan: &Plan, e: usize, layer: &str) -> CodesMeta {
 }
 
 /// The codes files of a pair's source and target layers on one shard.
-fn pair_files(plan: &Plan, p: usize, shard: &ShardInfo) -> (Vec<PathBuf>, Vec<PathBuf>) {
+pub(super) fn pair_files(plan: &Plan, p: usize, shard: &ShardInfo) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let pair = &plan.pairs[p];
     let files = |e: usize, layers: &[usize]| -> Vec<PathBuf> {
         let names = plan.encoders[e].layer_names();
@@ -369,248 +370,4 @@ fn pair_files(plan: &Plan, p: usize, shard: &ShardInfo) -> (Vec<PathBuf>, Vec<Pa
         files(pair.source, &pair.source_layers),
         files(pair.target, &pair.target_layers),
     )
-}
-
-/// A pair's accumulated sums as saved: `state-N/` folders, the newest complete one current.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PairState {
-    pub fingerprint: String,
-    pub generation: u64,
-    /// The shards summed, as [`shard_key`] names them.
-    pub shards: Vec<(String, u64, u64)>,
-    pub samples: u64,
-    pub dropped: u64,
-}
-
-impl PairState {
-    /// The newest saved state of the pair in `dir`.
-    pub fn latest(dir: &Path) -> Option<PairState> {
-        let entries = std::fs::read_dir(dir).ok()?;
-        let newest = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_prefix("state-")?.parse::<u64>().ok()
-            })
-            .max()?;
-        let text = std::fs::read(dir.join(format!("state-{newest}")).join("state.json")).ok()?;
-        serde_json::from_slice(&text).ok()
-    }
-
-    fn dir(&self, pair_dir: &Path) -> PathBuf {
-        pair_dir.join(format!("state-{}", self.generation))
-    }
-}
-
-/// Merges, saves and tabulates every pair this worker owns that has work.
-pub fn finish(
-    owned: &Rc<RefCell<OwnedPairs>>,
-    plan: &Plan,
-    work: &CompareWork,
-    worker: usize,
-    peers: usize,
-) -> anyhow::Result<usize> {
-    let mut owned = owned.borrow_mut();
-    let mut done = 0;
-    for p in (0..plan.pairs.len()).filter(|p| p % peers == worker) {
-        let partials = owned.partials.remove(&(p as u32)).unwrap_or_default();
-        if partials.is_empty() && !work.tables[p] {
-            continue;
-        }
-        finish_pair(plan, p, partials)
-            .with_context(|| format!("comparing pair {}", plan.pairs[p].key))?;
-        done += 1;
-    }
-    Ok(done)
-}
-
-fn finish_pair(plan: &Plan, p: usize, mut partials: Vec<PairPartial>) -> anyhow::Result<()> {
-    let pair = &plan.pairs[p];
-    let dir = plan.pair_dir(p);
-    let (l_a, l_b) = (pair.source_layers.len(), pair.target_layers.len());
-    // The newest state, whatever it summed; it is built on only if it summed the same codes.
-    let newest = PairState::latest(&dir);
-    let previous = newest.clone().filter(|s| s.fingerprint == pair.fingerprint);
-    let mut state = previous.clone().unwrap_or(PairState {
-        fingerprint: pair.fingerprint.clone(),
-        generation: 0,
-        shards: Vec::new(),
-        samples: 0,
-        dropped: 0,
-    });
-    let mut accumulators: Vec<Vec<CoactivationAccumulator>> = match &previous {
-        Some(previous) => (0..l_a)
-            .map(|a| {
-                (0..l_b)
-                    .map(|b| {
-                        CoactivationAccumulator::load(&accumulator_file(&previous.dir(&dir), a, b))
-                    })
-                    .collect::<Result<_, _>>()
-            })
-            .collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
-    partials.sort_by_key(|partial| partial.shard);
-    if let Some(previous) = &previous {
-        if !partials.is_empty() {
-            tracing::info!(
-                "pair {}: adding {} new shard(s) to the {} already summed; the old ones are not read",
-                pair.key,
-                partials.len(),
-                previous.shards.len()
-            );
-        }
-    }
-    for partial in &partials {
-        let info = &plan.dataset.shards()[partial.shard as usize];
-        let sums: Vec<CoactivationAccumulator> = partial
-            .accumulators
-            .iter()
-            .map(|bytes| CoactivationAccumulator::from_bytes(bytes))
-            .collect::<Result<_, _>>()?;
-        if accumulators.is_empty() {
-            accumulators = sums.chunks(l_b).map(<[_]>::to_vec).collect();
-        } else {
-            for (a, row) in accumulators.iter_mut().enumerate() {
-                for (b, acc) in row.iter_mut().enumerate() {
-                    acc.merge(&sums[a * l_b + b])?;
-                }
-            }
-        }
-        state.shards.push(shard_key(info));
-        state.samples += partial.samples;
-        state.dropped += partial.dropped;
-    }
-    anyhow::ensure!(
-        !accumulators.is_empty(),
-        "no shard was summed; the dataset has no rows both encoders read"
-    );
-    if !partials.is_empty() {
-        state.generation = newest.as_ref().map_or(0, |s| s.generation + 1);
-        save_state(&dir, &state, &accumulators)?;
-        if let Some(newest) = &newest {
-            let _ = std::fs::remove_dir_all(newest.dir(&dir));
-        }
-    }
-
-    let (source, target) = metas(plan, p);
-    let floor_permutations = if pair.ceiling_of.is_some() {
-        0
-    } else {
-        plan.study.baselines.floor_permutations
-    };
-    let aligned = if floor_permutations > 0 {
-        Some(aligned_codes(plan, p)?)
-    } else {
-        None
-    };
-    let options = CompareOptions {
-        baselines: floor_permutations,
-        missing: MissingSamples::Drop,
-        ..CompareOptions::default()
-    };
-    let report = AlignReport {
-        samples: state.samples,
-        dropped: state.dropped,
-        first_dropped: None,
-    };
-    let comparison = compare_accumulated(
-        accumulators,
-        report,
-        &source,
-        &target,
-        aligned.as_deref(),
-        &options,
-    )?;
-    tables::write_mppc(&dir.join(tables::MPPC_FILE), &comparison.mppc)?;
-    tables::write_wmppc(&dir.join(tables::WMPPC_FILE), &comparison.wmppc)?;
-    tables::write_features(&dir.join(tables::FEATURES_FILE), &comparison.features)?;
-    let (unit, fingerprint) = plan.pair_unit(p);
-    Units::new(&plan.output).record(
-        &unit,
-        &fingerprint,
-        serde_json::json!({
-            "state": state.generation,
-            "shards": state.shards.len(),
-            "samples": state.samples,
-            "dropped": state.dropped,
-        }),
-    )?;
-    tracing::info!(
-        "pair {}: {} shards, {} samples ({} dropped); tables in {}",
-        pair.key,
-        state.shards.len(),
-        state.samples,
-        state.dropped,
-        dir.display()
-    );
-    Ok(())
-}
-
-fn accumulator_file(state_dir: &Path, a: usize, b: usize) -> PathBuf {
-    state_dir.join(format!("acc-{a}-{b}.coact"))
-}
-
-/// Writes `state-N/` whole: a temporary folder renamed into place.
-fn save_state(
-    dir: &Path,
-    state: &PairState,
-    accumulators: &[Vec<CoactivationAccumulator>],
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-    let temp = tempfile::Builder::new()
-        .prefix(".state-")
-        .tempdir_in(dir)
-        .with_context(|| dir.display().to_string())?;
-    for (a, row) in accumulators.iter().enumerate() {
-        for (b, acc) in row.iter().enumerate() {
-            acc.save(&accumulator_file(temp.path(), a, b))?;
-        }
-    }
-    std::fs::write(
-        temp.path().join("state.json"),
-        serde_json::to_vec_pretty(state)?,
-    )?;
-    let target = state.dir(dir);
-    std::fs::rename(temp.keep(), &target).with_context(|| target.display().to_string())?;
-    Ok(())
-}
-
-/// The codes metadata of a pair's two sides.
-fn metas(plan: &Plan, p: usize) -> (Vec<CodesMeta>, Vec<CodesMeta>) {
-    let pair = &plan.pairs[p];
-    let side = |e: usize, layers: &[usize]| -> Vec<CodesMeta> {
-        let names = plan.encoders[e].layer_names();
-        layers
-            .iter()
-            .map(|&l| codes_meta(plan, e, &names[l]))
-            .collect()
-    };
-    (
-        side(pair.source, &pair.source_layers),
-        side(pair.target, &pair.target_layers),
-    )
-}
-
-/// Every code of the pair's layers on samples all of them hold, shard after shard (sources
-/// first): what the floor baseline permutes.
-fn aligned_codes(plan: &Plan, p: usize) -> anyhow::Result<Vec<CodeBatch>> {
-    let pair = &plan.pairs[p];
-    let streams = pair.source_layers.len() + pair.target_layers.len();
-    let mut kept = vec![CodeBatch::new(); streams];
-    for shard in plan.dataset.shards() {
-        let (sources, targets) = pair_files(plan, p, shard);
-        let readers = sources
-            .iter()
-            .chain(&targets)
-            .map(|f| CodesReader::open(f))
-            .collect::<Result<Vec<_>, _>>()?;
-        align(readers, MissingSamples::Drop, |codes| {
-            for (s, code) in codes.iter().enumerate() {
-                kept[s].push(*code);
-            }
-            Ok(())
-        })?;
-    }
-    Ok(kept)
 }

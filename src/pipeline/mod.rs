@@ -13,6 +13,7 @@ mod compare;
 mod encoding;
 mod fit;
 mod outputs;
+mod pairs;
 mod plan;
 mod run;
 mod scan;
@@ -23,7 +24,7 @@ mod units;
 mod workers;
 
 pub use bench::{bench_memory, MemoryFigure};
-pub use compare::PairState;
+pub use pairs::PairState;
 pub use plan::{Plan, PlannedEncoder, PlannedPair};
 pub use run::{peak_memory_mib, run_study, RunSummary};
 pub use scan::{scan, ScanSummary};

@@ -20,6 +20,7 @@ use super::compare::{self, CompareWork};
 use super::encoding::WorkerModels;
 use super::fit;
 use super::outputs;
+use super::pairs;
 use super::plan::Plan;
 use super::stage::{barrier, run_to_completion, Failure, StageCounters};
 use super::study::Study;
@@ -185,7 +186,7 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
         );
         run_to_completion(worker);
         if !failure.failed() {
-            if let Err(error) = compare::finish(&owned, &plan, &work, index, peers) {
+            if let Err(error) = pairs::finish(&owned, &plan, &work, index, peers) {
                 failure.set(error);
             }
         }
