@@ -156,3 +156,26 @@ pub fn emoji_subset(dir: &Path, shards: &[usize]) -> PathBuf {
     }
     out
 }
+
+/// A hostfile in `dir` naming two free localhost ports, for two timely processes.
+pub fn hostfile(dir: &Path) -> PathBuf {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let path = dir.join("hosts.txt");
+    std::fs::write(
+        &path,
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    path
+}

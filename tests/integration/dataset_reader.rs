@@ -216,24 +216,7 @@ fn two_processes_read_every_row_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data");
     common::write_dataset(&path, 500, 40); // 13 shards over 4 workers
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let hostfile = dir.path().join("hosts");
-    std::fs::write(
-        &hostfile,
-        ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
+    let hostfile = common::hostfile(dir.path());
 
     let children: Vec<_> = (0..2)
         .map(|process| {

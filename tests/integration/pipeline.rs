@@ -155,29 +155,6 @@ fn assert_same_outputs(a: &Path, b: &Path, tolerance: f64) {
     assert!(sharedness(a).is_ok() && sharedness(b).is_ok());
 }
 
-/// Two free localhost ports, for two processes.
-fn hostfile(dir: &Path) -> PathBuf {
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let path = dir.join("hosts.txt");
-    std::fs::write(
-        &path,
-        ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
-    path
-}
-
 fn saeshare_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_saeshare"));
     command
@@ -203,7 +180,7 @@ fn outputs_are_equal_on_1_worker_4_workers_and_2_processes_of_2_workers() {
     assert_same_outputs(&dir.path().join("one"), &dir.path().join("four"), 1e-6);
 
     let two = study(dir.path(), &dataset, "two", &all, 4);
-    let hosts = hostfile(dir.path());
+    let hosts = common::hostfile(dir.path());
     let processes: Vec<_> = (0..2)
         .map(|p| {
             saeshare_command(&[
