@@ -4,6 +4,7 @@
 # Expects the environment of scripts/python-env.sh (the Makefile's `test` target provides it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/chromium.sh
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -14,6 +14,7 @@
 //! - [`codes`]: the sparse code file format (what an SAE produces per sample), writer and reader.
 //! - [`stats`]: per-feature moments and exact co-activation sums between code streams.
 //! - [`metrics`]: MPPC, wMPPC, Comparative Sharedness and their null baselines.
+//! - [`report`]: the static HTML report of a run folder: heatmaps, rankings, feature pages.
 //! - [`progress`]: progress bars and logging set-up shared by every command.
 //! - [`torch`]: the libtorch facts a user needs to trust a run (version, devices).
 
@@ -25,6 +26,7 @@ pub mod encoder;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod sae;
 pub mod stats;
 pub mod torch;

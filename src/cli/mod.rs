@@ -4,6 +4,7 @@
 mod compare;
 mod dataset;
 mod encode;
+mod report;
 mod sae;
 mod study;
 
@@ -37,6 +38,9 @@ pub enum Command {
     /// only what is missing or out of date.
     #[command(disable_help_flag = true)]
     Run(study::RunArgs),
+    /// Write the static HTML report of a run folder: the wMPPC matrix, sharedness rankings,
+    /// feature pages with their top images, SAE training curves.
+    Report(report::ReportArgs),
     /// Train sparse autoencoders and encode activations with them.
     #[command(subcommand)]
     Sae(sae::SaeCommand),
@@ -82,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Encode(args) => encode::run(args),
         Command::Study(command) => study::run(command),
         Command::Run(args) => study::run_study(args),
+        Command::Report(args) => report::run(args),
         Command::Compare(args) => compare::run_compare(args),
         Command::Sharedness(args) => compare::run_sharedness(args),
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),

@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
+
+use crate::report::ReportOptions;
 
 use crate::pipeline::{Study, WorkerArgs};
 
@@ -70,6 +73,9 @@ pub struct RunArgs {
     pub study: PathBuf,
     #[command(flatten)]
     pub workers: WorkerArgs,
+    /// Skip the HTML report (`saeshare report OUTPUT` makes it later).
+    #[arg(long)]
+    pub no_report: bool,
     /// Print help (-h is the hostfile here, as in timely).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -123,6 +129,16 @@ pub fn run_study(args: RunArgs) -> anyhow::Result<()> {
     }
     print!("{}", summary.matrix);
     println!("results in {}", summary.output.display());
+    if !args.no_report {
+        let report = crate::report::write_report(&summary.output, &ReportOptions::default())
+            .with_context(|| {
+                format!(
+                    "the study's outputs are complete in {}, but its report could not be written",
+                    summary.output.display()
+                )
+            })?;
+        println!("report: {}", report.index.display());
+    }
     Ok(())
 }
 

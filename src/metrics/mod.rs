@@ -26,7 +26,7 @@ pub use baselines::ceiling_for;
 pub use bench::{bench_stats, BenchOptions, BenchReport};
 pub use compare::{
     accumulate_files, compare, compare_accumulated, Aggregation, Backend, CompareOptions,
-    Comparison, FeatureRow, MppcRow, WmppcRow,
+    Comparison, FeatureRow, MppcRow, WmppcRow, ALL_LAYERS,
 };
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};

@@ -338,3 +338,59 @@ fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, MetricsError> {
         .map(|b| b.map_err(MetricsError::arrow(path)))
         .collect()
 }
+
+/// Reads a sharedness ranking written by [`write_sharedness`]: the ranked model and its rows.
+pub fn read_sharedness(path: &Path) -> Result<(String, Vec<SharednessRow>), MetricsError> {
+    let mut source = String::new();
+    let mut rows = Vec::new();
+    for batch in read_batches(path)? {
+        let column = |name: &str, data_type: DataType| {
+            let c = batch
+                .column_by_name(name)
+                .ok_or_else(|| MetricsError::WrongSchema {
+                    file: path.to_path_buf(),
+                    problem: format!("column `{name}` is missing; is this a sharedness ranking?"),
+                })?;
+            cast(c, &data_type).map_err(|e| MetricsError::WrongSchema {
+                file: path.to_path_buf(),
+                problem: format!("column `{name}`: {e}"),
+            })
+        };
+        let feature = column("feature", DataType::UInt32)?;
+        let feature = feature.as_primitive::<UInt32Type>();
+        let reals: Vec<ArrayRef> = ["delta", "rho_min_shared", "rho_max_not_shared", "weight"]
+            .iter()
+            .map(|n| column(n, DataType::Float64))
+            .collect::<Result<_, _>>()?;
+        let reals: Vec<&Float64Array> = reals
+            .iter()
+            .map(|c| c.as_primitive::<Float64Type>())
+            .collect();
+        let text: Vec<ArrayRef> = ["source", "source_layer"]
+            .iter()
+            .map(|n| column(n, DataType::Utf8))
+            .collect::<Result<_, _>>()?;
+        let text: Vec<&StringArray> = text.iter().map(|c| c.as_string::<i32>()).collect();
+        for r in 0..batch.num_rows() {
+            if feature.is_null(r) || reals[0].is_null(r) || text[1].is_null(r) {
+                return Err(MetricsError::WrongSchema {
+                    file: path.to_path_buf(),
+                    problem: format!("row {r}: feature, delta and source_layer must not be null"),
+                });
+            }
+            let real = |c: usize| reals[c].is_valid(r).then(|| reals[c].value(r));
+            if source.is_empty() && text[0].is_valid(r) {
+                source = text[0].value(r).to_string();
+            }
+            rows.push(SharednessRow {
+                source_layer: text[1].value(r).to_string(),
+                feature: feature.value(r),
+                delta: reals[0].value(r),
+                rho_min_shared: real(1).unwrap_or(f64::NAN),
+                rho_max_not_shared: real(2),
+                weight: real(3).unwrap_or(0.0),
+            });
+        }
+    }
+    Ok((source, rows))
+}

@@ -15,6 +15,7 @@ mod fit;
 mod outputs;
 mod pairs;
 mod plan;
+mod record;
 mod run;
 mod scan;
 mod source;
@@ -26,6 +27,9 @@ mod workers;
 pub use bench::{bench_memory, MemoryFigure};
 pub use pairs::PairState;
 pub use plan::{Plan, PlannedEncoder, PlannedPair};
+pub use record::{
+    DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
+};
 pub use run::{peak_memory_mib, run_study, RunSummary};
 pub use scan::{scan, ScanSummary};
 pub use source::{shard_source, SourceErrors};

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::collections::BTreeMap;
 
 use crate::metrics::{
-    ceiling_for, tables, Aggregation, FeatureMatch, MetricViews, MppcRow, SharednessQuery, WmppcRow,
+    ceiling_for, tables, FeatureMatch, MetricViews, MppcRow, SharednessQuery, WmppcRow,
 };
 
 use super::plan::Plan;
@@ -153,62 +153,12 @@ fn ceiling_matches(
 /// The last-layer wMPPC matrix (rows: source, columns: target), with the floor (and the
 /// ceiling, when the study has one) of each value in brackets.
 pub fn matrix(plan: &Plan, rows: &[WmppcRow]) -> String {
-    let names: Vec<&str> = plan
+    let encoders: Vec<(String, String)> = plan
         .named_encoders()
-        .map(|(_, e)| e.name.as_str())
+        .map(|(_, e)| {
+            let last = e.layer_names().pop().expect("at least one layer");
+            (e.name.clone(), last)
+        })
         .collect();
-    let last: Vec<String> = plan
-        .named_encoders()
-        .map(|(_, e)| e.layer_names().pop().expect("at least one layer"))
-        .collect();
-    let cell = |i: usize, j: usize| -> String {
-        if i == j {
-            return ".".to_string();
-        }
-        rows.iter()
-            .find(|r| {
-                r.source == names[i]
-                    && r.target == names[j]
-                    && r.aggregation == Aggregation::Layer
-                    && r.source_layer == last[i]
-                    && r.target_layer == last[j]
-            })
-            .map_or_else(String::new, |r| {
-                match (r.wmppc, r.baseline_floor, r.baseline_ceiling) {
-                    (Some(v), Some(f), Some(c)) => format!("{v:.3} ({f:.3}-{c:.3})"),
-                    (Some(v), Some(f), None) => format!("{v:.3} ({f:.3})"),
-                    (Some(v), None, Some(c)) => format!("{v:.3} (-{c:.3})"),
-                    (Some(v), None, None) => format!("{v:.3}"),
-                    _ => "-".to_string(),
-                }
-            })
-    };
-    let cells: Vec<Vec<String>> = (0..names.len())
-        .map(|i| (0..names.len()).map(|j| cell(i, j)).collect())
-        .collect();
-    let header = if rows.iter().any(|r| r.baseline_ceiling.is_some()) {
-        "wMPPC (floor-ceiling)"
-    } else {
-        "wMPPC (floor)"
-    };
-    let width = names
-        .iter()
-        .map(|n| n.len())
-        .chain(cells.iter().flatten().map(String::len))
-        .chain([header.len()])
-        .max()
-        .unwrap_or(8);
-    let mut out = format!("{header:width$}");
-    for n in &names {
-        out.push_str(&format!(" {n:>width$}"));
-    }
-    out.push('\n');
-    for (name, row) in names.iter().zip(&cells) {
-        out.push_str(&format!("{name:width$}"));
-        for c in row {
-            out.push_str(&format!(" {c:>width$}"));
-        }
-        out.push('\n');
-    }
-    out
+    crate::report::WmppcMatrix::last_layers(&encoders, rows).to_text()
 }

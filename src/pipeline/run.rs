@@ -22,6 +22,7 @@ use super::fit;
 use super::outputs;
 use super::pairs;
 use super::plan::Plan;
+use super::record::StudyRecord;
 use super::stage::{barrier, run_to_completion, Failure, StageCounters};
 use super::study::Study;
 use super::units::Units;
@@ -53,6 +54,9 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     let start = Instant::now();
     let study = Study::read(path)?;
     let plan = Arc::new(Plan::resolve(study, path)?);
+    if workers.process == 0 {
+        StudyRecord::of(&plan, path).write(&plan.output)?;
+    }
     let units = Units::new(&plan.output);
     let fit_todo: Vec<usize> = (0..plan.encoders.len())
         .filter(|&e| {

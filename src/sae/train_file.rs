@@ -180,7 +180,10 @@ fn step(
     let metrics = trainer.train_step(&x)?;
     bar.inc(1);
     let done = trainer.steps_done();
-    if options.checkpoint_every > 0 && done % options.checkpoint_every == 0 && !trainer.is_done() {
+    if options.checkpoint_every > 0
+        && done.is_multiple_of(options.checkpoint_every)
+        && !trainer.is_done()
+    {
         save_checkpoint(trainer, &options.out)?;
     }
     Ok(metrics)

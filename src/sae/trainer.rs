@@ -179,7 +179,7 @@ impl SaeTrainer {
             dead_fraction: self.dead_fraction(),
             lr,
         };
-        if self.step == 1 || self.step % self.log_every == 0 || self.is_done() {
+        if self.step == 1 || self.step.is_multiple_of(self.log_every) || self.is_done() {
             tracing::info!(
                 encoder = %self.source.encoder,
                 layer = %self.source.layer,

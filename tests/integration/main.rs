@@ -3,6 +3,7 @@
 //! file, because each links the whole crate and its dependencies: sixteen of them cost minutes
 //! of linking and gigabytes of disk.
 
+mod browser;
 mod codes_and_accumulators;
 mod common;
 mod compare_state;
@@ -17,6 +18,7 @@ mod encoder_real;
 mod encoder_real_images;
 mod metric_views;
 mod pipeline;
+mod report;
 mod sae_cli;
 mod sae_training;
 mod stats_reference;

@@ -20,7 +20,13 @@ const ENCODERS: [(&str, &str, &str); 4] = [
 
 /// A study of `encoders` over `dataset` into `output`: every pair on last layers, dinov2 x
 /// bert on all layers, one sharedness query, two floor permutations.
-fn study(dir: &Path, dataset: &Path, output: &str, encoders: &[&str], k_of_vit: usize) -> PathBuf {
+pub(crate) fn study(
+    dir: &Path,
+    dataset: &Path,
+    output: &str,
+    encoders: &[&str],
+    k_of_vit: usize,
+) -> PathBuf {
     let mut text = format!(
         r#"name = "tiny"
 output = "{output}"
@@ -73,7 +79,7 @@ layers = "last"
     path
 }
 
-fn run(study: &Path, extra: &[&str]) -> String {
+pub(crate) fn run(study: &Path, extra: &[&str]) -> String {
     let mut args = vec!["run", study.to_str().unwrap()];
     args.extend(extra);
     let output = common::saeshare(&args);
@@ -505,4 +511,18 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         b > ours.wmppc.unwrap(),
         "the ceiling {b} is above the value"
     );
+
+    // The report draws the ceiling under its value; it reads `compare`'s folder too.
+    let index = std::fs::read_to_string(dir.path().join("piped/report/index.html")).unwrap();
+    assert!(index.contains(&format!("ceiling {a:.3}")), "{index}");
+    let output = common::saeshare(&["report", &path("cmp")]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let index = std::fs::read_to_string(dir.path().join("cmp/report/index.html")).unwrap();
+    let matrix = index.split("</svg>").next().unwrap();
+    assert_eq!(
+        matrix.matches(r#"class="cell""#).count(),
+        1,
+        "one pair compared"
+    );
+    assert!(index.contains(&format!("ceiling {b:.3}")));
 }

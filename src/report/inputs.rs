@@ -1,0 +1,420 @@
+//! What a run folder holds, read for the report: the study record, the tables, the SAEs'
+//! training metrics. A half-finished run gives what exists and a list of what is missing,
+//! each with the command that makes it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::metrics::{
+    self, tables, Aggregation, MppcRow, SharednessQuery, SharednessRow, WmppcRow,
+};
+use crate::pipeline::{QueryRecord, StudyRecord};
+use crate::sae::{read_meta, CheckpointMeta};
+
+/// One sharedness query with its ranking.
+pub struct Ranking {
+    pub query: QueryRecord,
+    /// The ranking as written (`sharedness/<query>.parquet`), highest Delta first.
+    pub rows: Vec<SharednessRow>,
+    /// Delta of every feature of the model, for its distribution (empty without the `mppc` rows).
+    pub all: Vec<SharednessRow>,
+}
+
+/// One SAE's training record.
+pub struct TrainedSae {
+    pub encoder: String,
+    pub layer: String,
+    pub meta: CheckpointMeta,
+}
+
+/// Everything the report draws.
+pub struct RunInputs {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// `study.json`; `None` for a `saeshare compare` folder.
+    pub record: Option<StudyRecord>,
+    /// The study's name (the folder's without a record).
+    pub name: String,
+    /// The study's `wmppc` rows (from the finished pairs when the study table is missing).
+    pub wmppc: Vec<WmppcRow>,
+    /// The study's `mppc` rows, likewise.
+    pub mppc: Vec<MppcRow>,
+    /// One per sharedness query.
+    pub rankings: Vec<Ranking>,
+    /// Every fitted SAE, by encoder and layer name.
+    pub saes: Vec<TrainedSae>,
+    /// The matrix's encoders: (name, last layer), in the study's order.
+    pub matrix_encoders: Vec<(String, String)>,
+    /// What is missing, with the command that makes it; empty for a finished run.
+    pub missing: Vec<String>,
+}
+
+impl RunInputs {
+    /// Reads `dir`: a `saeshare run` output folder (or a `saeshare compare --out` folder).
+    pub fn load(dir: &Path) -> anyhow::Result<RunInputs> {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "{}: no such folder; give the `output` folder of a study (`saeshare run STUDY.toml` makes it)",
+            dir.display()
+        );
+        let record = StudyRecord::read(dir)?;
+        let run_command = match &record {
+            Some(r) => format!("`saeshare run {}`", r.study_file.display()),
+            None => "`saeshare run STUDY.toml`".to_string(),
+        };
+        let mut missing = Vec::new();
+        let ceiling_pair = |key: &str| key.contains(".ceiling");
+        let pair_dirs: Vec<PathBuf> = match std::fs::read_dir(dir.join("pairs")) {
+            Ok(entries) => {
+                let mut dirs: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| !ceiling_pair(&n.to_string_lossy()))
+                    })
+                    .collect();
+                dirs.sort();
+                dirs
+            }
+            Err(_) => Vec::new(),
+        };
+
+        let study_wmppc = dir.join(tables::WMPPC_FILE);
+        let (wmppc, mppc) = if study_wmppc.is_file() {
+            let wmppc = tables::read_wmppc(&study_wmppc)?;
+            let mppc_path = dir.join(tables::MPPC_FILE);
+            let mppc = if mppc_path.is_file() {
+                tables::read_mppc(&mppc_path)?
+            } else {
+                missing.push(format!(
+                    "{} is missing: sharedness and feature matches need it; {run_command} (or `saeshare compare`) writes it",
+                    mppc_path.display()
+                ));
+                Vec::new()
+            };
+            (wmppc, mppc)
+        } else if pair_dirs
+            .iter()
+            .any(|p| p.join(tables::WMPPC_FILE).is_file())
+        {
+            missing.push(format!(
+                "{} is missing: the run stopped before its outputs stage; the values below come from the pairs finished so far. {run_command} finishes it",
+                study_wmppc.display()
+            ));
+            read_pair_tables(&pair_dirs)?
+        } else if record.is_some() || dir.join("saes").is_dir() {
+            missing.push(format!(
+                "{} is missing: no pair has been compared yet; {run_command} compares them",
+                study_wmppc.display()
+            ));
+            (Vec::new(), Vec::new())
+        } else {
+            anyhow::bail!(
+                "{}: there is no wmppc.parquet, no pairs/ and no saes/ here, so nothing to report. \
+                 `saeshare run STUDY.toml` makes a run folder (its `output` key); \
+                 `saeshare compare ... --out DIR` makes wmppc.parquet and mppc.parquet",
+                dir.display()
+            );
+        };
+
+        if let Some(record) = &record {
+            let compared: HashSet<(&str, &str)> = wmppc
+                .iter()
+                .map(|r| (r.source.as_str(), r.target.as_str()))
+                .collect();
+            for pair in record.pairs.iter().filter(|p| !p.ceiling) {
+                if !compared.contains(&(pair.source.as_str(), pair.target.as_str())) {
+                    missing.push(format!(
+                        "pair {} has no wMPPC yet; {run_command} compares it",
+                        pair.key
+                    ));
+                }
+            }
+        }
+
+        let rankings = read_rankings(dir, record.as_ref(), &mppc, &run_command, &mut missing)?;
+        let saes = read_saes(dir, &mut missing, &run_command)?;
+        let matrix_encoders = match &record {
+            Some(r) => r
+                .named_encoders()
+                .map(|e| {
+                    let last = e.layers.last().cloned().unwrap_or_default();
+                    (e.name.clone(), last)
+                })
+                .collect(),
+            None => encoders_of(&wmppc),
+        };
+        let name = record.as_ref().map_or_else(
+            || {
+                dir.file_name()
+                    .map_or("run".into(), |n| n.to_string_lossy().into_owned())
+            },
+            |r| r.name.clone(),
+        );
+        Ok(RunInputs {
+            dir: dir.to_path_buf(),
+            record,
+            name,
+            wmppc,
+            mppc,
+            rankings,
+            saes,
+            matrix_encoders,
+            missing,
+        })
+    }
+}
+
+/// The tables of every finished pair, each row once (as the outputs stage dedupes them).
+fn read_pair_tables(pair_dirs: &[PathBuf]) -> anyhow::Result<(Vec<WmppcRow>, Vec<MppcRow>)> {
+    let (mut wmppc, mut mppc) = (Vec::new(), Vec::new());
+    let (mut seen_w, mut seen_m) = (HashSet::new(), HashSet::new());
+    for dir in pair_dirs {
+        let (w, m) = (dir.join(tables::WMPPC_FILE), dir.join(tables::MPPC_FILE));
+        if !(w.is_file() && m.is_file()) {
+            continue;
+        }
+        for row in tables::read_wmppc(&w)? {
+            let key = (
+                row.source.clone(),
+                row.target.clone(),
+                row.source_layer.clone(),
+                row.target_layer.clone(),
+                row.aggregation,
+            );
+            if seen_w.insert(key) {
+                wmppc.push(row);
+            }
+        }
+        for row in tables::read_mppc(&m)? {
+            let key = (
+                row.source.clone(),
+                row.source_layer.clone(),
+                row.feature,
+                row.target.clone(),
+                row.target_layer.clone(),
+            );
+            if seen_m.insert(key) {
+                mppc.push(row);
+            }
+        }
+    }
+    Ok((wmppc, mppc))
+}
+
+fn read_rankings(
+    dir: &Path,
+    record: Option<&StudyRecord>,
+    mppc: &[MppcRow],
+    run_command: &str,
+    missing: &mut Vec<String>,
+) -> anyhow::Result<Vec<Ranking>> {
+    let queries: Vec<QueryRecord> = match record {
+        Some(r) => r.sharedness.clone(),
+        // Without a study record the rankings' files are all there is; their G and H are unknown.
+        None => {
+            let mut found = Vec::new();
+            if let Ok(entries) = std::fs::read_dir(dir.join("sharedness")) {
+                for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                    if path.extension().is_some_and(|e| e == "parquet") {
+                        let (model, _) = tables::read_sharedness(&path)?;
+                        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+                        found.push(QueryRecord {
+                            name,
+                            model,
+                            shared_with: Vec::new(),
+                            not_shared_with: Vec::new(),
+                            top: 0,
+                        });
+                    }
+                }
+            }
+            found.sort_by(|a, b| a.name.cmp(&b.name));
+            found
+        }
+    };
+    let mut rankings = Vec::new();
+    for query in queries {
+        let path = dir
+            .join("sharedness")
+            .join(format!("{}.parquet", query.name));
+        let as_query = |top| SharednessQuery {
+            source: query.model.clone(),
+            shared_with: query.shared_with.clone(),
+            not_shared_with: query.not_shared_with.clone(),
+            top,
+        };
+        let computable = !mppc.is_empty() && !query.shared_with.is_empty();
+        let all = if computable {
+            match metrics::sharedness(&comparable_rows(mppc, &query), &as_query(None)) {
+                Ok(all) => all,
+                Err(error) => {
+                    missing.push(format!(
+                        "sharedness {}: the distribution of Delta could not be computed: {error}",
+                        query.name
+                    ));
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let rows = if path.is_file() {
+            tables::read_sharedness(&path)
+                .with_context(|| format!("reading the ranking of query {}", query.name))?
+                .1
+        } else {
+            missing.push(format!(
+                "{} is missing: the outputs stage of {run_command} writes it{}",
+                path.display(),
+                if all.is_empty() {
+                    ""
+                } else {
+                    "; the ranking below is computed from the mppc rows found"
+                }
+            ));
+            all.iter().take(query.top.max(1)).cloned().collect()
+        };
+        rankings.push(Ranking { query, rows, all });
+    }
+    Ok(rankings)
+}
+
+/// Every `saes/<encoder>/<layer>/sae.json`, in name order.
+fn read_saes(
+    dir: &Path,
+    missing: &mut Vec<String>,
+    run_command: &str,
+) -> anyhow::Result<Vec<TrainedSae>> {
+    let root = dir.join("saes");
+    let mut out = Vec::new();
+    let Ok(encoders) = std::fs::read_dir(&root) else {
+        missing.push(format!(
+            "{} is missing: no SAE has been fitted yet, so there are no training curves; {run_command} fits them",
+            root.display()
+        ));
+        return Ok(out);
+    };
+    let mut found: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+    for encoder in encoders.filter_map(|e| e.ok()) {
+        let Ok(layers) = std::fs::read_dir(encoder.path()) else {
+            continue;
+        };
+        for layer in layers.filter_map(|e| e.ok()) {
+            if layer.path().join("sae.json").is_file() {
+                found.insert(
+                    (
+                        encoder.file_name().to_string_lossy().into_owned(),
+                        layer.file_name().to_string_lossy().into_owned(),
+                    ),
+                    layer.path(),
+                );
+            }
+        }
+    }
+    for ((encoder, layer), path) in found {
+        let meta = read_meta(&path)?;
+        out.push(TrainedSae {
+            encoder,
+            layer,
+            meta,
+        });
+    }
+    Ok(out)
+}
+
+/// Without a study record: the models of the table in order of appearance, each with its last
+/// layer: the table does not say which that is, so the layer compared with the most models
+/// (last-layer comparisons cover every pair), ties broken by the highest layer number.
+fn encoders_of(rows: &[WmppcRow]) -> Vec<(String, String)> {
+    let mut models: Vec<String> = Vec::new();
+    let mut partners: BTreeMap<(&str, &str), HashSet<&str>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.aggregation == Aggregation::Layer) {
+        for (name, layer, other) in [
+            (&r.source, &r.source_layer, &r.target),
+            (&r.target, &r.target_layer, &r.source),
+        ] {
+            if !models.contains(name) {
+                models.push(name.clone());
+            }
+            partners
+                .entry((name.as_str(), layer.as_str()))
+                .or_default()
+                .insert(other.as_str());
+        }
+    }
+    models
+        .into_iter()
+        .map(|model| {
+            let last = partners
+                .iter()
+                .filter(|((m, _), _)| *m == model)
+                .max_by(|((_, a), pa), ((_, b), pb)| {
+                    pa.len()
+                        .cmp(&pb.len())
+                        .then_with(|| natural_key(a).cmp(&natural_key(b)))
+                })
+                .map(|((_, layer), _)| layer.to_string())
+                .unwrap_or_default();
+            (model, last)
+        })
+        .collect()
+}
+
+/// Orders layer names as people do: `features.18` after `features.3`.
+fn natural_key(name: &str) -> Vec<(u64, String)> {
+    let mut key = Vec::new();
+    let mut rest = name;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 {
+            key.push((rest[..digits].parse().unwrap_or(u64::MAX), String::new()));
+            rest = &rest[digits..];
+        } else {
+            let text = rest.len() - rest.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+            key.push((0, rest[..text].to_string()));
+            rest = &rest[text..];
+        }
+    }
+    key
+}
+
+/// The rows of the query's model restricted to its layers compared with every model of G and H
+/// (a study may compare all layers with one model and only the last with the others).
+fn comparable_rows(mppc: &[MppcRow], query: &QueryRecord) -> Vec<MppcRow> {
+    let models: Vec<&String> = query
+        .shared_with
+        .iter()
+        .chain(&query.not_shared_with)
+        .collect();
+    let mut compared: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for r in mppc.iter().filter(|r| r.source == query.model) {
+        compared
+            .entry(r.source_layer.as_str())
+            .or_default()
+            .insert(r.target.as_str());
+    }
+    let layers: HashSet<&str> = compared
+        .into_iter()
+        .filter(|(_, targets)| models.iter().all(|m| targets.contains(m.as_str())))
+        .map(|(layer, _)| layer)
+        .collect();
+    mppc.iter()
+        .filter(|r| r.source == query.model && layers.contains(r.source_layer.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_names_sort_by_their_numbers() {
+        let mut layers = vec!["features.18", "features.3", "features.13", "head"];
+        layers.sort_by_key(|l| natural_key(l));
+        assert_eq!(layers, ["features.3", "features.13", "features.18", "head"]);
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per kind of page; each returns the page's HTML.
+
+pub mod feature;
+pub mod index;
+pub mod sharedness;
+pub mod training;
