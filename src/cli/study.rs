@@ -129,6 +129,7 @@ pub fn run_study(args: RunArgs) -> anyhow::Result<()> {
     }
     print!("{}", summary.matrix);
     println!("results in {}", summary.output.display());
+    // Process 0 only (the others returned above): it wrote the tables the report reads.
     if !args.no_report {
         let report = crate::report::write_report(&summary.output, &ReportOptions::default())
             .with_context(|| {

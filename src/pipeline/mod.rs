@@ -26,7 +26,7 @@ mod workers;
 
 pub use bench::{bench_memory, MemoryFigure};
 pub use pairs::PairState;
-pub use plan::{Plan, PlannedEncoder, PlannedPair};
+pub use plan::{fingerprint, Plan, PlannedEncoder, PlannedPair};
 pub use record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
 };

@@ -117,9 +117,11 @@ impl Site<'_> {
     }
 }
 
-/// A path component made of safe characters.
+/// A path component made of safe characters. A name that had to change gets a digest of the
+/// original, so two names never share a page (`a b` and `a_b`), and `.` or `..` never escape.
 fn file_name(text: &str) -> String {
-    text.chars()
+    let safe: String = text
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._-".contains(c) {
                 c
@@ -127,7 +129,67 @@ fn file_name(text: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    if safe == text && !matches!(text, "" | "." | "..") {
+        return safe;
+    }
+    let digest = crate::pipeline::fingerprint(&text);
+    format!("{}_{}", safe.replace('.', "_"), &digest[..8])
+}
+
+/// The file that marks a folder as a report, so that only a report is ever replaced.
+const REPORT_MARKER: &str = ".saeshare-report";
+
+/// Refuses an output folder that holds the run, or holds anything but an earlier report.
+fn check_destination(run: &Path, out: &Path) -> anyhow::Result<()> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (run, target) = (canonical(run), canonical(out));
+    anyhow::ensure!(
+        !run.starts_with(&target),
+        "--out {}: the report would replace the run folder {} it reads; choose a folder outside it (RUN/report by default)",
+        out.display(),
+        run.display()
+    );
+    if out.exists() {
+        let empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        anyhow::ensure!(
+            empty || out.join(REPORT_MARKER).is_file(),
+            "--out {}: the folder exists and is not a saeshare report; the report replaces its folder whole, so give a new or empty folder",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Puts the folder `staged` at `out`, replacing an earlier report only once the new one is
+/// in place; on failure the earlier report is put back.
+fn swap_into_place(staged: tempfile::TempDir, out: &Path, parent: &Path) -> anyhow::Result<()> {
+    if !out.exists() {
+        let staged = staged.keep();
+        return std::fs::rename(&staged, out)
+            .with_context(|| format!("moving the report into {}", out.display()));
+    }
+    let aside = tempfile::Builder::new()
+        .prefix(".report-old-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
+    let old = aside.path().join("report");
+    std::fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
+    if let Err(error) = std::fs::rename(staged.path(), out) {
+        std::fs::rename(&old, out).with_context(|| {
+            format!(
+                "putting the earlier report back from {} into {}",
+                old.display(),
+                out.display()
+            )
+        })?;
+        return Err(error).with_context(|| format!("moving the report into {}", out.display()));
+    }
+    // `staged` now is `out`: not to be removed. `aside`, dropped, removes the earlier report.
+    let _ = staged.keep();
+    Ok(())
 }
 
 /// Writes the report of the run folder `run`.
@@ -136,6 +198,7 @@ pub fn write_report(run: &Path, options: &ReportOptions) -> anyhow::Result<Repor
     let mut missing = inputs.missing.clone();
     let matrix = WmppcMatrix::last_layers(&inputs.matrix_encoders, &inputs.wmppc);
     let out = options.out.clone().unwrap_or_else(|| run.join("report"));
+    check_destination(run, &out)?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -246,20 +309,9 @@ pub fn write_report(run: &Path, options: &ReportOptions) -> anyhow::Result<Repor
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
 
-    // Swap the new report in: the old one is removed only once the new one is in place.
-    let staged = temp.keep();
-    let old = parent.join(format!(
-        ".report-old-{}",
-        out.file_name()
-            .map_or("report".into(), |n| n.to_string_lossy().into_owned())
-    ));
-    let _ = std::fs::remove_dir_all(&old);
-    if out.exists() {
-        std::fs::rename(&out, &old).with_context(|| format!("moving {} aside", out.display()))?;
-    }
-    std::fs::rename(&staged, &out)
-        .with_context(|| format!("moving the report into {}", out.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
+    std::fs::write(temp.path().join(REPORT_MARKER), b"")
+        .with_context(|| format!("writing into {}", temp.path().display()))?;
+    swap_into_place(temp, &out, &parent)?;
     tracing::info!(
         "report: {} page(s), {} feature page(s), {} thumbnail(s) in {}{}",
         files.len(),

@@ -129,7 +129,7 @@ impl Heatmap {
         for (i, row) in self.cells.iter().enumerate() {
             for (j, cell) in row.iter().enumerate() {
                 let (x, y) = (left + cw * j as f64, top + ch * i as f64);
-                let (fill, class, ink) = match cell.value {
+                let (fill, class, ink) = match cell.value.filter(|v| v.is_finite()) {
                     Some(v) => {
                         let t = scale(v);
                         (viridis(t), "cell", if t < 0.6 { "#fff" } else { "#111" })
@@ -390,11 +390,13 @@ impl LineChart {
             .map(|s| text_width(&s.name, 11.0))
             .fold(0.0, f64::max)
             + 30.0;
+        // Room for one legend line per series.
+        let h = f64::max(170.0, 16.0 * self.series.len() as f64);
         let axes = Axes {
             left: 62.0,
             top: 28.0,
             w: 300.0,
-            h: 170.0,
+            h,
             x: extent(
                 self.series
                     .iter()
@@ -414,6 +416,15 @@ impl LineChart {
         );
         let mut s = open_svg("lines", width, height, &self.title);
         s.push_str(&axes.frame(&self.title, &self.x_label, &self.y_label, false));
+        // Ten distinct colours; more series (layers of a deep model) follow a colour scale.
+        let n = self.series.len();
+        let colour = |i: usize| {
+            if n <= 10 {
+                category(i).to_string()
+            } else {
+                viridis(i as f64 / (n - 1) as f64 * 0.9)
+            }
+        };
         for (i, series) in self.series.iter().enumerate() {
             let points: Vec<String> = series
                 .points
@@ -424,7 +435,7 @@ impl LineChart {
             let _ = write!(
                 s,
                 r##"<polyline class="series" fill="none" stroke="{}" stroke-width="1.8" points="{}"><title>{}</title></polyline>"##,
-                category(i),
+                colour(i),
                 points.join(" "),
                 escape(&series.name)
             );
@@ -434,7 +445,7 @@ impl LineChart {
                 s,
                 r##"<line x1="{lx:.1}" x2="{:.1}" y1="{ly:.1}" y2="{ly:.1}" stroke="{}" stroke-width="3"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"##,
                 lx + 16.0,
-                category(i),
+                colour(i),
                 lx + 21.0,
                 ly + 4.0,
                 escape(&series.name)

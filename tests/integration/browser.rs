@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -48,7 +48,7 @@ pub struct Browser {
     session: String,
     /// Events received while waiting for a reply.
     events: Vec<Value>,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,18 +71,20 @@ impl Browser {
                 "--no-default-browser-check",
                 "--disable-extensions",
                 "--hide-scrollbars",
+                // Containers often give /dev/shm 64 MB; parallel browsers would crash in it.
+                "--disable-dev-shm-usage",
                 "--window-size=1400,1000",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(profile.path().join("chromium.log")).unwrap());
         // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. The pipe's
         // ends may themselves be fds 3 or 4: moved above 10 first, neither overwrites the other.
         unsafe {
             command.pre_exec(move || {
-                let read = libc::fcntl(read_fd, libc::F_DUPFD, 10);
-                let write = libc::fcntl(write_fd, libc::F_DUPFD, 10);
+                let read = libc::fcntl(read_fd, libc::F_DUPFD_CLOEXEC, 10);
+                let write = libc::fcntl(write_fd, libc::F_DUPFD_CLOEXEC, 10);
                 if read < 0 || write < 0 || libc::dup2(read, 3) < 0 || libc::dup2(write, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -120,7 +122,7 @@ impl Browser {
             next_id: 0,
             session: String::new(),
             events: Vec::new(),
-            _profile: profile,
+            profile,
         };
         let target = browser.call("Target.createTarget", json!({ "url": "about:blank" }));
         let target = target["targetId"].as_str().unwrap().to_string();
@@ -149,10 +151,7 @@ impl Browser {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let message = self
-                .messages
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("Chromium did not answer {method} in {TIMEOUT:?}"));
+            let message = self.receive(left, &format!("answer {method}"));
             if message["id"].as_u64() == Some(id) {
                 if let Some(error) = message.get("error") {
                     panic!("{method}: {error}");
@@ -166,7 +165,11 @@ impl Browser {
     /// Loads `url` and waits for its load event (images included); returns what went wrong.
     pub fn open(&mut self, url: &str) -> PageLoad {
         self.events.clear();
-        self.call("Page.navigate", json!({ "url": url }));
+        let navigated = self.call("Page.navigate", json!({ "url": url }));
+        // A missing file still fires a load event (of an error page): the reply says it failed.
+        let failed = navigated["errorText"]
+            .as_str()
+            .map(|e| format!("navigation to {url}: {e}"));
         let deadline = Instant::now() + TIMEOUT;
         while !self
             .events
@@ -174,18 +177,38 @@ impl Browser {
             .any(|e| e["method"] == "Page.loadEventFired")
         {
             let left = deadline.saturating_duration_since(Instant::now());
-            let message = self
-                .messages
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("{url} did not finish loading in {TIMEOUT:?}"));
+            let message = self.receive(left, &format!("finish loading {url}"));
             self.events.push(message);
         }
         // Late errors (a script run on load) arrive just after the event.
         while let Ok(message) = self.messages.recv_timeout(Duration::from_millis(300)) {
             self.events.push(message);
         }
-        let errors = self.events.iter().filter_map(error_of).collect();
+        let errors = failed
+            .into_iter()
+            .chain(self.events.iter().filter_map(error_of))
+            .collect();
         PageLoad { errors }
+    }
+
+    /// The next message, or a panic saying whether Chromium is silent or gone (with its log).
+    fn receive(&mut self, wait: Duration, doing: &str) -> Value {
+        match self.messages.recv_timeout(wait) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("Chromium did not {doing} in {TIMEOUT:?}")
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let log = std::fs::read_to_string(self.profile.path().join("chromium.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let status = self.child.try_wait().ok().flatten();
+                panic!(
+                    "Chromium exited ({status:?}) before it could {doing}; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            }
+        }
     }
 
     /// Evaluates a JavaScript expression in the page and returns its value.
@@ -314,6 +337,15 @@ fn the_browser_reports_exceptions_console_errors_and_failed_loads() {
     assert!(errors.contains("boom"), "{errors}");
     assert!(errors.contains("undefinedFunction"), "{errors}");
     assert!(errors.contains("missing.jpg"), "{errors}");
+    let load = browser.open(&format!(
+        "file://{}",
+        dir.path().join("absent.html").display()
+    ));
+    assert!(
+        load.errors.join("\n").contains("ERR_FILE_NOT_FOUND"),
+        "{:?}",
+        load.errors
+    );
     let shot = dir.path().join("bad.png");
     browser.screenshot(&shot);
     assert!(image::open(&shot).unwrap().width() > 0);

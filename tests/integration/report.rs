@@ -21,7 +21,9 @@ const ENCODERS: [&str; 4] = ["bert", "clip-text", "dinov2", "vit"];
 fn finished_run() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+            .keep();
         let dataset = common::emoji_subset(&dir, &[16, 17, 56, 57]);
         let study = pipeline::study(&dir, &dataset, "shown", &ENCODERS, 4);
         let stdout = pipeline::run(&study, &[]);
@@ -286,4 +288,44 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+#[test]
+fn the_report_never_replaces_a_folder_that_is_not_a_report() {
+    let run = finished_run();
+    let report = |out: &Path| {
+        common::saeshare(&[
+            "report",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    // The run folder itself, or a folder holding it.
+    for out in [run, run.parent().unwrap()] {
+        let output = report(out);
+        assert!(!output.status.success());
+        assert!(
+            common::stderr(&output).contains("would replace the run folder"),
+            "{}",
+            common::stderr(&output)
+        );
+    }
+    assert!(run.join("wmppc.parquet").is_file() && run.join("codes").is_dir());
+    // A folder of other files.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let output = report(dir.path());
+    assert!(!output.status.success());
+    assert!(common::stderr(&output).contains("is not a saeshare report"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+        "mine"
+    );
+    // An earlier report is replaced whole.
+    let out = dir.path().join("report");
+    assert!(report(&out).status.success());
+    std::fs::write(out.join("stale.html"), "old").unwrap();
+    assert!(report(&out).status.success());
+    assert!(out.join("index.html").is_file() && !out.join("stale.html").exists());
 }

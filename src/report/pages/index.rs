@@ -79,7 +79,7 @@ fn matrix_section(site: &Site) -> String {
                             lines.push(format!("ceiling {x:.3}"));
                         }
                         HeatCell {
-                            value: c.wmppc,
+                            value: c.wmppc.filter(|v| v.is_finite()),
                             tooltip: format!(
                                 "{} {} → {} {}: wMPPC {}, floor {}, ceiling {}, {} samples",
                                 m.encoders[i],
@@ -99,11 +99,24 @@ fn matrix_section(site: &Site) -> String {
                         tooltip: m.encoders[i].clone(),
                         ..HeatCell::default()
                     },
-                    None => HeatCell {
-                        lines: vec!["pending".into()],
-                        tooltip: format!("{} → {}: not compared yet", m.encoders[i], m.encoders[j]),
-                        ..HeatCell::default()
-                    },
+                    None => {
+                        let (source, target) = (&m.encoders[i], &m.encoders[j]);
+                        let planned = site.inputs.record.as_ref().is_none_or(|r| {
+                            r.pairs
+                                .iter()
+                                .any(|p| p.source == *source && p.target == *target)
+                        });
+                        let (line, tooltip) = if planned {
+                            ("pending", "not compared yet")
+                        } else {
+                            ("–", "not in the study's comparisons")
+                        };
+                        HeatCell {
+                            lines: vec![line.into()],
+                            tooltip: format!("{source} → {target}: {tooltip}"),
+                            ..HeatCell::default()
+                        }
+                    }
                 })
                 .collect()
         })
@@ -208,7 +221,7 @@ fn layers_section(site: &Site) -> String {
                         let r = layer_rows
                             .iter()
                             .find(|r| r.source_layer == *sl && r.target_layer == *tl);
-                        let value = r.and_then(|r| r.wmppc);
+                        let value = r.and_then(|r| r.wmppc).filter(|v| v.is_finite());
                         HeatCell {
                             value,
                             lines: vec![value.map_or("–".into(), |v| format!("{v:.2}"))],
@@ -276,18 +289,32 @@ fn sharedness_section(site: &Site) -> String {
     }
     s.push_str(r#"<p class="note">Features of a model M shared with every model of G and with no model of H: Δ = S·(max(0, min over G of MPPC)² − max(0, max over H of MPPC)²).</p><ul>"#);
     for r in &site.inputs.rankings {
-        let positive = r.all.iter().filter(|x| x.delta > 0.0).count();
+        let groups = if r.query.shared_with.is_empty() {
+            "G and H unknown (no study record)".to_string()
+        } else {
+            format!(
+                "shared with {{{}}}, not with {{{}}}",
+                r.query.shared_with.join(", "),
+                r.query.not_shared_with.join(", ")
+            )
+        };
+        let positive = if r.all.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} of {} features with Δ &gt; 0",
+                r.all.iter().filter(|x| x.delta > 0.0).count(),
+                r.all.len()
+            )
+        };
         let _ = write!(
             s,
-            r#"<li><a href="sharedness/{}.html">{}</a>: features of <b>{}</b> shared with {{{}}}, not with {{{}}}; top Δ {}; {} of {} features with Δ &gt; 0</li>"#,
+            r#"<li><a href="sharedness/{}.html">{}</a>: features of <b>{}</b> {}; top Δ {}{positive}</li>"#,
             file_name(&r.query.name),
             escape(&r.query.name),
             escape(&r.query.model),
-            escape(&r.query.shared_with.join(", ")),
-            escape(&r.query.not_shared_with.join(", ")),
+            escape(&groups),
             number(r.rows.first().map(|x| x.delta), 3),
-            positive,
-            r.all.len()
         );
     }
     s.push_str("</ul>");

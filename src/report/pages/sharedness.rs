@@ -17,20 +17,38 @@ pub fn page(site: &Site, ranking: &Ranking) -> String {
     let q = &ranking.query;
     let mut body = format!("<h1>Sharedness: {}</h1>", escape(&q.name));
     body.push_str(&html::partial_notice(site.missing));
+    let groups = if q.shared_with.is_empty() {
+        "(G and H are not known here: this folder has no study record)".to_string()
+    } else {
+        format!(
+            "shared with every model of G = {{{}}} and with no model of H = {{{}}}",
+            escape(&q.shared_with.join(", ")),
+            escape(&q.not_shared_with.join(", "))
+        )
+    };
     let _ = write!(
         body,
-        r#"<p class="note">Features of <b>{}</b> (M) shared with every model of G = {{{}}} and with no model of H = {{{}}}. Δ = S·(max(0, min over G of MPPC)² − max(0, max over H of MPPC)²): large when the feature has a close match in every model of G and none in H, weighted by how much the feature fires (S, the sum of its activations).</p>"#,
+        r#"<p class="note">Features of <b>{}</b> (M) {groups}. Δ = S·(max(0, min over G of MPPC)² − max(0, max over H of MPPC)²): large when the feature has a close match in every model of G and none in H, weighted by how much the feature fires (S, the sum of its activations).</p>"#,
         escape(&q.model),
-        escape(&q.shared_with.join(", ")),
-        escape(&q.not_shared_with.join(", "))
     );
 
     if !ranking.all.is_empty() {
         let deltas: Vec<f64> = ranking.all.iter().map(|r| r.delta).collect();
         let positive = deltas.iter().filter(|d| **d > 0.0).count();
         let (edges, counts) = Histogram::of(&deltas, 40);
+        let mut layers: Vec<&str> = Vec::new();
+        for r in &ranking.all {
+            if !layers.contains(&r.source_layer.as_str()) {
+                layers.push(&r.source_layer);
+            }
+        }
         let histogram = Histogram {
-            title: format!("Δ over the {} features of {}", deltas.len(), q.model),
+            title: format!(
+                "Δ over the {} features of {} {}",
+                deltas.len(),
+                q.model,
+                layers.join(", ")
+            ),
             x_label: "Δ".into(),
             y_label: "features".into(),
             edges,
@@ -70,6 +88,17 @@ pub fn page(site: &Site, ranking: &Ranking) -> String {
         );
     }
 
+    let paged = ranking
+        .rows
+        .iter()
+        .filter(|r| {
+            site.pages.contains(&FeatureKey {
+                encoder: q.model.clone(),
+                layer: r.source_layer.clone(),
+                feature: r.feature,
+            })
+        })
+        .count();
     let models: Vec<&String> = q.shared_with.iter().chain(&q.not_shared_with).collect();
     let correlations = correlation_index(&site.inputs.mppc, &q.model);
     let mut headers = vec![
@@ -121,9 +150,9 @@ pub fn page(site: &Site, ranking: &Ranking) -> String {
         .collect();
     let _ = write!(
         body,
-        r#"<h2>Top features</h2><p class="note">The {} highest Δ; the first {} have a page with their examples. Each MPPC is the feature's best Pearson correlation with a feature of that model (its layer in brackets).</p>"#,
+        r#"<h2>Top features</h2><p class="note">The {} highest Δ; {} of them (linked) have a page with their examples. Each MPPC is the feature's best Pearson correlation with a feature of that model (its layer in brackets).</p>"#,
         ranking.rows.len(),
-        site.options.features_per_query.min(ranking.rows.len())
+        paged
     );
     body.push_str(&html::sortable_table("ranking", &headers, &rows));
     html::page(&site.inputs.name, &q.name, ROOT, &body)
