@@ -379,3 +379,40 @@ fn best_matches(
         .map(|(k, per_target)| (k, per_target.into_values().map(|(_, m)| m).collect()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_names_stay_in_their_folder_and_never_collide() {
+        assert_eq!(file_name("features.18"), "features.18");
+        for name in ["", ".", "..", "a/b", "a b"] {
+            let safe = file_name(name);
+            assert!(
+                !safe.is_empty() && safe != "." && safe != "..",
+                "{name:?} -> {safe:?}"
+            );
+            assert!(!safe.contains('/'), "{safe}");
+        }
+        assert_ne!(file_name("a b"), file_name("a_b"));
+        assert_ne!(file_name("a b"), file_name("a/b"));
+    }
+
+    #[test]
+    fn only_an_earlier_report_or_an_empty_folder_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(run.join("codes")).unwrap();
+        assert!(check_destination(&run, &run).is_err());
+        assert!(check_destination(&run, dir.path()).is_err());
+        assert!(check_destination(&run, &run.join("report")).is_ok());
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        assert!(check_destination(&run, &other).is_ok(), "empty");
+        std::fs::write(other.join("x"), "").unwrap();
+        assert!(check_destination(&run, &other).is_err(), "not a report");
+        std::fs::write(other.join(REPORT_MARKER), "").unwrap();
+        assert!(check_destination(&run, &other).is_ok(), "a report");
+    }
+}

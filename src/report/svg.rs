@@ -246,7 +246,7 @@ fn format_tick(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "0".into()
-    } else if !(0.001..10000.0).contains(&a) {
+    } else if !(0.001..1e7).contains(&a) {
         format!("{v:.1e}")
     } else if a >= 100.0 {
         format!("{v:.0}")
