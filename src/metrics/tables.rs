@@ -196,6 +196,15 @@ fn write(path: &Path, schema: Schema, columns: Vec<ArrayRef>) -> Result<(), Metr
 /// Reads an `mppc` table: a file, or a `compare` output folder holding [`MPPC_FILE`]. Columns
 /// are found by name, so tables rewritten by pandas or polars read too.
 pub fn read_mppc(path: &Path) -> Result<Vec<MppcRow>, MetricsError> {
+    read_mppc_of(path, |_| true)
+}
+
+/// Reads the rows of an `mppc` table whose source model passes `keep` (a study's table holds
+/// every pair's rows; a reader interested in a few models need not hold the rest).
+pub fn read_mppc_of(
+    path: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<MppcRow>, MetricsError> {
     let file_path = if path.is_dir() {
         path.join(MPPC_FILE)
     } else {
@@ -243,6 +252,9 @@ pub fn read_mppc(path: &Path) -> Result<Vec<MppcRow>, MetricsError> {
         };
         let best_layer = best_layer.as_ref().map(|c| c.as_string::<i32>());
         for r in 0..batch.num_rows() {
+            if !keep(source.value(r)) {
+                continue;
+            }
             rows.push(MppcRow {
                 source: source.value(r).to_string(),
                 source_layer: source_layer.value(r).to_string(),

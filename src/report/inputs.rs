@@ -81,12 +81,17 @@ impl RunInputs {
             Err(_) => Vec::new(),
         };
 
+        // Only the ranked models' mppc rows are drawn (rankings, feature matches): a study's
+        // table holds every pair's, which need not all be in memory.
+        let queries = queries_of(dir, record.as_ref())?;
+        let ranked: HashSet<String> = queries.iter().map(|q| q.model.clone()).collect();
+        let keep = |source: &str| ranked.contains(source);
         let study_wmppc = dir.join(tables::WMPPC_FILE);
         let (wmppc, mppc) = if study_wmppc.is_file() {
             let wmppc = tables::read_wmppc(&study_wmppc)?;
             let mppc_path = dir.join(tables::MPPC_FILE);
             let mppc = if mppc_path.is_file() {
-                tables::read_mppc(&mppc_path)?
+                tables::read_mppc_of(&mppc_path, keep)?
             } else {
                 missing.push(format!(
                     "{} is missing: sharedness and feature matches need it; {run_command} (or `saeshare compare`) writes it",
@@ -103,7 +108,7 @@ impl RunInputs {
                 "{} is missing: the run stopped before its outputs stage; the values below come from the pairs finished so far. {run_command} finishes it",
                 study_wmppc.display()
             ));
-            read_pair_tables(&pair_dirs)?
+            read_pair_tables(&pair_dirs, keep)?
         } else if record.is_some() || dir.join("saes").is_dir() {
             missing.push(format!(
                 "{} is missing: no pair has been compared yet; {run_command} compares them",
@@ -133,7 +138,7 @@ impl RunInputs {
             }
         }
 
-        let rankings = read_rankings(dir, record.as_ref(), &mppc, &run_command, &mut missing)?;
+        let rankings = read_rankings(dir, queries, &mppc, &run_command, &mut missing)?;
         let saes = read_saes(dir, &mut missing, &run_command)?;
         let matrix_encoders = match &record {
             Some(r) => r
@@ -167,7 +172,10 @@ impl RunInputs {
 }
 
 /// The tables of every finished pair, each row once (as the outputs stage dedupes them).
-fn read_pair_tables(pair_dirs: &[PathBuf]) -> anyhow::Result<(Vec<WmppcRow>, Vec<MppcRow>)> {
+fn read_pair_tables(
+    pair_dirs: &[PathBuf],
+    keep: impl Fn(&str) -> bool + Copy,
+) -> anyhow::Result<(Vec<WmppcRow>, Vec<MppcRow>)> {
     let (mut wmppc, mut mppc) = (Vec::new(), Vec::new());
     let (mut seen_w, mut seen_m) = (HashSet::new(), HashSet::new());
     for dir in pair_dirs {
@@ -187,7 +195,7 @@ fn read_pair_tables(pair_dirs: &[PathBuf]) -> anyhow::Result<(Vec<WmppcRow>, Vec
                 wmppc.push(row);
             }
         }
-        for row in tables::read_mppc(&m)? {
+        for row in tables::read_mppc_of(&m, keep)? {
             let key = (
                 row.source.clone(),
                 row.source_layer.clone(),
@@ -203,37 +211,39 @@ fn read_pair_tables(pair_dirs: &[PathBuf]) -> anyhow::Result<(Vec<WmppcRow>, Vec
     Ok((wmppc, mppc))
 }
 
+/// The study's sharedness queries; without a study record, the rankings' files (their G and H
+/// unknown).
+fn queries_of(dir: &Path, record: Option<&StudyRecord>) -> anyhow::Result<Vec<QueryRecord>> {
+    if let Some(r) = record {
+        return Ok(r.sharedness.clone());
+    }
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("sharedness")) {
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.extension().is_some_and(|e| e == "parquet") {
+                let (model, _) = tables::read_sharedness(&path)?;
+                let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+                found.push(QueryRecord {
+                    name,
+                    model,
+                    shared_with: Vec::new(),
+                    not_shared_with: Vec::new(),
+                    top: 0,
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
 fn read_rankings(
     dir: &Path,
-    record: Option<&StudyRecord>,
+    queries: Vec<QueryRecord>,
     mppc: &[MppcRow],
     run_command: &str,
     missing: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Ranking>> {
-    let queries: Vec<QueryRecord> = match record {
-        Some(r) => r.sharedness.clone(),
-        // Without a study record the rankings' files are all there is; their G and H are unknown.
-        None => {
-            let mut found = Vec::new();
-            if let Ok(entries) = std::fs::read_dir(dir.join("sharedness")) {
-                for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-                    if path.extension().is_some_and(|e| e == "parquet") {
-                        let (model, _) = tables::read_sharedness(&path)?;
-                        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-                        found.push(QueryRecord {
-                            name,
-                            model,
-                            shared_with: Vec::new(),
-                            not_shared_with: Vec::new(),
-                            top: 0,
-                        });
-                    }
-                }
-            }
-            found.sort_by(|a, b| a.name.cmp(&b.name));
-            found
-        }
-    };
     let mut rankings = Vec::new();
     for query in queries {
         let path = dir
