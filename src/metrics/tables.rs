@@ -2,6 +2,7 @@
 //! written atomically (temporary file, then rename; a newer result replaces an older one).
 //! Columns follow DESIGN; columns it does not list come last (FORMATS.md says what they hold).
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::{FeatureRow, MetricsError, MppcRow, SharednessRow, WmppcRow};
+use super::{Aggregation, FeatureRow, MetricsError, MppcRow, SharednessRow, WmppcRow};
 
 /// File name of the `mppc` table inside a `compare` output folder.
 pub const MPPC_FILE: &str = "mppc.parquet";
@@ -31,6 +32,46 @@ fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
 
 fn field(name: &str, data_type: DataType, nullable: bool) -> Field {
     Field::new(name, data_type, nullable)
+}
+
+/// The rows of several pairs' tables, each once: a last-layers pair and an all-layers pair of
+/// the same two encoders share their last-layer rows (the same sums).
+#[derive(Default)]
+pub struct MergedTables {
+    pub wmppc: Vec<WmppcRow>,
+    pub mppc: Vec<MppcRow>,
+    seen_wmppc: HashSet<(String, String, String, String, Aggregation)>,
+    seen_mppc: HashSet<(String, String, u32, String, String)>,
+}
+
+impl MergedTables {
+    /// Adds a `wmppc` row unless an equal key is in.
+    pub fn add_wmppc(&mut self, row: WmppcRow) {
+        let key = (
+            row.source.clone(),
+            row.target.clone(),
+            row.source_layer.clone(),
+            row.target_layer.clone(),
+            row.aggregation,
+        );
+        if self.seen_wmppc.insert(key) {
+            self.wmppc.push(row);
+        }
+    }
+
+    /// Adds an `mppc` row unless an equal key is in.
+    pub fn add_mppc(&mut self, row: MppcRow) {
+        let key = (
+            row.source.clone(),
+            row.source_layer.clone(),
+            row.feature,
+            row.target.clone(),
+            row.target_layer.clone(),
+        );
+        if self.seen_mppc.insert(key) {
+            self.mppc.push(row);
+        }
+    }
 }
 
 /// Writes the `features` table.
@@ -278,16 +319,7 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
     let mut rows = Vec::new();
     for batch in read_batches(path)? {
         let column = |name: &str, data_type: DataType| {
-            let c = batch
-                .column_by_name(name)
-                .ok_or_else(|| MetricsError::WrongSchema {
-                    file: path.to_path_buf(),
-                    problem: format!("column `{name}` is missing; is this a wmppc table?"),
-                })?;
-            cast(c, &data_type).map_err(|e| MetricsError::WrongSchema {
-                file: path.to_path_buf(),
-                problem: format!("column `{name}`: {e}"),
-            })
+            typed_column(&batch, path, name, data_type, "a wmppc table")
         };
         let text: Vec<ArrayRef> = [
             "source",
@@ -340,6 +372,27 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
     Ok(rows)
 }
 
+/// The column `name` of a batch of `path`, cast to `data_type` (tables rewritten by other tools
+/// may use other integer or float widths); `what` names the table in the error.
+fn typed_column(
+    batch: &RecordBatch,
+    path: &Path,
+    name: &str,
+    data_type: DataType,
+    what: &str,
+) -> Result<ArrayRef, MetricsError> {
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| MetricsError::WrongSchema {
+            file: path.to_path_buf(),
+            problem: format!("column `{name}` is missing; is this {what}?"),
+        })?;
+    cast(c, &data_type).map_err(|e| MetricsError::WrongSchema {
+        file: path.to_path_buf(),
+        problem: format!("column `{name}`: {e}"),
+    })
+}
+
 fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, MetricsError> {
     let file = File::open(path).map_err(MetricsError::io(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -357,16 +410,7 @@ pub fn read_sharedness(path: &Path) -> Result<(String, Vec<SharednessRow>), Metr
     let mut rows = Vec::new();
     for batch in read_batches(path)? {
         let column = |name: &str, data_type: DataType| {
-            let c = batch
-                .column_by_name(name)
-                .ok_or_else(|| MetricsError::WrongSchema {
-                    file: path.to_path_buf(),
-                    problem: format!("column `{name}` is missing; is this a sharedness ranking?"),
-                })?;
-            cast(c, &data_type).map_err(|e| MetricsError::WrongSchema {
-                file: path.to_path_buf(),
-                problem: format!("column `{name}`: {e}"),
-            })
+            typed_column(&batch, path, name, data_type, "a sharedness ranking")
         };
         let feature = column("feature", DataType::UInt32)?;
         let feature = feature.as_primitive::<UInt32Type>();

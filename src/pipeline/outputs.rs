@@ -3,14 +3,11 @@
 //! tables (with its `features`: moments over the samples that pair aligned) stay in
 //! `pairs/<source>__<target>/`.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use std::collections::BTreeMap;
 
-use crate::metrics::{
-    ceiling_for, tables, FeatureMatch, MetricViews, MppcRow, SharednessQuery, WmppcRow,
-};
+use crate::metrics::{ceiling_for, tables, FeatureMatch, MetricViews, SharednessQuery, WmppcRow};
 
 use super::plan::Plan;
 
@@ -23,12 +20,7 @@ pub struct Outputs {
 /// Writes the study-wide tables and the sharedness rankings.
 pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     let mut files = Vec::new();
-    // A last-layers pair and an all-layers pair of the same encoders share their last-layer
-    // rows (the same sums): each row once.
-    let mut wmppc: Vec<WmppcRow> = Vec::new();
-    let mut mppc: Vec<MppcRow> = Vec::new();
-    let mut seen_wmppc = HashSet::new();
-    let mut seen_mppc = HashSet::new();
+    let mut merged = tables::MergedTables::default();
     let ceilings = ceiling_matches(plan)?;
     for p in (0..plan.pairs.len()).filter(|&p| plan.pairs[p].ceiling_of.is_none()) {
         let dir = plan.pair_dir(p);
@@ -51,30 +43,13 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
                 row.baseline_ceiling =
                     matches.and_then(|m| ceiling_for(&m, row.aggregation, position));
             }
-            let key = (
-                row.source.clone(),
-                row.target.clone(),
-                row.source_layer.clone(),
-                row.target_layer.clone(),
-                row.aggregation,
-            );
-            if seen_wmppc.insert(key) {
-                wmppc.push(row);
-            }
+            merged.add_wmppc(row);
         }
         for row in tables::read_mppc(&dir.join(tables::MPPC_FILE))? {
-            let key = (
-                row.source.clone(),
-                row.source_layer.clone(),
-                row.feature,
-                row.target.clone(),
-                row.target_layer.clone(),
-            );
-            if seen_mppc.insert(key) {
-                mppc.push(row);
-            }
+            merged.add_mppc(row);
         }
     }
+    let tables::MergedTables { wmppc, mppc, .. } = merged;
     let mut views = MetricViews::new();
     views.add_mppc(&mppc)?;
     if !wmppc.is_empty() {

@@ -171,44 +171,25 @@ impl RunInputs {
     }
 }
 
-/// The tables of every finished pair, each row once (as the outputs stage dedupes them).
+/// The tables of every finished pair, each row once.
 fn read_pair_tables(
     pair_dirs: &[PathBuf],
     keep: impl Fn(&str) -> bool + Copy,
 ) -> anyhow::Result<(Vec<WmppcRow>, Vec<MppcRow>)> {
-    let (mut wmppc, mut mppc) = (Vec::new(), Vec::new());
-    let (mut seen_w, mut seen_m) = (HashSet::new(), HashSet::new());
+    let mut merged = tables::MergedTables::default();
     for dir in pair_dirs {
         let (w, m) = (dir.join(tables::WMPPC_FILE), dir.join(tables::MPPC_FILE));
         if !(w.is_file() && m.is_file()) {
             continue;
         }
         for row in tables::read_wmppc(&w)? {
-            let key = (
-                row.source.clone(),
-                row.target.clone(),
-                row.source_layer.clone(),
-                row.target_layer.clone(),
-                row.aggregation,
-            );
-            if seen_w.insert(key) {
-                wmppc.push(row);
-            }
+            merged.add_wmppc(row);
         }
         for row in tables::read_mppc_of(&m, keep)? {
-            let key = (
-                row.source.clone(),
-                row.source_layer.clone(),
-                row.feature,
-                row.target.clone(),
-                row.target_layer.clone(),
-            );
-            if seen_m.insert(key) {
-                mppc.push(row);
-            }
+            merged.add_mppc(row);
         }
     }
-    Ok((wmppc, mppc))
+    Ok((merged.wmppc, merged.mppc))
 }
 
 /// The study's sharedness queries; without a study record, the rankings' files (their G and H
