@@ -51,7 +51,7 @@ def tokenizer_source():
 
 
 def pooled(hidden, pooling, mask=None, prefix=0):
-    """The pooling definitions of DESIGN section 1, written here independently of Rust."""
+    """The pooling definitions of docs/DESIGN.md, section 1, written here independently of Rust."""
     if pooling == "cls":
         return hidden[:, 0]
     if pooling == "last":

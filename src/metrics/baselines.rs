@@ -1,4 +1,4 @@
-//! Null baselines for wMPPC, which every reader of a number needs (DESIGN section 1).
+//! Null baselines for wMPPC, which every reader of a number needs (docs/DESIGN.md, section 1).
 //!
 //! - Floor: the target's sample ids permuted (a fixed seed, several permutations): what wMPPC
 //!   is by chance, far from 0 at small N since it is a max over thousands of features.

@@ -1,11 +1,11 @@
-//! Metrics over SAE features (DESIGN section 1): MPPC per feature, wMPPC per layer pair and over
+//! Metrics over SAE features (docs/DESIGN.md, section 1): MPPC per feature, wMPPC per layer pair and over
 //! all layers, Comparative Sharedness, and the null baselines that make a number readable.
 //!
 //! - [`mppc()`]: exact MPPC of every source feature with its best match, from an accumulator.
 //! - [`wmppc()`] and [`mean_over_layers`]: the weighted averages.
 //! - [`compare()`]: code files in, `mppc` and `wmppc` rows out, with floor and ceiling.
 //! - [`sharedness()`]: the Comparative Sharedness ranking from `mppc` rows.
-//! - [`tables`]: the Parquet tables of DESIGN section 4.
+//! - [`tables`]: the Parquet tables of FORMATS.md, "Comparison tables".
 //! - [`MetricViews`]: wMPPC and sharedness maintained by differential dataflow as MPPC rows
 //!   and queries arrive.
 //! - [`bench_stats()`]: sparse exact MPPC against the reference's dense float32 way.

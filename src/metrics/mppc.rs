@@ -1,5 +1,5 @@
-//! Exact MPPC per feature from co-activation sums (DESIGN section 1, "Exact correlations from
-//! sparse codes").
+//! Exact MPPC per feature from co-activation sums (docs/DESIGN.md, section 2, "Exact
+//! correlations from sparse codes").
 //!
 //! For a pair that fired together the correlation comes from its cross sum. For a pair that
 //! never did, `Sxy_ij = 0` and `rho_ij = -(Sx_i / sx_i) * (Sy_j / sy_j)`: a product of one number
@@ -58,7 +58,7 @@ fn better(candidate: (f64, usize), best: (f64, Option<u32>)) -> bool {
 
 /// MPPC of every source feature of `acc` against its target features, with the best match.
 ///
-/// Dead and constant features have no correlation: `rho := 0` with every feature (DESIGN), so a
+/// Dead and constant features have no correlation: `rho := 0` with every feature (docs/DESIGN.md, section 1), so a
 /// dead or constant target feature is a candidate of value 0, and a dead or constant source
 /// feature gets MPPC 0, no best match and weight 0.
 pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
@@ -135,7 +135,7 @@ pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
 }
 
 /// MPPC from dense cross sums: every pair from its sums, one row at a time. A dead or constant
-/// target has `1 / sy = 0`, hence `rho = 0` as DESIGN says, with no special case; scanning `j`
+/// target has `1 / sy = 0`, hence `rho = 0` as docs/DESIGN.md says, with no special case; scanning `j`
 /// upwards and replacing only on a strictly larger value keeps the smallest index among ties.
 fn dense(a: &Side<'_>, b: &Side<'_>, n: f64, cross: &[f64]) -> Vec<FeatureMatch> {
     let d_b = b.m.d();

@@ -1,5 +1,5 @@
 //! Comparative Sharedness: which features of a model M every model of G has and no model of H
-//! has (DESIGN section 1).
+//! has (docs/DESIGN.md, section 1).
 //!
 //! `Delta_i = S_i * (max(0, min_{g in G} MPPC_i^{M->g})^2 - max(0, max_{h in H} MPPC_i^{M->h})^2)`,
 //! the min starting at +inf and the max at -inf. The reference started its min at 0, which made

@@ -1,6 +1,6 @@
-//! The Parquet tables of DESIGN section 4: `mppc`, `wmppc` and `sharedness`, zstd-compressed,
+//! The Parquet tables of FORMATS.md ("Comparison tables"): `mppc`, `wmppc` and `sharedness`, zstd-compressed,
 //! written atomically (temporary file, then rename; a newer result replaces an older one).
-//! Columns follow DESIGN; columns it does not list come last (FORMATS.md says what they hold).
+//! The core columns come first in a fixed order, the others after them (FORMATS.md says what each holds).
 
 use std::collections::HashSet;
 use std::fs::{self, File};

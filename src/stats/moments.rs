@@ -98,7 +98,7 @@ impl Moments {
     }
 
     /// `sqrt(N * Sxx_i - Sx_i^2)` (N times the standard deviation), or 0 for a feature that
-    /// never fires or is constant: such features have no correlation (DESIGN section 1).
+    /// never fires or is constant: such features have no correlation (docs/DESIGN.md, section 1).
     pub fn spread(&self, i: usize) -> f64 {
         let n = self.samples as f64;
         let second = n * self.sum_sq[i];
@@ -113,7 +113,7 @@ impl Moments {
         }
     }
 
-    /// The weight `S_i = sum_n f_i(n)`, or 0 for a dead or constant feature (DESIGN section 1).
+    /// The weight `S_i = sum_n f_i(n)`, or 0 for a dead or constant feature (docs/DESIGN.md, section 1).
     pub fn weight(&self, i: usize) -> f64 {
         if self.spread(i) == 0.0 {
             0.0

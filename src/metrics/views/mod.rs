@@ -1,4 +1,4 @@
-//! What derives from MPPC, maintained by differential dataflow (DESIGN section 2): the wMPPC
+//! What derives from MPPC, maintained by differential dataflow (docs/DESIGN.md, section 3): the wMPPC
 //! matrix and the sharedness results are collections updated by difference. Adding the MPPC
 //! rows of a new encoder changes only the wMPPC of the pairs that involve it and the sharedness
 //! of the queries that name it; adding a query computes only that query.
