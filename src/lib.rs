@@ -8,22 +8,26 @@
 //! Modules, each with one job:
 //! - [`dataset`]: the Parquet shard format, importers, and the streaming reader.
 //! - [`encoder`]: encoder packages run through tch: preprocessing, tokenization, pooling.
+//! - [`atomic`]: files written whole or not at all.
 //! - [`activations`]: files of pooled activations, per sample and layer.
 //! - [`sae`]: sparse autoencoders: variants, online training, checkpoints.
 //! - [`pipeline`]: the timely dataflows.
 //! - [`codes`]: the sparse code file format (what an SAE produces per sample), writer and reader.
 //! - [`stats`]: per-feature moments and exact co-activation sums between code streams.
 //! - [`metrics`]: MPPC, wMPPC, Comparative Sharedness and their null baselines.
+//! - [`names`]: the one rule for names that become paths in a run folder.
 //! - [`report`]: the static HTML report of a run folder: heatmaps, rankings, feature pages.
 //! - [`progress`]: progress bars and logging set-up shared by every command.
 //! - [`torch`]: the libtorch facts a user needs to trust a run (version, devices).
 
 pub mod activations;
+pub mod atomic;
 pub mod cli;
 pub mod codes;
 pub mod dataset;
 pub mod encoder;
 pub mod metrics;
+pub mod names;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

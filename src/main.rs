@@ -2,7 +2,19 @@
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory_for_reuse();
+    end_quietly_on_a_closed_pipe();
     saeshare::cli::main()
+}
+
+/// `saeshare dataset inspect ... | head`: when the reader of stdout goes away, end as Unix
+/// tools do (killed by SIGPIPE, no message) instead of panicking in `println!`. Rust ignores
+/// SIGPIPE by default; timely's sockets send with MSG_NOSIGNAL, so they still see an error.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default action of one signal, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// libtorch allocates and frees its activations (tens to hundreds of MB) at every batch. glibc

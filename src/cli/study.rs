@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::report::ReportOptions;
 
-use crate::pipeline::{Study, WorkerArgs};
+use crate::pipeline::{FolderState, Plan, Study, WorkerArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum StudyCommand {
@@ -17,53 +17,91 @@ pub enum StudyCommand {
 
 pub fn run(command: StudyCommand) -> anyhow::Result<()> {
     match command {
-        StudyCommand::Check { file } => {
-            let study = Study::read(&file)?;
-            println!(
-                "study {} ({}): dataset {}, output {}",
-                study.name,
-                file.display(),
-                study.dataset.path.display(),
-                study.output.display()
-            );
-            for (name, encoder) in &study.encoders {
-                let sae = study.sae_for(name).map_err(anyhow::Error::msg)?;
-                println!(
-                    "  encoder {name}: {} layers={} device={} sae={:?} k={} expansion={}",
-                    encoder.package.display(),
-                    encoder.layers,
-                    encoder.device,
-                    sae.kind,
-                    sae.k,
-                    sae.expansion
-                );
-            }
-            for c in &study.comparisons {
-                let names = |v: &[toml::Spanned<String>]| {
-                    v.iter()
-                        .map(|s| s.get_ref().as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                println!(
-                    "  compare {} -> {} ({} layers)",
-                    names(&c.sources),
-                    names(&c.targets),
-                    c.layers
-                );
-            }
-            for q in &study.sharedness {
-                println!(
-                    "  sharedness {}: features of {} shared with {} encoder(s), not with {}",
-                    q.name,
-                    q.model.get_ref(),
-                    q.shared_with.len(),
-                    q.not_shared_with.len()
-                );
-            }
-            Ok(())
+        StudyCommand::Check { file } => check(&file),
+    }
+}
+
+/// Everything `run` checks before it starts work, and what it would do first.
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let study = Study::read(file)?;
+    println!(
+        "study {} ({}): dataset {}, output {}",
+        study.name,
+        file.display(),
+        study.dataset.path.display(),
+        study.output.display()
+    );
+    for (name, encoder) in &study.encoders {
+        let sae = study.sae_for(name).map_err(anyhow::Error::msg)?;
+        println!(
+            "  encoder {name}: {} layers={} device={} sae={:?} k={} expansion={}",
+            encoder.package.display(),
+            encoder.layers,
+            encoder.device,
+            sae.kind,
+            sae.k,
+            sae.expansion
+        );
+    }
+    for c in &study.comparisons {
+        let names = |v: &[toml::Spanned<String>]| {
+            v.iter()
+                .map(|s| s.get_ref().as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        println!(
+            "  compare {} -> {} ({} layers)",
+            names(&c.sources),
+            names(&c.targets),
+            c.layers
+        );
+    }
+    for q in &study.sharedness {
+        println!(
+            "  sharedness {}: features of {} shared with {} encoder(s), not with {}",
+            q.name,
+            q.model.get_ref(),
+            q.shared_with.len(),
+            q.not_shared_with.len()
+        );
+    }
+    let checked = Plan::check(study, file)?;
+    match checked.folder {
+        FolderState::New => println!("output: a new run folder"),
+        FolderState::Run { adopted: false } => {
+            println!("output: a saeshare run folder; a run does what is missing")
+        }
+        FolderState::Run { adopted: true } => {
+            println!("output: a run folder of an earlier saeshare; a run marks it as one")
         }
     }
+    if !checked.to_make.is_empty() {
+        println!("before it starts, `saeshare run` makes what is missing:");
+        for (what, how) in &checked.to_make {
+            println!("  {what}: {how}");
+        }
+        println!(
+            "(an `export` key is a shell command, run as it is written, like a Makefile's; the \
+             rest of the checks are made once these exist)"
+        );
+    }
+    if !checked.to_provide.is_empty() {
+        println!("it cannot run until these exist:");
+        for what in &checked.to_provide {
+            println!("  {what}");
+        }
+    }
+    if let Some(plan) = checked.plan {
+        println!(
+            "plan: {} shard(s), {} rows; {} SAE set(s), {} pair(s); every check passed",
+            plan.dataset.shards().len(),
+            plan.dataset.rows(),
+            plan.encoders.len(),
+            plan.pairs.len()
+        );
+    }
+    Ok(())
 }
 
 /// `saeshare run STUDY.toml [-w N] [-n P -p I -h HOSTFILE]`.

@@ -52,6 +52,14 @@ pub enum DatasetError {
         #[source]
         source: arrow::error::ArrowError,
     },
+    #[error("{file}: cannot read the rows from row {row} of this shard on ({source}); the file is damaged: restore it, or leave it out of the dataset")]
+    Damaged {
+        file: PathBuf,
+        /// The shard's first row that could not be read (rows before it were).
+        row: u64,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
     #[error("{file}: column `{column}`: {problem}")]
     WrongSchema {
         file: PathBuf,

@@ -389,7 +389,13 @@ impl Iterator for ShardReader {
     fn next(&mut self) -> Option<Self::Item> {
         let batch = match self.inner.next()? {
             Ok(batch) => batch,
-            Err(e) => return Some(Err(DatasetError::arrow(&self.path)(e))),
+            Err(source) => {
+                return Some(Err(DatasetError::Damaged {
+                    file: self.path.clone(),
+                    row: self.next_row,
+                    source,
+                }))
+            }
         };
         let converted = self.convert(&batch);
         self.next_row += batch.num_rows() as u64;

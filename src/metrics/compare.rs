@@ -1,7 +1,7 @@
 //! `compare`: code files of a source and a target model in, `mppc` and `wmppc` rows out.
 //!
 //! One pass over all files, joined by sample id, fills one accumulator per (source layer,
-//! target layer); MPPC comes from each, then the aggregations of DESIGN section 1. The floor
+//! target layer); MPPC comes from each, then the aggregations of docs/DESIGN.md, section 1. The floor
 //! pairs each source sample with a permuted target sample (fixed seed, several permutations);
 //! the ceiling compares each source layer with a second SAE of the same encoder and layer.
 
@@ -285,12 +285,21 @@ fn assemble(
     let samples = accumulators[0][0].samples();
     let features = feature_rows(&accumulators, source, target);
     if report.dropped > 0 {
-        let (id, file) = report.first_dropped.clone().expect("counted");
+        // A pipeline's pair carries the first left-out sample of the shards summed this run
+        // only; earlier runs' are counted but not named.
+        let first = report
+            .first_dropped
+            .as_ref()
+            .map_or_else(String::new, |(id, file)| {
+                format!(
+                    " (the first: sample_id {id}, missing from {})",
+                    file.display()
+                )
+            });
         tracing::warn!(
             dropped = report.dropped,
-            "left out {} samples missing from some file (the first: sample_id {id}, missing from {})",
+            "left out {} samples missing from some file{first}",
             report.dropped,
-            file.display()
         );
     }
     let matches: Matches = accumulators

@@ -75,6 +75,7 @@ pub fn write(plan: &Plan, e: usize, shard: &ShardInfo, rows: &PooledRows) -> any
         &unit,
         &fingerprint,
         serde_json::json!({ "samples": rows.sample_ids.len(), "skipped": rows.skipped }),
+        &[path],
     )
 }
 

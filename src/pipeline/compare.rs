@@ -35,12 +35,14 @@ use crate::stats::MissingSamples;
 
 /// What the compare pass has to do, from the manifest: `codes[e][s]` encoder `e` needs codes
 /// for shard `s`; `pairs[p][s]` pair `p`'s state lacks shard `s`; `tables[p]` pair `p`'s tables
-/// are out of date.
+/// are out of date; `restart[p]` pair `p`'s saved sums cannot be built on (its SAEs are fitted
+/// anew, or a file of its state was lost or damaged), so every shard is summed anew.
 #[derive(Clone, Debug)]
 pub struct CompareWork {
     pub codes: Vec<Vec<bool>>,
     pub pairs: Vec<Vec<bool>>,
     pub tables: Vec<bool>,
+    pub restart: Vec<bool>,
 }
 
 impl CompareWork {
@@ -60,9 +62,20 @@ impl CompareWork {
             .collect();
         let mut pairs = Vec::new();
         let mut tables = Vec::new();
+        let mut restart = Vec::new();
         for p in 0..plan.pairs.len() {
-            let state = PairState::latest(&plan.pair_dir(p))
-                .filter(|s| s.fingerprint == plan.pairs[p].fingerprint);
+            let dir = plan.pair_dir(p);
+            let mut state =
+                PairState::latest(&dir).filter(|s| s.fingerprint == plan.pair_fingerprint(p));
+            let problem = state.as_ref().and_then(|s| s.problem(&dir));
+            if let Some(problem) = &problem {
+                tracing::warn!(
+                    "pair {}: its saved sums cannot be trusted ({problem}); every shard is summed anew",
+                    plan.pairs[p].key
+                );
+                state = None;
+            }
+            restart.push(problem.is_some());
             let covered = |s: &ShardInfo| {
                 state
                     .as_ref()
@@ -83,6 +96,20 @@ impl CompareWork {
             codes,
             pairs,
             tables,
+            restart,
+        }
+    }
+
+    /// Marks what an SAE set fitted anew for encoder `e` invalidates: its codes, and the sums and
+    /// tables of every pair it is in.
+    pub fn refit(&mut self, plan: &Plan, e: usize) {
+        self.codes[e].iter_mut().for_each(|b| *b = true);
+        for (p, pair) in plan.pairs.iter().enumerate() {
+            if pair.source == e || pair.target == e {
+                self.pairs[p].iter_mut().for_each(|b| *b = true);
+                self.tables[p] = true;
+                self.restart[p] = true;
+            }
         }
     }
 
@@ -110,6 +137,8 @@ pub struct PairPartial {
     pub accumulators: Vec<Vec<u8>>,
     pub samples: u64,
     pub dropped: u64,
+    /// The first sample left out of this shard's sums, and a codes file that lacked it.
+    pub first_dropped: Option<(u64, PathBuf)>,
 }
 
 /// The partial sums this worker received for the pairs it owns.
@@ -288,6 +317,7 @@ fn finish_shard(
             continue;
         }
         let mut samples = 0;
+        let mut files = Vec::new();
         for (l, layer) in encoder.layer_names().iter().enumerate() {
             let mut layer_codes = codes.remove(&(e, l)).unwrap_or_default();
             layer_codes.sort_by_key(|c| c.0);
@@ -304,12 +334,14 @@ fn finish_shard(
             }
             writer.finish()?;
             samples = layer_codes.len();
+            files.push(path);
         }
         let (unit, fingerprint) = plan.codes_unit(e, info);
         units.record(
             &unit,
             &fingerprint,
             serde_json::json!({ "samples": samples }),
+            &files,
         )?;
     }
     let mut partials = Vec::new();
@@ -334,6 +366,7 @@ fn finish_shard(
                 .collect(),
             samples: report.samples,
             dropped: report.dropped,
+            first_dropped: report.first_dropped,
         });
     }
     Ok(partials)

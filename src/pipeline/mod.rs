@@ -1,5 +1,5 @@
 //! The study as timely dataflows: the study file, its plan and manifest of finished units, the
-//! fit and compare passes, and the outputs (DESIGN section 2).
+//! fit and compare passes, and the outputs (docs/DESIGN.md, section 3).
 //!
 //! - [`Study`]: the study file, typed. [`Plan`]: the study resolved against the disk.
 //! - [`Units`]: the manifest of finished work that makes runs resumable and incremental.
@@ -17,20 +17,23 @@ mod pairs;
 mod plan;
 mod record;
 mod run;
+mod run_folder;
 mod scan;
 mod source;
 mod stage;
 mod study;
+mod study_checks;
 mod units;
 mod workers;
 
 pub use bench::{bench_memory, MemoryFigure};
 pub use pairs::PairState;
-pub use plan::{fingerprint, Plan, PlannedEncoder, PlannedPair};
+pub use plan::{fingerprint, Plan, PlannedEncoder, PlannedPair, StudyCheck};
 pub use record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
 };
 pub use run::{peak_memory_mib, run_study, RunSummary};
+pub use run_folder::{FolderState, Holder, RunFolder, LOCK_FILE, MARKER_FILE};
 pub use scan::{scan, ScanSummary};
 pub use source::{shard_source, SourceErrors};
 pub use study::{

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compare::{codes_meta, pair_files, CompareWork, OwnedPairs, PairPartial};
 use super::plan::{shard_key, Plan};
-use super::units::Units;
+use super::units::{MadeFile, Units};
 use crate::codes::{CodeBatch, CodesMeta, CodesReader};
 use crate::metrics::{compare_accumulated, tables, CompareOptions};
 use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples};
@@ -25,26 +25,52 @@ pub struct PairState {
     pub shards: Vec<(String, u64, u64)>,
     pub samples: u64,
     pub dropped: u64,
+    /// The accumulator files of this state, relative to its folder, as written (absent in
+    /// states of older versions).
+    #[serde(default)]
+    pub files: Vec<MadeFile>,
 }
 
 impl PairState {
     /// The newest saved state of the pair in `dir`.
     pub fn latest(dir: &Path) -> Option<PairState> {
-        let entries = std::fs::read_dir(dir).ok()?;
-        let newest = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_prefix("state-")?.parse::<u64>().ok()
-            })
-            .max()?;
-        let text = std::fs::read(dir.join(format!("state-{newest}")).join("state.json")).ok()?;
-        serde_json::from_slice(&text).ok()
+        let newest = newest_generation(dir)?;
+        let path = dir.join(format!("state-{newest}")).join("state.json");
+        let text = std::fs::read(&path).ok()?;
+        match serde_json::from_slice(&text) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                tracing::warn!(
+                    "{} cannot be read ({e}); the pair is summed anew",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Why this state's accumulators cannot be built on, if they cannot: a file lost,
+    /// truncated or changed since it was written.
+    pub fn problem(&self, pair_dir: &Path) -> Option<String> {
+        let dir = self.dir(pair_dir);
+        self.files.iter().find_map(|f| f.problem(&dir))
     }
 
     fn dir(&self, pair_dir: &Path) -> PathBuf {
         pair_dir.join(format!("state-{}", self.generation))
     }
+}
+
+/// The highest N of the `state-N/` folders in a pair's folder, readable or not.
+fn newest_generation(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("state-")?.parse::<u64>().ok()
+        })
+        .max()
 }
 
 /// Merges, saves and tabulates every pair this worker owns that has work.
@@ -62,26 +88,37 @@ pub fn finish(
         if partials.is_empty() && !work.tables[p] {
             continue;
         }
-        finish_pair(plan, p, partials)
+        finish_pair(plan, p, partials, work.restart[p])
             .with_context(|| format!("comparing pair {}", plan.pairs[p].key))?;
         done += 1;
     }
     Ok(done)
 }
 
-fn finish_pair(plan: &Plan, p: usize, mut partials: Vec<PairPartial>) -> anyhow::Result<()> {
+/// Merges `partials` into the pair's state (a new one when `restart`: its SAEs were fitted
+/// anew, or its saved state is damaged), saves it, and writes the pair's tables.
+fn finish_pair(
+    plan: &Plan,
+    p: usize,
+    mut partials: Vec<PairPartial>,
+    restart: bool,
+) -> anyhow::Result<()> {
     let pair = &plan.pairs[p];
     let dir = plan.pair_dir(p);
     let (l_a, l_b) = (pair.source_layers.len(), pair.target_layers.len());
     // The newest state, whatever it summed; it is built on only if it summed the same codes.
     let newest = PairState::latest(&dir);
-    let previous = newest.clone().filter(|s| s.fingerprint == pair.fingerprint);
+    let fingerprint = plan.pair_fingerprint(p);
+    let previous = newest
+        .clone()
+        .filter(|s| !restart && s.fingerprint == fingerprint);
     let mut state = previous.clone().unwrap_or(PairState {
-        fingerprint: pair.fingerprint.clone(),
+        fingerprint,
         generation: 0,
         shards: Vec::new(),
         samples: 0,
         dropped: 0,
+        files: Vec::new(),
     });
     let mut accumulators: Vec<Vec<CoactivationAccumulator>> = match &previous {
         Some(previous) => (0..l_a)
@@ -96,6 +133,20 @@ fn finish_pair(plan: &Plan, p: usize, mut partials: Vec<PairPartial>) -> anyhow:
         None => Vec::new(),
     };
     partials.sort_by_key(|partial| partial.shard);
+    // A shard is summed into a pair once, whatever led to it being offered again.
+    partials.retain(|partial| {
+        let key = shard_key(&plan.dataset.shards()[partial.shard as usize]);
+        let summed = state.shards.contains(&key);
+        if summed {
+            tracing::warn!(
+                "pair {}: shard {} is summed already; not adding it again",
+                pair.key,
+                key.0
+            );
+        }
+        !summed
+    });
+    let first_dropped = partials.iter().find_map(|p| p.first_dropped.clone());
     if let Some(previous) = &previous {
         if !partials.is_empty() {
             tracing::info!(
@@ -131,10 +182,12 @@ fn finish_pair(plan: &Plan, p: usize, mut partials: Vec<PairPartial>) -> anyhow:
         "no shard was summed; the dataset has no rows both encoders read"
     );
     if !partials.is_empty() {
-        state.generation = newest.as_ref().map_or(0, |s| s.generation + 1);
+        // Above every state folder there is, even one whose state.json cannot be read.
+        state.generation = newest_generation(&dir).map_or(0, |g| g + 1);
         save_state(&dir, &state, &accumulators)?;
         if let Some(newest) = &newest {
-            let _ = std::fs::remove_dir_all(newest.dir(&dir));
+            // Only the state folder this run replaced, which saeshare itself made.
+            remove_state(&dir, newest);
         }
     }
 
@@ -157,7 +210,7 @@ fn finish_pair(plan: &Plan, p: usize, mut partials: Vec<PairPartial>) -> anyhow:
     let report = AlignReport {
         samples: state.samples,
         dropped: state.dropped,
-        first_dropped: None,
+        first_dropped,
     };
     let comparison = compare_accumulated(
         accumulators,
@@ -180,6 +233,11 @@ fn finish_pair(plan: &Plan, p: usize, mut partials: Vec<PairPartial>) -> anyhow:
             "samples": state.samples,
             "dropped": state.dropped,
         }),
+        &[
+            dir.join(tables::MPPC_FILE),
+            dir.join(tables::WMPPC_FILE),
+            dir.join(tables::FEATURES_FILE),
+        ],
     )?;
     tracing::info!(
         "pair {}: {} shards, {} samples ({} dropped); tables in {}",
@@ -190,6 +248,29 @@ fn finish_pair(plan: &Plan, p: usize, mut partials: Vec<PairPartial>) -> anyhow:
         dir.display()
     );
     Ok(())
+}
+
+/// Deletes a replaced `state-N/` folder: its accumulator files, its `state.json`, then the
+/// folder if that left it empty. Nothing else in it is touched.
+fn remove_state(pair_dir: &Path, state: &PairState) {
+    let dir = state.dir(pair_dir);
+    let files = state
+        .files
+        .iter()
+        .map(|f| f.path.clone())
+        .chain(std::iter::once("state.json".to_string()));
+    for name in files {
+        let path = dir.join(&name);
+        if Path::new(&name).components().count() == 1 {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(
+                    "could not delete the replaced state file {}: {e}",
+                    path.display()
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
 }
 
 fn accumulator_file(state_dir: &Path, a: usize, b: usize) -> PathBuf {
@@ -207,14 +288,18 @@ fn save_state(
         .prefix(".state-")
         .tempdir_in(dir)
         .with_context(|| dir.display().to_string())?;
+    let mut state = state.clone();
+    state.files.clear();
     for (a, row) in accumulators.iter().enumerate() {
         for (b, acc) in row.iter().enumerate() {
-            acc.save(&accumulator_file(temp.path(), a, b))?;
+            let file = accumulator_file(temp.path(), a, b);
+            acc.save(&file)?;
+            state.files.push(MadeFile::of(temp.path(), &file)?);
         }
     }
     std::fs::write(
         temp.path().join("state.json"),
-        serde_json::to_vec_pretty(state)?,
+        serde_json::to_vec_pretty(&state)?,
     )?;
     let target = state.dir(dir);
     std::fs::rename(temp.keep(), &target).with_context(|| target.display().to_string())?;

@@ -3,15 +3,18 @@
 //! the same plan from the same files, so they agree on the work without talking.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::run_folder::{FolderState, RunFolder};
 use super::study::Study;
+use super::units::Units;
 use crate::dataset::{Dataset, ShardInfo};
 use crate::encoder::{Manifest, Modality, Pooling};
+use crate::names::{check_name, pair_key};
 use crate::sae::SaeConfig;
 use crate::torch::DeviceSpec;
 
@@ -58,7 +61,8 @@ pub struct PlannedPair {
     /// Positions in the encoders' chosen layers.
     pub source_layers: Vec<usize>,
     pub target_layers: Vec<usize>,
-    /// Changes when either SAE set, the layers or the baselines change (not with new shards).
+    /// Changes when either encoder's settings, the layers or the baselines change (not with
+    /// new shards); [`Plan::pair_fingerprint`] adds the SAEs actually fitted.
     pub fingerprint: String,
     /// For a ceiling pair (an encoder against its second SAEs): that encoder.
     pub ceiling_of: Option<usize>,
@@ -71,6 +75,12 @@ pub struct Plan {
     pub output: PathBuf,
     pub encoders: Vec<PlannedEncoder>,
     pub pairs: Vec<PlannedPair>,
+    /// What identifies each encoder's SAEs as fitted (a digest of its SAE record's files;
+    /// empty before the first fit), read from the manifest. Codes and pair sums are made by
+    /// particular SAEs, so their fingerprints include it: SAEs fitted anew for any reason
+    /// (changed settings, a lost record, a damaged file) invalidate them, even in a run
+    /// killed between the fit and the compare pass.
+    sae_ids: RwLock<Vec<String>>,
 }
 
 impl Plan {
@@ -78,8 +88,7 @@ impl Plan {
     /// encoder packages where they are missing and the study says how.
     pub fn resolve(study: Study, path: &Path) -> anyhow::Result<Plan> {
         let root = path.parent().unwrap_or(Path::new("."));
-        let output = resolve_path(root, &study.output);
-        let dataset_dir = resolve_path(root, &study.dataset.path);
+        let (output, dataset_dir) = Plan::folders(&study, path);
         if !dataset_dir.exists() {
             build_dataset(&study, &dataset_dir, path)?;
         }
@@ -92,35 +101,20 @@ impl Plan {
 
         let mut encoders = Vec::new();
         for (name, spec) in &study.encoders {
-            anyhow::ensure!(
-                !name.is_empty()
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
-                "{}: encoder name {name:?}: use letters, digits, '.', '_' and '-' (it names folders)",
-                path.display()
-            );
             let package = resolve_path(root, &spec.package);
             if !package.join("encoder.json").is_file() {
                 export_package(name, spec.export.as_deref(), &package, path)?;
             }
-            let manifest = Manifest::read(&package)?;
-            let layers = manifest
-                .select_layers(&spec.layers)
-                .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;
-            let pooling = spec.pooling.unwrap_or(manifest.default_pooling);
+            let EncoderChoice {
+                manifest,
+                layers,
+                pooling,
+                sae,
+            } = choose(&study, name, &package, path)?;
             let device: DeviceSpec = spec
                 .device
                 .parse()
                 .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;
-            let sae = study
-                .sae_for(name)
-                .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}.sae]: {e}", path.display()))?;
-            for &l in &layers {
-                sae.validate(manifest.layers[l].width).map_err(|e| {
-                    anyhow::anyhow!("{}: [encoders.{name}.sae]: {e}", path.display())
-                })?;
-            }
             let fingerprint = fingerprint(&(
                 package_digest(&package)?,
                 &layers,
@@ -165,12 +159,7 @@ impl Plan {
                     if s == t {
                         continue;
                     }
-                    let key = format!(
-                        "{}__{}{}",
-                        encoders[s].name,
-                        encoders[t].name,
-                        if all { "__all" } else { "" }
-                    );
+                    let key = pair_key(&encoders[s].name, &encoders[t].name, all);
                     if pairs.iter().any(|p| p.key == key) {
                         continue;
                     }
@@ -202,13 +191,42 @@ impl Plan {
         if let Some(seed) = study.baselines.ceiling_seed {
             add_ceiling_twins(&mut encoders, &mut pairs, seed, path)?;
         }
+        let sae_ids = RwLock::new(read_sae_ids(&output, &encoders));
         Ok(Plan {
             study,
             dataset,
             output,
             encoders,
             pairs,
+            sae_ids,
         })
+    }
+
+    /// Reads the SAE records again: after a fit, every worker calls this before the compare
+    /// pass.
+    pub fn refresh_sae_ids(&self) {
+        let ids = read_sae_ids(&self.output, &self.encoders);
+        *self.sae_ids.write().expect("not poisoned") = ids;
+    }
+
+    fn sae_id(&self, encoder: usize) -> String {
+        self.sae_ids.read().expect("not poisoned")[encoder].clone()
+    }
+
+    /// The fingerprint of a pair's sums: its settings and the SAEs of both sides.
+    pub fn pair_fingerprint(&self, pair: usize) -> String {
+        let p = &self.pairs[pair];
+        fingerprint(&(&p.fingerprint, self.sae_id(p.source), self.sae_id(p.target)))
+    }
+
+    /// The output and dataset folders of `study` (read from `path`), resolved as paths in it
+    /// are: `~/`, `$SAESHARE_CACHE/`, or relative to the study file's folder.
+    pub fn folders(study: &Study, path: &Path) -> (PathBuf, PathBuf) {
+        let root = path.parent().unwrap_or(Path::new("."));
+        (
+            resolve_path(root, &study.output),
+            resolve_path(root, &study.dataset.path),
+        )
     }
 
     /// The encoders the study names (not the ceiling's second SAEs).
@@ -249,7 +267,11 @@ impl Plan {
                 self.encoders[encoder].name,
                 shard_name(shard)
             ),
-            fingerprint(&(&self.encoders[encoder].fingerprint, shard_key(shard))),
+            fingerprint(&(
+                &self.encoders[encoder].fingerprint,
+                shard_key(shard),
+                self.sae_id(encoder),
+            )),
         )
     }
 
@@ -261,12 +283,129 @@ impl Plan {
         )
     }
 
-    /// The unit name and fingerprint of a pair's accumulators over the given shards.
+    /// The unit name and fingerprint of a pair's tables.
     pub fn pair_unit(&self, pair: usize) -> (String, String) {
         (
             format!("pairs/{}", self.pairs[pair].key),
-            self.pairs[pair].fingerprint.clone(),
+            self.pair_fingerprint(pair),
         )
+    }
+}
+
+/// What a study chooses of an encoder package: its layers, pooling and SAE settings.
+struct EncoderChoice {
+    manifest: Manifest,
+    layers: Vec<usize>,
+    pooling: Pooling,
+    sae: SaeConfig,
+}
+
+/// Reads encoder `name`'s package and checks the study's choices against it: the layers exist
+/// and their names can name folders, the SAE fits each layer's width.
+fn choose(study: &Study, name: &str, package: &Path, path: &Path) -> anyhow::Result<EncoderChoice> {
+    let spec = &study.encoders[name];
+    let manifest = Manifest::read(package)?;
+    let layers = manifest
+        .select_layers(&spec.layers)
+        .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;
+    let pooling = spec.pooling.unwrap_or(manifest.default_pooling);
+    let sae = study
+        .sae_for(name)
+        .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}.sae]: {e}", path.display()))?;
+    for &l in &layers {
+        let layer = &manifest.layers[l];
+        check_name(&layer.name).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: layer {e}; the package cannot be used until its layers are renamed",
+                package.join("encoder.json").display()
+            )
+        })?;
+        sae.validate(layer.width).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: [encoders.{name}] layer {}: {e}",
+                path.display(),
+                layer.name
+            )
+        })?;
+    }
+    Ok(EncoderChoice {
+        manifest,
+        layers,
+        pooling,
+        sae,
+    })
+}
+
+/// What `saeshare study check` finds: whose folder the output is, what `run` would build or
+/// export first, and the plan when nothing is missing.
+pub struct StudyCheck {
+    pub folder: FolderState,
+    /// (what, how): the dataset and packages `run` makes before anything else.
+    pub to_make: Vec<(String, String)>,
+    /// What the user must supply before the study can run (a dataset, a package without an
+    /// `export` command).
+    pub to_provide: Vec<String>,
+    pub plan: Option<Plan>,
+}
+
+impl Plan {
+    /// Every check `run` makes before it starts work, without building a dataset or running
+    /// an `export` command: the output folder, the dataset's shards, the packages there are,
+    /// and, when nothing is missing, the whole plan.
+    pub fn check(study: Study, path: &Path) -> anyhow::Result<StudyCheck> {
+        let root = path.parent().unwrap_or(Path::new("."));
+        let (output, dataset) = Plan::folders(&study, path);
+        let folder = RunFolder::inspect(&output, &dataset)?;
+        let mut to_make = Vec::new();
+        let mut to_provide = Vec::new();
+        if dataset.exists() {
+            let mut opened = Dataset::open(&dataset)?;
+            if let Some(shards) = &study.dataset.shards {
+                opened = opened.select(shards)?;
+            }
+            opened.check_unique_ids()?;
+        } else if let Some(builtin) = &study.dataset.builtin {
+            to_make.push((
+                format!("dataset {}", dataset.display()),
+                format!("saeshare builds the embedded {builtin:?} dataset"),
+            ));
+        } else {
+            to_provide.push(format!(
+                "the dataset {}: import one with `saeshare dataset import-coco`, `import-folder` \
+                 or `import-hf`",
+                dataset.display()
+            ));
+        }
+        for (name, spec) in &study.encoders {
+            let package = resolve_path(root, &spec.package);
+            if package.join("encoder.json").is_file() {
+                choose(&study, name, &package, path)?;
+                continue;
+            }
+            let Some(command) = &spec.export else {
+                to_provide.push(format!(
+                    "the package of {name} in {}: make it with `python -m saeshare_export`, or \
+                     give the encoder an `export` command",
+                    package.display()
+                ));
+                continue;
+            };
+            to_make.push((
+                format!("package of {name} in {}", package.display()),
+                format!("runs the shell command `{command}`"),
+            ));
+        }
+        let plan = if to_make.is_empty() && to_provide.is_empty() {
+            Some(Plan::resolve(study, path)?)
+        } else {
+            None
+        };
+        Ok(StudyCheck {
+            folder,
+            to_make,
+            to_provide,
+            plan,
+        })
     }
 }
 
@@ -299,7 +438,7 @@ fn add_ceiling_twins(
         twin.fingerprint = fingerprint(&(&encoders[s].fingerprint, "ceiling", seed));
         twin.twin_of = Some(s);
         let layers: Vec<usize> = (0..twin.layers.len()).collect();
-        let key = format!("{}__{}", encoders[s].name, twin.name);
+        let key = pair_key(&encoders[s].name, &twin.name, false);
         let pair_fingerprint = fingerprint(&(&encoders[s].fingerprint, &twin.fingerprint));
         encoders.push(twin);
         pairs.push(PlannedPair {
@@ -313,6 +452,20 @@ fn add_ceiling_twins(
         });
     }
     Ok(())
+}
+
+/// Each encoder's SAE id: a digest of the files its SAE record lists.
+fn read_sae_ids(output: &Path, encoders: &[PlannedEncoder]) -> Vec<String> {
+    let units = Units::new(output);
+    encoders
+        .iter()
+        .map(|e| {
+            units
+                .get(&format!("saes/{}", e.name))
+                .map(|r| fingerprint(&(&r.fingerprint, &r.files)))
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// What identifies a shard's content cheaply: its file name, rows and bytes.

@@ -147,14 +147,10 @@ impl StudyRecord {
     /// Writes `dir/study.json` atomically.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(STUDY_RECORD_FILE);
-        let temp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        std::fs::write(temp.path(), serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", temp.path().display()))?;
-        temp.persist(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        crate::atomic::write(
+            &dir.join(STUDY_RECORD_FILE),
+            &serde_json::to_vec_pretty(self)?,
+        )
     }
 
     /// Reads `dir/study.json`; `None` when the folder has none (outputs of `saeshare compare`).

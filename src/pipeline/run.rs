@@ -23,10 +23,12 @@ use super::outputs;
 use super::pairs;
 use super::plan::Plan;
 use super::record::StudyRecord;
-use super::stage::{barrier, run_to_completion, Failure, StageCounters};
+use super::run_folder::RunFolder;
+use super::stage::{any_failed, barrier, run_to_completion, Failure, StageCounters};
 use super::study::Study;
 use super::units::Units;
 use super::WorkerArgs;
+use crate::sae::CHECKPOINT_FILES;
 
 /// What a run did (this process's share of the rows; the units of the whole run).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -52,7 +54,11 @@ pub struct RunSummary {
 /// Runs the study in `path` with the workers and processes of `workers`.
 pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary> {
     let start = Instant::now();
+    workers.validate()?;
     let study = Study::read(path)?;
+    let (output, dataset) = Plan::folders(&study, path);
+    // Held until the run returns: one run at a time in a folder that is a run folder.
+    let _folder = RunFolder::claim(&output, &dataset, &workers.run_id(path), &command_line())?;
     let plan = Arc::new(Plan::resolve(study, path)?);
     if workers.process == 0 {
         StudyRecord::of(&plan, path).write(&plan.output)?;
@@ -67,13 +73,7 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     let mut work = CompareWork::of(&plan, &units);
     // New SAEs make new codes and new sums, whatever the manifest says of older ones.
     for &e in &fit_todo {
-        work.codes[e].iter_mut().for_each(|b| *b = true);
-        for (p, pair) in plan.pairs.iter().enumerate() {
-            if pair.source == e || pair.target == e {
-                work.pairs[p].iter_mut().for_each(|b| *b = true);
-                work.tables[p] = true;
-            }
-        }
+        work.refit(&plan, e);
     }
     let (codes_units, _) = work.counts();
     let mut summary = RunSummary {
@@ -109,8 +109,7 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     );
     if workers.process == 0 {
         for &e in &fit_todo {
-            let dir = plan.output.join("saes").join(&plan.encoders[e].name);
-            let _ = std::fs::remove_dir_all(&dir);
+            remove_old_saes(&plan, &units, e);
         }
     }
 
@@ -147,7 +146,7 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
         let failure = Failure::default();
         let mut seconds = BTreeMap::new();
 
-        // Fit.
+        // Fit. No SAE is saved or recorded unless every worker read all its shards.
         let fit_start = Instant::now();
         let fit_counters = Rc::new(RefCell::new(StageCounters::new(bars.0.clone())));
         if !fit_todo.is_empty() {
@@ -160,47 +159,50 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
                 failure.clone(),
             );
             run_to_completion(worker);
-            if !failure.failed() {
+            if !any_failed(worker, &failure) {
                 if let Err(error) = fit::finish(&owned, &plan) {
                     failure.set(error);
                 }
             }
             drop(owned);
-            barrier(worker);
-            if index == 0 && !failure.failed() {
+            if !any_failed(worker, &failure) && index == 0 {
                 if let Err(error) = record_saes(&plan, &fit_todo) {
                     failure.set(error);
                 }
             }
             barrier(worker);
+            plan.refresh_sae_ids();
         }
         seconds.insert("fit".to_string(), fit_start.elapsed().as_secs_f64());
 
-        // Compare.
+        // Compare: codes are recorded shard by shard; pairs are merged only when every worker
+        // summed all its shards.
         let compare_start = Instant::now();
-        models.borrow_mut().begin_stage();
         let compare_counters = Rc::new(RefCell::new(StageCounters::new(bars.1.clone())));
-        let owned = compare::build(
-            worker,
-            &plan,
-            &work,
-            models.clone(),
-            compare_counters.clone(),
-            failure.clone(),
-        );
-        run_to_completion(worker);
-        if !failure.failed() {
-            if let Err(error) = pairs::finish(&owned, &plan, &work, index, peers) {
-                failure.set(error);
+        if !any_failed(worker, &failure) {
+            models.borrow_mut().begin_stage();
+            let owned = compare::build(
+                worker,
+                &plan,
+                &work,
+                models.clone(),
+                compare_counters.clone(),
+                failure.clone(),
+            );
+            run_to_completion(worker);
+            if !any_failed(worker, &failure) {
+                if let Err(error) = pairs::finish(&owned, &plan, &work, index, peers) {
+                    failure.set(error);
+                }
             }
         }
-        barrier(worker);
         seconds.insert("compare".to_string(), compare_start.elapsed().as_secs_f64());
 
         // Outputs.
         let outputs_start = Instant::now();
         let mut mine = RunSummary::default();
-        if index == 0 && !failure.failed() {
+        let failed_somewhere = any_failed(worker, &failure);
+        if index == 0 && !failed_somewhere {
             match outputs::write(&plan) {
                 Ok(written) => {
                     mine.matrix = outputs::matrix(&plan, &written.wmppc);
@@ -233,23 +235,31 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
         drop(total);
         match failure.take() {
             Some(error) => Err(format!("{error:#}")),
+            None if failed_somewhere => Err(format!(
+                "worker {index} stopped: another worker failed (its error is above or in its process's output)"
+            )),
             None => Ok(()),
         }
     })
     .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))?;
     fit_bar.finish_and_clear();
     compare_bar.finish_and_clear();
-    let mut first_error = None;
-    for result in guards.join() {
-        let result = result
-            .map_err(|e| anyhow::anyhow!("a worker failed: {e}"))
-            .and_then(|r| r.map_err(anyhow::Error::msg));
-        if let Err(error) = result {
-            first_error.get_or_insert(error);
-        }
-    }
-    if let Some(error) = first_error {
-        return Err(error);
+    // The error of the worker that failed, rather than of those that stopped for it.
+    let errors: Vec<String> = guards
+        .join()
+        .into_iter()
+        .filter_map(|result| match result {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error),
+            Err(panic) => Some(format!("a worker failed: {panic}")),
+        })
+        .collect();
+    if let Some(error) = errors
+        .iter()
+        .find(|e| !e.contains("another worker failed"))
+        .or(errors.first())
+    {
+        anyhow::bail!("{error}");
     }
     let shared = shared.lock().expect("not poisoned").clone();
     summary.seconds = shared.seconds;
@@ -262,7 +272,7 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     summary.peak_memory_mib = peak_memory_mib();
     if workers.process == 0 {
         let path = plan.output.join("last-run.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)?;
+        crate::atomic::write(&path, &serde_json::to_vec_pretty(&summary)?)?;
     }
     Ok(summary)
 }
@@ -281,13 +291,64 @@ fn record_saes(plan: &Plan, fitted: &[usize]) -> anyhow::Result<()> {
             );
         }
         let (unit, fingerprint) = plan.sae_unit(e);
+        let files: Vec<PathBuf> = plan.encoders[e]
+            .layer_names()
+            .iter()
+            .flat_map(|layer| {
+                let dir = plan.sae_dir(e, layer);
+                CHECKPOINT_FILES.iter().map(move |f| dir.join(f))
+            })
+            .collect();
         units.record(
             &unit,
             &fingerprint,
             serde_json::json!({ "layers": plan.encoders[e].layer_names() }),
+            &files,
         )?;
     }
     Ok(())
+}
+
+/// Before encoder `e`'s SAEs are fitted anew: deletes the files its previous SAE record says
+/// it made, each only if it lies inside `saes/<encoder>/`, then the layer folders this left
+/// empty. Without a record nothing is deleted (the fit overwrites its own files).
+fn remove_old_saes(plan: &Plan, units: &Units, e: usize) {
+    let (unit, _) = plan.sae_unit(e);
+    let Some(record) = units.get(&unit) else {
+        return;
+    };
+    let own = plan.output.join("saes").join(&plan.encoders[e].name);
+    units.forget(&unit);
+    for file in &record.files {
+        let relative = Path::new(&file.path);
+        let path = plan.output.join(relative);
+        let inside = relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+            && path.starts_with(&own);
+        if !inside {
+            tracing::warn!(
+                "the record of {unit} names {}, outside {}; not deleting it",
+                path.display(),
+                own.display()
+            );
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("could not delete the old SAE file {}: {e}", path.display()),
+        }
+        if let Some(dir) = path.parent() {
+            // Only succeeds when the folder is empty: a user's file in it keeps it.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// This process's command line, for whoever finds the run folder locked.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
 }
 
 /// The process's peak resident memory, from /proc (Linux).

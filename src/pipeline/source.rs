@@ -19,6 +19,11 @@ use crate::dataset::{Dataset, DatasetError, Projection, SampleBatch, ShardReader
 pub struct SourceErrors(Rc<RefCell<Option<DatasetError>>>);
 
 impl SourceErrors {
+    /// Whether an error stopped the source.
+    pub fn is_set(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
     /// The error that stopped the source, if any.
     pub fn take(&self) -> Option<DatasetError> {
         self.0.borrow_mut().take()

@@ -30,9 +30,10 @@ impl Failure {
         }
     }
 
-    /// Whether an error was recorded.
+    /// Whether an error was recorded, or stopped a watched source (a shard that could not be
+    /// read: nothing made from the other shards may be recorded as complete).
     pub fn failed(&self) -> bool {
-        self.error.borrow().is_some()
+        self.error.borrow().is_some() || self.sources.borrow().iter().any(SourceErrors::is_set)
     }
 
     /// Also reports the error that stopped a shard source.
@@ -73,6 +74,30 @@ impl StageCounters {
         entry.1 += skipped;
         self.bar.inc(encoded as u64 + skipped);
     }
+}
+
+/// Whether any worker of any process has failed so far. Every worker calls it at the same
+/// point of the run and gets the same answer, so all of them take the same next step (timely
+/// needs every worker to build the same dataflows); it is also a barrier.
+pub fn any_failed(worker: &mut Worker, failure: &Failure) -> bool {
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::{Inspect, ToStream};
+    let mine = failure.failed();
+    let seen = Rc::new(std::cell::Cell::new(false));
+    let sink = seen.clone();
+    worker.dataflow::<u64, _, _>(|scope| {
+        std::iter::once(mine)
+            .to_stream(scope)
+            .container::<Vec<bool>>()
+            .broadcast()
+            .inspect(move |failed| {
+                if *failed {
+                    sink.set(true);
+                }
+            });
+    });
+    run_to_completion(worker);
+    seen.get()
 }
 
 /// Steps the worker until every dataflow it built has completed.

@@ -170,7 +170,7 @@ impl Default for BaselinesSpec {
 
 /// A study file that does not describe a study: the file and line, and what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {problem}")]
+#[error("{}{}: {problem}", .file.display(), line_suffix(*.line))]
 pub struct StudyError {
     pub file: PathBuf,
     pub line: usize,
@@ -188,7 +188,8 @@ impl Study {
         Study::parse(path, &text)
     }
 
-    /// Parses and checks study text; `path` names it in errors.
+    /// Parses and checks study text; `path` names it in errors. Every check that needs no file
+    /// is made here (names, references, settings); [`super::Plan::check`] makes the rest.
     pub fn parse(path: &Path, text: &str) -> Result<Study, StudyError> {
         let at = |span: Option<Range<usize>>, problem: String| StudyError {
             file: path.to_path_buf(),
@@ -197,55 +198,10 @@ impl Study {
         };
         let study: Study =
             toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
-        let known = |name: &Spanned<String>| -> Result<(), StudyError> {
-            if name.get_ref() == "*" || study.encoders.contains_key(name.get_ref()) {
-                Ok(())
-            } else {
-                Err(at(
-                    Some(name.span()),
-                    format!(
-                        "no encoder {:?} in [encoders]; the study defines {}",
-                        name.get_ref(),
-                        study
-                            .encoders
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ))
-            }
-        };
-        for comparison in &study.comparisons {
-            comparison
-                .sources
-                .iter()
-                .chain(&comparison.targets)
-                .try_for_each(known)?;
-        }
-        for query in &study.sharedness {
-            std::iter::once(&query.model)
-                .chain(&query.shared_with)
-                .chain(&query.not_shared_with)
-                .try_for_each(known)?;
-            if query.shared_with.is_empty() {
-                return Err(at(
-                    Some(query.model.span()),
-                    format!("query {}: shared_with is empty", query.name),
-                ));
-            }
-        }
-        for (name, encoder) in &study.encoders {
-            let config = study
-                .sae_for(name)
-                .map_err(|e| at(None, format!("[encoders.{name}.sae]: {e}")))?;
-            if encoder.batch_size == 0 || config.steps == 0 {
-                return Err(at(
-                    None,
-                    format!("[encoders.{name}]: batch_size and sae.steps must be positive"),
-                ));
-            }
-        }
+        // The same text again for the lines of tables serde's typed pass keeps no span of.
+        let lines: super::study_checks::StudyLines =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+        super::study_checks::check(&study, &lines, &at)?;
         Ok(study)
     }
 
@@ -259,6 +215,15 @@ impl Study {
         merged
             .try_into()
             .map_err(|e: toml::de::Error| e.message().to_string())
+    }
+}
+
+/// `:N` for a line, nothing for a problem of the whole file (line 0).
+fn line_suffix(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}")
     }
 }
 

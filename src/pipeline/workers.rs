@@ -2,7 +2,7 @@
 //! command shares. `-w` threads per process; `-n` processes, this one `-p`, their addresses in
 //! the `-h` hostfile (one `host:port` a line; without it, localhost ports from 2101).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -38,15 +38,7 @@ impl WorkerArgs {
     /// The timely configuration these flags describe, with errors a user can act on.
     pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
         use timely::CommunicationConfig;
-        anyhow::ensure!(self.workers >= 1, "-w must be at least 1");
-        anyhow::ensure!(self.processes >= 1, "-n must be at least 1");
-        anyhow::ensure!(
-            self.process < self.processes,
-            "-p {} is not one of the {} processes (0 to {})",
-            self.process,
-            self.processes,
-            self.processes - 1
-        );
+        self.validate()?;
         let communication = if self.processes == 1 {
             CommunicationConfig::Process(self.workers)
         } else {
@@ -62,6 +54,43 @@ impl WorkerArgs {
             communication,
             worker: timely::WorkerConfig::default(),
         })
+    }
+
+    /// Checks the counts make sense: at least one worker and one process, `-p` among them.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.workers >= 1,
+            "-w {}: a run needs at least 1 worker thread",
+            self.workers
+        );
+        anyhow::ensure!(
+            self.processes >= 1,
+            "-n {}: a run needs at least 1 process",
+            self.processes
+        );
+        anyhow::ensure!(
+            self.process < self.processes,
+            "-p {} is not one of the {} processes (0 to {})",
+            self.process,
+            self.processes,
+            self.processes - 1
+        );
+        Ok(())
+    }
+
+    /// What the processes of one run share without talking, to share the run folder's lock:
+    /// the study file and the addresses of the processes. A run of one process gets an id of
+    /// its own.
+    pub fn run_id(&self, study: &Path) -> String {
+        if self.processes == 1 {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            return format!("{}-{nanos}", std::process::id());
+        }
+        let study = std::path::absolute(study).unwrap_or_else(|_| study.to_path_buf());
+        let addresses = self.addresses().unwrap_or_default();
+        super::fingerprint(&(study, addresses, self.processes))
     }
 
     fn addresses(&self) -> anyhow::Result<Vec<String>> {

@@ -19,6 +19,8 @@ use super::model::{Sae, B_DEC, B_ENC, W_DEC, W_ENC};
 use super::trainer::{SaeSource, SaeTrainer, TrainingMetrics};
 
 pub const CHECKPOINT_VERSION: u32 = 1;
+/// The files [`SaeTrainer::save`] writes in a checkpoint folder, and nothing else.
+pub const CHECKPOINT_FILES: [&str; 3] = [META, WEIGHTS, OPTIMIZER];
 const WEIGHTS: &str = "sae.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const META: &str = "sae.json";

@@ -117,23 +117,49 @@ impl SaeConfig {
 
     /// Checks the combination makes sense for inputs of width `d_in`.
     pub fn validate(&self, d_in: usize) -> Result<(), String> {
+        self.validate_settings()?;
         let d_sae = self.expansion * d_in;
-        if d_in == 0 || self.expansion == 0 {
-            return Err("the SAE needs d_in > 0 and expansion > 0".into());
+        if d_in == 0 {
+            return Err("the SAE needs inputs of width d_in > 0".into());
         }
-        if matches!(self.kind, SaeKind::Topk | SaeKind::BatchTopk)
-            && (self.k == 0 || self.k > d_sae)
-        {
+        if matches!(self.kind, SaeKind::Topk | SaeKind::BatchTopk) && self.k > d_sae {
             return Err(format!(
-                "k = {} must be between 1 and d_sae = {d_sae}",
-                self.k
+                "k = {} must be between 1 and d_sae = {d_sae} (expansion {} x width {d_in})",
+                self.k, self.expansion
             ));
         }
+        Ok(())
+    }
+
+    /// The checks that need no input width: what a study file can be checked for before any
+    /// encoder package is read.
+    pub fn validate_settings(&self) -> Result<(), String> {
+        if self.expansion == 0 {
+            return Err("expansion must be at least 1".into());
+        }
+        if matches!(self.kind, SaeKind::Topk | SaeKind::BatchTopk) && self.k == 0 {
+            return Err("k must be at least 1".into());
+        }
         if self.batch_size == 0 || self.steps == 0 {
-            return Err("batch size and steps must be positive".into());
+            return Err("batch_size and steps must be positive".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(format!("learning rate {} must be positive", self.lr));
+        }
+        if !(0.0..=1.0).contains(&self.decay_fraction) {
+            return Err(format!(
+                "decay_fraction {} must be between 0 and 1",
+                self.decay_fraction
+            ));
+        }
+        for (key, value) in [
+            ("l1_coefficient", self.l1_coefficient),
+            ("grad_clip", self.grad_clip),
+            ("aux_coefficient", self.aux_coefficient),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err(format!("{key} {value} must be a finite number >= 0"));
+            }
         }
         Ok(())
     }

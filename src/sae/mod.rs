@@ -25,7 +25,9 @@ mod trainer;
 pub mod variant;
 
 pub use buffer::MixingBuffer;
-pub use checkpoint::{read_meta, CheckpointError, CheckpointMeta, CHECKPOINT_VERSION};
+pub use checkpoint::{
+    read_meta, CheckpointError, CheckpointMeta, CHECKPOINT_FILES, CHECKPOINT_VERSION,
+};
 pub use code::Code;
 pub use config::{DecoderBiasInit, SaeConfig, SaeKind};
 pub use encode_file::encode_file;

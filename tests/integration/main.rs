@@ -19,6 +19,7 @@ mod encoder_real_images;
 mod metric_views;
 mod pipeline;
 mod report;
+mod run_folder_faults;
 mod sae_cli;
 mod sae_training;
 mod stats_reference;

@@ -94,7 +94,7 @@ fn last_run(output: &Path) -> serde_json::Value {
 
 /// Asserts that two runs' `wmppc`, `mppc` and sharedness tables hold the same rows, values
 /// within `tolerance`.
-fn assert_same_outputs(a: &Path, b: &Path, tolerance: f64) {
+pub(crate) fn assert_same_outputs(a: &Path, b: &Path, tolerance: f64) {
     let (wa, wb) = (
         read_wmppc(&a.join("wmppc.parquet")).unwrap(),
         read_wmppc(&b.join("wmppc.parquet")).unwrap(),

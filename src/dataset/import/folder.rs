@@ -128,10 +128,16 @@ fn count_unnamed_images(dir: &Path, named: &HashSet<String>) -> Result<usize> {
 }
 
 fn read_records(path: &Path) -> Result<Vec<Record>> {
-    let text = String::from_utf8(read_input(path)?).map_err(|_| DatasetError::BadInput {
-        file: path.to_path_buf(),
-        line: 1,
-        problem: "not UTF-8 text".to_string(),
+    let text = String::from_utf8(read_input(path)?).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        DatasetError::BadInput {
+            file: path.to_path_buf(),
+            line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+            problem: format!(
+                "not UTF-8 text (byte {} of the file); save it as UTF-8",
+                valid.len() + 1
+            ),
+        }
     })?;
     let ext = path
         .extension()
@@ -225,4 +231,27 @@ fn read_csv(path: &Path, text: &str) -> Result<Vec<Record>> {
         records.push(Record { line, fields });
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_captions_file_that_is_not_utf8_names_the_line_of_the_first_bad_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("captions.csv");
+        std::fs::write(&path, b"file,caption\na.png,fine\nb.png,caf\xe9 latin-1\n").unwrap();
+        match read_records(&path) {
+            Err(DatasetError::BadInput { line, problem, .. }) => {
+                assert_eq!(line, 3, "{problem}");
+                assert!(problem.contains("UTF-8"), "{problem}");
+            }
+            Err(other) => panic!("expected a bad-input error, got {other}"),
+            Ok(records) => panic!(
+                "read {} records from a file that is not UTF-8",
+                records.len()
+            ),
+        }
+    }
 }
