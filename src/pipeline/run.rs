@@ -49,6 +49,10 @@ pub struct RunSummary {
     pub outputs: Vec<PathBuf>,
     /// The last-layer wMPPC matrix as printed.
     pub matrix: String,
+    /// The run folder's lock, held for as long as the summary lives: the caller writes the
+    /// report into the folder before letting another run in.
+    #[serde(skip)]
+    pub folder: Option<Arc<RunFolder>>,
 }
 
 /// Runs the study in `path` with the workers and processes of `workers`.
@@ -57,8 +61,8 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     workers.validate()?;
     let study = Study::read(path)?;
     let (output, dataset) = Plan::folders(&study, path);
-    // Held until the run returns: one run at a time in a folder that is a run folder.
-    let _folder = RunFolder::claim(&output, &dataset, &workers.run_id(path), &command_line())?;
+    // Held until the summary is dropped: one run at a time in a folder that is a run folder.
+    let folder = RunFolder::claim(&output, &dataset, &workers.run_id(path), &command_line())?;
     let plan = Arc::new(Plan::resolve(study, path)?);
     if workers.process == 0 {
         StudyRecord::of(&plan, path).write(&plan.output)?;
@@ -88,6 +92,7 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
             .filter(|&p| work.tables[p])
             .map(|p| plan.pairs[p].key.clone())
             .collect(),
+        folder: Some(Arc::new(folder)),
         ..RunSummary::default()
     };
     let nothing_to_do = fit_todo.is_empty() && codes_units == 0 && summary.pairs_updated.is_empty();
