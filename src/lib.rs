@@ -16,6 +16,7 @@
 //! - [`stats`]: per-feature moments and exact co-activation sums between code streams.
 //! - [`metrics`]: MPPC, wMPPC, Comparative Sharedness and their null baselines.
 //! - [`names`]: the one rule for names that become paths in a run folder.
+//! - [`run_layout`]: where everything lives in a run folder, spelled once.
 //! - [`report`]: the static HTML report of a run folder: heatmaps, rankings, feature pages.
 //! - [`progress`]: progress bars and logging set-up shared by every command.
 //! - [`torch`]: the libtorch facts a user needs to trust a run (version, devices).
@@ -31,6 +32,7 @@ pub mod names;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod run_layout;
 pub mod sae;
 pub mod stats;
 pub mod torch;

@@ -13,10 +13,8 @@ use crate::activations::{ActivationWriter, ActivationsMeta, LayerReader, LayerWi
 use crate::dataset::ShardInfo;
 
 fn file(plan: &Plan, e: usize, shard: &ShardInfo) -> PathBuf {
-    plan.output
-        .join("activations")
-        .join(&plan.encoders[e].name)
-        .join(shard.path.file_name().expect("a shard file"))
+    plan.layout()
+        .activations_file(&plan.encoders[e].name, &shard_key(shard).0)
 }
 
 /// The unit name and fingerprint of an encoder's cached activations on a shard.

@@ -53,10 +53,10 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     let mut views = MetricViews::new();
     views.add_mppc(&mppc)?;
     if !wmppc.is_empty() {
-        let out = plan.output.join(tables::WMPPC_FILE);
+        let out = plan.layout().wmppc();
         tables::write_wmppc(&out, &wmppc)?;
         files.push(out);
-        let out = plan.output.join(tables::MPPC_FILE);
+        let out = plan.layout().mppc();
         tables::write_mppc(&out, &mppc)?;
         files.push(out);
     }
@@ -82,10 +82,7 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     views.step();
     for query in &plan.study.sharedness {
         let rows = views.sharedness(&query.name).unwrap_or_default();
-        let out = plan
-            .output
-            .join("sharedness")
-            .join(format!("{}.parquet", query.name));
+        let out = plan.layout().sharedness_table(&query.name);
         tables::write_sharedness(&out, query.model.get_ref(), &rows)?;
         tracing::info!(
             "sharedness {}: {} features ranked, written to {}",

@@ -15,6 +15,7 @@ use super::units::Units;
 use crate::dataset::{Dataset, ShardInfo};
 use crate::encoder::{Manifest, Modality, Pooling};
 use crate::names::{check_name, pair_key};
+use crate::run_layout::RunLayout;
 use crate::sae::SaeConfig;
 use crate::torch::DeviceSpec;
 
@@ -237,26 +238,25 @@ impl Plan {
             .filter(|(_, e)| e.twin_of.is_none())
     }
 
+    /// Where everything lives in the output folder.
+    pub fn layout(&self) -> RunLayout {
+        RunLayout::new(&self.output)
+    }
+
     /// The folder of an encoder's SAE on one of its layers.
     pub fn sae_dir(&self, encoder: usize, layer: &str) -> PathBuf {
-        self.output
-            .join("saes")
-            .join(&self.encoders[encoder].name)
-            .join(layer)
+        self.layout().sae_dir(&self.encoders[encoder].name, layer)
     }
 
     /// The codes file of an encoder's layer on one shard.
     pub fn codes_file(&self, encoder: usize, layer: &str, shard: &ShardInfo) -> PathBuf {
-        self.output
-            .join("codes")
-            .join(&self.encoders[encoder].name)
-            .join(layer)
-            .join(shard_name(shard))
+        self.layout()
+            .codes_file(&self.encoders[encoder].name, layer, &shard_name(shard))
     }
 
     /// The folder of a pair's accumulators and tables.
     pub fn pair_dir(&self, pair: usize) -> PathBuf {
-        self.output.join("pairs").join(&self.pairs[pair].key)
+        self.layout().pair_dir(&self.pairs[pair].key)
     }
 
     /// The unit name and fingerprint of an encoder's codes on a shard.

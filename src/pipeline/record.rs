@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::plan::Plan;
 
 /// The file name in the output folder.
-pub const STUDY_RECORD_FILE: &str = "study.json";
+pub const STUDY_RECORD_FILE: &str = crate::run_layout::STUDY_RECORD_FILE;
 /// The version of [`StudyRecord`]'s layout.
 pub const STUDY_RECORD_VERSION: u32 = 1;
 

@@ -276,7 +276,7 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     summary.matrix = shared.matrix;
     summary.peak_memory_mib = peak_memory_mib();
     if workers.process == 0 {
-        let path = plan.output.join("last-run.json");
+        let path = plan.layout().last_run();
         crate::atomic::write(&path, &serde_json::to_vec_pretty(&summary)?)?;
     }
     Ok(summary)
@@ -322,7 +322,7 @@ fn remove_old_saes(plan: &Plan, units: &Units, e: usize) {
     let Some(record) = units.get(&unit) else {
         return;
     };
-    let own = plan.output.join("saes").join(&plan.encoders[e].name);
+    let own = plan.layout().encoder_saes(&plan.encoders[e].name);
     units.forget(&unit);
     for file in &record.files {
         let relative = Path::new(&file.path);

@@ -99,7 +99,7 @@ impl RunFolder {
         if entries.iter().all(|e| ours(e)) {
             return Ok(FolderState::New);
         }
-        if out.join("units").is_dir() {
+        if crate::run_layout::RunLayout::new(&out).units().is_dir() {
             return Ok(FolderState::Run { adopted: true });
         }
         let mut shown: Vec<&str> = entries.iter().map(String::as_str).take(5).collect();

@@ -118,7 +118,7 @@ impl Units {
     pub fn new(output: &Path) -> Units {
         Units {
             output: output.to_path_buf(),
-            dir: output.join("units"),
+            dir: crate::run_layout::RunLayout::new(output).units(),
         }
     }
 

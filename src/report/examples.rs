@@ -83,7 +83,7 @@ pub fn collect_activity(
     let layers: Vec<_> = by_layer
         .into_iter()
         .map(|((encoder, layer), per_feature)| {
-            let dir = run.join("codes").join(encoder).join(layer);
+            let dir = crate::run_layout::RunLayout::new(run).codes_dir(encoder, layer);
             let files = codes_files(&dir, shards);
             (encoder, layer, dir, files, per_feature)
         })

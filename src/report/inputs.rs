@@ -11,6 +11,7 @@ use crate::metrics::{
     self, tables, Aggregation, MppcRow, SharednessQuery, SharednessRow, WmppcRow,
 };
 use crate::pipeline::{QueryRecord, StudyRecord};
+use crate::run_layout::RunLayout;
 use crate::sae::{read_meta, CheckpointMeta};
 
 /// One sharedness query with its ranking.
@@ -66,7 +67,8 @@ impl RunInputs {
         };
         let mut missing = Vec::new();
         let ceiling_pair = |key: &str| key.contains(".ceiling");
-        let pair_dirs: Vec<PathBuf> = match std::fs::read_dir(dir.join("pairs")) {
+        let layout = RunLayout::new(dir);
+        let pair_dirs: Vec<PathBuf> = match std::fs::read_dir(layout.pairs()) {
             Ok(entries) => {
                 let mut dirs: Vec<PathBuf> = entries
                     .filter_map(|e| e.ok().map(|e| e.path()))
@@ -86,10 +88,10 @@ impl RunInputs {
         let queries = queries_of(dir, record.as_ref())?;
         let ranked: HashSet<String> = queries.iter().map(|q| q.model.clone()).collect();
         let keep = |source: &str| ranked.contains(source);
-        let study_wmppc = dir.join(tables::WMPPC_FILE);
+        let study_wmppc = layout.wmppc();
         let (wmppc, mppc) = if study_wmppc.is_file() {
             let wmppc = tables::read_wmppc(&study_wmppc)?;
-            let mppc_path = dir.join(tables::MPPC_FILE);
+            let mppc_path = layout.mppc();
             let mppc = if mppc_path.is_file() {
                 tables::read_mppc_of(&mppc_path, keep)?
             } else {
@@ -109,7 +111,7 @@ impl RunInputs {
                 study_wmppc.display()
             ));
             read_pair_tables(&pair_dirs, keep)?
-        } else if record.is_some() || dir.join("saes").is_dir() {
+        } else if record.is_some() || layout.saes().is_dir() {
             missing.push(format!(
                 "{} is missing: no pair has been compared yet; {run_command} compares them",
                 study_wmppc.display()
@@ -128,7 +130,7 @@ impl RunInputs {
             // By folder: an all-layers pair and a last-layers pair of the same two encoders
             // share rows, and one may be missing while the other is done.
             for pair in record.pairs.iter().filter(|p| !p.ceiling) {
-                let table = dir.join("pairs").join(&pair.key).join(tables::WMPPC_FILE);
+                let table = layout.pair_dir(&pair.key).join(tables::WMPPC_FILE);
                 if !table.is_file() {
                     missing.push(format!(
                         "pair {} has no wMPPC yet; {run_command} compares it",
@@ -199,7 +201,7 @@ fn queries_of(dir: &Path, record: Option<&StudyRecord>) -> anyhow::Result<Vec<Qu
         return Ok(r.sharedness.clone());
     }
     let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir.join("sharedness")) {
+    if let Ok(entries) = std::fs::read_dir(RunLayout::new(dir).sharedness()) {
         for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
             if path.extension().is_some_and(|e| e == "parquet") {
                 let (model, _) = tables::read_sharedness(&path)?;
@@ -227,9 +229,7 @@ fn read_rankings(
 ) -> anyhow::Result<Vec<Ranking>> {
     let mut rankings = Vec::new();
     for query in queries {
-        let path = dir
-            .join("sharedness")
-            .join(format!("{}.parquet", query.name));
+        let path = RunLayout::new(dir).sharedness_table(&query.name);
         let as_query = |top| SharednessQuery {
             source: query.model.clone(),
             shared_with: query.shared_with.clone(),
@@ -278,7 +278,7 @@ fn read_saes(
     missing: &mut Vec<String>,
     run_command: &str,
 ) -> anyhow::Result<Vec<TrainedSae>> {
-    let root = dir.join("saes");
+    let root = RunLayout::new(dir).saes();
     let mut out = Vec::new();
     let Ok(encoders) = std::fs::read_dir(&root) else {
         missing.push(format!(

@@ -197,7 +197,10 @@ pub fn write_report(run: &Path, options: &ReportOptions) -> anyhow::Result<Repor
     let inputs = RunInputs::load(run)?;
     let mut missing = inputs.missing.clone();
     let matrix = WmppcMatrix::last_layers(&inputs.matrix_encoders, &inputs.wmppc);
-    let out = options.out.clone().unwrap_or_else(|| run.join("report"));
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| crate::run_layout::RunLayout::new(run).report());
     check_destination(run, &out)?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
