@@ -6,6 +6,7 @@
 //! as a streaming timely dataflow: no activation needs to be stored.
 //!
 //! Modules, each with one job:
+//! - [`digest`]: the fingerprints that name what a unit of work depends on.
 //! - [`dataset`]: the Parquet shard format, importers, and the streaming reader.
 //! - [`encoder`]: encoder packages run through tch: preprocessing, tokenization, pooling.
 //! - [`atomic`]: files written whole or not at all.
@@ -16,6 +17,7 @@
 //! - [`stats`]: per-feature moments and exact co-activation sums between code streams.
 //! - [`metrics`]: MPPC, wMPPC, Comparative Sharedness and their null baselines.
 //! - [`names`]: the one rule for names that become paths in a run folder.
+//! - [`run_record`]: `study.json`, what a run folder holds, for the report and other tools.
 //! - [`run_layout`]: where everything lives in a run folder, spelled once.
 //! - [`report`]: the static HTML report of a run folder: heatmaps, rankings, feature pages.
 //! - [`progress`]: progress bars and logging set-up shared by every command.
@@ -26,6 +28,7 @@ pub mod atomic;
 pub mod cli;
 pub mod codes;
 pub mod dataset;
+pub mod digest;
 pub mod encoder;
 pub mod metrics;
 pub mod names;
@@ -33,6 +36,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod run_layout;
+pub mod run_record;
 pub mod sae;
 pub mod stats;
 pub mod torch;

@@ -8,11 +8,13 @@
 //! - [`tables`]: the Parquet tables of FORMATS.md, "Comparison tables".
 //! - [`MetricViews`]: wMPPC and sharedness maintained by differential dataflow as MPPC rows
 //!   and queries arrive.
+//! - [`WmppcMatrix`]: the last-layer wMPPC matrix, printed by `run` and drawn by the report.
 //! - [`bench_stats()`]: sparse exact MPPC against the reference's dense float32 way.
 
 mod baselines;
 mod bench;
 mod compare;
+mod matrix;
 mod mppc;
 mod pair_acc;
 mod sharedness;
@@ -28,6 +30,7 @@ pub use compare::{
     accumulate_files, compare, compare_accumulated, Aggregation, Backend, CompareOptions,
     Comparison, FeatureRow, MppcRow, WmppcRow, ALL_LAYERS,
 };
+pub use matrix::{MatrixCell, WmppcMatrix};
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};
 pub use views::{Changes, MetricViews, WmppcKey};

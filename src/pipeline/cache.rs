@@ -7,10 +7,11 @@
 use std::path::PathBuf;
 
 use super::encoding::PooledRows;
-use super::plan::{fingerprint, shard_key, Plan};
+use super::plan::{shard_key, Plan};
 use super::units::Units;
 use crate::activations::{ActivationWriter, ActivationsMeta, LayerReader, LayerWidth};
 use crate::dataset::ShardInfo;
+use crate::digest::fingerprint;
 
 fn file(plan: &Plan, e: usize, shard: &ShardInfo) -> PathBuf {
     plan.layout()

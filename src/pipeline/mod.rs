@@ -26,12 +26,13 @@ mod study_checks;
 mod units;
 mod workers;
 
-pub use bench::{bench_memory, MemoryFigure};
-pub use pairs::PairState;
-pub use plan::{fingerprint, Plan, PlannedEncoder, PlannedPair, StudyCheck};
-pub use record::{
+pub use crate::digest::fingerprint;
+pub use crate::run_record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
 };
+pub use bench::{bench_memory, MemoryFigure};
+pub use pairs::PairState;
+pub use plan::{Plan, PlannedEncoder, PlannedPair, StudyCheck};
 pub use run::{peak_memory_mib, run_study, RunSummary};
 pub use run_folder::{FolderState, Holder, RunFolder, LOCK_FILE, MARKER_FILE};
 pub use scan::{scan, ScanSummary};

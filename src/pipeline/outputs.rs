@@ -132,5 +132,5 @@ pub fn matrix(plan: &Plan, rows: &[WmppcRow]) -> String {
             (e.name.clone(), last)
         })
         .collect();
-    crate::report::WmppcMatrix::last_layers(&encoders, rows).to_text()
+    crate::metrics::WmppcMatrix::last_layers(&encoders, rows).to_text()
 }

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::run_folder::{FolderState, RunFolder};
 use super::study::Study;
 use super::units::Units;
 use crate::dataset::{Dataset, ShardInfo};
+use crate::digest::fingerprint;
 use crate::encoder::{Manifest, Modality, Pooling};
 use crate::names::{check_name, pair_key};
 use crate::run_layout::RunLayout;
@@ -479,13 +479,6 @@ fn shard_name(shard: &ShardInfo) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| format!("shard-{}", shard.index))
-}
-
-/// A short hex digest of anything serialisable.
-pub fn fingerprint(value: &impl Serialize) -> String {
-    let bytes = serde_json::to_vec(value).expect("plain data serialises");
-    let digest = Sha256::digest(&bytes);
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The digest of a package's manifest and weights.

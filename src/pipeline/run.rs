@@ -22,12 +22,12 @@ use super::fit;
 use super::outputs;
 use super::pairs;
 use super::plan::Plan;
-use super::record::StudyRecord;
 use super::run_folder::RunFolder;
 use super::stage::{any_failed, barrier, run_to_completion, Failure, StageCounters};
 use super::study::Study;
 use super::units::Units;
 use super::WorkerArgs;
+use crate::run_record::StudyRecord;
 use crate::sae::CHECKPOINT_FILES;
 
 /// What a run did (this process's share of the rows; the units of the whole run).

@@ -10,8 +10,8 @@ use anyhow::Context;
 use crate::metrics::{
     self, tables, Aggregation, MppcRow, SharednessQuery, SharednessRow, WmppcRow,
 };
-use crate::pipeline::{QueryRecord, StudyRecord};
 use crate::run_layout::RunLayout;
+use crate::run_record::{QueryRecord, StudyRecord};
 use crate::sae::{read_meta, CheckpointMeta};
 
 /// One sharedness query with its ranking.

@@ -14,7 +14,6 @@
 mod examples;
 mod html;
 mod inputs;
-mod matrix;
 mod pages;
 pub mod svg;
 
@@ -23,9 +22,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+pub use crate::metrics::{MatrixCell, WmppcMatrix};
 pub use examples::FeatureKey;
 pub use inputs::RunInputs;
-pub use matrix::{MatrixCell, WmppcMatrix};
 
 use crate::metrics::MppcRow;
 
@@ -133,7 +132,7 @@ fn file_name(text: &str) -> String {
     if safe == text && !matches!(text, "" | "." | "..") {
         return safe;
     }
-    let digest = crate::pipeline::fingerprint(&text);
+    let digest = crate::digest::fingerprint(&text);
     format!("{}_{}", safe.replace('.', "_"), &digest[..8])
 }
 
