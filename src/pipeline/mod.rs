@@ -34,7 +34,7 @@ pub use bench::{bench_memory, MemoryFigure};
 pub use pairs::PairState;
 pub use plan::{Plan, PlannedEncoder, PlannedPair, StudyCheck};
 pub use run::{peak_memory_mib, run_study, RunSummary};
-pub use run_folder::{FolderState, Holder, RunFolder, LOCK_FILE, MARKER_FILE};
+pub use run_folder::{FolderState, RunFolder, LOCK_FILE, MARKER_FILE};
 pub use scan::{scan, ScanSummary};
 pub use source::{shard_source, SourceErrors};
 pub use study::{

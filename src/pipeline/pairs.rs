@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compare::{codes_meta, pair_files, CompareWork, OwnedPairs, PairPartial};
 use super::plan::{shard_key, Plan};
-use super::units::{MadeFile, Units};
+use super::units::{remove_made, MadeFile, Units};
 use crate::codes::{CodeBatch, CodesMeta, CodesReader};
 use crate::metrics::{compare_accumulated, tables, CompareOptions};
 use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples};
@@ -254,21 +254,10 @@ fn finish_pair(
 /// folder if that left it empty. Nothing else in it is touched.
 fn remove_state(pair_dir: &Path, state: &PairState) {
     let dir = state.dir(pair_dir);
-    let files = state
-        .files
-        .iter()
-        .map(|f| f.path.clone())
-        .chain(std::iter::once("state.json".to_string()));
-    for name in files {
-        let path = dir.join(&name);
-        if Path::new(&name).components().count() == 1 {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(
-                    "could not delete the replaced state file {}: {e}",
-                    path.display()
-                );
-            }
-        }
+    remove_made(&dir, Path::new(""), &state.files);
+    let json = dir.join("state.json");
+    if let Err(e) = std::fs::remove_file(&json) {
+        tracing::warn!("could not delete the replaced {}: {e}", json.display());
     }
     let _ = std::fs::remove_dir(&dir);
 }

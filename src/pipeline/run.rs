@@ -25,7 +25,7 @@ use super::plan::Plan;
 use super::run_folder::RunFolder;
 use super::stage::{any_failed, barrier, run_to_completion, Failure, StageCounters};
 use super::study::Study;
-use super::units::Units;
+use super::units::{remove_made, Units};
 use super::WorkerArgs;
 use crate::run_record::StudyRecord;
 use crate::sae::CHECKPOINT_FILES;
@@ -323,32 +323,9 @@ fn remove_old_saes(plan: &Plan, units: &Units, e: usize) {
         return;
     };
     let own = plan.layout().encoder_saes(&plan.encoders[e].name);
+    let own = own.strip_prefix(&plan.output).expect("inside the output");
     units.forget(&unit);
-    for file in &record.files {
-        let relative = Path::new(&file.path);
-        let path = plan.output.join(relative);
-        let inside = relative
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)))
-            && path.starts_with(&own);
-        if !inside {
-            tracing::warn!(
-                "the record of {unit} names {}, outside {}; not deleting it",
-                path.display(),
-                own.display()
-            );
-            continue;
-        }
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("could not delete the old SAE file {}: {e}", path.display()),
-        }
-        if let Some(dir) = path.parent() {
-            // Only succeeds when the folder is empty: a user's file in it keeps it.
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
+    remove_made(&plan.output, own, &record.files);
 }
 
 /// This process's command line, for whoever finds the run folder locked.

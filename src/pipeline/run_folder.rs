@@ -38,18 +38,17 @@ struct Marker {
 
 /// Who holds a run folder, as its lock file says.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Holder {
-    pub run_id: String,
-    pub pid: u32,
-    pub host: String,
-    pub started_unix: u64,
-    pub command: String,
+struct Holder {
+    run_id: String,
+    pid: u32,
+    host: String,
+    started_unix: u64,
+    command: String,
 }
 
 /// A run folder this process may write to, for as long as the value lives.
 #[derive(Debug)]
 pub struct RunFolder {
-    root: PathBuf,
     /// Holds the shared lock; dropping it releases it.
     _lock: File,
 }
@@ -176,15 +175,7 @@ impl RunFolder {
                 );
             }
         }
-        Ok(RunFolder {
-            root: output.to_path_buf(),
-            _lock: lock,
-        })
-    }
-
-    /// The folder.
-    pub fn root(&self) -> &Path {
-        &self.root
+        Ok(RunFolder { _lock: lock })
     }
 }
 

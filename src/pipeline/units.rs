@@ -82,6 +82,40 @@ impl MadeFile {
     }
 }
 
+/// Deletes the recorded `files` (paths relative to `root`) that lie inside `root/inside`, and the
+/// folders this leaves empty; a recorded path that leaves that folder is logged and kept. What
+/// saeshare deletes is only ever what one of its records says it made.
+pub fn remove_made(root: &Path, inside: &Path, files: &[MadeFile]) {
+    for file in files {
+        let relative = Path::new(&file.path);
+        let path = root.join(relative);
+        let plain = relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || !relative.starts_with(inside) {
+            tracing::warn!(
+                "a record names {}, outside {}; not deleting it",
+                path.display(),
+                root.join(inside).display()
+            );
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("could not delete {}: {e}", path.display()),
+        }
+        // Only succeeds on an empty folder: a user's file in it keeps it.
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| d.starts_with(root.join(inside)) && *d != root) {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+}
+
 /// Size and SHA-256 (hex) of a file.
 fn digest(path: &Path) -> anyhow::Result<(u64, String)> {
     let mut file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
@@ -235,6 +269,43 @@ mod tests {
         assert!(
             units.get("codes/a/shard-0").is_none(),
             "an unreadable record is no record"
+        );
+    }
+
+    #[test]
+    fn only_recorded_files_inside_the_units_folder_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for f in [
+            "saes/a/1/sae.json",
+            "saes/a/2/sae.json",
+            "saes/a/2/mine.txt",
+            "keep.txt",
+        ] {
+            std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        let made = |path: &str| MadeFile {
+            path: path.to_string(),
+            bytes: 0,
+            sha256: String::new(),
+        };
+        let files = [
+            made("saes/a/1/sae.json"),
+            made("saes/a/2/sae.json"),
+            made("saes/a/../../keep.txt"),
+            made("keep.txt"),
+        ];
+        remove_made(root, Path::new("saes/a"), &files);
+        assert!(!root.join("saes/a/1").exists(), "emptied folders go");
+        assert!(
+            root.join("saes/a/2/mine.txt").is_file(),
+            "a user's file stays"
+        );
+        assert!(!root.join("saes/a/2/sae.json").exists());
+        assert!(
+            root.join("keep.txt").is_file(),
+            "nothing outside saes/a is deleted"
         );
     }
 }
