@@ -21,6 +21,9 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::{self, AtomicFile};
+use crate::file_error::FileError;
+
 /// Version of the activation file format, stored under [`VERSION_KEY`].
 pub const FORMAT_VERSION: u32 = 1;
 pub const VERSION_KEY: &str = "saeshare.activations.version";
@@ -40,24 +43,9 @@ pub enum ActivationsError {
         layer: String,
         problem: String,
     },
-    #[error("{file}: {source}")]
-    Io {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: {source}")]
-    Parquet {
-        file: PathBuf,
-        #[source]
-        source: parquet::errors::ParquetError,
-    },
-    #[error("{file}: {source}")]
-    Arrow {
-        file: PathBuf,
-        #[source]
-        source: arrow::error::ArrowError,
-    },
+    /// An I/O, Parquet or Arrow failure on the file.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 type Result<T, E = ActivationsError> = std::result::Result<T, E>;
@@ -95,8 +83,7 @@ fn schema() -> SchemaRef {
 /// Writes an activation file through a temporary file renamed into place by `finish`.
 pub struct ActivationWriter {
     path: PathBuf,
-    temp: tempfile::NamedTempFile,
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<AtomicFile>,
     ids: UInt64Builder,
     layers: StringBuilder,
     values: ListBuilder<Float32Builder>,
@@ -106,21 +93,8 @@ pub struct ActivationWriter {
 
 impl ActivationWriter {
     pub fn create(path: &Path, meta: ActivationsMeta) -> Result<Self> {
-        let io = |source| ActivationsError::Io {
-            file: path.to_path_buf(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let temp = tempfile::Builder::new()
-            .prefix(".activations.")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(io)?;
-        let file = temp.reopen().map_err(io)?;
+        std::fs::create_dir_all(atomic::folder_of(path)).map_err(FileError::io(path))?;
+        let file = AtomicFile::create(path).map_err(FileError::io(path))?;
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("valid level"),
@@ -133,15 +107,10 @@ impl ActivationWriter {
                 ),
             ]))
             .build();
-        let writer = ArrowWriter::try_new(file, schema(), Some(properties)).map_err(|source| {
-            ActivationsError::Parquet {
-                file: path.to_path_buf(),
-                source,
-            }
-        })?;
+        let writer = ArrowWriter::try_new(file, schema(), Some(properties))
+            .map_err(FileError::parquet(path))?;
         Ok(ActivationWriter {
             path: path.to_path_buf(),
-            temp,
             writer,
             ids: UInt64Builder::new(),
             layers: StringBuilder::new(),
@@ -194,16 +163,10 @@ impl ActivationWriter {
             Arc::new(self.values.finish()),
         ];
         let batch =
-            RecordBatch::try_new(schema(), columns).map_err(|source| ActivationsError::Arrow {
-                file: self.path.clone(),
-                source,
-            })?;
+            RecordBatch::try_new(schema(), columns).map_err(FileError::arrow(&self.path))?;
         self.writer
             .write(&batch)
-            .map_err(|source| ActivationsError::Parquet {
-                file: self.path.clone(),
-                source,
-            })?;
+            .map_err(FileError::parquet(&self.path))?;
         self.pending = 0;
         Ok(())
     }
@@ -211,17 +174,11 @@ impl ActivationWriter {
     /// Writes what is pending and renames the file into place.
     pub fn finish(mut self) -> Result<PathBuf> {
         self.flush()?;
-        let parquet = |source| ActivationsError::Parquet {
-            file: self.path.clone(),
-            source,
-        };
-        self.writer.close().map_err(parquet)?;
-        self.temp
-            .persist(&self.path)
-            .map_err(|e| ActivationsError::Io {
-                file: self.path.clone(),
-                source: e.error,
-            })?;
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(FileError::parquet(&self.path))?;
+        file.commit().map_err(FileError::io(&self.path))?;
         Ok(self.path)
     }
 }
@@ -256,14 +213,8 @@ pub fn read_meta(path: &Path) -> Result<ActivationsMeta> {
 }
 
 fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let file = File::open(path).map_err(|source| ActivationsError::Io {
-        file: path.to_path_buf(),
-        source,
-    })?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| ActivationsError::Parquet {
-        file: path.to_path_buf(),
-        source,
-    })
+    let file = File::open(path).map_err(FileError::io(path))?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(file).map_err(FileError::parquet(path))?)
 }
 
 fn meta_of(
@@ -335,10 +286,7 @@ fn meta_of(
 }
 
 fn infer_meta(path: &Path) -> Result<ActivationsMeta> {
-    let arrow = |source| ActivationsError::Arrow {
-        file: path.to_path_buf(),
-        source,
-    };
+    let arrow = |source| FileError::arrow(path)(source);
     let mut layers: Vec<LayerWidth> = Vec::new();
     for batch in project(path, &["layer", "activation"], 8192)? {
         let batch = batch.map_err(arrow)?;
@@ -367,10 +315,7 @@ fn infer_meta(path: &Path) -> Result<ActivationsMeta> {
 /// The activation column as `list<float32>`, whatever list and float type the file used.
 fn as_float_lists(path: &Path, column: &ArrayRef) -> Result<arrow::array::ListArray> {
     let target = DataType::List(Arc::new(Field::new("item", DataType::Float32, true)));
-    let cast = cast(column, &target).map_err(|source| ActivationsError::Arrow {
-        file: path.to_path_buf(),
-        source,
-    })?;
+    let cast = cast(column, &target).map_err(FileError::arrow(path))?;
     Ok(cast.as_list::<i32>().clone())
 }
 
@@ -382,19 +327,13 @@ fn project(path: &Path, columns: &[&str], batch_rows: usize) -> Result<ParquetRe
         .iter()
         .map(|c| builder.schema().index_of(c))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|source| ActivationsError::Arrow {
-            file: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(FileError::arrow(path))?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     builder
         .with_projection(mask)
         .with_batch_size(batch_rows.max(1))
         .build()
-        .map_err(|source| ActivationsError::Parquet {
-            file: path.to_path_buf(),
-            source,
-        })
+        .map_err(|source| FileError::parquet(path)(source).into())
 }
 
 impl LayerReader {
@@ -433,10 +372,7 @@ impl LayerReader {
     }
 
     fn convert(&self, batch: &RecordBatch) -> Result<ActivationBatch> {
-        let arrow = |source| ActivationsError::Arrow {
-            file: self.file.clone(),
-            source,
-        };
+        let arrow = |source| FileError::arrow(&self.file)(source);
         let column = |name: &str| batch.column_by_name(name).expect("projected");
         let ids = column("sample_id").as_primitive::<UInt64Type>();
         let layers = cast(column("layer"), &DataType::Utf8).map_err(arrow)?;
@@ -488,12 +424,7 @@ impl Iterator for LayerReader {
         loop {
             let batch = match self.inner.next()? {
                 Ok(batch) => batch,
-                Err(source) => {
-                    return Some(Err(ActivationsError::Arrow {
-                        file: self.file.clone(),
-                        source,
-                    }))
-                }
+                Err(source) => return Some(Err(FileError::arrow(&self.file)(source).into())),
             };
             let converted = self.convert(&batch);
             self.row += batch.num_rows() as u64;

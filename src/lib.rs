@@ -6,10 +6,12 @@
 //! as a streaming timely dataflow: no activation needs to be stored.
 //!
 //! Modules, each with one job:
+//! - [`ids`]: typed ids of a study's encoders, layers, shards and pairs.
 //! - [`digest`]: the fingerprints that name what a unit of work depends on.
 //! - [`dataset`]: the Parquet shard format, importers, and the streaming reader.
 //! - [`encoder`]: encoder packages run through tch: preprocessing, tokenization, pooling.
-//! - [`atomic`]: files written whole or not at all.
+//! - [`atomic`]: files and folders written whole or not at all.
+//! - [`file_error`]: the failures every file format shares ([`file_error::FileError`]).
 //! - [`activations`]: files of pooled activations, per sample and layer.
 //! - [`sae`]: sparse autoencoders: variants, online training, checkpoints.
 //! - [`pipeline`]: the timely dataflows.
@@ -30,6 +32,8 @@ pub mod codes;
 pub mod dataset;
 pub mod digest;
 pub mod encoder;
+pub mod file_error;
+pub mod ids;
 pub mod metrics;
 pub mod names;
 pub mod pipeline;

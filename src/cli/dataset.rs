@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use super::workers::WorkerFlags;
 use crate::dataset::import::{
     self, CocoImport, CocoRows, EmojiBuild, FolderImport, HfImport, ImportReport, ImportTarget,
 };
-use crate::pipeline::WorkerArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum DatasetCommand {
@@ -80,7 +80,7 @@ pub enum DatasetCommand {
         #[arg(long, default_value_t = 256)]
         batch_rows: usize,
         #[command(flatten)]
-        workers: WorkerArgs,
+        workers: WorkerFlags,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -180,7 +180,7 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
             json,
             help: _,
         } => {
-            let summary = crate::pipeline::scan(&dir, &workers, decode, batch_rows)?;
+            let summary = crate::pipeline::scan(&dir, &workers.into(), decode, batch_rows)?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {

@@ -1,5 +1,6 @@
-//! Command-line parsing and dispatch. Argument structs are the library's own option types
-//! wherever one exists, so the CLI and the library say the same things.
+//! Command-line parsing and dispatch. Everything clap knows of sits here: argument structs that
+//! convert into the library's option types, and how the library's enums are spelled as flag
+//! values (`values.rs`).
 
 mod compare;
 mod dataset;
@@ -7,6 +8,8 @@ mod encode;
 mod report;
 mod sae;
 mod study;
+mod values;
+mod workers;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

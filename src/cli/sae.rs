@@ -2,27 +2,25 @@
 
 use std::path::PathBuf;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
-use crate::sae::{train_from_file, SaeConfig, TrainFileOptions};
+use crate::sae::{train_from_file, DecoderBiasInit, SaeConfig, SaeKind, TrainFileOptions};
 use crate::torch::DeviceSpec;
 
 #[derive(Debug, Subcommand)]
 pub enum SaeCommand {
     /// Train an SAE on one layer of an activation file (as `saeshare encode` writes).
+    #[command(
+        mut_arg("activations", |a| a.help("The activation file")),
+        mut_arg("layer", |a| a.help("The layer to train on, as the file names it")),
+        mut_arg("out", |a| a.help(
+            "The SAE's folder: sae.safetensors, optimizer.safetensors, sae.json, checkpoints/"
+        )),
+        mut_arg("device", |a| a.help("cpu, cuda or cuda:N")),
+    )]
     Train {
-        /// The activation file.
-        #[arg(long)]
-        activations: PathBuf,
-        /// The layer to train on, as the file names it.
-        #[arg(long)]
-        layer: String,
-        /// The SAE's folder: sae.safetensors, optimizer.safetensors, sae.json, checkpoints/.
-        #[arg(long)]
-        out: PathBuf,
-        /// cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
+        #[command(flatten)]
+        input: LayerArgs,
         /// Rows (tokens) the mixing buffer holds.
         #[arg(long, default_value_t = 65_536)]
         buffer_rows: usize,
@@ -36,36 +34,113 @@ pub enum SaeCommand {
         #[arg(long, default_value_t = 50)]
         log_every: usize,
         #[command(flatten)]
-        config: SaeConfig,
+        config: SaeArgs,
     },
     /// Write the sparse codes of a trained SAE on one layer of an activation file:
     /// sample_id, feature, value, one row per active latent.
+    #[command(mut_arg("out", |a| a.help("The codes file to write; it must not exist")))]
     Encode {
         /// The SAE's folder (as `sae train --out` wrote it).
         #[arg(long)]
         sae: PathBuf,
-        #[arg(long)]
-        activations: PathBuf,
-        #[arg(long)]
-        layer: String,
-        /// The codes file to write; it must not exist.
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
+        #[command(flatten)]
+        input: LayerArgs,
         /// Samples encoded at once.
         #[arg(long, default_value_t = 4096)]
         batch_rows: usize,
     },
 }
 
+/// The flags both subcommands share: one layer of an activation file, where the result goes,
+/// and the device. Each subcommand gives them its own help.
+#[derive(Debug, Args)]
+pub struct LayerArgs {
+    #[arg(long)]
+    activations: PathBuf,
+    #[arg(long)]
+    layer: String,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+}
+
+/// The `sae train` flags of [`SaeConfig`], with its defaults.
+#[derive(Debug, Args)]
+pub struct SaeArgs {
+    /// The SAE variant.
+    #[arg(long, value_enum, default_value_t = SaeConfig::default().kind)]
+    kind: SaeKind,
+    /// Active latents per sample (TopK, BatchTopK).
+    #[arg(long, default_value_t = SaeConfig::default().k)]
+    k: usize,
+    /// Latents per input dimension: d_sae = expansion x d_in.
+    #[arg(long, default_value_t = SaeConfig::default().expansion)]
+    expansion: usize,
+    /// L1 coefficient (ReLU variant only). The loss is normalised (fraction of variance
+    /// unexplained), so this weighs the mean L1 of a code against that fraction.
+    #[arg(long, default_value_t = SaeConfig::default().l1_coefficient)]
+    l1_coefficient: f64,
+    /// Peak learning rate of Adam.
+    #[arg(long, default_value_t = SaeConfig::default().lr)]
+    lr: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    #[arg(long, default_value_t = SaeConfig::default().warmup_steps)]
+    warmup_steps: usize,
+    /// Fraction of the steps, at the end, over which the rate decays linearly to 0.
+    #[arg(long, default_value_t = SaeConfig::default().decay_fraction)]
+    decay_fraction: f64,
+    /// Training steps in all.
+    #[arg(long, default_value_t = SaeConfig::default().steps)]
+    steps: usize,
+    /// Samples (tokens) per step.
+    #[arg(long, default_value_t = SaeConfig::default().batch_size)]
+    batch_size: usize,
+    /// Largest global gradient norm; larger gradients are scaled down.
+    #[arg(long, default_value_t = SaeConfig::default().grad_clip)]
+    grad_clip: f64,
+    /// Dead latents used by the AuxK loss (0 turns it off).
+    #[arg(long, default_value_t = SaeConfig::default().aux_k)]
+    aux_k: usize,
+    /// Weight of the AuxK loss.
+    #[arg(long, default_value_t = SaeConfig::default().aux_coefficient)]
+    aux_coefficient: f64,
+    /// A latent silent for this many tokens is dead (AuxK, dead fraction).
+    #[arg(long, default_value_t = SaeConfig::default().dead_after_tokens)]
+    dead_after_tokens: u64,
+    #[arg(long, value_enum, default_value_t = SaeConfig::default().b_dec_init)]
+    b_dec_init: DecoderBiasInit,
+    /// Seed of the weights' initialisation and of the data order.
+    #[arg(long, default_value_t = SaeConfig::default().seed)]
+    seed: u64,
+}
+
+impl From<SaeArgs> for SaeConfig {
+    fn from(args: SaeArgs) -> Self {
+        SaeConfig {
+            kind: args.kind,
+            k: args.k,
+            expansion: args.expansion,
+            l1_coefficient: args.l1_coefficient,
+            lr: args.lr,
+            warmup_steps: args.warmup_steps,
+            decay_fraction: args.decay_fraction,
+            steps: args.steps,
+            batch_size: args.batch_size,
+            grad_clip: args.grad_clip,
+            aux_k: args.aux_k,
+            aux_coefficient: args.aux_coefficient,
+            dead_after_tokens: args.dead_after_tokens,
+            b_dec_init: args.b_dec_init,
+            seed: args.seed,
+        }
+    }
+}
+
 pub fn run(command: SaeCommand) -> anyhow::Result<()> {
     match command {
         SaeCommand::Train {
-            activations,
-            layer,
-            out,
-            device,
+            input,
             buffer_rows,
             checkpoint_every,
             resume,
@@ -73,16 +148,16 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
             config,
         } => {
             let options = TrainFileOptions {
-                activations,
-                layer,
-                out,
-                device: device.check_available()?,
+                device: input.device.check_available()?,
+                activations: input.activations,
+                layer: input.layer,
+                out: input.out,
                 buffer_rows,
                 checkpoint_every,
                 resume,
                 log_every,
             };
-            let report = train_from_file(&config, &options)?;
+            let report = train_from_file(&config.into(), &options)?;
             println!(
                 "SAE in {}: {} steps ({} this run), {} tokens",
                 report.out.display(),
@@ -100,18 +175,15 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
         }
         SaeCommand::Encode {
             sae,
-            activations,
-            layer,
-            out,
-            device,
+            input,
             batch_rows,
         } => {
             let summary = crate::sae::encode_file(
                 &sae,
-                &activations,
-                &layer,
-                &out,
-                device.check_available()?,
+                &input.activations,
+                &input.layer,
+                &input.out,
+                input.device.check_available()?,
                 batch_rows,
             )?;
             println!(
@@ -123,5 +195,41 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn train_config(flags: &[&str]) -> SaeConfig {
+        let args = [
+            "saeshare",
+            "sae",
+            "train",
+            "--activations",
+            "a",
+            "--layer",
+            "l",
+        ];
+        let cli = Cli::parse_from(args.iter().chain(&["--out", "o"]).chain(flags));
+        match cli.command {
+            Command::Sae(SaeCommand::Train { config, .. }) => config.into(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_flags_default_to_the_library_defaults_and_set_each_setting() {
+        Cli::command().debug_assert();
+        assert_eq!(train_config(&[]), SaeConfig::default());
+        let config = train_config(&["--kind", "batch-topk", "--b-dec-init", "mean", "--k", "8"]);
+        assert_eq!(
+            (config.kind, config.b_dec_init, config.k),
+            (SaeKind::BatchTopk, DecoderBiasInit::Mean, 8)
+        );
     }
 }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::report::ReportOptions;
-
+use super::workers::WorkerFlags;
 use crate::pipeline::{FolderState, Plan, Study, WorkerArgs};
+use crate::report::ReportOptions;
 
 #[derive(Debug, Subcommand)]
 pub enum StudyCommand {
@@ -32,7 +32,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         study.output.display()
     );
     for (name, encoder) in &study.encoders {
-        let sae = study.sae_for(name).map_err(anyhow::Error::msg)?;
+        let sae = study.sae_for(name)?;
         println!(
             "  encoder {name}: {} layers={} device={} sae={:?} k={} expansion={}",
             encoder.package.display(),
@@ -110,7 +110,7 @@ pub struct RunArgs {
     /// The study file (pipelines/demo.toml is the embedded default).
     pub study: PathBuf,
     #[command(flatten)]
-    pub workers: WorkerArgs,
+    pub workers: WorkerFlags,
     /// Skip the HTML report (`saeshare report OUTPUT` makes it later).
     #[arg(long)]
     pub no_report: bool,
@@ -120,8 +120,9 @@ pub struct RunArgs {
 }
 
 pub fn run_study(args: RunArgs) -> anyhow::Result<()> {
-    let summary = crate::pipeline::run_study(&args.study, &args.workers)?;
-    if args.workers.process != 0 {
+    let workers = WorkerArgs::from(args.workers);
+    let summary = crate::pipeline::run_study(&args.study, &workers)?;
+    if workers.process != 0 {
         return Ok(());
     }
     let fitted = if summary.saes_fitted.is_empty() {

@@ -16,6 +16,10 @@ mod writer;
 
 use std::path::PathBuf;
 
+use arrow::datatypes::DataType;
+
+use crate::file_error::FileError;
+
 pub use batch::{CodeBatch, SparseCode};
 pub use reader::CodesReader;
 pub use writer::{CodesSummary, CodesWriter};
@@ -46,6 +50,15 @@ pub mod keys {
     /// Metadata: the number of samples in the file, written when the file is finished.
     pub const SAMPLES: &str = "saeshare.codes.samples";
 }
+
+/// The columns of a codes file, in the order the writer writes them: name, type, nullable.
+/// `feature` and `value` are null only on the single row of a sample without active latents.
+/// Readers accept any integer type where this says an integer, any float type for `value`.
+pub(crate) const COLUMNS: [(&str, DataType, bool); 3] = [
+    (keys::SAMPLE_ID, DataType::UInt64, false),
+    (keys::FEATURE, DataType::UInt32, true),
+    (keys::VALUE, DataType::Float32, true),
+];
 
 /// What a codes file says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,41 +118,9 @@ pub enum CodesError {
         /// The existing file.
         path: PathBuf,
     },
-    /// An I/O error.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file being read or written.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not Parquet, or the Parquet library failed.
-    #[error("{file}: not a readable Parquet file: {source}")]
-    Parquet {
-        /// The file.
-        file: PathBuf,
-        /// The cause.
-        #[source]
-        source: parquet::errors::ParquetError,
-    },
-    /// Arrow failed on the file's data.
-    #[error("{file}: {source}")]
-    Arrow {
-        /// The file.
-        file: PathBuf,
-        /// The cause.
-        #[source]
-        source: arrow::error::ArrowError,
-    },
-    /// A column or metadata key is missing or has the wrong type.
-    #[error("{file}: {problem}")]
-    WrongSchema {
-        /// The file.
-        file: PathBuf,
-        /// What is wrong, naming the column or key.
-        problem: String,
-    },
+    /// An I/O, Parquet, Arrow or schema failure on the file.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The file was written by a newer saeshare.
     #[error("{file}: codes format version {found} is newer than this saeshare reads (version {FORMAT_VERSION}); upgrade saeshare")]
     UnsupportedVersion {
@@ -173,29 +154,9 @@ pub enum CodesError {
 }
 
 impl CodesError {
+    /// An I/O error on `path`, for `map_err`; a missing file is [`CodesError::NotFound`].
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CodesError {
-        let path = path.into();
-        move |source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                CodesError::NotFound { path }
-            } else {
-                CodesError::Io { path, source }
-            }
-        }
-    }
-
-    pub(crate) fn parquet(
-        file: impl Into<PathBuf>,
-    ) -> impl FnOnce(parquet::errors::ParquetError) -> CodesError {
-        let file = file.into();
-        move |source| CodesError::Parquet { file, source }
-    }
-
-    pub(crate) fn arrow(
-        file: impl Into<PathBuf>,
-    ) -> impl FnOnce(arrow::error::ArrowError) -> CodesError {
-        let file = file.into();
-        move |source| CodesError::Arrow { file, source }
+        FileError::io_or_missing(path, |path| CodesError::NotFound { path })
     }
 }
 

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::{cast_with_options, CastOptions};
-use arrow::datatypes::{DataType, Float32Type, UInt32Type, UInt64Type};
+use arrow::datatypes::{Float32Type, UInt32Type, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::KeyValue;
 
-use super::{keys, CodeBatch, CodesError, CodesMeta, Result, FORMAT_VERSION};
+use super::{keys, CodeBatch, CodesError, CodesMeta, Result, COLUMNS, FORMAT_VERSION};
+use crate::file_error::FileError;
 
 /// Parquet rows decoded at a time; independent of how many samples a batch holds.
 const READ_ROWS: usize = 16 * 1024;
@@ -77,19 +78,18 @@ impl CodesReader {
         }
         keyed.sort_by(|x, y| (x.0, &x.1).cmp(&(y.0, &y.1)));
         let Some((_, first, meta, _)) = keyed.first() else {
-            return Err(CodesError::WrongSchema {
-                file: path.to_path_buf(),
-                problem: "the folder holds no codes file (*.parquet)".into(),
-            });
+            return Err(FileError::wrong_schema(
+                path,
+                "the folder holds no codes file (*.parquet)",
+            )
+            .into());
         };
         if let Some((_, other, m, _)) = keyed.iter().find(|k| &k.2 != meta) {
-            return Err(CodesError::WrongSchema {
-                file: other.clone(),
-                problem: format!(
-                    "holds codes of {m:?}, {} of {meta:?}; a folder holds the shards of one encoder, layer and SAE",
-                    first.display()
-                ),
-            });
+            let problem = format!(
+                "holds codes of {m:?}, {} of {meta:?}; a folder holds the shards of one encoder, layer and SAE",
+                first.display()
+            );
+            return Err(FileError::wrong_schema(other, problem).into());
         }
         let samples: Option<u64> = keyed.iter().map(|k| k.3).sum();
         let mut reader = Self::open_file(first)?;
@@ -101,7 +101,7 @@ impl CodesReader {
     fn open_file(path: &Path) -> Result<CodesReader> {
         let file = File::open(path).map_err(CodesError::io(path))?;
         let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(CodesError::parquet(path))?;
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(FileError::not_parquet(path))?;
         let kv = builder.metadata().file_metadata().key_value_metadata();
         let (meta, samples) = read_meta(path, kv)?;
         let roots = check_schema(path, builder.schema())?;
@@ -116,7 +116,7 @@ impl CodesReader {
             .with_projection(mask)
             .with_batch_size(READ_ROWS)
             .build()
-            .map_err(CodesError::parquet(path))?;
+            .map_err(FileError::not_parquet(path))?;
         Ok(CodesReader {
             path: path.to_path_buf(),
             order,
@@ -167,9 +167,9 @@ impl CodesReader {
             .iter()
             .map(|root| sorted.binary_search(root).expect("projected"))
             .collect();
-        batch
+        Ok(batch
             .project(&positions)
-            .map_err(CodesError::arrow(&self.path))
+            .map_err(FileError::arrow(&self.path))?)
     }
 
     /// Reads rows until a batch is full or the file ends.
@@ -192,7 +192,7 @@ impl CodesReader {
                         return Ok((!batch.is_empty()).then_some(batch));
                     }
                     Some(batch) => {
-                        let batch = batch.map_err(CodesError::arrow(&self.path))?;
+                        let batch = batch.map_err(FileError::arrow(&self.path))?;
                         self.current = Some(self.reorder(batch)?);
                         self.position = 0;
                     }
@@ -325,14 +325,18 @@ fn read_meta(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<(CodesMeta, Opti
             .find(|e| e.key == key)
             .and_then(|e| e.value.clone())
     };
-    let missing = |key: &str| CodesError::WrongSchema {
-        file: path.to_path_buf(),
-        problem: format!("key-value metadata `{key}` is missing; is this a saeshare codes file?"),
+    let missing = |key: &str| {
+        FileError::wrong_schema(
+            path,
+            format!("key-value metadata `{key}` is missing; is this a saeshare codes file?"),
+        )
     };
     let number = |key: &str, text: String| {
-        text.parse::<u64>().map_err(|_| CodesError::WrongSchema {
-            file: path.to_path_buf(),
-            problem: format!("key-value metadata `{key}` = {text:?} is not a whole number"),
+        text.parse::<u64>().map_err(|_| {
+            FileError::wrong_schema(
+                path,
+                format!("key-value metadata `{key}` = {text:?} is not a whole number"),
+            )
         })
     };
     let version = get(keys::VERSION).ok_or_else(|| missing(keys::VERSION))?;
@@ -347,9 +351,8 @@ fn read_meta(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<(CodesMeta, Opti
     }
     let d_sae = get(keys::D_SAE).ok_or_else(|| missing(keys::D_SAE))?;
     let d_sae = number(keys::D_SAE, d_sae)?;
-    let d_sae = u32::try_from(d_sae).map_err(|_| CodesError::WrongSchema {
-        file: path.to_path_buf(),
-        problem: format!("d_sae = {d_sae} does not fit in uint32"),
+    let d_sae = u32::try_from(d_sae).map_err(|_| {
+        FileError::wrong_schema(path, format!("d_sae = {d_sae} does not fit in uint32"))
     })?;
     let k = get(keys::K)
         .map(|k| number(keys::K, k).map(|k| k as u32))
@@ -367,29 +370,26 @@ fn read_meta(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<(CodesMeta, Opti
     Ok((meta, samples))
 }
 
-/// Finds the three columns by name (tools may write them in any order, among other columns)
+/// Finds the three [`COLUMNS`] by name (tools may write them in any order, among other columns)
 /// and checks their types: any integer type for `sample_id` and `feature`, any float type for
 /// `value`, converted when read. Returns their positions.
 fn check_schema(path: &Path, schema: &arrow::datatypes::Schema) -> Result<Vec<usize>> {
-    type Accepts = fn(&DataType) -> bool;
-    let expected: [(&str, Accepts, &str); 3] = [
-        (keys::SAMPLE_ID, DataType::is_integer, "uint64"),
-        (keys::FEATURE, DataType::is_integer, "uint32"),
-        (keys::VALUE, DataType::is_floating, "float32"),
-    ];
-    expected
+    COLUMNS
         .iter()
-        .map(|(name, accepts, wanted)| {
-            let index = schema.index_of(name).map_err(|_| CodesError::WrongSchema {
-                file: path.to_path_buf(),
-                problem: format!("column `{name}` ({wanted}) is missing"),
+        .map(|(name, written, _)| -> Result<usize> {
+            let wanted = written.to_string().to_lowercase();
+            let index = schema.index_of(name).map_err(|_| {
+                FileError::wrong_schema(path, format!("column `{name}` ({wanted}) is missing"))
             })?;
             let found = schema.field(index).data_type();
-            if !accepts(found) {
-                return Err(CodesError::WrongSchema {
-                    file: path.to_path_buf(),
-                    problem: format!("column `{name}` must be {wanted}, found {found}"),
-                });
+            let accepted = if written.is_integer() {
+                found.is_integer()
+            } else {
+                found.is_floating()
+            };
+            if !accepted {
+                let problem = format!("column `{name}` must be {wanted}, found {found}");
+                return Err(FileError::wrong_schema(path, problem).into());
             }
             Ok(index)
         })
@@ -403,13 +403,12 @@ fn convert(path: &Path, batch: &RecordBatch) -> Result<[ArrayRef; 3]> {
         safe: false,
         ..CastOptions::default()
     };
-    let types = [DataType::UInt64, DataType::UInt32, DataType::Float32];
     let mut out = Vec::with_capacity(3);
-    for (column, data_type) in batch.columns().iter().zip(types) {
-        out.push(if column.data_type() == &data_type {
+    for (column, (_, data_type, _)) in batch.columns().iter().zip(&COLUMNS) {
+        out.push(if column.data_type() == data_type {
             column.clone()
         } else {
-            cast_with_options(column, &data_type, &options).map_err(CodesError::arrow(path))?
+            cast_with_options(column, data_type, &options).map_err(FileError::arrow(path))?
         });
     }
     Ok(out.try_into().expect("three columns"))

@@ -7,27 +7,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float32Builder, UInt32Builder, UInt64Builder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
-use tempfile::NamedTempFile;
 
-use super::{keys, CodesError, CodesMeta, Result, FORMAT_VERSION};
+use super::{keys, CodesError, CodesMeta, Result, COLUMNS, FORMAT_VERSION};
+use crate::atomic::{self, AtomicFile};
+use crate::file_error::FileError;
 
 /// Rows per Parquet row group: bounds what the writer and a reader hold at once (~1 MiB).
 const ROW_GROUP_ROWS: usize = 64 * 1024;
 
-/// The Arrow schema of a codes file. `feature` and `value` are null only on the single row of a
-/// sample without active latents.
+/// The Arrow schema of a codes file: [`COLUMNS`].
 pub(crate) fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(keys::SAMPLE_ID, DataType::UInt64, false),
-        Field::new(keys::FEATURE, DataType::UInt32, true),
-        Field::new(keys::VALUE, DataType::Float32, true),
-    ]))
+    let fields: Vec<Field> = COLUMNS
+        .iter()
+        .map(|(name, data_type, nullable)| Field::new(*name, data_type.clone(), *nullable))
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// What a writer wrote.
@@ -55,8 +55,7 @@ pub struct CodesSummary {
 pub struct CodesWriter {
     path: PathBuf,
     meta: CodesMeta,
-    temp: NamedTempFile,
-    writer: ArrowWriter<fs::File>,
+    writer: ArrowWriter<AtomicFile>,
     last_id: Option<u64>,
     ids: UInt64Builder,
     features: UInt32Builder,
@@ -76,20 +75,9 @@ impl CodesWriter {
                 path: path.to_path_buf(),
             });
         }
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&dir).map_err(CodesError::io(&dir))?;
-        let name = path
-            .file_name()
-            .map_or_else(|| "codes".into(), |n| n.to_string_lossy());
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(CodesError::io(&dir))?;
-        let file = temp.reopen().map_err(CodesError::io(temp.path()))?;
+        let dir = atomic::folder_of(path);
+        fs::create_dir_all(dir).map_err(CodesError::io(dir))?;
+        let file = AtomicFile::create(path).map_err(CodesError::io(dir))?;
         let mut metadata = vec![
             KeyValue::new(keys::VERSION.to_string(), FORMAT_VERSION.to_string()),
             KeyValue::new(keys::D_SAE.to_string(), meta.d_sae.to_string()),
@@ -110,11 +98,10 @@ impl CodesWriter {
             .set_key_value_metadata(Some(metadata))
             .build();
         let writer = ArrowWriter::try_new(file, schema(), Some(properties))
-            .map_err(CodesError::parquet(path))?;
+            .map_err(FileError::not_parquet(path))?;
         Ok(CodesWriter {
             path: path.to_path_buf(),
             meta,
-            temp,
             writer,
             last_id: None,
             ids: UInt64Builder::with_capacity(ROW_GROUP_ROWS),
@@ -210,16 +197,13 @@ impl CodesWriter {
         let file = self
             .writer
             .into_inner()
-            .map_err(CodesError::parquet(&self.path))?;
-        file.sync_all().map_err(CodesError::io(&self.path))?;
-        self.temp
-            .persist_noclobber(&self.path)
-            .map_err(|e| match e.error.kind() {
-                std::io::ErrorKind::AlreadyExists => CodesError::AlreadyExists {
-                    path: self.path.clone(),
-                },
-                _ => CodesError::io(&self.path)(e.error),
-            })?;
+            .map_err(FileError::not_parquet(&self.path))?;
+        file.commit_new().map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => CodesError::AlreadyExists {
+                path: self.path.clone(),
+            },
+            _ => CodesError::io(&self.path)(e),
+        })?;
         tracing::debug!(file = %self.path.display(), samples = self.samples, "wrote codes");
         Ok(CodesSummary {
             path: self.path,
@@ -238,14 +222,14 @@ impl CodesWriter {
             Arc::new(self.values.finish()),
         ];
         let batch =
-            RecordBatch::try_new(schema(), columns).map_err(CodesError::arrow(&self.path))?;
+            RecordBatch::try_new(schema(), columns).map_err(FileError::arrow(&self.path))?;
         self.writer
             .write(&batch)
-            .map_err(CodesError::parquet(&self.path))?;
+            .map_err(FileError::not_parquet(&self.path))?;
         // One row group per flush keeps what a reader holds at once bounded.
         self.writer
             .flush()
-            .map_err(CodesError::parquet(&self.path))?;
+            .map_err(FileError::not_parquet(&self.path))?;
         self.pending = 0;
         Ok(())
     }

@@ -12,6 +12,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::DatasetError;
+use crate::file_error::FileError;
 
 /// The shard format version written into every shard's key-value metadata.
 pub const FORMAT_VERSION: u32 = 1;
@@ -59,10 +60,8 @@ pub fn schema(extra: &[String]) -> SchemaRef {
 
 /// Checks a shard's schema and says what its columns are; the error names the file and column.
 pub fn check_schema(file: &Path, schema: &Schema) -> Result<ShardColumns, DatasetError> {
-    let wrong = |column: &str, found: String| DatasetError::WrongSchema {
-        file: file.to_path_buf(),
-        column: column.to_string(),
-        problem: found,
+    let wrong = |column: &str, found: String| {
+        DatasetError::from(FileError::wrong_column(file, column, found))
     };
     let field = |name: &str| {
         schema
@@ -160,7 +159,7 @@ pub(crate) fn image_bytes(file: &Path, column: &ArrayRef) -> Result<BinaryArray,
                         .into_builder()
                         .nulls(arrow::buffer::NullBuffer::union(Some(nulls), child.nulls()))
                         .build()
-                        .map_err(DatasetError::arrow(file))?;
+                        .map_err(FileError::arrow(file))?;
                     arrow::array::make_array(data)
                 }
                 _ => child,
@@ -168,7 +167,7 @@ pub(crate) fn image_bytes(file: &Path, column: &ArrayRef) -> Result<BinaryArray,
         }
         _ => column.clone(),
     };
-    let bytes = cast(&bytes, &DataType::Binary).map_err(DatasetError::arrow(file))?;
+    let bytes = cast(&bytes, &DataType::Binary).map_err(FileError::arrow(file))?;
     Ok(bytes.as_binary::<i32>().clone())
 }
 

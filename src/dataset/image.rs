@@ -16,14 +16,12 @@ impl EncodedImage {
     }
 
     /// Width and height from the header alone, without decoding the pixels.
-    pub fn dimensions(&self) -> Result<(u32, u32), String> {
-        reader(&self.0)?
-            .into_dimensions()
-            .map_err(|e| e.to_string())
+    pub fn dimensions(&self) -> Result<(u32, u32), UnreadableImage> {
+        Ok(reader(&self.0)?.into_dimensions()?)
     }
 
     /// Decodes the whole image.
-    pub fn decode(&self) -> Result<DynamicImage, String> {
+    pub fn decode(&self) -> Result<DynamicImage, UnreadableImage> {
         decode_image(&self.0)
     }
 
@@ -36,21 +34,32 @@ impl EncodedImage {
     }
 }
 
-/// Decodes an encoded image, refusing sizes no dataset image has (a decompression bomb or a
-/// corrupt header would otherwise allocate gigabytes).
-pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, String> {
-    reader(bytes)?.decode().map_err(|e| e.to_string())
+/// Why an encoded image does not decode: the reason a row's image is skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableImage {
+    #[error("empty file")]
+    Empty,
+    #[error("not an image format saeshare reads (JPEG, PNG, GIF, WebP, BMP)")]
+    UnknownFormat,
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Decode(#[from] image::ImageError),
 }
 
-fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, String> {
+/// Decodes an encoded image, refusing sizes no dataset image has (a decompression bomb or a
+/// corrupt header would otherwise allocate gigabytes).
+pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, UnreadableImage> {
+    Ok(reader(bytes)?.decode()?)
+}
+
+fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, UnreadableImage> {
     if bytes.is_empty() {
-        return Err("empty file".to_string());
+        return Err(UnreadableImage::Empty);
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
     if reader.format().is_none() {
-        return Err("not an image format saeshare reads (JPEG, PNG, GIF, WebP, BMP)".to_string());
+        return Err(UnreadableImage::UnknownFormat);
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(1 << 14);

@@ -129,7 +129,7 @@ impl Inspection {
 fn shard_schema(shard: &super::ShardInfo) -> Result<(Vec<(String, String)>, String)> {
     let file = std::fs::File::open(&shard.path).map_err(super::DatasetError::io(&shard.path))?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(super::DatasetError::parquet(&shard.path))?;
+        .map_err(crate::file_error::FileError::not_parquet(&shard.path))?;
     let schema = builder
         .schema()
         .fields()

@@ -17,7 +17,9 @@ mod writer;
 
 use std::path::PathBuf;
 
-pub use self::image::{decode_image, EncodedImage};
+use crate::file_error::FileError;
+
+pub use self::image::{decode_image, EncodedImage, UnreadableImage};
 pub use inspect::{inspect, Inspection, SampleRow};
 pub use reader::{Dataset, Projection, SampleBatch, ShardInfo, ShardReader, SkippedRow};
 pub use writer::{DatasetWriter, NewRow, WriteSummary, WriterOptions};
@@ -34,24 +36,10 @@ pub enum DatasetError {
     NotEmpty { dir: PathBuf },
     #[error("{dir}: {problem}")]
     BadSelection { dir: PathBuf, problem: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: not a readable Parquet file: {source}")]
-    Parquet {
-        file: PathBuf,
-        #[source]
-        source: parquet::errors::ParquetError,
-    },
-    #[error("{file}: {source}")]
-    Arrow {
-        file: PathBuf,
-        #[source]
-        source: arrow::error::ArrowError,
-    },
+    /// An I/O, Parquet, Arrow or schema failure on a file (a missing column is
+    /// [`FileError::WrongColumn`]).
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{file}: cannot read the rows from row {row} of this shard on ({source}); the file is damaged: restore it, or leave it out of the dataset")]
     Damaged {
         file: PathBuf,
@@ -59,12 +47,6 @@ pub enum DatasetError {
         row: u64,
         #[source]
         source: arrow::error::ArrowError,
-    },
-    #[error("{file}: column `{column}`: {problem}")]
-    WrongSchema {
-        file: PathBuf,
-        column: String,
-        problem: String,
     },
     #[error("{file}: dataset format version {found} is newer than this saeshare reads (version {}); upgrade saeshare", format::FORMAT_VERSION)]
     UnsupportedVersion { file: PathBuf, found: String },
@@ -91,29 +73,10 @@ pub enum DatasetError {
 }
 
 impl DatasetError {
+    /// An I/O error on `path`, for `map_err`; a missing file or folder is
+    /// [`DatasetError::NotFound`].
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DatasetError {
-        let path = path.into();
-        move |source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                DatasetError::NotFound { path }
-            } else {
-                DatasetError::Io { path, source }
-            }
-        }
-    }
-
-    pub(crate) fn parquet(
-        file: impl Into<PathBuf>,
-    ) -> impl FnOnce(parquet::errors::ParquetError) -> DatasetError {
-        let file = file.into();
-        move |source| DatasetError::Parquet { file, source }
-    }
-
-    pub(crate) fn arrow(
-        file: impl Into<PathBuf>,
-    ) -> impl FnOnce(arrow::error::ArrowError) -> DatasetError {
-        let file = file.into();
-        move |source| DatasetError::Arrow { file, source }
+        FileError::io_or_missing(path, |path| DatasetError::NotFound { path })
     }
 }
 

@@ -19,6 +19,7 @@ use parquet::arrow::ProjectionMask;
 use super::format::{self, ShardColumns};
 use super::writer::shard_files;
 use super::{DatasetError, EncodedImage, Result};
+use crate::file_error::FileError;
 
 /// A dataset folder whose shards have been checked.
 #[derive(Clone, Debug)]
@@ -210,8 +211,8 @@ impl ShardInfo {
     fn read(index: usize, path: PathBuf) -> Result<ShardInfo> {
         let file = File::open(&path).map_err(DatasetError::io(&path))?;
         let bytes = file.metadata().map_err(DatasetError::io(&path))?.len();
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(DatasetError::parquet(&path))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(FileError::not_parquet(&path))?;
         let metadata = builder.metadata();
         format::check_version(&path, metadata.file_metadata().key_value_metadata())?;
         let columns = format::check_schema(&path, builder.schema())?;
@@ -236,7 +237,7 @@ impl ShardInfo {
     pub fn read_ids(&self) -> Result<Vec<u64>> {
         let mut ids = Vec::with_capacity(self.rows as usize);
         for batch in self.batches(&[format::SAMPLE_ID], 64 * 1024)? {
-            let batch = batch.map_err(DatasetError::arrow(&self.path))?;
+            let batch = batch.map_err(FileError::arrow(&self.path))?;
             ids.extend(sample_ids(&batch, &self.path)?.values().iter().copied());
         }
         Ok(ids)
@@ -246,24 +247,20 @@ impl ShardInfo {
     pub fn batches(&self, columns: &[&str], batch_rows: usize) -> Result<ParquetRecordBatchReader> {
         let file = File::open(&self.path).map_err(DatasetError::io(&self.path))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(DatasetError::parquet(&self.path))?;
+            .map_err(FileError::not_parquet(&self.path))?;
         let roots = columns.iter().map(|name| {
             builder
                 .schema()
                 .index_of(name)
-                .map_err(|_| DatasetError::WrongSchema {
-                    file: self.path.clone(),
-                    column: name.to_string(),
-                    problem: "the column is missing".to_string(),
-                })
+                .map_err(|_| FileError::wrong_column(&self.path, *name, "the column is missing"))
         });
-        let roots = roots.collect::<Result<Vec<_>>>()?;
+        let roots = roots.collect::<Result<Vec<_>, FileError>>()?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         builder
             .with_projection(mask)
             .with_batch_size(batch_rows.max(1))
             .build()
-            .map_err(DatasetError::parquet(&self.path))
+            .map_err(|e| FileError::not_parquet(&self.path)(e).into())
     }
 }
 
@@ -296,11 +293,8 @@ fn sample_ids<'a>(batch: &'a RecordBatch, file: &Path) -> Result<&'a UInt64Array
         .column_by_name(format::SAMPLE_ID)
         .expect("projected column");
     if column.null_count() > 0 {
-        return Err(DatasetError::WrongSchema {
-            file: file.to_path_buf(),
-            column: format::SAMPLE_ID.to_string(),
-            problem: "holds nulls; every row needs a sample id".to_string(),
-        });
+        let problem = "holds nulls; every row needs a sample id";
+        return Err(FileError::wrong_column(file, format::SAMPLE_ID, problem).into());
     }
     Ok(column.as_primitive::<arrow::datatypes::UInt64Type>())
 }
@@ -334,7 +328,7 @@ impl ShardReader {
         let captions = batch
             .column_by_name(format::CAPTION)
             .expect("projected column");
-        let captions = cast(captions, &DataType::Utf8).map_err(DatasetError::arrow(&self.path))?;
+        let captions = cast(captions, &DataType::Utf8).map_err(FileError::arrow(&self.path))?;
         let captions: &StringArray = captions.as_string();
         let images = if self.projection.images {
             let column = batch

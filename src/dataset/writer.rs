@@ -13,11 +13,12 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
-use tempfile::NamedTempFile;
 
 use super::format::{self, FORMAT_VERSION, SOURCE_KEY, VERSION_KEY};
 use super::reader::Dataset;
 use super::{DatasetError, Result};
+use crate::atomic::{self, AtomicDir, AtomicFile};
+use crate::file_error::FileError;
 
 /// How shards are cut and labelled.
 #[derive(Clone, Debug)]
@@ -69,8 +70,8 @@ pub struct WriteSummary {
 pub struct DatasetWriter {
     /// Where shards are written: the staging folder of a new dataset, or the dataset itself.
     dir: PathBuf,
-    /// A new dataset's staging folder and final place.
-    staging: Option<(tempfile::TempDir, PathBuf)>,
+    /// A new dataset's staging folder, renamed into place by `finish`.
+    staging: Option<AtomicDir>,
     options: WriterOptions,
     schema: arrow::datatypes::SchemaRef,
     next_shard: usize,
@@ -81,8 +82,7 @@ pub struct DatasetWriter {
 }
 
 struct OpenShard {
-    temp: NamedTempFile,
-    writer: ArrowWriter<fs::File>,
+    writer: ArrowWriter<AtomicFile>,
     rows: usize,
     index: usize,
 }
@@ -101,20 +101,11 @@ impl DatasetWriter {
                 dir: dir.to_path_buf(),
             });
         }
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&parent).map_err(DatasetError::io(&parent))?;
-        let name = dir
-            .file_name()
-            .map_or_else(|| "dataset".into(), |n| n.to_string_lossy());
-        let staging = tempfile::Builder::new()
-            .prefix(&format!(".{name}.partial-"))
-            .tempdir_in(&parent)
-            .map_err(DatasetError::io(&parent))?;
+        let parent = atomic::folder_of(dir);
+        fs::create_dir_all(parent).map_err(DatasetError::io(parent))?;
+        let staging = AtomicDir::create(dir).map_err(DatasetError::io(parent))?;
         let mut writer = Self::starting_at(staging.path(), options, 0, 0);
-        writer.staging = Some((staging, dir.to_path_buf()));
+        writer.staging = Some(staging);
         Ok(writer)
     }
 
@@ -180,13 +171,10 @@ impl DatasetWriter {
         self.flush()?;
         self.close_shard()?;
         let mut summary = std::mem::take(&mut self.summary);
-        if let Some((staging, dir)) = self.staging.take() {
-            if dir.is_dir() {
-                // Checked empty at create; rename cannot replace a folder on every platform.
-                fs::remove_dir(&dir).map_err(DatasetError::io(&dir))?;
-            }
-            let staged = staging.keep();
-            fs::rename(&staged, &dir).map_err(DatasetError::io(&dir))?;
+        if let Some(staging) = self.staging.take() {
+            // The folder was checked empty at create.
+            let dir = staging.target().to_path_buf();
+            staging.commit().map_err(DatasetError::io(&dir))?;
             for shard in &mut summary.shards {
                 *shard = dir.join(shard.file_name().expect("shard paths end in a name"));
             }
@@ -211,9 +199,12 @@ impl DatasetWriter {
             shard
                 .writer
                 .write(&batch)
-                .map_err(DatasetError::parquet(&path))?;
+                .map_err(FileError::not_parquet(&path))?;
             // One row group per pushed batch keeps what a reader holds at once bounded.
-            shard.writer.flush().map_err(DatasetError::parquet(&path))?;
+            shard
+                .writer
+                .flush()
+                .map_err(FileError::not_parquet(&path))?;
             shard.rows += take;
             self.next_id += take as u64;
             self.summary.rows += take as u64;
@@ -248,18 +239,16 @@ impl DatasetWriter {
             Arc::new(captions.finish()),
         ];
         columns.extend(extras.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-        RecordBatch::try_new(self.schema.clone(), columns).map_err(DatasetError::arrow(&self.dir))
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(FileError::arrow(&self.dir))?)
     }
 
     fn open_shard(&mut self) -> Result<()> {
         let index = self.next_shard;
         self.next_shard += 1;
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", shard_name(index)))
-            .suffix(".tmp")
-            .tempfile_in(&self.dir)
+        let file = AtomicFile::create(&self.dir.join(shard_name(index)))
             .map_err(DatasetError::io(&self.dir))?;
-        let file = temp.reopen().map_err(DatasetError::io(temp.path()))?;
+        let temp = file.temp_path().to_path_buf();
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("valid level"),
@@ -271,9 +260,8 @@ impl DatasetWriter {
             ]))
             .build();
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(properties))
-            .map_err(DatasetError::parquet(temp.path()))?;
+            .map_err(FileError::not_parquet(temp))?;
         self.open = Some(OpenShard {
-            temp,
             writer,
             rows: 0,
             index,
@@ -289,12 +277,8 @@ impl DatasetWriter {
         let file = shard
             .writer
             .into_inner()
-            .map_err(DatasetError::parquet(&path))?;
-        file.sync_all().map_err(DatasetError::io(&path))?;
-        shard
-            .temp
-            .persist_noclobber(&path)
-            .map_err(|e| DatasetError::io(&path)(e.error))?;
+            .map_err(FileError::not_parquet(&path))?;
+        file.commit_new().map_err(DatasetError::io(&path))?;
         tracing::debug!(shard = %path.display(), rows = shard.rows, "wrote shard");
         self.summary.shards.push(path);
         Ok(())

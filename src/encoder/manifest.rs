@@ -17,7 +17,7 @@ pub enum Modality {
 }
 
 /// How the tokens (or the feature map) of a layer become one vector per sample.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// The first token (a trained summary token: BERT's [CLS], ViT's class token).
@@ -163,7 +163,7 @@ impl Manifest {
     }
 
     /// The layers named by `all`, `last`, or a comma-separated list of names.
-    pub fn select_layers(&self, selection: &str) -> Result<Vec<usize>, String> {
+    pub fn select_layers(&self, selection: &str) -> Result<Vec<usize>, EncoderError> {
         match selection {
             "all" => Ok((0..self.layers.len()).collect()),
             "last" => Ok(vec![self.layers.len() - 1]),
@@ -174,16 +174,10 @@ impl Manifest {
                     self.layers
                         .iter()
                         .position(|l| l.name == name)
-                        .ok_or_else(|| {
-                            format!(
-                                "{}: no layer {name:?}; its layers are {}",
-                                self.name,
-                                self.layers
-                                    .iter()
-                                    .map(|l| l.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
+                        .ok_or_else(|| EncoderError::NoLayer {
+                            encoder: self.name.clone(),
+                            layer: name.to_string(),
+                            layers: self.layers.iter().map(|l| l.name.clone()).collect(),
                         })
                 })
                 .collect(),

@@ -5,12 +5,15 @@
 //! - [`pooling::pool`]: `cls`, `eos`, `last`, `mean`, `gap`.
 //! - [`Encoder`]: a loaded package; [`Encoder::encode`] turns a dataset batch into pooled
 //!   activations per layer, skipping (and counting) images that do not decode.
+//! - [`Encoder::encode_batches`]: the one loop over dataset batches, preparing the next on a
+//!   helper thread while the model runs; [`PooledRows`] its output.
 //! - [`encode_dataset`]: `saeshare encode`.
 
 pub mod image;
 mod manifest;
 pub mod pooling;
 mod run;
+mod stream;
 pub mod text;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +25,7 @@ pub use manifest::{
     TextSpec, PACKAGE_VERSION,
 };
 pub use run::{encode_dataset, EncodeOptions, EncodeReport};
+pub use stream::PooledRows;
 
 use crate::dataset::SampleBatch;
 
@@ -46,6 +50,17 @@ pub enum EncoderError {
     },
     #[error("encoder {encoder}: {problem}")]
     Usage { encoder: String, problem: String },
+    #[error("encoder {encoder}: {problem}")]
+    Pooling {
+        encoder: String,
+        problem: pooling::PoolingError,
+    },
+    #[error("{encoder}: no layer {layer:?}; its layers are {}", .layers.join(", "))]
+    NoLayer {
+        encoder: String,
+        layer: String,
+        layers: Vec<String>,
+    },
 }
 
 /// A loaded encoder package.
@@ -110,7 +125,7 @@ pub fn prepare(manifest: &Manifest, batch: &SampleBatch) -> Result<Prepared, Enc
                             "shard {}: unreadable image skipped: {reason}",
                             batch.shard
                         );
-                        prepared.skipped.push((*id, reason));
+                        prepared.skipped.push((*id, reason.to_string()));
                     }
                 }
             }
@@ -262,7 +277,7 @@ impl Encoder {
                 mask.as_ref(),
                 self.manifest.prefix_tokens,
             )
-            .map_err(|problem| EncoderError::Usage {
+            .map_err(|problem| EncoderError::Pooling {
                 encoder: self.manifest.name.clone(),
                 problem,
             })?

@@ -4,6 +4,20 @@ use tch::{Kind, Tensor};
 
 use super::manifest::{OutputKind, Pooling};
 
+/// A pooling that does not fit the layer's output.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolingError {
+    #[error("{0:?} pooling needs tokens; a CNN's feature maps are pooled with gap")]
+    NeedsTokens(Pooling),
+    #[error("gap pooling is for CNN feature maps; use cls, eos, last or mean")]
+    GapNeedsFeatureMaps,
+    #[error("eos pooling needs an attention mask (text encoders)")]
+    EosNeedsMask,
+    /// The layer's output is not `[B,T,D]`.
+    #[error(transparent)]
+    Shape(#[from] tch::TchError),
+}
+
 /// Pools `hidden` (`[B,T,D]` tokens or `[B,C,H,W]` maps) to `[B,D]`. `mask` is the attention mask
 /// of text (`[B,T]`, 1 for real tokens); `prefix` the class and register tokens of a ViT.
 pub fn pool(
@@ -12,24 +26,20 @@ pub fn pool(
     pooling: Pooling,
     mask: Option<&Tensor>,
     prefix: usize,
-) -> Result<Tensor, String> {
+) -> Result<Tensor, PoolingError> {
     match (outputs, pooling) {
         (OutputKind::FeatureMaps, Pooling::Gap) => {
             Ok(hidden.mean_dim([2i64, 3].as_slice(), false, Kind::Float))
         }
-        (OutputKind::FeatureMaps, other) => Err(format!(
-            "{other:?} pooling needs tokens; a CNN's feature maps are pooled with gap"
-        )),
-        (OutputKind::Tokens, Pooling::Gap) => {
-            Err("gap pooling is for CNN feature maps; use cls, eos, last or mean".into())
-        }
+        (OutputKind::FeatureMaps, other) => Err(PoolingError::NeedsTokens(other)),
+        (OutputKind::Tokens, Pooling::Gap) => Err(PoolingError::GapNeedsFeatureMaps),
         (OutputKind::Tokens, Pooling::Cls) => Ok(hidden.select(1, 0)),
         (OutputKind::Tokens, Pooling::Last) => Ok(hidden.select(1, -1)),
         (OutputKind::Tokens, Pooling::Eos) => {
-            let mask = mask.ok_or("eos pooling needs an attention mask (text encoders)")?;
+            let mask = mask.ok_or(PoolingError::EosNeedsMask)?;
             let last =
                 (mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64) - 1).clamp_min(0);
-            let (_, _, width) = hidden.size3().map_err(|e| e.to_string())?;
+            let (_, _, width) = hidden.size3()?;
             let index = last.view([-1, 1, 1]).expand([-1, 1, width], false);
             Ok(hidden.gather(1, &index, false).squeeze_dim(1))
         }

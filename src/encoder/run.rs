@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use tch::Device;
 
-use super::{prepare, Encoder, Modality, Pooling, Prepared};
+use super::{Encoder, Modality, Pooling};
 use crate::activations::{ActivationWriter, ActivationsMeta, LayerWidth};
-use crate::dataset::{Dataset, Projection};
+use crate::dataset::{Dataset, Projection, SampleBatch};
 
 /// The inputs of `saeshare encode`.
 #[derive(Clone, Debug)]
@@ -37,10 +37,7 @@ pub struct EncodeReport {
 /// Encodes every row of the dataset, shard by shard, writing one pooled row per sample and layer.
 pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     let mut encoder = Encoder::load(&options.encoder, options.device)?;
-    let layers = encoder
-        .manifest
-        .select_layers(&options.layers)
-        .map_err(anyhow::Error::msg)?;
+    let layers = encoder.manifest.select_layers(&options.layers)?;
     let pooling = options.pooling.unwrap_or(encoder.manifest.default_pooling);
     let dataset = Dataset::open(&options.dataset)?;
     dataset.check_unique_ids()?;
@@ -67,62 +64,28 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     );
     let start = Instant::now();
     let (mut samples, mut skipped) = (0u64, 0u64);
-    // Reading, decoding and preprocessing run on their own thread, one bounded step ahead of
-    // the model, so the CPU prepares the next batch while libtorch runs this one.
-    let (prepared_tx, prepared_rx) =
-        crossbeam_channel::bounded::<anyhow::Result<(Prepared, u64)>>(2);
-    let manifest = encoder.manifest.clone();
-    let dataset = &dataset;
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        scope.spawn(move || {
-            for shard in dataset.shards() {
-                let reader = match shard.reader(projection, options.batch_size.max(1)) {
-                    Ok(reader) => reader,
-                    Err(e) => {
-                        let _ = prepared_tx.send(Err(e.into()));
-                        return;
-                    }
-                };
-                for batch in reader {
-                    let item = batch.map_err(anyhow::Error::from).and_then(|batch| {
-                        let read_skips = batch.skipped.len() as u64;
-                        Ok((prepare(&manifest, &batch)?, read_skips))
-                    });
-                    // A closed channel means the consumer failed; its error is the one to report.
-                    if prepared_tx.send(item).is_err() {
-                        return;
-                    }
-                }
+    let batch_size = options.batch_size.max(1);
+    let batches = dataset.shards().iter().flat_map(|shard| {
+        let batches: Box<dyn Iterator<Item = anyhow::Result<SampleBatch>> + Send> =
+            match shard.reader(projection, batch_size) {
+                Ok(reader) => Box::new(reader.map(|b| b.map_err(anyhow::Error::from))),
+                Err(e) => Box::new(std::iter::once(Err(e.into()))),
+            };
+        batches
+    });
+    let chosen: Vec<(String, usize)> = (layers.iter())
+        .map(|&l| &encoder.manifest.layers[l])
+        .map(|layer| (layer.name.clone(), layer.width))
+        .collect();
+    encoder.encode_batches(batches, &layers, pooling, |pooled| {
+        for (i, id) in pooled.sample_ids.iter().enumerate() {
+            for ((name, width), values) in chosen.iter().zip(&pooled.layers) {
+                writer.push(*id, name, &values[i * width..(i + 1) * width])?;
             }
-        });
-        for item in prepared_rx {
-            let (prepared, read_skips) = item?;
-            let rows = prepared.sample_ids.len() + prepared.skipped.len() + read_skips as usize;
-            let pooled = encoder.encode_prepared(prepared, &layers, pooling)?;
-            skipped += read_skips + pooled.skipped.len() as u64;
-            let values: Vec<(usize, Vec<f32>)> = pooled
-                .layers
-                .iter()
-                .map(|(layer, t)| {
-                    (
-                        *layer,
-                        Vec::<f32>::try_from(t.reshape([-1])).expect("float32"),
-                    )
-                })
-                .collect();
-            for (i, id) in pooled.sample_ids.iter().enumerate() {
-                for (layer, values) in &values {
-                    let layer = &encoder.manifest.layers[*layer];
-                    writer.push(
-                        *id,
-                        &layer.name,
-                        &values[i * layer.width..(i + 1) * layer.width],
-                    )?;
-                }
-            }
-            samples += pooled.sample_ids.len() as u64;
-            bar.inc(rows as u64);
         }
+        samples += pooled.sample_ids.len() as u64;
+        skipped += pooled.skipped;
+        bar.inc(pooled.rows());
         Ok(())
     })?;
     bar.finish_and_clear();

@@ -16,7 +16,7 @@ use super::state;
 use super::{best_over_layers, mean_over_layers, mppc, wmppc, FeatureMatch, MetricsError};
 
 /// How co-activation sums are gathered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// Sparse for TopK codes (files that declare `k`), dense otherwise.
     #[default]
@@ -280,35 +280,16 @@ fn assemble(
     floor: Option<Vec<super::baselines::Spread>>,
     ceiling: impl FnOnce(&[(Key, Option<f64>)]) -> Result<Option<Vec<Option<f64>>>, MetricsError>,
 ) -> Result<Comparison, MetricsError> {
-    let (source_name, target_name) = (source[0].encoder.clone(), target[0].encoder.clone());
     // With a state, N counts the samples of earlier runs too.
     let samples = accumulators[0][0].samples();
     let features = feature_rows(&accumulators, source, target);
-    if report.dropped > 0 {
-        // A pipeline's pair carries the first left-out sample of the shards summed this run
-        // only; earlier runs' are counted but not named.
-        let first = report
-            .first_dropped
-            .as_ref()
-            .map_or_else(String::new, |(id, file)| {
-                format!(
-                    " (the first: sample_id {id}, missing from {})",
-                    file.display()
-                )
-            });
-        tracing::warn!(
-            dropped = report.dropped,
-            "left out {} samples missing from some file{first}",
-            report.dropped,
-        );
-    }
+    warn_dropped(&report);
     let matches: Matches = accumulators
         .iter()
         .map(|row| row.iter().map(mppc).collect())
         .collect();
     let values = keyed_values(&matches);
     let ceiling = ceiling(&values)?;
-
     let layer_name = |layers: &[CodesMeta], index: Option<usize>| {
         index.map_or_else(|| ALL_LAYERS.to_string(), |i| layers[i].layer.clone())
     };
@@ -316,8 +297,8 @@ fn assemble(
         .iter()
         .enumerate()
         .map(|(r, (key, value))| WmppcRow {
-            source: source_name.clone(),
-            target: target_name.clone(),
+            source: source[0].encoder.clone(),
+            target: target[0].encoder.clone(),
             source_layer: layer_name(source, key.source_layer),
             target_layer: layer_name(target, key.target_layer),
             aggregation: key.aggregation,
@@ -328,16 +309,46 @@ fn assemble(
             samples,
         })
         .collect();
+    Ok(Comparison {
+        features,
+        mppc: mppc_rows(&matches, source, target),
+        wmppc: wmppc_rows,
+        align: report,
+    })
+}
 
-    let mut mppc_rows = Vec::new();
+/// Says how many samples some file lacked, naming the first.
+fn warn_dropped(report: &AlignReport) {
+    if report.dropped == 0 {
+        return;
+    }
+    // A pipeline's pair carries the first left-out sample of the shards summed this run only;
+    // earlier runs' are counted but not named.
+    let first = (report.first_dropped.as_ref()).map_or_else(String::new, |(id, file)| {
+        format!(
+            " (the first: sample_id {id}, missing from {})",
+            file.display()
+        )
+    });
+    tracing::warn!(
+        dropped = report.dropped,
+        "left out {} samples missing from some file{first}",
+        report.dropped,
+    );
+}
+
+/// One `mppc` row per source feature and target layer, and over the union of the target
+/// layers when there are several.
+fn mppc_rows(matches: &Matches, source: &[CodesMeta], target: &[CodesMeta]) -> Vec<MppcRow> {
+    let mut rows = Vec::new();
     for (a, per_target) in matches.iter().enumerate() {
         let mut row =
             |feature: usize, target_layer: String, m: FeatureMatch, best: Option<usize>| {
-                mppc_rows.push(MppcRow {
-                    source: source_name.clone(),
+                rows.push(MppcRow {
+                    source: source[0].encoder.clone(),
                     source_layer: source[a].layer.clone(),
                     feature: feature as u32,
-                    target: target_name.clone(),
+                    target: target[0].encoder.clone(),
                     target_layer,
                     best_feature: m.best,
                     best_layer: best.map(|b| target[b].layer.clone()),
@@ -356,12 +367,7 @@ fn assemble(
             }
         }
     }
-    Ok(Comparison {
-        features,
-        mppc: mppc_rows,
-        wmppc: wmppc_rows,
-        align: report,
-    })
+    rows
 }
 
 /// The moments of every source layer (from its first accumulator) and every target layer.

@@ -72,6 +72,20 @@ impl WmppcMatrix {
         })
     }
 
+    /// `f(row, column, cell)` of every cell, filled or not, row by row.
+    pub fn map_cells<T>(&self, f: impl Fn(usize, usize, Option<&MatrixCell>) -> T) -> Vec<Vec<T>> {
+        self.cells
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                row.iter()
+                    .enumerate()
+                    .map(|(j, c)| f(i, j, c.as_ref()))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// The matrix as a text table: `0.799 (0.115)` is wMPPC (floor), `(floor-ceiling)` when the
     /// study has a ceiling; `.` the diagonal, an empty cell a pair not compared (yet).
     pub fn to_text(&self) -> String {
@@ -82,21 +96,11 @@ impl WmppcMatrix {
             (Some(v), None, None) => format!("{v:.3}"),
             _ => "-".to_string(),
         };
-        let cells: Vec<Vec<String>> = self
-            .cells
-            .iter()
-            .enumerate()
-            .map(|(i, row)| {
-                row.iter()
-                    .enumerate()
-                    .map(|(j, c)| match c {
-                        _ if i == j => ".".to_string(),
-                        Some(c) => text(c),
-                        None => String::new(),
-                    })
-                    .collect()
-            })
-            .collect();
+        let cells = self.map_cells(|i, j, c| match c {
+            _ if i == j => ".".to_string(),
+            Some(c) => text(c),
+            None => String::new(),
+        });
         let header = if self.has_ceiling() {
             "wMPPC (floor-ceiling)"
         } else {

@@ -22,7 +22,7 @@ mod state;
 pub mod tables;
 mod views;
 
-use std::path::PathBuf;
+use crate::file_error::FileError;
 
 pub use baselines::ceiling_for;
 pub use bench::{bench_stats, BenchOptions, BenchReport};
@@ -44,65 +44,12 @@ pub enum MetricsError {
     /// Reading codes failed.
     #[error(transparent)]
     Codes(#[from] crate::codes::CodesError),
-    /// An I/O error.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Parquet failed on a table.
-    #[error("{file}: {source}")]
-    Parquet {
-        /// The file.
-        file: PathBuf,
-        /// The cause.
-        #[source]
-        source: parquet::errors::ParquetError,
-    },
-    /// Arrow failed on a table.
-    #[error("{file}: {source}")]
-    Arrow {
-        /// The file.
-        file: PathBuf,
-        /// The cause.
-        #[source]
-        source: arrow::error::ArrowError,
-    },
-    /// A table lacks a column or has it with the wrong type.
-    #[error("{file}: {problem}")]
-    WrongSchema {
-        /// The file.
-        file: PathBuf,
-        /// What is wrong.
-        problem: String,
-    },
+    /// An I/O, Parquet, Arrow or schema failure on a file (a table, the compare state).
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The inputs do not fit together (files of mixed encoders, unknown models, ...).
     #[error("{0}")]
     BadInput(String),
-}
-
-impl MetricsError {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> MetricsError {
-        let path = path.into();
-        move |source| MetricsError::Io { path, source }
-    }
-
-    pub(crate) fn parquet(
-        file: impl Into<PathBuf>,
-    ) -> impl FnOnce(parquet::errors::ParquetError) -> MetricsError {
-        let file = file.into();
-        move |source| MetricsError::Parquet { file, source }
-    }
-
-    pub(crate) fn arrow(
-        file: impl Into<PathBuf>,
-    ) -> impl FnOnce(arrow::error::ArrowError) -> MetricsError {
-        let file = file.into();
-        move |source| MetricsError::Arrow { file, source }
-    }
 }
 
 /// `wMPPC = sum_i S_i MPPC_i / sum_i S_i`; `None` when every weight is 0 (all features dead or

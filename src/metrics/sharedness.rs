@@ -49,20 +49,7 @@ pub fn sharedness(
     rows: &[MppcRow],
     query: &SharednessQuery,
 ) -> Result<Vec<SharednessRow>, MetricsError> {
-    if query.shared_with.is_empty() {
-        return Err(MetricsError::BadInput(
-            "--shared-with: name at least one model".into(),
-        ));
-    }
-    if let Some(m) = query
-        .shared_with
-        .iter()
-        .find(|m| query.not_shared_with.contains(m))
-    {
-        return Err(MetricsError::BadInput(format!(
-            "{m:?} is both in --shared-with and in --not-shared-with"
-        )));
-    }
+    check_query(query)?;
     let mine: Vec<&MppcRow> = rows.iter().filter(|r| r.source == query.source).collect();
     if mine.is_empty() {
         let known: BTreeSet<&str> = rows.iter().map(|r| r.source.as_str()).collect();
@@ -71,17 +58,71 @@ pub fn sharedness(
             query.source
         )));
     }
-
-    // Which target_layer stands for each (target model, source layer).
-    let mut layers: HashMap<(&str, &str), BTreeSet<&str>> = HashMap::new();
-    for r in &mine {
-        layers
-            .entry((r.target.as_str(), r.source_layer.as_str()))
-            .or_default()
-            .insert(r.target_layer.as_str());
+    let standing = StandingLayers::of(&mine);
+    let features = gather(&mine, query, &standing)?;
+    let mut out = Vec::with_capacity(features.len());
+    for ((source_layer, feature), entry) in features {
+        let missing = (query.shared_with.iter())
+            .find(|g| !entry.shared.contains_key(*g))
+            .or_else(|| {
+                (query.not_shared_with.iter()).find(|h| !entry.not_shared.contains_key(*h))
+            });
+        if let Some(model) = missing {
+            return Err(MetricsError::BadInput(format!(
+                "no MPPC of {} layer {source_layer:?} feature {feature} towards {model}; give the mppc table of `saeshare compare --source <{} codes> --target <{model} codes>`",
+                query.source, query.source
+            )));
+        }
+        out.push(feature_delta(
+            source_layer,
+            feature,
+            entry.weight,
+            entry.shared.values().copied(),
+            entry.not_shared.values().copied(),
+        ));
     }
-    let chosen = |target: &str, source_layer: &str| -> Result<Option<&str>, MetricsError> {
-        let Some(set) = layers.get(&(target, source_layer)) else {
+    rank(&mut out, query.top);
+    Ok(out)
+}
+
+/// G is not empty and shares no model with H.
+fn check_query(query: &SharednessQuery) -> Result<(), MetricsError> {
+    if query.shared_with.is_empty() {
+        return Err(MetricsError::BadInput(
+            "--shared-with: name at least one model".into(),
+        ));
+    }
+    if let Some(m) = (query.shared_with.iter()).find(|m| query.not_shared_with.contains(m)) {
+        return Err(MetricsError::BadInput(format!(
+            "{m:?} is both in --shared-with and in --not-shared-with"
+        )));
+    }
+    Ok(())
+}
+
+/// The target layers M's rows were compared with, per (target model, source layer).
+struct StandingLayers<'a> {
+    source: &'a str,
+    layers: HashMap<(&'a str, &'a str), BTreeSet<&'a str>>,
+}
+
+impl<'a> StandingLayers<'a> {
+    fn of(mine: &[&'a MppcRow]) -> StandingLayers<'a> {
+        let mut layers: HashMap<(&str, &str), BTreeSet<&str>> = HashMap::new();
+        for r in mine {
+            layers
+                .entry((r.target.as_str(), r.source_layer.as_str()))
+                .or_default()
+                .insert(r.target_layer.as_str());
+        }
+        let source = mine.first().map_or("", |r| r.source.as_str());
+        StandingLayers { source, layers }
+    }
+
+    /// The target layer standing for `target` at `source_layer`: the union when there is one,
+    /// else the only layer; several layers without a union are an error.
+    fn at(&self, target: &str, source_layer: &str) -> Result<Option<&'a str>, MetricsError> {
+        let Some(set) = self.layers.get(&(target, source_layer)) else {
             return Ok(None);
         };
         if set.contains(ALL_LAYERS) {
@@ -91,23 +132,32 @@ pub fn sharedness(
             1 => Ok(set.iter().next().copied()),
             _ => Err(MetricsError::BadInput(format!(
                 "{} layer {source_layer:?} was compared with layers {set:?} of {target} separately, without their union; compare it with all layers of {target} in one run",
-                query.source
+                self.source
             ))),
         }
-    };
-
-    struct Entry {
-        weight: f64,
-        shared: HashMap<String, f64>,
-        not_shared: HashMap<String, f64>,
     }
+}
+
+/// One feature of M: its weight and its MPPC towards the models of G and of H.
+struct Entry {
+    weight: f64,
+    shared: HashMap<String, f64>,
+    not_shared: HashMap<String, f64>,
+}
+
+/// Each feature of M with its MPPC towards every model of G and H, at the standing layers.
+fn gather(
+    mine: &[&MppcRow],
+    query: &SharednessQuery,
+    standing: &StandingLayers<'_>,
+) -> Result<BTreeMap<(String, u32), Entry>, MetricsError> {
     let mut features: BTreeMap<(String, u32), Entry> = BTreeMap::new();
-    for r in &mine {
+    for r in mine {
         let shared = query.shared_with.contains(&r.target);
         if !shared && !query.not_shared_with.contains(&r.target) {
             continue;
         }
-        if chosen(&r.target, &r.source_layer)? != Some(r.target_layer.as_str()) {
+        if standing.at(&r.target, &r.source_layer)? != Some(r.target_layer.as_str()) {
             continue;
         }
         let entry = features
@@ -129,35 +179,7 @@ pub fn sharedness(
             )));
         }
     }
-
-    let mut out = Vec::with_capacity(features.len());
-    for ((source_layer, feature), entry) in features {
-        let missing = query
-            .shared_with
-            .iter()
-            .find(|g| !entry.shared.contains_key(*g))
-            .or_else(|| {
-                query
-                    .not_shared_with
-                    .iter()
-                    .find(|h| !entry.not_shared.contains_key(*h))
-            });
-        if let Some(model) = missing {
-            return Err(MetricsError::BadInput(format!(
-                "no MPPC of {} layer {source_layer:?} feature {feature} towards {model}; give the mppc table of `saeshare compare --source <{} codes> --target <{model} codes>`",
-                query.source, query.source
-            )));
-        }
-        out.push(feature_delta(
-            source_layer,
-            feature,
-            entry.weight,
-            entry.shared.values().copied(),
-            entry.not_shared.values().copied(),
-        ));
-    }
-    rank(&mut out, query.top);
-    Ok(out)
+    Ok(features)
 }
 
 /// The row of one feature of weight `S_i` from its MPPC towards each model of G and of H.

@@ -14,6 +14,8 @@ use crate::codes::CodesMeta;
 use crate::stats::CoactivationAccumulator;
 
 use super::MetricsError;
+use crate::atomic::AtomicFile;
+use crate::file_error::FileError;
 
 const MANIFEST: &str = "state.json";
 const VERSION: u32 = 1;
@@ -68,7 +70,7 @@ pub(crate) fn open(
     let manifest_path = dir.join(MANIFEST);
     let inputs: Vec<PathBuf> = inputs
         .iter()
-        .map(|p| p.canonicalize().map_err(MetricsError::io(p)))
+        .map(|p| p.canonicalize().map_err(FileError::io(p)))
         .collect::<Result<_, _>>()?;
     let mut manifest = Manifest {
         version: VERSION,
@@ -80,7 +82,7 @@ pub(crate) fn open(
     let old = match std::fs::read(&manifest_path) {
         Ok(bytes) => Some(read_manifest(&manifest_path, &bytes, &manifest)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(MetricsError::io(&manifest_path)(e)),
+        Err(e) => return Err(FileError::io(&manifest_path)(e).into()),
     };
     if let Some(old) = &old {
         if let Some(again) = inputs.iter().find(|p| old.inputs.contains(p)) {
@@ -113,7 +115,7 @@ pub(crate) fn merge_and_save(
         new: manifest,
     } = state;
     let dir = dir.as_path();
-    std::fs::create_dir_all(dir).map_err(MetricsError::io(dir))?;
+    std::fs::create_dir_all(dir).map_err(FileError::io(dir))?;
     if let Some(old) = &old {
         for (a, row) in accumulators.iter_mut().enumerate() {
             for (b, acc) in row.iter_mut().enumerate() {
@@ -150,10 +152,7 @@ pub(crate) fn merge_and_save(
 
 /// Reads `state.json`, checking that it holds the comparison `expected` describes.
 fn read_manifest(path: &Path, bytes: &[u8], expected: &Manifest) -> Result<Manifest, MetricsError> {
-    let wrong = |problem: String| MetricsError::WrongSchema {
-        file: path.to_path_buf(),
-        problem,
-    };
+    let wrong = |problem: String| MetricsError::from(FileError::wrong_schema(path, problem));
     let manifest: Manifest =
         serde_json::from_slice(bytes).map_err(|e| wrong(format!("not a compare state: {e}")))?;
     if manifest.version != VERSION {
@@ -182,15 +181,8 @@ fn read_manifest(path: &Path, bytes: &[u8], expected: &Manifest) -> Result<Manif
 
 fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), MetricsError> {
     let dir = path.parent().expect("inside the state folder");
-    let mut temp = tempfile::Builder::new()
-        .prefix(".state.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(MetricsError::io(dir))?;
-    serde_json::to_writer_pretty(&mut temp, manifest)
-        .map_err(|e| MetricsError::io(path)(e.into()))?;
-    temp.as_file().sync_all().map_err(MetricsError::io(path))?;
-    temp.persist(path)
-        .map_err(|e| MetricsError::io(path)(e.error))?;
+    let mut file = AtomicFile::create(path).map_err(FileError::io(dir))?;
+    serde_json::to_writer_pretty(&mut file, manifest).map_err(|e| FileError::io(path)(e.into()))?;
+    file.commit().map_err(FileError::io(path))?;
     Ok(())
 }

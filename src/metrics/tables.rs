@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -18,6 +18,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::{Aggregation, FeatureRow, MetricsError, MppcRow, SharednessRow, WmppcRow};
+use crate::atomic::{self, AtomicFile};
+use crate::file_error::FileError;
 
 /// File name of the `mppc` table inside a `compare` output folder.
 pub const MPPC_FILE: &str = "mppc.parquet";
@@ -30,8 +32,76 @@ fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
-fn field(name: &str, data_type: DataType, nullable: bool) -> Field {
-    Field::new(name, data_type, nullable)
+/// A table's columns in the order they are written: name, type, nullable. The one definition
+/// of a table, for its writer and its reader.
+type Columns = [(&'static str, DataType, bool)];
+
+/// The `features` table: each feature's moments.
+const FEATURES: &Columns = &[
+    ("encoder", DataType::Utf8, false),
+    ("layer", DataType::Utf8, false),
+    ("feature", DataType::UInt32, false),
+    ("count", DataType::UInt64, false),
+    ("sum", DataType::Float64, false),
+    ("sum_sq", DataType::Float64, false),
+    ("samples", DataType::UInt64, false),
+];
+
+/// The `mppc` table: each source feature's best match in a target layer (or all of them).
+const MPPC: &Columns = &[
+    ("source", DataType::Utf8, false),
+    ("source_layer", DataType::Utf8, false),
+    ("feature", DataType::UInt32, false),
+    ("target", DataType::Utf8, false),
+    ("target_layer", DataType::Utf8, false),
+    ("best_feature", DataType::UInt32, true),
+    ("rho", DataType::Float64, false),
+    ("weight", DataType::Float64, false),
+    ("best_layer", DataType::Utf8, true),
+];
+
+/// The `wmppc` table: one value per layer pair and aggregation, with its baselines.
+const WMPPC: &Columns = &[
+    ("source", DataType::Utf8, false),
+    ("target", DataType::Utf8, false),
+    ("source_layer", DataType::Utf8, false),
+    ("target_layer", DataType::Utf8, false),
+    ("wmppc", DataType::Float64, true),
+    ("baseline_floor", DataType::Float64, true),
+    ("baseline_ceiling", DataType::Float64, true),
+    ("aggregation", DataType::Utf8, false),
+    ("baseline_floor_std", DataType::Float64, true),
+    ("samples", DataType::UInt64, false),
+];
+
+/// A `sharedness` ranking: the source's features by Delta.
+const SHAREDNESS: &Columns = &[
+    ("feature", DataType::UInt32, false),
+    ("delta", DataType::Float64, false),
+    ("rho_min_shared", DataType::Float64, false),
+    ("rho_max_not_shared", DataType::Float64, true),
+    ("weight", DataType::Float64, false),
+    ("source", DataType::Utf8, false),
+    ("source_layer", DataType::Utf8, false),
+];
+
+/// The Arrow schema a table is written with.
+fn schema(columns: &Columns) -> Schema {
+    Schema::new(
+        columns
+            .iter()
+            .map(|(name, data_type, nullable)| Field::new(*name, data_type.clone(), *nullable))
+            .collect::<Vec<Field>>(),
+    )
+}
+
+/// The type and nullability of the column `name` of a table.
+fn column_type(columns: &Columns, name: &str) -> (DataType, bool) {
+    let (_, data_type, nullable) = columns
+        .iter()
+        .find(|c| c.0 == name)
+        .expect("a column of the table");
+    (data_type.clone(), *nullable)
 }
 
 /// The rows of several pairs' tables, each once: a last-layers pair and an all-layers pair of
@@ -76,15 +146,6 @@ impl MergedTables {
 
 /// Writes the `features` table.
 pub fn write_features(path: &Path, rows: &[FeatureRow]) -> Result<(), MetricsError> {
-    let schema = Schema::new(vec![
-        field("encoder", DataType::Utf8, false),
-        field("layer", DataType::Utf8, false),
-        field("feature", DataType::UInt32, false),
-        field("count", DataType::UInt64, false),
-        field("sum", DataType::Float64, false),
-        field("sum_sq", DataType::Float64, false),
-        field("samples", DataType::UInt64, false),
-    ]);
     let columns: Vec<ArrayRef> = vec![
         strings(rows.iter().map(|r| r.encoder.as_str())),
         strings(rows.iter().map(|r| r.layer.as_str())),
@@ -100,22 +161,11 @@ pub fn write_features(path: &Path, rows: &[FeatureRow]) -> Result<(), MetricsErr
             rows.iter().map(|r| r.samples),
         )),
     ];
-    write(path, schema, columns)
+    write(path, schema(FEATURES), columns)
 }
 
 /// Writes the `mppc` table.
 pub fn write_mppc(path: &Path, rows: &[MppcRow]) -> Result<(), MetricsError> {
-    let schema = Schema::new(vec![
-        field("source", DataType::Utf8, false),
-        field("source_layer", DataType::Utf8, false),
-        field("feature", DataType::UInt32, false),
-        field("target", DataType::Utf8, false),
-        field("target_layer", DataType::Utf8, false),
-        field("best_feature", DataType::UInt32, true),
-        field("rho", DataType::Float64, false),
-        field("weight", DataType::Float64, false),
-        field("best_layer", DataType::Utf8, true),
-    ]);
     let columns: Vec<ArrayRef> = vec![
         strings(rows.iter().map(|r| r.source.as_str())),
         strings(rows.iter().map(|r| r.source_layer.as_str())),
@@ -133,23 +183,11 @@ pub fn write_mppc(path: &Path, rows: &[MppcRow]) -> Result<(), MetricsError> {
             rows.iter().map(|r| r.best_layer.as_deref()),
         )),
     ];
-    write(path, schema, columns)
+    write(path, schema(MPPC), columns)
 }
 
 /// Writes the `wmppc` table.
 pub fn write_wmppc(path: &Path, rows: &[WmppcRow]) -> Result<(), MetricsError> {
-    let schema = Schema::new(vec![
-        field("source", DataType::Utf8, false),
-        field("target", DataType::Utf8, false),
-        field("source_layer", DataType::Utf8, false),
-        field("target_layer", DataType::Utf8, false),
-        field("wmppc", DataType::Float64, true),
-        field("baseline_floor", DataType::Float64, true),
-        field("baseline_ceiling", DataType::Float64, true),
-        field("aggregation", DataType::Utf8, false),
-        field("baseline_floor_std", DataType::Float64, true),
-        field("samples", DataType::UInt64, false),
-    ]);
     let f64s = |get: fn(&WmppcRow) -> Option<f64>| -> ArrayRef {
         Arc::new(Float64Array::from_iter(rows.iter().map(get)))
     };
@@ -167,7 +205,7 @@ pub fn write_wmppc(path: &Path, rows: &[WmppcRow]) -> Result<(), MetricsError> {
             rows.iter().map(|r| r.samples),
         )),
     ];
-    write(path, schema, columns)
+    write(path, schema(WMPPC), columns)
 }
 
 /// Writes a `sharedness` ranking of `source`'s features.
@@ -176,15 +214,6 @@ pub fn write_sharedness(
     source: &str,
     rows: &[SharednessRow],
 ) -> Result<(), MetricsError> {
-    let schema = Schema::new(vec![
-        field("feature", DataType::UInt32, false),
-        field("delta", DataType::Float64, false),
-        field("rho_min_shared", DataType::Float64, false),
-        field("rho_max_not_shared", DataType::Float64, true),
-        field("weight", DataType::Float64, false),
-        field("source", DataType::Utf8, false),
-        field("source_layer", DataType::Utf8, false),
-    ]);
     let columns: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from_iter_values(
             rows.iter().map(|r| r.feature),
@@ -202,35 +231,25 @@ pub fn write_sharedness(
         strings(rows.iter().map(|_| source)),
         strings(rows.iter().map(|r| r.source_layer.as_str())),
     ];
-    write(path, schema, columns)
+    write(path, schema(SHAREDNESS), columns)
 }
 
 fn write(path: &Path, schema: Schema, columns: Vec<ArrayRef>) -> Result<(), MetricsError> {
     let schema = Arc::new(schema);
-    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(MetricsError::arrow(path))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(MetricsError::io(&dir))?;
-    let temp = tempfile::Builder::new()
-        .prefix(".table.")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(MetricsError::io(&dir))?;
-    let file = temp.reopen().map_err(MetricsError::io(path))?;
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(FileError::arrow(path))?;
+    let dir = atomic::folder_of(path);
+    fs::create_dir_all(dir).map_err(FileError::io(dir))?;
+    let file = AtomicFile::create(path).map_err(FileError::io(dir))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
         ))
         .build();
-    let mut writer = ArrowWriter::try_new(file, schema, Some(properties))
-        .map_err(MetricsError::parquet(path))?;
-    writer.write(&batch).map_err(MetricsError::parquet(path))?;
-    let file = writer.into_inner().map_err(MetricsError::parquet(path))?;
-    file.sync_all().map_err(MetricsError::io(path))?;
-    temp.persist(path)
-        .map_err(|e| MetricsError::io(path)(e.error))?;
+    let mut writer =
+        ArrowWriter::try_new(file, schema, Some(properties)).map_err(FileError::parquet(path))?;
+    writer.write(&batch).map_err(FileError::parquet(path))?;
+    let file = writer.into_inner().map_err(FileError::parquet(path))?;
+    file.commit().map_err(FileError::io(path))?;
     Ok(())
 }
 
@@ -251,19 +270,12 @@ pub fn read_mppc_of(
     } else {
         path.to_path_buf()
     };
-    let file = File::open(&file_path).map_err(MetricsError::io(&file_path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(MetricsError::parquet(&file_path))?
-        .build()
-        .map_err(MetricsError::parquet(&file_path))?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(MetricsError::arrow(&file_path))?;
-        let column = |name: &str, data_type: DataType, nullable: bool| {
-            let wrong = |problem: String| MetricsError::WrongSchema {
-                file: file_path.clone(),
-                problem: format!("column `{name}`: {problem}"),
-            };
+    for batch in batches(&file_path)? {
+        let batch = batch?;
+        let column = |name: &str| {
+            let (data_type, nullable) = column_type(MPPC, name);
+            let wrong = |problem: String| FileError::wrong_column(&file_path, name, problem);
             let c = batch
                 .column_by_name(name)
                 .ok_or_else(|| wrong("missing; is this an mppc table?".into()))?;
@@ -272,23 +284,21 @@ pub fn read_mppc_of(
             }
             cast(c, &data_type).map_err(|e| wrong(e.to_string()))
         };
-        let text = |name: &str| -> Result<StringArray, MetricsError> {
-            Ok(column(name, DataType::Utf8, false)?
-                .as_string::<i32>()
-                .clone())
+        let text = |name: &str| -> Result<StringArray, FileError> {
+            Ok(column(name)?.as_string::<i32>().clone())
         };
         let (source, source_layer) = (text("source")?, text("source_layer")?);
         let (target, target_layer) = (text("target")?, text("target_layer")?);
-        let feature = column("feature", DataType::UInt32, false)?;
+        let feature = column("feature")?;
         let feature = feature.as_primitive::<UInt32Type>();
-        let best = column("best_feature", DataType::UInt32, true)?;
+        let best = column("best_feature")?;
         let best = best.as_primitive::<UInt32Type>();
-        let rho = column("rho", DataType::Float64, false)?;
+        let rho = column("rho")?;
         let rho = rho.as_primitive::<Float64Type>();
-        let weight = column("weight", DataType::Float64, false)?;
+        let weight = column("weight")?;
         let weight = weight.as_primitive::<Float64Type>();
         let best_layer = match batch.column_by_name("best_layer") {
-            Some(_) => Some(column("best_layer", DataType::Utf8, true)?),
+            Some(_) => Some(column("best_layer")?),
             None => None,
         };
         let best_layer = best_layer.as_ref().map(|c| c.as_string::<i32>());
@@ -318,9 +328,7 @@ pub fn read_mppc_of(
 pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
     let mut rows = Vec::new();
     for batch in read_batches(path)? {
-        let column = |name: &str, data_type: DataType| {
-            typed_column(&batch, path, name, data_type, "a wmppc table")
-        };
+        let column = |name: &str| typed_column(&batch, path, WMPPC, name, "a wmppc table");
         let text: Vec<ArrayRef> = [
             "source",
             "target",
@@ -329,7 +337,7 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
             "aggregation",
         ]
         .iter()
-        .map(|n| column(n, DataType::Utf8))
+        .map(|n| column(n))
         .collect::<Result<_, _>>()?;
         let text: Vec<&StringArray> = text.iter().map(|c| c.as_string::<i32>()).collect();
         let reals: Vec<ArrayRef> = [
@@ -339,21 +347,19 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
             "baseline_ceiling",
         ]
         .iter()
-        .map(|n| column(n, DataType::Float64))
+        .map(|n| column(n))
         .collect::<Result<_, _>>()?;
         let reals: Vec<&Float64Array> = reals
             .iter()
             .map(|c| c.as_primitive::<Float64Type>())
             .collect();
-        let samples = column("samples", DataType::UInt64)?;
+        let samples = column("samples")?;
         let samples = samples.as_primitive::<arrow::datatypes::UInt64Type>();
         let real = |c: usize, r: usize| reals[c].is_valid(r).then(|| reals[c].value(r));
         for r in 0..batch.num_rows() {
             let aggregation = super::Aggregation::parse(text[4].value(r)).ok_or_else(|| {
-                MetricsError::WrongSchema {
-                    file: path.to_path_buf(),
-                    problem: format!("row {r}: unknown aggregation {:?}", text[4].value(r)),
-                }
+                let problem = format!("row {r}: unknown aggregation {:?}", text[4].value(r));
+                FileError::wrong_schema(path, problem)
             })?;
             rows.push(WmppcRow {
                 source: text[0].value(r).to_string(),
@@ -372,36 +378,37 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
     Ok(rows)
 }
 
-/// The column `name` of a batch of `path`, cast to `data_type` (tables rewritten by other tools
-/// may use other integer or float widths); `what` names the table in the error.
+/// The column `name` of a batch of `path`, cast to its type in the table `columns` (tables
+/// rewritten by other tools may use other integer or float widths); `what` names the table in
+/// the error.
 fn typed_column(
     batch: &RecordBatch,
     path: &Path,
+    columns: &Columns,
     name: &str,
-    data_type: DataType,
     what: &str,
-) -> Result<ArrayRef, MetricsError> {
-    let c = batch
-        .column_by_name(name)
-        .ok_or_else(|| MetricsError::WrongSchema {
-            file: path.to_path_buf(),
-            problem: format!("column `{name}` is missing; is this {what}?"),
-        })?;
-    cast(c, &data_type).map_err(|e| MetricsError::WrongSchema {
-        file: path.to_path_buf(),
-        problem: format!("column `{name}`: {e}"),
-    })
+) -> Result<ArrayRef, FileError> {
+    let c = batch.column_by_name(name).ok_or_else(|| {
+        FileError::wrong_schema(path, format!("column `{name}` is missing; is this {what}?"))
+    })?;
+    let (data_type, _) = column_type(columns, name);
+    cast(c, &data_type).map_err(|e| FileError::wrong_column(path, name, e.to_string()))
 }
 
-fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, MetricsError> {
-    let file = File::open(path).map_err(MetricsError::io(path))?;
+/// The record batches of the table `path`, one at a time.
+fn batches(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<RecordBatch, FileError>> + '_, FileError> {
+    let file = File::open(path).map_err(FileError::io(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(MetricsError::parquet(path))?
+        .map_err(FileError::parquet(path))?
         .build()
-        .map_err(MetricsError::parquet(path))?;
-    reader
-        .map(|b| b.map_err(MetricsError::arrow(path)))
-        .collect()
+        .map_err(FileError::parquet(path))?;
+    Ok(reader.map(move |b| b.map_err(FileError::arrow(path))))
+}
+
+fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, FileError> {
+    batches(path)?.collect()
 }
 
 /// Reads a sharedness ranking written by [`write_sharedness`]: the ranked model and its rows.
@@ -409,14 +416,13 @@ pub fn read_sharedness(path: &Path) -> Result<(String, Vec<SharednessRow>), Metr
     let mut source = String::new();
     let mut rows = Vec::new();
     for batch in read_batches(path)? {
-        let column = |name: &str, data_type: DataType| {
-            typed_column(&batch, path, name, data_type, "a sharedness ranking")
-        };
-        let feature = column("feature", DataType::UInt32)?;
+        let column =
+            |name: &str| typed_column(&batch, path, SHAREDNESS, name, "a sharedness ranking");
+        let feature = column("feature")?;
         let feature = feature.as_primitive::<UInt32Type>();
         let reals: Vec<ArrayRef> = ["delta", "rho_min_shared", "rho_max_not_shared", "weight"]
             .iter()
-            .map(|n| column(n, DataType::Float64))
+            .map(|n| column(n))
             .collect::<Result<_, _>>()?;
         let reals: Vec<&Float64Array> = reals
             .iter()
@@ -424,15 +430,13 @@ pub fn read_sharedness(path: &Path) -> Result<(String, Vec<SharednessRow>), Metr
             .collect();
         let text: Vec<ArrayRef> = ["source", "source_layer"]
             .iter()
-            .map(|n| column(n, DataType::Utf8))
+            .map(|n| column(n))
             .collect::<Result<_, _>>()?;
         let text: Vec<&StringArray> = text.iter().map(|c| c.as_string::<i32>()).collect();
         for r in 0..batch.num_rows() {
             if feature.is_null(r) || reals[0].is_null(r) || text[1].is_null(r) {
-                return Err(MetricsError::WrongSchema {
-                    file: path.to_path_buf(),
-                    problem: format!("row {r}: feature, delta and source_layer must not be null"),
-                });
+                let problem = format!("row {r}: feature, delta and source_layer must not be null");
+                return Err(FileError::wrong_schema(path, problem).into());
             }
             let real = |c: usize| reals[c].is_valid(r).then(|| reals[c].value(r));
             if source.is_empty() && text[0].is_valid(r) {

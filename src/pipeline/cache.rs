@@ -6,33 +6,30 @@
 
 use std::path::PathBuf;
 
-use super::encoding::PooledRows;
 use super::plan::{shard_key, Plan};
 use super::units::Units;
 use crate::activations::{ActivationWriter, ActivationsMeta, LayerReader, LayerWidth};
-use crate::dataset::ShardInfo;
 use crate::digest::fingerprint;
+use crate::encoder::PooledRows;
+use crate::ids::{EncoderId, ShardId};
 
-fn file(plan: &Plan, e: usize, shard: &ShardInfo) -> PathBuf {
+fn file(plan: &Plan, e: EncoderId, shard: ShardId) -> PathBuf {
     plan.layout()
-        .activations_file(&plan.encoders[e].name, &shard_key(shard).0)
+        .activations_file(&plan.encoder(e).name, &shard_key(plan.shard(shard)).0)
 }
 
 /// The unit name and fingerprint of an encoder's cached activations on a shard.
-fn unit(plan: &Plan, e: usize, shard: &ShardInfo) -> (String, String) {
-    let name = shard_key(shard).0;
+fn unit(plan: &Plan, e: EncoderId, shard: ShardId) -> (String, String) {
+    let key = shard_key(plan.shard(shard));
+    let encoder = plan.encoder(e);
     (
-        format!("activations/{}/{name}", plan.encoders[e].name),
-        fingerprint(&(
-            "activations",
-            &plan.encoders[e].fingerprint,
-            shard_key(shard),
-        )),
+        format!("activations/{}/{}", encoder.name, key.0),
+        fingerprint(&("activations", &encoder.fingerprint, key)),
     )
 }
 
 /// Whether encoder `e`'s activations of `shard` are in the cache.
-pub fn is_cached(plan: &Plan, units: &Units, e: usize, shard: &ShardInfo) -> bool {
+pub fn is_cached(plan: &Plan, units: &Units, e: EncoderId, shard: ShardId) -> bool {
     plan.study.activation_cache && {
         let (unit, fingerprint) = unit(plan, e, shard);
         units.is_done(&unit, &fingerprint)
@@ -40,8 +37,8 @@ pub fn is_cached(plan: &Plan, units: &Units, e: usize, shard: &ShardInfo) -> boo
 }
 
 /// Writes encoder `e`'s activations of `shard` and records them.
-pub fn write(plan: &Plan, e: usize, shard: &ShardInfo, rows: &PooledRows) -> anyhow::Result<()> {
-    let encoder = &plan.encoders[e];
+pub fn write(plan: &Plan, e: EncoderId, shard: ShardId, rows: &PooledRows) -> anyhow::Result<()> {
+    let encoder = plan.encoder(e);
     let names = encoder.layer_names();
     let widths: Vec<usize> = encoder
         .layers
@@ -79,14 +76,10 @@ pub fn write(plan: &Plan, e: usize, shard: &ShardInfo, rows: &PooledRows) -> any
 }
 
 /// Reads encoder `e`'s cached activations of `shard`, rows in the order they were encoded.
-pub fn read(plan: &Plan, e: usize, shard: &ShardInfo) -> anyhow::Result<PooledRows> {
+pub fn read(plan: &Plan, e: EncoderId, shard: ShardId) -> anyhow::Result<PooledRows> {
     let path = file(plan, e, shard);
-    let mut rows = PooledRows {
-        sample_ids: Vec::new(),
-        layers: Vec::new(),
-        skipped: 0,
-    };
-    for (l, name) in plan.encoders[e].layer_names().iter().enumerate() {
+    let mut rows = PooledRows::default();
+    for (l, name) in plan.encoder(e).layer_names().iter().enumerate() {
         let mut values = Vec::new();
         for batch in LayerReader::open(&path, name, 4096)? {
             let batch = batch?;

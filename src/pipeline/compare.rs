@@ -19,40 +19,41 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
 use timely::worker::Worker;
 
-use super::encoding::WorkerModels;
 use super::pairs::PairState;
 use super::plan::{shard_key, Plan};
 use super::source::shard_source;
-use super::stage::{Failure, StageCounters};
+use super::stage::{passed, projection_for, Failure, StageContext};
 use super::units::Units;
 use crate::codes::{CodesMeta, CodesWriter};
-use crate::dataset::{Projection, ShardInfo};
+use crate::dataset::{SampleBatch, ShardInfo};
+use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::metrics::{accumulate_files, CompareOptions};
-use crate::sae::SaeKind;
+use crate::sae;
 use crate::stats::MissingSamples;
 
-/// What the compare pass has to do, from the manifest: `codes[e][s]` encoder `e` needs codes
-/// for shard `s`; `pairs[p][s]` pair `p`'s state lacks shard `s`; `tables[p]` pair `p`'s tables
-/// are out of date; `restart[p]` pair `p`'s saved sums cannot be built on (its SAEs are fitted
-/// anew, or a file of its state was lost or damaged), so every shard is summed anew.
+/// What the compare pass has to do, from the manifest: which encoders need codes for which
+/// shards, which pairs' states lack which shards, which pairs' tables are out of date, and
+/// which pairs' saved sums cannot be built on (their SAEs are fitted anew, or a file of their
+/// state was lost or damaged), so that every shard is summed anew.
 #[derive(Clone, Debug)]
 pub struct CompareWork {
-    pub codes: Vec<Vec<bool>>,
-    pub pairs: Vec<Vec<bool>>,
-    pub tables: Vec<bool>,
-    pub restart: Vec<bool>,
+    /// `[encoder][shard]`.
+    codes: Vec<Vec<bool>>,
+    /// `[pair][shard]`.
+    pairs: Vec<Vec<bool>>,
+    tables: Vec<bool>,
+    restart: Vec<bool>,
 }
 
 impl CompareWork {
     /// Reads the manifest and the pairs' states.
     pub fn of(plan: &Plan, units: &Units) -> CompareWork {
-        let shards = plan.dataset.shards();
-        let codes = (0..plan.encoders.len())
+        let codes = (plan.encoder_ids())
             .map(|e| {
-                shards
-                    .iter()
+                (plan.shard_ids())
                     .map(|s| {
                         let (unit, fingerprint) = plan.codes_unit(e, s);
                         !units.is_done(&unit, &fingerprint)
@@ -60,64 +61,87 @@ impl CompareWork {
                     .collect()
             })
             .collect();
-        let mut pairs = Vec::new();
-        let mut tables = Vec::new();
-        let mut restart = Vec::new();
-        for p in 0..plan.pairs.len() {
-            let dir = plan.pair_dir(p);
-            let mut state =
-                PairState::latest(&dir).filter(|s| s.fingerprint == plan.pair_fingerprint(p));
-            let problem = state.as_ref().and_then(|s| s.problem(&dir));
-            if let Some(problem) = &problem {
-                tracing::warn!(
-                    "pair {}: its saved sums cannot be trusted ({problem}); every shard is summed anew",
-                    plan.pairs[p].key
-                );
-                state = None;
-            }
-            restart.push(problem.is_some());
-            let covered = |s: &ShardInfo| {
-                state
-                    .as_ref()
-                    .is_some_and(|st| st.shards.contains(&shard_key(s)))
-            };
-            pairs.push(shards.iter().map(|s| !covered(s)).collect::<Vec<bool>>());
-            let (unit, fingerprint) = plan.pair_unit(p);
-            let covers_all = shards.iter().all(covered);
-            tables.push(
-                !covers_all
-                    || !units.is_done(&unit, &fingerprint)
-                    || units.get(&unit).is_none_or(|r| {
-                        r.detail["state"].as_u64() != state.as_ref().map(|s| s.generation)
-                    }),
-            );
-        }
-        CompareWork {
+        let mut work = CompareWork {
             codes,
-            pairs,
-            tables,
-            restart,
+            pairs: Vec::new(),
+            tables: Vec::new(),
+            restart: Vec::new(),
+        };
+        for p in plan.pair_ids() {
+            work.add_pair(plan, units, p);
         }
+        work
+    }
+
+    /// Reads pair `p`'s saved state and record.
+    fn add_pair(&mut self, plan: &Plan, units: &Units, p: PairId) {
+        let dir = plan.pair_dir(p);
+        let mut state =
+            PairState::latest(&dir).filter(|s| s.fingerprint == plan.pair_fingerprint(p));
+        let problem = state.as_ref().and_then(|s| s.problem(&dir));
+        if let Some(problem) = &problem {
+            tracing::warn!(
+                "pair {}: its saved sums cannot be trusted ({problem}); every shard is summed anew",
+                plan.pair(p).key
+            );
+            state = None;
+        }
+        self.restart.push(problem.is_some());
+        let covered =
+            |s: &ShardInfo| (state.as_ref()).is_some_and(|st| st.shards.contains(&shard_key(s)));
+        let shards = plan.dataset.shards();
+        self.pairs
+            .push(shards.iter().map(|s| !covered(s)).collect());
+        let (unit, fingerprint) = plan.pair_unit(p);
+        let generation = state.as_ref().map(|s| s.generation);
+        self.tables.push(
+            !shards.iter().all(covered)
+                || !units.is_done(&unit, &fingerprint)
+                || (units.get(&unit)).is_none_or(|r| r.detail["state"].as_u64() != generation),
+        );
     }
 
     /// Marks what an SAE set fitted anew for encoder `e` invalidates: its codes, and the sums and
     /// tables of every pair it is in.
-    pub fn refit(&mut self, plan: &Plan, e: usize) {
-        self.codes[e].iter_mut().for_each(|b| *b = true);
-        for (p, pair) in plan.pairs.iter().enumerate() {
-            if pair.source == e || pair.target == e {
-                self.pairs[p].iter_mut().for_each(|b| *b = true);
-                self.tables[p] = true;
-                self.restart[p] = true;
-            }
+    pub fn refit(&mut self, plan: &Plan, e: EncoderId) {
+        self.codes[e.index()].iter_mut().for_each(|b| *b = true);
+        for p in plan.pair_ids().filter(|&p| plan.pair(p).involves(e)) {
+            self.pairs[p.index()].iter_mut().for_each(|b| *b = true);
+            self.tables[p.index()] = true;
+            self.restart[p.index()] = true;
         }
     }
 
+    /// Whether encoder `e` needs codes for shard `s`.
+    pub fn needs_codes(&self, e: EncoderId, s: ShardId) -> bool {
+        self.codes[e.index()][s.index()]
+    }
+
+    /// Whether pair `p`'s state lacks shard `s`.
+    pub fn needs_sums(&self, p: PairId, s: ShardId) -> bool {
+        self.pairs[p.index()][s.index()]
+    }
+
+    /// Whether pair `p`'s tables are out of date.
+    pub fn needs_tables(&self, p: PairId) -> bool {
+        self.tables[p.index()]
+    }
+
+    /// Whether pair `p`'s saved sums are to be dropped and every shard summed anew.
+    pub fn restarts(&self, p: PairId) -> bool {
+        self.restart[p.index()]
+    }
+
+    /// Whether some encoder needs codes for shard `s`: how many.
+    pub fn encoders_needing(&self, s: ShardId) -> usize {
+        self.codes.iter().filter(|row| row[s.index()]).count()
+    }
+
     /// The shards some encoder or pair needs.
-    pub fn shards(&self) -> Vec<usize> {
+    pub fn shards(&self) -> Vec<ShardId> {
         let n = self.codes.first().map_or(0, Vec::len);
-        (0..n)
-            .filter(|&s| self.codes.iter().chain(&self.pairs).any(|row| row[s]))
+        ShardId::all(n)
+            .filter(|s| (self.codes.iter().chain(&self.pairs)).any(|row| row[s.index()]))
             .collect()
     }
 
@@ -132,8 +156,8 @@ impl CompareWork {
 /// One pair's co-activation sums over one shard, `[source layer][target layer]` as bytes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PairPartial {
-    pub pair: u32,
-    pub shard: u32,
+    pub pair: PairId,
+    pub shard: ShardId,
     pub accumulators: Vec<Vec<u8>>,
     pub samples: u64,
     pub dropped: u64,
@@ -144,157 +168,225 @@ pub struct PairPartial {
 /// The partial sums this worker received for the pairs it owns.
 #[derive(Default)]
 pub struct OwnedPairs {
-    pub(super) partials: BTreeMap<u32, Vec<PairPartial>>,
+    pub(super) partials: BTreeMap<PairId, Vec<PairPartial>>,
 }
 
 /// One sample's code.
 type Code = (u64, Vec<u32>, Vec<f32>);
 
-/// A finished shard's codes, for the helper thread, and what it made of them.
-type ShardJob = (u64, HashMap<(usize, usize), Vec<Code>>);
-type ShardResult = (u64, anyhow::Result<Vec<PairPartial>>);
+/// A shard's codes, by layer, as the worker that read the shard made them.
+type ShardCodes = HashMap<EncoderLayer, Vec<Code>>;
 
 /// Builds the compare dataflow in `worker`. Once the worker has run it to completion,
-/// [`finish`] merges and tabulates the pairs this worker owns.
+/// [`super::pairs::finish`] merges and tabulates the pairs this worker owns.
 pub fn build(
     worker: &mut Worker,
-    plan: &Arc<Plan>,
+    context: &StageContext,
     work: &Arc<CompareWork>,
-    models: Rc<RefCell<WorkerModels>>,
-    counters: Rc<RefCell<StageCounters>>,
-    failure: Failure,
 ) -> Rc<RefCell<OwnedPairs>> {
+    let (plan, failure) = (&context.plan, context.failure.clone());
     let owned = Rc::new(RefCell::new(OwnedPairs::default()));
-    let images = (0..plan.encoders.len())
-        .any(|e| plan.encoders[e].is_image() && work.codes[e].iter().any(|&b| b));
-    let projection = if images {
-        Projection::ALL
-    } else {
-        Projection::TEXT
+    let projection = projection_for(
+        (plan.encoder_ids())
+            .filter(|&e| work.shards().iter().any(|&s| work.needs_codes(e, s)))
+            .map(|e| plan.encoder(e)),
+    );
+    let encoding = CompareEncoding {
+        context: context.clone(),
+        work: work.clone(),
+        stash: BTreeMap::new(),
     };
     let sink = owned.clone();
-    let plan = plan.clone();
-    let work = work.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         let (batches, errors) =
             shard_source(scope, plan.dataset.clone(), work.shards(), projection, 1024);
         failure.watch_source(errors);
-        let mut stash: BTreeMap<u64, HashMap<(usize, usize), Vec<Code>>> = BTreeMap::new();
-        let mut caps = BTreeMap::new();
-        // Writing a finished shard's codes and summing its pairs run on a helper thread while
-        // this worker encodes the next shard; a bounded channel of one shard holds the encoder
-        // back when the sums fall behind.
-        let (jobs, job_queue) = crossbeam_channel::bounded::<ShardJob>(1);
-        let (results, done) = crossbeam_channel::unbounded::<ShardResult>();
-        let mut in_flight = BTreeMap::new();
-        let helper_plan = plan.clone();
-        let helper_work = work.clone();
         batches
-            .unary_frontier(Pipeline, "ShardCodes", move |_, info| {
-                let wake = scope.worker().sync_activator_for(info.address.to_vec());
-                std::thread::spawn(move || {
-                    for (shard, codes) in job_queue {
-                        let result =
-                            finish_shard(&helper_plan, &helper_work, shard as usize, codes);
-                        if results.send((shard, result)).is_err() || wake.activate().is_err() {
-                            return;
-                        }
-                    }
-                });
-                move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        let (Some(&shard), Some(retained)) = (cap.least(), cap.retain_least(0))
-                        else {
-                            return;
-                        };
-                        caps.entry(shard).or_insert(retained);
-                        let codes = stash.entry(shard).or_default();
-                        for batch in data.drain(..) {
-                            if failure.failed() {
-                                continue;
-                            }
-                            let result =
-                                encode_batch(&plan, &work, &models, &counters, &batch, codes);
-                            if let Err(error) = result {
-                                failure.set(error);
-                            }
-                        }
-                    });
-                    let ready: Vec<u64> = caps
-                        .keys()
-                        .copied()
-                        .filter(|shard| !frontier.less_equal(shard))
-                        .collect();
-                    for shard in ready {
-                        let cap = caps.remove(&shard).expect("listed above");
-                        let codes = stash.remove(&shard).unwrap_or_default();
-                        if failure.failed() {
-                            continue;
-                        }
-                        // The capability stays held until the shard's sums are out.
-                        in_flight.insert(shard, cap);
-                        if jobs.send((shard, codes)).is_err() {
-                            failure.set(anyhow::anyhow!("the shard accumulator thread stopped"));
-                        }
-                    }
-                    while let Ok((shard, result)) = done.try_recv() {
-                        let cap = in_flight.remove(&shard).expect("sent above");
-                        match result {
-                            Ok(partials) => {
-                                output.session(&cap).give_iterator(partials.into_iter())
-                            }
-                            Err(error) => failure.set(error),
-                        }
-                    }
-                    if failure.failed() {
-                        in_flight.clear();
-                    }
-                }
-            })
-            .sink(
-                Exchange::new(|p: &PairPartial| u64::from(p.pair)),
-                "PairMerge",
-                move |(input, _frontier)| {
-                    let mut owned = sink.borrow_mut();
-                    input.for_each(|_, data| {
-                        for partial in data.drain(..) {
-                            owned
-                                .partials
-                                .entry(partial.pair)
-                                .or_default()
-                                .push(partial);
-                        }
-                    });
-                },
-            );
+            .encode_to_codes(encoding)
+            .sum_pairs(plan.clone(), work.clone(), failure)
+            .gather_pairs(sink);
     });
     owned
 }
 
+/// The compare pass's operators, as methods on the streams they read.
+trait BatchStreams<'scope> {
+    /// Each batch through every encoder needing codes for its shard and through its SAEs; the
+    /// codes of a shard leave, as one record, once the frontier has passed the shard.
+    fn encode_to_codes(
+        self,
+        encoding: CompareEncoding,
+    ) -> StreamVec<'scope, u64, (ShardId, ShardCodes)>;
+}
+
+trait ShardCodeStreams<'scope> {
+    /// Writes each shard's codes and sums every pair on them, on a helper thread while the
+    /// worker encodes the next shard: one [`PairPartial`] per pair and shard.
+    fn sum_pairs(
+        self,
+        plan: Arc<Plan>,
+        work: Arc<CompareWork>,
+        failure: Failure,
+    ) -> StreamVec<'scope, u64, PairPartial>;
+}
+
+trait PartialStreams {
+    /// Exchanges the partial sums to the worker owning their pair, which keeps them.
+    fn gather_pairs(self, owned: Rc<RefCell<OwnedPairs>>);
+}
+
+impl<'scope> BatchStreams<'scope> for StreamVec<'scope, u64, SampleBatch> {
+    fn encode_to_codes(
+        self,
+        mut encoding: CompareEncoding,
+    ) -> StreamVec<'scope, u64, (ShardId, ShardCodes)> {
+        let mut caps = BTreeMap::new();
+        self.unary_frontier(Pipeline, "EncodeToCodes", move |_, _| {
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    let (Some(&shard), Some(retained)) = (cap.least(), cap.retain_least(0)) else {
+                        return;
+                    };
+                    caps.entry(shard).or_insert(retained);
+                    for batch in data.drain(..) {
+                        encoding.encode(&batch);
+                    }
+                });
+                for shard in passed(&caps, frontier) {
+                    let cap = caps.remove(&shard).expect("listed");
+                    if let Some(codes) = encoding.take(shard) {
+                        output
+                            .session(&cap)
+                            .give((ShardId::new(shard as usize), codes));
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl<'scope> ShardCodeStreams<'scope> for StreamVec<'scope, u64, (ShardId, ShardCodes)> {
+    fn sum_pairs(
+        self,
+        plan: Arc<Plan>,
+        work: Arc<CompareWork>,
+        failure: Failure,
+    ) -> StreamVec<'scope, u64, PairPartial> {
+        // A bounded channel of one shard holds the encoder back when the sums fall behind.
+        let (jobs, job_queue) = crossbeam_channel::bounded::<(ShardId, ShardCodes)>(1);
+        let (results, done) = crossbeam_channel::unbounded::<ShardResult>();
+        let mut in_flight = BTreeMap::new();
+        let scope = self.scope();
+        self.unary_frontier(Pipeline, "SumPairs", move |_, info| {
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            std::thread::spawn(move || {
+                for (shard, codes) in job_queue {
+                    let result = finish_shard(&plan, &work, shard, codes);
+                    if results.send((shard, result)).is_err() || wake.activate().is_err() {
+                        return;
+                    }
+                }
+            });
+            move |(input, _frontier), output| {
+                input.for_each(|cap, data| {
+                    let Some(retained) = cap.retain_least(0) else {
+                        return;
+                    };
+                    for (shard, codes) in data.drain(..) {
+                        // The capability stays held until the shard's sums are out.
+                        in_flight.insert(shard, retained.clone());
+                        if jobs.send((shard, codes)).is_err() {
+                            failure.set(anyhow::anyhow!("the shard accumulator thread stopped"));
+                        }
+                    }
+                });
+                while let Ok((shard, result)) = done.try_recv() {
+                    let cap = in_flight.remove(&shard).expect("sent above");
+                    match result {
+                        Ok(partials) => output.session(&cap).give_iterator(partials.into_iter()),
+                        Err(error) => failure.set(error),
+                    }
+                }
+                if failure.failed() {
+                    in_flight.clear();
+                }
+            }
+        })
+    }
+}
+
+impl PartialStreams for StreamVec<'_, u64, PairPartial> {
+    fn gather_pairs(self, owned: Rc<RefCell<OwnedPairs>>) {
+        self.sink(
+            Exchange::new(|p: &PairPartial| u64::from(p.pair.0)),
+            "GatherPairs",
+            move |(input, _frontier)| {
+                let mut owned = owned.borrow_mut();
+                input.for_each(|_, data| {
+                    for partial in data.drain(..) {
+                        owned
+                            .partials
+                            .entry(partial.pair)
+                            .or_default()
+                            .push(partial);
+                    }
+                });
+            },
+        );
+    }
+}
+
+type ShardResult = (ShardId, anyhow::Result<Vec<PairPartial>>);
+
+/// The state of the operator that encodes to codes: the codes of each shard being read.
+struct CompareEncoding {
+    context: StageContext,
+    work: Arc<CompareWork>,
+    stash: BTreeMap<ShardId, ShardCodes>,
+}
+
+impl CompareEncoding {
+    /// Encodes a batch with every encoder that needs codes for its shard.
+    fn encode(&mut self, batch: &SampleBatch) {
+        let shard = ShardId::new(batch.shard);
+        let codes = self.stash.entry(shard).or_default();
+        if self.context.failure.failed() {
+            return;
+        }
+        if let Err(error) = encode_batch(&self.context, &self.work, batch, codes) {
+            self.context.failure.set(error);
+        }
+    }
+
+    /// The codes of a complete shard, unless the stage failed.
+    fn take(&mut self, shard: u64) -> Option<ShardCodes> {
+        let codes = self
+            .stash
+            .remove(&ShardId::new(shard as usize))
+            .unwrap_or_default();
+        (!self.context.failure.failed()).then_some(codes)
+    }
+}
+
 /// Encodes a batch with every encoder that needs codes for its shard, adding to `codes`.
 fn encode_batch(
-    plan: &Plan,
+    context: &StageContext,
     work: &CompareWork,
-    models: &RefCell<WorkerModels>,
-    counters: &RefCell<StageCounters>,
-    batch: &crate::dataset::SampleBatch,
-    codes: &mut HashMap<(usize, usize), Vec<Code>>,
+    batch: &SampleBatch,
+    codes: &mut ShardCodes,
 ) -> anyhow::Result<()> {
-    for e in 0..plan.encoders.len() {
-        if !work.codes[e][batch.shard] {
-            continue;
-        }
-        let mut models = models.borrow_mut();
-        let Some(pooled) = models.pooled_for(e, batch)? else {
+    let shard = ShardId::new(batch.shard);
+    let plan = &context.plan;
+    for e in plan.encoder_ids().filter(|&e| work.needs_codes(e, shard)) {
+        let Some(pooled) = context.pooled(e, batch)? else {
             continue;
         };
-        counters
-            .borrow_mut()
-            .add(e, pooled.sample_ids.len(), pooled.skipped);
+        let mut models = context.models.borrow_mut();
         let n = pooled.sample_ids.len();
-        for (l, rows) in pooled.layers.iter().enumerate() {
-            let layer_codes = models.codes(e, l, rows, n)?;
-            let out = codes.entry((e, l)).or_default();
+        for (layer, rows) in LayerId::all(pooled.layers.len()).zip(&pooled.layers) {
+            let at = EncoderLayer { encoder: e, layer };
+            let layer_codes = models.codes(at, rows, n)?;
+            let out = codes.entry(at).or_default();
             for (id, (features, values)) in pooled.sample_ids.iter().zip(layer_codes) {
                 out.push((*id, features, values));
             }
@@ -307,36 +399,21 @@ fn encode_batch(
 fn finish_shard(
     plan: &Plan,
     work: &CompareWork,
-    shard: usize,
-    mut codes: HashMap<(usize, usize), Vec<Code>>,
+    shard: ShardId,
+    mut codes: ShardCodes,
 ) -> anyhow::Result<Vec<PairPartial>> {
-    let info = &plan.dataset.shards()[shard];
     let units = Units::new(&plan.output);
-    for (e, encoder) in plan.encoders.iter().enumerate() {
-        if !work.codes[e][shard] {
-            continue;
-        }
+    for e in plan.encoder_ids().filter(|&e| work.needs_codes(e, shard)) {
         let mut samples = 0;
         let mut files = Vec::new();
-        for (l, layer) in encoder.layer_names().iter().enumerate() {
-            let mut layer_codes = codes.remove(&(e, l)).unwrap_or_default();
+        for layer in plan.encoder(e).layer_ids() {
+            let at = EncoderLayer { encoder: e, layer };
+            let mut layer_codes = codes.remove(&at).unwrap_or_default();
             layer_codes.sort_by_key(|c| c.0);
-            let path = plan.codes_file(e, layer, info);
-            std::fs::create_dir_all(path.parent().expect("in a folder"))
-                .with_context(|| path.display().to_string())?;
-            // A file here is stale: its unit is not recorded with this fingerprint.
-            if path.exists() {
-                std::fs::remove_file(&path).with_context(|| path.display().to_string())?;
-            }
-            let mut writer = CodesWriter::create(&path, codes_meta(plan, e, layer))?;
-            for (id, features, values) in &layer_codes {
-                writer.push(*id, features, values)?;
-            }
-            writer.finish()?;
+            files.push(write_codes(plan, at, shard, &layer_codes)?);
             samples = layer_codes.len();
-            files.push(path);
         }
-        let (unit, fingerprint) = plan.codes_unit(e, info);
+        let (unit, fingerprint) = plan.codes_unit(e, shard);
         units.record(
             &unit,
             &fingerprint,
@@ -344,21 +421,19 @@ fn finish_shard(
             &files,
         )?;
     }
+    let info = plan.shard(shard);
     let mut partials = Vec::new();
-    for (p, pair) in plan.pairs.iter().enumerate() {
-        if !work.pairs[p][shard] {
-            continue;
-        }
-        let (sources, targets) = pair_files(plan, p, info);
+    for p in plan.pair_ids().filter(|&p| work.needs_sums(p, shard)) {
+        let (sources, targets) = pair_files(plan, p, shard);
         let options = CompareOptions {
             missing: MissingSamples::Drop,
             ..CompareOptions::default()
         };
         let (accumulators, report) = accumulate_files(&sources, &targets, &options)
-            .with_context(|| format!("pair {} on {}", pair.key, info.path.display()))?;
+            .with_context(|| format!("pair {} on {}", plan.pair(p).key, info.path.display()))?;
         partials.push(PairPartial {
-            pair: p as u32,
-            shard: shard as u32,
+            pair: p,
+            shard,
             accumulators: accumulators
                 .iter()
                 .flatten()
@@ -372,35 +447,43 @@ fn finish_shard(
     Ok(partials)
 }
 
-pub(super) fn codes_meta(plan: &Plan, e: usize, layer: &str) -> CodesMeta {
-    let encoder = &plan.encoders[e];
-    let width = encoder
-        .manifest
-        .layers
-        .iter()
-        .find(|l| l.name == layer)
-        .expect("a chosen layer")
-        .width;
-    let d_sae = (width * encoder.sae.expansion) as u32;
-    let meta = match encoder.sae.kind {
-        SaeKind::Topk => CodesMeta::topk(&encoder.name, layer, d_sae, encoder.sae.k as u32),
-        SaeKind::BatchTopk | SaeKind::Relu => CodesMeta::dense(&encoder.name, layer, d_sae),
-    };
-    meta.with_sae(plan.sae_dir(e, layer).display().to_string())
+/// Writes one layer's codes of a shard, replacing a stale file (its unit is not recorded with
+/// this fingerprint).
+fn write_codes(
+    plan: &Plan,
+    at: EncoderLayer,
+    shard: ShardId,
+    codes: &[Code],
+) -> anyhow::Result<PathBuf> {
+    let path = plan.codes_file(at.encoder, at.layer, shard);
+    std::fs::create_dir_all(path.parent().expect("in a folder"))
+        .with_context(|| path.display().to_string())?;
+    if path.exists() {
+        std::fs::remove_file(&path).with_context(|| path.display().to_string())?;
+    }
+    let mut writer = CodesWriter::create(&path, codes_meta(plan, at))?;
+    for (id, features, values) in codes {
+        writer.push(*id, features, values)?;
+    }
+    writer.finish()?;
+    Ok(path)
+}
+
+/// The codes metadata of one layer of an encoder, naming the SAE that makes them.
+pub(super) fn codes_meta(plan: &Plan, at: EncoderLayer) -> CodesMeta {
+    let encoder = plan.encoder(at.encoder);
+    let d_sae = encoder.layer_width(at.layer) * encoder.sae.expansion;
+    let layer = encoder.layer_name(at.layer);
+    sae::codes_meta(&encoder.sae, &encoder.name, layer, d_sae)
+        .with_sae(plan.sae_dir(at.encoder, at.layer).display().to_string())
 }
 
 /// The codes files of a pair's source and target layers on one shard.
-pub(super) fn pair_files(plan: &Plan, p: usize, shard: &ShardInfo) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let pair = &plan.pairs[p];
-    let files = |e: usize, layers: &[usize]| -> Vec<PathBuf> {
-        let names = plan.encoders[e].layer_names();
-        layers
-            .iter()
-            .map(|&l| plan.codes_file(e, &names[l], shard))
+pub(super) fn pair_files(plan: &Plan, p: PairId, shard: ShardId) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let pair = plan.pair(p);
+    let files = |side: &mut dyn Iterator<Item = EncoderLayer>| -> Vec<PathBuf> {
+        side.map(|at| plan.codes_file(at.encoder, at.layer, shard))
             .collect()
     };
-    (
-        files(pair.source, &pair.source_layers),
-        files(pair.target, &pair.target_layers),
-    )
+    (files(&mut pair.source_at()), files(&mut pair.target_at()))
 }

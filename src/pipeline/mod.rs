@@ -15,6 +15,7 @@ mod fit;
 mod outputs;
 mod pairs;
 mod plan;
+mod prepare;
 mod record;
 mod run;
 mod run_folder;
@@ -32,14 +33,15 @@ pub use crate::run_record::{
 };
 pub use bench::{bench_memory, MemoryFigure};
 pub use pairs::PairState;
-pub use plan::{Plan, PlannedEncoder, PlannedPair, StudyCheck};
+pub use plan::{Plan, PlannedEncoder, PlannedPair};
+pub use prepare::StudyCheck;
 pub use run::{peak_memory_mib, run_study, RunSummary};
 pub use run_folder::{FolderState, RunFolder, LOCK_FILE, MARKER_FILE};
 pub use scan::{scan, ScanSummary};
 pub use source::{shard_source, SourceErrors};
 pub use study::{
-    BaselinesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, FitSpec, SharednessSpec, Study,
-    StudyError,
+    BaselinesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, FitSpec, SaeOverrideError,
+    SharednessSpec, Study, StudyError,
 };
 pub use units::{UnitRecord, Units};
 pub use workers::WorkerArgs;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::metrics::{ceiling_for, tables, FeatureMatch, MetricViews, SharednessQuery, WmppcRow};
 
 use super::plan::Plan;
+use crate::ids::EncoderId;
 
 /// What the outputs stage wrote and the rows of the wMPPC matrix it prints.
 pub struct Outputs {
@@ -22,24 +23,24 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     let mut files = Vec::new();
     let mut merged = tables::MergedTables::default();
     let ceilings = ceiling_matches(plan)?;
-    for p in (0..plan.pairs.len()).filter(|&p| plan.pairs[p].ceiling_of.is_none()) {
+    for p in plan
+        .pair_ids()
+        .filter(|&p| plan.pair(p).ceiling_of.is_none())
+    {
         let dir = plan.pair_dir(p);
-        let pair = &plan.pairs[p];
-        let source_layers: Vec<String> = {
-            let names = plan.encoders[pair.source].layer_names();
-            pair.source_layers
-                .iter()
-                .map(|&l| names[l].clone())
-                .collect()
-        };
+        let pair = plan.pair(p);
+        let source = plan.encoder(pair.source);
+        let source_layers: Vec<&str> = (pair.source_layers.iter())
+            .map(|&l| source.layer_name(l))
+            .collect();
         for mut row in tables::read_wmppc(&dir.join(tables::WMPPC_FILE))? {
             if let Some(per_layer) = ceilings.get(&pair.source) {
                 // In the pair's source layers' order, as the ceiling's aggregations expect.
                 let matches: Option<Vec<Vec<FeatureMatch>>> = source_layers
                     .iter()
-                    .map(|l| per_layer.get(l).cloned())
+                    .map(|&l| per_layer.get(l).cloned())
                     .collect();
-                let position = source_layers.iter().position(|l| *l == row.source_layer);
+                let position = source_layers.iter().position(|&l| l == row.source_layer);
                 row.baseline_ceiling =
                     matches.and_then(|m| ceiling_for(&m, row.aggregation, position));
             }
@@ -99,10 +100,10 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
 /// its second SAEs.
 fn ceiling_matches(
     plan: &Plan,
-) -> anyhow::Result<BTreeMap<usize, BTreeMap<String, Vec<FeatureMatch>>>> {
-    let mut out: BTreeMap<usize, BTreeMap<String, Vec<FeatureMatch>>> = BTreeMap::new();
-    for (p, pair) in plan.pairs.iter().enumerate() {
-        let Some(source) = pair.ceiling_of else {
+) -> anyhow::Result<BTreeMap<EncoderId, BTreeMap<String, Vec<FeatureMatch>>>> {
+    let mut out: BTreeMap<EncoderId, BTreeMap<String, Vec<FeatureMatch>>> = BTreeMap::new();
+    for p in plan.pair_ids() {
+        let Some(source) = plan.pair(p).ceiling_of else {
             continue;
         };
         let per_layer = out.entry(source).or_default();

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::compare::{codes_meta, pair_files, CompareWork, OwnedPairs, PairPartial};
 use super::plan::{shard_key, Plan};
 use super::units::{remove_made, MadeFile, Units};
+use crate::atomic::AtomicDir;
 use crate::codes::{CodeBatch, CodesMeta, CodesReader};
+use crate::ids::{EncoderLayer, PairId};
 use crate::metrics::{compare_accumulated, tables, CompareOptions};
 use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples};
 
@@ -83,13 +85,13 @@ pub fn finish(
 ) -> anyhow::Result<usize> {
     let mut owned = owned.borrow_mut();
     let mut done = 0;
-    for p in (0..plan.pairs.len()).filter(|p| p % peers == worker) {
-        let partials = owned.partials.remove(&(p as u32)).unwrap_or_default();
-        if partials.is_empty() && !work.tables[p] {
+    for p in plan.pair_ids().filter(|p| p.index() % peers == worker) {
+        let partials = owned.partials.remove(&p).unwrap_or_default();
+        if partials.is_empty() && !work.needs_tables(p) {
             continue;
         }
-        finish_pair(plan, p, partials, work.restart[p])
-            .with_context(|| format!("comparing pair {}", plan.pairs[p].key))?;
+        finish_pair(plan, p, partials, work.restarts(p))
+            .with_context(|| format!("comparing pair {}", plan.pair(p).key))?;
         done += 1;
     }
     Ok(done)
@@ -99,98 +101,144 @@ pub fn finish(
 /// anew, or its saved state is damaged), saves it, and writes the pair's tables.
 fn finish_pair(
     plan: &Plan,
-    p: usize,
-    mut partials: Vec<PairPartial>,
+    p: PairId,
+    partials: Vec<PairPartial>,
     restart: bool,
 ) -> anyhow::Result<()> {
-    let pair = &plan.pairs[p];
     let dir = plan.pair_dir(p);
-    let (l_a, l_b) = (pair.source_layers.len(), pair.target_layers.len());
     // The newest state, whatever it summed; it is built on only if it summed the same codes.
     let newest = PairState::latest(&dir);
-    let fingerprint = plan.pair_fingerprint(p);
-    let previous = newest
-        .clone()
-        .filter(|s| !restart && s.fingerprint == fingerprint);
-    let mut state = previous.clone().unwrap_or(PairState {
-        fingerprint,
-        generation: 0,
-        shards: Vec::new(),
-        samples: 0,
-        dropped: 0,
-        files: Vec::new(),
-    });
-    let mut accumulators: Vec<Vec<CoactivationAccumulator>> = match &previous {
-        Some(previous) => (0..l_a)
-            .map(|a| {
-                (0..l_b)
-                    .map(|b| {
-                        CoactivationAccumulator::load(&accumulator_file(&previous.dir(&dir), a, b))
-                    })
-                    .collect::<Result<_, _>>()
-            })
-            .collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
-    partials.sort_by_key(|partial| partial.shard);
-    // A shard is summed into a pair once, whatever led to it being offered again.
-    partials.retain(|partial| {
-        let key = shard_key(&plan.dataset.shards()[partial.shard as usize]);
-        let summed = state.shards.contains(&key);
-        if summed {
-            tracing::warn!(
-                "pair {}: shard {} is summed already; not adding it again",
-                pair.key,
-                key.0
-            );
-        }
-        !summed
-    });
-    let first_dropped = partials.iter().find_map(|p| p.first_dropped.clone());
-    if let Some(previous) = &previous {
-        if !partials.is_empty() {
-            tracing::info!(
-                "pair {}: adding {} new shard(s) to the {} already summed; the old ones are not read",
-                pair.key,
-                partials.len(),
-                previous.shards.len()
-            );
-        }
-    }
-    for partial in &partials {
-        let info = &plan.dataset.shards()[partial.shard as usize];
-        let sums: Vec<CoactivationAccumulator> = partial
-            .accumulators
-            .iter()
-            .map(|bytes| CoactivationAccumulator::from_bytes(bytes))
-            .collect::<Result<_, _>>()?;
-        if accumulators.is_empty() {
-            accumulators = sums.chunks(l_b).map(<[_]>::to_vec).collect();
-        } else {
-            for (a, row) in accumulators.iter_mut().enumerate() {
-                for (b, acc) in row.iter_mut().enumerate() {
-                    acc.merge(&sums[a * l_b + b])?;
-                }
-            }
-        }
-        state.shards.push(shard_key(info));
-        state.samples += partial.samples;
-        state.dropped += partial.dropped;
-    }
+    let mut sums = PairSums::resume(plan, p, newest.as_ref(), restart)?;
+    let (added, first_dropped) = sums.add(plan, p, partials)?;
     anyhow::ensure!(
-        !accumulators.is_empty(),
+        !sums.accumulators.is_empty(),
         "no shard was summed; the dataset has no rows both encoders read"
     );
-    if !partials.is_empty() {
+    if added > 0 {
         // Above every state folder there is, even one whose state.json cannot be read.
-        state.generation = newest_generation(&dir).map_or(0, |g| g + 1);
-        save_state(&dir, &state, &accumulators)?;
+        sums.state.generation = newest_generation(&dir).map_or(0, |g| g + 1);
+        save_state(&dir, &sums.state, &sums.accumulators)?;
         if let Some(newest) = &newest {
             // Only the state folder this run replaced, which saeshare itself made.
             remove_state(&dir, newest);
         }
     }
+    tabulate(plan, p, sums, first_dropped)
+}
 
+/// A pair's sums being built: its state and `[source layer][target layer]` accumulators.
+struct PairSums {
+    state: PairState,
+    accumulators: Vec<Vec<CoactivationAccumulator>>,
+    /// Whether the sums build on a saved state.
+    resumed: bool,
+}
+
+impl PairSums {
+    /// The sums saved in `newest` when they can be built on (same codes, no restart), else none.
+    fn resume(
+        plan: &Plan,
+        p: PairId,
+        newest: Option<&PairState>,
+        restart: bool,
+    ) -> anyhow::Result<PairSums> {
+        let fingerprint = plan.pair_fingerprint(p);
+        let previous = newest.filter(|s| !restart && s.fingerprint == fingerprint);
+        let Some(previous) = previous else {
+            let state = PairState {
+                fingerprint,
+                generation: 0,
+                shards: Vec::new(),
+                samples: 0,
+                dropped: 0,
+                files: Vec::new(),
+            };
+            return Ok(PairSums {
+                state,
+                accumulators: Vec::new(),
+                resumed: false,
+            });
+        };
+        let pair = plan.pair(p);
+        let dir = previous.dir(&plan.pair_dir(p));
+        let accumulators = (0..pair.source_layers.len())
+            .map(|a| {
+                (0..pair.target_layers.len())
+                    .map(|b| CoactivationAccumulator::load(&accumulator_file(&dir, a, b)))
+                    .collect::<Result<_, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(PairSums {
+            state: previous.clone(),
+            accumulators,
+            resumed: true,
+        })
+    }
+
+    /// Adds the partial sums of shards not summed yet, in shard order; returns how many, and
+    /// the first sample they left out.
+    fn add(
+        &mut self,
+        plan: &Plan,
+        p: PairId,
+        mut partials: Vec<PairPartial>,
+    ) -> anyhow::Result<(usize, Option<(u64, PathBuf)>)> {
+        let pair = plan.pair(p);
+        partials.sort_by_key(|partial| partial.shard);
+        // A shard is summed into a pair once, whatever led to it being offered again.
+        partials.retain(|partial| {
+            let key = shard_key(plan.shard(partial.shard));
+            let summed = self.state.shards.contains(&key);
+            if summed {
+                tracing::warn!(
+                    "pair {}: shard {} is summed already; not adding it again",
+                    pair.key,
+                    key.0
+                );
+            }
+            !summed
+        });
+        if self.resumed && !partials.is_empty() {
+            tracing::info!(
+                "pair {}: adding {} new shard(s) to the {} already summed; the old ones are not read",
+                pair.key,
+                partials.len(),
+                self.state.shards.len()
+            );
+        }
+        let l_b = pair.target_layers.len();
+        for partial in &partials {
+            let sums: Vec<CoactivationAccumulator> = (partial.accumulators.iter())
+                .map(|bytes| CoactivationAccumulator::from_bytes(bytes))
+                .collect::<Result<_, _>>()?;
+            if self.accumulators.is_empty() {
+                self.accumulators = sums.chunks(l_b).map(<[_]>::to_vec).collect();
+            } else {
+                for (a, row) in self.accumulators.iter_mut().enumerate() {
+                    for (b, acc) in row.iter_mut().enumerate() {
+                        acc.merge(&sums[a * l_b + b])?;
+                    }
+                }
+            }
+            self.state.shards.push(shard_key(plan.shard(partial.shard)));
+            self.state.samples += partial.samples;
+            self.state.dropped += partial.dropped;
+        }
+        let first_dropped = partials.iter().find_map(|p| p.first_dropped.clone());
+        Ok((partials.len(), first_dropped))
+    }
+}
+
+/// MPPC with the floor baseline from the pair's sums; writes and records the pair's tables.
+fn tabulate(
+    plan: &Plan,
+    p: PairId,
+    sums: PairSums,
+    first_dropped: Option<(u64, PathBuf)>,
+) -> anyhow::Result<()> {
+    let pair = plan.pair(p);
+    let dir = plan.pair_dir(p);
+    let state = sums.state;
     let (source, target) = metas(plan, p);
     let floor_permutations = if pair.ceiling_of.is_some() {
         0
@@ -213,32 +261,29 @@ fn finish_pair(
         first_dropped,
     };
     let comparison = compare_accumulated(
-        accumulators,
+        sums.accumulators,
         report,
         &source,
         &target,
         aligned.as_deref(),
         &options,
     )?;
-    tables::write_mppc(&dir.join(tables::MPPC_FILE), &comparison.mppc)?;
-    tables::write_wmppc(&dir.join(tables::WMPPC_FILE), &comparison.wmppc)?;
-    tables::write_features(&dir.join(tables::FEATURES_FILE), &comparison.features)?;
+    let files = [
+        dir.join(tables::MPPC_FILE),
+        dir.join(tables::WMPPC_FILE),
+        dir.join(tables::FEATURES_FILE),
+    ];
+    tables::write_mppc(&files[0], &comparison.mppc)?;
+    tables::write_wmppc(&files[1], &comparison.wmppc)?;
+    tables::write_features(&files[2], &comparison.features)?;
     let (unit, fingerprint) = plan.pair_unit(p);
-    Units::new(&plan.output).record(
-        &unit,
-        &fingerprint,
-        serde_json::json!({
-            "state": state.generation,
-            "shards": state.shards.len(),
-            "samples": state.samples,
-            "dropped": state.dropped,
-        }),
-        &[
-            dir.join(tables::MPPC_FILE),
-            dir.join(tables::WMPPC_FILE),
-            dir.join(tables::FEATURES_FILE),
-        ],
-    )?;
+    let detail = serde_json::json!({
+        "state": state.generation,
+        "shards": state.shards.len(),
+        "samples": state.samples,
+        "dropped": state.dropped,
+    });
+    Units::new(&plan.output).record(&unit, &fingerprint, detail, &files)?;
     tracing::info!(
         "pair {}: {} shards, {} samples ({} dropped); tables in {}",
         pair.key,
@@ -273,10 +318,7 @@ fn save_state(
     accumulators: &[Vec<CoactivationAccumulator>],
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-    let temp = tempfile::Builder::new()
-        .prefix(".state-")
-        .tempdir_in(dir)
-        .with_context(|| dir.display().to_string())?;
+    let temp = AtomicDir::create(&state.dir(dir)).with_context(|| dir.display().to_string())?;
     let mut state = state.clone();
     state.files.clear();
     for (a, row) in accumulators.iter().enumerate() {
@@ -290,34 +332,28 @@ fn save_state(
         temp.path().join("state.json"),
         serde_json::to_vec_pretty(&state)?,
     )?;
-    let target = state.dir(dir);
-    std::fs::rename(temp.keep(), &target).with_context(|| target.display().to_string())?;
+    let target = temp.target().to_path_buf();
+    temp.commit()
+        .with_context(|| target.display().to_string())?;
     Ok(())
 }
 
 /// The codes metadata of a pair's two sides.
-fn metas(plan: &Plan, p: usize) -> (Vec<CodesMeta>, Vec<CodesMeta>) {
-    let pair = &plan.pairs[p];
-    let side = |e: usize, layers: &[usize]| -> Vec<CodesMeta> {
-        let names = plan.encoders[e].layer_names();
-        layers
-            .iter()
-            .map(|&l| codes_meta(plan, e, &names[l]))
-            .collect()
+fn metas(plan: &Plan, p: PairId) -> (Vec<CodesMeta>, Vec<CodesMeta>) {
+    let pair = plan.pair(p);
+    let side = |side: &mut dyn Iterator<Item = EncoderLayer>| -> Vec<CodesMeta> {
+        side.map(|at| codes_meta(plan, at)).collect()
     };
-    (
-        side(pair.source, &pair.source_layers),
-        side(pair.target, &pair.target_layers),
-    )
+    (side(&mut pair.source_at()), side(&mut pair.target_at()))
 }
 
 /// Every code of the pair's layers on samples all of them hold, shard after shard (sources
 /// first): what the floor baseline permutes.
-fn aligned_codes(plan: &Plan, p: usize) -> anyhow::Result<Vec<CodeBatch>> {
-    let pair = &plan.pairs[p];
+fn aligned_codes(plan: &Plan, p: PairId) -> anyhow::Result<Vec<CodeBatch>> {
+    let pair = plan.pair(p);
     let streams = pair.source_layers.len() + pair.target_layers.len();
     let mut kept = vec![CodeBatch::new(); streams];
-    for shard in plan.dataset.shards() {
+    for shard in plan.shard_ids() {
         let (sources, targets) = pair_files(plan, p, shard);
         let readers = sources
             .iter()

@@ -8,12 +8,13 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use super::run_folder::{FolderState, RunFolder};
+use super::prepare::{build_dataset, export_package};
 use super::study::Study;
 use super::units::Units;
 use crate::dataset::{Dataset, ShardInfo};
 use crate::digest::fingerprint;
 use crate::encoder::{Manifest, Modality, Pooling};
+use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::names::{check_name, pair_key};
 use crate::run_layout::RunLayout;
 use crate::sae::SaeConfig;
@@ -35,10 +36,25 @@ pub struct PlannedEncoder {
     /// Changes when the package, the layers, the pooling or the SAE settings change.
     pub fingerprint: String,
     /// For the second SAEs of the ceiling baseline: the encoder whose rows this one reuses.
-    pub twin_of: Option<usize>,
+    pub twin_of: Option<EncoderId>,
 }
 
 impl PlannedEncoder {
+    /// The ids of the chosen layers.
+    pub fn layer_ids(&self) -> impl Iterator<Item = LayerId> + Clone {
+        LayerId::all(self.layers.len())
+    }
+
+    /// The name of a chosen layer.
+    pub fn layer_name(&self, layer: LayerId) -> &str {
+        &self.manifest.layers[self.layers[layer.index()]].name
+    }
+
+    /// The width of a chosen layer.
+    pub fn layer_width(&self, layer: LayerId) -> usize {
+        self.manifest.layers[self.layers[layer.index()]].width
+    }
+
     /// The names of the chosen layers.
     pub fn layer_names(&self) -> Vec<String> {
         self.layers
@@ -57,16 +73,39 @@ impl PlannedEncoder {
 pub struct PlannedPair {
     /// Folder and unit name: `source__target`, `__all` added for all layers.
     pub key: String,
-    pub source: usize,
-    pub target: usize,
-    /// Positions in the encoders' chosen layers.
-    pub source_layers: Vec<usize>,
-    pub target_layers: Vec<usize>,
+    pub source: EncoderId,
+    pub target: EncoderId,
+    /// The layers compared, of each side.
+    pub source_layers: Vec<LayerId>,
+    pub target_layers: Vec<LayerId>,
     /// Changes when either encoder's settings, the layers or the baselines change (not with
     /// new shards); [`Plan::pair_fingerprint`] adds the SAEs actually fitted.
     pub fingerprint: String,
     /// For a ceiling pair (an encoder against its second SAEs): that encoder.
-    pub ceiling_of: Option<usize>,
+    pub ceiling_of: Option<EncoderId>,
+}
+
+impl PlannedPair {
+    /// Whether `encoder` is one of the pair's two sides.
+    pub fn involves(&self, encoder: EncoderId) -> bool {
+        self.source == encoder || self.target == encoder
+    }
+
+    /// The compared layers of the source side, in order.
+    pub fn source_at(&self) -> impl Iterator<Item = EncoderLayer> + '_ {
+        (self.source_layers.iter()).map(|&layer| EncoderLayer {
+            encoder: self.source,
+            layer,
+        })
+    }
+
+    /// The compared layers of the target side, in order.
+    pub fn target_at(&self) -> impl Iterator<Item = EncoderLayer> + '_ {
+        (self.target_layers.iter()).map(|&layer| EncoderLayer {
+            encoder: self.target,
+            layer,
+        })
+    }
 }
 
 /// Everything a run needs to know before it starts.
@@ -88,7 +127,6 @@ impl Plan {
     /// Resolves `study` (read from `path`): builds the embedded dataset and exports the real
     /// encoder packages where they are missing and the study says how.
     pub fn resolve(study: Study, path: &Path) -> anyhow::Result<Plan> {
-        let root = path.parent().unwrap_or(Path::new("."));
         let (output, dataset_dir) = Plan::folders(&study, path);
         if !dataset_dir.exists() {
             build_dataset(&study, &dataset_dir, path)?;
@@ -100,95 +138,12 @@ impl Plan {
         let dataset = Arc::new(dataset);
         dataset.check_unique_ids()?;
 
-        let mut encoders = Vec::new();
-        for (name, spec) in &study.encoders {
-            let package = resolve_path(root, &spec.package);
-            if !package.join("encoder.json").is_file() {
-                export_package(name, spec.export.as_deref(), &package, path)?;
-            }
-            let EncoderChoice {
-                manifest,
-                layers,
-                pooling,
-                sae,
-            } = choose(&study, name, &package, path)?;
-            let device: DeviceSpec = spec
-                .device
-                .parse()
-                .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;
-            let fingerprint = fingerprint(&(
-                package_digest(&package)?,
-                &layers,
-                format!("{pooling:?}"),
-                &sae,
-            ));
-            encoders.push(PlannedEncoder {
-                name: name.clone(),
-                package,
-                manifest,
-                layers,
-                pooling,
-                device: device.check_available()?,
-                batch_size: spec.batch_size,
-                sae,
-                fingerprint,
-                twin_of: None,
-            });
-        }
-
-        let mut pairs: Vec<PlannedPair> = Vec::new();
-        for comparison in &study.comparisons {
-            let pick = |names: &[toml::Spanned<String>]| -> Vec<usize> {
-                (0..encoders.len())
-                    .filter(|&i| {
-                        names
-                            .iter()
-                            .any(|n| n.get_ref() == "*" || *n.get_ref() == encoders[i].name)
-                    })
-                    .collect()
-            };
-            let all = match comparison.layers.as_str() {
-                "last" => false,
-                "all" => true,
-                other => anyhow::bail!(
-                    "{}: comparison layers {other:?}: use \"last\" or \"all\"",
-                    path.display()
-                ),
-            };
-            for &s in &pick(&comparison.sources) {
-                for &t in &pick(&comparison.targets) {
-                    if s == t {
-                        continue;
-                    }
-                    let key = pair_key(&encoders[s].name, &encoders[t].name, all);
-                    if pairs.iter().any(|p| p.key == key) {
-                        continue;
-                    }
-                    let layers = |e: &PlannedEncoder| -> Vec<usize> {
-                        if all {
-                            (0..e.layers.len()).collect()
-                        } else {
-                            vec![e.layers.len() - 1]
-                        }
-                    };
-                    let fingerprint = fingerprint(&(
-                        &encoders[s].fingerprint,
-                        &encoders[t].fingerprint,
-                        all,
-                        study.baselines.floor_permutations,
-                    ));
-                    pairs.push(PlannedPair {
-                        key,
-                        source: s,
-                        target: t,
-                        source_layers: layers(&encoders[s]),
-                        target_layers: layers(&encoders[t]),
-                        fingerprint,
-                        ceiling_of: None,
-                    });
-                }
-            }
-        }
+        let mut encoders = study
+            .encoders
+            .keys()
+            .map(|name| resolve_encoder(&study, name, path))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut pairs = plan_pairs(&study, &encoders, path)?;
         if let Some(seed) = study.baselines.ceiling_seed {
             add_ceiling_twins(&mut encoders, &mut pairs, seed, path)?;
         }
@@ -210,13 +165,43 @@ impl Plan {
         *self.sae_ids.write().expect("not poisoned") = ids;
     }
 
-    fn sae_id(&self, encoder: usize) -> String {
-        self.sae_ids.read().expect("not poisoned")[encoder].clone()
+    fn sae_id(&self, encoder: EncoderId) -> String {
+        self.sae_ids.read().expect("not poisoned")[encoder.index()].clone()
+    }
+
+    /// An encoder of the plan.
+    pub fn encoder(&self, encoder: EncoderId) -> &PlannedEncoder {
+        &self.encoders[encoder.index()]
+    }
+
+    /// A pair of the plan.
+    pub fn pair(&self, pair: PairId) -> &PlannedPair {
+        &self.pairs[pair.index()]
+    }
+
+    /// A shard of the dataset.
+    pub fn shard(&self, shard: ShardId) -> &ShardInfo {
+        &self.dataset.shards()[shard.index()]
+    }
+
+    /// Every encoder's id, in the plan's order.
+    pub fn encoder_ids(&self) -> impl Iterator<Item = EncoderId> + Clone {
+        EncoderId::all(self.encoders.len())
+    }
+
+    /// Every pair's id, in the plan's order.
+    pub fn pair_ids(&self) -> impl Iterator<Item = PairId> + Clone {
+        PairId::all(self.pairs.len())
+    }
+
+    /// Every shard's id, in the dataset's order.
+    pub fn shard_ids(&self) -> impl Iterator<Item = ShardId> + Clone {
+        ShardId::all(self.dataset.shards().len())
     }
 
     /// The fingerprint of a pair's sums: its settings and the SAEs of both sides.
-    pub fn pair_fingerprint(&self, pair: usize) -> String {
-        let p = &self.pairs[pair];
+    pub fn pair_fingerprint(&self, pair: PairId) -> String {
+        let p = self.pair(pair);
         fingerprint(&(&p.fingerprint, self.sae_id(p.source), self.sae_id(p.target)))
     }
 
@@ -231,10 +216,9 @@ impl Plan {
     }
 
     /// The encoders the study names (not the ceiling's second SAEs).
-    pub fn named_encoders(&self) -> impl Iterator<Item = (usize, &PlannedEncoder)> {
-        self.encoders
-            .iter()
-            .enumerate()
+    pub fn named_encoders(&self) -> impl Iterator<Item = (EncoderId, &PlannedEncoder)> {
+        self.encoder_ids()
+            .zip(&self.encoders)
             .filter(|(_, e)| e.twin_of.is_none())
     }
 
@@ -244,56 +228,149 @@ impl Plan {
     }
 
     /// The folder of an encoder's SAE on one of its layers.
-    pub fn sae_dir(&self, encoder: usize, layer: &str) -> PathBuf {
-        self.layout().sae_dir(&self.encoders[encoder].name, layer)
+    pub fn sae_dir(&self, encoder: EncoderId, layer: LayerId) -> PathBuf {
+        let e = self.encoder(encoder);
+        self.layout().sae_dir(&e.name, e.layer_name(layer))
     }
 
     /// The codes file of an encoder's layer on one shard.
-    pub fn codes_file(&self, encoder: usize, layer: &str, shard: &ShardInfo) -> PathBuf {
+    pub fn codes_file(&self, encoder: EncoderId, layer: LayerId, shard: ShardId) -> PathBuf {
+        let e = self.encoder(encoder);
         self.layout()
-            .codes_file(&self.encoders[encoder].name, layer, &shard_name(shard))
+            .codes_file(&e.name, e.layer_name(layer), &shard_name(self.shard(shard)))
     }
 
     /// The folder of a pair's accumulators and tables.
-    pub fn pair_dir(&self, pair: usize) -> PathBuf {
-        self.layout().pair_dir(&self.pairs[pair].key)
+    pub fn pair_dir(&self, pair: PairId) -> PathBuf {
+        self.layout().pair_dir(&self.pair(pair).key)
     }
 
     /// The unit name and fingerprint of an encoder's codes on a shard.
-    pub fn codes_unit(&self, encoder: usize, shard: &ShardInfo) -> (String, String) {
+    pub fn codes_unit(&self, encoder: EncoderId, shard: ShardId) -> (String, String) {
+        let (e, shard) = (self.encoder(encoder), self.shard(shard));
         (
-            format!(
-                "codes/{}/{}",
-                self.encoders[encoder].name,
-                shard_name(shard)
-            ),
-            fingerprint(&(
-                &self.encoders[encoder].fingerprint,
-                shard_key(shard),
-                self.sae_id(encoder),
-            )),
+            format!("codes/{}/{}", e.name, shard_name(shard)),
+            fingerprint(&(&e.fingerprint, shard_key(shard), self.sae_id(encoder))),
         )
     }
 
     /// The unit name and fingerprint of an encoder's SAEs.
-    pub fn sae_unit(&self, encoder: usize) -> (String, String) {
-        (
-            format!("saes/{}", self.encoders[encoder].name),
-            self.encoders[encoder].fingerprint.clone(),
-        )
+    pub fn sae_unit(&self, encoder: EncoderId) -> (String, String) {
+        let e = self.encoder(encoder);
+        (format!("saes/{}", e.name), e.fingerprint.clone())
     }
 
     /// The unit name and fingerprint of a pair's tables.
-    pub fn pair_unit(&self, pair: usize) -> (String, String) {
+    pub fn pair_unit(&self, pair: PairId) -> (String, String) {
         (
-            format!("pairs/{}", self.pairs[pair].key),
+            format!("pairs/{}", self.pair(pair).key),
             self.pair_fingerprint(pair),
         )
     }
 }
 
+/// Encoder `name` of `study` (read from `path`), resolved: its package exported where missing
+/// and the study says how, its choices checked against the package.
+fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<PlannedEncoder> {
+    let root = path.parent().unwrap_or(Path::new("."));
+    let spec = &study.encoders[name];
+    let package = resolve_path(root, &spec.package);
+    if !package.join("encoder.json").is_file() {
+        export_package(name, spec.export.as_deref(), &package, path)?;
+    }
+    let EncoderChoice {
+        manifest,
+        layers,
+        pooling,
+        sae,
+    } = choose(study, name, &package, path)?;
+    let device: DeviceSpec = spec
+        .device
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;
+    let fingerprint = fingerprint(&(
+        package_digest(&package)?,
+        &layers,
+        format!("{pooling:?}"),
+        &sae,
+    ));
+    Ok(PlannedEncoder {
+        name: name.to_string(),
+        package,
+        manifest,
+        layers,
+        pooling,
+        device: device.check_available()?,
+        batch_size: spec.batch_size,
+        sae,
+        fingerprint,
+        twin_of: None,
+    })
+}
+
+/// The pairs of the study's comparisons, each (source, target, layers) once, in the order the
+/// comparisons list them.
+fn plan_pairs(
+    study: &Study,
+    encoders: &[PlannedEncoder],
+    path: &Path,
+) -> anyhow::Result<Vec<PlannedPair>> {
+    let mut pairs: Vec<PlannedPair> = Vec::new();
+    for comparison in &study.comparisons {
+        let pick = |names: &[toml::Spanned<String>]| -> Vec<EncoderId> {
+            EncoderId::all(encoders.len())
+                .filter(|e| {
+                    names
+                        .iter()
+                        .any(|n| n.get_ref() == "*" || *n.get_ref() == encoders[e.index()].name)
+                })
+                .collect()
+        };
+        let all = match comparison.layers.as_str() {
+            "last" => false,
+            "all" => true,
+            other => anyhow::bail!(
+                "{}: comparison layers {other:?}: use \"last\" or \"all\"",
+                path.display()
+            ),
+        };
+        let layers = |e: &PlannedEncoder| -> Vec<LayerId> {
+            if all {
+                e.layer_ids().collect()
+            } else {
+                vec![LayerId::new(e.layers.len() - 1)]
+            }
+        };
+        for s in pick(&comparison.sources) {
+            for t in pick(&comparison.targets) {
+                let (source, target) = (&encoders[s.index()], &encoders[t.index()]);
+                let key = pair_key(&source.name, &target.name, all);
+                if s == t || pairs.iter().any(|p| p.key == key) {
+                    continue;
+                }
+                let fingerprint = fingerprint(&(
+                    &source.fingerprint,
+                    &target.fingerprint,
+                    all,
+                    study.baselines.floor_permutations,
+                ));
+                pairs.push(PlannedPair {
+                    key,
+                    source: s,
+                    target: t,
+                    source_layers: layers(source),
+                    target_layers: layers(target),
+                    fingerprint,
+                    ceiling_of: None,
+                });
+            }
+        }
+    }
+    Ok(pairs)
+}
+
 /// What a study chooses of an encoder package: its layers, pooling and SAE settings.
-struct EncoderChoice {
+pub(super) struct EncoderChoice {
     manifest: Manifest,
     layers: Vec<usize>,
     pooling: Pooling,
@@ -302,7 +379,12 @@ struct EncoderChoice {
 
 /// Reads encoder `name`'s package and checks the study's choices against it: the layers exist
 /// and their names can name folders, the SAE fits each layer's width.
-fn choose(study: &Study, name: &str, package: &Path, path: &Path) -> anyhow::Result<EncoderChoice> {
+pub(super) fn choose(
+    study: &Study,
+    name: &str,
+    package: &Path,
+    path: &Path,
+) -> anyhow::Result<EncoderChoice> {
     let spec = &study.encoders[name];
     let manifest = Manifest::read(package)?;
     let layers = manifest
@@ -336,79 +418,6 @@ fn choose(study: &Study, name: &str, package: &Path, path: &Path) -> anyhow::Res
     })
 }
 
-/// What `saeshare study check` finds: whose folder the output is, what `run` would build or
-/// export first, and the plan when nothing is missing.
-pub struct StudyCheck {
-    pub folder: FolderState,
-    /// (what, how): the dataset and packages `run` makes before anything else.
-    pub to_make: Vec<(String, String)>,
-    /// What the user must supply before the study can run (a dataset, a package without an
-    /// `export` command).
-    pub to_provide: Vec<String>,
-    pub plan: Option<Plan>,
-}
-
-impl Plan {
-    /// Every check `run` makes before it starts work, without building a dataset or running
-    /// an `export` command: the output folder, the dataset's shards, the packages there are,
-    /// and, when nothing is missing, the whole plan.
-    pub fn check(study: Study, path: &Path) -> anyhow::Result<StudyCheck> {
-        let root = path.parent().unwrap_or(Path::new("."));
-        let (output, dataset) = Plan::folders(&study, path);
-        let folder = RunFolder::inspect(&output, &dataset)?;
-        let mut to_make = Vec::new();
-        let mut to_provide = Vec::new();
-        if dataset.exists() {
-            let mut opened = Dataset::open(&dataset)?;
-            if let Some(shards) = &study.dataset.shards {
-                opened = opened.select(shards)?;
-            }
-            opened.check_unique_ids()?;
-        } else if let Some(builtin) = &study.dataset.builtin {
-            to_make.push((
-                format!("dataset {}", dataset.display()),
-                format!("saeshare builds the embedded {builtin:?} dataset"),
-            ));
-        } else {
-            to_provide.push(format!(
-                "the dataset {}: import one with `saeshare dataset import-coco`, `import-folder` \
-                 or `import-hf`",
-                dataset.display()
-            ));
-        }
-        for (name, spec) in &study.encoders {
-            let package = resolve_path(root, &spec.package);
-            if package.join("encoder.json").is_file() {
-                choose(&study, name, &package, path)?;
-                continue;
-            }
-            let Some(command) = &spec.export else {
-                to_provide.push(format!(
-                    "the package of {name} in {}: make it with `python -m saeshare_export`, or \
-                     give the encoder an `export` command",
-                    package.display()
-                ));
-                continue;
-            };
-            to_make.push((
-                format!("package of {name} in {}", package.display()),
-                format!("runs the shell command `{command}`"),
-            ));
-        }
-        let plan = if to_make.is_empty() && to_provide.is_empty() {
-            Some(Plan::resolve(study, path)?)
-        } else {
-            None
-        };
-        Ok(StudyCheck {
-            folder,
-            to_make,
-            to_provide,
-            plan,
-        })
-    }
-}
-
 /// For the ceiling baseline: a second SAE set (seed `seed`) of every source encoder, fed the
 /// same rows, and a pair of each source encoder against it on all its layers.
 fn add_ceiling_twins(
@@ -417,34 +426,35 @@ fn add_ceiling_twins(
     seed: u64,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let sources: std::collections::BTreeSet<usize> = pairs.iter().map(|p| p.source).collect();
+    let sources: std::collections::BTreeSet<EncoderId> = pairs.iter().map(|p| p.source).collect();
     for s in sources {
-        let mut twin = encoders[s].clone();
-        twin.name = format!("{}.ceiling", encoders[s].name);
+        let base = &encoders[s.index()];
+        let mut twin = base.clone();
+        twin.name = format!("{}.ceiling", base.name);
         anyhow::ensure!(
             encoders.iter().all(|e| e.name != twin.name),
             "{}: an encoder is named {:?}, the name of the ceiling's second SAEs of {:?}; rename it",
             path.display(),
             twin.name,
-            encoders[s].name
+            base.name
         );
         anyhow::ensure!(
             twin.sae.seed != seed,
             "{}: [baselines] ceiling_seed {seed} is the SAE seed of {:?}; the ceiling needs another",
             path.display(),
-            encoders[s].name
+            base.name
         );
         twin.sae.seed = seed;
-        twin.fingerprint = fingerprint(&(&encoders[s].fingerprint, "ceiling", seed));
+        twin.fingerprint = fingerprint(&(&base.fingerprint, "ceiling", seed));
         twin.twin_of = Some(s);
-        let layers: Vec<usize> = (0..twin.layers.len()).collect();
-        let key = pair_key(&encoders[s].name, &twin.name, false);
-        let pair_fingerprint = fingerprint(&(&encoders[s].fingerprint, &twin.fingerprint));
+        let layers: Vec<LayerId> = twin.layer_ids().collect();
+        let key = pair_key(&base.name, &twin.name, false);
+        let pair_fingerprint = fingerprint(&(&base.fingerprint, &twin.fingerprint));
         encoders.push(twin);
         pairs.push(PlannedPair {
             key,
             source: s,
-            target: encoders.len() - 1,
+            target: EncoderId::new(encoders.len() - 1),
             source_layers: layers.clone(),
             target_layers: layers,
             fingerprint: pair_fingerprint,
@@ -500,7 +510,7 @@ fn package_digest(package: &Path) -> anyhow::Result<String> {
 
 /// `~/` is the home folder, `$SAESHARE_CACHE/` saeshare's cache folder ([`crate::cache_dir`],
 /// also where it is unset); a relative path is relative to the study file's folder.
-fn resolve_path(root: &Path, path: &Path) -> PathBuf {
+pub(super) fn resolve_path(root: &Path, path: &Path) -> PathBuf {
     if let Ok(rest) = path.strip_prefix("$SAESHARE_CACHE") {
         return crate::cache_dir().join(rest);
     }
@@ -514,61 +524,4 @@ fn resolve_path(root: &Path, path: &Path) -> PathBuf {
     } else {
         root.join(path)
     }
-}
-
-fn build_dataset(study: &Study, dir: &Path, file: &Path) -> anyhow::Result<()> {
-    match study.dataset.builtin.as_deref() {
-        Some("emoji") => {
-            tracing::info!("building the emoji dataset into {}", dir.display());
-            let spec = crate::dataset::import::EmojiBuild {
-                cache: crate::cache_dir().join("npm"),
-            };
-            let target = crate::dataset::import::ImportTarget {
-                out: dir.to_path_buf(),
-                shard_rows: 2048,
-                append: false,
-            };
-            crate::dataset::import::build_emoji(&spec, &target)?;
-            Ok(())
-        }
-        Some(other) => anyhow::bail!(
-            "{}: dataset builtin {other:?}: the only embedded dataset is \"emoji\"",
-            file.display()
-        ),
-        None => anyhow::bail!(
-            "{}: dataset {} does not exist; import one with `saeshare dataset import-...`",
-            file.display(),
-            dir.display()
-        ),
-    }
-}
-
-fn export_package(
-    name: &str,
-    export: Option<&str>,
-    package: &Path,
-    file: &Path,
-) -> anyhow::Result<()> {
-    let Some(command) = export else {
-        anyhow::bail!(
-            "{}: [encoders.{name}]: no encoder package in {}; make one with `python -m saeshare_export` \
-             or give an `export` command",
-            file.display(),
-            package.display()
-        );
-    };
-    tracing::info!("encoder {name}: exporting the package with `{command}`");
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .status()
-        .with_context(|| format!("running `{command}`"))?;
-    anyhow::ensure!(
-        status.success() && package.join("encoder.json").is_file(),
-        "{}: [encoders.{name}]: `{command}` did not make {} ({status}); run it by hand in the \
-         environment of scripts/python-env.sh to see why",
-        file.display(),
-        package.display()
-    );
-    Ok(())
 }

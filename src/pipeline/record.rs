@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::plan::Plan;
+use crate::ids::EncoderLayer;
 use crate::run_record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_VERSION,
 };
@@ -23,23 +24,23 @@ impl StudyRecord {
                 modality: if e.is_image() { "image" } else { "text" }.to_string(),
                 layers: e.layer_names(),
                 package: absolute(&e.package),
-                ceiling_of: e.twin_of.map(|t| plan.encoders[t].name.clone()),
+                ceiling_of: e.twin_of.map(|t| plan.encoder(t).name.clone()),
             })
             .collect();
         let pairs = plan
             .pairs
             .iter()
             .map(|p| {
-                let names = |e: usize, positions: &[usize]| {
-                    let layers = plan.encoders[e].layer_names();
-                    positions.iter().map(|&l| layers[l].clone()).collect()
+                let names = |side: &mut dyn Iterator<Item = EncoderLayer>| {
+                    side.map(|at| plan.encoder(at.encoder).layer_name(at.layer).to_string())
+                        .collect()
                 };
                 PairRecord {
                     key: p.key.clone(),
-                    source: plan.encoders[p.source].name.clone(),
-                    target: plan.encoders[p.target].name.clone(),
-                    source_layers: names(p.source, &p.source_layers),
-                    target_layers: names(p.target, &p.target_layers),
+                    source: plan.encoder(p.source).name.clone(),
+                    target: plan.encoder(p.target).name.clone(),
+                    source_layers: names(&mut p.source_at()),
+                    target_layers: names(&mut p.target_at()),
                     ceiling: p.ceiling_of.is_some(),
                 }
             })

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
+use timely::worker::Worker;
 
 use super::compare::{self, CompareWork};
 use super::encoding::WorkerModels;
@@ -23,10 +24,11 @@ use super::outputs;
 use super::pairs;
 use super::plan::Plan;
 use super::run_folder::RunFolder;
-use super::stage::{any_failed, barrier, run_to_completion, Failure, StageCounters};
+use super::stage::{any_failed, barrier, run_to_completion, Failure, StageContext, StageCounters};
 use super::study::Study;
 use super::units::{remove_made, Units};
 use super::WorkerArgs;
+use crate::ids::EncoderId;
 use crate::run_record::StudyRecord;
 use crate::sae::CHECKPOINT_FILES;
 
@@ -67,214 +69,18 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     if workers.process == 0 {
         StudyRecord::of(&plan, path).write(&plan.output)?;
     }
-    let units = Units::new(&plan.output);
-    let fit_todo: Vec<usize> = (0..plan.encoders.len())
-        .filter(|&e| {
-            let (unit, fingerprint) = plan.sae_unit(e);
-            !units.is_done(&unit, &fingerprint)
-        })
-        .collect();
-    let mut work = CompareWork::of(&plan, &units);
-    // New SAEs make new codes and new sums, whatever the manifest says of older ones.
-    for &e in &fit_todo {
-        work.refit(&plan, e);
-    }
-    let (codes_units, _) = work.counts();
-    let mut summary = RunSummary {
-        study: plan.study.name.clone(),
-        output: plan.output.clone(),
-        saes_fitted: fit_todo
-            .iter()
-            .map(|&e| plan.encoders[e].name.clone())
-            .collect(),
-        codes_units,
-        pairs_updated: (0..plan.pairs.len())
-            .filter(|&p| work.tables[p])
-            .map(|p| plan.pairs[p].key.clone())
-            .collect(),
-        folder: Some(Arc::new(folder)),
-        ..RunSummary::default()
-    };
-    let nothing_to_do = fit_todo.is_empty() && codes_units == 0 && summary.pairs_updated.is_empty();
-    if nothing_to_do && plan.output.join("wmppc.parquet").exists() {
-        tracing::info!(
-            "study {}: every unit is done and the outputs are in {}; nothing to do",
-            plan.study.name,
-            plan.output.display()
-        );
-    }
-    tracing::info!(
-        "study {}: {} SAE set(s) to fit, {} codes unit(s), {} pair(s) to update, on {} worker(s) x {} process(es)",
-        plan.study.name,
-        fit_todo.len(),
-        codes_units,
-        summary.pairs_updated.len(),
-        workers.workers,
-        workers.processes
-    );
+    let todo = Todo::of(&plan);
+    todo.log(&plan, workers);
+    let mut summary = todo.summary(&plan, folder);
     if workers.process == 0 {
-        for &e in &fit_todo {
-            remove_old_saes(&plan, &units, e);
+        for &e in &todo.fit {
+            remove_old_saes(&plan, e);
         }
     }
-
-    // This process's share of the encoding, for its bars: the shards its workers read.
-    let peers = workers.workers * workers.processes;
-    let local = workers.process * workers.workers..(workers.process + 1) * workers.workers;
-    let mine = |s: usize| local.contains(&(s % peers));
-    let shards = plan.dataset.shards();
-    let fit_rows: u64 = shards
-        .iter()
-        .filter(|s| mine(s.index))
-        .map(|s| s.rows * fit_todo.len() as u64)
-        .sum();
-    let compare_rows: u64 = shards
-        .iter()
-        .filter(|s| mine(s.index))
-        .map(|s| s.rows * work.codes.iter().filter(|row| row[s.index]).count() as u64)
-        .sum();
-    let fit_bar = crate::progress::bar(Some(fit_rows), "fit: encoding into the SAEs", "rows");
-    let compare_bar =
-        crate::progress::bar(Some(compare_rows), "compare: encoding to codes", "rows");
-    let bars = (fit_bar.clone(), compare_bar.clone());
-
-    let work = Arc::new(work);
-    let shared: Arc<Mutex<RunSummary>> = Arc::new(Mutex::new(RunSummary::default()));
-    let sink = shared.clone();
-    let plan_for_workers = plan.clone();
-    let guards = timely::execute(workers.timely_config()?, move |worker| {
-        let plan = plan_for_workers.clone();
-        let index = worker.index();
-        let peers = worker.peers();
-        let models = Rc::new(RefCell::new(WorkerModels::new(plan.clone(), index)));
-        models.borrow_mut().begin_stage();
-        let failure = Failure::default();
-        let mut seconds = BTreeMap::new();
-
-        // Fit. No SAE is saved or recorded unless every worker read all its shards.
-        let fit_start = Instant::now();
-        let fit_counters = Rc::new(RefCell::new(StageCounters::new(bars.0.clone())));
-        if !fit_todo.is_empty() {
-            let owned = fit::build(
-                worker,
-                &plan,
-                &fit_todo,
-                models.clone(),
-                fit_counters.clone(),
-                failure.clone(),
-            );
-            run_to_completion(worker);
-            if !any_failed(worker, &failure) {
-                if let Err(error) = fit::finish(&owned, &plan) {
-                    failure.set(error);
-                }
-            }
-            drop(owned);
-            if !any_failed(worker, &failure) && index == 0 {
-                if let Err(error) = record_saes(&plan, &fit_todo) {
-                    failure.set(error);
-                }
-            }
-            barrier(worker);
-            plan.refresh_sae_ids();
-        }
-        seconds.insert("fit".to_string(), fit_start.elapsed().as_secs_f64());
-
-        // Compare: codes are recorded shard by shard; pairs are merged only when every worker
-        // summed all its shards.
-        let compare_start = Instant::now();
-        let compare_counters = Rc::new(RefCell::new(StageCounters::new(bars.1.clone())));
-        if !any_failed(worker, &failure) {
-            models.borrow_mut().begin_stage();
-            let owned = compare::build(
-                worker,
-                &plan,
-                &work,
-                models.clone(),
-                compare_counters.clone(),
-                failure.clone(),
-            );
-            run_to_completion(worker);
-            if !any_failed(worker, &failure) {
-                if let Err(error) = pairs::finish(&owned, &plan, &work, index, peers) {
-                    failure.set(error);
-                }
-            }
-        }
-        seconds.insert("compare".to_string(), compare_start.elapsed().as_secs_f64());
-
-        // Outputs.
-        let outputs_start = Instant::now();
-        let mut mine = RunSummary::default();
-        let failed_somewhere = any_failed(worker, &failure);
-        if index == 0 && !failed_somewhere {
-            match outputs::write(&plan) {
-                Ok(written) => {
-                    mine.matrix = outputs::matrix(&plan, &written.wmppc);
-                    mine.outputs = written.files;
-                }
-                Err(error) => failure.set(error),
-            }
-        }
-        seconds.insert("outputs".to_string(), outputs_start.elapsed().as_secs_f64());
-
-        let mut total = sink.lock().expect("not poisoned");
-        for (stage, counters) in [("fit", &fit_counters), ("compare", &compare_counters)] {
-            for (&e, &(rows, skipped)) in &counters.borrow().rows {
-                let entry = total
-                    .rows
-                    .entry(format!("{} ({stage})", plan.encoders[e].name))
-                    .or_default();
-                entry.0 += rows;
-                entry.1 += skipped;
-            }
-        }
-        for (stage, s) in seconds {
-            let entry = total.seconds.entry(stage).or_default();
-            *entry = f64::max(*entry, s);
-        }
-        if index == 0 {
-            total.matrix = mine.matrix;
-            total.outputs = mine.outputs;
-        }
-        drop(total);
-        match failure.take() {
-            Some(error) => Err(format!("{error:#}")),
-            None if failed_somewhere => Err(format!(
-                "worker {index} stopped: another worker failed (its error is above or in its process's output)"
-            )),
-            None => Ok(()),
-        }
-    })
-    .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))?;
-    fit_bar.finish_and_clear();
-    compare_bar.finish_and_clear();
-    // The error of the worker that failed, rather than of those that stopped for it.
-    let errors: Vec<String> = guards
-        .join()
-        .into_iter()
-        .filter_map(|result| match result {
-            Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(error),
-            Err(panic) => Some(format!("a worker failed: {panic}")),
-        })
-        .collect();
-    if let Some(error) = errors
-        .iter()
-        .find(|e| !e.contains("another worker failed"))
-        .or(errors.first())
-    {
-        anyhow::bail!("{error}");
-    }
-    let shared = shared.lock().expect("not poisoned").clone();
-    summary.seconds = shared.seconds;
-    summary
-        .seconds
-        .insert("total".to_string(), start.elapsed().as_secs_f64());
-    summary.rows = shared.rows;
-    summary.outputs = shared.outputs;
-    summary.matrix = shared.matrix;
-    summary.peak_memory_mib = peak_memory_mib();
+    let bars = StageBars::new(&plan, &todo, workers);
+    let totals = run_workers(plan.clone(), todo, bars.clone(), workers);
+    bars.finish();
+    summary.add_totals(totals?, start);
     if workers.process == 0 {
         let path = plan.layout().last_run();
         crate::atomic::write(&path, &serde_json::to_vec_pretty(&summary)?)?;
@@ -282,23 +88,338 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     Ok(summary)
 }
 
+/// What a run has to do, from the manifest: the encoders whose SAEs are fitted, and the
+/// compare pass's work (made larger by those fits).
+struct Todo {
+    fit: Vec<EncoderId>,
+    compare: CompareWork,
+}
+
+impl Todo {
+    fn of(plan: &Plan) -> Todo {
+        let units = Units::new(&plan.output);
+        let fit: Vec<EncoderId> = (plan.encoder_ids())
+            .filter(|&e| {
+                let (unit, fingerprint) = plan.sae_unit(e);
+                !units.is_done(&unit, &fingerprint)
+            })
+            .collect();
+        let mut compare = CompareWork::of(plan, &units);
+        // New SAEs make new codes and new sums, whatever the manifest says of older ones.
+        for &e in &fit {
+            compare.refit(plan, e);
+        }
+        Todo { fit, compare }
+    }
+
+    fn pairs_updated(&self, plan: &Plan) -> Vec<String> {
+        (plan.pair_ids())
+            .filter(|&p| self.compare.needs_tables(p))
+            .map(|p| plan.pair(p).key.clone())
+            .collect()
+    }
+
+    fn log(&self, plan: &Plan, workers: &WorkerArgs) {
+        let (codes_units, pairs) = self.compare.counts();
+        if self.fit.is_empty() && codes_units == 0 && pairs == 0 && plan.layout().wmppc().exists() {
+            tracing::info!(
+                "study {}: every unit is done and the outputs are in {}; nothing to do",
+                plan.study.name,
+                plan.output.display()
+            );
+        }
+        tracing::info!(
+            "study {}: {} SAE set(s) to fit, {} codes unit(s), {} pair(s) to update, on {} worker(s) x {} process(es)",
+            plan.study.name,
+            self.fit.len(),
+            codes_units,
+            pairs,
+            workers.workers,
+            workers.processes
+        );
+    }
+
+    /// The summary's part known before the run starts.
+    fn summary(&self, plan: &Plan, folder: RunFolder) -> RunSummary {
+        RunSummary {
+            study: plan.study.name.clone(),
+            output: plan.output.clone(),
+            saes_fitted: (self.fit.iter())
+                .map(|&e| plan.encoder(e).name.clone())
+                .collect(),
+            codes_units: self.compare.counts().0,
+            pairs_updated: self.pairs_updated(plan),
+            folder: Some(Arc::new(folder)),
+            ..RunSummary::default()
+        }
+    }
+}
+
+/// This process's progress bars, one per stage, shared by its workers.
+#[derive(Clone)]
+struct StageBars {
+    fit: indicatif::ProgressBar,
+    compare: indicatif::ProgressBar,
+}
+
+impl StageBars {
+    /// Bars sized to this process's share of the encoding: the shards its workers read.
+    fn new(plan: &Plan, todo: &Todo, workers: &WorkerArgs) -> StageBars {
+        let peers = workers.workers * workers.processes;
+        let local = workers.process * workers.workers..(workers.process + 1) * workers.workers;
+        let mine = || {
+            plan.shard_ids()
+                .filter(|s| local.contains(&(s.index() % peers)))
+        };
+        let fit_rows: u64 = mine()
+            .map(|s| plan.shard(s).rows * todo.fit.len() as u64)
+            .sum();
+        let compare_rows: u64 = mine()
+            .map(|s| plan.shard(s).rows * todo.compare.encoders_needing(s) as u64)
+            .sum();
+        StageBars {
+            fit: crate::progress::bar(Some(fit_rows), "fit: encoding into the SAEs", "rows"),
+            compare: crate::progress::bar(Some(compare_rows), "compare: encoding to codes", "rows"),
+        }
+    }
+
+    fn finish(&self) {
+        self.fit.finish_and_clear();
+        self.compare.finish_and_clear();
+    }
+}
+
+/// What the workers of this process add up to: rows per encoder and stage, seconds per stage
+/// (the slowest worker's), and worker 0's outputs.
+#[derive(Default)]
+struct WorkerTotals {
+    seconds: BTreeMap<String, f64>,
+    rows: BTreeMap<String, (u64, u64)>,
+    outputs: Vec<PathBuf>,
+    matrix: String,
+}
+
+impl RunSummary {
+    fn add_totals(&mut self, totals: WorkerTotals, start: Instant) {
+        self.seconds = totals.seconds;
+        self.seconds
+            .insert("total".to_string(), start.elapsed().as_secs_f64());
+        self.rows = totals.rows;
+        self.outputs = totals.outputs;
+        self.matrix = totals.matrix;
+        self.peak_memory_mib = peak_memory_mib();
+    }
+}
+
+/// Runs the stages on this process's workers and returns their totals, or the error of the
+/// worker that failed (rather than of those that stopped for it).
+fn run_workers(
+    plan: Arc<Plan>,
+    todo: Todo,
+    bars: StageBars,
+    workers: &WorkerArgs,
+) -> anyhow::Result<WorkerTotals> {
+    let todo = Arc::new(todo);
+    let totals = Arc::new(Mutex::new(WorkerTotals::default()));
+    let sink = totals.clone();
+    let guards = timely::execute(workers.timely_config()?, move |worker| {
+        let mut stages = WorkerStages::new(worker, plan.clone(), todo.clone(), bars.clone());
+        stages.fit(worker);
+        stages.compare(worker);
+        stages.outputs(worker);
+        stages.end(worker, &sink)
+    })
+    .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))?;
+    let mut errors: Vec<anyhow::Error> = guards
+        .join()
+        .into_iter()
+        .filter_map(|result| match result {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error),
+            Err(panic) => Some(anyhow::anyhow!("a worker failed: {panic}")),
+        })
+        .collect();
+    if !errors.is_empty() {
+        let first = (errors.iter())
+            .position(|e| !e.is::<StoppedForAnother>())
+            .unwrap_or(0);
+        return Err(errors.swap_remove(first));
+    }
+    let totals = std::mem::take(&mut *totals.lock().expect("not poisoned"));
+    Ok(totals)
+}
+
+/// How a worker ends when another worker failed: its own work is not to blame.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "worker {0} stopped: another worker failed (its error is above or in its process's output)"
+)]
+struct StoppedForAnother(usize);
+
+/// One worker's run: the stages in order, each ended by a point where every worker agrees
+/// whether any failed, so that all build the same next dataflow.
+struct WorkerStages {
+    plan: Arc<Plan>,
+    todo: Arc<Todo>,
+    models: Rc<RefCell<WorkerModels>>,
+    failure: Failure,
+    counters: Vec<(&'static str, Rc<RefCell<StageCounters>>)>,
+    seconds: BTreeMap<String, f64>,
+    bars: StageBars,
+    outputs: Option<outputs::Outputs>,
+    /// Whether any worker failed, as all agreed before the outputs.
+    failed_somewhere: bool,
+}
+
+impl WorkerStages {
+    fn new(worker: &Worker, plan: Arc<Plan>, todo: Arc<Todo>, bars: StageBars) -> WorkerStages {
+        let models = Rc::new(RefCell::new(WorkerModels::new(
+            plan.clone(),
+            worker.index(),
+        )));
+        WorkerStages {
+            plan,
+            todo,
+            models,
+            failure: Failure::default(),
+            counters: Vec::new(),
+            seconds: BTreeMap::new(),
+            bars,
+            outputs: None,
+            failed_somewhere: false,
+        }
+    }
+
+    /// A stage's row counters, kept for the totals.
+    fn counters(
+        &mut self,
+        stage: &'static str,
+        bar: indicatif::ProgressBar,
+    ) -> Rc<RefCell<StageCounters>> {
+        let counters = Rc::new(RefCell::new(StageCounters::new(bar)));
+        self.counters.push((stage, counters.clone()));
+        counters
+    }
+
+    /// What a stage's operators share with this worker.
+    fn context(&self, counters: Rc<RefCell<StageCounters>>) -> StageContext {
+        StageContext {
+            plan: self.plan.clone(),
+            models: self.models.clone(),
+            counters,
+            failure: self.failure.clone(),
+        }
+    }
+
+    /// Fit. No SAE is saved or recorded unless every worker read all its shards.
+    fn fit(&mut self, worker: &mut Worker) {
+        let start = Instant::now();
+        let counters = self.counters("fit", self.bars.fit.clone());
+        if !self.todo.fit.is_empty() {
+            self.models.borrow_mut().begin_stage();
+            let owned = fit::build(worker, &self.context(counters), &self.todo.fit);
+            let (plan, failure) = (&self.plan, &self.failure);
+            run_to_completion(worker);
+            if !any_failed(worker, failure) {
+                if let Err(error) = fit::finish(&owned, plan) {
+                    failure.set(error);
+                }
+            }
+            drop(owned);
+            if !any_failed(worker, failure) && worker.index() == 0 {
+                if let Err(error) = record_saes(plan, &self.todo.fit) {
+                    failure.set(error);
+                }
+            }
+            barrier(worker);
+            plan.refresh_sae_ids();
+        }
+        self.seconds
+            .insert("fit".to_string(), start.elapsed().as_secs_f64());
+    }
+
+    /// Compare: codes are recorded shard by shard; pairs are merged only when every worker
+    /// summed all its shards.
+    fn compare(&mut self, worker: &mut Worker) {
+        let start = Instant::now();
+        let counters = self.counters("compare", self.bars.compare.clone());
+        if !any_failed(worker, &self.failure) {
+            self.models.borrow_mut().begin_stage();
+            let work = Arc::new(self.todo.compare.clone());
+            let owned = compare::build(worker, &self.context(counters), &work);
+            let (plan, failure) = (&self.plan, &self.failure);
+            run_to_completion(worker);
+            if !any_failed(worker, failure) {
+                let (index, peers) = (worker.index(), worker.peers());
+                if let Err(error) = pairs::finish(&owned, plan, &work, index, peers) {
+                    failure.set(error);
+                }
+            }
+        }
+        self.seconds
+            .insert("compare".to_string(), start.elapsed().as_secs_f64());
+    }
+
+    /// The study-wide outputs, on worker 0 once every worker is done.
+    fn outputs(&mut self, worker: &mut Worker) {
+        let start = Instant::now();
+        self.failed_somewhere = any_failed(worker, &self.failure);
+        if worker.index() == 0 && !self.failed_somewhere {
+            match outputs::write(&self.plan) {
+                Ok(written) => self.outputs = Some(written),
+                Err(error) => self.failure.set(error),
+            }
+        }
+        self.seconds
+            .insert("outputs".to_string(), start.elapsed().as_secs_f64());
+    }
+
+    /// Adds this worker's counts to the process's totals and says how the worker ended.
+    fn end(self, worker: &Worker, totals: &Mutex<WorkerTotals>) -> anyhow::Result<()> {
+        let mut total = totals.lock().expect("not poisoned");
+        for (stage, counters) in &self.counters {
+            for (&e, &(rows, skipped)) in &counters.borrow().rows {
+                let name = format!("{} ({stage})", self.plan.encoder(e).name);
+                let entry = total.rows.entry(name).or_default();
+                entry.0 += rows;
+                entry.1 += skipped;
+            }
+        }
+        for (stage, s) in self.seconds {
+            let entry = total.seconds.entry(stage).or_default();
+            *entry = f64::max(*entry, s);
+        }
+        if let Some(written) = self.outputs {
+            total.matrix = outputs::matrix(&self.plan, &written.wmppc);
+            total.outputs = written.files;
+        }
+        drop(total);
+        let index = worker.index();
+        match self.failure.take() {
+            Some(error) => Err(error),
+            None if self.failed_somewhere => Err(StoppedForAnother(index).into()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Records the SAE units of the fitted encoders, once every layer's SAE is on disk.
-fn record_saes(plan: &Plan, fitted: &[usize]) -> anyhow::Result<()> {
+fn record_saes(plan: &Plan, fitted: &[EncoderId]) -> anyhow::Result<()> {
     let units = Units::new(&plan.output);
     for &e in fitted {
-        for layer in plan.encoders[e].layer_names() {
-            let dir = plan.sae_dir(e, &layer);
+        let encoder = plan.encoder(e);
+        for layer in encoder.layer_ids() {
+            let dir = plan.sae_dir(e, layer);
             anyhow::ensure!(
                 dir.join("sae.json").is_file(),
-                "the SAE of {} layer {layer} is missing from {} after the fit",
-                plan.encoders[e].name,
+                "the SAE of {} layer {} is missing from {} after the fit",
+                encoder.name,
+                encoder.layer_name(layer),
                 dir.display()
             );
         }
         let (unit, fingerprint) = plan.sae_unit(e);
-        let files: Vec<PathBuf> = plan.encoders[e]
-            .layer_names()
-            .iter()
+        let files: Vec<PathBuf> = (encoder.layer_ids())
             .flat_map(|layer| {
                 let dir = plan.sae_dir(e, layer);
                 CHECKPOINT_FILES.iter().map(move |f| dir.join(f))
@@ -307,7 +428,7 @@ fn record_saes(plan: &Plan, fitted: &[usize]) -> anyhow::Result<()> {
         units.record(
             &unit,
             &fingerprint,
-            serde_json::json!({ "layers": plan.encoders[e].layer_names() }),
+            serde_json::json!({ "layers": encoder.layer_names() }),
             &files,
         )?;
     }
@@ -317,12 +438,13 @@ fn record_saes(plan: &Plan, fitted: &[usize]) -> anyhow::Result<()> {
 /// Before encoder `e`'s SAEs are fitted anew: deletes the files its previous SAE record says
 /// it made, each only if it lies inside `saes/<encoder>/`, then the layer folders this left
 /// empty. Without a record nothing is deleted (the fit overwrites its own files).
-fn remove_old_saes(plan: &Plan, units: &Units, e: usize) {
+fn remove_old_saes(plan: &Plan, e: EncoderId) {
+    let units = Units::new(&plan.output);
     let (unit, _) = plan.sae_unit(e);
     let Some(record) = units.get(&unit) else {
         return;
     };
-    let own = plan.layout().encoder_saes(&plan.encoders[e].name);
+    let own = plan.layout().encoder_saes(&plan.encoder(e).name);
     let own = own.strip_prefix(&plan.output).expect("inside the output");
     units.forget(&unit);
     remove_made(&plan.output, own, &record.files);

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::Inspect;
 
 use super::{shard_source, WorkerArgs};
-use crate::dataset::{Dataset, Projection};
+use crate::dataset::{Dataset, Projection, SampleBatch};
+use crate::ids::ShardId;
 
 /// What the workers of this process read.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -27,6 +28,39 @@ pub struct ScanSummary {
     pub id_sum: u64,
     pub id_square_sum: u64,
     pub seconds: f64,
+}
+
+impl ScanSummary {
+    /// Counts one batch: rows, skips, the ids' sums, and images that do not decode (the
+    /// batch holds images only when the scan decodes them).
+    fn count(&mut self, batch: &SampleBatch) {
+        self.rows += batch.len() as u64;
+        self.skipped_rows += batch.skipped.len() as u64;
+        for id in &batch.sample_ids {
+            self.id_sum = self.id_sum.wrapping_add(*id);
+            self.id_square_sum = self.id_square_sum.wrapping_add(id.wrapping_mul(*id));
+        }
+        for (id, image) in batch.sample_ids.iter().zip(&batch.images) {
+            if let Err(reason) = image.decode() {
+                tracing::warn!(
+                    sample_id = id,
+                    "shard {}: unreadable image: {reason}",
+                    batch.shard
+                );
+                self.unreadable_images += 1;
+            }
+        }
+    }
+
+    /// Adds another worker's counts.
+    fn add(&mut self, other: &ScanSummary) {
+        self.shards += other.shards;
+        self.rows += other.rows;
+        self.skipped_rows += other.skipped_rows;
+        self.unreadable_images += other.unreadable_images;
+        self.id_sum = self.id_sum.wrapping_add(other.id_sum);
+        self.id_square_sum = self.id_square_sum.wrapping_add(other.id_square_sum);
+    }
 }
 
 /// Streams the dataset through `workers` and sums what this process's workers saw.
@@ -62,50 +96,24 @@ pub fn scan(
             let (batches, errors) = shard_source(
                 scope,
                 dataset.clone(),
-                (0..dataset.shards().len()).collect(),
+                ShardId::all(dataset.shards().len()).collect(),
                 projection,
                 batch_rows,
             );
-            batches.inspect(move |batch| {
-                let mut c = counts.lock().expect("not poisoned");
-                c.rows += batch.len() as u64;
-                c.skipped_rows += batch.skipped.len() as u64;
-                for id in &batch.sample_ids {
-                    c.id_sum = c.id_sum.wrapping_add(*id);
-                    c.id_square_sum = c.id_square_sum.wrapping_add(id.wrapping_mul(*id));
-                }
-                for (id, image) in batch.sample_ids.iter().zip(&batch.images) {
-                    if let Err(reason) = image.decode() {
-                        tracing::warn!(
-                            sample_id = id,
-                            "shard {}: unreadable image: {reason}",
-                            batch.shard
-                        );
-                        c.unreadable_images += 1;
-                    }
-                }
-            });
+            batches.inspect(move |batch| counts.lock().expect("not poisoned").count(batch));
             errors
         });
         while worker.step() {}
         if let Some(error) = errors.take() {
-            return Err(error.to_string());
+            return Err(anyhow::Error::from(error));
         }
         let mine = mine.lock().expect("not poisoned").clone();
-        let mut total = sink.lock().expect("not poisoned");
-        total.shards += mine.shards;
-        total.rows += mine.rows;
-        total.skipped_rows += mine.skipped_rows;
-        total.unreadable_images += mine.unreadable_images;
-        total.id_sum = total.id_sum.wrapping_add(mine.id_sum);
-        total.id_square_sum = total.id_square_sum.wrapping_add(mine.id_square_sum);
+        sink.lock().expect("not poisoned").add(&mine);
         Ok(())
     })
     .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))?;
     for result in results.join() {
-        result
-            .map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?
-            .map_err(anyhow::Error::msg)?;
+        result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))??;
     }
     let mut total = total.lock().expect("not poisoned").clone();
     total.seconds = start.elapsed().as_secs_f64();

@@ -13,6 +13,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
 use crate::dataset::{Dataset, DatasetError, Projection, SampleBatch, ShardReader};
+use crate::ids::ShardId;
 
 /// Where a source leaves the error that stopped it; the worker loop checks it after stepping.
 #[derive(Clone, Default)]
@@ -30,12 +31,11 @@ impl SourceErrors {
     }
 }
 
-/// Streams this worker's shards among `shards` (indices) in batches of at most `batch_rows`
-/// rows.
+/// Streams this worker's shards among `shards` in batches of at most `batch_rows` rows.
 pub fn shard_source<'scope>(
     scope: Scope<'scope, u64>,
     dataset: Arc<Dataset>,
-    shards: Vec<usize>,
+    shards: Vec<ShardId>,
     projection: Projection,
     batch_rows: usize,
 ) -> (Stream<'scope, u64, Vec<SampleBatch>>, SourceErrors) {
@@ -44,7 +44,7 @@ pub fn shard_source<'scope>(
     let mine: Vec<usize> = dataset
         .shards_for_worker(scope.index(), scope.peers())
         .map(|s| s.index)
-        .filter(|index| shards.contains(index))
+        .filter(|&index| shards.contains(&ShardId::new(index)))
         .collect();
     let stream = source(scope, "ShardSource", move |capability, info| {
         let activator = scope.activator_for(info.address);

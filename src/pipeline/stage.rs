@@ -9,7 +9,16 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
 use timely::worker::Worker;
 
+use std::sync::Arc;
+
+use timely::progress::frontier::MutableAntichain;
+
+use super::encoding::WorkerModels;
+use super::plan::{Plan, PlannedEncoder};
 use super::source::SourceErrors;
+use crate::dataset::{Projection, SampleBatch};
+use crate::encoder::PooledRows;
+use crate::ids::EncoderId;
 
 /// The first error of a worker's stage. Operators record it and stop working, but keep
 /// consuming their inputs, so the dataflow still drains and every worker of every process
@@ -56,7 +65,7 @@ impl Failure {
 /// bar per process, shared by its workers).
 #[derive(Clone, Debug)]
 pub struct StageCounters {
-    pub rows: BTreeMap<usize, (u64, u64)>,
+    pub rows: BTreeMap<EncoderId, (u64, u64)>,
     bar: indicatif::ProgressBar,
 }
 
@@ -68,11 +77,51 @@ impl StageCounters {
         }
     }
 
-    pub fn add(&mut self, encoder: usize, encoded: usize, skipped: u64) {
+    pub fn add(&mut self, encoder: EncoderId, encoded: usize, skipped: u64) {
         let entry = self.rows.entry(encoder).or_default();
         entry.0 += encoded as u64;
         entry.1 += skipped;
         self.bar.inc(encoded as u64 + skipped);
+    }
+}
+
+/// What the encoding operator of a stage shares with its worker: the plan, the worker's models,
+/// the stage's row counters and its first error.
+#[derive(Clone)]
+pub struct StageContext {
+    pub plan: Arc<Plan>,
+    pub models: Rc<RefCell<WorkerModels>>,
+    pub counters: Rc<RefCell<StageCounters>>,
+    pub failure: Failure,
+}
+
+impl StageContext {
+    /// Encoder `e`'s pooled rows for `batch`, counted on the stage's bar; `None` when the
+    /// activation cache served them with an earlier batch.
+    pub fn pooled(&self, e: EncoderId, batch: &SampleBatch) -> anyhow::Result<Option<PooledRows>> {
+        let pooled = self.models.borrow_mut().pooled_for(e, batch)?;
+        if let Some(pooled) = &pooled {
+            (self.counters.borrow_mut()).add(e, pooled.sample_ids.len(), pooled.skipped);
+        }
+        Ok(pooled)
+    }
+}
+
+/// The shards (timestamps) among `keys` that the frontier has passed: every worker is done
+/// with them.
+pub fn passed<V>(keys: &BTreeMap<u64, V>, frontier: &MutableAntichain<u64>) -> Vec<u64> {
+    keys.keys()
+        .copied()
+        .filter(|shard| !frontier.less_equal(shard))
+        .collect()
+}
+
+/// The columns a stage reads for `encoders`: the images only when one of them needs them.
+pub fn projection_for<'a>(encoders: impl IntoIterator<Item = &'a PlannedEncoder>) -> Projection {
+    if encoders.into_iter().any(PlannedEncoder::is_image) {
+        Projection::ALL
+    } else {
+        Projection::TEXT
     }
 }
 

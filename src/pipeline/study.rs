@@ -206,16 +206,25 @@ impl Study {
     }
 
     /// The SAE settings of `encoder`: `[sae]` with the encoder's overrides on top.
-    pub fn sae_for(&self, encoder: &str) -> Result<SaeConfig, String> {
+    pub fn sae_for(&self, encoder: &str) -> Result<SaeConfig, SaeOverrideError> {
         let Some(overrides) = self.encoders.get(encoder).and_then(|e| e.sae.as_ref()) else {
             return Ok(self.sae.clone());
         };
-        let mut merged = toml::Table::try_from(&self.sae).map_err(|e| e.to_string())?;
+        let mut merged = toml::Table::try_from(&self.sae).map_err(SaeOverrideError::Table)?;
         merged.extend(overrides.clone());
-        merged
-            .try_into()
-            .map_err(|e: toml::de::Error| e.message().to_string())
+        merged.try_into().map_err(SaeOverrideError::Settings)
     }
+}
+
+/// An encoder's `sae` overrides that do not make SAE settings with `[sae]`.
+#[derive(Debug, thiserror::Error)]
+pub enum SaeOverrideError {
+    /// `[sae]` as a table, for the overrides to go on top.
+    #[error("{0}")]
+    Table(toml::ser::Error),
+    /// The merged table: a misspelt key, a value of the wrong type.
+    #[error("{}", .0.message())]
+    Settings(toml::de::Error),
 }
 
 /// `:N` for a line, nothing for a problem of the whole file (line 0).

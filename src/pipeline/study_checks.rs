@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::study::{Study, StudyError};
-use crate::names::check_name;
+use crate::names::{check_name, NameError};
 use crate::torch::DeviceSpec;
 
 /// Where the tables of a study file are, for the errors about them. Read from the same text as
@@ -218,21 +218,35 @@ fn check_encoder(study: &Study, name: &str, lines: &StudyLines, at: At) -> Resul
     })
 }
 
+/// An encoder's `layers` that name no list of layers.
+#[derive(Debug, thiserror::Error)]
+enum LayerSelectionError {
+    #[error("{selection:?} has an empty layer name: write \"all\", \"last\" or names separated by commas")]
+    EmptyName { selection: String },
+    #[error("layer {0}")]
+    BadName(NameError),
+    #[error("{selection:?} names layer {name:?} twice")]
+    Twice { selection: String, name: String },
+}
+
 /// `all`, `last`, or a list of distinct layer names (checked against the package later).
-fn check_layer_selection(selection: &str) -> Result<(), String> {
+fn check_layer_selection(selection: &str) -> Result<(), LayerSelectionError> {
     if matches!(selection, "all" | "last") {
         return Ok(());
     }
     let mut seen = BTreeSet::new();
     for name in selection.split(',').map(str::trim) {
         if name.is_empty() {
-            return Err(format!(
-                "{selection:?} has an empty layer name: write \"all\", \"last\" or names separated by commas"
-            ));
+            return Err(LayerSelectionError::EmptyName {
+                selection: selection.to_string(),
+            });
         }
-        check_name(name).map_err(|e| format!("layer {e}"))?;
+        check_name(name).map_err(LayerSelectionError::BadName)?;
         if !seen.insert(name) {
-            return Err(format!("{selection:?} names layer {name:?} twice"));
+            return Err(LayerSelectionError::Twice {
+                selection: selection.to_string(),
+                name: name.to_string(),
+            });
         }
     }
     Ok(())

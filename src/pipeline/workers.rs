@@ -4,22 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Args;
-
-/// `-w N -n P -p I -h HOSTFILE`, as in timely's own examples.
-#[derive(Clone, Debug, Args)]
+/// `-w N -n P -p I -h HOSTFILE`, as in timely's own examples (the CLI's flags convert into it).
+#[derive(Clone, Debug)]
 pub struct WorkerArgs {
     /// Worker threads in this process.
-    #[arg(short = 'w', long = "workers", default_value_t = 1)]
     pub workers: usize,
     /// Processes in the whole run, on one or several machines.
-    #[arg(short = 'n', long = "processes", default_value_t = 1)]
     pub processes: usize,
     /// Which of the processes this one is, from 0.
-    #[arg(short = 'p', long = "process", default_value_t = 0)]
     pub process: usize,
     /// A file with one `host:port` line per process.
-    #[arg(short = 'h', long = "hostfile")]
     pub hostfile: Option<PathBuf>,
 }
 

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::codes::CodesReader;
-use crate::dataset::{Dataset, Projection};
+use crate::dataset::{Dataset, Projection, SampleBatch, ShardInfo, UnreadableImage};
 
 /// A feature of one encoder's layer.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -131,23 +131,21 @@ pub fn collect_activity(
 
 /// The codes files of a layer's folder: the study's shards where known, else every file.
 fn codes_files(dir: &Path, shards: Option<&[String]>) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            name.ends_with(".parquet")
-                && !name.starts_with('.')
-                && shards.is_none_or(|s| s.contains(&name))
-        })
-        .collect();
-    files.sort();
+    let mut files = crate::report::paths_in(dir);
+    files.retain(|p| {
+        let name = file_name_of(p);
+        name.ends_with(".parquet")
+            && !name.starts_with('.')
+            && shards.is_none_or(|s| s.contains(&name))
+    });
     files
+}
+
+/// The last component of `path` ("" when it has none).
+fn file_name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A dataset row shown in the report.
@@ -160,46 +158,52 @@ pub struct Sample {
 }
 
 /// The samples found, and how many wanted ones were not.
+#[derive(Default)]
 pub struct Samples {
     pub rows: HashMap<u64, Sample>,
     pub unreadable_images: usize,
     pub not_found: usize,
 }
 
-/// Fetches the captions and images of `ids` from the dataset in `dataset_dir` (only its shards
-/// whose id range can hold one of them) and writes `thumbs/<id>.jpg` under `report`, at most
-/// `size` pixels on a side.
-pub fn fetch_samples(
-    dataset_dir: &Path,
-    shards: Option<&[String]>,
-    ids: &BTreeSet<u64>,
-    report: &Path,
-    size: u32,
-) -> anyhow::Result<Samples> {
-    let mut rows = HashMap::new();
-    let mut unreadable_images = 0;
-    if ids.is_empty() {
-        return Ok(Samples {
-            rows,
-            unreadable_images,
-            not_found: 0,
-        });
+/// The samples to fetch from a dataset, and where their thumbnails go.
+pub struct SampleRequest<'a> {
+    /// The dataset's folder.
+    pub dataset: &'a Path,
+    /// The study's shards, the only ones read; `None` reads every shard.
+    pub shards: Option<&'a [String]>,
+    /// The samples wanted.
+    pub ids: &'a BTreeSet<u64>,
+    /// The report's folder: thumbnails go into its `thumbs/`.
+    pub report: &'a Path,
+    /// Thumbnail size in pixels (the longer side).
+    pub size: u32,
+}
+
+impl SampleRequest<'_> {
+    /// The dataset's shards to read: the study's, whose id range can hold a wanted id.
+    fn shards_to_read<'d>(&self, dataset: &'d Dataset) -> Vec<&'d ShardInfo> {
+        let holds_some = |shard: &&ShardInfo| {
+            let name = file_name_of(&shard.path);
+            self.shards.is_none_or(|s| s.contains(&name))
+                && shard
+                    .id_range
+                    .is_none_or(|(lo, hi)| self.ids.range(lo..=hi).next().is_some())
+        };
+        dataset.shards().iter().filter(holds_some).collect()
     }
-    let dataset = Dataset::open(dataset_dir)?;
-    let thumbs = report.join("thumbs");
+}
+
+/// Fetches the captions and images of the request's ids from its dataset (only the shards
+/// that can hold one of them) and writes `thumbs/<id>.jpg` under its report folder.
+pub fn fetch_samples(request: &SampleRequest) -> anyhow::Result<Samples> {
+    let mut found = Samples::default();
+    if request.ids.is_empty() {
+        return Ok(found);
+    }
+    let dataset = Dataset::open(request.dataset)?;
+    let thumbs = request.report.join("thumbs");
     std::fs::create_dir_all(&thumbs).with_context(|| format!("creating {}", thumbs.display()))?;
-    let holds_some = |shard: &&crate::dataset::ShardInfo| {
-        let name = shard
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        shards.is_none_or(|s| s.contains(&name))
-            && shard
-                .id_range
-                .is_none_or(|(lo, hi)| ids.range(lo..=hi).next().is_some())
-    };
-    let read: Vec<_> = dataset.shards().iter().filter(holds_some).collect();
+    let read = request.shards_to_read(&dataset);
     let bar = crate::progress::bar(
         Some(read.iter().map(|s| s.rows).sum()),
         "report: examples from the dataset",
@@ -209,63 +213,89 @@ pub fn fetch_samples(
         for batch in shard.reader(Projection::ALL, 256)? {
             let batch = batch?;
             bar.inc((batch.len() + batch.skipped.len()) as u64);
-            for skipped in &batch.skipped {
-                if ids.contains(&skipped.sample_id) {
-                    tracing::warn!(
-                        "report: {} row {} (sample {}): {}; shown without its image",
-                        skipped.file.display(),
-                        skipped.row,
-                        skipped.sample_id,
-                        skipped.reason
-                    );
-                    unreadable_images += 1;
-                    rows.insert(
-                        skipped.sample_id,
-                        Sample {
-                            caption: String::new(),
-                            thumbnail: None,
-                        },
-                    );
-                }
-            }
-            for (i, &id) in batch.sample_ids.iter().enumerate() {
-                if !ids.contains(&id) {
-                    continue;
-                }
-                let file = format!("thumbs/{id}.jpg");
-                let thumbnail = match write_thumbnail(&batch.images[i].0, &report.join(&file), size)
-                {
-                    Ok(()) => Some(file),
-                    Err(reason) => {
-                        tracing::warn!(
-                            "report: {} sample {id}: {reason}; shown without its image",
-                            shard.path.display()
-                        );
-                        unreadable_images += 1;
-                        None
-                    }
-                };
-                rows.insert(
-                    id,
-                    Sample {
-                        caption: batch.captions[i].clone(),
-                        thumbnail,
-                    },
-                );
-            }
+            found.add_batch(request, &shard.path, &batch);
         }
     }
     bar.finish_and_clear();
-    let not_found = ids.iter().filter(|id| !rows.contains_key(id)).count();
-    Ok(Samples {
-        rows,
-        unreadable_images,
-        not_found,
-    })
+    found.not_found = request
+        .ids
+        .iter()
+        .filter(|id| !found.rows.contains_key(id))
+        .count();
+    Ok(found)
+}
+
+impl Samples {
+    /// Adds the wanted rows of `batch`, read from the file `shard`, with their thumbnails.
+    fn add_batch(&mut self, request: &SampleRequest, shard: &Path, batch: &SampleBatch) {
+        for skipped in &batch.skipped {
+            if request.ids.contains(&skipped.sample_id) {
+                tracing::warn!(
+                    "report: {} row {} (sample {}): {}; shown without its image",
+                    skipped.file.display(),
+                    skipped.row,
+                    skipped.sample_id,
+                    skipped.reason
+                );
+                self.unreadable_images += 1;
+                let blank = Sample {
+                    caption: String::new(),
+                    thumbnail: None,
+                };
+                self.rows.insert(skipped.sample_id, blank);
+            }
+        }
+        for (i, &id) in batch.sample_ids.iter().enumerate() {
+            if request.ids.contains(&id) {
+                let sample = Sample {
+                    thumbnail: self.thumbnail(request, shard, id, &batch.images[i].0),
+                    caption: batch.captions[i].clone(),
+                };
+                self.rows.insert(id, sample);
+            }
+        }
+    }
+
+    /// Writes sample `id`'s thumbnail: its path in the report, or `None` (logged and counted)
+    /// when its image cannot be read.
+    fn thumbnail(
+        &mut self,
+        request: &SampleRequest,
+        shard: &Path,
+        id: u64,
+        image: &[u8],
+    ) -> Option<String> {
+        let file = format!("thumbs/{id}.jpg");
+        match write_thumbnail(image, &request.report.join(&file), request.size) {
+            Ok(()) => Some(file),
+            Err(reason) => {
+                tracing::warn!(
+                    "report: {} sample {id}: {reason}; shown without its image",
+                    shard.display()
+                );
+                self.unreadable_images += 1;
+                None
+            }
+        }
+    }
+}
+
+/// Why a sample is shown without its image.
+#[derive(Debug, thiserror::Error)]
+enum ThumbnailError {
+    #[error(transparent)]
+    Unreadable(#[from] UnreadableImage),
+    #[error("thumbnail: {0}")]
+    Encode(image::ImageError),
+    #[error("{}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A JPEG of at most `size` pixels a side, transparency flattened on white.
-fn write_thumbnail(bytes: &[u8], path: &Path, size: u32) -> Result<(), String> {
+fn write_thumbnail(bytes: &[u8], path: &Path, size: u32) -> Result<(), ThumbnailError> {
     let image = crate::dataset::decode_image(bytes)?;
     let small = image.thumbnail(size, size).to_rgba8();
     let mut rgb = image::RgbImage::new(small.width(), small.height());
@@ -277,8 +307,11 @@ fn write_thumbnail(bytes: &[u8], path: &Path, size: u32) -> Result<(), String> {
     let mut out = std::io::Cursor::new(Vec::new());
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
         .encode_image(&rgb)
-        .map_err(|e| format!("thumbnail: {e}"))?;
-    std::fs::write(path, out.into_inner()).map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(ThumbnailError::Encode)?;
+    std::fs::write(path, out.into_inner()).map_err(|source| ThumbnailError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

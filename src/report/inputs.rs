@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::metrics::{
     self, tables, Aggregation, MppcRow, SharednessQuery, SharednessRow, WmppcRow,
 };
+use crate::report::{paths_in, FeatureKey};
 use crate::run_layout::RunLayout;
 use crate::run_record::{QueryRecord, StudyRecord};
 use crate::sae::{read_meta, CheckpointMeta};
@@ -61,87 +62,25 @@ impl RunInputs {
             dir.display()
         );
         let record = StudyRecord::read(dir)?;
-        let run_command = match &record {
-            Some(r) => format!("`saeshare run {}`", r.study_file.display()),
-            None => "`saeshare run STUDY.toml`".to_string(),
+        let mut loader = Loader {
+            dir,
+            layout: RunLayout::new(dir),
+            run_command: match &record {
+                Some(r) => format!("`saeshare run {}`", r.study_file.display()),
+                None => "`saeshare run STUDY.toml`".to_string(),
+            },
+            missing: Vec::new(),
         };
-        let mut missing = Vec::new();
-        let ceiling_pair = |key: &str| key.contains(".ceiling");
-        let layout = RunLayout::new(dir);
-        let pair_dirs: Vec<PathBuf> = match std::fs::read_dir(layout.pairs()) {
-            Ok(entries) => {
-                let mut dirs: Vec<PathBuf> = entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.file_name()
-                            .is_some_and(|n| !ceiling_pair(&n.to_string_lossy()))
-                    })
-                    .collect();
-                dirs.sort();
-                dirs
-            }
-            Err(_) => Vec::new(),
-        };
-
         // Only the ranked models' mppc rows are drawn (rankings, feature matches): a study's
         // table holds every pair's, which need not all be in memory.
         let queries = queries_of(dir, record.as_ref())?;
         let ranked: HashSet<String> = queries.iter().map(|q| q.model.clone()).collect();
-        let keep = |source: &str| ranked.contains(source);
-        let study_wmppc = layout.wmppc();
-        let (wmppc, mppc) = if study_wmppc.is_file() {
-            let wmppc = tables::read_wmppc(&study_wmppc)?;
-            let mppc_path = layout.mppc();
-            let mppc = if mppc_path.is_file() {
-                tables::read_mppc_of(&mppc_path, keep)?
-            } else {
-                missing.push(format!(
-                    "{} is missing: sharedness and feature matches need it; {run_command} (or `saeshare compare`) writes it",
-                    mppc_path.display()
-                ));
-                Vec::new()
-            };
-            (wmppc, mppc)
-        } else if pair_dirs
-            .iter()
-            .any(|p| p.join(tables::WMPPC_FILE).is_file())
-        {
-            missing.push(format!(
-                "{} is missing: the run stopped before its outputs stage; the values below come from the pairs finished so far. {run_command} finishes it",
-                study_wmppc.display()
-            ));
-            read_pair_tables(&pair_dirs, keep)?
-        } else if record.is_some() || layout.saes().is_dir() {
-            missing.push(format!(
-                "{} is missing: no pair has been compared yet; {run_command} compares them",
-                study_wmppc.display()
-            ));
-            (Vec::new(), Vec::new())
-        } else {
-            anyhow::bail!(
-                "{}: there is no wmppc.parquet, no pairs/ and no saes/ here, so nothing to report. \
-                 `saeshare run STUDY.toml` makes a run folder (its `output` key); \
-                 `saeshare compare ... --out DIR` makes wmppc.parquet and mppc.parquet",
-                dir.display()
-            );
-        };
-
+        let (wmppc, mppc) = loader.tables(record.is_some(), |source| ranked.contains(source))?;
         if let Some(record) = &record {
-            // By folder: an all-layers pair and a last-layers pair of the same two encoders
-            // share rows, and one may be missing while the other is done.
-            for pair in record.pairs.iter().filter(|p| !p.ceiling) {
-                let table = layout.pair_dir(&pair.key).join(tables::WMPPC_FILE);
-                if !table.is_file() {
-                    missing.push(format!(
-                        "pair {} has no wMPPC yet; {run_command} compares it",
-                        pair.key
-                    ));
-                }
-            }
+            loader.note_pairs_without_wmppc(record);
         }
-
-        let rankings = read_rankings(dir, queries, &mppc, &run_command, &mut missing)?;
-        let saes = read_saes(dir, &mut missing, &run_command)?;
+        let rankings = loader.rankings(queries, &mppc)?;
+        let saes = loader.saes()?;
         let matrix_encoders = match &record {
             Some(r) => r
                 .named_encoders()
@@ -168,8 +107,198 @@ impl RunInputs {
             rankings,
             saes,
             matrix_encoders,
-            missing,
+            missing: loader.missing,
         })
+    }
+}
+
+impl Ranking {
+    /// The feature of the query's model that `row` ranks.
+    pub fn feature(&self, row: &SharednessRow) -> FeatureKey {
+        FeatureKey {
+            encoder: self.query.model.clone(),
+            layer: row.source_layer.clone(),
+            feature: row.feature,
+        }
+    }
+
+    /// How many features of the model have Delta > 0 (of those in the distribution).
+    pub fn positive(&self) -> usize {
+        self.all.iter().filter(|r| r.delta > 0.0).count()
+    }
+}
+
+/// A run folder being read, and what it was found to lack so far.
+struct Loader<'a> {
+    dir: &'a Path,
+    layout: RunLayout,
+    /// The command that completes the run, for the notes on what is missing.
+    run_command: String,
+    missing: Vec<String>,
+}
+
+impl Loader<'_> {
+    /// The study's `wmppc` and `mppc` rows (of the sources `keep` accepts): its tables, or
+    /// what the finished pairs hold when the run stopped before writing them.
+    fn tables(
+        &mut self,
+        has_record: bool,
+        keep: impl Fn(&str) -> bool + Copy,
+    ) -> anyhow::Result<(Vec<WmppcRow>, Vec<MppcRow>)> {
+        let run_command = &self.run_command;
+        let study_wmppc = self.layout.wmppc();
+        if study_wmppc.is_file() {
+            let wmppc = tables::read_wmppc(&study_wmppc)?;
+            let mppc_path = self.layout.mppc();
+            if mppc_path.is_file() {
+                return Ok((wmppc, tables::read_mppc_of(&mppc_path, keep)?));
+            }
+            self.missing.push(format!(
+                "{} is missing: sharedness and feature matches need it; {run_command} (or `saeshare compare`) writes it",
+                mppc_path.display()
+            ));
+            return Ok((wmppc, Vec::new()));
+        }
+        let pair_dirs = self.pair_dirs();
+        if pair_dirs
+            .iter()
+            .any(|p| p.join(tables::WMPPC_FILE).is_file())
+        {
+            self.missing.push(format!(
+                "{} is missing: the run stopped before its outputs stage; the values below come from the pairs finished so far. {run_command} finishes it",
+                study_wmppc.display()
+            ));
+            return read_pair_tables(&pair_dirs, keep);
+        }
+        anyhow::ensure!(
+            has_record || self.layout.saes().is_dir(),
+            "{}: there is no wmppc.parquet, no pairs/ and no saes/ here, so nothing to report. \
+             `saeshare run STUDY.toml` makes a run folder (its `output` key); \
+             `saeshare compare ... --out DIR` makes wmppc.parquet and mppc.parquet",
+            self.dir.display()
+        );
+        self.missing.push(format!(
+            "{} is missing: no pair has been compared yet; {run_command} compares them",
+            study_wmppc.display()
+        ));
+        Ok((Vec::new(), Vec::new()))
+    }
+
+    /// The folders of the compared pairs, ceilings aside, in name order.
+    fn pair_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = paths_in(&self.layout.pairs());
+        dirs.retain(|p| {
+            p.file_name()
+                .is_some_and(|n| !n.to_string_lossy().contains(".ceiling"))
+        });
+        dirs
+    }
+
+    /// Notes each planned pair whose folder has no wMPPC yet.
+    fn note_pairs_without_wmppc(&mut self, record: &StudyRecord) {
+        // By folder: an all-layers pair and a last-layers pair of the same two encoders
+        // share rows, and one may be missing while the other is done.
+        for pair in record.pairs.iter().filter(|p| !p.ceiling) {
+            let table = self.layout.pair_dir(&pair.key).join(tables::WMPPC_FILE);
+            if !table.is_file() {
+                self.missing.push(format!(
+                    "pair {} has no wMPPC yet; {} compares it",
+                    pair.key, self.run_command
+                ));
+            }
+        }
+    }
+
+    /// One ranking per query: its table, else one computed from the `mppc` rows found.
+    fn rankings(
+        &mut self,
+        queries: Vec<QueryRecord>,
+        mppc: &[MppcRow],
+    ) -> anyhow::Result<Vec<Ranking>> {
+        let run_command = &self.run_command;
+        let mut rankings = Vec::new();
+        for query in queries {
+            let path = self.layout.sharedness_table(&query.name);
+            let as_query = |top| SharednessQuery {
+                source: query.model.clone(),
+                shared_with: query.shared_with.clone(),
+                not_shared_with: query.not_shared_with.clone(),
+                top,
+            };
+            let computable = !mppc.is_empty() && !query.shared_with.is_empty();
+            let all = if computable {
+                match metrics::sharedness(&comparable_rows(mppc, &query), &as_query(None)) {
+                    Ok(all) => all,
+                    Err(error) => {
+                        self.missing.push(format!(
+                            "sharedness {}: the distribution of Delta could not be computed: {error}",
+                            query.name
+                        ));
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let rows = if path.is_file() {
+                tables::read_sharedness(&path)
+                    .with_context(|| format!("reading the ranking of query {}", query.name))?
+                    .1
+            } else {
+                self.missing.push(format!(
+                    "{} is missing: the outputs stage of {run_command} writes it{}",
+                    path.display(),
+                    if all.is_empty() {
+                        ""
+                    } else {
+                        "; the ranking below is computed from the mppc rows found"
+                    }
+                ));
+                all.iter().take(query.top.max(1)).cloned().collect()
+            };
+            rankings.push(Ranking { query, rows, all });
+        }
+        Ok(rankings)
+    }
+
+    /// Every `saes/<encoder>/<layer>/sae.json`, in name order.
+    fn saes(&mut self) -> anyhow::Result<Vec<TrainedSae>> {
+        let run_command = &self.run_command;
+        let root = self.layout.saes();
+        let mut out = Vec::new();
+        let Ok(encoders) = std::fs::read_dir(&root) else {
+            self.missing.push(format!(
+                "{} is missing: no SAE has been fitted yet, so there are no training curves; {run_command} fits them",
+                root.display()
+            ));
+            return Ok(out);
+        };
+        let mut found: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+        for encoder in encoders.filter_map(|e| e.ok()) {
+            let Ok(layers) = std::fs::read_dir(encoder.path()) else {
+                continue;
+            };
+            for layer in layers.filter_map(|e| e.ok()) {
+                if layer.path().join("sae.json").is_file() {
+                    found.insert(
+                        (
+                            encoder.file_name().to_string_lossy().into_owned(),
+                            layer.file_name().to_string_lossy().into_owned(),
+                        ),
+                        layer.path(),
+                    );
+                }
+            }
+        }
+        for ((encoder, layer), path) in found {
+            let meta = read_meta(&path)?;
+            out.push(TrainedSae {
+                encoder,
+                layer,
+                meta,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -201,118 +330,21 @@ fn queries_of(dir: &Path, record: Option<&StudyRecord>) -> anyhow::Result<Vec<Qu
         return Ok(r.sharedness.clone());
     }
     let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(RunLayout::new(dir).sharedness()) {
-        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            if path.extension().is_some_and(|e| e == "parquet") {
-                let (model, _) = tables::read_sharedness(&path)?;
-                let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-                found.push(QueryRecord {
-                    name,
-                    model,
-                    shared_with: Vec::new(),
-                    not_shared_with: Vec::new(),
-                    top: 0,
-                });
-            }
+    for path in paths_in(&RunLayout::new(dir).sharedness()) {
+        if path.extension().is_some_and(|e| e == "parquet") {
+            let (model, _) = tables::read_sharedness(&path)?;
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            found.push(QueryRecord {
+                name,
+                model,
+                shared_with: Vec::new(),
+                not_shared_with: Vec::new(),
+                top: 0,
+            });
         }
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(found)
-}
-
-fn read_rankings(
-    dir: &Path,
-    queries: Vec<QueryRecord>,
-    mppc: &[MppcRow],
-    run_command: &str,
-    missing: &mut Vec<String>,
-) -> anyhow::Result<Vec<Ranking>> {
-    let mut rankings = Vec::new();
-    for query in queries {
-        let path = RunLayout::new(dir).sharedness_table(&query.name);
-        let as_query = |top| SharednessQuery {
-            source: query.model.clone(),
-            shared_with: query.shared_with.clone(),
-            not_shared_with: query.not_shared_with.clone(),
-            top,
-        };
-        let computable = !mppc.is_empty() && !query.shared_with.is_empty();
-        let all = if computable {
-            match metrics::sharedness(&comparable_rows(mppc, &query), &as_query(None)) {
-                Ok(all) => all,
-                Err(error) => {
-                    missing.push(format!(
-                        "sharedness {}: the distribution of Delta could not be computed: {error}",
-                        query.name
-                    ));
-                    Vec::new()
-                }
-            }
-        } else {
-            Vec::new()
-        };
-        let rows = if path.is_file() {
-            tables::read_sharedness(&path)
-                .with_context(|| format!("reading the ranking of query {}", query.name))?
-                .1
-        } else {
-            missing.push(format!(
-                "{} is missing: the outputs stage of {run_command} writes it{}",
-                path.display(),
-                if all.is_empty() {
-                    ""
-                } else {
-                    "; the ranking below is computed from the mppc rows found"
-                }
-            ));
-            all.iter().take(query.top.max(1)).cloned().collect()
-        };
-        rankings.push(Ranking { query, rows, all });
-    }
-    Ok(rankings)
-}
-
-/// Every `saes/<encoder>/<layer>/sae.json`, in name order.
-fn read_saes(
-    dir: &Path,
-    missing: &mut Vec<String>,
-    run_command: &str,
-) -> anyhow::Result<Vec<TrainedSae>> {
-    let root = RunLayout::new(dir).saes();
-    let mut out = Vec::new();
-    let Ok(encoders) = std::fs::read_dir(&root) else {
-        missing.push(format!(
-            "{} is missing: no SAE has been fitted yet, so there are no training curves; {run_command} fits them",
-            root.display()
-        ));
-        return Ok(out);
-    };
-    let mut found: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
-    for encoder in encoders.filter_map(|e| e.ok()) {
-        let Ok(layers) = std::fs::read_dir(encoder.path()) else {
-            continue;
-        };
-        for layer in layers.filter_map(|e| e.ok()) {
-            if layer.path().join("sae.json").is_file() {
-                found.insert(
-                    (
-                        encoder.file_name().to_string_lossy().into_owned(),
-                        layer.file_name().to_string_lossy().into_owned(),
-                    ),
-                    layer.path(),
-                );
-            }
-        }
-    }
-    for ((encoder, layer), path) in found {
-        let meta = read_meta(&path)?;
-        out.push(TrainedSae {
-            encoder,
-            layer,
-            meta,
-        });
-    }
-    Ok(out)
 }
 
 /// Without a study record: the models of the table in order of appearance, each with its last

@@ -14,6 +14,7 @@
 mod examples;
 mod html;
 mod inputs;
+mod matches;
 mod pages;
 pub mod svg;
 
@@ -22,11 +23,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::atomic::{self, AtomicDir, ReplaceError};
+
 pub use crate::metrics::{MatrixCell, WmppcMatrix};
 pub use examples::FeatureKey;
 pub use inputs::RunInputs;
 
-use crate::metrics::MppcRow;
+use examples::{FeatureActivity, Sample, SampleRequest};
+use inputs::Ranking;
+use matches::Match;
 
 /// What `saeshare report` draws, and where.
 #[derive(Clone, Debug)]
@@ -58,6 +63,13 @@ impl Default for ReportOptions {
     }
 }
 
+impl ReportOptions {
+    /// Top-activating images shown for each match listed on a feature page.
+    pub(crate) fn match_examples(&self) -> usize {
+        self.examples.min(6)
+    }
+}
+
 /// What a report holds.
 #[derive(Clone, Debug)]
 pub struct ReportSummary {
@@ -71,19 +83,12 @@ pub struct ReportSummary {
     pub matrix: String,
 }
 
-/// A best-matching feature of another encoder.
-#[derive(Clone, Debug)]
-pub(crate) struct Match {
-    pub key: FeatureKey,
-    pub rho: f64,
-}
-
 /// Everything the pages are drawn from.
 pub(crate) struct Site<'a> {
     pub inputs: &'a RunInputs,
     pub matrix: &'a WmppcMatrix,
-    pub activity: &'a BTreeMap<FeatureKey, examples::FeatureActivity>,
-    pub samples: &'a HashMap<u64, examples::Sample>,
+    pub activity: &'a BTreeMap<FeatureKey, FeatureActivity>,
+    pub samples: &'a HashMap<u64, Sample>,
     /// Features with a page.
     pub pages: &'a BTreeSet<FeatureKey>,
     pub matches: &'a BTreeMap<FeatureKey, Vec<Match>>,
@@ -114,6 +119,40 @@ impl Site<'_> {
             html::escape(text)
         }
     }
+
+    /// Sorts `items` of `encoder` in the study's order of its layers; without a study record
+    /// (or for an encoder it does not name) the order is left as it is.
+    pub fn sort_by_study_layers<T>(
+        &self,
+        encoder: &str,
+        items: &mut [T],
+        layer: impl Fn(&T) -> &str,
+    ) {
+        if let Some(e) = self.inputs.record.as_ref().and_then(|r| r.encoder(encoder)) {
+            items.sort_by_key(|item| e.layers.iter().position(|l| l == layer(item)));
+        }
+    }
+}
+
+/// The paths in `dir`, in name order; none when it cannot be read.
+pub(crate) fn paths_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    paths
+}
+
+/// The distinct `items`, in the order they first appear.
+pub(crate) fn distinct<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
 }
 
 /// A path component made of safe characters. A name that had to change gets a digest of the
@@ -162,33 +201,25 @@ fn check_destination(run: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Puts the folder `staged` at `out`, replacing an earlier report only once the new one is
+/// Puts the folder `staged` at its target, replacing an earlier report only once the new one is
 /// in place; on failure the earlier report is put back.
-fn swap_into_place(staged: tempfile::TempDir, out: &Path, parent: &Path) -> anyhow::Result<()> {
-    if !out.exists() {
-        let staged = staged.keep();
-        return std::fs::rename(&staged, out)
-            .with_context(|| format!("moving the report into {}", out.display()));
-    }
-    let aside = tempfile::Builder::new()
-        .prefix(".report-old-")
-        .tempdir_in(parent)
-        .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
-    let old = aside.path().join("report");
-    std::fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
-    if let Err(error) = std::fs::rename(staged.path(), out) {
-        std::fs::rename(&old, out).with_context(|| {
-            format!(
+fn swap_into_place(staged: AtomicDir, parent: &Path) -> anyhow::Result<()> {
+    let out = staged.target().to_path_buf();
+    staged.replace().or_else(|e| {
+        let context = match &e {
+            ReplaceError::AsideFolder(_) => {
+                format!("creating a temporary folder in {}", parent.display())
+            }
+            ReplaceError::MoveAside(_) => format!("moving {} aside", out.display()),
+            ReplaceError::MoveIn(_) => format!("moving the report into {}", out.display()),
+            ReplaceError::PutBack { old, .. } => format!(
                 "putting the earlier report back from {} into {}",
                 old.display(),
                 out.display()
-            )
-        })?;
-        return Err(error).with_context(|| format!("moving the report into {}", out.display()));
-    }
-    // `staged` now is `out`: not to be removed. `aside`, dropped, removes the earlier report.
-    let _ = staged.keep();
-    Ok(())
+            ),
+        };
+        Err(e.into_io()).context(context)
+    })
 }
 
 /// Writes the report of the run folder `run`.
@@ -201,119 +232,42 @@ pub fn write_report(run: &Path, options: &ReportOptions) -> anyhow::Result<Repor
         .clone()
         .unwrap_or_else(|| crate::run_layout::RunLayout::new(run).report());
     check_destination(run, &out)?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = atomic::folder_of(&out).to_path_buf();
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let temp = tempfile::Builder::new()
-        .prefix(".report-")
-        .tempdir_in(&parent)
+    let temp = AtomicDir::create(&out)
         .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
 
-    // The listed features, their matches, and what the codes and the dataset say of them.
-    let mut pages = BTreeSet::new();
-    for ranking in &inputs.rankings {
-        // Dead features (S = 0) rank at Delta = 0 but have nothing to show.
-        let alive = ranking.rows.iter().filter(|r| r.weight > 0.0);
-        for row in alive.take(options.features_per_query) {
-            pages.insert(FeatureKey {
-                encoder: ranking.query.model.clone(),
-                layer: row.source_layer.clone(),
-                feature: row.feature,
-            });
-        }
-    }
-    let matches = best_matches(&inputs.mppc, &pages);
-    let mut wanted = pages.clone();
-    wanted.extend(matches.values().flatten().map(|m| m.key.clone()));
-    let shards = inputs.record.as_ref().map(|r| r.dataset.shards.as_slice());
-    let keep = options.examples.max(options.captions);
-    let activity = examples::collect_activity(run, &wanted, keep, shards)?;
-    for dir in &activity.missing_codes {
-        missing.push(format!(
-            "{} is missing: features of that layer are shown without examples; `saeshare run` writes the codes",
-            dir.display()
-        ));
-    }
-    let mut ids = BTreeSet::new();
-    for (key, a) in &activity.features {
-        let n = if pages.contains(key) {
-            keep
-        } else {
-            options.examples.min(6)
-        };
-        ids.extend(a.top.iter().take(n).map(|t| t.1));
-    }
-    let dataset = options
-        .dataset
-        .clone()
-        .or_else(|| inputs.record.as_ref().map(|r| r.dataset.path.clone()));
-    let samples = match dataset {
-        Some(dir) if dir.is_dir() => {
-            let found =
-                examples::fetch_samples(&dir, shards, &ids, temp.path(), options.thumbnail_px)
-                    .with_context(|| format!("reading the examples from {}", dir.display()))?;
-            if found.not_found > 0 {
-                missing.push(format!(
-                    "{} sample(s) of the codes are not in the dataset {}; is it the study's?",
-                    found.not_found,
-                    dir.display()
-                ));
-            }
-            if found.unreadable_images > 0 {
-                missing.push(format!(
-                    "{} image(s) could not be read and are shown as blanks (see the log)",
-                    found.unreadable_images
-                ));
-            }
-            found.rows
-        }
-        Some(dir) if !ids.is_empty() => {
-            missing.push(format!(
-                "the dataset {} is not there: examples are shown without images or captions; pass --dataset DIR",
-                dir.display()
-            ));
-            HashMap::new()
-        }
-        _ => HashMap::new(),
+    let pages = listed_features(&inputs.rankings, options.features_per_query);
+    let matches = matches::best_matches(&inputs.mppc, &pages);
+    let sources = ExampleSources {
+        run,
+        inputs: &inputs,
+        options,
+        pages: &pages,
+        matches: &matches,
     };
-    let thumbnails = samples.values().filter(|s| s.thumbnail.is_some()).count();
-
+    let examples = sources.gather(temp.path(), &mut missing)?;
+    let thumbnails = examples
+        .samples
+        .values()
+        .filter(|s| s.thumbnail.is_some())
+        .count();
     let site = Site {
         inputs: &inputs,
         matrix: &matrix,
-        activity: &activity.features,
-        samples: &samples,
+        activity: &examples.activity,
+        samples: &examples.samples,
         pages: &pages,
         matches: &matches,
         missing: &missing,
         options,
     };
-    let mut files: Vec<(String, String)> = vec![
-        ("index.html".to_string(), pages::index::page(&site)),
-        ("training.html".to_string(), pages::training::page(&site)),
-    ];
-    for ranking in &inputs.rankings {
-        files.push((
-            format!("sharedness/{}.html", file_name(&ranking.query.name)),
-            pages::sharedness::page(&site, ranking),
-        ));
-    }
-    for key in &pages {
-        files.push((Site::feature_path(key), pages::feature::page(&site, key)));
-    }
-    for (path, text) in &files {
-        let path = temp.path().join(path);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-
+    let files = render_pages(&site);
+    write_files(temp.path(), &files)?;
     std::fs::write(temp.path().join(REPORT_MARKER), b"")
         .with_context(|| format!("writing into {}", temp.path().display()))?;
-    swap_into_place(temp, &out, &parent)?;
+    swap_into_place(temp, &parent)?;
+
     tracing::info!(
         "report: {} page(s), {} feature page(s), {} thumbnail(s) in {}{}",
         files.len(),
@@ -332,54 +286,159 @@ pub fn write_report(run: &Path, options: &ReportOptions) -> anyhow::Result<Repor
     })
 }
 
-/// For each feature, its best match in every other model it was compared with: the row over
-/// all target layers (`*`) when there is one, else the best of the layers' rows.
-fn best_matches(
-    mppc: &[MppcRow],
-    features: &BTreeSet<FeatureKey>,
-) -> BTreeMap<FeatureKey, Vec<Match>> {
-    let mut out: BTreeMap<FeatureKey, BTreeMap<String, (bool, Match)>> = BTreeMap::new();
-    for row in mppc {
-        let key = FeatureKey {
-            encoder: row.source.clone(),
-            layer: row.source_layer.clone(),
-            feature: row.feature,
-        };
-        if !features.contains(&key) || row.target.ends_with(".ceiling") {
-            continue;
+/// The features that get a page: each query's first `per_query` ranked features that fire.
+fn listed_features(rankings: &[Ranking], per_query: usize) -> BTreeSet<FeatureKey> {
+    let mut pages = BTreeSet::new();
+    for ranking in rankings {
+        // Dead features (S = 0) rank at Delta = 0 but have nothing to show.
+        let alive = ranking.rows.iter().filter(|r| r.weight > 0.0);
+        pages.extend(alive.take(per_query).map(|row| ranking.feature(row)));
+    }
+    pages
+}
+
+/// What the codes say of the features shown, and the dataset rows of their top samples.
+struct Examples {
+    activity: BTreeMap<FeatureKey, FeatureActivity>,
+    samples: HashMap<u64, Sample>,
+}
+
+/// Where the examples come from, and which features they are wanted for.
+struct ExampleSources<'a> {
+    run: &'a Path,
+    inputs: &'a RunInputs,
+    options: &'a ReportOptions,
+    /// Features with a page: they show more samples than the matches listed on a page.
+    pages: &'a BTreeSet<FeatureKey>,
+    matches: &'a BTreeMap<FeatureKey, Vec<Match>>,
+}
+
+impl ExampleSources<'_> {
+    /// Reads the codes of the features shown, then the dataset rows of their top samples,
+    /// writing thumbnails under `report`; what cannot be shown is noted in `missing`.
+    fn gather(&self, report: &Path, missing: &mut Vec<String>) -> anyhow::Result<Examples> {
+        let mut wanted = self.pages.clone();
+        wanted.extend(self.matches.values().flatten().map(|m| m.key.clone()));
+        let activity =
+            examples::collect_activity(self.run, &wanted, self.top_kept(), self.shards())?;
+        for dir in &activity.missing_codes {
+            missing.push(format!(
+                "{} is missing: features of that layer are shown without examples; `saeshare run` writes the codes",
+                dir.display()
+            ));
         }
-        let Some(best) = row.best_feature else {
-            continue;
-        };
-        let union = row.target_layer == crate::metrics::ALL_LAYERS;
-        let layer = if union {
-            match &row.best_layer {
-                Some(l) => l.clone(),
-                None => continue,
+        let ids = self.shown_samples(&activity.features);
+        let samples = self.read_samples(&ids, report, missing)?;
+        Ok(Examples {
+            activity: activity.features,
+            samples,
+        })
+    }
+
+    /// The study's shards, which the codes and the dataset are read from.
+    fn shards(&self) -> Option<&[String]> {
+        let record = self.inputs.record.as_ref();
+        record.map(|r| r.dataset.shards.as_slice())
+    }
+
+    /// How many top samples a feature page lists (as images or as captions).
+    fn top_kept(&self) -> usize {
+        self.options.examples.max(self.options.captions)
+    }
+
+    /// The ids of the samples some page shows: a page's own feature's, and fewer of each match.
+    fn shown_samples(&self, activity: &BTreeMap<FeatureKey, FeatureActivity>) -> BTreeSet<u64> {
+        let mut ids = BTreeSet::new();
+        for (key, a) in activity {
+            let n = if self.pages.contains(key) {
+                self.top_kept()
+            } else {
+                self.options.match_examples()
+            };
+            ids.extend(a.top.iter().take(n).map(|t| t.1));
+        }
+        ids
+    }
+
+    /// The dataset rows `ids`, when the dataset is there.
+    fn read_samples(
+        &self,
+        ids: &BTreeSet<u64>,
+        report: &Path,
+        missing: &mut Vec<String>,
+    ) -> anyhow::Result<HashMap<u64, Sample>> {
+        let record = self.inputs.record.as_ref();
+        let dataset = self
+            .options
+            .dataset
+            .clone()
+            .or_else(|| record.map(|r| r.dataset.path.clone()));
+        match dataset {
+            Some(dir) if dir.is_dir() => {
+                let request = SampleRequest {
+                    dataset: &dir,
+                    shards: self.shards(),
+                    ids,
+                    report,
+                    size: self.options.thumbnail_px,
+                };
+                let found = examples::fetch_samples(&request)
+                    .with_context(|| format!("reading the examples from {}", dir.display()))?;
+                if found.not_found > 0 {
+                    missing.push(format!(
+                        "{} sample(s) of the codes are not in the dataset {}; is it the study's?",
+                        found.not_found,
+                        dir.display()
+                    ));
+                }
+                if found.unreadable_images > 0 {
+                    missing.push(format!(
+                        "{} image(s) could not be read and are shown as blanks (see the log)",
+                        found.unreadable_images
+                    ));
+                }
+                Ok(found.rows)
             }
-        } else {
-            row.target_layer.clone()
-        };
-        let candidate = Match {
-            key: FeatureKey {
-                encoder: row.target.clone(),
-                layer,
-                feature: best,
-            },
-            rho: row.rho,
-        };
-        let per_target = out.entry(key).or_default();
-        match per_target.get(&row.target) {
-            Some((true, _)) => {}
-            Some((false, m)) if !union && m.rho >= candidate.rho => {}
-            _ => {
-                per_target.insert(row.target.clone(), (union, candidate));
+            Some(dir) if !ids.is_empty() => {
+                missing.push(format!(
+                    "the dataset {} is not there: examples are shown without images or captions; pass --dataset DIR",
+                    dir.display()
+                ));
+                Ok(HashMap::new())
             }
+            _ => Ok(HashMap::new()),
         }
     }
-    out.into_iter()
-        .map(|(k, per_target)| (k, per_target.into_values().map(|(_, m)| m).collect()))
-        .collect()
+}
+
+/// Every page of the report: (path relative to the report's folder, HTML).
+fn render_pages(site: &Site) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = vec![
+        ("index.html".to_string(), pages::index::page(site)),
+        ("training.html".to_string(), pages::training::page(site)),
+    ];
+    for ranking in &site.inputs.rankings {
+        files.push((
+            format!("sharedness/{}.html", file_name(&ranking.query.name)),
+            pages::sharedness::page(site, ranking),
+        ));
+    }
+    for key in site.pages {
+        files.push((Site::feature_path(key), pages::feature::page(site, key)));
+    }
+    files
+}
+
+/// Writes `files` (relative path, text) under `dir`, making their folders.
+fn write_files(dir: &Path, files: &[(String, String)]) -> anyhow::Result<()> {
+    for (path, text) in files {
+        let path = dir.join(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

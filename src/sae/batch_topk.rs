@@ -5,7 +5,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::code::Code;
-use super::variant::Variant;
+use super::variant::{StateError, Variant};
 
 pub struct BatchTopK {
     k: i64,
@@ -45,14 +45,7 @@ impl Variant for BatchTopK {
             }
         });
         let row = flat.divide_scalar_mode(d_sae, "floor");
-        let latents = flat.remainder(d_sae);
-        let counts = row.bincount::<Tensor>(None, rows);
-        let offsets = counts.cumsum(0, Kind::Int64) - &counts;
-        Code::Sparse {
-            latents,
-            values,
-            offsets,
-        }
+        Code::from_row_major(rows, &row, flat.remainder(d_sae), values)
     }
 
     fn encode(&self, pre: &Tensor) -> Code {
@@ -64,11 +57,15 @@ impl Variant for BatchTopK {
         vec![("threshold".to_string(), self.threshold.shallow_clone())]
     }
 
-    fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<(), String> {
-        let (_, threshold) = tensors
-            .iter()
-            .find(|(name, _)| name == "threshold")
-            .ok_or("a BatchTopK checkpoint needs its `threshold` tensor")?;
+    fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<(), StateError> {
+        let (_, threshold) =
+            tensors
+                .iter()
+                .find(|(name, _)| name == "threshold")
+                .ok_or(StateError::Missing {
+                    variant: "BatchTopK",
+                    tensor: "threshold",
+                })?;
         self.threshold = threshold
             .to_device(self.threshold.device())
             .to_kind(Kind::Float);

@@ -17,6 +17,8 @@ use tch::{Device, Kind, Tensor};
 use super::config::SaeConfig;
 use super::model::{Sae, B_DEC, B_ENC, W_DEC, W_ENC};
 use super::trainer::{SaeSource, SaeTrainer, TrainingMetrics};
+use super::variant::StateError;
+use crate::atomic::AtomicFile;
 
 pub const CHECKPOINT_VERSION: u32 = 1;
 /// The files [`SaeTrainer::save`] writes in a checkpoint folder, and nothing else.
@@ -45,6 +47,9 @@ pub struct CheckpointMeta {
 pub enum CheckpointError {
     #[error("{path}: {message}")]
     Bad { path: PathBuf, message: String },
+    /// The variant's own tensors (BatchTopK's threshold) do not restore it.
+    #[error("{path}: {problem}")]
+    State { path: PathBuf, problem: StateError },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -208,7 +213,7 @@ fn load_sae(dir: &Path, meta: &CheckpointMeta, device: Device) -> Result<Sae> {
         .collect();
     sae.variant
         .load_state(&state)
-        .map_err(|message| CheckpointError::Bad { path, message })?;
+        .map_err(|problem| CheckpointError::State { path, problem })?;
     Ok(sae)
 }
 
@@ -239,19 +244,13 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     })
 }
 
+/// Writes `path` whole or not at all: `write` writes the temporary file whose path it is given.
 fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let io = |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().expect("a file in a folder");
-    let temp = tempfile::Builder::new()
-        .prefix(".sae.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?
-        .into_temp_path();
-    write(&temp)?;
-    temp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    let file = AtomicFile::create(path).map_err(io)?;
+    write(file.temp_path())?;
+    file.commit().map_err(io)
 }

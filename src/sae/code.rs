@@ -36,6 +36,12 @@ impl Code {
         let row = nonzero.select(1, 0);
         let latents = nonzero.select(1, 1);
         let values = dense.index(&[Some(&row), Some(&latents)]);
+        Code::from_row_major(rows, &row, latents, values)
+    }
+
+    /// Entries in row order, `row[nnz]` naming the row (of `rows`) of each: the offsets where
+    /// each row's entries start are counted from it.
+    pub fn from_row_major(rows: i64, row: &Tensor, latents: Tensor, values: Tensor) -> Code {
         let counts = row.bincount::<Tensor>(None, rows);
         let offsets = counts.cumsum(0, Kind::Int64) - &counts;
         Code::Sparse {

@@ -1,10 +1,10 @@
-//! SAE hyperparameters: one typed struct shared by the CLI (`saeshare sae train` flags), study
-//! files and checkpoints.
+//! SAE hyperparameters: one typed struct shared by study files, checkpoints and the CLI (whose
+//! `saeshare sae train` flags convert into it).
 
 use serde::{Deserialize, Serialize};
 
 /// The SAE variants, each a module of its own ([`super::variant`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SaeKind {
     /// `TopK(ReLU(pre))`: exactly k active latents per sample (the paper's SAEs).
@@ -17,7 +17,7 @@ pub enum SaeKind {
 }
 
 /// How `b_dec` is initialised from the first batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DecoderBiasInit {
     Mean,
@@ -25,53 +25,39 @@ pub enum DecoderBiasInit {
 }
 
 /// Everything that decides how an SAE trains. `d_in` comes from the data.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SaeConfig {
     /// The SAE variant.
-    #[arg(long = "kind", value_enum, default_value = "topk")]
     pub kind: SaeKind,
     /// Active latents per sample (TopK, BatchTopK).
-    #[arg(long, default_value_t = 32)]
     pub k: usize,
     /// Latents per input dimension: d_sae = expansion x d_in.
-    #[arg(long, default_value_t = 8)]
     pub expansion: usize,
     /// L1 coefficient (ReLU variant only). The loss is normalised (fraction of variance
     /// unexplained), so this weighs the mean L1 of a code against that fraction.
-    #[arg(long, default_value_t = 0.1)]
     pub l1_coefficient: f64,
     /// Peak learning rate of Adam.
-    #[arg(long, default_value_t = 4e-4)]
     pub lr: f64,
     /// Steps of linear warm-up from 0 to `lr`.
-    #[arg(long, default_value_t = 100)]
     pub warmup_steps: usize,
     /// Fraction of the steps, at the end, over which the rate decays linearly to 0.
-    #[arg(long, default_value_t = 0.2)]
     pub decay_fraction: f64,
     /// Training steps in all.
-    #[arg(long, default_value_t = 2000)]
     pub steps: usize,
     /// Samples (tokens) per step.
-    #[arg(long, default_value_t = 1024)]
     pub batch_size: usize,
     /// Largest global gradient norm; larger gradients are scaled down.
-    #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
     /// Dead latents used by the AuxK loss (0 turns it off).
-    #[arg(long, default_value_t = 256)]
     pub aux_k: usize,
     /// Weight of the AuxK loss.
-    #[arg(long, default_value_t = 1.0 / 32.0)]
     pub aux_coefficient: f64,
     /// A latent silent for this many tokens is dead (AuxK, dead fraction).
-    #[arg(long, default_value_t = 50_000)]
     pub dead_after_tokens: u64,
-    #[arg(long, value_enum, default_value = "geometric-median")]
+    /// How `b_dec` is initialised from the first batch.
     pub b_dec_init: DecoderBiasInit,
     /// Seed of the weights' initialisation and of the data order.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
@@ -116,41 +102,40 @@ impl SaeConfig {
     }
 
     /// Checks the combination makes sense for inputs of width `d_in`.
-    pub fn validate(&self, d_in: usize) -> Result<(), String> {
+    pub fn validate(&self, d_in: usize) -> Result<(), SaeConfigError> {
         self.validate_settings()?;
         let d_sae = self.expansion * d_in;
         if d_in == 0 {
-            return Err("the SAE needs inputs of width d_in > 0".into());
+            return Err(SaeConfigError::NoInputWidth);
         }
         if matches!(self.kind, SaeKind::Topk | SaeKind::BatchTopk) && self.k > d_sae {
-            return Err(format!(
-                "k = {} must be between 1 and d_sae = {d_sae} (expansion {} x width {d_in})",
-                self.k, self.expansion
-            ));
+            return Err(SaeConfigError::KAboveWidth {
+                k: self.k,
+                d_sae,
+                expansion: self.expansion,
+                d_in,
+            });
         }
         Ok(())
     }
 
     /// The checks that need no input width: what a study file can be checked for before any
     /// encoder package is read.
-    pub fn validate_settings(&self) -> Result<(), String> {
+    pub fn validate_settings(&self) -> Result<(), SaeConfigError> {
         if self.expansion == 0 {
-            return Err("expansion must be at least 1".into());
+            return Err(SaeConfigError::NoExpansion);
         }
         if matches!(self.kind, SaeKind::Topk | SaeKind::BatchTopk) && self.k == 0 {
-            return Err("k must be at least 1".into());
+            return Err(SaeConfigError::NoK);
         }
         if self.batch_size == 0 || self.steps == 0 {
-            return Err("batch_size and steps must be positive".into());
+            return Err(SaeConfigError::NoSteps);
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(format!("learning rate {} must be positive", self.lr));
+            return Err(SaeConfigError::LearningRate(self.lr));
         }
         if !(0.0..=1.0).contains(&self.decay_fraction) {
-            return Err(format!(
-                "decay_fraction {} must be between 0 and 1",
-                self.decay_fraction
-            ));
+            return Err(SaeConfigError::DecayFraction(self.decay_fraction));
         }
         for (key, value) in [
             ("l1_coefficient", self.l1_coefficient),
@@ -158,11 +143,39 @@ impl SaeConfig {
             ("aux_coefficient", self.aux_coefficient),
         ] {
             if !(value >= 0.0 && value.is_finite()) {
-                return Err(format!("{key} {value} must be a finite number >= 0"));
+                return Err(SaeConfigError::NotNonNegative { key, value });
             }
         }
         Ok(())
     }
+}
+
+/// SAE settings that cannot train: what [`SaeConfig::validate`] finds.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SaeConfigError {
+    #[error("the SAE needs inputs of width d_in > 0")]
+    NoInputWidth,
+    #[error(
+        "k = {k} must be between 1 and d_sae = {d_sae} (expansion {expansion} x width {d_in})"
+    )]
+    KAboveWidth {
+        k: usize,
+        d_sae: usize,
+        expansion: usize,
+        d_in: usize,
+    },
+    #[error("expansion must be at least 1")]
+    NoExpansion,
+    #[error("k must be at least 1")]
+    NoK,
+    #[error("batch_size and steps must be positive")]
+    NoSteps,
+    #[error("learning rate {0} must be positive")]
+    LearningRate(f64),
+    #[error("decay_fraction {0} must be between 0 and 1")]
+    DecayFraction(f64),
+    #[error("{key} {value} must be a finite number >= 0")]
+    NotNonNegative { key: &'static str, value: f64 },
 }
 
 #[cfg(test)]

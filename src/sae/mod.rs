@@ -6,7 +6,9 @@
 //!   [`SaeKind::Relu`] (with L1), one module each.
 //! - [`SaeTrainer`]: one Adam step per pushed batch, AuxK, metrics, checkpoints.
 //! - [`MixingBuffer`]: shuffles activations between the encoder and the trainer.
+//! - [`BatchSchedule`]: the one order of batches, from a file or a stream.
 //! - [`LayerFit`]: an SAE fitted from a stream of activations, as `sae train` fits it from a file.
+//! - [`Sae::sample_codes`], [`codes_meta`]: an SAE's codes, for `sae encode` and the pipeline.
 //! - [`train_from_file`], [`encode_file`]: `saeshare sae train` and `sae encode`.
 
 mod adam;
@@ -15,10 +17,11 @@ mod buffer;
 mod checkpoint;
 mod code;
 mod config;
-mod encode_file;
 mod model;
 mod online;
 mod relu;
+mod schedule;
+mod to_codes;
 mod topk;
 mod train_file;
 mod trainer;
@@ -29,9 +32,10 @@ pub use checkpoint::{
     read_meta, CheckpointError, CheckpointMeta, CHECKPOINT_FILES, CHECKPOINT_VERSION,
 };
 pub use code::Code;
-pub use config::{DecoderBiasInit, SaeConfig, SaeKind};
-pub use encode_file::encode_file;
+pub use config::{DecoderBiasInit, SaeConfig, SaeConfigError, SaeKind};
 pub use model::Sae;
-pub use online::{FitError, LayerFit, FILE_CHUNK_ROWS};
+pub use online::{FitError, LayerFit};
+pub use schedule::{BatchSchedule, FILE_CHUNK_ROWS};
+pub use to_codes::{codes_meta, encode_file, SampleCode};
 pub use train_file::{train_from_file, TrainFileOptions, TrainReport};
 pub use trainer::{SaeSource, SaeTrainer, TrainError, TrainingMetrics};

@@ -1,32 +1,26 @@
 //! Training an SAE from a stream of activations that no file holds: rows arrive once, in dataset
 //! order, from an encoder running in a dataflow.
 //!
-//! [`LayerFit`] draws batches exactly as `saeshare sae train` does from a file (rows pushed in
-//! chunks of [`FILE_CHUNK_ROWS`], the mixing buffer capped to one pass after the first), so an
+//! [`LayerFit`] draws its batches from the same [`BatchSchedule`] as `saeshare sae train`, so an
 //! SAE fitted in the pipeline equals the one trained from the same activations on disk. Passes
 //! after the first replay the rows from memory when they fit in the replay budget: the encoder
 //! never runs twice.
 
 use tch::Tensor;
 
-use super::buffer::MixingBuffer;
 use super::config::SaeConfig;
+use super::schedule::BatchSchedule;
 use super::trainer::{SaeSource, SaeTrainer, TrainError};
-
-/// Rows per push: the batch size of the activation file reader in `sae train`.
-pub const FILE_CHUNK_ROWS: usize = 1024;
 
 /// One SAE being fitted on one layer of one encoder.
 pub struct LayerFit {
     trainer: SaeTrainer,
-    buffer: MixingBuffer,
+    schedule: BatchSchedule,
     width: usize,
-    pending: Vec<f32>,
     /// The first pass's rows while they fit in the budget; `None` once they do not.
     replay: Option<Vec<f32>>,
     replay_budget_rows: usize,
     rows_first_pass: usize,
-    drawn: usize,
 }
 
 impl LayerFit {
@@ -42,13 +36,11 @@ impl LayerFit {
     ) -> LayerFit {
         LayerFit {
             trainer: SaeTrainer::new(config, width, device, source),
-            buffer: MixingBuffer::new(width, buffer_rows, config.seed),
+            schedule: BatchSchedule::new(config, width, buffer_rows),
             width,
-            pending: Vec::new(),
             replay: Some(Vec::new()),
             replay_budget_rows,
             rows_first_pass: 0,
-            drawn: 0,
         }
     }
 
@@ -63,55 +55,38 @@ impl LayerFit {
                 self.replay = None;
             }
         }
-        self.pending.extend_from_slice(rows);
-        let chunk = FILE_CHUNK_ROWS * self.width;
-        while self.pending.len() >= chunk {
-            let rest = self.pending.split_off(chunk);
-            let full = std::mem::replace(&mut self.pending, rest);
-            self.train_on(&full)?;
-        }
-        Ok(())
+        let (trainer, width) = (&mut self.trainer, self.width);
+        self.schedule
+            .push(rows, &mut |_, batch| step(trainer, width, batch))
     }
 
     /// Ends the first pass and trains the remaining steps, replaying the rows from memory.
     /// Fails when one pass holds fewer rows than a batch, or when more passes are needed and
     /// the rows did not fit the replay budget.
     pub fn finish(&mut self) -> Result<(), FitError> {
-        let pending = std::mem::take(&mut self.pending);
-        if !pending.is_empty() {
-            self.train_on(&pending)?;
-        }
-        let (batch_size, steps) = self.batch_and_steps();
+        let batch_size = self.schedule.batch_size();
         if self.rows_first_pass < batch_size {
             return Err(FitError::TooFewRows {
                 rows: self.rows_first_pass,
                 batch_size,
             });
         }
-        self.buffer.cap_at(self.rows_first_pass);
-        while self.drawn < steps {
-            let Some(batch) = self.buffer.pop_when_mixed(batch_size) else {
-                break;
-            };
-            self.step(&batch)?;
-        }
-        if self.drawn >= steps {
+        let (trainer, width) = (&mut self.trainer, self.width);
+        let mut train = |_: usize, batch: &[f32]| step(trainer, width, batch);
+        self.schedule.end_pass(&mut train)?;
+        if self.schedule.is_done() {
             return Ok(());
         }
         let Some(replay) = self.replay.take() else {
             return Err(FitError::ReplayTooLarge {
                 rows: self.rows_first_pass,
                 budget: self.replay_budget_rows,
-                steps_done: self.drawn,
+                steps_done: self.schedule.drawn(),
             });
         };
-        while self.drawn < steps {
-            for chunk in replay.chunks(FILE_CHUNK_ROWS * self.width) {
-                self.train_on(chunk)?;
-                if self.drawn >= steps {
-                    break;
-                }
-            }
+        while !self.schedule.is_done() {
+            self.schedule.push(&replay, &mut train)?;
+            self.schedule.end_pass(&mut train)?;
         }
         Ok(())
     }
@@ -125,30 +100,12 @@ impl LayerFit {
     pub fn rows(&self) -> usize {
         self.rows_first_pass
     }
+}
 
-    fn batch_and_steps(&self) -> (usize, usize) {
-        let config = &self.trainer.sae.config;
-        (config.batch_size, config.steps)
-    }
-
-    fn train_on(&mut self, rows: &[f32]) -> Result<(), TrainError> {
-        let (batch_size, steps) = self.batch_and_steps();
-        self.buffer.push(rows);
-        while self.drawn < steps {
-            let Some(batch) = self.buffer.pop_when_mixed(batch_size) else {
-                break;
-            };
-            self.step(&batch)?;
-        }
-        Ok(())
-    }
-
-    fn step(&mut self, batch: &[f32]) -> Result<(), TrainError> {
-        let x = Tensor::from_slice(batch).reshape([-1, self.width as i64]);
-        self.trainer.train_step(&x)?;
-        self.drawn += 1;
-        Ok(())
-    }
+fn step(trainer: &mut SaeTrainer, width: usize, batch: &[f32]) -> Result<(), TrainError> {
+    let x = Tensor::from_slice(batch).reshape([-1, width as i64]);
+    trainer.train_step(&x)?;
+    Ok(())
 }
 
 /// Why a fit could not take all its steps.

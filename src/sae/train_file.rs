@@ -1,17 +1,18 @@
 //! `saeshare sae train`: one SAE trained from a layer of an activation file, with checkpoints,
 //! resume and a progress bar.
 //!
-//! The data order is a pure function of the seed: rows stream from the file, pass after pass,
-//! through a [`MixingBuffer`] seeded with the SAE's seed. A resumed run replays that order and
-//! skips the batches already trained on, so it continues exactly where the checkpoint stopped.
+//! The data order is the [`BatchSchedule`] the pipeline's fits also follow: rows stream from the
+//! file, pass after pass, through a mixing buffer seeded with the SAE's seed. A resumed run
+//! replays that order and skips the batches already trained on, so it continues exactly where
+//! the checkpoint stopped.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tch::{Device, Tensor};
 
-use super::buffer::MixingBuffer;
 use super::config::SaeConfig;
+use super::schedule::{BatchSchedule, FILE_CHUNK_ROWS};
 use super::trainer::{SaeSource, SaeTrainer, TrainingMetrics};
 use crate::activations::{read_meta, LayerReader};
 
@@ -52,39 +53,12 @@ pub fn train_from_file(
 ) -> anyhow::Result<TrainReport> {
     let meta = read_meta(&options.activations)?;
     let width = LayerReader::open(&options.activations, &options.layer, 1)?.width();
-    config.validate(width).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.validate(width)?;
     let source = SaeSource {
         encoder: meta.encoder.clone(),
         layer: options.layer.clone(),
     };
-
-    let existing = latest_checkpoint(&options.out);
-    anyhow::ensure!(
-        options.resume || existing.is_none(),
-        "{}: already holds an SAE or checkpoints; pass --resume to continue training it, or \
-         choose another --out",
-        options.out.display()
-    );
-    let mut trainer = match existing {
-        Some(dir) => {
-            let trainer = SaeTrainer::load(&dir, options.device)?;
-            anyhow::ensure!(
-                trainer.sae.config == *config && trainer.source == source,
-                "{}: this checkpoint was trained with other settings or data; \
-                 train into another --out, or pass the same settings",
-                dir.display()
-            );
-            tracing::info!(
-                "resuming from {} at step {}",
-                dir.display(),
-                trainer.steps_done()
-            );
-            trainer
-        }
-        None => SaeTrainer::new(config, width, options.device, source),
-    }
-    .log_every(options.log_every);
-
+    let mut trainer = open_trainer(config, options, width, source)?.log_every(options.log_every);
     let start = trainer.steps_done();
     if start >= config.steps {
         tracing::info!(
@@ -102,55 +76,33 @@ pub fn train_from_file(
     }
     let bar = crate::progress::bar(Some(config.steps as u64), "training SAE", "steps");
     bar.set_position(start as u64);
-    let mut buffer = MixingBuffer::new(width, options.buffer_rows, config.seed);
-    let mut drawn = 0usize;
-    let mut passes = 0usize;
+    let mut schedule = BatchSchedule::new(config, width, options.buffer_rows);
     let mut last = None;
-    while drawn < config.steps {
-        passes += 1;
-        let mut rows_this_pass = 0usize;
-        let mut batches = Vec::new();
-        for batch in LayerReader::open(&options.activations, &options.layer, 1024)? {
-            let batch = batch?;
-            rows_this_pass += batch.rows();
-            buffer.push(&batch.values);
-            while let Some(b) = buffer.pop_when_mixed(config.batch_size) {
-                batches.push(b);
-            }
-            // Train as batches come, so memory stays at the buffer's size.
-            for b in batches.drain(..) {
-                if drawn >= config.steps {
-                    break;
-                }
-                if drawn >= start {
-                    last = Some(step(&mut trainer, &b, width, options, &bar)?);
-                }
-                drawn += 1;
-            }
-            if drawn >= config.steps {
+    // The batches before `start` are drawn again, untrained: the order depends on them.
+    let mut train = |index: usize, batch: &[f32]| -> anyhow::Result<()> {
+        if index >= start {
+            last = Some(step(&mut trainer, batch, width, options, &bar)?);
+        }
+        Ok(())
+    };
+    while !schedule.is_done() {
+        for batch in LayerReader::open(&options.activations, &options.layer, FILE_CHUNK_ROWS)? {
+            schedule.push(&batch?.values, &mut train)?;
+            if schedule.is_done() {
                 break;
             }
         }
         anyhow::ensure!(
-            rows_this_pass >= config.batch_size,
-            "{}: layer {} has {rows_this_pass} rows, fewer than one batch ({}); lower --batch-size",
+            schedule.rows_this_pass() >= config.batch_size,
+            "{}: layer {} has {} rows, fewer than one batch ({}); lower --batch-size",
             options.activations.display(),
             options.layer,
+            schedule.rows_this_pass(),
             config.batch_size
         );
-        if passes == 1 {
-            buffer.cap_at(rows_this_pass);
-            while drawn < config.steps {
-                let Some(b) = buffer.pop_when_mixed(config.batch_size) else {
-                    break;
-                };
-                if drawn >= start {
-                    last = Some(step(&mut trainer, &b, width, options, &bar)?);
-                }
-                drawn += 1;
-            }
-        }
+        schedule.end_pass(&mut train)?;
     }
+    let passes = schedule.passes_done();
     bar.finish_and_clear();
     trainer.save(&options.out)?;
     tracing::info!(
@@ -166,6 +118,41 @@ pub fn train_from_file(
         steps_run: trainer.steps_done() - start,
         passes,
         last: last.or_else(|| trainer.history().last().cloned()),
+    })
+}
+
+/// The trainer to continue: the newest checkpoint in `options.out` when resuming (refused if it
+/// was trained with other settings or data), else a new SAE.
+fn open_trainer(
+    config: &SaeConfig,
+    options: &TrainFileOptions,
+    width: usize,
+    source: SaeSource,
+) -> anyhow::Result<SaeTrainer> {
+    let existing = latest_checkpoint(&options.out);
+    anyhow::ensure!(
+        options.resume || existing.is_none(),
+        "{}: already holds an SAE or checkpoints; pass --resume to continue training it, or \
+         choose another --out",
+        options.out.display()
+    );
+    Ok(match existing {
+        Some(dir) => {
+            let trainer = SaeTrainer::load(&dir, options.device)?;
+            anyhow::ensure!(
+                trainer.sae.config == *config && trainer.source == source,
+                "{}: this checkpoint was trained with other settings or data; \
+                 train into another --out, or pass the same settings",
+                dir.display()
+            );
+            tracing::info!(
+                "resuming from {} at step {}",
+                dir.display(),
+                trainer.steps_done()
+            );
+            trainer
+        }
+        None => SaeTrainer::new(config, width, options.device, source),
     })
 }
 

@@ -23,9 +23,20 @@ pub trait Variant: Send {
         Vec::new()
     }
     /// Restores what [`state`](Self::state) saved.
-    fn load_state(&mut self, _tensors: &[(String, Tensor)]) -> Result<(), String> {
+    fn load_state(&mut self, _tensors: &[(String, Tensor)]) -> Result<(), StateError> {
         Ok(())
     }
+}
+
+/// A variant's saved state that cannot be restored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// A tensor the variant saves is not among the checkpoint's.
+    #[error("a {variant} checkpoint needs its `{tensor}` tensor")]
+    Missing {
+        variant: &'static str,
+        tensor: &'static str,
+    },
 }
 
 /// The variant a configuration names.

@@ -17,6 +17,8 @@ mod serialize;
 
 use std::path::PathBuf;
 
+use crate::file_error::FileError;
+
 pub use align::{align, AlignReport, MissingSamples};
 pub use coactivation::CoactivationAccumulator;
 pub use dense::DenseAccumulator;
@@ -42,14 +44,8 @@ pub enum StatsError {
     #[error("{0}")]
     ShapeMismatch(String),
     /// An I/O error on a state file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// A state file is not what [`CoactivationAccumulator::save`] writes.
     #[error("{path}: not a valid accumulator file: {problem}")]
     Corrupt {
@@ -61,11 +57,4 @@ pub enum StatsError {
     /// libtorch failed (dense backend).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-}
-
-impl StatsError {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StatsError {
-        let path = path.into();
-        move |source| StatsError::Io { path, source }
-    }
 }

@@ -10,6 +10,8 @@ use std::path::Path;
 
 use super::coactivation::{Cross, PairMap};
 use super::{CoactivationAccumulator, Moments, StatsError};
+use crate::atomic::{self, AtomicFile};
+use crate::file_error::FileError;
 
 const MAGIC: &[u8; 14] = b"SAESHARE-COACT";
 const VERSION: u32 = 1;
@@ -18,33 +20,23 @@ impl CoactivationAccumulator {
     /// Writes the accumulator to `path` atomically (temporary file, then rename), replacing an
     /// older state of the same accumulator.
     pub fn save(&self, path: &Path) -> Result<(), StatsError> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => ".".into(),
-        };
-        fs::create_dir_all(&dir).map_err(StatsError::io(&dir))?;
-        let temp = tempfile::Builder::new()
-            .prefix(".coact.")
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(StatsError::io(&dir))?;
-        let file = temp.reopen().map_err(StatsError::io(path))?;
-        let mut out = zstd::Encoder::new(BufWriter::new(file), 3).map_err(StatsError::io(path))?;
-        self.write_to(&mut out).map_err(StatsError::io(path))?;
+        let dir = atomic::folder_of(path);
+        fs::create_dir_all(dir).map_err(FileError::io(dir))?;
+        let file = AtomicFile::create(path).map_err(FileError::io(dir))?;
+        let mut out = zstd::Encoder::new(BufWriter::new(file), 3).map_err(FileError::io(path))?;
+        self.write_to(&mut out).map_err(FileError::io(path))?;
         let file = out
             .finish()
             .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-            .map_err(StatsError::io(path))?;
-        file.sync_all().map_err(StatsError::io(path))?;
-        temp.persist(path)
-            .map_err(|e| StatsError::io(path)(e.error))?;
+            .map_err(FileError::io(path))?;
+        file.commit().map_err(FileError::io(path))?;
         Ok(())
     }
 
     /// Reads an accumulator written by [`save`](Self::save).
     pub fn load(path: &Path) -> Result<CoactivationAccumulator, StatsError> {
-        let file = fs::File::open(path).map_err(StatsError::io(path))?;
-        let mut input = zstd::Decoder::new(file).map_err(StatsError::io(path))?;
+        let file = fs::File::open(path).map_err(FileError::io(path))?;
+        let mut input = zstd::Decoder::new(file).map_err(FileError::io(path))?;
         read_from(&mut input).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
                 StatsError::Corrupt {
@@ -52,7 +44,7 @@ impl CoactivationAccumulator {
                     problem: e.to_string(),
                 }
             }
-            _ => StatsError::io(path)(e),
+            _ => FileError::io(path)(e).into(),
         })
     }
 

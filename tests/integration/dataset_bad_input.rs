@@ -8,6 +8,7 @@ use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray, UInt64Arra
 use arrow::datatypes::{DataType, Field, Schema};
 use saeshare::dataset::import::{import_coco, CocoImport, CocoRows, ImportTarget};
 use saeshare::dataset::{inspect, Dataset, DatasetError, Projection};
+use saeshare::file_error::FileError;
 
 fn target(out: &std::path::Path) -> ImportTarget {
     ImportTarget {
@@ -202,7 +203,7 @@ fn a_wrong_schema_is_an_error_naming_the_file_and_column() {
 
     let err = Dataset::open(dir.path()).unwrap_err();
     assert!(
-        matches!(&err, DatasetError::WrongSchema { column, .. } if column == "sample_id"),
+        matches!(&err, DatasetError::File(FileError::WrongColumn { column, .. }) if column == "sample_id"),
         "{err}"
     );
     let output = common::saeshare(&["dataset", "inspect", dir.path().to_str().unwrap()]);

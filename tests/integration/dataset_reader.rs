@@ -24,7 +24,7 @@ fn read_with_workers(
         let sink = sink.clone();
         let dataset = dataset.clone();
         let errors = worker.dataflow::<u64, _, _>(|scope| {
-            let shards = (0..dataset.shards().len()).collect();
+            let shards = saeshare::ids::ShardId::all(dataset.shards().len()).collect();
             let (stream, errors) =
                 shard_source(scope, dataset, shards, Projection::TEXT, batch_rows);
             stream.inspect(move |batch| {

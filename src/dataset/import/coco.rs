@@ -10,7 +10,7 @@ use super::{read_input, ImportReport, ImportSink, ImportTarget};
 use crate::dataset::{DatasetError, Result};
 
 /// What a row is. COCO has about five captions per image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CocoRows {
     /// One row per image, with its first caption (lowest annotation id). The default: every
     /// encoder sees each image once, so image features are not correlated with themselves

@@ -11,6 +11,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::{ImportReport, ImportSink, ImportTarget};
 use crate::dataset::format::{image_bytes, is_binary, is_text};
 use crate::dataset::{DatasetError, Result};
+use crate::file_error::FileError;
 
 /// The inputs of `import-hf`.
 #[derive(Clone, Debug)]
@@ -55,9 +56,9 @@ pub fn import_hf(spec: &HfImport, target: &ImportTarget) -> Result<ImportReport>
         for batch in builder
             .with_batch_size(256)
             .build()
-            .map_err(DatasetError::parquet(file))?
+            .map_err(FileError::not_parquet(file))?
         {
-            let batch = batch.map_err(DatasetError::arrow(file))?;
+            let batch = batch.map_err(FileError::arrow(file))?;
             let images = image_bytes(
                 file,
                 batch.column_by_name(&spec.image_column).expect("checked"),
@@ -66,18 +67,11 @@ pub fn import_hf(spec: &HfImport, target: &ImportTarget) -> Result<ImportReport>
             let extras = extra
                 .iter()
                 .map(|name| {
-                    let column =
-                        batch
-                            .column_by_name(name)
-                            .ok_or_else(|| DatasetError::WrongSchema {
-                                file: file.clone(),
-                                column: name.clone(),
-                                problem: format!(
-                                    "missing here but present in {}",
-                                    files[0].display()
-                                ),
-                            })?;
-                    cast(column, &DataType::Utf8).map_err(DatasetError::arrow(file))
+                    let column = batch.column_by_name(name).ok_or_else(|| {
+                        let problem = format!("missing here but present in {}", files[0].display());
+                        FileError::wrong_column(file, name, problem)
+                    })?;
+                    Ok(cast(column, &DataType::Utf8).map_err(FileError::arrow(file))?)
                 })
                 .collect::<Result<Vec<ArrayRef>>>()?;
             for i in 0..batch.num_rows() {
@@ -131,14 +125,12 @@ fn input_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 fn open(file: &Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
     let handle = std::fs::File::open(file).map_err(DatasetError::io(file))?;
-    ParquetRecordBatchReaderBuilder::try_new(handle).map_err(DatasetError::parquet(file))
+    Ok(ParquetRecordBatchReaderBuilder::try_new(handle).map_err(FileError::not_parquet(file))?)
 }
 
 fn check_columns(file: &Path, schema: &arrow::datatypes::Schema, spec: &HfImport) -> Result<()> {
-    let wrong = |column: &str, problem: String| DatasetError::WrongSchema {
-        file: file.to_path_buf(),
-        column: column.to_string(),
-        problem,
+    let wrong = |column: &str, problem: String| {
+        DatasetError::from(FileError::wrong_column(file, column, problem))
     };
     let names = || {
         schema

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
@@ -28,6 +29,16 @@ pub(super) struct Dataflow {
     pub probe: ProbeHandle<Time>,
 }
 
+/// A collection of the views' dataflow.
+type Coll<'scope, D> = VecCollection<'scope, Time, D, isize>;
+
+/// (source, target, source layer, target layer): one compared layer pair; target layer `*` is
+/// the union of the target's layers.
+type LayerPair = (String, String, String, String);
+
+/// One feature's (index, MPPC, weight S).
+type FeatureValue = (u32, Real, Real);
+
 /// Builds the dataflow in `worker`; every output update is appended to `sink`.
 pub(super) fn build(worker: &mut Worker, sink: Rc<RefCell<Updates>>) -> Dataflow {
     worker.dataflow::<Time, _, _>(|scope| {
@@ -35,143 +46,20 @@ pub(super) fn build(worker: &mut Worker, sink: Rc<RefCell<Updates>>) -> Dataflow
         let (queries, query_rows) = scope.new_collection::<Query, isize>();
         let probe = ProbeHandle::new();
 
-        // S-weighted sums per (source, target, source layer, target layer); target layer `*`
-        // holds the MPPC over the union of the target layers.
-        let partials = rows
-            .clone()
-            .map(|r| {
-                let key = (r.source, r.target, r.source_layer, r.target_layer);
-                (key, (r.feature, r.rho, r.weight))
-            })
-            .reduce(|_pair, features, out| {
-                out.push((
-                    Partial::of(features.iter().map(|(f, _)| (f.1 .0, f.2 .0))),
-                    1,
-                ))
-            });
-
-        // wMPPC of one layer pair, or of one source layer against the union.
-        let per_layer =
-            partials
-                .clone()
-                .map(|((source, target, source_layer, target_layer), p)| {
-                    let aggregation = if target_layer == ALL_LAYERS {
-                        Aggregation::Union
-                    } else {
-                        Aggregation::Layer
-                    };
-                    let key = WmppcKey {
-                        source,
-                        target,
-                        source_layer,
-                        target_layer,
-                        aggregation,
-                    };
-                    (key, p.wmppc().map(Real))
-                });
-
-        // Both all-layers aggregations, from the partial sums of one (source, target) pair.
-        let all_layers = partials
-            .clone()
-            .map(|((source, target, source_layer, target_layer), p)| {
-                ((source, target), (source_layer, target_layer, p))
-            })
-            .reduce(|_pair, layers, out| {
-                let layers = layers
-                    .iter()
-                    .map(|(l, _)| (l.0.as_str(), l.1.as_str(), &l.2));
-                for (aggregation, value) in Partial::all_layers(layers) {
-                    out.push(((aggregation, value.map(Real)), 1));
-                }
-            })
-            .map(|((source, target), (aggregation, value))| {
-                let key = WmppcKey {
-                    source,
-                    target,
-                    source_layer: ALL_LAYERS.to_string(),
-                    target_layer: ALL_LAYERS.to_string(),
-                    aggregation,
-                };
-                (key, value)
-            });
-
+        let partials = layer_partials(rows.clone());
         let wmppc_sink = sink.clone();
-        per_layer
-            .concat(all_layers)
+        wmppc_values(partials.clone())
             .consolidate()
             .inspect(move |(update, _time, diff)| {
                 wmppc_sink.borrow_mut().wmppc.push((update.clone(), *diff))
             })
             .probe_with(&probe);
 
-        // The target layer standing for a target model at one source layer: the union when
-        // there is one, else the only layer (several layers without a union: none, as
-        // `sharedness` refuses them).
-        let standing = partials
-            .map(|((source, target, source_layer, target_layer), _)| {
-                ((source, target, source_layer), target_layer)
-            })
-            .reduce(|_key, layers, out| {
-                let union = layers.iter().any(|(l, _)| l.as_str() == ALL_LAYERS);
-                match (union, layers) {
-                    (true, _) => out.push((ALL_LAYERS.to_string(), 1)),
-                    (false, [(only, _)]) => out.push(((*only).clone(), 1)),
-                    (false, _) => {}
-                }
-            })
-            .map(|((source, target, source_layer), target_layer)| {
-                (source, target, source_layer, target_layer)
-            });
-
-        // MPPC of each feature of M towards each target model, at the standing layer.
-        let towards = rows
-            .map(|r| {
-                let key = (r.source, r.target, r.source_layer, r.target_layer);
-                (key, (r.feature, r.rho, r.weight))
-            })
-            .semijoin(standing)
-            .map(|((source, target, source_layer, _), feature)| {
-                ((source, target), (source_layer, feature))
-            });
-
-        // Which (M, model) pairs each query reads, as a model of G or of H.
-        let roles = query_rows.flat_map(|q| {
-            let sizes = (q.shared_with.len(), q.not_shared_with.len());
-            let role = |model: &String, shared: bool| {
-                let key = (q.source.clone(), model.clone());
-                (key, (q.name.clone(), shared, sizes))
-            };
-            let g = q.shared_with.iter().map(|m| role(m, true));
-            let h = q.not_shared_with.iter().map(|m| role(m, false));
-            g.chain(h).collect::<Vec<_>>()
-        });
-
-        // Delta per (query, feature), once the feature has an MPPC towards every model of G and H.
-        let shared_sink = sink;
-        towards
-            .join_map(
-                roles,
-                |(_m, model), (layer, feature), (name, shared, sizes)| {
-                    let key = (name.clone(), layer.clone(), feature.0);
-                    (key, (*shared, model.clone(), feature.1, feature.2, *sizes))
-                },
-            )
-            .reduce(|(_name, layer, feature), models, out| {
-                let (g, h) = models[0].0 .4;
-                let shared = models.iter().filter(|(m, _)| m.0).map(|(m, _)| m.2 .0);
-                let not_shared = models.iter().filter(|(m, _)| !m.0).map(|(m, _)| m.2 .0);
-                if shared.clone().count() != g || not_shared.clone().count() != h {
-                    return;
-                }
-                let weight = models[0].0 .3 .0;
-                let row = feature_delta(layer.clone(), *feature, weight, shared, not_shared);
-                out.push((Shared::from(&row), 1));
-            })
+        sharedness(rows, standing_layers(partials), query_rows)
             .consolidate()
             .inspect(move |(((name, layer, feature), value), _time, diff)| {
                 let row = value.to_row(layer.clone(), *feature);
-                shared_sink
-                    .borrow_mut()
+                sink.borrow_mut()
                     .sharedness
                     .push((name.clone(), row, *diff))
             })
@@ -183,4 +71,132 @@ pub(super) fn build(worker: &mut Worker, sink: Rc<RefCell<Updates>>) -> Dataflow
             probe,
         }
     })
+}
+
+/// The MPPC rows keyed by their layer pair.
+fn by_layer_pair(rows: Coll<'_, Row>) -> Coll<'_, (LayerPair, FeatureValue)> {
+    rows.map(|r| {
+        let key = (r.source, r.target, r.source_layer, r.target_layer);
+        (key, (r.feature, r.rho, r.weight))
+    })
+}
+
+/// S-weighted sums per layer pair.
+fn layer_partials(rows: Coll<'_, Row>) -> Coll<'_, (LayerPair, Partial)> {
+    by_layer_pair(rows).reduce(|_pair, features, out| {
+        out.push((
+            Partial::of(features.iter().map(|(f, _)| (f.1 .0, f.2 .0))),
+            1,
+        ))
+    })
+}
+
+/// wMPPC of every layer pair (or source layer against the union), and both all-layers
+/// aggregations of every (source, target) pair.
+fn wmppc_values<'scope>(
+    partials: Coll<'scope, (LayerPair, Partial)>,
+) -> Coll<'scope, (WmppcKey, Option<Real>)> {
+    let per_layer = partials
+        .clone()
+        .map(|((source, target, source_layer, target_layer), p)| {
+            let aggregation = if target_layer == ALL_LAYERS {
+                Aggregation::Union
+            } else {
+                Aggregation::Layer
+            };
+            let key = WmppcKey {
+                source,
+                target,
+                source_layer,
+                target_layer,
+                aggregation,
+            };
+            (key, p.wmppc().map(Real))
+        });
+    let all_layers = partials
+        .map(|((source, target, source_layer, target_layer), p)| {
+            ((source, target), (source_layer, target_layer, p))
+        })
+        .reduce(|_pair, layers, out| {
+            let layers = layers
+                .iter()
+                .map(|(l, _)| (l.0.as_str(), l.1.as_str(), &l.2));
+            for (aggregation, value) in Partial::all_layers(layers) {
+                out.push(((aggregation, value.map(Real)), 1));
+            }
+        })
+        .map(|((source, target), (aggregation, value))| {
+            let key = WmppcKey {
+                source,
+                target,
+                source_layer: ALL_LAYERS.to_string(),
+                target_layer: ALL_LAYERS.to_string(),
+                aggregation,
+            };
+            (key, value)
+        });
+    per_layer.concat(all_layers)
+}
+
+/// The target layer standing for a target model at one source layer: the union when there is
+/// one, else the only layer (several layers without a union: none, as `sharedness` refuses
+/// them).
+fn standing_layers(partials: Coll<'_, (LayerPair, Partial)>) -> Coll<'_, LayerPair> {
+    partials
+        .map(|((source, target, source_layer, target_layer), _)| {
+            ((source, target, source_layer), target_layer)
+        })
+        .reduce(|_key, layers, out| {
+            let union = layers.iter().any(|(l, _)| l.as_str() == ALL_LAYERS);
+            match (union, layers) {
+                (true, _) => out.push((ALL_LAYERS.to_string(), 1)),
+                (false, [(only, _)]) => out.push(((*only).clone(), 1)),
+                (false, _) => {}
+            }
+        })
+        .map(|((source, target, source_layer), target_layer)| {
+            (source, target, source_layer, target_layer)
+        })
+}
+
+/// Each query's Delta per (query, layer, feature), once the feature has an MPPC towards every
+/// model of G and H at the standing layer.
+fn sharedness<'scope>(
+    rows: Coll<'scope, Row>,
+    standing: Coll<'scope, LayerPair>,
+    queries: Coll<'scope, Query>,
+) -> Coll<'scope, ((String, String, u32), Shared)> {
+    let towards = by_layer_pair(rows).semijoin(standing).map(
+        |((source, target, source_layer, _), feature)| ((source, target), (source_layer, feature)),
+    );
+    // Which (M, model) pairs each query reads, as a model of G or of H.
+    let roles = queries.flat_map(|q| {
+        let sizes = (q.shared_with.len(), q.not_shared_with.len());
+        let role = |model: &String, shared: bool| {
+            let key = (q.source.clone(), model.clone());
+            (key, (q.name.clone(), shared, sizes))
+        };
+        let g = q.shared_with.iter().map(|m| role(m, true));
+        let h = q.not_shared_with.iter().map(|m| role(m, false));
+        g.chain(h).collect::<Vec<_>>()
+    });
+    towards
+        .join_map(
+            roles,
+            |(_m, model), (layer, feature), (name, shared, sizes)| {
+                let key = (name.clone(), layer.clone(), feature.0);
+                (key, (*shared, model.clone(), feature.1, feature.2, *sizes))
+            },
+        )
+        .reduce(|(_name, layer, feature), models, out| {
+            let (g, h) = models[0].0 .4;
+            let shared = models.iter().filter(|(m, _)| m.0).map(|(m, _)| m.2 .0);
+            let not_shared = models.iter().filter(|(m, _)| !m.0).map(|(m, _)| m.2 .0);
+            if shared.clone().count() != g || not_shared.clone().count() != h {
+                return;
+            }
+            let weight = models[0].0 .3 .0;
+            let row = feature_delta(layer.clone(), *feature, weight, shared, not_shared);
+            out.push((Shared::from(&row), 1));
+        })
 }

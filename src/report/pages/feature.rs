@@ -12,11 +12,31 @@ use crate::report::{FeatureKey, Site};
 const ROOT: &str = "../../../";
 
 pub fn page(site: &Site, key: &FeatureKey) -> String {
-    let title = format!("{} · {} · feature {}", key.encoder, key.layer, key.feature);
+    let title = feature_title(key);
     let mut body = format!("<h1>{}</h1>", escape(&title));
     body.push_str(&html::partial_notice(site.missing));
     let activity = site.activity.get(key);
+    body.push_str(&facts(site, key, activity));
+    match activity {
+        Some(a) if a.active > 0 => body.push_str(&activity_sections(site, key, a)),
+        Some(_) => {
+            body.push_str(r#"<p class="note">The feature never fires on these samples.</p>"#)
+        }
+        None => body.push_str(
+            r#"<p class="note">No codes for this layer were found, so there are no examples.</p>"#,
+        ),
+    }
+    body.push_str(&matches_section(site, key));
+    html::page(&site.inputs.name, &title, ROOT, &body)
+}
 
+/// How a feature is named on its page and on the pages it is matched on.
+fn feature_title(key: &FeatureKey) -> String {
+    format!("{} · {} · feature {}", key.encoder, key.layer, key.feature)
+}
+
+/// One line of facts: how often the feature fires, its S, and its rank in every query.
+fn facts(site: &Site, key: &FeatureKey, activity: Option<&FeatureActivity>) -> String {
     let mut facts = Vec::new();
     if let Some(a) = activity {
         facts.push(format!(
@@ -27,10 +47,8 @@ pub fn page(site: &Site, key: &FeatureKey) -> String {
         ));
     }
     let (mut weight, mut ranks) = (None, Vec::new());
-    for ranking in &site.inputs.rankings {
-        if ranking.query.model != key.encoder {
-            continue;
-        }
+    let queries = site.inputs.rankings.iter();
+    for ranking in queries.filter(|r| r.query.model == key.encoder) {
         if let Some((rank, row)) = ranking
             .rows
             .iter()
@@ -51,66 +69,62 @@ pub fn page(site: &Site, key: &FeatureKey) -> String {
         facts.push(format!("S = {w:.2} (the sum of its activations)"));
     }
     facts.extend(ranks);
-    let _ = write!(body, r#"<p class="note">{}</p>"#, facts.join("; "));
+    format!(r#"<p class="note">{}</p>"#, facts.join("; "))
+}
 
-    match activity {
-        Some(a) if a.active > 0 => {
-            body.push_str(r#"<div class="plots" id="histogram">"#);
-            body.push_str(&histogram(a, key).render());
-            body.push_str("</div>");
-            let _ = write!(
-                body,
-                r#"<h2>Top-activating samples</h2><div class="examples" id="top-examples">{}</div>"#,
-                examples(site, a, site.options.examples)
-            );
-            body.push_str("<h2>Top captions</h2><ol class=\"captions\" id=\"top-captions\">");
-            for (value, id) in a.top.iter().take(site.options.captions) {
-                let caption = site.samples.get(id).map_or("", |s| s.caption.as_str());
-                let _ = write!(
-                    body,
-                    r#"<li><b>{}</b> {} <small>(sample {id})</small></li>"#,
-                    html::significant(*value as f64),
-                    escape(caption)
-                );
-            }
-            body.push_str("</ol>");
-        }
-        Some(_) => {
-            body.push_str(r#"<p class="note">The feature never fires on these samples.</p>"#)
-        }
-        None => body.push_str(
-            r#"<p class="note">No codes for this layer were found, so there are no examples.</p>"#,
-        ),
-    }
-
-    body.push_str(r#"<h2>Best matches in other encoders</h2><p class="note">In every other encoder, the feature with the highest Pearson correlation with this one over the samples (its MPPC), with its own top-activating samples.</p><div class="matches" id="matches">"#);
-    for m in site.matches.get(key).into_iter().flatten() {
-        let name = format!(
-            "{} · {} · feature {}",
-            m.key.encoder, m.key.layer, m.key.feature
-        );
+/// A feature that fires: its histogram, top-activating samples and top captions.
+fn activity_sections(site: &Site, key: &FeatureKey, a: &FeatureActivity) -> String {
+    let mut s = format!(
+        r#"<div class="plots" id="histogram">{}</div>"#,
+        histogram(a, key).render()
+    );
+    let _ = write!(
+        s,
+        r#"<h2>Top-activating samples</h2><div class="examples" id="top-examples">{}</div>"#,
+        examples(site, a, site.options.examples)
+    );
+    s.push_str("<h2>Top captions</h2><ol class=\"captions\" id=\"top-captions\">");
+    for (value, id) in a.top.iter().take(site.options.captions) {
+        let caption = site.samples.get(id).map_or("", |s| s.caption.as_str());
         let _ = write!(
-            body,
+            s,
+            r#"<li><b>{}</b> {} <small>(sample {id})</small></li>"#,
+            html::significant(*value as f64),
+            escape(caption)
+        );
+    }
+    s.push_str("</ol>");
+    s
+}
+
+/// The feature's best match in every other encoder, each with its own examples.
+fn matches_section(site: &Site, key: &FeatureKey) -> String {
+    let mut s = String::from(
+        r#"<h2>Best matches in other encoders</h2><p class="note">In every other encoder, the feature with the highest Pearson correlation with this one over the samples (its MPPC), with its own top-activating samples.</p><div class="matches" id="matches">"#,
+    );
+    for m in site.matches.get(key).into_iter().flatten() {
+        let _ = write!(
+            s,
             r#"<div class="match"><h3>{}</h3><p>ρ = <b>{:.3}</b>"#,
-            site.feature_link(&m.key, ROOT, &name),
+            site.feature_link(&m.key, ROOT, &feature_title(&m.key)),
             m.rho
         );
         match site.activity.get(&m.key) {
             Some(a) => {
                 let _ = write!(
-                    body,
+                    s,
                     r#"; active on {} of {} samples</p><div class="examples">{}</div>"#,
                     a.active,
                     a.samples,
-                    examples(site, a, site.options.examples.min(6))
+                    examples(site, a, site.options.match_examples())
                 );
             }
-            None => body.push_str("</p>"),
+            None => s.push_str("</p>"),
         }
-        body.push_str("</div>");
+        s.push_str("</div>");
     }
-    body.push_str("</div>");
-    html::page(&site.inputs.name, &title, ROOT, &body)
+    s.push_str("</div>");
+    s
 }
 
 fn histogram(a: &FeatureActivity, key: &FeatureKey) -> Histogram {

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::metrics::{Aggregation, WmppcRow};
 use crate::report::html::{self, escape, number};
 use crate::report::svg::{HeatCell, Heatmap};
-use crate::report::{file_name, Site};
+use crate::report::{distinct, file_name, MatrixCell, Site, WmppcMatrix};
 
 pub fn page(site: &Site) -> String {
     let inputs = site.inputs;
@@ -62,66 +62,28 @@ fn matrix_section(site: &Site) -> String {
         s.push_str(r#"<p class="note">No pair has a wMPPC yet.</p>"#);
         return s;
     }
-    let cells = m
-        .cells
-        .iter()
-        .enumerate()
-        .map(|(i, row)| {
-            row.iter()
-                .enumerate()
-                .map(|(j, c)| match c {
-                    Some(c) => {
-                        let mut lines = vec![number(c.wmppc, 3)];
-                        if let Some(f) = c.floor {
-                            lines.push(format!("floor {f:.3}"));
-                        }
-                        if let Some(x) = c.ceiling {
-                            lines.push(format!("ceiling {x:.3}"));
-                        }
-                        HeatCell {
-                            value: c.wmppc.filter(|v| v.is_finite()),
-                            tooltip: format!(
-                                "{} {} → {} {}: wMPPC {}, floor {}, ceiling {}, {} samples",
-                                m.encoders[i],
-                                c.source_layer,
-                                m.encoders[j],
-                                c.target_layer,
-                                number(c.wmppc, 4),
-                                number(c.floor, 4),
-                                number(c.ceiling, 4),
-                                c.samples
-                            ),
-                            lines,
-                        }
-                    }
-                    None if i == j => HeatCell {
-                        lines: vec!["·".into()],
-                        tooltip: m.encoders[i].clone(),
-                        ..HeatCell::default()
-                    },
-                    None => {
-                        let (source, target) = (&m.encoders[i], &m.encoders[j]);
-                        let planned = site.inputs.record.as_ref().is_none_or(|r| {
-                            r.pairs
-                                .iter()
-                                .any(|p| p.source == *source && p.target == *target)
-                        });
-                        let (line, tooltip) = if planned {
-                            ("pending", "not compared yet")
-                        } else {
-                            ("–", "not in the study's comparisons")
-                        };
-                        HeatCell {
-                            lines: vec![line.into()],
-                            tooltip: format!("{source} → {target}: {tooltip}"),
-                            ..HeatCell::default()
-                        }
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    let heatmap = Heatmap {
+    let _ = write!(
+        s,
+        r#"<div class="plots">{}</div>"#,
+        matrix_heatmap(site).render()
+    );
+    s.push_str("<h3>As a table (click a column to sort)</h3>");
+    s.push_str(&matrix_table(m));
+    s
+}
+
+fn matrix_heatmap(site: &Site) -> Heatmap {
+    let m = site.matrix;
+    let cells = m.map_cells(|i, j, c| match c {
+        Some(c) => valued_cell(m, i, j, c),
+        None if i == j => HeatCell {
+            lines: vec!["·".into()],
+            tooltip: m.encoders[i].clone(),
+            ..HeatCell::default()
+        },
+        None => missing_cell(site, &m.encoders[i], &m.encoders[j]),
+    });
+    Heatmap {
         id: "wmppc-matrix".into(),
         title: "wMPPC, last layers".into(),
         row_axis: "source".into(),
@@ -132,8 +94,69 @@ fn matrix_section(site: &Site) -> String {
         range: (0.0, 1.0),
         legend: "wMPPC".into(),
         cell_size: (104.0, 58.0),
+    }
+}
+
+/// A compared pair: its wMPPC, with the floor and ceiling below it.
+fn valued_cell(m: &WmppcMatrix, i: usize, j: usize, c: &MatrixCell) -> HeatCell {
+    let mut lines = vec![number(c.wmppc, 3)];
+    if let Some(f) = c.floor {
+        lines.push(format!("floor {f:.3}"));
+    }
+    if let Some(x) = c.ceiling {
+        lines.push(format!("ceiling {x:.3}"));
+    }
+    HeatCell {
+        value: c.wmppc.filter(|v| v.is_finite()),
+        tooltip: format!(
+            "{} {} → {} {}: wMPPC {}, floor {}, ceiling {}, {} samples",
+            m.encoders[i],
+            c.source_layer,
+            m.encoders[j],
+            c.target_layer,
+            number(c.wmppc, 4),
+            number(c.floor, 4),
+            number(c.ceiling, 4),
+            c.samples
+        ),
+        lines,
+    }
+}
+
+/// A pair without a value: pending when the study compares it, else not part of the study.
+fn missing_cell(site: &Site, source: &str, target: &str) -> HeatCell {
+    let planned = site.inputs.record.as_ref().is_none_or(|r| {
+        r.pairs
+            .iter()
+            .any(|p| p.source == *source && p.target == *target)
+    });
+    let (line, tooltip) = if planned {
+        ("pending", "not compared yet")
+    } else {
+        ("–", "not in the study's comparisons")
     };
-    let _ = write!(s, r#"<div class="plots">{}</div>"#, heatmap.render());
+    HeatCell {
+        lines: vec![line.into()],
+        tooltip: format!("{source} → {target}: {tooltip}"),
+        ..HeatCell::default()
+    }
+}
+
+const MATRIX_COLUMNS: [&str; 10] = [
+    "source",
+    "target",
+    "source layer",
+    "target layer",
+    "wMPPC",
+    "floor",
+    "floor std",
+    "ceiling",
+    "wMPPC − floor",
+    "samples",
+];
+
+/// Every compared pair of the matrix as a sortable row.
+fn matrix_table(m: &WmppcMatrix) -> String {
     let rows: Vec<Vec<String>> = m
         .values()
         .map(|(i, j, c)| {
@@ -155,37 +178,13 @@ fn matrix_section(site: &Site) -> String {
             ]
         })
         .collect();
-    s.push_str("<h3>As a table (click a column to sort)</h3>");
-    s.push_str(&html::sortable_table(
-        "wmppc-table",
-        &[
-            "source",
-            "target",
-            "source layer",
-            "target layer",
-            "wMPPC",
-            "floor",
-            "floor std",
-            "ceiling",
-            "wMPPC − floor",
-            "samples",
-        ],
-        &rows,
-    ));
-    s
+    html::sortable_table("wmppc-table", &MATRIX_COLUMNS, &rows)
 }
 
 /// A heatmap per (source, target) compared on several layers.
 fn layers_section(site: &Site) -> String {
-    let rows = &site.inputs.wmppc;
-    // The study's layer order where known (the table lists shared last-layer rows first).
-    let order = |encoder: &str, layers: &mut Vec<&str>| {
-        if let Some(e) = site.inputs.record.as_ref().and_then(|r| r.encoder(encoder)) {
-            layers.sort_by_key(|l| e.layers.iter().position(|x| x == l));
-        }
-    };
     let mut pairs: BTreeMap<(&str, &str), Vec<&WmppcRow>> = BTreeMap::new();
-    for r in rows {
+    for r in &site.inputs.wmppc {
         pairs
             .entry((r.source.as_str(), r.target.as_str()))
             .or_default()
@@ -193,84 +192,16 @@ fn layers_section(site: &Site) -> String {
     }
     let mut s = String::new();
     for ((source, target), rows) in pairs {
-        let layer_rows: Vec<&&WmppcRow> = rows
-            .iter()
-            .filter(|r| r.aggregation == Aggregation::Layer)
-            .collect();
-        let mut source_layers: Vec<&str> = Vec::new();
-        let mut target_layers: Vec<&str> = Vec::new();
-        for r in &layer_rows {
-            if !source_layers.contains(&r.source_layer.as_str()) {
-                source_layers.push(&r.source_layer);
-            }
-            if !target_layers.contains(&r.target_layer.as_str()) {
-                target_layers.push(&r.target_layer);
-            }
-        }
-        if source_layers.len() < 2 && target_layers.len() < 2 {
+        let Some(grid) = LayerGrid::of(site, source, target, &rows) else {
             continue;
-        }
-        order(source, &mut source_layers);
-        order(target, &mut target_layers);
-        let cells = source_layers
-            .iter()
-            .map(|sl| {
-                target_layers
-                    .iter()
-                    .map(|tl| {
-                        let r = layer_rows
-                            .iter()
-                            .find(|r| r.source_layer == *sl && r.target_layer == *tl);
-                        let value = r.and_then(|r| r.wmppc).filter(|v| v.is_finite());
-                        HeatCell {
-                            value,
-                            lines: vec![value.map_or("–".into(), |v| format!("{v:.2}"))],
-                            tooltip: format!(
-                                "{source} {sl} → {target} {tl}: wMPPC {}, floor {}",
-                                number(value, 4),
-                                number(r.and_then(|r| r.baseline_floor), 4)
-                            ),
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        let heatmap = Heatmap {
-            id: format!("layers-{}__{}", file_name(source), file_name(target)),
-            title: format!("{source} → {target}, layer by layer"),
-            row_axis: format!("{source} layer"),
-            column_axis: format!("{target} layer"),
-            rows: source_layers.iter().map(|l| l.to_string()).collect(),
-            columns: target_layers.iter().map(|l| l.to_string()).collect(),
-            cells,
-            range: (0.0, 1.0),
-            legend: "wMPPC".into(),
-            cell_size: (52.0, 30.0),
         };
-        let summary: Vec<String> = rows
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r.aggregation,
-                    Aggregation::MeanOverLayers | Aggregation::AllFeatures
-                )
-            })
-            .map(|r| {
-                format!(
-                    "{} = {} (floor {})",
-                    r.aggregation.as_str(),
-                    number(r.wmppc, 3),
-                    number(r.baseline_floor, 3)
-                )
-            })
-            .collect();
         let _ = write!(
             s,
             r#"<h3>{} → {}</h3><p class="note">Over all layers: {}.</p><div class="plots">{}</div>"#,
             escape(source),
             escape(target),
-            escape(&summary.join("; ")),
-            heatmap.render()
+            escape(&over_layers_summary(&rows)),
+            grid.heatmap().render()
         );
     }
     if s.is_empty() {
@@ -279,6 +210,106 @@ fn layers_section(site: &Site) -> String {
     format!(
         r#"<h2 id="layers">wMPPC layer by layer</h2><p class="note">Pairs compared on all their layers: each cell matches the source layer's features against one target layer's. <code>mean_over_layers</code> averages, over source layers, the match against the union of all target layers' features; <code>all_features</code> is one S-weighted mean over every source feature.</p>{s}"#
     )
+}
+
+/// The pair's values over all layers (`mean_over_layers`, `all_features`), as a sentence.
+fn over_layers_summary(rows: &[&WmppcRow]) -> String {
+    let over_layers = rows.iter().filter(|r| {
+        matches!(
+            r.aggregation,
+            Aggregation::MeanOverLayers | Aggregation::AllFeatures
+        )
+    });
+    let summary: Vec<String> = over_layers
+        .map(|r| {
+            format!(
+                "{} = {} (floor {})",
+                r.aggregation.as_str(),
+                number(r.wmppc, 3),
+                number(r.baseline_floor, 3)
+            )
+        })
+        .collect();
+    summary.join("; ")
+}
+
+/// A pair's layer-by-layer rows, on the source's and the target's layers.
+struct LayerGrid<'a> {
+    source: &'a str,
+    target: &'a str,
+    source_layers: Vec<&'a str>,
+    target_layers: Vec<&'a str>,
+    rows: Vec<&'a WmppcRow>,
+}
+
+impl<'a> LayerGrid<'a> {
+    /// The grid of a pair's rows, its layers in the study's order where known; `None` when
+    /// the pair was compared on one layer of each encoder only.
+    fn of(site: &Site, source: &'a str, target: &'a str, rows: &[&'a WmppcRow]) -> Option<Self> {
+        let rows: Vec<&WmppcRow> = rows
+            .iter()
+            .copied()
+            .filter(|r| r.aggregation == Aggregation::Layer)
+            .collect();
+        let mut source_layers = distinct(rows.iter().map(|r| r.source_layer.as_str()));
+        let mut target_layers = distinct(rows.iter().map(|r| r.target_layer.as_str()));
+        if source_layers.len() < 2 && target_layers.len() < 2 {
+            return None;
+        }
+        site.sort_by_study_layers(source, &mut source_layers, |l| l);
+        site.sort_by_study_layers(target, &mut target_layers, |l| l);
+        Some(LayerGrid {
+            source,
+            target,
+            source_layers,
+            target_layers,
+            rows,
+        })
+    }
+
+    fn cell(&self, source_layer: &str, target_layer: &str) -> HeatCell {
+        let (source, target) = (self.source, self.target);
+        let r = self
+            .rows
+            .iter()
+            .find(|r| r.source_layer == source_layer && r.target_layer == target_layer);
+        let value = r.and_then(|r| r.wmppc).filter(|v| v.is_finite());
+        HeatCell {
+            value,
+            lines: vec![value.map_or("–".into(), |v| format!("{v:.2}"))],
+            tooltip: format!(
+                "{source} {source_layer} → {target} {target_layer}: wMPPC {}, floor {}",
+                number(value, 4),
+                number(r.and_then(|r| r.baseline_floor), 4)
+            ),
+        }
+    }
+
+    fn heatmap(&self) -> Heatmap {
+        let (source, target) = (self.source, self.target);
+        let cells = self
+            .source_layers
+            .iter()
+            .map(|sl| {
+                self.target_layers
+                    .iter()
+                    .map(|tl| self.cell(sl, tl))
+                    .collect()
+            })
+            .collect();
+        Heatmap {
+            id: format!("layers-{}__{}", file_name(source), file_name(target)),
+            title: format!("{source} → {target}, layer by layer"),
+            row_axis: format!("{source} layer"),
+            column_axis: format!("{target} layer"),
+            rows: self.source_layers.iter().map(|l| l.to_string()).collect(),
+            columns: self.target_layers.iter().map(|l| l.to_string()).collect(),
+            cells,
+            range: (0.0, 1.0),
+            legend: "wMPPC".into(),
+            cell_size: (52.0, 30.0),
+        }
+    }
 }
 
 fn sharedness_section(site: &Site) -> String {
@@ -303,7 +334,7 @@ fn sharedness_section(site: &Site) -> String {
         } else {
             format!(
                 "; {} of {} features with Δ &gt; 0",
-                r.all.iter().filter(|x| x.delta > 0.0).count(),
+                r.positive(),
                 r.all.len()
             )
         };

@@ -34,10 +34,7 @@ pub fn page(site: &Site) -> String {
         body.push_str(r#"<p class="note">No SAE has been fitted yet.</p>"#);
     }
     for (encoder, mut saes) in by_encoder {
-        // In the study's layer order where known.
-        if let Some(e) = site.inputs.record.as_ref().and_then(|r| r.encoder(encoder)) {
-            saes.sort_by_key(|s| e.layers.iter().position(|l| *l == s.layer));
-        }
+        site.sort_by_study_layers(encoder, &mut saes, |s| &s.layer);
         let _ = write!(
             body,
             r#"<h2 id="sae-{0}">{0}</h2><div class="plots">"#,
@@ -64,41 +61,46 @@ pub fn page(site: &Site) -> String {
             body.push_str(&chart.render());
         }
         body.push_str("</div>");
-        let rows: Vec<Vec<String>> = saes
-            .iter()
-            .map(|s| {
-                let last = s.meta.metrics.last();
-                let cell = |f: fn(&TrainingMetrics) -> f64| {
-                    last.map_or("#–".to_string(), |m| format!("#{:.4}", f(m)))
-                };
-                vec![
-                    escape(&s.layer),
-                    format!("#{}", s.meta.d_in),
-                    format!("#{}", s.meta.d_sae),
-                    format!("#{}", s.meta.config.k),
-                    format!("#{}", s.meta.steps),
-                    format!("#{}", s.meta.tokens_seen),
-                    cell(METRICS[0].2),
-                    cell(METRICS[1].2),
-                    cell(METRICS[2].2),
-                ]
-            })
-            .collect();
-        body.push_str(&html::sortable_table(
-            &format!("sae-table-{encoder}"),
-            &[
-                "layer",
-                "d_in",
-                "d_sae",
-                "k",
-                "steps",
-                "samples",
-                "final FVU",
-                "final L0",
-                "final dead fraction",
-            ],
-            &rows,
-        ));
+        body.push_str(&final_values(encoder, &saes));
     }
     html::page(&site.inputs.name, "SAE training", "", &body)
+}
+
+/// Each SAE's shape and its last recorded metrics, as a table.
+fn final_values(encoder: &str, saes: &[&TrainedSae]) -> String {
+    let rows: Vec<Vec<String>> = saes
+        .iter()
+        .map(|s| {
+            let last = s.meta.metrics.last();
+            let cell = |f: fn(&TrainingMetrics) -> f64| {
+                last.map_or("#–".to_string(), |m| format!("#{:.4}", f(m)))
+            };
+            vec![
+                escape(&s.layer),
+                format!("#{}", s.meta.d_in),
+                format!("#{}", s.meta.d_sae),
+                format!("#{}", s.meta.config.k),
+                format!("#{}", s.meta.steps),
+                format!("#{}", s.meta.tokens_seen),
+                cell(METRICS[0].2),
+                cell(METRICS[1].2),
+                cell(METRICS[2].2),
+            ]
+        })
+        .collect();
+    html::sortable_table(
+        &format!("sae-table-{encoder}"),
+        &[
+            "layer",
+            "d_in",
+            "d_sae",
+            "k",
+            "steps",
+            "samples",
+            "final FVU",
+            "final L0",
+            "final dead fraction",
+        ],
+        &rows,
+    )
 }

@@ -51,7 +51,7 @@ impl LineChart {
             axes.left + axes.w + 14.0 + legend_w,
             axes.top + axes.h + 44.0,
         );
-        let mut s = open_svg("lines", width, height, &self.title);
+        let mut s = open_svg(None, "lines", width, height, &self.title);
         s.push_str(&axes.frame(&self.title, &self.x_label, &self.y_label, false));
         // Ten distinct colours; more series (layers of a deep model) follow a colour scale.
         let n = self.series.len();
@@ -149,7 +149,7 @@ impl Histogram {
             ),
         };
         let (width, height) = (axes.left + axes.w + 16.0, axes.top + axes.h + 44.0);
-        let mut s = open_svg("histogram", width, height, &self.title);
+        let mut s = open_svg(None, "histogram", width, height, &self.title);
         s.push_str(&axes.frame(&self.title, &self.x_label, &self.y_label, true));
         for (b, &count) in self.counts.iter().enumerate() {
             if count == 0 {
@@ -210,7 +210,7 @@ impl Scatter {
             axes.left + axes.w + 16.0 + legend_w,
             axes.top + axes.h + 44.0,
         );
-        let mut s = open_svg("scatter", width, height, &self.title);
+        let mut s = open_svg(None, "scatter", width, height, &self.title);
         s.push_str(&axes.frame(&self.title, &self.x_label, &self.y_label, false));
         let _ = write!(
             s,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{format_tick, text_width, viridis, FONT};
+use super::{format_tick, open_svg, text_width, viridis};
 use crate::report::html::escape;
 
 /// One cell of a heatmap.
@@ -32,9 +32,50 @@ pub struct Heatmap {
     pub cell_size: (f64, f64),
 }
 
+/// Where a heatmap's parts go, in pixels.
+struct Layout {
+    /// The grid's left edge, right of the row labels.
+    left: f64,
+    /// The grid's top edge, below the title and the slanted column labels.
+    top: f64,
+    grid_w: f64,
+    grid_h: f64,
+    legend_x: f64,
+    width: f64,
+    height: f64,
+}
+
 impl Heatmap {
     /// Drawn cells carry `class="cell"` (valued) or `class="empty"`.
     pub fn render(&self) -> String {
+        let at = self.layout();
+        let mut s = open_svg(Some(&self.id), "heatmap", at.width, at.height, &self.title);
+        let _ = write!(
+            s,
+            r##"<text x="{:.1}" y="18" font-size="15" font-weight="600">{}</text>"##,
+            at.left,
+            escape(&self.title)
+        );
+        s.push_str(&self.labels(&at));
+        for (i, row) in self.cells.iter().enumerate() {
+            for (j, cell) in row.iter().enumerate() {
+                s.push_str(&self.cell(&at, i, j, cell));
+            }
+        }
+        s.push_str(&self.axis_names(&at));
+        s.push_str(&colour_legend(
+            &format!("{}-legend", self.id),
+            at.legend_x,
+            at.top,
+            at.grid_h.max(150.0),
+            self.range,
+            &self.legend,
+        ));
+        s.push_str("</svg>");
+        s
+    }
+
+    fn layout(&self) -> Layout {
         let (cw, ch) = self.cell_size;
         let left = self
             .rows
@@ -51,95 +92,89 @@ impl Heatmap {
         let grid_w = cw * self.columns.len() as f64;
         let grid_h = ch * self.rows.len() as f64;
         let legend_x = left + grid_w + 24.0;
-        let width = legend_x + 90.0;
-        let height = (top + grid_h + 46.0).max(top + 200.0);
-        let mut s = String::new();
-        let _ = write!(
-            s,
-            r##"<svg id="{}" class="plot heatmap" xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" {FONT} role="img" aria-label="{}">"##,
-            escape(&self.id),
-            escape(&self.title)
-        );
-        let _ = write!(
-            s,
-            r##"<text x="{:.1}" y="18" font-size="15" font-weight="600">{}</text>"##,
+        Layout {
             left,
-            escape(&self.title)
-        );
+            top,
+            grid_w,
+            grid_h,
+            legend_x,
+            width: legend_x + 90.0,
+            height: (top + grid_h + 46.0).max(top + 200.0),
+        }
+    }
+
+    /// The column labels above the grid (slanted) and the row labels left of it.
+    fn labels(&self, at: &Layout) -> String {
+        let (cw, ch) = self.cell_size;
+        let mut s = String::new();
         for (j, c) in self.columns.iter().enumerate() {
-            let x = left + cw * (j as f64 + 0.5);
+            let x = at.left + cw * (j as f64 + 0.5);
             let _ = write!(
                 s,
                 r##"<text x="{x:.1}" y="{:.1}" font-size="12" transform="rotate(-35 {x:.1} {:.1})">{}</text>"##,
-                top - 8.0,
-                top - 8.0,
+                at.top - 8.0,
+                at.top - 8.0,
                 escape(c)
             );
         }
         for (i, r) in self.rows.iter().enumerate() {
-            let y = top + ch * (i as f64 + 0.5) + 4.0;
+            let y = at.top + ch * (i as f64 + 0.5) + 4.0;
             let _ = write!(
                 s,
                 r##"<text x="{:.1}" y="{y:.1}" font-size="12" text-anchor="end">{}</text>"##,
-                left - 8.0,
+                at.left - 8.0,
                 escape(r)
             );
         }
+        s
+    }
+
+    /// Cell (`i`, `j`): its colour, its lines of text, its tooltip.
+    fn cell(&self, at: &Layout, i: usize, j: usize, cell: &HeatCell) -> String {
+        let (cw, ch) = self.cell_size;
         let (lo, hi) = self.range;
-        let scale = |v: f64| (v - lo) / (hi - lo).max(1e-12);
-        for (i, row) in self.cells.iter().enumerate() {
-            for (j, cell) in row.iter().enumerate() {
-                let (x, y) = (left + cw * j as f64, top + ch * i as f64);
-                let (fill, class, ink) = match cell.value.filter(|v| v.is_finite()) {
-                    Some(v) => {
-                        let t = scale(v);
-                        (viridis(t), "cell", if t < 0.6 { "#fff" } else { "#111" })
-                    }
-                    None => ("#e6e6e6".to_string(), "empty", "#555"),
-                };
-                let _ = write!(
-                    s,
-                    r##"<g><title>{}</title><rect class="{class}" x="{x:.1}" y="{y:.1}" width="{cw:.1}" height="{ch:.1}" fill="{fill}" stroke="#fff" stroke-width="1.5"/>"##,
-                    escape(&cell.tooltip)
-                );
-                let n = cell.lines.len() as f64;
-                for (k, line) in cell.lines.iter().enumerate() {
-                    let size = if k == 0 { 13.0 } else { 10.0 };
-                    let ly = y + ch / 2.0 + (k as f64 - (n - 1.0) / 2.0) * 13.0 + 4.0;
-                    let _ = write!(
-                        s,
-                        r##"<text x="{:.1}" y="{ly:.1}" font-size="{size}" text-anchor="middle" fill="{ink}">{}</text>"##,
-                        x + cw / 2.0,
-                        escape(line)
-                    );
-                }
-                s.push_str("</g>");
+        let (x, y) = (at.left + cw * j as f64, at.top + ch * i as f64);
+        let (fill, class, ink) = match cell.value.filter(|v| v.is_finite()) {
+            Some(v) => {
+                let t = (v - lo) / (hi - lo).max(1e-12);
+                (viridis(t), "cell", if t < 0.6 { "#fff" } else { "#111" })
             }
+            None => ("#e6e6e6".to_string(), "empty", "#555"),
+        };
+        let mut s = format!(
+            r##"<g><title>{}</title><rect class="{class}" x="{x:.1}" y="{y:.1}" width="{cw:.1}" height="{ch:.1}" fill="{fill}" stroke="#fff" stroke-width="1.5"/>"##,
+            escape(&cell.tooltip)
+        );
+        let n = cell.lines.len() as f64;
+        for (k, line) in cell.lines.iter().enumerate() {
+            let size = if k == 0 { 13.0 } else { 10.0 };
+            let ly = y + ch / 2.0 + (k as f64 - (n - 1.0) / 2.0) * 13.0 + 4.0;
+            let _ = write!(
+                s,
+                r##"<text x="{:.1}" y="{ly:.1}" font-size="{size}" text-anchor="middle" fill="{ink}">{}</text>"##,
+                x + cw / 2.0,
+                escape(line)
+            );
         }
-        // Axis names.
-        let _ = write!(
-            s,
+        s.push_str("</g>");
+        s
+    }
+
+    /// The column axis's name below the grid, the row axis's left of it.
+    fn axis_names(&self, at: &Layout) -> String {
+        let mut s = format!(
             r##"<text x="{:.1}" y="{:.1}" font-size="12" fill="#555" text-anchor="middle">{}</text>"##,
-            left + grid_w / 2.0,
-            top + grid_h + 20.0,
+            at.left + at.grid_w / 2.0,
+            at.top + at.grid_h + 20.0,
             escape(&format!("{} →", self.column_axis))
         );
         let _ = write!(
             s,
             r##"<text x="14" y="{:.1}" font-size="12" fill="#555" text-anchor="middle" transform="rotate(-90 14 {:.1})">{}</text>"##,
-            top + grid_h / 2.0,
-            top + grid_h / 2.0,
+            at.top + at.grid_h / 2.0,
+            at.top + at.grid_h / 2.0,
             escape(&format!("{} →", self.row_axis))
         );
-        s.push_str(&colour_legend(
-            &format!("{}-legend", self.id),
-            legend_x,
-            top,
-            grid_h.max(150.0),
-            self.range,
-            &self.legend,
-        ));
-        s.push_str("</svg>");
         s
     }
 }

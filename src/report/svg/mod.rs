@@ -156,9 +156,11 @@ impl Axes {
     }
 }
 
-fn open_svg(class: &str, width: f64, height: f64, label: &str) -> String {
+/// The opening tag of a plot of `class`, sized in pixels, named `label` for screen readers.
+fn open_svg(id: Option<&str>, class: &str, width: f64, height: f64, label: &str) -> String {
+    let id = id.map_or(String::new(), |id| format!(r#"id="{}" "#, escape(id)));
     format!(
-        r##"<svg class="plot {class}" xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" {FONT} role="img" aria-label="{}">"##,
+        r##"<svg {id}class="plot {class}" xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" {FONT} role="img" aria-label="{}">"##,
         escape(label)
     )
 }

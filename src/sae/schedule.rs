@@ -1,0 +1,174 @@
+//! The order in which an SAE sees its rows, whoever provides them: `saeshare sae train` reading
+//! an activation file pass after pass, or the pipeline's [`super::LayerFit`] fed by an encoder
+//! in a dataflow. Both drive this one schedule, so the same rows give the same SAE.
+//!
+//! Rows of a pass enter a [`MixingBuffer`] in chunks of [`FILE_CHUNK_ROWS`]; after each chunk
+//! every batch that is mixed is drawn. The end of the first pass caps the buffer to the rows of
+//! one pass (it never needs more than one copy of the data) and drains it. Later passes push
+//! the same rows again through the capped buffer. The draws are a pure function of the seed and
+//! the rows, which is what makes a resumed run continue exactly where it stopped.
+
+use super::buffer::MixingBuffer;
+use super::config::SaeConfig;
+
+/// Rows per chunk pushed into the mixing buffer: the batch size of the activation file reader.
+pub const FILE_CHUNK_ROWS: usize = 1024;
+
+/// Batches for one SAE, drawn from the rows of its passes.
+pub struct BatchSchedule {
+    buffer: MixingBuffer,
+    width: usize,
+    batch_size: usize,
+    steps: usize,
+    /// Rows of this pass not yet pushed into the buffer: less than one chunk.
+    pending: Vec<f32>,
+    rows_this_pass: usize,
+    passes_done: usize,
+    drawn: usize,
+}
+
+impl BatchSchedule {
+    /// The schedule of an SAE with `config` on rows of `width`, mixing through `buffer_rows`.
+    pub fn new(config: &SaeConfig, width: usize, buffer_rows: usize) -> BatchSchedule {
+        BatchSchedule {
+            buffer: MixingBuffer::new(width, buffer_rows, config.seed),
+            width,
+            batch_size: config.batch_size,
+            steps: config.steps,
+            pending: Vec::new(),
+            rows_this_pass: 0,
+            passes_done: 0,
+            drawn: 0,
+        }
+    }
+
+    /// Adds rows of the current pass, in order, and calls `step(index, batch)` for every batch
+    /// they make ready, `index` counting from 0 over the whole training.
+    pub fn push<E>(
+        &mut self,
+        rows: &[f32],
+        step: &mut impl FnMut(usize, &[f32]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        assert_eq!(rows.len() % self.width, 0, "whole rows only");
+        self.rows_this_pass += rows.len() / self.width;
+        self.pending.extend_from_slice(rows);
+        let chunk = FILE_CHUNK_ROWS * self.width;
+        while self.pending.len() >= chunk {
+            let rest = self.pending.split_off(chunk);
+            let full = std::mem::replace(&mut self.pending, rest);
+            self.buffer.push(&full);
+            self.draw_mixed(step)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the current pass: its last partial chunk enters the buffer; after the first pass the
+    /// buffer is capped to one pass and drained. The caller checks [`Self::rows_this_pass`]
+    /// against the batch size first: a pass smaller than one batch cannot train.
+    pub fn end_pass<E>(
+        &mut self,
+        step: &mut impl FnMut(usize, &[f32]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let rest = std::mem::take(&mut self.pending);
+        if !rest.is_empty() {
+            self.buffer.push(&rest);
+            self.draw_mixed(step)?;
+        }
+        if self.passes_done == 0 {
+            self.buffer.cap_at(self.rows_this_pass);
+            self.draw_mixed(step)?;
+        }
+        self.passes_done += 1;
+        self.rows_this_pass = 0;
+        Ok(())
+    }
+
+    /// Rows pushed in the current pass.
+    pub fn rows_this_pass(&self) -> usize {
+        self.rows_this_pass
+    }
+
+    /// Passes ended so far.
+    pub fn passes_done(&self) -> usize {
+        self.passes_done
+    }
+
+    /// Batches drawn so far, trained or skipped by the caller.
+    pub fn drawn(&self) -> usize {
+        self.drawn
+    }
+
+    /// Whether every step has its batch.
+    pub fn is_done(&self) -> bool {
+        self.drawn >= self.steps
+    }
+
+    /// The configured batch size.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn draw_mixed<E>(
+        &mut self,
+        step: &mut impl FnMut(usize, &[f32]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while self.drawn < self.steps {
+            let Some(batch) = self.buffer.pop_when_mixed(self.batch_size) else {
+                break;
+            };
+            let index = self.drawn;
+            self.drawn += 1;
+            step(index, &batch)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(steps: usize) -> SaeConfig {
+        SaeConfig {
+            batch_size: 8,
+            steps,
+            ..SaeConfig::default()
+        }
+    }
+
+    /// The batches a schedule draws from `passes` passes over `rows`, pushed in `pieces`.
+    fn batches(rows: &[f32], pieces: usize, steps: usize) -> Vec<Vec<f32>> {
+        let mut schedule = BatchSchedule::new(&config(steps), 2, 64);
+        let mut out = Vec::new();
+        let mut take = |_: usize, b: &[f32]| -> Result<(), ()> {
+            out.push(b.to_vec());
+            Ok(())
+        };
+        while !schedule.is_done() {
+            let piece = (rows.len() / 2).div_ceil(pieces) * 2;
+            for part in rows.chunks(piece) {
+                schedule.push(part, &mut take).unwrap();
+            }
+            schedule.end_pass(&mut take).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn the_batches_do_not_depend_on_how_the_rows_are_cut() {
+        let rows: Vec<f32> = (0..2 * 3000).map(|i| i as f32).collect();
+        let whole = batches(&rows, 1, 900);
+        assert_eq!(whole.len(), 900);
+        assert_eq!(whole, batches(&rows, 7, 900));
+        assert_eq!(whole, batches(&rows, 3000, 900));
+    }
+
+    #[test]
+    fn a_pass_smaller_than_the_buffer_still_gives_every_step() {
+        // 20 rows, a buffer of 64: only the cap at the end of the first pass lets batches out.
+        let rows: Vec<f32> = (0..40).map(|i| i as f32).collect();
+        let drawn = batches(&rows, 1, 12);
+        assert_eq!(drawn.len(), 12);
+        assert!(drawn.iter().all(|b| b.len() == 16));
+    }
+}

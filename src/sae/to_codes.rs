@@ -1,0 +1,114 @@
+//! From an SAE to sparse codes, one way for every caller: [`Sae::sample_codes`] turns rows of
+//! activations into each sample's features and values, [`codes_meta`] says what a codes file of
+//! the SAE holds. `saeshare sae encode` ([`encode_file`]) and the pipeline's compare pass both
+//! use them (FORMATS.md, "Sparse codes").
+
+use std::path::Path;
+
+use anyhow::Context;
+use tch::{Device, Tensor};
+
+use super::config::{SaeConfig, SaeKind};
+use super::model::Sae;
+use crate::activations::LayerReader;
+use crate::codes::{CodesMeta, CodesSummary, CodesWriter};
+
+/// One sample's code: its features and their values.
+pub type SampleCode = (Vec<u32>, Vec<f32>);
+
+/// What a codes file of an SAE with `config` and `d_sae` features on `encoder`'s `layer` says
+/// about itself: TopK codes carry their `k`; BatchTopK and ReLU codes are dense.
+pub fn codes_meta(config: &SaeConfig, encoder: &str, layer: &str, d_sae: usize) -> CodesMeta {
+    match config.kind {
+        SaeKind::Topk => CodesMeta::topk(encoder, layer, d_sae as u32, config.k as u32),
+        SaeKind::BatchTopk | SaeKind::Relu => CodesMeta::dense(encoder, layer, d_sae as u32),
+    }
+}
+
+impl Sae {
+    /// The codes of `samples` rows of activations (`rows`, row-major, on the CPU): for each
+    /// sample, in order, its active features and their values.
+    pub fn sample_codes(&self, rows: &[f32], samples: usize) -> Vec<SampleCode> {
+        let mut codes = vec![(Vec::new(), Vec::new()); samples];
+        if samples == 0 {
+            return codes;
+        }
+        let x = Tensor::from_slice(rows)
+            .reshape([samples as i64, -1])
+            .to_device(self.device());
+        let (rows, latents, values) = self.encode(&x).triples();
+        for ((row, latent), value) in rows.into_iter().zip(latents).zip(values) {
+            let code = &mut codes[row as usize];
+            code.0.push(latent as u32);
+            code.1.push(value);
+        }
+        codes
+    }
+}
+
+/// Encodes `layer` of `activations` with the SAE in `sae_dir` into the codes file `out`.
+pub fn encode_file(
+    sae_dir: &Path,
+    activations: &Path,
+    layer: &str,
+    out: &Path,
+    device: Device,
+    batch_rows: usize,
+) -> anyhow::Result<CodesSummary> {
+    let (sae, meta) = Sae::load(sae_dir, device)?;
+    let reader = LayerReader::open(activations, layer, batch_rows)?;
+    anyhow::ensure!(
+        reader.width() == meta.d_in,
+        "{}: layer {layer} has width {}, but the SAE in {} was trained on width {}",
+        activations.display(),
+        reader.width(),
+        sae_dir.display(),
+        meta.d_in
+    );
+    if meta.source.layer != layer {
+        tracing::warn!(
+            "the SAE in {} was trained on layer {}, and encodes layer {layer} here",
+            sae_dir.display(),
+            meta.source.layer
+        );
+    }
+    let codes_meta = codes_meta(&meta.config, &meta.source.encoder, layer, meta.d_sae)
+        .with_sae(format!("{} (seed {})", sae_dir.display(), meta.config.seed));
+    let mut writer = CodesWriter::create(out, codes_meta)?;
+
+    let bar = crate::progress::bar(None, "encoding", "samples");
+    // Codes stream straight to the file while sample ids increase, as `saeshare encode` writes
+    // them; a file in another order is gathered and sorted first (k entries per sample).
+    let mut last: Option<u64> = None;
+    let mut unsorted: Vec<(u64, SampleCode)> = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let codes = sae.sample_codes(&batch.values, batch.rows());
+        for (id, code) in batch.sample_ids.iter().copied().zip(codes) {
+            let in_order = unsorted.is_empty() && last.is_none_or(|l| id > l);
+            if in_order {
+                last = Some(id);
+                writer.push(id, &code.0, &code.1)?;
+            } else {
+                unsorted.push((id, code));
+            }
+        }
+        bar.inc(batch.rows() as u64);
+    }
+    if !unsorted.is_empty() {
+        tracing::info!(
+            "{}: sample ids are not in increasing order; sorting {} codes before writing",
+            activations.display(),
+            unsorted.len()
+        );
+        unsorted.sort_by_key(|c| c.0);
+        for code in unsorted {
+            let (id, (features, values)) = code;
+            writer.push(id, &features, &values).with_context(|| {
+                format!("{}: sample_id {id} appears twice", activations.display())
+            })?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(writer.finish()?)
+}
