@@ -87,6 +87,12 @@ impl RunLayout {
         self.root.join(crate::metrics::tables::MPPC_FILE)
     }
 
+    /// `outputs.json`: what the last study-wide outputs were made of (their queries, and the
+    /// `mppc.parquet` they read), so that the next run updates them by difference.
+    pub fn outputs_record(&self) -> PathBuf {
+        self.root.join("outputs.json")
+    }
+
     /// `units/`: the records of finished work.
     pub fn units(&self) -> PathBuf {
         self.root.join("units")

@@ -225,7 +225,7 @@ pub fn compare(
     let mut pass = accumulate(sources, targets, options, options.baselines > 0)?;
     if let Some(state) = state {
         let accumulators = std::mem::take(&mut pass.accumulators);
-        pass.accumulators = state::merge_and_save(state, accumulators)?;
+        pass.accumulators = state::merge_and_save(state, accumulators, &pass.report)?;
     }
     let floor = match &pass.kept {
         Some(kept) if options.baselines > 0 => Some(floor_values(kept, &source, &target, options)?),

@@ -33,7 +33,7 @@ pub use compare::{
 pub use matrix::{MatrixCell, WmppcMatrix};
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};
-pub use views::{Changes, MetricViews, WmppcKey};
+pub use views::{Changed, Changes, MetricViews, WmppcKey};
 
 /// What can go wrong computing or writing metrics.
 #[derive(Debug, thiserror::Error)]

@@ -1,105 +1,182 @@
 //! `compare --state DIR`: the co-activation accumulators of a comparison kept on disk, so a
 //! later run adds new shards of the same layers without reading the old ones again.
 //!
-//! `DIR/state.json` names the compared layers, the input files merged so far and a generation
-//! `g`; the accumulators are `DIR/g<g>-<source layer index>-<target layer index>.coact`. A save
-//! writes generation `g + 1` beside the old one, then replaces `state.json` (atomically), then
-//! deletes generation `g`: a run killed at any point leaves a `state.json` whose files exist.
+//! `DIR` holds [`SavedSums`] (`state-N/` folders, as the pipeline keeps a pair's sums): the
+//! fingerprint and the description of the compared layers, every codes file added so far
+//! (`shards`: canonical path, samples, bytes) and one accumulator file per layer pair. A run
+//! with other layers, or with a file already added, is refused before reading anything.
+//!
+//! States of earlier versions (`DIR/state.json` with a `version`, accumulators
+//! `DIR/g<g>-<a>-<b>.coact`) are read as they are; the next save writes a `state-N/` folder and
+//! then deletes the old `state.json` and the accumulator files it read.
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::codes::CodesMeta;
-use crate::stats::CoactivationAccumulator;
+use crate::codes::{CodesMeta, CodesReader};
+use crate::stats::{AlignReport, CoactivationAccumulator, SavedSums, SumsSide, SumsSides};
 
 use super::MetricsError;
-use crate::atomic::AtomicFile;
 use crate::file_error::FileError;
 
-const MANIFEST: &str = "state.json";
-const VERSION: u32 = 1;
+/// The `state.json` of the earlier layout, in `DIR` itself.
+const LEGACY_MANIFEST: &str = "state.json";
+const LEGACY_VERSION: u32 = 1;
 
-/// One side of the comparison as the state records it.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct SideState {
-    encoder: String,
-    /// `(layer, d_sae)` in the order of the `--source` / `--target` files.
-    layers: Vec<(String, u32)>,
-}
-
-impl SideState {
-    fn of(metas: &[CodesMeta]) -> Self {
-        SideState {
-            encoder: metas[0].encoder.clone(),
-            layers: metas.iter().map(|m| (m.layer.clone(), m.d_sae)).collect(),
-        }
+fn side(metas: &[CodesMeta]) -> SumsSide {
+    SumsSide {
+        encoder: metas[0].encoder.clone(),
+        layers: metas.iter().map(|m| (m.layer.clone(), m.d_sae)).collect(),
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
+/// A state of the earlier layout: `DIR/state.json` and `DIR/g<g>-<a>-<b>.coact`.
+#[derive(Debug, Deserialize)]
+struct Legacy {
     version: u32,
     generation: u64,
-    source: SideState,
-    target: SideState,
-    /// Every codes file merged so far (absolute paths): giving one again would count its
-    /// samples twice.
+    source: SumsSide,
+    target: SumsSide,
+    /// Every codes file merged (canonical paths).
     inputs: Vec<PathBuf>,
 }
 
-fn pair_file(dir: &Path, generation: u64, a: usize, b: usize) -> PathBuf {
-    dir.join(format!("g{generation}-{a}-{b}.coact"))
+impl Legacy {
+    fn file(&self, dir: &Path, a: usize, b: usize) -> PathBuf {
+        dir.join(format!("g{}-{a}-{b}.coact", self.generation))
+    }
+
+    /// The state of the earlier layout in `dir`, if there is one.
+    fn read(dir: &Path) -> Result<Option<Legacy>, MetricsError> {
+        let path = dir.join(LEGACY_MANIFEST);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FileError::io(&path)(e).into()),
+        };
+        let wrong = |problem: String| MetricsError::from(FileError::wrong_schema(&path, problem));
+        let legacy: Legacy = serde_json::from_slice(&bytes)
+            .map_err(|e| wrong(format!("not a compare state: {e}")))?;
+        if legacy.version != LEGACY_VERSION {
+            return Err(wrong(format!(
+                "state version {} (this saeshare reads {LEGACY_VERSION})",
+                legacy.version
+            )));
+        }
+        Ok(Some(legacy))
+    }
+
+    fn sides(&self) -> SumsSides {
+        SumsSides {
+            source: self.source.clone(),
+            target: self.target.clone(),
+        }
+    }
+
+    /// Deletes the files of this state: its accumulators, then its `state.json`.
+    fn remove(&self, dir: &Path, sources: usize, targets: usize) {
+        let files = (0..sources).flat_map(|a| (0..targets).map(move |b| (a, b)));
+        let files = files.map(|(a, b)| self.file(dir, a, b));
+        for path in files.chain([dir.join(LEGACY_MANIFEST)]) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    "could not delete the old state file {}: {e}",
+                    path.display()
+                ),
+            }
+        }
+    }
 }
 
 /// A state folder checked against a run before the run reads its files.
 pub(crate) struct State {
     dir: PathBuf,
-    old: Option<Manifest>,
-    new: Manifest,
+    /// The state this run adds to, if any.
+    previous: Option<SavedSums>,
+    /// A state of the earlier layout: added to when there is no `previous`, deleted after the
+    /// save either way (with a `previous`, it was migrated by a run that stopped before
+    /// deleting it).
+    legacy: Option<Legacy>,
+    /// The state to save: the previous one's inputs and this run's.
+    new: SavedSums,
 }
 
 /// Opens the state in `dir` for a run comparing `source` with `target` layers from the files
-/// `inputs`: refuses other layers, and files already added.
+/// `inputs`: refuses other layers, files already added, and saved sums that cannot be read.
 pub(crate) fn open(
     dir: &Path,
     source: &[CodesMeta],
     target: &[CodesMeta],
     inputs: &[PathBuf],
 ) -> Result<State, MetricsError> {
-    let manifest_path = dir.join(MANIFEST);
-    let inputs: Vec<PathBuf> = inputs
-        .iter()
-        .map(|p| p.canonicalize().map_err(FileError::io(p)))
-        .collect::<Result<_, _>>()?;
-    let mut manifest = Manifest {
-        version: VERSION,
-        generation: 0,
-        source: SideState::of(source),
-        target: SideState::of(target),
-        inputs: Vec::new(),
+    let sides = SumsSides {
+        source: side(source),
+        target: side(target),
     };
-    let old = match std::fs::read(&manifest_path) {
-        Ok(bytes) => Some(read_manifest(&manifest_path, &bytes, &manifest)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(FileError::io(&manifest_path)(e).into()),
-    };
-    if let Some(old) = &old {
-        if let Some(again) = inputs.iter().find(|p| old.inputs.contains(p)) {
+    let mut new = SavedSums::new(sides.fingerprint());
+    new.sides = Some(sides);
+    let previous = SavedSums::read(dir)?;
+    let mut legacy = Legacy::read(dir)?;
+    if let Some(previous) = &previous {
+        check_sides(&previous.dir(dir), previous, &new)?;
+        if let Some(problem) = previous.problem(dir) {
             return Err(MetricsError::BadInput(format!(
-                "{}: {} was already added to this state; its samples would count twice",
-                manifest_path.display(),
-                again.display()
+                "{}: the saved sums cannot be added to: {problem}",
+                previous.dir(dir).display()
             )));
         }
-        manifest.generation = old.generation + 1;
-        manifest.inputs = old.inputs.clone();
+        // An earlier layout's state is a leftover of the migration only if the new state
+        // summed all it did; otherwise it is not this state's to delete.
+        legacy = legacy.filter(|l| {
+            let leftover = l.inputs.iter().all(|p| previous.has(&p.to_string_lossy()));
+            if !leftover {
+                tracing::warn!(
+                    "{} is a compare state of an earlier version that {} did not add up; it is left as it is",
+                    dir.join(LEGACY_MANIFEST).display(),
+                    previous.dir(dir).display()
+                );
+            }
+            leftover
+        });
+        new.shards = previous.shards.clone();
+        new.samples = previous.samples;
+        new.dropped = previous.dropped;
+    } else if let Some(old) = &legacy {
+        let mut described = SavedSums::new(old.sides().fingerprint());
+        described.sides = Some(old.sides());
+        check_sides(&dir.join(LEGACY_MANIFEST), &described, &new)?;
+        for input in &old.inputs {
+            let bytes = std::fs::metadata(input).map_or(0, |m| m.len());
+            new.shards
+                .push((input.to_string_lossy().into_owned(), 0, bytes));
+        }
     }
-    manifest.inputs.extend(inputs);
+    let added = new.shards.len();
+    for input in inputs {
+        let path = input.canonicalize().map_err(FileError::io(input))?;
+        let name = path.to_string_lossy().into_owned();
+        if new.shards[..added].iter().any(|s| s.0 == name) {
+            return Err(MetricsError::BadInput(format!(
+                "{}: {} was already added to this state; its samples would count twice",
+                dir.display(),
+                path.display()
+            )));
+        }
+        if new.has(&name) {
+            // Given twice in this run (a layer compared with itself): listed once.
+            continue;
+        }
+        let samples = CodesReader::open(&path)?.samples().unwrap_or(0);
+        new.shards.push((name, samples, size(&path)));
+    }
     Ok(State {
         dir: dir.to_path_buf(),
-        old,
-        new: manifest,
+        previous,
+        legacy,
+        new,
     })
 }
 
@@ -108,81 +185,104 @@ pub(crate) fn open(
 pub(crate) fn merge_and_save(
     state: State,
     mut accumulators: Vec<Vec<CoactivationAccumulator>>,
+    report: &AlignReport,
 ) -> Result<Vec<Vec<CoactivationAccumulator>>, MetricsError> {
     let State {
         dir,
-        old,
-        new: manifest,
+        previous,
+        legacy,
+        mut new,
     } = state;
     let dir = dir.as_path();
-    std::fs::create_dir_all(dir).map_err(FileError::io(dir))?;
-    if let Some(old) = &old {
-        for (a, row) in accumulators.iter_mut().enumerate() {
-            for (b, acc) in row.iter_mut().enumerate() {
-                let mut saved =
-                    CoactivationAccumulator::load(&pair_file(dir, old.generation, a, b))?;
+    let (sources, targets) = (accumulators.len(), accumulators[0].len());
+    let saved = match (&previous, &legacy) {
+        (Some(previous), _) => Some(previous.load_accumulators(dir, sources, targets)?),
+        (None, Some(old)) => Some(
+            (0..sources)
+                .map(|a| {
+                    (0..targets)
+                        .map(|b| CoactivationAccumulator::load(&old.file(dir, a, b)))
+                        .collect()
+                })
+                .collect::<Result<Vec<Vec<_>>, _>>()?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(saved) = saved {
+        for (row, saved_row) in accumulators.iter_mut().zip(saved) {
+            for (acc, mut saved) in row.iter_mut().zip(saved_row) {
                 saved.merge(acc)?;
                 *acc = saved;
             }
         }
     }
-
-    for (a, row) in accumulators.iter().enumerate() {
-        for (b, acc) in row.iter().enumerate() {
-            acc.save(&pair_file(dir, manifest.generation, a, b))?;
-        }
+    // Every sample summed, this run's and earlier runs' (which the earlier layout did not count
+    // apart from the sums).
+    new.samples = accumulators[0][0].samples();
+    new.dropped += report.dropped;
+    new.save(dir, &accumulators)?;
+    if let Some(previous) = &previous {
+        previous.remove(dir);
     }
-    write_manifest(&dir.join(MANIFEST), &manifest)?;
-    if let Some(old) = old {
-        for (a, row) in accumulators.iter().enumerate() {
-            for b in 0..row.len() {
-                let path = pair_file(dir, old.generation, a, b);
-                // A file left behind wastes space but breaks nothing: the manifest moved on.
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(
-                        "could not delete the old state file {}: {e}",
-                        path.display()
-                    );
-                }
-            }
-        }
+    if let Some(old) = &legacy {
+        old.remove(dir, sources, targets);
     }
     Ok(accumulators)
 }
 
-/// Reads `state.json`, checking that it holds the comparison `expected` describes.
-fn read_manifest(path: &Path, bytes: &[u8], expected: &Manifest) -> Result<Manifest, MetricsError> {
-    let wrong = |problem: String| MetricsError::from(FileError::wrong_schema(path, problem));
-    let manifest: Manifest =
-        serde_json::from_slice(bytes).map_err(|e| wrong(format!("not a compare state: {e}")))?;
-    if manifest.version != VERSION {
-        return Err(wrong(format!(
-            "state version {} (this saeshare reads {VERSION})",
-            manifest.version
-        )));
+/// Refuses a run whose layers are not those of the saved sums `saved` (in `path`).
+fn check_sides(path: &Path, saved: &SavedSums, now: &SavedSums) -> Result<(), MetricsError> {
+    if saved.fingerprint == now.fingerprint {
+        return Ok(());
     }
-    for (flag, saved, now) in [
-        ("--source", &manifest.source, &expected.source),
-        ("--target", &manifest.target, &expected.target),
+    let now = now.sides.as_ref().expect("a compare state names its sides");
+    let Some(was) = &saved.sides else {
+        return Err(MetricsError::BadInput(format!(
+            "{}: the state holds sums of other inputs (fingerprint {}), not of the --source {} layers {:?} and --target {} layers {:?} this run gives; give the same layers in the same order, or another --state",
+            path.display(),
+            saved.fingerprint,
+            now.source.encoder,
+            now.source.layers,
+            now.target.encoder,
+            now.target.layers
+        )));
+    };
+    for (flag, was, now) in [
+        ("--source", &was.source, &now.source),
+        ("--target", &was.target, &now.target),
     ] {
-        if saved != now {
+        if was != now {
             return Err(MetricsError::BadInput(format!(
                 "{}: the state holds {flag} {} layers {:?} (name, features), this run gives {} layers {:?}; give the same layers in the same order, or another --state",
                 path.display(),
-                saved.encoder,
-                saved.layers,
+                was.encoder,
+                was.layers,
                 now.encoder,
                 now.layers
             )));
         }
     }
-    Ok(manifest)
+    Err(MetricsError::BadInput(format!(
+        "{}: the state's fingerprint {} is not the one of its layers, which are this run's; give the same layers in the same order, or another --state",
+        path.display(),
+        saved.fingerprint,
+    )))
 }
 
-fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), MetricsError> {
-    let dir = path.parent().expect("inside the state folder");
-    let mut file = AtomicFile::create(path).map_err(FileError::io(dir))?;
-    serde_json::to_writer_pretty(&mut file, manifest).map_err(|e| FileError::io(path)(e.into()))?;
-    file.commit().map_err(FileError::io(path))?;
-    Ok(())
+/// The bytes of a codes file, or of the files in a folder of them.
+fn size(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
 }

@@ -22,7 +22,6 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 use timely::worker::Worker;
 
-use super::pairs::PairState;
 use super::plan::{shard_key, Plan};
 use super::source::shard_source;
 use super::stage::{passed, projection_for, Failure, StageContext};
@@ -33,6 +32,7 @@ use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::metrics::{accumulate_files, CompareOptions};
 use crate::sae;
 use crate::stats::MissingSamples;
+use crate::stats::SavedSums;
 
 /// What the compare pass has to do, from the manifest: which encoders need codes for which
 /// shards, which pairs' states lack which shards, which pairs' tables are out of date, and
@@ -77,7 +77,7 @@ impl CompareWork {
     fn add_pair(&mut self, plan: &Plan, units: &Units, p: PairId) {
         let dir = plan.pair_dir(p);
         let mut state =
-            PairState::latest(&dir).filter(|s| s.fingerprint == plan.pair_fingerprint(p));
+            SavedSums::latest(&dir).filter(|s| s.fingerprint == plan.pair_fingerprint(p));
         let problem = state.as_ref().and_then(|s| s.problem(&dir));
         if let Some(problem) = &problem {
             tracing::warn!(

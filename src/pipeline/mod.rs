@@ -32,7 +32,6 @@ pub use crate::run_record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
 };
 pub use bench::{bench_memory, MemoryFigure};
-pub use pairs::PairState;
 pub use plan::{Plan, PlannedEncoder, PlannedPair};
 pub use prepare::StudyCheck;
 pub use run::{peak_memory_mib, run_study, RunSummary};

@@ -1,16 +1,28 @@
-//! The study's outputs from its pairs' tables: `wmppc` and `mppc` for the whole study, and one
-//! `sharedness/<query>` table per query, computed by the differential views. Each pair's own
-//! tables (with its `features`: moments over the samples that pair aligned) stay in
-//! `pairs/<source>__<target>/`.
-
-use std::path::PathBuf;
+//! The study's outputs from its pairs' tables: `wmppc` and `mppc` for the whole study (the
+//! union of the pairs' tables, the ceiling filled in), and one `sharedness/<query>` table per
+//! query. Each pair's own tables (with its `features`: moments over the samples that pair
+//! aligned) stay in `pairs/<source>__<target>/`.
+//!
+//! The rankings are maintained by the differential views ([`MetricViews`]) across runs. The
+//! views start from what the last outputs were made of (`outputs.json`: the queries, and the
+//! `mppc.parquet` they read, trusted only if it is the file that record describes), take in the
+//! difference with this run's rows and queries, and report what changed: only the rankings
+//! that changed are written again. A run that adds an encoder recomputes the rankings that
+//! involve it; a new query is computed alone; a run that changed nothing rewrites none.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use crate::metrics::{ceiling_for, tables, FeatureMatch, MetricViews, SharednessQuery, WmppcRow};
+use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
+use super::record::query_records;
+use super::units::MadeFile;
 use crate::ids::EncoderId;
+use crate::metrics::{
+    ceiling_for, tables, Changes, FeatureMatch, MetricViews, MppcRow, SharednessQuery, WmppcRow,
+};
+use crate::run_record::QueryRecord;
 
 /// What the outputs stage wrote and the rows of the wMPPC matrix it prints.
 pub struct Outputs {
@@ -18,9 +30,222 @@ pub struct Outputs {
     pub wmppc: Vec<WmppcRow>,
 }
 
-/// Writes the study-wide tables and the sharedness rankings.
+/// Writes the study-wide tables and the sharedness rankings that changed.
 pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
+    let root = &plan.output;
+    let tables::MergedTables { wmppc, mppc, .. } = merge_pair_tables(plan)?;
+    let queries = query_records(plan);
+    let rankings = Rankings::update(root, &plan.layout().mppc(), &mppc, &queries)?;
     let mut files = Vec::new();
+    if !wmppc.is_empty() {
+        let out = plan.layout().wmppc();
+        tables::write_wmppc(&out, &wmppc)?;
+        files.push(out);
+        let out = plan.layout().mppc();
+        tables::write_mppc(&out, &mppc)?;
+        files.push(out);
+    }
+    for query in &queries {
+        let out = plan.layout().sharedness_table(&query.name);
+        if rankings.changed(&query.name) || !rankings.intact(root, &out) {
+            let rows = rankings.views.sharedness(&query.name).unwrap_or_default();
+            tables::write_sharedness(&out, &query.model, &rows)?;
+            tracing::info!(
+                "sharedness {}: {} features ranked, written to {}",
+                query.name,
+                rows.len(),
+                out.display()
+            );
+        } else {
+            tracing::info!(
+                "sharedness {}: unchanged, {} kept",
+                query.name,
+                out.display()
+            );
+        }
+        files.push(out);
+    }
+    OutputsRecord::of(root, &plan.layout().mppc(), queries, &files)?.write(root)?;
+    Ok(Outputs { files, wmppc })
+}
+
+/// The sharedness rankings, brought up to date by difference from the last outputs.
+struct Rankings {
+    views: MetricViews,
+    /// The ranking tables of the last outputs, as written.
+    written: Vec<MadeFile>,
+    /// Queries new or changed since the last outputs.
+    fresh: Vec<String>,
+    changes: Changes,
+}
+
+impl Rankings {
+    /// The views fed the last outputs' rows and queries, then the difference with `mppc` and
+    /// `queries`: what changed is what depends on the difference.
+    fn update(
+        root: &Path,
+        mppc_file: &Path,
+        mppc: &[MppcRow],
+        queries: &[QueryRecord],
+    ) -> anyhow::Result<Rankings> {
+        let mut views = MetricViews::new();
+        let Baseline {
+            rows: old_rows,
+            queries: old_queries,
+            rankings: written,
+        } = OutputsRecord::baseline(root, mppc_file);
+        views.add_mppc(&old_rows)?;
+        for query in &old_queries {
+            views.add_query(&query.name, query_of(query))?;
+        }
+        views.step();
+        let rows = views.update_mppc(&old_rows, mppc)?;
+        let mut fresh = Vec::new();
+        for query in queries {
+            let now = query_of(query);
+            if views.query_named(&query.name) != Some(&now) {
+                views.remove_query(&query.name);
+                views.add_query(&query.name, now)?;
+                fresh.push(query.name.clone());
+            }
+        }
+        let changes = views.step().clone();
+        tracing::info!(
+            "outputs: {} mppc row(s) out and {} in since the last outputs; {} wMPPC value(s) and {} ranked feature(s) changed",
+            rows.removed,
+            rows.added,
+            changes.wmppc.len(),
+            changes.sharedness.len()
+        );
+        Ok(Rankings {
+            views,
+            written,
+            fresh,
+            changes,
+        })
+    }
+
+    /// Whether the ranking table `table` is the file the last outputs wrote.
+    fn intact(&self, root: &Path, table: &Path) -> bool {
+        let relative = table.strip_prefix(root).unwrap_or(table);
+        (self.written.iter())
+            .find(|made| Path::new(&made.path) == relative)
+            .is_some_and(|made| made.problem(root).is_none())
+    }
+
+    /// Whether query `name`'s ranking is new or changed.
+    fn changed(&self, name: &str) -> bool {
+        self.fresh.iter().any(|f| f == name) || self.changes.sharedness.iter().any(|u| u.0 == name)
+    }
+}
+
+/// What the last outputs were made of: the queries, and the `mppc` table the views read.
+#[derive(Serialize, Deserialize)]
+struct OutputsRecord {
+    version: u32,
+    queries: Vec<QueryRecord>,
+    /// `mppc.parquet` as written (absent when the study had no pair).
+    mppc: Option<MadeFile>,
+    /// The ranking tables as written.
+    #[serde(default)]
+    rankings: Vec<MadeFile>,
+}
+
+/// What the views start from: the rows, queries and ranking tables of the last outputs.
+#[derive(Default)]
+struct Baseline {
+    rows: Vec<MppcRow>,
+    queries: Vec<QueryRecord>,
+    rankings: Vec<MadeFile>,
+}
+
+const OUTPUTS_RECORD_VERSION: u32 = 1;
+
+impl OutputsRecord {
+    fn of(
+        root: &Path,
+        mppc: &Path,
+        queries: Vec<QueryRecord>,
+        written: &[PathBuf],
+    ) -> anyhow::Result<OutputsRecord> {
+        let mppc = if mppc.is_file() {
+            Some(MadeFile::of(root, mppc)?)
+        } else {
+            None
+        };
+        let sharedness = crate::run_layout::RunLayout::new(root).sharedness();
+        let rankings = (written.iter())
+            .filter(|f| f.starts_with(&sharedness))
+            .map(|f| MadeFile::of(root, f))
+            .collect::<Result<_, _>>()?;
+        Ok(OutputsRecord {
+            version: OUTPUTS_RECORD_VERSION,
+            queries,
+            mppc,
+            rankings,
+        })
+    }
+
+    fn write(&self, root: &Path) -> anyhow::Result<()> {
+        let path = crate::run_layout::RunLayout::new(root).outputs_record();
+        crate::atomic::write(&path, &serde_json::to_vec_pretty(self)?)
+    }
+
+    /// The rows, queries and ranking tables of the last outputs, where their record can be
+    /// trusted (it reads, and `mppc.parquet` is the file it describes); else none, and the
+    /// outputs are made anew.
+    fn baseline(root: &Path, mppc: &Path) -> Baseline {
+        let path = crate::run_layout::RunLayout::new(root).outputs_record();
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Baseline::default();
+        };
+        let record = match serde_json::from_slice::<OutputsRecord>(&bytes) {
+            Ok(record) if record.version == OUTPUTS_RECORD_VERSION => record,
+            Ok(_) => return Baseline::default(),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: unreadable ({e}); the outputs are made anew",
+                    path.display()
+                );
+                return Baseline::default();
+            }
+        };
+        let rows = match &record.mppc {
+            None => Vec::new(),
+            Some(made) => {
+                if let Some(problem) = made.problem(root) {
+                    tracing::warn!("{}: {problem}; the outputs are made anew", mppc.display());
+                    return Baseline::default();
+                }
+                match tables::read_mppc(mppc) {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::warn!("{e}; the outputs are made anew");
+                        return Baseline::default();
+                    }
+                }
+            }
+        };
+        Baseline {
+            rows,
+            queries: record.queries,
+            rankings: record.rankings,
+        }
+    }
+}
+
+fn query_of(record: &QueryRecord) -> SharednessQuery {
+    SharednessQuery {
+        source: record.model.clone(),
+        shared_with: record.shared_with.clone(),
+        not_shared_with: record.not_shared_with.clone(),
+        top: Some(record.top),
+    }
+}
+
+/// The union of the pairs' `wmppc` (the ceiling filled in) and `mppc` tables, in the plan's
+/// order of pairs, each key once.
+fn merge_pair_tables(plan: &Plan) -> anyhow::Result<tables::MergedTables> {
     let mut merged = tables::MergedTables::default();
     let ceilings = ceiling_matches(plan)?;
     for p in plan
@@ -50,50 +275,7 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
             merged.add_mppc(row);
         }
     }
-    let tables::MergedTables { wmppc, mppc, .. } = merged;
-    let mut views = MetricViews::new();
-    views.add_mppc(&mppc)?;
-    if !wmppc.is_empty() {
-        let out = plan.layout().wmppc();
-        tables::write_wmppc(&out, &wmppc)?;
-        files.push(out);
-        let out = plan.layout().mppc();
-        tables::write_mppc(&out, &mppc)?;
-        files.push(out);
-    }
-    for query in &plan.study.sharedness {
-        views.add_query(
-            &query.name,
-            SharednessQuery {
-                source: query.model.get_ref().clone(),
-                shared_with: query
-                    .shared_with
-                    .iter()
-                    .map(|s| s.get_ref().clone())
-                    .collect(),
-                not_shared_with: query
-                    .not_shared_with
-                    .iter()
-                    .map(|s| s.get_ref().clone())
-                    .collect(),
-                top: Some(query.top),
-            },
-        )?;
-    }
-    views.step();
-    for query in &plan.study.sharedness {
-        let rows = views.sharedness(&query.name).unwrap_or_default();
-        let out = plan.layout().sharedness_table(&query.name);
-        tables::write_sharedness(&out, query.model.get_ref(), &rows)?;
-        tracing::info!(
-            "sharedness {}: {} features ranked, written to {}",
-            query.name,
-            rows.len(),
-            out.display()
-        );
-        files.push(out);
-    }
-    Ok(Outputs { files, wmppc })
+    Ok(merged)
 }
 
 /// For each encoder with a ceiling pair: per layer, its features' matches in the same layer of

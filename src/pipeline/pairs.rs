@@ -3,77 +3,17 @@
 //! baseline and the pair's tables.
 
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
-
-use anyhow::Context;
-use serde::{Deserialize, Serialize};
 
 use super::compare::{codes_meta, pair_files, CompareWork, OwnedPairs, PairPartial};
 use super::plan::{shard_key, Plan};
-use super::units::{remove_made, MadeFile, Units};
-use crate::atomic::AtomicDir;
+use super::units::Units;
 use crate::codes::{CodeBatch, CodesMeta, CodesReader};
 use crate::ids::{EncoderLayer, PairId};
 use crate::metrics::{compare_accumulated, tables, CompareOptions};
-use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples};
-
-/// A pair's accumulated sums as saved: `state-N/` folders, the newest complete one current.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PairState {
-    pub fingerprint: String,
-    pub generation: u64,
-    /// The shards summed, as [`shard_key`] names them.
-    pub shards: Vec<(String, u64, u64)>,
-    pub samples: u64,
-    pub dropped: u64,
-    /// The accumulator files of this state, relative to its folder, as written (absent in
-    /// states of older versions).
-    #[serde(default)]
-    pub files: Vec<MadeFile>,
-}
-
-impl PairState {
-    /// The newest saved state of the pair in `dir`.
-    pub fn latest(dir: &Path) -> Option<PairState> {
-        let newest = newest_generation(dir)?;
-        let path = dir.join(format!("state-{newest}")).join("state.json");
-        let text = std::fs::read(&path).ok()?;
-        match serde_json::from_slice(&text) {
-            Ok(state) => Some(state),
-            Err(e) => {
-                tracing::warn!(
-                    "{} cannot be read ({e}); the pair is summed anew",
-                    path.display()
-                );
-                None
-            }
-        }
-    }
-
-    /// Why this state's accumulators cannot be built on, if they cannot: a file lost,
-    /// truncated or changed since it was written.
-    pub fn problem(&self, pair_dir: &Path) -> Option<String> {
-        let dir = self.dir(pair_dir);
-        self.files.iter().find_map(|f| f.problem(&dir))
-    }
-
-    fn dir(&self, pair_dir: &Path) -> PathBuf {
-        pair_dir.join(format!("state-{}", self.generation))
-    }
-}
-
-/// The highest N of the `state-N/` folders in a pair's folder, readable or not.
-fn newest_generation(dir: &Path) -> Option<u64> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("state-")?.parse::<u64>().ok()
-        })
-        .max()
-}
+use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples, SavedSums};
+use anyhow::Context;
 
 /// Merges, saves and tabulates every pair this worker owns that has work.
 pub fn finish(
@@ -107,7 +47,7 @@ fn finish_pair(
 ) -> anyhow::Result<()> {
     let dir = plan.pair_dir(p);
     // The newest state, whatever it summed; it is built on only if it summed the same codes.
-    let newest = PairState::latest(&dir);
+    let newest = SavedSums::latest(&dir);
     let mut sums = PairSums::resume(plan, p, newest.as_ref(), restart)?;
     let (added, first_dropped) = sums.add(plan, p, partials)?;
     anyhow::ensure!(
@@ -116,11 +56,12 @@ fn finish_pair(
     );
     if added > 0 {
         // Above every state folder there is, even one whose state.json cannot be read.
-        sums.state.generation = newest_generation(&dir).map_or(0, |g| g + 1);
-        save_state(&dir, &sums.state, &sums.accumulators)?;
+        sums.state
+            .save(&dir, &sums.accumulators)
+            .with_context(|| format!("saving the sums in {}", dir.display()))?;
         if let Some(newest) = &newest {
             // Only the state folder this run replaced, which saeshare itself made.
-            remove_state(&dir, newest);
+            newest.remove(&dir);
         }
     }
     tabulate(plan, p, sums, first_dropped)
@@ -128,7 +69,7 @@ fn finish_pair(
 
 /// A pair's sums being built: its state and `[source layer][target layer]` accumulators.
 struct PairSums {
-    state: PairState,
+    state: SavedSums,
     accumulators: Vec<Vec<CoactivationAccumulator>>,
     /// Whether the sums build on a saved state.
     resumed: bool,
@@ -139,35 +80,24 @@ impl PairSums {
     fn resume(
         plan: &Plan,
         p: PairId,
-        newest: Option<&PairState>,
+        newest: Option<&SavedSums>,
         restart: bool,
     ) -> anyhow::Result<PairSums> {
         let fingerprint = plan.pair_fingerprint(p);
         let previous = newest.filter(|s| !restart && s.fingerprint == fingerprint);
         let Some(previous) = previous else {
-            let state = PairState {
-                fingerprint,
-                generation: 0,
-                shards: Vec::new(),
-                samples: 0,
-                dropped: 0,
-                files: Vec::new(),
-            };
             return Ok(PairSums {
-                state,
+                state: SavedSums::new(fingerprint),
                 accumulators: Vec::new(),
                 resumed: false,
             });
         };
         let pair = plan.pair(p);
-        let dir = previous.dir(&plan.pair_dir(p));
-        let accumulators = (0..pair.source_layers.len())
-            .map(|a| {
-                (0..pair.target_layers.len())
-                    .map(|b| CoactivationAccumulator::load(&accumulator_file(&dir, a, b)))
-                    .collect::<Result<_, _>>()
-            })
-            .collect::<Result<_, _>>()?;
+        let accumulators = previous.load_accumulators(
+            &plan.pair_dir(p),
+            pair.source_layers.len(),
+            pair.target_layers.len(),
+        )?;
         Ok(PairSums {
             state: previous.clone(),
             accumulators,
@@ -292,49 +222,6 @@ fn tabulate(
         state.dropped,
         dir.display()
     );
-    Ok(())
-}
-
-/// Deletes a replaced `state-N/` folder: its accumulator files, its `state.json`, then the
-/// folder if that left it empty. Nothing else in it is touched.
-fn remove_state(pair_dir: &Path, state: &PairState) {
-    let dir = state.dir(pair_dir);
-    remove_made(&dir, Path::new(""), &state.files);
-    let json = dir.join("state.json");
-    if let Err(e) = std::fs::remove_file(&json) {
-        tracing::warn!("could not delete the replaced {}: {e}", json.display());
-    }
-    let _ = std::fs::remove_dir(&dir);
-}
-
-fn accumulator_file(state_dir: &Path, a: usize, b: usize) -> PathBuf {
-    state_dir.join(format!("acc-{a}-{b}.coact"))
-}
-
-/// Writes `state-N/` whole: a temporary folder renamed into place.
-fn save_state(
-    dir: &Path,
-    state: &PairState,
-    accumulators: &[Vec<CoactivationAccumulator>],
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-    let temp = AtomicDir::create(&state.dir(dir)).with_context(|| dir.display().to_string())?;
-    let mut state = state.clone();
-    state.files.clear();
-    for (a, row) in accumulators.iter().enumerate() {
-        for (b, acc) in row.iter().enumerate() {
-            let file = accumulator_file(temp.path(), a, b);
-            acc.save(&file)?;
-            state.files.push(MadeFile::of(temp.path(), &file)?);
-        }
-    }
-    std::fs::write(
-        temp.path().join("state.json"),
-        serde_json::to_vec_pretty(&state)?,
-    )?;
-    let target = temp.target().to_path_buf();
-    temp.commit()
-        .with_context(|| target.display().to_string())?;
     Ok(())
 }
 

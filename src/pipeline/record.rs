@@ -45,21 +45,7 @@ impl StudyRecord {
                 }
             })
             .collect();
-        let names = |list: &[toml::Spanned<String>]| -> Vec<String> {
-            list.iter().map(|s| s.get_ref().clone()).collect()
-        };
-        let sharedness = plan
-            .study
-            .sharedness
-            .iter()
-            .map(|q| QueryRecord {
-                name: q.name.clone(),
-                model: q.model.get_ref().clone(),
-                shared_with: names(&q.shared_with),
-                not_shared_with: names(&q.not_shared_with),
-                top: q.top,
-            })
-            .collect();
+        let sharedness = query_records(plan);
         StudyRecord {
             format_version: STUDY_RECORD_VERSION,
             name: plan.study.name.clone(),
@@ -79,4 +65,20 @@ impl StudyRecord {
             sharedness,
         }
     }
+}
+
+/// The study's sharedness queries, as the records hold them.
+pub(super) fn query_records(plan: &Plan) -> Vec<QueryRecord> {
+    let names = |list: &[toml::Spanned<String>]| -> Vec<String> {
+        list.iter().map(|s| s.get_ref().clone()).collect()
+    };
+    (plan.study.sharedness.iter())
+        .map(|q| QueryRecord {
+            name: q.name.clone(),
+            model: q.model.get_ref().clone(),
+            shared_with: names(&q.shared_with),
+            not_shared_with: names(&q.not_shared_with),
+            top: q.top,
+        })
+        .collect()
 }

@@ -7,12 +7,12 @@
 //! what they finish without coordinating, and a run killed at any point loses at most the
 //! units in progress.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+pub use crate::digest::{remove_made, MadeFile};
 
 /// What a unit's record says.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -26,118 +26,6 @@ pub struct UnitRecord {
     /// versions, whose files are trusted as they are).
     #[serde(default)]
     pub files: Vec<MadeFile>,
-}
-
-/// A file a unit made, as its record remembers it: where (relative to the output folder), its
-/// size and its SHA-256, which is what tells a file that is still the one written from one
-/// that was lost, truncated or damaged since.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct MadeFile {
-    pub path: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-impl MadeFile {
-    /// Describes `path`, a file under `output`, as it is now.
-    pub fn of(output: &Path, path: &Path) -> anyhow::Result<MadeFile> {
-        let relative = path.strip_prefix(output).with_context(|| {
-            format!(
-                "{} is not inside the output folder {}",
-                path.display(),
-                output.display()
-            )
-        })?;
-        let (bytes, sha256) = digest(path)?;
-        Ok(MadeFile {
-            path: relative.to_string_lossy().into_owned(),
-            bytes,
-            sha256,
-        })
-    }
-
-    /// Why the file is no longer the one recorded, if it is not.
-    pub fn problem(&self, output: &Path) -> Option<String> {
-        let path = output.join(&self.path);
-        let size = match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => m.len(),
-            Ok(_) => return Some(format!("{} is not a file", path.display())),
-            Err(e) => return Some(format!("{}: {e}", path.display())),
-        };
-        if size != self.bytes {
-            return Some(format!(
-                "{} has {size} bytes, {} when it was written",
-                path.display(),
-                self.bytes
-            ));
-        }
-        match digest(&path) {
-            Ok((_, sha)) if sha == self.sha256 => None,
-            Ok(_) => Some(format!(
-                "{} changed since it was written (its SHA-256 differs)",
-                path.display()
-            )),
-            Err(e) => Some(format!("{e:#}")),
-        }
-    }
-}
-
-/// Deletes the recorded `files` (paths relative to `root`) that lie inside `root/inside`, and the
-/// folders this leaves empty; a recorded path that leaves that folder is logged and kept. What
-/// saeshare deletes is only ever what one of its records says it made.
-pub fn remove_made(root: &Path, inside: &Path, files: &[MadeFile]) {
-    for file in files {
-        let relative = Path::new(&file.path);
-        let path = root.join(relative);
-        let plain = relative
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !plain || !relative.starts_with(inside) {
-            tracing::warn!(
-                "a record names {}, outside {}; not deleting it",
-                path.display(),
-                root.join(inside).display()
-            );
-            continue;
-        }
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("could not delete {}: {e}", path.display()),
-        }
-        // Only succeeds on an empty folder: a user's file in it keeps it.
-        let mut dir = path.parent();
-        while let Some(d) = dir.filter(|d| d.starts_with(root.join(inside)) && *d != root) {
-            if std::fs::remove_dir(d).is_err() {
-                break;
-            }
-            dir = d.parent();
-        }
-    }
-}
-
-/// Size and SHA-256 (hex) of a file.
-fn digest(path: &Path) -> anyhow::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file
-            .read(&mut buffer)
-            .with_context(|| path.display().to_string())?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        bytes += n as u64;
-    }
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((bytes, hex))
 }
 
 /// The records of one output folder.
@@ -206,7 +94,7 @@ impl Units {
             files: files
                 .iter()
                 .map(|f| MadeFile::of(&self.output, f))
-                .collect::<anyhow::Result<_>>()?,
+                .collect::<Result<_, _>>()?,
         };
         crate::atomic::write(&path, &serde_json::to_vec_pretty(&record)?)
     }
@@ -269,43 +157,6 @@ mod tests {
         assert!(
             units.get("codes/a/shard-0").is_none(),
             "an unreadable record is no record"
-        );
-    }
-
-    #[test]
-    fn only_recorded_files_inside_the_units_folder_are_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        for f in [
-            "saes/a/1/sae.json",
-            "saes/a/2/sae.json",
-            "saes/a/2/mine.txt",
-            "keep.txt",
-        ] {
-            std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
-            std::fs::write(root.join(f), f).unwrap();
-        }
-        let made = |path: &str| MadeFile {
-            path: path.to_string(),
-            bytes: 0,
-            sha256: String::new(),
-        };
-        let files = [
-            made("saes/a/1/sae.json"),
-            made("saes/a/2/sae.json"),
-            made("saes/a/../../keep.txt"),
-            made("keep.txt"),
-        ];
-        remove_made(root, Path::new("saes/a"), &files);
-        assert!(!root.join("saes/a/1").exists(), "emptied folders go");
-        assert!(
-            root.join("saes/a/2/mine.txt").is_file(),
-            "a user's file stays"
-        );
-        assert!(!root.join("saes/a/2/sae.json").exists());
-        assert!(
-            root.join("keep.txt").is_file(),
-            "nothing outside saes/a is deleted"
         );
     }
 }

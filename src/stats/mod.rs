@@ -6,6 +6,8 @@
 //! - [`CoactivationAccumulator`]: moments of both streams and the cross sums, exact from sparse
 //!   codes in `k_A * k_B` updates per sample; merges associatively, saves and loads (zstd).
 //! - [`DenseAccumulator`]: the same sums for dense codes, by blocked matmuls through libtorch.
+//! - [`SavedSums`]: accumulators saved in `state-N/` folders, for a later run to add to (the
+//!   pipeline's pair states, `compare --state`).
 //! - [`align()`]: joins code files by sample id; a sample missing from a stream is an error or a
 //!   counted drop ([`MissingSamples`]).
 
@@ -13,6 +15,7 @@ mod align;
 mod coactivation;
 mod dense;
 mod moments;
+mod saved_sums;
 mod serialize;
 
 use std::path::PathBuf;
@@ -23,6 +26,7 @@ pub use align::{align, AlignReport, MissingSamples};
 pub use coactivation::CoactivationAccumulator;
 pub use dense::DenseAccumulator;
 pub use moments::Moments;
+pub use saved_sums::{SavedSums, SumsSide, SumsSides, STATE_FILE};
 
 /// What can go wrong gathering statistics.
 #[derive(Debug, thiserror::Error)]

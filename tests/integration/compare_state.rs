@@ -160,12 +160,86 @@ fn shards_added_through_the_state_equal_one_run_over_all() {
     // Other layers than the state's: refused, naming both.
     let other = metrics::compare(&second.0[..1], &second.1, &[], &options).unwrap_err();
     assert!(other.to_string().contains("same layers"), "{other}");
-    // Only the current generation's files remain.
-    let coact = std::fs::read_dir(&state)
+    // Only the current generation's files remain: one `state-N` folder, its 4 accumulators.
+    assert_eq!(coact_files(&state), (1, 4));
+}
+
+/// The `state-N` folders in a state folder, and the accumulator files in them.
+fn coact_files(state: &Path) -> (usize, usize) {
+    let generations: Vec<PathBuf> = std::fs::read_dir(state)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "coact")
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("state-")
+        })
+        .collect();
+    let coact = generations
+        .iter()
+        .flat_map(|g| std::fs::read_dir(g).unwrap())
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("coact".as_ref()))
         .count();
-    assert_eq!(coact, 4);
+    (generations.len(), coact)
+}
+
+#[test]
+fn a_state_of_the_earlier_layout_is_added_to_and_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = files(dir.path(), 0..SAMPLES);
+    let first = files(dir.path(), 0..120);
+    let second = files(dir.path(), 120..SAMPLES);
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+
+    // The earlier layout, by hand: state.json (version 1) and g<g>-<a>-<b>.coact in the folder.
+    let (sums, _) =
+        metrics::accumulate_files(&first.0, &first.1, &CompareOptions::default()).unwrap();
+    for (a, row) in sums.iter().enumerate() {
+        for (b, acc) in row.iter().enumerate() {
+            acc.save(&state.join(format!("g3-{a}-{b}.coact"))).unwrap();
+        }
+    }
+    let inputs: Vec<PathBuf> = first
+        .0
+        .iter()
+        .chain(&first.1)
+        .map(|p| p.canonicalize().unwrap())
+        .collect();
+    let layers = serde_json::json!([["l0", D], ["l1", D]]);
+    let manifest = serde_json::json!({
+        "version": 1,
+        "generation": 3,
+        "source": {"encoder": "A", "layers": layers},
+        "target": {"encoder": "B", "layers": layers},
+        "inputs": inputs,
+    });
+    std::fs::write(state.join("state.json"), manifest.to_string()).unwrap();
+    // Not the state's: stays.
+    std::fs::write(state.join("g9-0-0.coact"), b"mine").unwrap();
+
+    let merged = run(&second, Some(&state));
+    assert_eq!(merged.wmppc[0].samples, SAMPLES);
+    assert_same(&merged, &run(&all, None));
+
+    // The new layout, with the old inputs and the new; the old files it read are gone.
+    assert!(!state.join("state.json").exists());
+    assert!(!state.join("g3-0-0.coact").exists() && !state.join("g3-1-1.coact").exists());
+    assert!(state.join("g9-0-0.coact").is_file());
+    assert_eq!(coact_files(&state), (1, 4));
+    let saved = saeshare::stats::SavedSums::latest(&state).unwrap();
+    assert_eq!((saved.shards.len(), saved.samples), (8, SAMPLES));
+    assert!(saved.problem(&state).is_none());
+
+    // The inputs of the old state are still known: adding one again is refused.
+    let options = CompareOptions {
+        state: Some(state.clone()),
+        ..CompareOptions::default()
+    };
+    let again = metrics::compare(&first.0, &first.1, &[], &options).unwrap_err();
+    assert!(again.to_string().contains("already added"), "{again}");
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod encoder_preprocessing;
 mod encoder_real;
 mod encoder_real_images;
 mod metric_views;
+mod outputs_by_difference;
 mod pipeline;
 mod report;
 mod run_folder_faults;

@@ -273,3 +273,67 @@ fn a_new_encoder_and_a_new_query_change_only_what_depends_on_them() {
     assert!(views.sharedness("a-b-not-c").is_none());
     assert_eq!(views.sharedness("a-b").unwrap().len(), a_features);
 }
+
+#[test]
+fn replacing_rows_by_difference_equals_views_built_from_the_new_rows() {
+    let study = study();
+    let (ab, _) = compare_pairs(&study, &AB);
+    let (c, _) = compare_pairs(&study, &WITH_C);
+    // The pair A -> C recomputed: the same rows but for two features.
+    let mut changed = c.clone();
+    let touched: Vec<usize> = (0..changed.len())
+        .filter(|&i| changed[i].source == "A" && changed[i].target == "C")
+        .take(2)
+        .collect();
+    for &i in &touched {
+        changed[i].rho = (changed[i].rho + 0.25).min(1.0);
+    }
+    let old: Vec<MppcRow> = ab.iter().chain(&c).cloned().collect();
+    let new: Vec<MppcRow> = ab.iter().chain(&changed).cloned().collect();
+
+    let mut views = MetricViews::new();
+    views.add_mppc(&old).unwrap();
+    views
+        .add_query("a-c", query("A", &["C"], &[], None))
+        .unwrap();
+    views
+        .add_query("b-a", query("B", &["A"], &[], None))
+        .unwrap();
+    views.step();
+    let counts = views.update_mppc(&old, &new).unwrap();
+    assert_eq!((counts.removed, counts.added), (2, 2));
+    let changes = views.step().clone();
+    // Only what reads A -> C moved: its wMPPC values and the ranking of A against C.
+    assert!(!changes.wmppc.is_empty());
+    for (key, _, _) in &changes.wmppc {
+        assert_eq!(
+            (key.source.as_str(), key.target.as_str()),
+            ("A", "C"),
+            "{key:?}"
+        );
+    }
+    assert!(changes.sharedness.iter().all(|u| u.0 == "a-c"));
+    assert_eq!(changes.sharedness.len(), 2 * touched.len());
+
+    let mut fresh = MetricViews::new();
+    fresh.add_mppc(&new).unwrap();
+    fresh
+        .add_query("a-c", query("A", &["C"], &[], None))
+        .unwrap();
+    fresh
+        .add_query("b-a", query("B", &["A"], &[], None))
+        .unwrap();
+    fresh.step();
+    assert_eq!(views.wmppc(), fresh.wmppc());
+    for name in ["a-c", "b-a"] {
+        assert_eq!(views.sharedness(name), fresh.sharedness(name), "{name}");
+    }
+
+    // Rows never added cannot be taken out, and nothing changes then.
+    let stranger = MppcRow {
+        source: "Z".into(),
+        ..new[0].clone()
+    };
+    assert!(views.update_mppc(&[stranger], &[]).is_err());
+    assert_eq!(views.step(), &Default::default());
+}

@@ -343,7 +343,7 @@ fn new_shards_are_encoded_with_the_frozen_saes_and_added_to_the_sums() {
         "two encoders on the two new shards"
     );
     let state =
-        saeshare::pipeline::PairState::latest(&dir.path().join("grow/pairs/dinov2__bert")).unwrap();
+        saeshare::stats::SavedSums::latest(&dir.path().join("grow/pairs/dinov2__bert")).unwrap();
     assert_eq!((state.shards.len(), state.samples), (6, 600));
 
     // The same SAEs over all six shards at once give the same statistics.

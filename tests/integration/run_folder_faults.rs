@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use crate::common;
 use crate::pipeline::{assert_same_outputs, study};
 use saeshare::dataset::{DatasetWriter, NewRow, WriterOptions};
-use saeshare::pipeline::{PairState, RunFolder, MARKER_FILE};
+use saeshare::pipeline::{RunFolder, MARKER_FILE};
+use saeshare::stats::SavedSums;
 
 const ENCODERS: [&str; 2] = ["bert", "dinov2"];
 
@@ -52,8 +53,8 @@ fn failed_with(output: &Output, needles: &[&str]) -> String {
     err
 }
 
-fn pair_state(output: &Path, pair: &str) -> PairState {
-    PairState::latest(&output.join("pairs").join(pair)).unwrap()
+fn pair_state(output: &Path, pair: &str) -> SavedSums {
+    SavedSums::latest(&output.join("pairs").join(pair)).unwrap()
 }
 
 /// A study text over `dataset` with encoders of the tiny packages, for the name cases.

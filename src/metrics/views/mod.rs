@@ -68,6 +68,42 @@ struct Row {
     weight: Real,
 }
 
+impl Row {
+    fn of(r: &MppcRow) -> Row {
+        Row {
+            source: r.source.clone(),
+            source_layer: r.source_layer.clone(),
+            feature: r.feature,
+            target: r.target.clone(),
+            target_layer: r.target_layer.clone(),
+            best_feature: r.best_feature,
+            best_layer: r.best_layer.clone(),
+            rho: Real(r.rho),
+            weight: Real(r.weight),
+        }
+    }
+
+    fn key(&self) -> RowKey {
+        (
+            self.source.clone(),
+            self.source_layer.clone(),
+            self.feature,
+            self.target.clone(),
+            self.target_layer.clone(),
+        )
+    }
+}
+
+/// What identifies an `mppc` row: (source, source layer, feature, target, target layer).
+type RowKey = (String, String, u32, String, String);
+
+/// How many rows an [`MetricViews::update_mppc`] took out and put in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    pub removed: usize,
+    pub added: usize,
+}
+
 /// A named sharedness query as the dataflow holds it (`top` is applied on reading).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct Query {
@@ -225,7 +261,7 @@ pub struct MetricViews {
     worker: Worker,
     sink: Rc<RefCell<Updates>>,
     epoch: dataflow::Time,
-    seen: HashSet<(String, String, u32, String, String)>,
+    seen: HashSet<RowKey>,
     queries: BTreeMap<String, SharednessQuery>,
     wmppc: BTreeMap<WmppcKey, Option<f64>>,
     sharedness: BTreeMap<(String, String, u32), SharednessRow>,
@@ -266,19 +302,9 @@ impl MetricViews {
     /// source layer, feature, target, target layer) was already added is an error, and then
     /// none of `rows` is added.
     pub fn add_mppc(&mut self, rows: &[MppcRow]) -> Result<(), MetricsError> {
-        let key = |r: &MppcRow| {
-            let (s, t) = (r.source.clone(), r.target.clone());
-            (
-                s,
-                r.source_layer.clone(),
-                r.feature,
-                t,
-                r.target_layer.clone(),
-            )
-        };
         let mut fresh = HashSet::with_capacity(rows.len());
         for r in rows {
-            let k = key(r);
+            let k = Row::of(r).key();
             if self.seen.contains(&k) || !fresh.insert(k) {
                 return Err(MetricsError::BadInput(format!(
                     "{} layer {:?} feature {} has two mppc rows towards {} layer {:?}; was one table given twice?",
@@ -288,19 +314,54 @@ impl MetricViews {
         }
         self.seen.extend(fresh);
         for r in rows {
-            self.dataflow.mppc.insert(Row {
-                source: r.source.clone(),
-                source_layer: r.source_layer.clone(),
-                feature: r.feature,
-                target: r.target.clone(),
-                target_layer: r.target_layer.clone(),
-                best_feature: r.best_feature,
-                best_layer: r.best_layer.clone(),
-                rho: Real(r.rho),
-                weight: Real(r.weight),
-            });
+            self.dataflow.mppc.insert(Row::of(r));
         }
         Ok(())
+    }
+
+    /// Replaces the rows `old` (added before) by `new`, taking effect at the next
+    /// [`step`](Self::step). Only the rows that differ enter the dataflow, so only the outputs
+    /// that depend on them are computed again: a run that changed one pair recomputes the wMPPC
+    /// of that pair and the rankings of the queries that read it. A row of `old` never added, or
+    /// two rows of `new` with one key, is an error, and then nothing changes.
+    pub fn update_mppc(
+        &mut self,
+        old: &[MppcRow],
+        new: &[MppcRow],
+    ) -> Result<Changed, MetricsError> {
+        let old: HashSet<Row> = old.iter().map(Row::of).collect();
+        let new: HashSet<Row> = new.iter().map(Row::of).collect();
+        let gone: Vec<&Row> = old.difference(&new).collect();
+        let came: Vec<&Row> = new.difference(&old).collect();
+        if let Some(r) = gone.iter().find(|r| !self.seen.contains(&r.key())) {
+            return Err(MetricsError::BadInput(format!(
+                "{} layer {:?} feature {} towards {} layer {:?}: not among the rows added before",
+                r.source, r.source_layer, r.feature, r.target, r.target_layer
+            )));
+        }
+        let mut keys: HashSet<RowKey> = self.seen.clone();
+        for r in &gone {
+            keys.remove(&r.key());
+        }
+        for r in &came {
+            if !keys.insert(r.key()) {
+                return Err(MetricsError::BadInput(format!(
+                    "{} layer {:?} feature {} has two mppc rows towards {} layer {:?}; was one table given twice?",
+                    r.source, r.source_layer, r.feature, r.target, r.target_layer
+                )));
+            }
+        }
+        self.seen = keys;
+        for r in &gone {
+            self.dataflow.mppc.remove((*r).clone());
+        }
+        for r in &came {
+            self.dataflow.mppc.insert((*r).clone());
+        }
+        Ok(Changed {
+            removed: gone.len(),
+            added: came.len(),
+        })
     }
 
     /// Adds a sharedness query under `name`, taking effect at the next [`step`](Self::step).
@@ -327,6 +388,11 @@ impl MetricViews {
         self.dataflow.queries.insert(Self::query(name, &query));
         self.queries.insert(name.to_string(), query);
         Ok(())
+    }
+
+    /// The query named `name`, if any.
+    pub fn query_named(&self, name: &str) -> Option<&SharednessQuery> {
+        self.queries.get(name)
     }
 
     /// Removes the query `name` (its results go at the next step); false when there is none.
