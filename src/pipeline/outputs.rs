@@ -20,7 +20,8 @@ use super::record::query_records;
 use super::units::MadeFile;
 use crate::ids::EncoderId;
 use crate::metrics::{
-    ceiling_for, tables, Changes, FeatureMatch, MetricViews, MppcRow, SharednessQuery, WmppcRow,
+    ceiling_for, tables, Changes, FeatureMatch, MetricViews, MppcRow, SharednessQuery, WmppcKey,
+    WmppcRow,
 };
 use crate::run_record::QueryRecord;
 
@@ -33,9 +34,18 @@ pub struct Outputs {
 /// Writes the study-wide tables and the sharedness rankings that changed.
 pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     let root = &plan.output;
-    let tables::MergedTables { wmppc, mppc, .. } = merge_pair_tables(plan)?;
+    let tables::MergedTables {
+        mut wmppc, mppc, ..
+    } = merge_pair_tables(plan)?;
     let queries = query_records(plan);
-    let rankings = Rankings::update(root, &plan.layout().mppc(), &mppc, &queries)?;
+    let orders: Vec<(String, Vec<String>)> = (plan.encoders.iter())
+        .map(|e| (e.name.clone(), e.layer_names()))
+        .collect();
+    let views = StudyViews::update(root, &plan.layout().mppc(), &orders, &mppc, &queries)?;
+    // The pairs' tables give each row's baselines and samples; the views give its value.
+    for row in &mut wmppc {
+        row.wmppc = views.wmppc(row)?;
+    }
     let mut files = Vec::new();
     if !wmppc.is_empty() {
         let out = plan.layout().wmppc();
@@ -47,8 +57,8 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     }
     for query in &queries {
         let out = plan.layout().sharedness_table(&query.name);
-        if rankings.changed(&query.name) || !rankings.intact(root, &out) {
-            let rows = rankings.views.sharedness(&query.name).unwrap_or_default();
+        if views.changed(&query.name) || !views.intact(root, &out) {
+            let rows = views.views.sharedness(&query.name).unwrap_or_default();
             tables::write_sharedness(&out, &query.model, &rows)?;
             tracing::info!(
                 "sharedness {}: {} features ranked, written to {}",
@@ -69,8 +79,9 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     Ok(Outputs { files, wmppc })
 }
 
-/// The sharedness rankings, brought up to date by difference from the last outputs.
-struct Rankings {
+/// The study's wMPPC values and sharedness rankings, brought up to date by difference from the
+/// last outputs.
+struct StudyViews {
     views: MetricViews,
     /// The ranking tables of the last outputs, as written.
     written: Vec<MadeFile>,
@@ -79,16 +90,21 @@ struct Rankings {
     changes: Changes,
 }
 
-impl Rankings {
+impl StudyViews {
     /// The views fed the last outputs' rows and queries, then the difference with `mppc` and
-    /// `queries`: what changed is what depends on the difference.
+    /// `queries`: what changed is what depends on the difference. `orders` lists each
+    /// encoder's layers in the study's order, the order the all-layers averages sum them in.
     fn update(
         root: &Path,
         mppc_file: &Path,
+        orders: &[(String, Vec<String>)],
         mppc: &[MppcRow],
         queries: &[QueryRecord],
-    ) -> anyhow::Result<Rankings> {
+    ) -> anyhow::Result<StudyViews> {
         let mut views = MetricViews::new();
+        for (encoder, layers) in orders {
+            views.order_layers(encoder, layers);
+        }
         let Baseline {
             rows: old_rows,
             queries: old_queries,
@@ -117,12 +133,25 @@ impl Rankings {
             changes.wmppc.len(),
             changes.sharedness.len()
         );
-        Ok(Rankings {
+        Ok(StudyViews {
             views,
             written,
             fresh,
             changes,
         })
+    }
+
+    /// The value of a `wmppc` row's key, as the views maintain it.
+    fn wmppc(&self, row: &WmppcRow) -> anyhow::Result<Option<f64>> {
+        let key = WmppcKey {
+            source: row.source.clone(),
+            target: row.target.clone(),
+            source_layer: row.source_layer.clone(),
+            target_layer: row.target_layer.clone(),
+            aggregation: row.aggregation,
+        };
+        let value = self.views.wmppc().get(&key).copied();
+        value.ok_or_else(|| anyhow::anyhow!("the views hold no wMPPC of {key:?}"))
     }
 
     /// Whether the ranking table `table` is the file the last outputs wrote.

@@ -337,3 +337,32 @@ fn replacing_rows_by_difference_equals_views_built_from_the_new_rows() {
     assert!(views.update_mppc(&[stranger], &[]).is_err());
     assert_eq!(views.step(), &Default::default());
 }
+
+#[test]
+fn views_give_the_bits_of_compare_whatever_the_layer_names() {
+    let dir = tempfile::tempdir().unwrap();
+    // As text, "l10" < "l11" < "l9": the study's order is not the names' order.
+    let names = ["l9", "l10", "l11"];
+    let a: Vec<PathBuf> = (names.iter().enumerate())
+        .map(|(i, n)| write_layer(dir.path(), "A", n, 50 + i as u64))
+        .collect();
+    let b: Vec<PathBuf> = (["m9", "m10"].iter().enumerate())
+        .map(|(i, n)| write_layer(dir.path(), "B", n, 60 + i as u64))
+        .collect();
+    let batch = metrics::compare(&a, &b, &[], &CompareOptions::default()).unwrap();
+    assert!(batch
+        .wmppc
+        .iter()
+        .any(|r| r.aggregation == Aggregation::AllFeatures));
+    let mut views = MetricViews::new();
+    views.order_layers("A", &names.map(String::from));
+    // The rows arrive in another order: the ranks come from the order given.
+    let mut rows = batch.mppc.clone();
+    rows.reverse();
+    views.add_mppc(&rows).unwrap();
+    views.step();
+    for r in &batch.wmppc {
+        let bits = |v: Option<f64>| v.map(f64::to_bits);
+        assert_eq!(bits(views.wmppc()[&key(r)]), bits(r.wmppc), "{r:?}");
+    }
+}

@@ -7,6 +7,7 @@
 //! therefore changes only the outputs that involve them.
 
 use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use differential_dataflow::input::{Input, InputSession};
@@ -14,10 +15,11 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
-use super::{Partial, Query, Real, Row, Shared, Updates, WmppcKey};
+use super::{Query, Real, Row, Shared, Updates, WmppcKey};
+use crate::metrics::compare::all_layers;
 use crate::metrics::compare::ALL_LAYERS;
 use crate::metrics::sharedness::feature_delta;
-use crate::metrics::Aggregation;
+use crate::metrics::{wmppc, Aggregation, FeatureMatch};
 
 /// Logical time of the views: one epoch per [`super::MetricViews::step`].
 pub(super) type Time = u64;
@@ -46,16 +48,16 @@ pub(super) fn build(worker: &mut Worker, sink: Rc<RefCell<Updates>>) -> Dataflow
         let (queries, query_rows) = scope.new_collection::<Query, isize>();
         let probe = ProbeHandle::new();
 
-        let partials = layer_partials(rows.clone());
+        let per_layer = per_layer_wmppc(rows.clone());
         let wmppc_sink = sink.clone();
-        wmppc_values(partials.clone())
+        wmppc_values(rows.clone(), per_layer.clone())
             .consolidate()
             .inspect(move |(update, _time, diff)| {
                 wmppc_sink.borrow_mut().wmppc.push((update.clone(), *diff))
             })
             .probe_with(&probe);
 
-        sharedness(rows, standing_layers(partials), query_rows)
+        sharedness(rows, standing_layers(per_layer), query_rows)
             .consolidate()
             .inspect(move |(((name, layer, feature), value), _time, diff)| {
                 let row = value.to_row(layer.clone(), *feature);
@@ -81,47 +83,55 @@ fn by_layer_pair(rows: Coll<'_, Row>) -> Coll<'_, (LayerPair, FeatureValue)> {
     })
 }
 
-/// S-weighted sums per layer pair.
-fn layer_partials(rows: Coll<'_, Row>) -> Coll<'_, (LayerPair, Partial)> {
+/// A feature's match as the batch core takes it (the best target feature plays no part in
+/// the averages).
+fn feature_match(rho: Real, weight: Real) -> FeatureMatch {
+    FeatureMatch {
+        rho: rho.0,
+        best: None,
+        weight: weight.0,
+    }
+}
+
+/// wMPPC of every layer pair (target layer `*`: the union), by the batch core's formula over
+/// the features in order: the same bits as `compare`.
+fn per_layer_wmppc(rows: Coll<'_, Row>) -> Coll<'_, (LayerPair, Option<Real>)> {
     by_layer_pair(rows).reduce(|_pair, features, out| {
-        out.push((
-            Partial::of(features.iter().map(|(f, _)| (f.1 .0, f.2 .0))),
-            1,
-        ))
+        let matches: Vec<FeatureMatch> = (features.iter())
+            .map(|(f, _)| feature_match(f.1, f.2))
+            .collect();
+        out.push((wmppc(&matches).map(Real), 1))
     })
 }
 
-/// wMPPC of every layer pair (or source layer against the union), and both all-layers
-/// aggregations of every (source, target) pair.
+/// wMPPC of every layer pair, and both all-layers aggregations of every (source, target) pair.
 fn wmppc_values<'scope>(
-    partials: Coll<'scope, (LayerPair, Partial)>,
+    rows: Coll<'scope, Row>,
+    per_layer: Coll<'scope, (LayerPair, Option<Real>)>,
 ) -> Coll<'scope, (WmppcKey, Option<Real>)> {
-    let per_layer = partials
-        .clone()
-        .map(|((source, target, source_layer, target_layer), p)| {
-            let aggregation = if target_layer == ALL_LAYERS {
-                Aggregation::Union
-            } else {
-                Aggregation::Layer
-            };
-            let key = WmppcKey {
-                source,
-                target,
-                source_layer,
-                target_layer,
-                aggregation,
-            };
-            (key, p.wmppc().map(Real))
-        });
-    let all_layers = partials
-        .map(|((source, target, source_layer, target_layer), p)| {
-            ((source, target), (source_layer, target_layer, p))
+    let per_layer = per_layer.map(|((source, target, source_layer, target_layer), value)| {
+        let aggregation = if target_layer == ALL_LAYERS {
+            Aggregation::Union
+        } else {
+            Aggregation::Layer
+        };
+        let key = WmppcKey {
+            source,
+            target,
+            source_layer,
+            target_layer,
+            aggregation,
+        };
+        (key, value)
+    });
+    let all_layers = rows
+        .map(|r| {
+            let at = (r.source_rank, r.source_layer, r.target_layer);
+            ((r.source, r.target), (at, r.feature, r.rho, r.weight))
         })
-        .reduce(|_pair, layers, out| {
-            let layers = layers
-                .iter()
-                .map(|(l, _)| (l.0.as_str(), l.1.as_str(), &l.2));
-            for (aggregation, value) in Partial::all_layers(layers) {
+        .reduce(|_pair, features, out| {
+            let features = features.iter().map(|(f, _)| (&f.0, f.2, f.3));
+            for (aggregation, value) in all_layers_of(features) {
                 out.push(((aggregation, value.map(Real)), 1));
             }
         })
@@ -138,11 +148,49 @@ fn wmppc_values<'scope>(
     per_layer.concat(all_layers)
 }
 
+/// `compare`'s all-layers aggregations from the MPPC rows of one (source, target) pair, each
+/// `((source rank, source layer, target layer), rho, weight)` in order: none unless there are
+/// several layer pairs and every source layer has its union (or the only target layer). The
+/// unions go to the batch core in the source layers' order.
+fn all_layers_of<'a>(
+    features: impl Iterator<Item = (&'a (u32, String, String), Real, Real)>,
+) -> Vec<(Aggregation, Option<f64>)> {
+    let mut layers: BTreeMap<(u32, &str), BTreeMap<&str, Vec<FeatureMatch>>> = BTreeMap::new();
+    for ((rank, source, target), rho, weight) in features {
+        (layers.entry((*rank, source.as_str())).or_default())
+            .entry(target.as_str())
+            .or_default()
+            .push(feature_match(rho, weight));
+    }
+    let targets: BTreeSet<&str> = (layers.values())
+        .flat_map(|t| t.keys().copied())
+        .filter(|t| *t != ALL_LAYERS)
+        .collect();
+    if layers.len() * targets.len() <= 1 {
+        return Vec::new();
+    }
+    let standing = match targets.len() {
+        1 => *targets.first().expect("one"),
+        _ => ALL_LAYERS,
+    };
+    let mut unions = Vec::with_capacity(layers.len());
+    for per_target in layers.into_values() {
+        match per_target.into_iter().find(|(t, _)| *t == standing) {
+            Some((_, matches)) => unions.push(matches),
+            None => return Vec::new(),
+        }
+    }
+    all_layers(&unions)
+        .into_iter()
+        .map(|(key, value)| (key.aggregation, value))
+        .collect()
+}
+
 /// The target layer standing for a target model at one source layer: the union when there is
 /// one, else the only layer (several layers without a union: none, as `sharedness` refuses
 /// them).
-fn standing_layers(partials: Coll<'_, (LayerPair, Partial)>) -> Coll<'_, LayerPair> {
-    partials
+fn standing_layers(per_layer: Coll<'_, (LayerPair, Option<Real>)>) -> Coll<'_, LayerPair> {
+    per_layer
         .map(|((source, target, source_layer, target_layer), _)| {
             ((source, target, source_layer), target_layer)
         })

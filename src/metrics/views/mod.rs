@@ -18,9 +18,10 @@ use timely::communication::allocator::Thread;
 use timely::communication::Allocator;
 use timely::worker::Worker;
 
-use super::compare::ALL_LAYERS;
+use std::collections::HashMap;
+
 use super::sharedness::rank;
-use super::{mean_over_layers, Aggregation, MetricsError, MppcRow, SharednessQuery, SharednessRow};
+use super::{Aggregation, MetricsError, MppcRow, SharednessQuery, SharednessRow};
 
 /// An f64 that differential dataflow can hold.
 ///
@@ -59,6 +60,9 @@ impl Hash for Real {
 struct Row {
     source: String,
     source_layer: String,
+    /// The position of the source layer among its encoder's layers: the all-layers
+    /// aggregations sum the layers in this order, as the batch does.
+    source_rank: u32,
     feature: u32,
     target: String,
     target_layer: String,
@@ -69,9 +73,10 @@ struct Row {
 }
 
 impl Row {
-    fn of(r: &MppcRow) -> Row {
+    fn of(r: &MppcRow, source_rank: u32) -> Row {
         Row {
             source: r.source.clone(),
+            source_rank,
             source_layer: r.source_layer.clone(),
             feature: r.feature,
             target: r.target.clone(),
@@ -111,79 +116,6 @@ struct Query {
     source: String,
     shared_with: Vec<String>,
     not_shared_with: Vec<String>,
-}
-
-/// `sum_i S_i MPPC_i`, `sum_i S_i` and the feature count of one layer pair.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct Partial {
-    num: Real,
-    den: Real,
-    features: u64,
-}
-
-impl Partial {
-    /// The sums of `(MPPC_i, S_i)` pairs, in the order given.
-    fn of(matches: impl Iterator<Item = (f64, f64)>) -> Self {
-        let (mut num, mut den, mut features) = (0.0, 0.0, 0);
-        for (rho, weight) in matches {
-            num += weight * rho;
-            den += weight;
-            features += 1;
-        }
-        Partial {
-            num: Real(num),
-            den: Real(den),
-            features,
-        }
-    }
-
-    /// The formula of [`super::wmppc()`]: undefined when every weight is 0.
-    fn wmppc(&self) -> Option<f64> {
-        (self.den.0 != 0.0).then(|| self.num.0 / self.den.0)
-    }
-
-    /// `compare`'s all-layers aggregations from the partials of one (source, target) pair,
-    /// `(source layer, target layer, partial)`: none unless there are several layer pairs and
-    /// every source layer has its union (or the only target layer).
-    fn all_layers<'a>(
-        layers: impl Iterator<Item = (&'a str, &'a str, &'a Partial)>,
-    ) -> Vec<(Aggregation, Option<f64>)> {
-        let layers: Vec<_> = layers.collect();
-        let sources: BTreeSet<&str> = layers.iter().map(|l| l.0).collect();
-        let targets: BTreeSet<&str> = layers
-            .iter()
-            .map(|l| l.1)
-            .filter(|t| *t != ALL_LAYERS)
-            .collect();
-        if sources.len() * targets.len() <= 1 {
-            return Vec::new();
-        }
-        let mut unions = Vec::with_capacity(sources.len());
-        for source in sources {
-            let mine = |target: &str| layers.iter().find(|l| l.0 == source && l.1 == target);
-            let union = match targets.len() {
-                1 => mine(targets.first().expect("one")),
-                _ => mine(ALL_LAYERS),
-            };
-            match union {
-                Some(u) => unions.push(u.2),
-                None => return Vec::new(),
-            }
-        }
-        let per_layer: Vec<(Option<f64>, usize)> = unions
-            .iter()
-            .map(|p| (p.wmppc(), p.features as usize))
-            .collect();
-        let all = Partial {
-            num: Real(unions.iter().map(|p| p.num.0).sum()),
-            den: Real(unions.iter().map(|p| p.den.0).sum()),
-            features: 0,
-        };
-        vec![
-            (Aggregation::MeanOverLayers, mean_over_layers(&per_layer)),
-            (Aggregation::AllFeatures, all.wmppc()),
-        ]
-    }
 }
 
 /// A sharedness result without its key (query, layer, feature).
@@ -262,6 +194,8 @@ pub struct MetricViews {
     sink: Rc<RefCell<Updates>>,
     epoch: dataflow::Time,
     seen: HashSet<RowKey>,
+    /// The position of each (encoder, layer) among its encoder's layers.
+    ranks: HashMap<(String, String), u32>,
     queries: BTreeMap<String, SharednessQuery>,
     wmppc: BTreeMap<WmppcKey, Option<f64>>,
     sharedness: BTreeMap<(String, String, u32), SharednessRow>,
@@ -291,6 +225,7 @@ impl MetricViews {
             sink,
             epoch: 0,
             seen: HashSet::new(),
+            ranks: HashMap::new(),
             queries: BTreeMap::new(),
             wmppc: BTreeMap::new(),
             sharedness: BTreeMap::new(),
@@ -304,7 +239,7 @@ impl MetricViews {
     pub fn add_mppc(&mut self, rows: &[MppcRow]) -> Result<(), MetricsError> {
         let mut fresh = HashSet::with_capacity(rows.len());
         for r in rows {
-            let k = Row::of(r).key();
+            let k = self.row(r).key();
             if self.seen.contains(&k) || !fresh.insert(k) {
                 return Err(MetricsError::BadInput(format!(
                     "{} layer {:?} feature {} has two mppc rows towards {} layer {:?}; was one table given twice?",
@@ -314,9 +249,35 @@ impl MetricViews {
         }
         self.seen.extend(fresh);
         for r in rows {
-            self.dataflow.mppc.insert(Row::of(r));
+            let row = self.row(r);
+            self.dataflow.mppc.insert(row);
         }
         Ok(())
+    }
+
+    /// Says in which order `encoder`'s layers go, before its rows are added: the all-layers
+    /// aggregations sum the layers in this order, so that their values are the bits `compare`
+    /// gives. Without it, layers rank in the order their rows first arrive.
+    pub fn order_layers(&mut self, encoder: &str, layers: &[String]) {
+        for (rank, layer) in layers.iter().enumerate() {
+            let rank = u32::try_from(rank).expect("fewer than 2^32 layers");
+            self.ranks
+                .insert((encoder.to_string(), layer.clone()), rank);
+        }
+    }
+
+    /// The dataflow's row of `r`, its source layer ranked.
+    fn row(&mut self, r: &MppcRow) -> Row {
+        let key = (r.source.clone(), r.source_layer.clone());
+        let rank = match self.ranks.get(&key) {
+            Some(&rank) => rank,
+            None => {
+                let next = self.ranks.keys().filter(|(e, _)| *e == r.source).count() as u32;
+                self.ranks.insert(key, next);
+                next
+            }
+        };
+        Row::of(r, rank)
     }
 
     /// Replaces the rows `old` (added before) by `new`, taking effect at the next
@@ -329,8 +290,8 @@ impl MetricViews {
         old: &[MppcRow],
         new: &[MppcRow],
     ) -> Result<Changed, MetricsError> {
-        let old: HashSet<Row> = old.iter().map(Row::of).collect();
-        let new: HashSet<Row> = new.iter().map(Row::of).collect();
+        let old: HashSet<Row> = old.iter().map(|r| self.row(r)).collect();
+        let new: HashSet<Row> = new.iter().map(|r| self.row(r)).collect();
         let gone: Vec<&Row> = old.difference(&new).collect();
         let came: Vec<&Row> = new.difference(&old).collect();
         if let Some(r) = gone.iter().find(|r| !self.seen.contains(&r.key())) {
