@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::compare::ALL_LAYERS;
-use super::{MetricsError, MppcRow};
+use super::{MetricViews, MetricsError, MppcRow};
 
 /// A sharedness query.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +60,6 @@ pub fn sharedness(
     }
     let standing = StandingLayers::of(&mine);
     let features = gather(&mine, query, &standing)?;
-    let mut out = Vec::with_capacity(features.len());
     for ((source_layer, feature), entry) in features {
         let missing = (query.shared_with.iter())
             .find(|g| !entry.shared.contains_key(*g))
@@ -73,16 +72,14 @@ pub fn sharedness(
                 query.source, query.source
             )));
         }
-        out.push(feature_delta(
-            source_layer,
-            feature,
-            entry.weight,
-            entry.shared.values().copied(),
-            entry.not_shared.values().copied(),
-        ));
     }
-    rank(&mut out, query.top);
-    Ok(out)
+    // The ranking itself comes from the differential views, as a study's does.
+    let mine: Vec<MppcRow> = mine.into_iter().cloned().collect();
+    let mut views = MetricViews::new();
+    views.add_mppc(&mine)?;
+    views.add_query("query", query.clone())?;
+    views.step();
+    Ok(views.sharedness("query").unwrap_or_default())
 }
 
 /// G is not empty and shares no model with H.
@@ -138,14 +135,14 @@ impl<'a> StandingLayers<'a> {
     }
 }
 
-/// One feature of M: its weight and its MPPC towards the models of G and of H.
+/// One feature of M: its MPPC towards the models of G and of H.
 struct Entry {
-    weight: f64,
     shared: HashMap<String, f64>,
     not_shared: HashMap<String, f64>,
 }
 
-/// Each feature of M with its MPPC towards every model of G and H, at the standing layers.
+/// Each feature of M with its MPPC towards the models of G and H at the standing layers: what
+/// checks that the rows are complete and not given twice.
 fn gather(
     mine: &[&MppcRow],
     query: &SharednessQuery,
@@ -163,7 +160,6 @@ fn gather(
         let entry = features
             .entry((r.source_layer.clone(), r.feature))
             .or_insert_with(|| Entry {
-                weight: r.weight,
                 shared: HashMap::new(),
                 not_shared: HashMap::new(),
             });
@@ -183,7 +179,7 @@ fn gather(
 }
 
 /// The row of one feature of weight `S_i` from its MPPC towards each model of G and of H.
-/// Shared by [`sharedness`] and the differential views, so both compute the same Delta.
+/// The one formula of Delta: the differential views call it for every feature they rank.
 pub(crate) fn feature_delta(
     source_layer: String,
     feature: u32,
