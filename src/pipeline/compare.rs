@@ -132,7 +132,7 @@ impl CompareWork {
         self.restart[p.index()]
     }
 
-    /// Whether some encoder needs codes for shard `s`: how many.
+    /// How many encoders need codes for shard `s`.
     pub fn encoders_needing(&self, s: ShardId) -> usize {
         self.codes.iter().filter(|row| row[s.index()]).count()
     }

@@ -20,8 +20,8 @@ use super::record::query_records;
 use super::units::MadeFile;
 use crate::ids::EncoderId;
 use crate::metrics::{
-    ceiling_for, tables, Changes, FeatureMatch, MetricViews, MppcRow, SharednessQuery, WmppcKey,
-    WmppcRow,
+    ceiling_for, tables, Changes, FeatureMatch, MetricViews, MppcRow, SharednessQuery,
+    SharednessRow, WmppcKey, WmppcRow,
 };
 use crate::run_record::QueryRecord;
 
@@ -58,7 +58,7 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     for query in &queries {
         let out = plan.layout().sharedness_table(&query.name);
         if views.changed(&query.name) || !views.intact(root, &out) {
-            let rows = views.views.sharedness(&query.name).unwrap_or_default();
+            let rows = views.ranking(&query.name);
             tables::write_sharedness(&out, &query.model, &rows)?;
             tracing::info!(
                 "sharedness {}: {} features ranked, written to {}",
@@ -139,6 +139,11 @@ impl StudyViews {
             fresh,
             changes,
         })
+    }
+
+    /// Query `name`'s current ranking.
+    fn ranking(&self, name: &str) -> Vec<SharednessRow> {
+        self.views.sharedness(name).unwrap_or_default()
     }
 
     /// The value of a `wmppc` row's key, as the views maintain it.
