@@ -1,16 +1,20 @@
-//! Activation files: pooled activations of an encoder, one row per (sample, layer).
+//! Activation files: activations of an encoder, one row per (sample, layer) when pooled, one row
+//! per (sample, token, layer) when token-level.
 //!
 //! `saeshare encode` writes them and `saeshare sae train` / `sae encode` read them (FORMATS.md,
 //! "Activations"). A study run never needs them (activations stream from the encoder into the
-//! SAEs); they are for training or inspecting one layer outside a study.
+//! SAEs); they are for training or inspecting one layer outside a study. `sae train` trains on
+//! the rows whichever they are; `sae encode` writes one code per sample, so it refuses a
+//! token-level file.
 
 use std::fs::File;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, Float32Builder, ListBuilder, RecordBatch, StringBuilder,
-    UInt64Builder,
+    UInt32Builder, UInt64Builder,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt64Type};
@@ -22,12 +26,15 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::{self, AtomicFile};
+use crate::encoder::TokenSelection;
 use crate::file_error::FileError;
 
-/// Version of the activation file format, stored under [`VERSION_KEY`].
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the activation file format, stored under [`VERSION_KEY`]. Version 2 added
+/// token-level files (the `token` column and the meta's `tokens`); pooled files are as in
+/// version 1, and readers accept both.
+pub const FORMAT_VERSION: u32 = 2;
 pub const VERSION_KEY: &str = "saeshare.activations.version";
-/// JSON of [`ActivationsMeta`].
+/// JSON of [`FileMeta`].
 pub const META_KEY: &str = "saeshare.activations.meta";
 
 /// Errors reading or writing activation files, each naming the file.
@@ -55,10 +62,49 @@ type Result<T, E = ActivationsError> = std::result::Result<T, E>;
 pub struct ActivationsMeta {
     /// The encoder's name, e.g. `clip-vit-b32-vision`.
     pub encoder: String,
-    /// How tokens were pooled to one vector (`cls`, `eos`, `last`, `mean`, `gap`).
+    /// How tokens were pooled to one vector (`cls`, `eos`, `last`, `mean`, `gap`); `none` in a
+    /// token-level file.
     pub pooling: String,
     /// Layer names and widths, in the encoder's order.
     pub layers: Vec<LayerWidth>,
+}
+
+/// What an activation file holds: [`ActivationsMeta`], and for a token-level file which tokens
+/// became rows. Stored as one JSON object (the `tokens` key only in token-level files); reads as
+/// the [`ActivationsMeta`] it extends.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct FileMeta {
+    #[serde(flatten)]
+    pub meta: ActivationsMeta,
+    /// Token-level files: the selection of token rows (`saeshare encode --tokens`). `None`:
+    /// pooled, one row per (sample, layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenSelection>,
+}
+
+impl FileMeta {
+    /// The metadata of a token-level file of `meta`'s layers, its rows chosen by `selection`.
+    pub fn tokens(meta: ActivationsMeta, selection: TokenSelection) -> FileMeta {
+        FileMeta {
+            meta,
+            tokens: Some(selection),
+        }
+    }
+}
+
+impl From<ActivationsMeta> for FileMeta {
+    /// A pooled file's metadata.
+    fn from(meta: ActivationsMeta) -> FileMeta {
+        FileMeta { meta, tokens: None }
+    }
+}
+
+impl Deref for FileMeta {
+    type Target = ActivationsMeta;
+
+    fn deref(&self) -> &ActivationsMeta {
+        &self.meta
+    }
 }
 
 /// A layer and its activation width.
@@ -68,16 +114,23 @@ pub struct LayerWidth {
     pub width: usize,
 }
 
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("sample_id", DataType::UInt64, false),
-        Field::new("layer", DataType::Utf8, false),
-        Field::new(
-            "activation",
-            DataType::List(Arc::new(Field::new("item", DataType::Float32, false))),
-            false,
-        ),
-    ]))
+/// The columns of a pooled file, or of a token-level one (a `token` column after `sample_id`).
+fn schema(tokens: bool) -> SchemaRef {
+    let token = tokens.then(|| Field::new("token", DataType::UInt32, false));
+    Arc::new(Schema::new(
+        [Field::new("sample_id", DataType::UInt64, false)]
+            .into_iter()
+            .chain(token)
+            .chain([
+                Field::new("layer", DataType::Utf8, false),
+                Field::new(
+                    "activation",
+                    DataType::List(Arc::new(Field::new("item", DataType::Float32, false))),
+                    false,
+                ),
+            ])
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// Writes an activation file through a temporary file renamed into place by `finish`.
@@ -85,14 +138,19 @@ pub struct ActivationWriter {
     path: PathBuf,
     writer: ArrowWriter<AtomicFile>,
     ids: UInt64Builder,
+    /// Token-level files only.
+    tokens: Option<UInt32Builder>,
     layers: StringBuilder,
     values: ListBuilder<Float32Builder>,
     pending: usize,
-    meta: ActivationsMeta,
+    meta: FileMeta,
 }
 
 impl ActivationWriter {
-    pub fn create(path: &Path, meta: ActivationsMeta) -> Result<Self> {
+    /// A pooled file for an [`ActivationsMeta`], a token-level one for a [`FileMeta`] with
+    /// `tokens`.
+    pub fn create(path: &Path, meta: impl Into<FileMeta>) -> Result<Self> {
+        let meta = meta.into();
         std::fs::create_dir_all(atomic::folder_of(path)).map_err(FileError::io(path))?;
         let file = AtomicFile::create(path).map_err(FileError::io(path))?;
         let properties = WriterProperties::builder()
@@ -107,12 +165,13 @@ impl ActivationWriter {
                 ),
             ]))
             .build();
-        let writer = ArrowWriter::try_new(file, schema(), Some(properties))
+        let writer = ArrowWriter::try_new(file, schema(meta.tokens.is_some()), Some(properties))
             .map_err(FileError::parquet(path))?;
         Ok(ActivationWriter {
             path: path.to_path_buf(),
             writer,
             ids: UInt64Builder::new(),
+            tokens: meta.tokens.is_some().then(UInt32Builder::new),
             layers: StringBuilder::new(),
             values: ListBuilder::new(Float32Builder::new()).with_field(Arc::new(Field::new(
                 "item",
@@ -124,8 +183,50 @@ impl ActivationWriter {
         })
     }
 
-    /// Adds the activation of `layer` on `sample_id`; its width must be the layer's.
+    /// Adds the pooled activation of `layer` on `sample_id`; its width must be the layer's. An
+    /// error on a token-level file.
     pub fn push(&mut self, sample_id: u64, layer: &str, activation: &[f32]) -> Result<()> {
+        if self.tokens.is_some() {
+            return Err(self.bad(format!(
+                "a token-level file takes token rows (push_token), not a pooled row of sample \
+                 {sample_id}"
+            )));
+        }
+        self.check_width(layer, activation)?;
+        self.append(sample_id, layer, activation)
+    }
+
+    /// Adds the activation of `layer` at position `token` of `sample_id` (for feature maps, the
+    /// flattened `h * W + w`); its width must be the layer's. An error on a pooled file.
+    pub fn push_token(
+        &mut self,
+        sample_id: u64,
+        token: u32,
+        layer: &str,
+        activation: &[f32],
+    ) -> Result<()> {
+        if self.tokens.is_none() {
+            return Err(self.bad(format!(
+                "a pooled file takes one row per sample and layer (push), not token {token} of \
+                 sample {sample_id}"
+            )));
+        }
+        self.check_width(layer, activation)?;
+        self.tokens
+            .as_mut()
+            .expect("token-level")
+            .append_value(token);
+        self.append(sample_id, layer, activation)
+    }
+
+    fn bad(&self, problem: String) -> ActivationsError {
+        ActivationsError::Bad {
+            file: self.path.clone(),
+            problem,
+        }
+    }
+
+    fn check_width(&self, layer: &str, activation: &[f32]) -> Result<()> {
         let width = self
             .meta
             .layers
@@ -133,15 +234,16 @@ impl ActivationWriter {
             .find(|l| l.name == layer)
             .map(|l| l.width);
         if width != Some(activation.len()) {
-            return Err(ActivationsError::Bad {
-                file: self.path.clone(),
-                problem: format!(
-                    "layer {layer}: activation of width {} does not match the file's layers {:?}",
-                    activation.len(),
-                    self.meta.layers
-                ),
-            });
+            return Err(self.bad(format!(
+                "layer {layer}: activation of width {} does not match the file's layers {:?}",
+                activation.len(),
+                self.meta.layers
+            )));
         }
+        Ok(())
+    }
+
+    fn append(&mut self, sample_id: u64, layer: &str, activation: &[f32]) -> Result<()> {
         self.ids.append_value(sample_id);
         self.layers.append_value(layer);
         self.values.values().append_slice(activation);
@@ -157,13 +259,17 @@ impl ActivationWriter {
         if self.pending == 0 {
             return Ok(());
         }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.ids.finish()),
-            Arc::new(self.layers.finish()),
-            Arc::new(self.values.finish()),
-        ];
-        let batch =
-            RecordBatch::try_new(schema(), columns).map_err(FileError::arrow(&self.path))?;
+        let tokens = (self.tokens.as_mut()).map(|t| Arc::new(t.finish()) as ArrayRef);
+        let columns: Vec<ArrayRef> = [Arc::new(self.ids.finish()) as ArrayRef]
+            .into_iter()
+            .chain(tokens)
+            .chain([
+                Arc::new(self.layers.finish()) as ArrayRef,
+                Arc::new(self.values.finish()),
+            ])
+            .collect();
+        let batch = RecordBatch::try_new(schema(self.tokens.is_some()), columns)
+            .map_err(FileError::arrow(&self.path))?;
         self.writer
             .write(&batch)
             .map_err(FileError::parquet(&self.path))?;
@@ -183,7 +289,8 @@ impl ActivationWriter {
     }
 }
 
-/// A batch of one layer's activations: `rows x width` floats, row-major.
+/// A batch of one layer's activations: `rows x width` floats, row-major, and the sample of each
+/// row (a sample's id repeats over its token rows in a token-level file).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ActivationBatch {
     pub sample_ids: Vec<u64>,
@@ -197,7 +304,9 @@ impl ActivationBatch {
     }
 }
 
-/// Streams the rows of one layer of an activation file, checking every value is finite.
+/// Streams the rows of one layer of an activation file, in the file's order, checking every
+/// value is finite: pooled rows, or token rows (for a file by `saeshare encode --tokens`:
+/// sample by sample, each sample's tokens in position order).
 pub struct LayerReader {
     file: PathBuf,
     layer: String,
@@ -206,8 +315,8 @@ pub struct LayerReader {
     row: u64,
 }
 
-/// Reads an activation file's metadata.
-pub fn read_meta(path: &Path) -> Result<ActivationsMeta> {
+/// Reads an activation file's metadata; `tokens` says whether it is token-level.
+pub fn read_meta(path: &Path) -> Result<FileMeta> {
     let builder = open(path)?;
     meta_of(path, &builder)
 }
@@ -217,10 +326,7 @@ fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     Ok(ParquetRecordBatchReaderBuilder::try_new(file).map_err(FileError::parquet(path))?)
 }
 
-fn meta_of(
-    path: &Path,
-    builder: &ParquetRecordBatchReaderBuilder<File>,
-) -> Result<ActivationsMeta> {
+fn meta_of(path: &Path, builder: &ParquetRecordBatchReaderBuilder<File>) -> Result<FileMeta> {
     let bad = |problem: String| ActivationsError::Bad {
         file: path.to_path_buf(),
         problem,
@@ -233,7 +339,8 @@ fn meta_of(
             .map_err(|_| {
                 bad(format!(
                     "no column `{name}`; an activation file has sample_id: uint64, layer: utf8, \
-                 activation: list<float32> (FORMATS.md, \"Activations\")"
+                     activation: list<float32>, and token: uint32 if token-level (FORMATS.md, \
+                     \"Activations\")"
                 ))
             })
     };
@@ -261,6 +368,11 @@ fn meta_of(
             return Err(bad(format!("column `{name}` has type {found}")));
         }
     }
+    // A `token` column makes a file token-level: a position per row.
+    let token = schema.field_with_name("token").ok().map(|f| f.data_type());
+    if let Some(found) = token.filter(|t| !t.is_integer()) {
+        return Err(bad(format!("column `token` has type {found}")));
+    }
     let kv = builder.metadata().file_metadata().key_value_metadata();
     let get = |key: &str| {
         kv.into_iter()
@@ -278,10 +390,26 @@ fn meta_of(
             }
         }
     }
-    match get(META_KEY) {
-        Some(meta) => serde_json::from_str(&meta).map_err(|e| bad(format!("bad {META_KEY}: {e}"))),
-        // A file written by another tool: its layers and widths are read off the rows.
-        None => infer_meta(path),
+    let meta: FileMeta = match get(META_KEY) {
+        Some(meta) => {
+            serde_json::from_str(&meta).map_err(|e| bad(format!("bad {META_KEY}: {e}")))?
+        }
+        // A file written by another tool: its layers and widths are read off the rows, and a
+        // `token` column makes it token-level, its selection unknown (recorded as the defaults).
+        None => FileMeta {
+            meta: infer_meta(path)?,
+            tokens: token.map(|_| TokenSelection::default()),
+        },
+    };
+    match (&meta.tokens, token) {
+        (Some(_), None) => Err(bad(format!(
+            "{META_KEY} says the file is token-level, but it has no `token` column"
+        ))),
+        (None, Some(_)) => Err(bad(format!(
+            "the file has a `token` column, but {META_KEY} has no `tokens`: is it pooled or \
+             token-level?"
+        ))),
+        _ => Ok(meta),
     }
 }
 
@@ -433,5 +561,129 @@ impl Iterator for LayerReader {
                 other => return Some(other),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ActivationsMeta {
+        ActivationsMeta {
+            encoder: "e".into(),
+            pooling: "none".into(),
+            layers: vec![
+                LayerWidth {
+                    name: "a".into(),
+                    width: 2,
+                },
+                LayerWidth {
+                    name: "b".into(),
+                    width: 1,
+                },
+            ],
+        }
+    }
+
+    fn columns(path: &Path) -> Vec<String> {
+        let builder = open(path).unwrap();
+        let fields = builder.schema().fields().iter();
+        fields.map(|f| f.name().clone()).collect()
+    }
+
+    fn layer(path: &Path, name: &str) -> ActivationBatch {
+        let mut all = ActivationBatch {
+            sample_ids: vec![],
+            width: 0,
+            values: vec![],
+        };
+        for batch in LayerReader::open(path, name, 2).unwrap() {
+            let batch = batch.unwrap();
+            all.width = batch.width;
+            all.sample_ids.extend(batch.sample_ids);
+            all.values.extend(batch.values);
+        }
+        all
+    }
+
+    #[test]
+    fn a_token_file_holds_token_rows_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.parquet");
+        let selection = TokenSelection {
+            per_sample: Some(3),
+            ..TokenSelection::default()
+        };
+        let mut writer =
+            ActivationWriter::create(&path, FileMeta::tokens(meta(), selection)).unwrap();
+        let pooled = writer.push(1, "a", &[0., 0.]).unwrap_err().to_string();
+        assert!(pooled.contains("token-level") && pooled.contains("tokens.parquet"));
+        writer.push_token(1, 0, "a", &[1., 2.]).unwrap();
+        writer.push_token(1, 4, "a", &[3., 4.]).unwrap();
+        writer.push_token(1, 0, "b", &[5.]).unwrap();
+        writer.push_token(2, 1, "a", &[6., 7.]).unwrap();
+        assert!(writer.push_token(2, 1, "b", &[6., 7.]).is_err(), "width");
+        writer.push_token(2, 1, "b", &[8.]).unwrap();
+        writer.finish().unwrap();
+
+        let read = read_meta(&path).unwrap();
+        assert_eq!(read.tokens, Some(selection));
+        assert_eq!((read.encoder.as_str(), read.layers.len()), ("e", 2));
+        assert_eq!(
+            columns(&path),
+            ["sample_id", "token", "layer", "activation"]
+        );
+        let a = layer(&path, "a");
+        assert_eq!(a.sample_ids, [1, 1, 2]);
+        assert_eq!(a.values, [1., 2., 3., 4., 6., 7.]);
+        assert_eq!(layer(&path, "b").values, [5., 8.]);
+    }
+
+    #[test]
+    fn a_pooled_file_keeps_the_version_1_columns_and_version_1_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pooled.parquet");
+        let mut writer = ActivationWriter::create(&path, meta()).unwrap();
+        assert!(writer.push_token(1, 0, "a", &[1., 2.]).is_err());
+        writer.push(1, "a", &[1., 2.]).unwrap();
+        writer.push(1, "b", &[3.]).unwrap();
+        writer.finish().unwrap();
+        assert_eq!(columns(&path), ["sample_id", "layer", "activation"]);
+        assert_eq!(read_meta(&path).unwrap(), FileMeta::from(meta()));
+        let kv = open(&path).unwrap().metadata().file_metadata().clone();
+        let kv = kv.key_value_metadata().unwrap();
+        let json = kv.iter().find(|kv| kv.key == META_KEY).unwrap();
+        assert!(!json.value.as_ref().unwrap().contains("tokens"));
+
+        // Version 1, as saeshare wrote it before token files.
+        let old = dir.path().join("v1.parquet");
+        let properties = WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![
+                KeyValue::new(VERSION_KEY.to_string(), "1".to_string()),
+                KeyValue::new(
+                    META_KEY.to_string(),
+                    serde_json::to_string(&meta()).unwrap(),
+                ),
+            ]))
+            .build();
+        let file = File::create(&old).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema(false), Some(properties)).unwrap();
+        let mut values = ListBuilder::new(Float32Builder::new()).with_field(Arc::new(Field::new(
+            "item",
+            DataType::Float32,
+            false,
+        )));
+        values.values().append_slice(&[1., 2.]);
+        values.append(true);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(arrow::array::UInt64Array::from(vec![7u64])),
+            Arc::new(arrow::array::StringArray::from(vec!["a"])),
+            Arc::new(values.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema(false), columns).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        assert_eq!(read_meta(&old).unwrap().tokens, None);
+        assert_eq!(layer(&old, "a").sample_ids, [7]);
     }
 }

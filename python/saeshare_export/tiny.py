@@ -105,6 +105,8 @@ def main(out):
         with torch.no_grad():
             layers = hf.text_layers(hf.load(folder, hf.family_of(model.config, None)), ids, mask)
         save_reference(package, {"input_ids": ids, "attention_mask": mask}, layers, manifest)
+        if family == "bert":
+            poison_padding(package, os.path.join(out, "bert-poisoned-padding"))
     for family, (config, processor) in vision_families().items():
         folder = os.path.join(sources, family)
         model = build(family, config)
@@ -132,6 +134,36 @@ def main(out):
         save_reference(package, {"pixel_values": pixels}, layers, manifest)
     open_clip_tiny(out)
     print(json.dumps(sorted(f for f in os.listdir(out) if f != "sources")))
+
+
+class PoisonedPadding(torch.nn.Module):
+    """A text model whose every layer holds NaN at the padded positions."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        keep = attention_mask.unsqueeze(-1) > 0
+        return tuple(torch.where(keep, h, torch.full_like(h, float("nan"))) for h in self.inner(input_ids, attention_mask))
+
+
+def poison_padding(package, out):
+    """A copy of the text package `package` whose layers are NaN wherever the attention mask is
+    0, otherwise the same: the fixture of the test that padding never reaches an SAE (one padded
+    row in a batch would make the step fail)."""
+    shutil.copytree(package, out)
+    os.remove(os.path.join(out, "reference.safetensors"))
+    ids = torch.randint(1000, 2000, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, 3:] = 0
+    model = PoisonedPadding(torch.jit.load(os.path.join(package, "model.pt")))
+    torch.jit.trace(model, (ids, mask), check_trace=False).save(os.path.join(out, "model.pt"))
+    with open(os.path.join(out, "encoder.json")) as f:
+        manifest = json.load(f)
+    manifest["name"] += "-poisoned-padding"
+    with open(os.path.join(out, "encoder.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
 
 
 def open_clip_tiny(out):
@@ -168,5 +200,48 @@ def open_clip_tiny(out):
     save_reference(text, {"input_ids": ids, "attention_mask": mask}, got["text_intermediates"], manifests["text"])
 
 
+class TokenStream(torch.nn.Module):
+    """A text "encoder" of one layer of width 768 whose token rows cost nearly nothing: a token
+    embedding (ids hashed into 1,024 rows) plus a position embedding. For benchmarks of the token
+    stream, where the model is not what is measured."""
+
+    def __init__(self, width=768, buckets=1024, positions=512):
+        super().__init__()
+        self.buckets = buckets
+        self.tokens = torch.nn.Embedding(buckets, width)
+        self.positions = torch.nn.Embedding(positions, width)
+
+    def forward(self, input_ids, attention_mask):
+        positions = self.positions.weight[: input_ids.size(1)].unsqueeze(0)
+        return (self.tokens(input_ids % self.buckets) + positions,)
+
+
+def token_stream_package(out):
+    """`python -m saeshare_export.tiny --token-stream OUT`: the package of [`TokenStream`], with
+    MiniLM's tokenizer, for `saeshare bench pipeline --fit-on tokens`."""
+    torch.manual_seed(0)
+    os.makedirs(out, exist_ok=True)
+    model = TokenStream().eval()
+    ids = torch.randint(1000, 2000, (2, 7))
+    traced = torch.jit.trace(model, (ids, torch.ones_like(ids)))
+    traced.save(os.path.join(out, "model.pt"))
+    shutil.copyfile(os.path.join(tokenizer_source(), "tokenizer.json"), os.path.join(out, "tokenizer.json"))
+    manifest = {
+        "format_version": 1,
+        "name": "token-stream-768",
+        "modality": "text",
+        "source": {"library": "saeshare_export.tiny", "family": "token-stream", "model": "random", "notes": "embedding only: for benchmarks"},
+        "outputs": "tokens",
+        "default_pooling": "cls",
+        "text": {"max_length": 512, "padding": "longest", "causal": False, "pad_id": 0},
+        "layers": [{"name": "0", "width": 768}],
+    }
+    with open(os.path.join(out, "encoder.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--token-stream":
+        token_stream_package(sys.argv[2])
+    else:
+        main(sys.argv[1])

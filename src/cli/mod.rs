@@ -32,7 +32,8 @@ pub enum Command {
     /// Build, import and inspect datasets of (image, caption) rows.
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
-    /// Run an encoder package over a dataset: pooled activations per sample and layer.
+    /// Run an encoder package over a dataset: pooled activations per sample and layer, or
+    /// (`--tokens`) every token row.
     Encode(encode::EncodeArgs),
     /// Check study files.
     #[command(subcommand)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::sae::{train_from_file, DecoderBiasInit, SaeConfig, SaeKind, TrainFileOptions};
+use crate::sae::{train_from_file, DecoderBiasInit, ReadOut, SaeConfig, SaeKind, TrainFileOptions};
 use crate::torch::DeviceSpec;
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +48,9 @@ pub enum SaeCommand {
         /// Samples encoded at once.
         #[arg(long, default_value_t = 4096)]
         batch_rows: usize,
+        /// Which values are the features.
+        #[arg(long, value_enum, default_value = "topk")]
+        read_out: ReadOut,
     },
 }
 
@@ -177,6 +180,7 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
             sae,
             input,
             batch_rows,
+            read_out,
         } => {
             let summary = crate::sae::encode_file(
                 &sae,
@@ -185,6 +189,7 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
                 &input.out,
                 input.device.check_available()?,
                 batch_rows,
+                read_out,
             )?;
             println!(
                 "wrote the codes of {} samples ({} active latents, {:.2} per sample) to {}",

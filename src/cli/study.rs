@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::workers::WorkerFlags;
-use crate::pipeline::{FolderState, Plan, Study, WorkerArgs};
+use crate::pipeline::{FitOn, FolderState, Plan, Study, WorkerArgs};
 use crate::report::ReportOptions;
 
 #[derive(Debug, Subcommand)]
@@ -182,15 +182,23 @@ pub fn run_study(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `saeshare bench pipeline --encoder PKG [--rows 10000,40000]`.
+/// `saeshare bench pipeline --encoder PKG [--rows 10000,40000] [--fit-on tokens]`.
 #[derive(Debug, Args)]
 pub struct BenchPipelineArgs {
-    /// An encoder package (a text encoder keeps it quick).
+    /// An encoder package (a text encoder keeps it quick; with `--fit-on tokens`, a text
+    /// encoder: `python -m saeshare_export.tiny --token-stream DIR` makes one of width 768
+    /// whose forward costs nearly nothing).
     #[arg(long)]
     pub encoder: PathBuf,
-    /// Dataset sizes, comma-separated.
+    /// Dataset sizes (samples), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10000,40000")]
     pub rows: Vec<usize>,
+    /// `pooled`, or `tokens`: the SAEs are fitted on every token of the captions.
+    #[arg(long, default_value = "pooled", value_parser = parse_fit_on)]
+    pub fit_on: FitOn,
+    /// Words per synthetic caption (with tokens: about the token rows of a sample, plus 2).
+    #[arg(long, default_value_t = 6)]
+    pub caption_words: usize,
     /// Where the datasets and runs go (kept, so a second bench reuses the datasets).
     #[arg(long, default_value = "runs/bench-pipeline")]
     pub workdir: PathBuf,
@@ -200,20 +208,40 @@ pub fn run_bench_pipeline(args: BenchPipelineArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let encoder = std::fs::canonicalize(&args.encoder)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.encoder.display()))?;
-    let figures = crate::pipeline::bench_memory(&exe, &encoder, &args.rows, &args.workdir)?;
-    println!("rows      peak memory   time");
+    let bench = crate::pipeline::MemoryBench {
+        fit_on: args.fit_on,
+        caption_words: args.caption_words,
+    };
+    let figures =
+        crate::pipeline::bench_memory(&exe, &encoder, &args.rows, &args.workdir, bench)?;
+    println!("samples   token rows   peak memory   time");
+    let token_rows = |f: &crate::pipeline::MemoryFigure| {
+        f.token_rows.map_or("-".to_string(), |t| t.to_string())
+    };
     for f in &figures {
         println!(
-            "{:<9} {:>8.0} MiB   {:>6.1} s",
-            f.rows, f.peak_memory_mib, f.seconds
+            "{:<9} {:>10}   {:>8.0} MiB   {:>6.1} s",
+            f.rows,
+            token_rows(f),
+            f.peak_memory_mib,
+            f.seconds
         );
     }
     if let (Some(first), Some(last)) = (figures.first(), figures.last()) {
+        let rows = |f: &crate::pipeline::MemoryFigure| f.token_rows.unwrap_or(f.rows as u64);
         println!(
             "peak memory x{:.2} for x{:.1} rows",
             last.peak_memory_mib / first.peak_memory_mib,
-            last.rows as f64 / first.rows as f64
+            rows(last) as f64 / rows(first) as f64
         );
     }
     Ok(())
+}
+
+fn parse_fit_on(value: &str) -> Result<FitOn, String> {
+    match value {
+        "pooled" => Ok(FitOn::Pooled),
+        "tokens" => Ok(FitOn::Tokens),
+        other => Err(format!("{other:?}: use pooled or tokens")),
+    }
 }

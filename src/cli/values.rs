@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use crate::dataset::import::CocoRows;
 use crate::encoder::Pooling;
 use crate::metrics::Backend;
-use crate::sae::{DecoderBiasInit, SaeKind};
+use crate::sae::{DecoderBiasInit, ReadOut, SaeKind};
 
 /// `impl ValueEnum for Type { Variant => "name" ("help")?, ... }`, in the order `--help` lists
 /// the values.
@@ -53,6 +53,13 @@ value_enum!(Pooling {
     Gap => "gap" ("Global average over the height and width of a CNN feature map"),
 });
 
+value_enum!(ReadOut {
+    Code => "topk" ("What the SAE outputs: its TopK (BatchTopK, ReLU) code"),
+    Relu => "relu"
+        ("The dense `ReLU(W_enc (x - b_dec) + b_enc)` without TopK: the reference code's \
+          read-out, to reproduce it"),
+});
+
 value_enum!(Backend {
     Auto => "auto" ("Sparse for TopK codes (files that declare `k`), dense otherwise"),
     Sparse => "sparse" ("`k_A * k_B` updates per sample"),
@@ -84,5 +91,6 @@ mod tests {
         check::<SaeKind>();
         check::<DecoderBiasInit>();
         check::<Pooling>();
+        check::<ReadOut>();
     }
 }

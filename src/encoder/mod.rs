@@ -5,8 +5,9 @@
 //! - [`pooling::pool`]: `cls`, `eos`, `last`, `mean`, `gap`.
 //! - [`Encoder`]: a loaded package; [`Encoder::encode`] turns a dataset batch into pooled
 //!   activations per layer, skipping (and counting) images that do not decode.
+//! - [`tokens::token_rows`]: the rows of an SAE trained on every token (padding never).
 //! - [`Encoder::encode_batches`]: the one loop over dataset batches, preparing the next on a
-//!   helper thread while the model runs; [`PooledRows`] its output.
+//!   helper thread while the model runs; [`EncodedRows`] its output.
 //! - [`encode_dataset`]: `saeshare encode`.
 
 pub mod image;
@@ -15,6 +16,7 @@ pub mod pooling;
 mod run;
 mod stream;
 pub mod text;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +27,8 @@ pub use manifest::{
     TextSpec, PACKAGE_VERSION,
 };
 pub use run::{encode_dataset, EncodeOptions, EncodeReport};
-pub use stream::PooledRows;
+pub use stream::EncodedRows;
+pub use tokens::{TokenRows, TokenSelection};
 
 use crate::dataset::SampleBatch;
 
@@ -47,6 +50,13 @@ pub enum EncoderError {
         encoder: String,
         layer: String,
         sample_id: u64,
+    },
+    #[error("encoder {encoder}, layer {layer}, sample_id {sample_id}, token {position}: the activation holds NaN or infinite values")]
+    NotFiniteToken {
+        encoder: String,
+        layer: String,
+        sample_id: u64,
+        position: u32,
     },
     #[error("encoder {encoder}: {problem}")]
     Usage { encoder: String, problem: String },
@@ -135,10 +145,12 @@ pub fn prepare(manifest: &Manifest, batch: &SampleBatch) -> Result<Prepared, Enc
 }
 
 /// Pooled activations of a batch: for each selected layer, `[n, width]` float32 on the CPU, rows
-/// in the order of `sample_ids`.
+/// in the order of `sample_ids`; and the token rows of each layer when they were asked for.
 pub struct Pooled {
     pub sample_ids: Vec<u64>,
     pub layers: Vec<(usize, Tensor)>,
+    /// Per selected layer, when asked for: its token rows.
+    pub tokens: Vec<TokenRows>,
     /// Samples left out, with the reason (an image that does not decode).
     pub skipped: Vec<(u64, String)>,
 }
@@ -225,26 +237,29 @@ impl Encoder {
         pooling: Pooling,
     ) -> Result<Pooled, EncoderError> {
         let prepared = prepare(&self.manifest, batch)?;
-        self.encode_prepared(prepared, layers, pooling)
+        self.encode_prepared(prepared, layers, pooling, None)
     }
 
     /// The model and pooling half of [`encode`](Self::encode), on inputs [`prepare`]d elsewhere
-    /// (another thread, while the model runs the previous batch).
+    /// (another thread, while the model runs the previous batch); with `tokens`, each layer's
+    /// token rows too.
     pub fn encode_prepared(
         &mut self,
         prepared: Prepared,
         layers: &[usize],
         pooling: Pooling,
+        tokens: Option<&TokenSelection>,
     ) -> Result<Pooled, EncoderError> {
         let mut pooled = Pooled {
             sample_ids: prepared.sample_ids,
             layers: Vec::new(),
+            tokens: Vec::new(),
             skipped: prepared.skipped,
         };
         if pooled.sample_ids.is_empty() {
             return Ok(pooled);
         }
-        let (outputs, mask) = match prepared.input {
+        let (outputs, mask, special) = match prepared.input {
             PreparedInput::Captions(captions) => {
                 let tokens = self
                     .tokenizer
@@ -254,6 +269,7 @@ impl Encoder {
                 (
                     self.forward(&[tokens.ids, tokens.mask.shallow_clone()])?,
                     Some(tokens.mask),
+                    Some(tokens.special),
                 )
             }
             PreparedInput::Pixels(pixels) => {
@@ -266,9 +282,31 @@ impl Encoder {
                 let x = Tensor::from_slice(&pixels)
                     .reshape([pooled.sample_ids.len() as i64, 3, h as i64, w as i64])
                     .to_device(self.device);
-                (self.forward(&[x])?, None)
+                (self.forward(&[x])?, None, None)
             }
         };
+        if let Some(selection) = tokens {
+            let masks = tokens::PositionMasks {
+                attention: mask.as_ref(),
+                special: special.as_ref(),
+                prefix: self.manifest.prefix_tokens,
+            };
+            for &layer in layers {
+                let rows = tokens::token_rows(
+                    &outputs[layer],
+                    self.manifest.outputs,
+                    &masks,
+                    selection,
+                    &pooled.sample_ids,
+                )
+                .map_err(|source| EncoderError::Torch {
+                    encoder: self.manifest.name.clone(),
+                    source,
+                })?;
+                self.check_finite_tokens(layer, &rows, &pooled.sample_ids)?;
+                pooled.tokens.push(rows);
+            }
+        }
         for &layer in layers {
             let vectors = pooling::pool(
                 &outputs[layer],
@@ -295,5 +333,24 @@ impl Encoder {
             pooled.layers.push((layer, vectors));
         }
         Ok(pooled)
+    }
+
+    /// A token row with NaN or infinite values is an error naming its sample and position.
+    fn check_finite_tokens(
+        &self,
+        layer: usize,
+        rows: &TokenRows,
+        sample_ids: &[u64],
+    ) -> Result<(), EncoderError> {
+        let width = self.manifest.layers[layer].width.max(1);
+        match rows.values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(EncoderError::NotFiniteToken {
+                encoder: self.manifest.name.clone(),
+                layer: self.manifest.layers[layer].name.clone(),
+                sample_id: sample_ids[rows.sample[i / width] as usize],
+                position: rows.position[i / width],
+            }),
+        }
     }
 }

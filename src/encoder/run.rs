@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use tch::Device;
 
-use super::{Encoder, Modality, Pooling};
-use crate::activations::{ActivationWriter, ActivationsMeta, LayerWidth};
+use super::{EncodedRows, Encoder, Modality, Pooling, TokenSelection};
+use crate::activations::{ActivationWriter, ActivationsMeta, FileMeta, LayerWidth};
 use crate::dataset::{Dataset, Projection, SampleBatch};
 
 /// The inputs of `saeshare encode`.
@@ -18,6 +18,9 @@ pub struct EncodeOptions {
     pub layers: String,
     /// The encoder's default when `None`.
     pub pooling: Option<Pooling>,
+    /// Token rows instead of pooled ones, chosen so (`saeshare encode --tokens`): one row per
+    /// kept position of each sample and layer, as a study with `fit_on = "tokens"` fits on.
+    pub tokens: Option<TokenSelection>,
     pub device: Device,
     pub batch_size: usize,
     pub out: PathBuf,
@@ -27,6 +30,8 @@ pub struct EncodeOptions {
 #[derive(Clone, Debug)]
 pub struct EncodeReport {
     pub samples: u64,
+    /// Rows written: samples x layers when pooled, the token rows of every layer otherwise.
+    pub rows: u64,
     pub skipped: u64,
     pub truncated_captions: u64,
     pub layers: usize,
@@ -34,7 +39,8 @@ pub struct EncodeReport {
     pub out: PathBuf,
 }
 
-/// Encodes every row of the dataset, shard by shard, writing one pooled row per sample and layer.
+/// Encodes every row of the dataset, shard by shard, writing one pooled row per sample and layer,
+/// or with `tokens` one row per kept token of each sample and layer.
 pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     let mut encoder = Encoder::load(&options.encoder, options.device)?;
     let layers = encoder.manifest.select_layers(&options.layers)?;
@@ -47,7 +53,10 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     };
     let meta = ActivationsMeta {
         encoder: encoder.manifest.name.clone(),
-        pooling: format!("{pooling:?}").to_lowercase(),
+        pooling: match options.tokens {
+            Some(_) => "none".to_string(),
+            None => format!("{pooling:?}").to_lowercase(),
+        },
         layers: layers
             .iter()
             .map(|&i| LayerWidth {
@@ -56,6 +65,10 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
             })
             .collect(),
     };
+    let meta = match options.tokens {
+        Some(selection) => FileMeta::tokens(meta, selection),
+        None => FileMeta::from(meta),
+    };
     let mut writer = ActivationWriter::create(&options.out, meta)?;
     let bar = crate::progress::bar(
         Some(dataset.rows()),
@@ -63,7 +76,7 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
         "samples",
     );
     let start = Instant::now();
-    let (mut samples, mut skipped) = (0u64, 0u64);
+    let (mut samples, mut skipped, mut rows) = (0u64, 0u64, 0u64);
     let batch_size = options.batch_size.max(1);
     let batches = dataset.shards().iter().flat_map(|shard| {
         let batches: Box<dyn Iterator<Item = anyhow::Result<SampleBatch>> + Send> =
@@ -77,15 +90,12 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
         .map(|&l| &encoder.manifest.layers[l])
         .map(|layer| (layer.name.clone(), layer.width))
         .collect();
-    encoder.encode_batches(batches, &layers, pooling, |pooled| {
-        for (i, id) in pooled.sample_ids.iter().enumerate() {
-            for ((name, width), values) in chosen.iter().zip(&pooled.layers) {
-                writer.push(*id, name, &values[i * width..(i + 1) * width])?;
-            }
-        }
-        samples += pooled.sample_ids.len() as u64;
-        skipped += pooled.skipped;
-        bar.inc(pooled.rows());
+    let tokens = options.tokens.as_ref();
+    encoder.encode_batches(batches, &layers, pooling, tokens, |encoded| {
+        rows += write_rows(&mut writer, &chosen, &encoded)?;
+        samples += encoded.sample_ids.len() as u64;
+        skipped += encoded.skipped;
+        bar.inc(encoded.rows());
         Ok(())
     })?;
     bar.finish_and_clear();
@@ -100,9 +110,16 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
             encoder.manifest.name
         );
     }
+    anyhow::ensure!(
+        rows > 0,
+        "{}: nothing written: no token of the {samples} samples encoded was kept; keep more \
+         (special, class or register tokens)",
+        options.out.display()
+    );
     let out = writer.finish()?;
     let report = EncodeReport {
         samples,
+        rows,
         skipped,
         truncated_captions: encoder.truncated_captions(),
         layers: layers.len(),
@@ -111,6 +128,7 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     };
     tracing::info!(
         samples = report.samples,
+        rows = report.rows,
         skipped = report.skipped,
         truncated = report.truncated_captions,
         "encoded {} with {}",
@@ -118,4 +136,32 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
         encoder.manifest.name
     );
     Ok(report)
+}
+
+/// Writes a batch's rows: for each sample, its pooled row of each layer; or for each layer, its
+/// token rows in order (sample by sample, positions in order), so that a layer read alone gives
+/// them in dataset order. Returns the rows written.
+fn write_rows(
+    writer: &mut ActivationWriter,
+    layers: &[(String, usize)],
+    encoded: &EncodedRows,
+) -> anyhow::Result<u64> {
+    let ids = &encoded.sample_ids;
+    if encoded.tokens.is_empty() {
+        for (i, id) in ids.iter().enumerate() {
+            for ((name, width), values) in layers.iter().zip(&encoded.layers) {
+                writer.push(*id, name, &values[i * width..(i + 1) * width])?;
+            }
+        }
+        return Ok((ids.len() * layers.len()) as u64);
+    }
+    let mut written = 0;
+    for ((name, width), tokens) in layers.iter().zip(&encoded.tokens) {
+        let values = tokens.values.chunks_exact(*width);
+        for ((&sample, &position), row) in tokens.sample.iter().zip(&tokens.position).zip(values) {
+            writer.push_token(ids[sample as usize], position, name, row)?;
+        }
+        written += tokens.rows() as u64;
+    }
+    Ok(written)
 }

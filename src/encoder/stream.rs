@@ -4,33 +4,44 @@
 //! Reading, decoding and preprocessing run on a helper thread, one bounded step ahead of the
 //! model: the CPU prepares the next batch while libtorch runs this one.
 
-use super::{prepare, Encoder, Pooling};
+use super::{prepare, Encoder, Pooling, TokenRows, TokenSelection};
 use crate::dataset::SampleBatch;
 
-/// Pooled rows of one batch of one encoder: per chosen layer, `[samples x width]` row-major.
+/// The rows of one batch of one encoder: per chosen layer, the pooled rows (`[samples x
+/// width]` row-major) and, when asked for, the token rows.
 #[derive(Clone, Debug, Default)]
-pub struct PooledRows {
+pub struct EncodedRows {
     pub sample_ids: Vec<u64>,
     pub layers: Vec<Vec<f32>>,
+    /// Per chosen layer when token rows were asked for; empty otherwise.
+    pub tokens: Vec<TokenRows>,
     /// Rows left out (unreadable images, rows the reader skipped).
     pub skipped: u64,
 }
 
-impl PooledRows {
+impl EncodedRows {
     /// No rows yet, of `layers` layers.
-    pub fn empty(layers: usize) -> PooledRows {
-        PooledRows {
+    pub fn empty(layers: usize) -> EncodedRows {
+        EncodedRows {
             sample_ids: Vec::new(),
             layers: vec![Vec::new(); layers],
+            tokens: Vec::new(),
             skipped: 0,
         }
     }
 
     /// Adds `other`'s rows after these.
-    pub fn append(&mut self, other: &PooledRows) {
+    pub fn append(&mut self, other: &EncodedRows) {
+        let offset = self.sample_ids.len() as u32;
         self.sample_ids.extend(&other.sample_ids);
         for (mine, theirs) in self.layers.iter_mut().zip(&other.layers) {
             mine.extend(theirs);
+        }
+        if self.tokens.is_empty() {
+            self.tokens = vec![TokenRows::default(); other.tokens.len()];
+        }
+        for (mine, theirs) in self.tokens.iter_mut().zip(&other.tokens) {
+            mine.append(theirs, offset);
         }
         self.skipped += other.skipped;
     }
@@ -43,15 +54,17 @@ impl PooledRows {
 
 impl Encoder {
     /// Runs `batches` through the encoder and hands `sink` the pooled rows of `layers` (indices
-    /// into the manifest's layers) for each batch, in order. A batch's rows left out (by the
-    /// reader, or images that do not decode) are counted in its [`PooledRows::skipped`].
-    /// Stops at the first error, of the batches or of `sink`.
+    /// into the manifest's layers) for each batch, in order, with their token rows when
+    /// `tokens` says which. A batch's rows left out (by the reader, or images that do not
+    /// decode) are counted in its [`EncodedRows::skipped`]. Stops at the first error, of the
+    /// batches or of `sink`.
     pub fn encode_batches<I>(
         &mut self,
         batches: I,
         layers: &[usize],
         pooling: Pooling,
-        mut sink: impl FnMut(PooledRows) -> anyhow::Result<()>,
+        tokens: Option<&TokenSelection>,
+        mut sink: impl FnMut(EncodedRows) -> anyhow::Result<()>,
     ) -> anyhow::Result<()>
     where
         I: Iterator<Item = anyhow::Result<SampleBatch>> + Send,
@@ -74,11 +87,12 @@ impl Encoder {
             });
             for item in prepared_rx {
                 let (prepared, read_skips) = item?;
-                let pooled = self.encode_prepared(prepared, layers, pooling)?;
-                let mut rows = PooledRows {
+                let pooled = self.encode_prepared(prepared, layers, pooling, tokens)?;
+                let mut rows = EncodedRows {
                     skipped: read_skips + pooled.skipped.len() as u64,
                     sample_ids: pooled.sample_ids,
                     layers: Vec::with_capacity(pooled.layers.len()),
+                    tokens: pooled.tokens,
                 };
                 for (_, tensor) in &pooled.layers {
                     rows.layers

@@ -16,10 +16,12 @@ pub struct TextTokenizer {
     pub truncated: u64,
 }
 
-/// Token ids and attention mask of a batch, `[batch, tokens]` int64 each.
+/// Token ids, attention mask and special-token mask of a batch, `[batch, tokens]` int64 each.
 pub struct Tokens {
     pub ids: Tensor,
     pub mask: Tensor,
+    /// 1 for the tokens the tokenizer adds (`[CLS]`, `[SEP]`, ...), on the CPU.
+    pub special: Tensor,
 }
 
 impl TextTokenizer {
@@ -77,7 +79,12 @@ impl TextTokenizer {
             .iter()
             .flat_map(|e| e.get_attention_mask().iter().map(|&m| m as i64))
             .collect();
+        let special: Vec<i64> = encodings
+            .iter()
+            .flat_map(|e| e.get_special_tokens_mask().iter().map(|&m| m as i64))
+            .collect();
         Ok(Tokens {
+            special: Tensor::from_slice(&special).reshape([rows, -1]),
             ids: Tensor::from_slice(&ids)
                 .reshape([rows, -1])
                 .to_device(device),

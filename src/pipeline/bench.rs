@@ -1,18 +1,30 @@
 //! `saeshare bench pipeline`: the same study on datasets of different sizes, each run in its own
-//! process, to show that peak memory does not grow with the number of rows.
+//! process, to show that peak memory does not grow with the number of rows, pooled or tokens.
 
 use std::path::Path;
 
 use anyhow::Context;
 
-use crate::dataset::{DatasetWriter, NewRow, WriterOptions};
+use super::study::FitOn;
+use crate::dataset::{Dataset, DatasetWriter, NewRow, Projection, WriterOptions};
+use crate::encoder::{text::TextTokenizer, Manifest};
 
 /// One size's figures.
 #[derive(Clone, Debug)]
 pub struct MemoryFigure {
     pub rows: usize,
+    /// With `fit_on = "tokens"`: the token rows each SAE's stream held.
+    pub token_rows: Option<u64>,
     pub peak_memory_mib: f64,
     pub seconds: f64,
+}
+
+/// What the SAEs of the benchmark's study are fitted on, and how long its captions are.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryBench {
+    pub fit_on: FitOn,
+    /// Words per synthetic caption: with tokens, the token rows a sample gives.
+    pub caption_words: usize,
 }
 
 /// Runs a two-encoder study (`encoder` under two names, SAEs with different seeds, compared
@@ -24,14 +36,23 @@ pub fn bench_memory(
     encoder: &Path,
     rows: &[usize],
     workdir: &Path,
+    bench: MemoryBench,
 ) -> anyhow::Result<Vec<MemoryFigure>> {
     let mut figures = Vec::new();
+    let fit_on = match bench.fit_on {
+        FitOn::Pooled => "pooled",
+        FitOn::Tokens => "tokens",
+    };
     for &n in rows {
-        let dir = workdir.join(format!("rows-{n}"));
+        let dir = workdir.join(format!("rows-{n}-words-{}", bench.caption_words));
         let dataset = dir.join("dataset");
         if !dataset.exists() {
-            write_dataset(&dataset, n)?;
+            write_dataset(&dataset, n, bench.caption_words)?;
         }
+        let token_rows = match bench.fit_on {
+            FitOn::Tokens => Some(count_tokens(encoder, &dataset)?),
+            FitOn::Pooled => None,
+        };
         let study = dir.join("study.toml");
         std::fs::write(
             &study,
@@ -48,6 +69,7 @@ batch_size = 64
 
 [fit]
 buffer_rows = 4096
+fit_on = "{fit_on}"
 
 [baselines]
 floor_permutations = 0
@@ -82,6 +104,7 @@ targets = ["*"]
             serde_json::from_slice(&std::fs::read(dir.join("out/last-run.json"))?)?;
         figures.push(MemoryFigure {
             rows: n,
+            token_rows,
             peak_memory_mib: summary["peak_memory_mib"].as_f64().unwrap_or(f64::NAN),
             seconds: summary["seconds"]["total"].as_f64().unwrap_or(f64::NAN),
         });
@@ -89,16 +112,33 @@ targets = ["*"]
     Ok(figures)
 }
 
-/// `n` rows with varied captions and small distinct images, in shards of 2048.
-fn write_dataset(dir: &Path, n: usize) -> anyhow::Result<()> {
+/// The non-padding tokens of every caption of `dataset` under `encoder`'s tokenizer: the token
+/// rows each of its SAEs is fitted on.
+fn count_tokens(encoder: &Path, dataset: &Path) -> anyhow::Result<u64> {
+    let manifest = Manifest::read(encoder)?;
+    let spec = (manifest.text.as_ref())
+        .with_context(|| format!("{}: token rows are counted for text encoders", encoder.display()))?;
+    let mut tokenizer = TextTokenizer::load(encoder, spec)?;
+    let mut total = 0u64;
+    for shard in Dataset::open(dataset)?.shards() {
+        for batch in shard.reader(Projection::TEXT, 1024)? {
+            let tokens = tokenizer.encode(&batch?.captions, tch::Device::Cpu)?;
+            total += tokens.mask.sum(tch::Kind::Int64).int64_value(&[]) as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// `n` rows with varied captions of `words` words and small distinct images, in shards of 2048.
+fn write_dataset(dir: &Path, n: usize, words: usize) -> anyhow::Result<()> {
     const WORDS: [&str; 12] = [
         "red", "apple", "cat", "sleeping", "blue", "car", "on", "a", "road", "smiling", "face",
         "tree",
     ];
     let mut writer = DatasetWriter::create(dir, WriterOptions::new(2048, "bench"))?;
     for i in 0..n {
-        let caption: Vec<&str> = (0..6)
-            .map(|j| WORDS[(i / WORDS.len().pow(j as u32) + j) % WORDS.len()])
+        let caption: Vec<&str> = (0..words)
+            .map(|j| WORDS[(i / WORDS.len().pow(j.min(6) as u32) + j) % WORDS.len()])
             .collect();
         writer.push(NewRow {
             image: tiny_png(i),

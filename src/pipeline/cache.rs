@@ -10,7 +10,7 @@ use super::plan::{shard_key, Plan};
 use super::units::Units;
 use crate::activations::{ActivationWriter, ActivationsMeta, LayerReader, LayerWidth};
 use crate::digest::fingerprint;
-use crate::encoder::PooledRows;
+use crate::encoder::EncodedRows;
 use crate::ids::{EncoderId, ShardId};
 
 fn file(plan: &Plan, e: EncoderId, shard: ShardId) -> PathBuf {
@@ -37,7 +37,7 @@ pub fn is_cached(plan: &Plan, units: &Units, e: EncoderId, shard: ShardId) -> bo
 }
 
 /// Writes encoder `e`'s activations of `shard` and records them.
-pub fn write(plan: &Plan, e: EncoderId, shard: ShardId, rows: &PooledRows) -> anyhow::Result<()> {
+pub fn write(plan: &Plan, e: EncoderId, shard: ShardId, rows: &EncodedRows) -> anyhow::Result<()> {
     let encoder = plan.encoder(e);
     let names = encoder.layer_names();
     let widths: Vec<usize> = encoder
@@ -76,9 +76,9 @@ pub fn write(plan: &Plan, e: EncoderId, shard: ShardId, rows: &PooledRows) -> an
 }
 
 /// Reads encoder `e`'s cached activations of `shard`, rows in the order they were encoded.
-pub fn read(plan: &Plan, e: EncoderId, shard: ShardId) -> anyhow::Result<PooledRows> {
+pub fn read(plan: &Plan, e: EncoderId, shard: ShardId) -> anyhow::Result<EncodedRows> {
     let path = file(plan, e, shard);
-    let mut rows = PooledRows::default();
+    let mut rows = EncodedRows::default();
     for (l, name) in plan.encoder(e).layer_names().iter().enumerate() {
         let mut values = Vec::new();
         for batch in LayerReader::open(&path, name, 4096)? {

@@ -474,7 +474,7 @@ pub(super) fn codes_meta(plan: &Plan, at: EncoderLayer) -> CodesMeta {
     let encoder = plan.encoder(at.encoder);
     let d_sae = encoder.layer_width(at.layer) * encoder.sae.expansion;
     let layer = encoder.layer_name(at.layer);
-    sae::codes_meta(&encoder.sae, &encoder.name, layer, d_sae)
+    sae::codes_meta(&encoder.sae, &encoder.name, layer, d_sae, encoder.read_out)
         .with_sae(plan.sae_dir(at.encoder, at.layer).display().to_string())
 }
 

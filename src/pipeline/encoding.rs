@@ -10,7 +10,7 @@ use super::cache;
 use super::plan::Plan;
 use super::units::Units;
 use crate::dataset::SampleBatch;
-use crate::encoder::{Encoder, PooledRows};
+use crate::encoder::{EncodedRows, Encoder, TokenSelection};
 use crate::ids::{EncoderId, EncoderLayer, ShardId};
 use crate::sae::{Sae, SampleCode};
 
@@ -24,7 +24,7 @@ pub struct WorkerModels {
     cached: HashSet<(EncoderId, ShardId)>,
     served: HashSet<(EncoderId, ShardId)>,
     /// The last batch's rows of each encoder with a ceiling twin, which asks for them next.
-    last: HashMap<EncoderId, (BatchKey, PooledRows)>,
+    last: HashMap<EncoderId, (BatchKey, EncodedRows)>,
 }
 
 /// Which rows of which encoder: (encoder, shard, first sample id, rows).
@@ -67,7 +67,7 @@ impl WorkerModels {
         &mut self,
         e: EncoderId,
         batch: &SampleBatch,
-    ) -> anyhow::Result<Option<PooledRows>> {
+    ) -> anyhow::Result<Option<EncodedRows>> {
         // The ceiling's second SAEs see the very rows of their encoder.
         let base = self.plan.encoder(e).twin_of.unwrap_or(e);
         let shard = ShardId::new(batch.shard);
@@ -96,25 +96,55 @@ impl WorkerModels {
     }
 
     /// Encoder `e`'s pooled rows of the chosen layers for `batch`, run in the encoder's batches.
-    pub fn pooled(&mut self, e: EncoderId, batch: &SampleBatch) -> anyhow::Result<PooledRows> {
+    pub fn pooled(&mut self, e: EncoderId, batch: &SampleBatch) -> anyhow::Result<EncodedRows> {
+        let mut rows = EncodedRows::empty(self.plan.encoder(e).layers.len());
+        self.encode_slices(e, batch, None, |slice| {
+            rows.append(&slice);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Runs `batch` through encoder `e` in the encoder's batch size and hands `sink` each
+    /// slice's rows as it comes: pooled rows, and token rows where `tokens` asks, so that a
+    /// batch's token rows are never all in memory at once. The batch's reader skips are
+    /// counted in the first slice.
+    pub fn encode_slices(
+        &mut self,
+        e: EncoderId,
+        batch: &SampleBatch,
+        tokens: Option<&TokenSelection>,
+        mut sink: impl FnMut(EncodedRows) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let planned = self.plan.encoder(e);
         if !self.encoders.contains_key(&e) {
             let encoder = Encoder::load(&planned.package, self.device(e))?;
             self.encoders.insert(e, encoder);
         }
         let encoder = self.encoders.get_mut(&e).expect("loaded above");
-        let mut rows = PooledRows::empty(planned.layers.len());
-        rows.skipped = batch.skipped.len() as u64;
         let step = planned.batch_size.max(1);
+        let mut read_skips = batch.skipped.len() as u64;
         let slices = (0..batch.len()).step_by(step).map(|start| {
             let end = (start + step).min(batch.len());
             Ok(slice(batch, start, end))
         });
-        encoder.encode_batches(slices, &planned.layers, planned.pooling, |pooled| {
-            rows.append(&pooled);
-            Ok(())
-        })?;
-        Ok(rows)
+        encoder.encode_batches(
+            slices,
+            &planned.layers,
+            planned.pooling,
+            tokens,
+            |mut rows| {
+                rows.skipped += std::mem::take(&mut read_skips);
+                sink(rows)
+            },
+        )?;
+        if read_skips > 0 {
+            // A batch whose rows the reader all skipped: the skips still count.
+            let mut rows = EncodedRows::empty(planned.layers.len());
+            rows.skipped = read_skips;
+            sink(rows)?;
+        }
+        Ok(())
     }
 
     /// The codes of layer `at` for `rows` (`[samples x width]`): for each sample, its features
@@ -130,7 +160,8 @@ impl WorkerModels {
             let (sae, _) = Sae::load(&dir, self.device(at.encoder))?;
             self.saes.insert(at, sae);
         }
-        Ok(self.saes[&at].sample_codes(rows, samples))
+        let read_out = self.plan.encoder(at.encoder).read_out;
+        Ok(self.saes[&at].sample_codes(rows, samples, read_out))
     }
 }
 

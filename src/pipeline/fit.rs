@@ -3,9 +3,11 @@
 //! activation is written to disk (unless the activation cache is on).
 //!
 //! Rows reach an SAE in dataset order whatever the number of workers: each worker's source
-//! stamps its batches with the shard index, the owner keeps what arrives per shard, and feeds a
-//! shard only once the frontier has passed it, stretches in the order they were read. Equal
-//! data order and seeds give equal SAEs on 1 worker or many.
+//! stamps its batches with the shard index, and the owner feeds the shard at the frontier as
+//! its stretches arrive (every earlier shard is done) and keeps those of later shards until
+//! their turn, each fit's stretches in the order they were read. Equal data order and seeds
+//! give equal SAEs on 1 worker or many. A stretch is one encoder batch (`batch_size` samples),
+//! so what waits is bounded by a shard per worker, and with one worker nothing waits.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +27,7 @@ use super::plan::Plan;
 use super::source::shard_source;
 use super::stage::{passed, projection_for, Failure, StageContext};
 use crate::dataset::SampleBatch;
-use crate::encoder::PooledRows;
+use crate::encoder::EncodedRows;
 use crate::ids::{EncoderId, EncoderLayer, LayerId, ShardId};
 use crate::sae::{LayerFit, SaeSource};
 
@@ -37,7 +39,28 @@ pub struct LayerRows {
     pub shard: ShardId,
     /// Position of the stretch in its shard.
     pub seq: u32,
+    /// `[rows x width]` row-major: pooled rows, or token rows.
     pub values: Vec<f32>,
+    /// The sample id of each row.
+    pub samples: Vec<u64>,
+}
+
+/// Each layer's rows an SAE is fitted on, with the sample of each row: the token rows where
+/// they were encoded, else the pooled rows.
+fn fit_rows(rows: EncodedRows) -> Vec<(Vec<f32>, Vec<u64>)> {
+    if rows.tokens.is_empty() {
+        let samples = rows.sample_ids;
+        return (rows.layers.into_iter())
+            .map(|values| (values, samples.clone()))
+            .collect();
+    }
+    let ids = rows.sample_ids;
+    (rows.tokens.into_iter())
+        .map(|t| {
+            let samples = t.sample.iter().map(|&i| ids[i as usize]).collect();
+            (t.values, samples)
+        })
+        .collect()
 }
 
 /// Builds the fit dataflow for encoders `todo` in `worker`. Once the worker has run it to
@@ -123,45 +146,85 @@ impl LayerRowStreams for StreamVec<'_, u64, LayerRows> {
 struct FitEncoding {
     context: StageContext,
     todo: Vec<EncoderId>,
-    /// The next stretch of each shard this worker reads.
-    stretches: BTreeMap<u64, u32>,
-    to_cache: BTreeMap<u64, HashMap<EncoderId, PooledRows>>,
+    /// The next stretch of each (shard, encoder) this worker reads: numbered per encoder, so
+    /// that each fit sees its stretches of a shard as 0, 1, 2, ...
+    stretches: BTreeMap<(u64, EncoderId), u32>,
+    to_cache: BTreeMap<u64, HashMap<EncoderId, EncodedRows>>,
 }
 
 impl FitEncoding {
-    /// Encodes `batch` with every encoder to fit and hands each layer's rows to `give`.
+    /// Encodes `batch` with every encoder to fit and hands each layer's rows to `give`, slice
+    /// by slice. An encoder and its ceiling twin are fed the same rows, encoded once.
     fn encode(&mut self, shard: ShardId, batch: &SampleBatch, give: &mut impl FnMut(LayerRows)) {
-        let next = self.stretches.entry(u64::from(shard.0)).or_insert(0);
-        let seq = *next;
-        *next += 1;
-        if self.context.failure.failed() {
-            return;
+        for (base, members) in self.groups() {
+            if self.context.failure.failed() {
+                return;
+            }
+            let result = self.encode_group(base, &members, shard, batch, give);
+            if let Err(error) = result {
+                self.context.failure.set(error);
+            }
         }
+    }
+
+    /// The encoders to fit, grouped by the encoder whose rows they are fitted on.
+    fn groups(&self) -> BTreeMap<EncoderId, Vec<EncoderId>> {
+        let mut groups: BTreeMap<EncoderId, Vec<EncoderId>> = BTreeMap::new();
         for &e in &self.todo {
-            let pooled = match self.context.pooled(e, batch) {
-                Ok(Some(pooled)) => pooled,
-                Ok(None) => continue,
-                Err(error) => {
-                    self.context.failure.set(error);
-                    return;
-                }
-            };
-            if self.caches(e, shard) {
-                let layers = pooled.layers.len();
+            let base = self.context.plan.encoder(e).twin_of.unwrap_or(e);
+            groups.entry(base).or_default().push(e);
+        }
+        groups
+    }
+
+    fn encode_group(
+        &mut self,
+        base: EncoderId,
+        members: &[EncoderId],
+        shard: ShardId,
+        batch: &SampleBatch,
+        give: &mut impl FnMut(LayerRows),
+    ) -> anyhow::Result<()> {
+        let context = self.context.clone();
+        let tokens = context.plan.encoder(base).token_selection().copied();
+        let caches = members.contains(&base) && self.caches(base, shard);
+        let mut handle = |rows: EncodedRows| {
+            context.count(members, &rows);
+            if caches {
                 self.to_cache
                     .entry(u64::from(shard.0))
                     .or_default()
-                    .entry(e)
-                    .or_insert_with(|| PooledRows::empty(layers))
-                    .append(&pooled);
+                    .entry(base)
+                    .or_insert_with(|| EncodedRows::empty(rows.layers.len()))
+                    .append(&rows);
             }
-            for (layer, values) in LayerId::all(pooled.layers.len()).zip(pooled.layers) {
-                give(LayerRows {
-                    at: EncoderLayer { encoder: e, layer },
-                    shard,
-                    seq,
-                    values,
-                });
+            let next = self
+                .stretches
+                .entry((u64::from(shard.0), base))
+                .or_insert(0);
+            let seq = *next;
+            *next += 1;
+            for (layer, (values, samples)) in LayerId::all(rows.layers.len()).zip(fit_rows(rows)) {
+                for &encoder in members {
+                    give(LayerRows {
+                        at: EncoderLayer { encoder, layer },
+                        shard,
+                        seq,
+                        values: values.clone(),
+                        samples: samples.clone(),
+                    });
+                }
+            }
+            Ok(())
+        };
+        match tokens {
+            Some(selection) => {
+                let mut models = context.models.borrow_mut();
+                models.encode_slices(base, batch, Some(&selection), &mut handle)
+            }
+            None => {
+                let pooled = context.models.borrow_mut().pooled_for(base, batch)?;
+                pooled.map_or(Ok(()), handle)
             }
         }
     }
@@ -196,6 +259,8 @@ pub struct OwnedFits {
     plan: Arc<Plan>,
     pub fits: BTreeMap<EncoderLayer, LayerFit>,
     pending: BTreeMap<u64, Vec<LayerRows>>,
+    /// The shard at the frontier, and the next stretch each fit takes of it.
+    current: Option<(u64, BTreeMap<EncoderLayer, u32>)>,
     /// This worker's index, which picks its GPU.
     worker: usize,
 }
@@ -206,31 +271,55 @@ impl OwnedFits {
             plan,
             fits: BTreeMap::new(),
             pending: BTreeMap::new(),
+            current: None,
             worker,
         }
     }
 
-    /// Keeps rows of `shard` until the shard is complete.
+    /// Keeps rows of `shard` until their turn.
     fn receive(&mut self, shard: u64, rows: &mut Vec<LayerRows>) {
         self.pending.entry(shard).or_default().append(rows);
     }
 
-    /// Feeds the shards the frontier has passed, in order: every worker is done with them.
+    /// Feeds the shards the frontier has passed, in order (every worker is done with them),
+    /// then what has come of the shard at the frontier: every earlier shard is fed, so its
+    /// stretches go in as they arrive, in order, and a shard's token rows never wait in memory
+    /// whole.
     fn feed_before(&mut self, frontier: &MutableAntichain<u64>) -> anyhow::Result<()> {
         for shard in passed(&self.pending, frontier) {
             let rows = self.pending.remove(&shard).expect("listed");
-            self.feed(rows)?;
+            self.feed(shard, rows, false)?;
+        }
+        if let Some(&shard) = frontier.frontier().first() {
+            if let Some(rows) = self.pending.remove(&shard) {
+                self.feed(shard, rows, true)?;
+            }
         }
         Ok(())
     }
 
-    /// Feeds one shard's rows to their fits, stretch by stretch.
-    fn feed(&mut self, mut rows: Vec<LayerRows>) -> anyhow::Result<()> {
+    /// Feeds one shard's rows to their fits, stretch by stretch. While the shard is still
+    /// `arriving`, a fit takes only its next stretches in order, and the rest waits.
+    fn feed(&mut self, shard: u64, mut rows: Vec<LayerRows>, arriving: bool) -> anyhow::Result<()> {
         rows.sort_by_key(|r| (r.at, r.seq));
+        if self.current.as_ref().is_none_or(|(s, _)| *s != shard) {
+            self.current = Some((shard, BTreeMap::new()));
+        }
         let (plan, worker) = (&self.plan, self.worker);
+        let (_, next) = self.current.as_mut().expect("set above");
+        let mut waiting = Vec::new();
         for r in rows {
+            let expected = next.entry(r.at).or_insert(0);
+            if arriving && r.seq != *expected {
+                waiting.push(r);
+                continue;
+            }
+            *expected = r.seq + 1;
             let fit = (self.fits.entry(r.at)).or_insert_with(|| new_fit(plan, r.at, worker));
-            fit.push(&r.values)?;
+            fit.push(&r.values, &r.samples)?;
+        }
+        if !waiting.is_empty() {
+            self.pending.insert(shard, waiting);
         }
         Ok(())
     }
@@ -247,7 +336,8 @@ fn new_fit(plan: &Plan, at: EncoderLayer, worker: usize) -> LayerFit {
     // One pass draws each row at most once, and leaves up to half a mixing buffer undrawn: a
     // dataset larger than that needs no replay, and keeping its rows would make memory grow
     // with the dataset.
-    let needed = encoder.sae.steps * encoder.sae.batch_size + plan.study.fit.buffer_rows / 2;
+    let buffer_rows = plan.study.fit.buffer_rows_for(width);
+    let needed = encoder.sae.steps * encoder.sae.batch_size + buffer_rows / 2;
     let budget_bytes = if plan.dataset.rows() as usize >= needed {
         0
     } else {
@@ -261,17 +351,18 @@ fn new_fit(plan: &Plan, at: EncoderLayer, worker: usize) -> LayerFit {
             layer: encoder.layer_name(at.layer).to_string(),
         },
         worker_device(encoder.device, worker),
-        plan.study.fit.buffer_rows,
+        buffer_rows,
         budget_bytes / (width * 4),
     )
+    .with_max_passes(plan.study.fit.max_passes)
 }
 
 /// Feeds what is left, ends every owned fit's pass and saves its SAE.
 pub fn finish(owned: &Rc<RefCell<OwnedFits>>, plan: &Plan) -> anyhow::Result<usize> {
     let mut owned = owned.borrow_mut();
     let pending = std::mem::take(&mut owned.pending);
-    for (_, rows) in pending {
-        owned.feed(rows)?;
+    for (shard, rows) in pending {
+        owned.feed(shard, rows, false)?;
     }
     let mut saved = 0;
     for (&at, fit) in owned.fits.iter_mut() {

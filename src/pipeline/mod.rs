@@ -31,7 +31,7 @@ pub use crate::digest::fingerprint;
 pub use crate::run_record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
 };
-pub use bench::{bench_memory, MemoryFigure};
+pub use bench::{bench_memory, MemoryBench, MemoryFigure};
 pub use plan::{Plan, PlannedEncoder, PlannedPair};
 pub use prepare::StudyCheck;
 pub use run::{peak_memory_mib, run_study, RunSummary};
@@ -39,8 +39,8 @@ pub use run_folder::{FolderState, RunFolder, LOCK_FILE, MARKER_FILE};
 pub use scan::{scan, ScanSummary};
 pub use source::{shard_source, SourceErrors};
 pub use study::{
-    BaselinesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, FitSpec, SaeOverrideError,
-    SharednessSpec, Study, StudyError,
+    BaselinesSpec, CodesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, FitOn, FitRows, FitSpec,
+    Position, SaeOverrideError, SharednessSpec, Study, StudyError,
 };
 pub use units::{UnitRecord, Units};
 pub use workers::WorkerArgs;

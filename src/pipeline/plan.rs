@@ -9,15 +9,15 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use super::prepare::{build_dataset, export_package};
-use super::study::Study;
+use super::study::{FitRows, FitSpec, Position, Study};
 use super::units::Units;
 use crate::dataset::{Dataset, ShardInfo};
 use crate::digest::fingerprint;
-use crate::encoder::{Manifest, Modality, Pooling};
+use crate::encoder::{Manifest, Modality, OutputKind, Pooling, TokenSelection};
 use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::names::{check_name, pair_key};
 use crate::run_layout::RunLayout;
-use crate::sae::SaeConfig;
+use crate::sae::{ReadOut, SaeConfig};
 use crate::torch::DeviceSpec;
 
 /// One encoder of the study, resolved.
@@ -33,13 +33,26 @@ pub struct PlannedEncoder {
     pub device: tch::Device,
     pub batch_size: usize,
     pub sae: SaeConfig,
-    /// Changes when the package, the layers, the pooling or the SAE settings change.
+    /// What the SAEs are fitted on: pooled rows, or token rows chosen how.
+    pub fit_rows: FitRows,
+    /// Which values of the SAEs are the features.
+    pub read_out: ReadOut,
+    /// Changes when the package, the layers, the pooling, the SAE settings or what they are
+    /// fitted on change.
     pub fingerprint: String,
     /// For the second SAEs of the ceiling baseline: the encoder whose rows this one reuses.
     pub twin_of: Option<EncoderId>,
 }
 
 impl PlannedEncoder {
+    /// Which token rows the SAEs are fitted on; `None` when they are fitted on pooled rows.
+    pub fn token_selection(&self) -> Option<&TokenSelection> {
+        match &self.fit_rows {
+            FitRows::Tokens(selection) => Some(selection),
+            FitRows::Pooled => None,
+        }
+    }
+
     /// The ids of the chosen layers.
     pub fn layer_ids(&self) -> impl Iterator<Item = LayerId> + Clone {
         LayerId::all(self.layers.len())
@@ -288,12 +301,32 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         .device
         .parse()
         .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;
-    let fingerprint = fingerprint(&(
+    let fit_rows = study.fit_rows_for(name);
+    let what = (
         package_digest(&package)?,
         &layers,
         format!("{pooling:?}"),
         &sae,
-    ));
+    );
+    // Studies made before the fit could be chosen keep their fingerprints: the fit's
+    // settings enter only where they differ from what every fit was then.
+    let read_out = spec.read_out.unwrap_or(study.codes.read_out);
+    let fit = (
+        fit_rows,
+        study.fit.buffer_rows,
+        study.fit.buffer_mib,
+        study.fit.max_passes,
+    );
+    let fingerprint = if fit == (FitRows::Pooled, FitSpec::default().buffer_rows, None, None) {
+        fingerprint(&what)
+    } else {
+        fingerprint(&(what, fit))
+    };
+    // The read-out changes the codes, not the SAEs: codes and pairs follow the fingerprint.
+    let fingerprint = match read_out {
+        ReadOut::Code => fingerprint,
+        ReadOut::Relu => crate::digest::fingerprint(&(fingerprint, read_out)),
+    };
     Ok(PlannedEncoder {
         name: name.to_string(),
         package,
@@ -303,6 +336,8 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         device: device.check_available()?,
         batch_size: spec.batch_size,
         sae,
+        fit_rows,
+        read_out,
         fingerprint,
         twin_of: None,
     })
@@ -390,7 +425,7 @@ pub(super) fn choose(
     let layers = manifest
         .select_layers(&spec.layers)
         .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;
-    let pooling = spec.pooling.unwrap_or(manifest.default_pooling);
+    let pooling = read_position(study, name, &manifest, path)?;
     let sae = study
         .sae_for(name)
         .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}.sae]: {e}", path.display()))?;
@@ -416,6 +451,38 @@ pub(super) fn choose(
         pooling,
         sae,
     })
+}
+
+/// The pooling encoder `name`'s codes are read with: `position = "token0"` is token 0 of a
+/// token layer, else the encoder's `pooling` or the package's default.
+fn read_position(
+    study: &Study,
+    name: &str,
+    manifest: &Manifest,
+    path: &Path,
+) -> anyhow::Result<Pooling> {
+    let spec = &study.encoders[name];
+    let chosen = spec.pooling.unwrap_or(manifest.default_pooling);
+    match spec.position.unwrap_or(study.codes.position) {
+        Position::Pooled => Ok(chosen),
+        Position::Token0 => {
+            anyhow::ensure!(
+                manifest.outputs == OutputKind::Tokens,
+                "{}: [encoders.{name}]: position = \"token0\" needs tokens, and {} gives CNN \
+                 feature maps (read them with the package's pooling)",
+                path.display(),
+                manifest.name
+            );
+            anyhow::ensure!(
+                spec.pooling.is_none_or(|p| p == Pooling::Cls),
+                "{}: [encoders.{name}]: position = \"token0\" and pooling = {:?} both say \
+                 where to read the codes; keep one",
+                path.display(),
+                chosen
+            );
+            Ok(Pooling::Cls)
+        }
+    }
 }
 
 /// For the ceiling baseline: a second SAE set (seed `seed`) of every source encoder, fed the

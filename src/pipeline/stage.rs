@@ -17,7 +17,7 @@ use super::encoding::WorkerModels;
 use super::plan::{Plan, PlannedEncoder};
 use super::source::SourceErrors;
 use crate::dataset::{Projection, SampleBatch};
-use crate::encoder::PooledRows;
+use crate::encoder::EncodedRows;
 use crate::ids::EncoderId;
 
 /// The first error of a worker's stage. Operators record it and stop working, but keep
@@ -98,12 +98,20 @@ pub struct StageContext {
 impl StageContext {
     /// Encoder `e`'s pooled rows for `batch`, counted on the stage's bar; `None` when the
     /// activation cache served them with an earlier batch.
-    pub fn pooled(&self, e: EncoderId, batch: &SampleBatch) -> anyhow::Result<Option<PooledRows>> {
+    pub fn pooled(&self, e: EncoderId, batch: &SampleBatch) -> anyhow::Result<Option<EncodedRows>> {
         let pooled = self.models.borrow_mut().pooled_for(e, batch)?;
         if let Some(pooled) = &pooled {
             (self.counters.borrow_mut()).add(e, pooled.sample_ids.len(), pooled.skipped);
         }
         Ok(pooled)
+    }
+
+    /// Counts `rows` on the stage's bar, once for each of `encoders` fed them.
+    pub fn count(&self, encoders: &[EncoderId], rows: &EncodedRows) {
+        let mut counters = self.counters.borrow_mut();
+        for &e in encoders {
+            counters.add(e, rows.sample_ids.len(), rows.skipped);
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::encoder::Pooling;
-use crate::sae::SaeConfig;
+use crate::encoder::{Pooling, TokenSelection};
+use crate::sae::{ReadOut, SaeConfig};
 
 /// A study file.
 #[derive(Clone, Debug, Deserialize)]
@@ -35,6 +35,9 @@ pub struct Study {
     /// How SAEs are fitted from the stream.
     #[serde(default)]
     pub fit: FitSpec,
+    /// How each sample's features are read off its SAE.
+    #[serde(default)]
+    pub codes: CodesSpec,
     /// Keep each encoder's pooled activations on disk (off: they stream into the SAEs).
     #[serde(default)]
     pub activation_cache: bool,
@@ -44,20 +47,97 @@ pub struct Study {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FitSpec {
+    /// What an SAE is trained on, unless an encoder says otherwise.
+    pub fit_on: FitOn,
+    /// With `fit_on = "tokens"`: positions drawn at random per sample (seeded), to thin the
+    /// stream; all of them when absent.
+    pub tokens_per_sample: Option<usize>,
+    /// With `fit_on = "tokens"`, text: the tokenizer's special tokens are rows too.
+    pub special_tokens: bool,
+    /// With `fit_on = "tokens"`, ViTs: the class token is a row too.
+    pub class_token: bool,
+    /// With `fit_on = "tokens"`, ViTs: the register tokens are rows too.
+    pub register_tokens: bool,
+    /// Seeds the draw of `tokens_per_sample`.
+    pub token_seed: u64,
     /// Rows each SAE's mixing buffer holds (as `sae train --buffer-rows`).
     pub buffer_rows: usize,
+    /// The mixing buffer's size in MiB instead of rows: `buffer_mib x 2^20 / (4 x width)` rows
+    /// for a layer of `width` floats.
+    pub buffer_mib: Option<usize>,
     /// Memory per SAE for replaying a pass from memory when its steps need more rows than the
     /// dataset has: the encoders then run once, not once per pass.
     pub replay_memory_mib: usize,
+    /// End each fit after this many passes over its rows, even with steps left (1: the
+    /// reference's one epoch); the learning rate schedule still follows `[sae] steps`.
+    pub max_passes: Option<usize>,
 }
 
 impl Default for FitSpec {
     fn default() -> Self {
         FitSpec {
+            fit_on: FitOn::Pooled,
+            tokens_per_sample: None,
+            special_tokens: true,
+            class_token: true,
+            register_tokens: true,
+            token_seed: 0,
             buffer_rows: 65_536,
+            buffer_mib: None,
             replay_memory_mib: 1024,
+            max_passes: None,
         }
     }
+}
+
+impl FitSpec {
+    /// The mixing buffer's rows for a layer of `width` floats.
+    pub fn buffer_rows_for(&self, width: usize) -> usize {
+        match self.buffer_mib {
+            Some(mib) => (mib * 1024 * 1024 / (4 * width.max(1))).max(1),
+            None => self.buffer_rows,
+        }
+    }
+}
+
+/// How each sample's features are read: at which position, and which values of the SAE.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodesSpec {
+    pub read_out: ReadOut,
+    pub position: Position,
+}
+
+/// The position a sample's activation is read at, for its codes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Position {
+    /// The encoder's pooling (the package's default, or the encoder's `pooling` key).
+    #[default]
+    Pooled,
+    /// Token 0, as the reference code reads every encoder: BERT's [CLS] and a ViT's class
+    /// token, but for a causal text tower (CLIP's) the start token, which has seen nothing of
+    /// the caption and is the same for every sample.
+    Token0,
+}
+
+/// What the SAEs of an encoder are trained on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FitOn {
+    /// One pooled vector per sample (the read-out position).
+    #[default]
+    Pooled,
+    /// Every token, patch or spatial position of the layer (padding never), as the paper's
+    /// protocol: the stream no disk holds.
+    Tokens,
+}
+
+/// The rows an encoder's SAEs are fitted on, resolved from `[fit]` and the encoder's keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum FitRows {
+    Pooled,
+    Tokens(TokenSelection),
 }
 
 /// The dataset: a folder of shards, or the embedded default built when missing.
@@ -98,6 +178,27 @@ pub struct EncoderSpec {
     /// Keys of `[sae]` to change for this encoder only.
     #[serde(default)]
     pub sae: Option<toml::Table>,
+    /// `[fit]`'s `fit_on` for this encoder only.
+    #[serde(default)]
+    pub fit_on: Option<FitOn>,
+    /// `[fit]`'s `tokens_per_sample` for this encoder only.
+    #[serde(default)]
+    pub tokens_per_sample: Option<usize>,
+    /// `[fit]`'s `special_tokens` for this encoder only.
+    #[serde(default)]
+    pub special_tokens: Option<bool>,
+    /// `[fit]`'s `class_token` for this encoder only.
+    #[serde(default)]
+    pub class_token: Option<bool>,
+    /// `[fit]`'s `register_tokens` for this encoder only.
+    #[serde(default)]
+    pub register_tokens: Option<bool>,
+    /// `[codes]`'s `read_out` for this encoder only.
+    #[serde(default)]
+    pub read_out: Option<ReadOut>,
+    /// `[codes]`'s `position` for this encoder only.
+    #[serde(default)]
+    pub position: Option<Position>,
 }
 
 fn default_layers() -> String {
@@ -203,6 +304,21 @@ impl Study {
             toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
         super::study_checks::check(&study, &lines, &at)?;
         Ok(study)
+    }
+
+    /// What `encoder`'s SAEs are fitted on: `[fit]` with the encoder's keys on top.
+    pub fn fit_rows_for(&self, encoder: &str) -> FitRows {
+        let (fit, spec) = (&self.fit, &self.encoders[encoder]);
+        match spec.fit_on.unwrap_or(fit.fit_on) {
+            FitOn::Pooled => FitRows::Pooled,
+            FitOn::Tokens => FitRows::Tokens(TokenSelection {
+                special_tokens: spec.special_tokens.unwrap_or(fit.special_tokens),
+                class_token: spec.class_token.unwrap_or(fit.class_token),
+                register_tokens: spec.register_tokens.unwrap_or(fit.register_tokens),
+                per_sample: spec.tokens_per_sample.or(fit.tokens_per_sample),
+                seed: fit.token_seed,
+            }),
+        }
     }
 
     /// The SAE settings of `encoder`: `[sae]` with the encoder's overrides on top.

@@ -72,11 +72,32 @@ pub(super) fn check(study: &Study, lines: &StudyLines, at: At) -> Result<(), Stu
         .sae
         .validate_settings()
         .map_err(|e| at(span(&lines.sae), format!("[sae]: {e}")))?;
-    if study.fit.buffer_rows == 0 {
+    if study.fit.buffer_rows == 0 || study.fit.buffer_mib == Some(0) {
         return Err(at(
             span(&lines.fit),
-            "[fit]: buffer_rows must be at least 1".into(),
+            "[fit]: the mixing buffer (buffer_rows, buffer_mib) must hold at least 1 row".into(),
         ));
+    }
+    if study.fit.max_passes == Some(0) {
+        return Err(at(
+            span(&lines.fit),
+            "[fit]: max_passes must be at least 1 (leave it out for as many as the steps need)"
+                .into(),
+        ));
+    }
+    if study.fit.tokens_per_sample == Some(0) {
+        return Err(at(
+            span(&lines.fit),
+            "[fit]: tokens_per_sample must be at least 1 (leave it out for every token)".into(),
+        ));
+    }
+    for (name, spec) in &study.encoders {
+        if spec.tokens_per_sample == Some(0) {
+            return Err(at(
+                lines.encoders.get(name).map(Spanned::span),
+                format!("[encoders.{name}]: tokens_per_sample must be at least 1 (leave it out for every token)"),
+            ));
+        }
     }
     if study.encoders.is_empty() {
         return Err(at(

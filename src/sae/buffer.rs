@@ -3,11 +3,31 @@
 
 use rand::{Rng, SeedableRng};
 
-/// Rows of `width` floats; batches are drawn uniformly from what the buffer holds.
+/// Rows drawn together: `values` is `[rows x width]` row-major, `samples` the sample id each
+/// row comes from (tokens of one sample are alike, so how many samples a batch mixes matters).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowBatch {
+    pub values: Vec<f32>,
+    pub samples: Vec<u64>,
+}
+
+impl RowBatch {
+    /// How many different samples the batch's rows come from.
+    pub fn distinct_samples(&self) -> usize {
+        let mut samples = self.samples.clone();
+        samples.sort_unstable();
+        samples.dedup();
+        samples.len()
+    }
+}
+
+/// Rows of `width` floats, each with its sample id; batches are drawn uniformly from what the
+/// buffer holds.
 pub struct MixingBuffer {
     width: usize,
     capacity: usize,
     rows: Vec<f32>,
+    samples: Vec<u64>,
     rng: rand::rngs::StdRng,
 }
 
@@ -18,6 +38,7 @@ impl MixingBuffer {
             width,
             capacity: capacity.max(1),
             rows: Vec::new(),
+            samples: Vec::new(),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
         }
     }
@@ -30,15 +51,16 @@ impl MixingBuffer {
         self.rows.is_empty()
     }
 
-    /// Adds rows (`values.len()` a multiple of the width).
-    pub fn push(&mut self, values: &[f32]) {
-        assert_eq!(values.len() % self.width, 0, "whole rows only");
+    /// Adds rows (`values.len()` a multiple of the width) and their samples.
+    pub fn push(&mut self, values: &[f32], samples: &[u64]) {
+        assert_eq!(values.len(), samples.len() * self.width, "whole rows only");
         self.rows.extend_from_slice(values);
+        self.samples.extend_from_slice(samples);
     }
 
     /// A batch of `batch` random rows once the buffer is half full (or holds `batch` rows, if
     /// that is more): half a buffer of other rows is what each draw is mixed with.
-    pub fn pop_when_mixed(&mut self, batch: usize) -> Option<Vec<f32>> {
+    pub fn pop_when_mixed(&mut self, batch: usize) -> Option<RowBatch> {
         if self.len() >= batch.max(self.capacity / 2) {
             Some(self.draw(batch))
         } else {
@@ -47,7 +69,7 @@ impl MixingBuffer {
     }
 
     /// A batch of `batch` random rows if there are that many: for the end of a stream.
-    pub fn pop_any(&mut self, batch: usize) -> Option<Vec<f32>> {
+    pub fn pop_any(&mut self, batch: usize) -> Option<RowBatch> {
         (self.len() >= batch).then(|| self.draw(batch))
     }
 
@@ -62,13 +84,17 @@ impl MixingBuffer {
         self.len() >= self.capacity
     }
 
-    fn draw(&mut self, batch: usize) -> Vec<f32> {
+    fn draw(&mut self, batch: usize) -> RowBatch {
         let w = self.width;
-        let mut out = Vec::with_capacity(batch * w);
+        let mut out = RowBatch {
+            values: Vec::with_capacity(batch * w),
+            samples: Vec::with_capacity(batch),
+        };
         for _ in 0..batch {
             let n = self.len();
             let i = self.rng.random_range(0..n);
-            out.extend_from_slice(&self.rows[i * w..(i + 1) * w]);
+            out.values.extend_from_slice(&self.rows[i * w..(i + 1) * w]);
+            out.samples.push(self.samples.swap_remove(i));
             // Swap-remove row i: O(width), order does not matter in a mixing buffer.
             if i != n - 1 {
                 let (head, tail) = self.rows.split_at_mut((n - 1) * w);
@@ -89,13 +115,18 @@ mod tests {
         let mut buffer = MixingBuffer::new(2, 100, 7);
         let mut out = Vec::new();
         for i in 0..300 {
-            buffer.push(&[i as f32, -(i as f32)]);
+            buffer.push(&[i as f32, -(i as f32)], &[i as u64]);
             while let Some(batch) = buffer.pop_when_mixed(10) {
-                out.extend(batch.chunks(2).map(|r| r[0] as i64));
+                assert!(batch
+                    .values
+                    .chunks(2)
+                    .zip(&batch.samples)
+                    .all(|(r, &s)| r[0] as u64 == s));
+                out.extend(batch.values.chunks(2).map(|r| r[0] as i64));
             }
         }
         while let Some(batch) = buffer.pop_any(10) {
-            out.extend(batch.chunks(2).map(|r| r[0] as i64));
+            out.extend(batch.values.chunks(2).map(|r| r[0] as i64));
         }
         assert_eq!(out.len(), 300);
         let mut sorted = out.clone();

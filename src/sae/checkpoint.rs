@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::SaeConfig;
 use super::model::{Sae, B_DEC, B_ENC, W_DEC, W_ENC};
-use super::trainer::{SaeSource, SaeTrainer, TrainingMetrics};
+use super::trainer::{Mixing, SaeSource, SaeTrainer, TrainingMetrics};
 use super::variant::StateError;
 use crate::atomic::AtomicFile;
 
@@ -40,6 +40,9 @@ pub struct CheckpointMeta {
     pub adam_steps: i64,
     pub bias_initialised: bool,
     pub metrics: Vec<TrainingMetrics>,
+    /// How mixed the training batches were (zero in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub mixing: Mixing,
 }
 
 /// Errors reading or writing a checkpoint, naming the folder or file.
@@ -117,6 +120,7 @@ impl SaeTrainer {
             adam_steps: self.adam.steps,
             bias_initialised: self.bias_initialised,
             metrics: self.history.clone(),
+            mixing: self.mixing,
         };
         let json = serde_json::to_vec_pretty(&meta).expect("serialisable");
         write_atomically(&dir.join(META), |path| {
@@ -145,6 +149,7 @@ impl SaeTrainer {
         trainer.tokens_seen = meta.tokens_seen;
         trainer.bias_initialised = meta.bias_initialised;
         trainer.history = meta.metrics;
+        trainer.mixing = meta.mixing;
         Ok(trainer)
     }
 }

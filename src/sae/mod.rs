@@ -27,7 +27,7 @@ mod train_file;
 mod trainer;
 pub mod variant;
 
-pub use buffer::MixingBuffer;
+pub use buffer::{MixingBuffer, RowBatch};
 pub use checkpoint::{
     read_meta, CheckpointError, CheckpointMeta, CHECKPOINT_FILES, CHECKPOINT_VERSION,
 };
@@ -36,6 +36,6 @@ pub use config::{DecoderBiasInit, SaeConfig, SaeConfigError, SaeKind};
 pub use model::Sae;
 pub use online::{FitError, LayerFit};
 pub use schedule::{BatchSchedule, FILE_CHUNK_ROWS};
-pub use to_codes::{codes_meta, encode_file, SampleCode};
+pub use to_codes::{codes_meta, encode_file, ReadOut, SampleCode};
 pub use train_file::{train_from_file, TrainFileOptions, TrainReport};
 pub use trainer::{SaeSource, SaeTrainer, TrainError, TrainingMetrics};

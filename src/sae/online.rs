@@ -6,8 +6,7 @@
 //! after the first replay the rows from memory when they fit in the replay budget: the encoder
 //! never runs twice.
 
-use tch::Tensor;
-
+use super::buffer::RowBatch;
 use super::config::SaeConfig;
 use super::schedule::BatchSchedule;
 use super::trainer::{SaeSource, SaeTrainer, TrainError};
@@ -17,10 +16,13 @@ pub struct LayerFit {
     trainer: SaeTrainer,
     schedule: BatchSchedule,
     width: usize,
-    /// The first pass's rows while they fit in the budget; `None` once they do not.
-    replay: Option<Vec<f32>>,
+    /// The first pass's rows and their samples while they fit in the budget and may be
+    /// needed; `None` once they do not fit or every step has its batch.
+    replay: Option<RowBatch>,
     replay_budget_rows: usize,
     rows_first_pass: usize,
+    /// Passes after which the fit ends even with steps left (the reference's one epoch).
+    max_passes: Option<usize>,
 }
 
 impl LayerFit {
@@ -38,26 +40,43 @@ impl LayerFit {
             trainer: SaeTrainer::new(config, width, device, source),
             schedule: BatchSchedule::new(config, width, buffer_rows),
             width,
-            replay: Some(Vec::new()),
+            replay: Some(RowBatch::default()),
             replay_budget_rows,
             rows_first_pass: 0,
+            max_passes: None,
         }
     }
 
-    /// Adds rows of the first pass, in dataset order, and trains on every batch that is ready.
-    pub fn push(&mut self, rows: &[f32]) -> Result<(), TrainError> {
-        assert_eq!(rows.len() % self.width, 0, "whole rows only");
-        self.rows_first_pass += rows.len() / self.width;
+    /// Ends the fit after `passes` passes over the rows even if steps are left: the learning
+    /// rate schedule still follows the configured steps.
+    pub fn with_max_passes(mut self, passes: Option<usize>) -> LayerFit {
+        self.max_passes = passes;
+        if passes == Some(1) {
+            self.replay = None;
+        }
+        self
+    }
+
+    /// Adds rows of the first pass, in dataset order, with the sample each comes from, and
+    /// trains on every batch that is ready.
+    pub fn push(&mut self, rows: &[f32], samples: &[u64]) -> Result<(), TrainError> {
+        assert_eq!(rows.len(), samples.len() * self.width, "whole rows only");
+        self.rows_first_pass += samples.len();
         if let Some(replay) = self.replay.as_mut() {
             if self.rows_first_pass <= self.replay_budget_rows {
-                replay.extend_from_slice(rows);
+                replay.values.extend_from_slice(rows);
+                replay.samples.extend_from_slice(samples);
             } else {
                 self.replay = None;
             }
         }
-        let (trainer, width) = (&mut self.trainer, self.width);
+        let trainer = &mut self.trainer;
         self.schedule
-            .push(rows, &mut |_, batch| step(trainer, width, batch))
+            .push(rows, samples, &mut |_, batch| step(trainer, batch))?;
+        if self.schedule.is_done() {
+            self.replay = None;
+        }
+        Ok(())
     }
 
     /// Ends the first pass and trains the remaining steps, replaying the rows from memory.
@@ -71,10 +90,10 @@ impl LayerFit {
                 batch_size,
             });
         }
-        let (trainer, width) = (&mut self.trainer, self.width);
-        let mut train = |_: usize, batch: &[f32]| step(trainer, width, batch);
+        let trainer = &mut self.trainer;
+        let mut train = |_: usize, batch: &RowBatch| step(trainer, batch);
         self.schedule.end_pass(&mut train)?;
-        if self.schedule.is_done() {
+        if self.schedule.is_done() || passes_reached(self.max_passes, &self.schedule) {
             return Ok(());
         }
         let Some(replay) = self.replay.take() else {
@@ -84,8 +103,9 @@ impl LayerFit {
                 steps_done: self.schedule.drawn(),
             });
         };
-        while !self.schedule.is_done() {
-            self.schedule.push(&replay, &mut train)?;
+        while !self.schedule.is_done() && !passes_reached(self.max_passes, &self.schedule) {
+            self.schedule
+                .push(&replay.values, &replay.samples, &mut train)?;
             self.schedule.end_pass(&mut train)?;
         }
         Ok(())
@@ -102,10 +122,13 @@ impl LayerFit {
     }
 }
 
-fn step(trainer: &mut SaeTrainer, width: usize, batch: &[f32]) -> Result<(), TrainError> {
-    let x = Tensor::from_slice(batch).reshape([-1, width as i64]);
-    trainer.train_step(&x)?;
+fn step(trainer: &mut SaeTrainer, batch: &RowBatch) -> Result<(), TrainError> {
+    trainer.train_batch(batch)?;
     Ok(())
+}
+
+fn passes_reached(max_passes: Option<usize>, schedule: &BatchSchedule) -> bool {
+    max_passes.is_some_and(|max| schedule.passes_done() >= max)
 }
 
 /// Why a fit could not take all its steps.
@@ -156,8 +179,9 @@ mod tests {
         // 20 rows give 2 steps a pass; 12 steps need the replay.
         let rows: Vec<f32> = (0..80).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut fit = LayerFit::new(&config(), 4, source(), Device::Cpu, 16, 1000);
-        fit.push(&rows[..40]).unwrap();
-        fit.push(&rows[40..]).unwrap();
+        let samples: Vec<u64> = (0..20).collect();
+        fit.push(&rows[..40], &samples[..10]).unwrap();
+        fit.push(&rows[40..], &samples[10..]).unwrap();
         fit.finish().unwrap();
         assert_eq!(fit.trainer().steps_done(), 12);
         assert_eq!(fit.rows(), 20);
@@ -167,7 +191,7 @@ mod tests {
     fn rows_beyond_the_replay_budget_are_an_error_that_says_what_to_change() {
         let rows = vec![0.5f32; 80];
         let mut fit = LayerFit::new(&config(), 4, source(), Device::Cpu, 16, 10);
-        fit.push(&rows).unwrap();
+        fit.push(&rows, &[0; 20]).unwrap();
         let error = fit.finish().unwrap_err().to_string();
         assert!(error.contains("replay_memory_mib"), "{error}");
     }

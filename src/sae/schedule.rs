@@ -7,8 +7,11 @@
 //! one pass (it never needs more than one copy of the data) and drains it. Later passes push
 //! the same rows again through the capped buffer. The draws are a pure function of the seed and
 //! the rows, which is what makes a resumed run continue exactly where it stopped.
+//!
+//! Once every step has its batch, rows still pushed are counted and dropped: a stream longer
+//! than the training never grows the buffer.
 
-use super::buffer::MixingBuffer;
+use super::buffer::{MixingBuffer, RowBatch};
 use super::config::SaeConfig;
 
 /// Rows per chunk pushed into the mixing buffer: the batch size of the activation file reader.
@@ -20,8 +23,8 @@ pub struct BatchSchedule {
     width: usize,
     batch_size: usize,
     steps: usize,
-    /// Rows of this pass not yet pushed into the buffer: less than one chunk.
-    pending: Vec<f32>,
+    /// Rows of this pass not yet pushed into the buffer, and their samples: less than a chunk.
+    pending: RowBatch,
     rows_this_pass: usize,
     passes_done: usize,
     drawn: usize,
@@ -35,28 +38,36 @@ impl BatchSchedule {
             width,
             batch_size: config.batch_size,
             steps: config.steps,
-            pending: Vec::new(),
+            pending: RowBatch::default(),
             rows_this_pass: 0,
             passes_done: 0,
             drawn: 0,
         }
     }
 
-    /// Adds rows of the current pass, in order, and calls `step(index, batch)` for every batch
-    /// they make ready, `index` counting from 0 over the whole training.
+    /// Adds rows of the current pass, in order, with the sample each comes from, and calls
+    /// `step(index, batch)` for every batch they make ready, `index` counting from 0 over the
+    /// whole training.
     pub fn push<E>(
         &mut self,
         rows: &[f32],
-        step: &mut impl FnMut(usize, &[f32]) -> Result<(), E>,
+        samples: &[u64],
+        step: &mut impl FnMut(usize, &RowBatch) -> Result<(), E>,
     ) -> Result<(), E> {
-        assert_eq!(rows.len() % self.width, 0, "whole rows only");
-        self.rows_this_pass += rows.len() / self.width;
-        self.pending.extend_from_slice(rows);
-        let chunk = FILE_CHUNK_ROWS * self.width;
-        while self.pending.len() >= chunk {
-            let rest = self.pending.split_off(chunk);
+        assert_eq!(rows.len(), samples.len() * self.width, "whole rows only");
+        self.rows_this_pass += samples.len();
+        if self.is_done() {
+            return Ok(());
+        }
+        self.pending.values.extend_from_slice(rows);
+        self.pending.samples.extend_from_slice(samples);
+        while self.pending.samples.len() >= FILE_CHUNK_ROWS {
+            let rest = RowBatch {
+                values: self.pending.values.split_off(FILE_CHUNK_ROWS * self.width),
+                samples: self.pending.samples.split_off(FILE_CHUNK_ROWS),
+            };
             let full = std::mem::replace(&mut self.pending, rest);
-            self.buffer.push(&full);
+            self.buffer.push(&full.values, &full.samples);
             self.draw_mixed(step)?;
         }
         Ok(())
@@ -67,11 +78,11 @@ impl BatchSchedule {
     /// against the batch size first: a pass smaller than one batch cannot train.
     pub fn end_pass<E>(
         &mut self,
-        step: &mut impl FnMut(usize, &[f32]) -> Result<(), E>,
+        step: &mut impl FnMut(usize, &RowBatch) -> Result<(), E>,
     ) -> Result<(), E> {
         let rest = std::mem::take(&mut self.pending);
-        if !rest.is_empty() {
-            self.buffer.push(&rest);
+        if !rest.samples.is_empty() {
+            self.buffer.push(&rest.values, &rest.samples);
             self.draw_mixed(step)?;
         }
         if self.passes_done == 0 {
@@ -110,7 +121,7 @@ impl BatchSchedule {
 
     fn draw_mixed<E>(
         &mut self,
-        step: &mut impl FnMut(usize, &[f32]) -> Result<(), E>,
+        step: &mut impl FnMut(usize, &RowBatch) -> Result<(), E>,
     ) -> Result<(), E> {
         while self.drawn < self.steps {
             let Some(batch) = self.buffer.pop_when_mixed(self.batch_size) else {
@@ -140,14 +151,15 @@ mod tests {
     fn batches(rows: &[f32], pieces: usize, steps: usize) -> Vec<Vec<f32>> {
         let mut schedule = BatchSchedule::new(&config(steps), 2, 64);
         let mut out = Vec::new();
-        let mut take = |_: usize, b: &[f32]| -> Result<(), ()> {
-            out.push(b.to_vec());
+        let mut take = |_: usize, b: &RowBatch| -> Result<(), ()> {
+            out.push(b.values.clone());
             Ok(())
         };
+        let samples: Vec<u64> = (0..rows.len() as u64 / 2).collect();
         while !schedule.is_done() {
-            let piece = (rows.len() / 2).div_ceil(pieces) * 2;
-            for part in rows.chunks(piece) {
-                schedule.push(part, &mut take).unwrap();
+            let piece = (rows.len() / 2).div_ceil(pieces);
+            for (part, ids) in rows.chunks(piece * 2).zip(samples.chunks(piece)) {
+                schedule.push(part, ids, &mut take).unwrap();
             }
             schedule.end_pass(&mut take).unwrap();
         }

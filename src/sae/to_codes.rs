@@ -8,27 +8,52 @@ use std::path::Path;
 use anyhow::Context;
 use tch::{Device, Tensor};
 
+use serde::{Deserialize, Serialize};
+
+use super::code::Code;
 use super::config::{SaeConfig, SaeKind};
 use super::model::Sae;
-use crate::activations::LayerReader;
+use crate::activations::{read_meta, LayerReader};
 use crate::codes::{CodesMeta, CodesSummary, CodesWriter};
 
 /// One sample's code: its features and their values.
 pub type SampleCode = (Vec<u32>, Vec<f32>);
 
-/// What a codes file of an SAE with `config` and `d_sae` features on `encoder`'s `layer` says
-/// about itself: TopK codes carry their `k`; BatchTopK and ReLU codes are dense.
-pub fn codes_meta(config: &SaeConfig, encoder: &str, layer: &str, d_sae: usize) -> CodesMeta {
-    match config.kind {
-        SaeKind::Topk => CodesMeta::topk(encoder, layer, d_sae as u32, config.k as u32),
-        SaeKind::BatchTopk | SaeKind::Relu => CodesMeta::dense(encoder, layer, d_sae as u32),
+/// Which values of an SAE are read as a sample's features.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReadOut {
+    /// What the SAE outputs: its TopK (or BatchTopK, or ReLU) code.
+    #[default]
+    #[serde(rename = "topk")]
+    Code,
+    /// The dense pre-activations `ReLU(W_enc (x - b_dec) + b_enc)` without the TopK: the
+    /// reference code's read-out, kept to reproduce it. Its codes are dense.
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+/// What a codes file of an SAE with `config` and `d_sae` features on `encoder`'s `layer`, read
+/// out as `read_out` says, says about itself: TopK codes carry their `k`; BatchTopK, ReLU and
+/// ReLU read-out codes are dense.
+pub fn codes_meta(
+    config: &SaeConfig,
+    encoder: &str,
+    layer: &str,
+    d_sae: usize,
+    read_out: ReadOut,
+) -> CodesMeta {
+    match (config.kind, read_out) {
+        (SaeKind::Topk, ReadOut::Code) => {
+            CodesMeta::topk(encoder, layer, d_sae as u32, config.k as u32)
+        }
+        _ => CodesMeta::dense(encoder, layer, d_sae as u32),
     }
 }
 
 impl Sae {
-    /// The codes of `samples` rows of activations (`rows`, row-major, on the CPU): for each
-    /// sample, in order, its active features and their values.
-    pub fn sample_codes(&self, rows: &[f32], samples: usize) -> Vec<SampleCode> {
+    /// The codes of `samples` rows of activations (`rows`, row-major, on the CPU), read out as
+    /// `read_out` says: for each sample, in order, its active features and their values.
+    pub fn sample_codes(&self, rows: &[f32], samples: usize, read_out: ReadOut) -> Vec<SampleCode> {
         let mut codes = vec![(Vec::new(), Vec::new()); samples];
         if samples == 0 {
             return codes;
@@ -36,7 +61,11 @@ impl Sae {
         let x = Tensor::from_slice(rows)
             .reshape([samples as i64, -1])
             .to_device(self.device());
-        let (rows, latents, values) = self.encode(&x).triples();
+        let code = match read_out {
+            ReadOut::Code => self.encode(&x),
+            ReadOut::Relu => Code::Dense(tch::no_grad(|| self.pre_activations(&x))),
+        };
+        let (rows, latents, values) = code.triples();
         for ((row, latent), value) in rows.into_iter().zip(latents).zip(values) {
             let code = &mut codes[row as usize];
             code.0.push(latent as u32);
@@ -54,7 +83,15 @@ pub fn encode_file(
     out: &Path,
     device: Device,
     batch_rows: usize,
+    read_out: ReadOut,
 ) -> anyhow::Result<CodesSummary> {
+    anyhow::ensure!(
+        read_meta(activations)?.tokens.is_none(),
+        "{}: a token-level activation file (one row per token, from `saeshare encode --tokens`); \
+         `sae encode` writes one code per sample, so it needs pooled activations: encode the \
+         dataset again without --tokens",
+        activations.display()
+    );
     let (sae, meta) = Sae::load(sae_dir, device)?;
     let reader = LayerReader::open(activations, layer, batch_rows)?;
     anyhow::ensure!(
@@ -72,8 +109,14 @@ pub fn encode_file(
             meta.source.layer
         );
     }
-    let codes_meta = codes_meta(&meta.config, &meta.source.encoder, layer, meta.d_sae)
-        .with_sae(format!("{} (seed {})", sae_dir.display(), meta.config.seed));
+    let codes_meta = codes_meta(
+        &meta.config,
+        &meta.source.encoder,
+        layer,
+        meta.d_sae,
+        read_out,
+    )
+    .with_sae(format!("{} (seed {})", sae_dir.display(), meta.config.seed));
     let mut writer = CodesWriter::create(out, codes_meta)?;
 
     let bar = crate::progress::bar(None, "encoding", "samples");
@@ -83,7 +126,7 @@ pub fn encode_file(
     let mut unsorted: Vec<(u64, SampleCode)> = Vec::new();
     for batch in reader {
         let batch = batch?;
-        let codes = sae.sample_codes(&batch.values, batch.rows());
+        let codes = sae.sample_codes(&batch.values, batch.rows(), read_out);
         for (id, code) in batch.sample_ids.iter().copied().zip(codes) {
             let in_order = unsorted.is_empty() && last.is_none_or(|l| id > l);
             if in_order {

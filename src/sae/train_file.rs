@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use tch::{Device, Tensor};
+use tch::Device;
 
+use super::buffer::RowBatch;
 use super::config::SaeConfig;
 use super::schedule::{BatchSchedule, FILE_CHUNK_ROWS};
 use super::trainer::{SaeSource, SaeTrainer, TrainingMetrics};
@@ -79,15 +80,16 @@ pub fn train_from_file(
     let mut schedule = BatchSchedule::new(config, width, options.buffer_rows);
     let mut last = None;
     // The batches before `start` are drawn again, untrained: the order depends on them.
-    let mut train = |index: usize, batch: &[f32]| -> anyhow::Result<()> {
+    let mut train = |index: usize, batch: &RowBatch| -> anyhow::Result<()> {
         if index >= start {
-            last = Some(step(&mut trainer, batch, width, options, &bar)?);
+            last = Some(step(&mut trainer, batch, options, &bar)?);
         }
         Ok(())
     };
     while !schedule.is_done() {
         for batch in LayerReader::open(&options.activations, &options.layer, FILE_CHUNK_ROWS)? {
-            schedule.push(&batch?.values, &mut train)?;
+            let batch = batch?;
+            schedule.push(&batch.values, &batch.sample_ids, &mut train)?;
             if schedule.is_done() {
                 break;
             }
@@ -158,13 +160,11 @@ fn open_trainer(
 
 fn step(
     trainer: &mut SaeTrainer,
-    batch: &[f32],
-    width: usize,
+    batch: &RowBatch,
     options: &TrainFileOptions,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<TrainingMetrics> {
-    let x = Tensor::from_slice(batch).reshape([-1, width as i64]);
-    let metrics = trainer.train_step(&x)?;
+    let metrics = trainer.train_batch(batch)?;
     bar.inc(1);
     let done = trainer.steps_done();
     if options.checkpoint_every > 0

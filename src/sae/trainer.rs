@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::adam::Adam;
+use super::buffer::RowBatch;
 use super::code::Code;
 use super::config::SaeConfig;
 use super::model::Sae;
@@ -36,6 +37,11 @@ pub struct TrainingMetrics {
     /// Latents silent for the last `dead_after_tokens` tokens.
     pub dead_fraction: f64,
     pub lr: f64,
+    /// How mixed the batches were: distinct samples per batch, averaged over the steps so far
+    /// (a batch of token rows from few samples learns their quirks). Absent when the rows
+    /// carried no sample ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_per_batch: Option<f64>,
 }
 
 /// Why a step cannot run.
@@ -60,7 +66,16 @@ pub struct SaeTrainer {
     pub(crate) since_fired: Tensor,
     pub(crate) bias_initialised: bool,
     pub(crate) history: Vec<TrainingMetrics>,
+    /// Distinct samples summed over the batches that carried sample ids, and those batches.
+    pub(crate) mixing: Mixing,
     log_every: usize,
+}
+
+/// The sums behind [`TrainingMetrics::samples_per_batch`], kept in checkpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Mixing {
+    pub batches: u64,
+    pub distinct_samples: u64,
 }
 
 impl SaeTrainer {
@@ -77,6 +92,7 @@ impl SaeTrainer {
             since_fired,
             bias_initialised: false,
             history: Vec::new(),
+            mixing: Mixing::default(),
             log_every: 50,
         }
     }
@@ -102,6 +118,26 @@ impl SaeTrainer {
 
     pub fn is_done(&self) -> bool {
         self.step >= self.sae.config.steps
+    }
+
+    /// Mean distinct samples per batch over the batches that carried sample ids.
+    pub fn samples_per_batch(&self) -> Option<f64> {
+        (self.mixing.batches > 0)
+            .then(|| self.mixing.distinct_samples as f64 / self.mixing.batches as f64)
+    }
+
+    /// One training step on a batch drawn from a mixing buffer, recording how mixed it was.
+    pub fn train_batch(&mut self, batch: &RowBatch) -> Result<TrainingMetrics, TrainError> {
+        let x = Tensor::from_slice(&batch.values).reshape([batch.samples.len() as i64, -1]);
+        let distinct = batch.distinct_samples() as u64;
+        let before = self.mixing;
+        self.mixing.batches += 1;
+        self.mixing.distinct_samples += distinct;
+        let result = self.train_step(&x);
+        if result.is_err() {
+            self.mixing = before;
+        }
+        result
     }
 
     /// One training step on `x` (`rows x d_in`, on any device).
@@ -178,6 +214,7 @@ impl SaeTrainer {
             l0: code.mean_l0(rows),
             dead_fraction: self.dead_fraction(),
             lr,
+            samples_per_batch: self.samples_per_batch(),
         };
         if self.step == 1 || self.step.is_multiple_of(self.log_every) || self.is_done() {
             tracing::info!(

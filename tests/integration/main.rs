@@ -25,3 +25,5 @@ mod sae_cli;
 mod sae_training;
 mod stats_reference;
 mod study_files;
+mod token_activations;
+mod token_fit;

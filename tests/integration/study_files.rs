@@ -22,7 +22,12 @@ fn every_shipped_study_file_parses() {
     checked.sort();
     assert_eq!(
         checked,
-        ["demo.toml", "reference-b.toml", "reference-l.toml"]
+        [
+            "demo.toml",
+            "reference-b.toml",
+            "reference-l.toml",
+            "reference-protocol-b.toml"
+        ]
     );
     let reference = common::saeshare(&[
         "study",

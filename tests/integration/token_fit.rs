@@ -1,0 +1,355 @@
+//! SAEs fitted on every token (`fit_on = "tokens"`): padding never reaches an SAE, a sample's
+//! token rows do not depend on its batch, and the fitted SAEs and every output are the same on
+//! 1 worker, 4 workers and 2 processes.
+
+use crate::common;
+use crate::pipeline::{assert_same_outputs, run, study};
+
+use std::path::Path;
+
+use saeshare::dataset::SampleBatch;
+use saeshare::encoder::{EncodedRows, Encoder, TokenSelection};
+use saeshare::sae::Sae;
+use tch::Device;
+
+const CAPTIONS: [&str; 4] = [
+    "a red apple",
+    "two cats asleep on a very old green sofa by the window",
+    "sun",
+    "a grinning face with big eyes",
+];
+
+fn captions() -> SampleBatch {
+    SampleBatch {
+        shard: 0,
+        sample_ids: (10..14).collect(),
+        captions: CAPTIONS.iter().map(|c| c.to_string()).collect(),
+        images: Vec::new(),
+        skipped: Vec::new(),
+    }
+}
+
+/// The rows of `batch` through `package`, every layer, token rows as `selection` says.
+fn token_rows(package: &str, batch: SampleBatch, selection: &TokenSelection) -> EncodedRows {
+    let mut encoder = Encoder::load(&common::tiny_packages().join(package), Device::Cpu).unwrap();
+    let layers: Vec<usize> = (0..encoder.manifest.layers.len()).collect();
+    let pooling = encoder.manifest.default_pooling;
+    let mut out = EncodedRows::empty(layers.len());
+    encoder
+        .encode_batches(
+            std::iter::once(Ok(batch)),
+            &layers,
+            pooling,
+            Some(selection),
+            |rows| {
+                out.append(&rows);
+                Ok(())
+            },
+        )
+        .unwrap();
+    out
+}
+
+#[test]
+fn padding_never_reaches_an_sae() {
+    // The poisoned package is BERT with NaN at every padded position of every layer: four
+    // captions of 3 to 13 tokens in one batch pad three of them.
+    let all = TokenSelection::default();
+    let poisoned = token_rows("bert-poisoned-padding", captions(), &all);
+    let clean = token_rows("bert", captions(), &all);
+    for (p, c) in poisoned.tokens.iter().zip(&clean.tokens) {
+        assert!(
+            p.values.iter().all(|v| v.is_finite()),
+            "a padded row leaked"
+        );
+        assert_eq!(p.sample, c.sample);
+        assert_eq!(p.position, c.position);
+        let diff = (p.values.iter().zip(&c.values))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff == 0.0, "poisoned and clean rows differ by {diff}");
+    }
+    // [CLS] + words + [SEP] of each caption, nothing of the padding.
+    let lengths: Vec<usize> = (0..4)
+        .map(|s| clean.tokens[0].sample.iter().filter(|&&x| x == s).count())
+        .collect();
+    assert!(
+        lengths.iter().all(|&n| n >= 3) && lengths[1] > lengths[0],
+        "{lengths:?}"
+    );
+    let words = token_rows(
+        "bert",
+        captions(),
+        &TokenSelection {
+            special_tokens: false,
+            ..all
+        },
+    );
+    assert_eq!(words.tokens[0].rows(), clean.tokens[0].rows() - 2 * 4);
+
+    // The control: where a pooling does read padding (the final position), the poison shows.
+    let mut encoder = Encoder::load(
+        &common::tiny_packages().join("bert-poisoned-padding"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let last = encoder.encode(&captions(), &[0], saeshare::encoder::Pooling::Last);
+    assert!(last.is_err(), "the poison does not reach the outputs");
+
+    // And a study fitted on the poisoned package's tokens trains finite SAEs.
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[21]);
+    let file = study(dir.path(), &dataset, "poisoned", &["bert", "vit"], 4);
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        &format!(
+            "package = \"{}\"",
+            common::tiny_packages().join("bert").display()
+        ),
+        &format!(
+            "package = \"{}\"\nfit_on = \"tokens\"\npooling = \"cls\"",
+            common::tiny_packages()
+                .join("bert-poisoned-padding")
+                .display()
+        ),
+    );
+    std::fs::write(&file, text).unwrap();
+    run(&file, &[]);
+    for layer in ["1", "2"] {
+        let (sae, meta) = Sae::load(
+            &dir.path().join("poisoned/saes/bert").join(layer),
+            Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(meta.steps, 40);
+        let mixed = meta.metrics.last().unwrap().samples_per_batch.unwrap();
+        assert!(mixed > 20.0, "batches of 64 token rows mix {mixed} samples");
+        for p in sae.parameters() {
+            assert!(p.isfinite().all().int64_value(&[]) == 1);
+        }
+    }
+}
+
+#[test]
+fn a_samples_token_rows_do_not_depend_on_its_batch() {
+    let selection = TokenSelection {
+        per_sample: Some(4),
+        seed: 9,
+        ..TokenSelection::default()
+    };
+    let together = token_rows("bert", captions(), &selection);
+    for i in 0..4 {
+        let mut alone = captions();
+        alone.sample_ids = vec![alone.sample_ids[i]];
+        alone.captions = vec![alone.captions[i].clone()];
+        let alone = token_rows("bert", alone, &selection);
+        for (all, one) in together.tokens.iter().zip(&alone.tokens) {
+            let rows: Vec<usize> = (0..all.rows())
+                .filter(|&r| all.sample[r] == i as u32)
+                .collect();
+            assert_eq!(rows.len(), one.rows());
+            assert_eq!(
+                rows.iter().map(|&r| all.position[r]).collect::<Vec<_>>(),
+                one.position
+            );
+            let width = one.values.len() / one.rows();
+            for (k, &r) in rows.iter().enumerate() {
+                let a = &all.values[r * width..(r + 1) * width];
+                let b = &one.values[k * width..(k + 1) * width];
+                let diff = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    diff <= 1e-4,
+                    "sample {i}: token rows differ by {diff} in a batch"
+                );
+            }
+        }
+    }
+}
+
+/// `file` with bert fitted on every token, dinov2 on 5 patches a sample without its class token.
+fn on_tokens(file: &Path) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let text = text
+        .replace(
+            "[encoders.bert]\n",
+            "[encoders.bert]\nfit_on = \"tokens\"\n",
+        )
+        .replace(
+            "[encoders.dinov2]\n",
+            "[encoders.dinov2]\nfit_on = \"tokens\"\ntokens_per_sample = 5\nclass_token = false\n",
+        );
+    std::fs::write(file, text).unwrap();
+}
+
+#[test]
+fn token_fits_are_the_same_on_1_worker_4_workers_and_2_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[3, 4, 43]);
+    let encoders = ["bert", "dinov2"];
+    let files: Vec<_> = ["one", "four", "two"]
+        .iter()
+        .map(|name| {
+            let file = study(dir.path(), &dataset, name, &encoders, 4);
+            on_tokens(&file);
+            file
+        })
+        .collect();
+    run(&files[0], &[]);
+    run(&files[1], &["-w", "4"]);
+    let hosts = common::hostfile(dir.path());
+    let processes: Vec<_> = (0..2)
+        .map(|p| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_saeshare"))
+                .args([
+                    "run",
+                    files[2].to_str().unwrap(),
+                    "-w",
+                    "2",
+                    "-n",
+                    "2",
+                    "-p",
+                ])
+                .arg(p.to_string())
+                .args(["-h", hosts.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for process in processes {
+        let output = process.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", common::stderr(&output));
+    }
+    let sae = |run: &str, encoder: &str, layer: &str| {
+        Sae::load(
+            &dir.path().join(run).join("saes").join(encoder).join(layer),
+            Device::Cpu,
+        )
+        .unwrap()
+    };
+    for (encoder, layer) in [("bert", "2"), ("dinov2", "1"), ("dinov2", "2")] {
+        let (one, meta) = sae("one", encoder, layer);
+        // Token rows, not one row per sample: batches of 64 rows hold several rows of some
+        // samples (pooled rows would make every batch 64 distinct samples).
+        let mixed = meta.metrics.last().unwrap().samples_per_batch.unwrap();
+        assert!(mixed < 63.0 && mixed > 20.0, "{encoder} {layer}: {mixed}");
+        for other in ["four", "two"] {
+            let (sae, _) = sae(other, encoder, layer);
+            for (a, b) in one.parameters().iter().zip(sae.parameters()) {
+                let diff = (*a - b).abs().max().double_value(&[]);
+                assert!(diff == 0.0, "{encoder} {layer}: {other} differs by {diff}");
+            }
+        }
+    }
+    assert_same_outputs(&dir.path().join("one"), &dir.path().join("four"), 1e-6);
+    assert_same_outputs(&dir.path().join("one"), &dir.path().join("two"), 1e-6);
+}
+
+#[test]
+fn the_reference_protocol_reads_dense_relu_codes_at_token_0_after_one_pass() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float32Type, UInt32Type, UInt64Type};
+    use saeshare::dataset::{Dataset, Projection};
+    use tch::{Kind, Tensor};
+
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[22]);
+    let file = study(dir.path(), &dataset, "protocol", &["bert", "vit"], 4);
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "[fit]\nbuffer_rows = 256\n",
+        "[fit]\nbuffer_rows = 256\nfit_on = \"tokens\"\nmax_passes = 1\n\n\
+         [codes]\nread_out = \"relu\"\nposition = \"token0\"\n",
+    );
+    // 100 captions of a few tokens: far fewer rows than 400 steps of 64.
+    let text = text.replace("steps = 40", "steps = 400");
+    std::fs::write(&file, text).unwrap();
+    run(&file, &[]);
+
+    let sae_dir = dir.path().join("protocol/saes/bert/2");
+    let (_, meta) = Sae::load(&sae_dir, Device::Cpu).unwrap();
+    assert!(
+        meta.steps > 0 && meta.steps < 400,
+        "one pass over the token rows gives fewer steps than configured: {}",
+        meta.steps
+    );
+
+    // The direct computation: ReLU((x - b_dec) W_enc + b_enc) at token 0, in float64.
+    let weights = Tensor::read_safetensors(sae_dir.join("sae.safetensors")).unwrap();
+    let get = |name: &str| {
+        let (_, t) = weights.iter().find(|(n, _)| n == name).unwrap();
+        t.to_kind(Kind::Double)
+    };
+    let opened = Dataset::open(&dataset).unwrap();
+    let shard = &opened.shards()[0];
+    let batch = shard
+        .reader(Projection::TEXT, 1000)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut encoder = Encoder::load(&common::tiny_packages().join("bert"), Device::Cpu).unwrap();
+    let layer = (encoder.manifest.layers.iter())
+        .position(|l| l.name == "2")
+        .unwrap();
+    let pooled = encoder
+        .encode(&batch, &[layer], saeshare::encoder::Pooling::Cls)
+        .unwrap();
+    let x = pooled.layers[0].1.to_kind(Kind::Double);
+    let direct = ((x - get("b_dec")).mm(&get("W_enc")) + get("b_enc")).relu();
+    let (samples, d_sae) = direct.size2().unwrap();
+
+    let codes = dir
+        .path()
+        .join("protocol/codes/bert/2")
+        .join(shard.path.file_name().unwrap());
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&codes).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut read = vec![0f64; (samples * d_sae) as usize];
+    let row_of: std::collections::HashMap<u64, usize> = batch
+        .sample_ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i))
+        .collect();
+    let mut entries = 0;
+    for part in reader {
+        let part = part.unwrap();
+        let ids = part
+            .column_by_name("sample_id")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        let features = part
+            .column_by_name("feature")
+            .unwrap()
+            .as_primitive::<UInt32Type>();
+        let values = part
+            .column_by_name("value")
+            .unwrap()
+            .as_primitive::<Float32Type>();
+        for i in 0..part.num_rows() {
+            let row = row_of[&ids.value(i)];
+            read[row * d_sae as usize + features.value(i) as usize] = f64::from(values.value(i));
+            entries += 1;
+        }
+    }
+    let read = Tensor::from_slice(&read).reshape([samples, d_sae]);
+    let diff = (&read - &direct).abs().max().double_value(&[]);
+    assert!(
+        diff <= 1e-5,
+        "the codes differ from the direct read-out by {diff}"
+    );
+    // Dense: more than k = 4 features a sample, every positive pre-activation.
+    assert!(
+        entries > 4 * samples as usize,
+        "{entries} entries for {samples} samples"
+    );
+}
