@@ -212,12 +212,10 @@ pub fn run_bench_pipeline(args: BenchPipelineArgs) -> anyhow::Result<()> {
         fit_on: args.fit_on,
         caption_words: args.caption_words,
     };
-    let figures =
-        crate::pipeline::bench_memory(&exe, &encoder, &args.rows, &args.workdir, bench)?;
+    let figures = crate::pipeline::bench_memory(&exe, &encoder, &args.rows, &args.workdir, bench)?;
     println!("samples   token rows   peak memory   time");
-    let token_rows = |f: &crate::pipeline::MemoryFigure| {
-        f.token_rows.map_or("-".to_string(), |t| t.to_string())
-    };
+    let token_rows =
+        |f: &crate::pipeline::MemoryFigure| f.token_rows.map_or("-".to_string(), |t| t.to_string());
     for f in &figures {
         println!(
             "{:<9} {:>10}   {:>8.0} MiB   {:>6.1} s",

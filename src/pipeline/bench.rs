@@ -116,8 +116,12 @@ targets = ["*"]
 /// rows each of its SAEs is fitted on.
 fn count_tokens(encoder: &Path, dataset: &Path) -> anyhow::Result<u64> {
     let manifest = Manifest::read(encoder)?;
-    let spec = (manifest.text.as_ref())
-        .with_context(|| format!("{}: token rows are counted for text encoders", encoder.display()))?;
+    let spec = (manifest.text.as_ref()).with_context(|| {
+        format!(
+            "{}: token rows are counted for text encoders",
+            encoder.display()
+        )
+    })?;
     let mut tokenizer = TextTokenizer::load(encoder, spec)?;
     let mut total = 0u64;
     for shard in Dataset::open(dataset)?.shards() {

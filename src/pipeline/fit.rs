@@ -188,15 +188,18 @@ impl FitEncoding {
         let context = self.context.clone();
         let tokens = context.plan.encoder(base).token_selection().copied();
         let caches = members.contains(&base) && self.caches(base, shard);
-        let mut handle = |rows: EncodedRows| {
+        let mut handle = |mut rows: EncodedRows| {
             context.count(members, &rows);
             if caches {
+                // The cache keeps the pooled rows only: token rows are never stored.
+                let tokens = std::mem::take(&mut rows.tokens);
                 self.to_cache
                     .entry(u64::from(shard.0))
                     .or_default()
                     .entry(base)
                     .or_insert_with(|| EncodedRows::empty(rows.layers.len()))
                     .append(&rows);
+                rows.tokens = tokens;
             }
             let next = self
                 .stretches
@@ -205,7 +208,8 @@ impl FitEncoding {
             let seq = *next;
             *next += 1;
             for (layer, (values, samples)) in LayerId::all(rows.layers.len()).zip(fit_rows(rows)) {
-                for &encoder in members {
+                let (last, others) = members.split_last().expect("a group has members");
+                for &encoder in others {
                     give(LayerRows {
                         at: EncoderLayer { encoder, layer },
                         shard,
@@ -214,6 +218,16 @@ impl FitEncoding {
                         samples: samples.clone(),
                     });
                 }
+                give(LayerRows {
+                    at: EncoderLayer {
+                        encoder: *last,
+                        layer,
+                    },
+                    shard,
+                    seq,
+                    values,
+                    samples,
+                });
             }
             Ok(())
         };

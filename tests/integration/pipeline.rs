@@ -171,27 +171,13 @@ fn saeshare_command(args: &[&str]) -> Command {
     command
 }
 
-#[test]
-fn outputs_are_equal_on_1_worker_4_workers_and_2_processes_of_2_workers() {
-    let dir = tempfile::tempdir().unwrap();
-    let dataset = common::emoji_subset(dir.path(), &[0, 1, 2, 40, 41]);
-    let all = ["bert", "clip-text", "dinov2", "vit"];
-    let one = study(dir.path(), &dataset, "one", &all, 4);
-    let printed = run(&one, &[]);
-    assert!(printed.contains("wMPPC (floor)"), "{printed}");
-    assert_eq!(last_run(&dir.path().join("one"))["codes_units"], 4 * 5);
-
-    let four = study(dir.path(), &dataset, "four", &all, 4);
-    run(&four, &["-w", "4"]);
-    assert_same_outputs(&dir.path().join("one"), &dir.path().join("four"), 1e-6);
-
-    let two = study(dir.path(), &dataset, "two", &all, 4);
-    let hosts = common::hostfile(dir.path());
+/// Runs `study` as two processes of two workers each, on this machine.
+pub(crate) fn run_in_two_processes(study: &Path, hosts: &Path) {
     let processes: Vec<_> = (0..2)
         .map(|p| {
             saeshare_command(&[
                 "run",
-                two.to_str().unwrap(),
+                study.to_str().unwrap(),
                 "-w",
                 "2",
                 "-n",
@@ -209,6 +195,25 @@ fn outputs_are_equal_on_1_worker_4_workers_and_2_processes_of_2_workers() {
         let output = process.wait_with_output().unwrap();
         assert!(output.status.success(), "{}", common::stderr(&output));
     }
+}
+
+#[test]
+fn outputs_are_equal_on_1_worker_4_workers_and_2_processes_of_2_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[0, 1, 2, 40, 41]);
+    let all = ["bert", "clip-text", "dinov2", "vit"];
+    let one = study(dir.path(), &dataset, "one", &all, 4);
+    let printed = run(&one, &[]);
+    assert!(printed.contains("wMPPC (floor)"), "{printed}");
+    assert_eq!(last_run(&dir.path().join("one"))["codes_units"], 4 * 5);
+
+    let four = study(dir.path(), &dataset, "four", &all, 4);
+    run(&four, &["-w", "4"]);
+    assert_same_outputs(&dir.path().join("one"), &dir.path().join("four"), 1e-6);
+
+    let two = study(dir.path(), &dataset, "two", &all, 4);
+    let hosts = common::hostfile(dir.path());
+    run_in_two_processes(&two, &hosts);
     assert_same_outputs(&dir.path().join("one"), &dir.path().join("two"), 1e-6);
 }
 
