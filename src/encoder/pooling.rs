@@ -61,25 +61,6 @@ pub fn pool(
     }
 }
 
-/// The non-padding tokens of every sample, `[n, D]`, and the sample (row of the batch) each
-/// comes from: what an SAE trained on all tokens sees.
-pub fn non_padding_tokens(hidden: &Tensor, mask: Option<&Tensor>) -> (Tensor, Tensor) {
-    let (batch, tokens, width) = hidden.size3().expect("tokens are [B,T,D]");
-    let keep = match mask {
-        Some(mask) => mask.ne(0).reshape([-1]),
-        None => Tensor::ones([batch * tokens], (Kind::Bool, hidden.device())),
-    };
-    let rows = Tensor::arange(batch, (Kind::Int64, hidden.device()))
-        .repeat_interleave_self_int(tokens, 0, None)
-        .masked_select(&keep);
-    (
-        hidden
-            .reshape([-1, width])
-            .index(&[Some(keep.nonzero().squeeze_dim(1))]),
-        rows,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,11 +91,5 @@ mod tests {
             .unwrap();
         assert_eq!(gap, vec![2.5]);
         assert!(pool(&maps, OutputKind::FeatureMaps, Pooling::Cls, None, 0).is_err());
-        let (tokens, rows) = non_padding_tokens(&hidden, Some(&mask));
-        assert_eq!(
-            Vec::<f32>::try_from(tokens.reshape([-1])).unwrap(),
-            vec![1., 2., 3., 4., 5.]
-        );
-        assert_eq!(Vec::<i64>::try_from(rows).unwrap(), vec![0, 0, 0, 1, 1]);
     }
 }
