@@ -47,6 +47,23 @@ pub struct EncoderRecord {
     pub package: PathBuf,
     /// For the ceiling's second SAEs: the encoder they repeat.
     pub ceiling_of: Option<String>,
+    /// What the SAEs are fitted on: `pooled` (one row a sample) or `tokens`. Records written
+    /// before this field say nothing: pooled.
+    #[serde(default = "pooled")]
+    pub fit_on: String,
+    /// With tokens: the positions drawn per sample; every token when absent.
+    #[serde(default)]
+    pub tokens_per_sample: Option<usize>,
+    /// Where each sample's features are read: the pooling (`cls` is token 0).
+    #[serde(default)]
+    pub read_at: Option<crate::encoder::Pooling>,
+    /// Which values of the SAE are the features.
+    #[serde(default)]
+    pub read_out: crate::sae::ReadOut,
+}
+
+fn pooled() -> String {
+    "pooled".to_string()
 }
 
 /// One compared pair.

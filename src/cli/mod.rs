@@ -65,6 +65,9 @@ pub enum BenchCommand {
     Stats(compare::BenchStatsArgs),
     /// Peak memory of one study on datasets of different sizes (it should not grow).
     Pipeline(study::BenchPipelineArgs),
+    /// Per encoder of a study: its rows/s, its SAEs' rows/s, and the fit with the SAE steps
+    /// on the worker's thread against on step threads.
+    Fit(study::BenchFitArgs),
 }
 
 /// Parses the process arguments and runs the command; errors are printed with their causes.
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sharedness(args) => compare::run_sharedness(args),
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),
         Command::Bench(BenchCommand::Pipeline(args)) => study::run_bench_pipeline(args),
+        Command::Bench(BenchCommand::Fit(args)) => study::run_bench_fit(args),
         Command::Info => {
             println!("saeshare {}", env!("CARGO_PKG_VERSION"));
             println!("{}", crate::torch::describe());

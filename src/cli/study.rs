@@ -236,6 +236,63 @@ pub fn run_bench_pipeline(args: BenchPipelineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
+pub struct BenchFitArgs {
+    /// The study whose encoders, SAE settings and dataset are benchmarked (built and exported
+    /// where missing, as `run` does).
+    pub study: PathBuf,
+    /// Samples read from the study's dataset (decoded before any clock starts).
+    #[arg(long, default_value_t = 512)]
+    pub samples: usize,
+    /// Only these encoders (comma-separated study names); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub encoders: Vec<String>,
+    /// Step threads for the overlapped fit (the study's `[fit] sae_threads`).
+    #[arg(long, default_value_t = 1)]
+    pub sae_threads: usize,
+}
+
+pub fn run_bench_fit(args: BenchFitArgs) -> anyhow::Result<()> {
+    let figures =
+        crate::pipeline::bench_fit(&args.study, args.samples, &args.encoders, args.sae_threads)?;
+    println!(
+        "{:<20} {:>6} {:>9} {:>6}  {:>13} {:>13}  {:>9} {:>9} {:>8}  same SAEs",
+        "encoder",
+        "layers",
+        "rows",
+        "steps",
+        "encoder row/s",
+        "SAEs row/s",
+        "inline",
+        "overlap",
+        "speed-up"
+    );
+    for f in &figures {
+        println!(
+            "{:<20} {:>6} {:>9} {:>6}  {:>13.0} {:>13.0}  {:>8.1}s {:>8.1}s {:>7.2}x  {}",
+            f.encoder,
+            f.layers,
+            f.rows_per_layer,
+            f.steps,
+            f.encoder_rows_per_second(),
+            f.sae_rows_per_second(),
+            f.inline_seconds,
+            f.overlapped_seconds,
+            f.inline_seconds / f.overlapped_seconds,
+            if f.same_saes { "yes" } else { "NO" }
+        );
+    }
+    println!(
+        "rows: rows each SAE takes from {} samples; row/s: encoding alone, and every layer's          SAE steps alone on rows in memory",
+        figures.first().map_or(0, |f| f.samples)
+    );
+    anyhow::ensure!(
+        figures.iter().all(|f| f.same_saes),
+        "the SAEs fitted with step threads differ from those fitted on the worker's thread"
+    );
+    Ok(())
+}
+
 fn parse_fit_on(value: &str) -> Result<FitOn, String> {
     match value {
         "pooled" => Ok(FitOn::Pooled),

@@ -29,7 +29,7 @@ use super::stage::{passed, projection_for, Failure, StageContext};
 use crate::dataset::SampleBatch;
 use crate::encoder::EncodedRows;
 use crate::ids::{EncoderId, EncoderLayer, LayerId, ShardId};
-use crate::sae::{LayerFit, SaeSource};
+use crate::sae::{LayerFit, SaeSource, StepThreads};
 
 /// Pooled rows of one layer of one encoder for one stretch of a shard: what crosses from the
 /// worker that read the shard to the worker that fits the layer's SAE.
@@ -47,7 +47,7 @@ pub struct LayerRows {
 
 /// Each layer's rows an SAE is fitted on, with the sample of each row: the token rows where
 /// they were encoded, else the pooled rows.
-fn fit_rows(rows: EncodedRows) -> Vec<(Vec<f32>, Vec<u64>)> {
+pub(super) fn fit_rows(rows: EncodedRows) -> Vec<(Vec<f32>, Vec<u64>)> {
     if rows.tokens.is_empty() {
         let samples = rows.sample_ids;
         return (rows.layers.into_iter())
@@ -277,6 +277,9 @@ pub struct OwnedFits {
     current: Option<(u64, BTreeMap<EncoderLayer, u32>)>,
     /// This worker's index, which picks its GPU.
     worker: usize,
+    /// Where the SAEs take their steps while this worker encodes on; started with the first
+    /// fit, absent when the study asks for steps on the worker's thread.
+    step_threads: Option<StepThreads>,
 }
 
 impl OwnedFits {
@@ -287,6 +290,7 @@ impl OwnedFits {
             pending: BTreeMap::new(),
             current: None,
             worker,
+            step_threads: None,
         }
     }
 
@@ -329,7 +333,18 @@ impl OwnedFits {
                 continue;
             }
             *expected = r.seq + 1;
-            let fit = (self.fits.entry(r.at)).or_insert_with(|| new_fit(plan, r.at, worker));
+            if !self.fits.contains_key(&r.at) {
+                let device = worker_device(plan.encoder(r.at.encoder).device, worker);
+                let wanted = plan.study.fit.sae_threads_for(device);
+                let threads = step_threads(&mut self.step_threads, wanted)?;
+                let fit = new_fit(plan, r.at, worker);
+                let fit = match threads {
+                    Some(threads) => fit.on_threads(threads),
+                    None => fit,
+                };
+                self.fits.insert(r.at, fit);
+            }
+            let fit = self.fits.get_mut(&r.at).expect("inserted above");
             fit.push(&r.values, &r.samples)?;
         }
         if !waiting.is_empty() {
@@ -337,6 +352,22 @@ impl OwnedFits {
         }
         Ok(())
     }
+}
+
+/// The worker's step threads, started on first use; none when `threads` is 0.
+fn step_threads(
+    started: &mut Option<StepThreads>,
+    threads: usize,
+) -> anyhow::Result<Option<&StepThreads>> {
+    if threads == 0 {
+        return Ok(None);
+    }
+    if started.is_none() {
+        let spawned = StepThreads::start(threads)
+            .map_err(|e| anyhow::anyhow!("starting {threads} SAE step thread(s): {e}"))?;
+        *started = Some(spawned);
+    }
+    Ok(started.as_ref())
 }
 
 /// The shard of a timestamp: the sources stamp batches with their shard's position.
@@ -379,19 +410,19 @@ pub fn finish(owned: &Rc<RefCell<OwnedFits>>, plan: &Plan) -> anyhow::Result<usi
         owned.feed(shard, rows, false)?;
     }
     let mut saved = 0;
-    for (&at, fit) in owned.fits.iter_mut() {
+    for (at, fit) in std::mem::take(&mut owned.fits) {
         let encoder = plan.encoder(at.encoder);
         let layer = encoder.layer_name(at.layer);
-        fit.finish().map_err(|error| {
+        let rows = fit.rows();
+        let trainer = fit.finish().map_err(|error| {
             anyhow::anyhow!("fitting the SAE of {} layer {layer}: {error}", encoder.name)
         })?;
         let dir = plan.sae_dir(at.encoder, at.layer);
-        fit.trainer().save(&dir)?;
+        trainer.save(&dir)?;
         tracing::info!(
-            "fitted the SAE of {} layer {layer}: {} steps on {} rows a pass; saved in {}",
+            "fitted the SAE of {} layer {layer}: {} steps on {rows} rows a pass; saved in {}",
             encoder.name,
-            fit.trainer().steps_done(),
-            fit.rows(),
+            trainer.steps_done(),
             dir.display()
         );
         saved += 1;

@@ -25,6 +25,14 @@ impl StudyRecord {
                 layers: e.layer_names(),
                 package: absolute(&e.package),
                 ceiling_of: e.twin_of.map(|t| plan.encoder(t).name.clone()),
+                fit_on: match e.token_selection() {
+                    Some(_) => "tokens",
+                    None => "pooled",
+                }
+                .to_string(),
+                tokens_per_sample: e.token_selection().and_then(|t| t.per_sample),
+                read_at: Some(e.pooling),
+                read_out: e.read_out,
             })
             .collect();
         let pairs = plan

@@ -71,6 +71,11 @@ pub struct FitSpec {
     /// End each fit after this many passes over its rows, even with steps left (1: the
     /// reference's one epoch); the learning rate schedule still follows `[sae] steps`.
     pub max_passes: Option<usize>,
+    /// Threads per worker on which the SAEs take their steps while the worker encodes the next
+    /// batch; 0 takes them on the worker's thread. The SAEs are the same either way. Absent:
+    /// one thread for SAEs on a GPU, none on the CPU, where the encoder already keeps every
+    /// core busy (`saeshare bench fit` measures both ways).
+    pub sae_threads: Option<usize>,
 }
 
 impl Default for FitSpec {
@@ -86,11 +91,17 @@ impl Default for FitSpec {
             buffer_mib: None,
             replay_memory_mib: 1024,
             max_passes: None,
+            sae_threads: None,
         }
     }
 }
 
 impl FitSpec {
+    /// Step threads for the SAEs of a worker on `device`.
+    pub fn sae_threads_for(&self, device: tch::Device) -> usize {
+        self.sae_threads.unwrap_or(usize::from(device.is_cuda()))
+    }
+
     /// The mixing buffer's rows for a layer of `width` floats.
     pub fn buffer_rows_for(&self, width: usize) -> usize {
         match self.buffer_mib {

@@ -7,7 +7,8 @@
 //! - [`SaeTrainer`]: one Adam step per pushed batch, AuxK, metrics, checkpoints.
 //! - [`MixingBuffer`]: shuffles activations between the encoder and the trainer.
 //! - [`BatchSchedule`]: the one order of batches, from a file or a stream.
-//! - [`LayerFit`]: an SAE fitted from a stream of activations, as `sae train` fits it from a file.
+//! - [`LayerFit`]: an SAE fitted from a stream of activations, as `sae train` fits it from a file;
+//!   its steps on the caller's thread or on [`StepThreads`] while the caller encodes on.
 //! - [`Sae::sample_codes`], [`codes_meta`]: an SAE's codes, for `sae encode` and the pipeline.
 //! - [`train_from_file`], [`encode_file`]: `saeshare sae train` and `sae encode`.
 
@@ -21,6 +22,7 @@ mod model;
 mod online;
 mod relu;
 mod schedule;
+mod step_threads;
 mod to_codes;
 mod topk;
 mod train_file;
@@ -36,6 +38,7 @@ pub use config::{DecoderBiasInit, SaeConfig, SaeConfigError, SaeKind};
 pub use model::Sae;
 pub use online::{FitError, LayerFit};
 pub use schedule::{BatchSchedule, FILE_CHUNK_ROWS};
+pub use step_threads::{StepThreads, QUEUED_BATCHES_PER_THREAD};
 pub use to_codes::{codes_meta, encode_file, ReadOut, SampleCode};
 pub use train_file::{train_from_file, TrainFileOptions, TrainReport};
 pub use trainer::{SaeSource, SaeTrainer, TrainError, TrainingMetrics};

@@ -5,15 +5,19 @@
 //! SAE fitted in the pipeline equals the one trained from the same activations on disk. Passes
 //! after the first replay the rows from memory when they fit in the replay budget: the encoder
 //! never runs twice.
+//!
+//! The steps are taken on the caller's thread, or queued to a [`StepThreads`] lane
+//! ([`LayerFit::on_threads`]) so that the caller goes on producing rows meanwhile.
 
 use super::buffer::RowBatch;
 use super::config::SaeConfig;
 use super::schedule::BatchSchedule;
+use super::step_threads::{QueuedTrainer, StepThreads};
 use super::trainer::{SaeSource, SaeTrainer, TrainError};
 
 /// One SAE being fitted on one layer of one encoder.
 pub struct LayerFit {
-    trainer: SaeTrainer,
+    training: Training,
     schedule: BatchSchedule,
     width: usize,
     /// The first pass's rows and their samples while they fit in the budget and may be
@@ -37,7 +41,7 @@ impl LayerFit {
         replay_budget_rows: usize,
     ) -> LayerFit {
         LayerFit {
-            trainer: SaeTrainer::new(config, width, device, source),
+            training: Training::Here(Box::new(SaeTrainer::new(config, width, device, source))),
             schedule: BatchSchedule::new(config, width, buffer_rows),
             width,
             replay: Some(RowBatch::default()),
@@ -57,6 +61,15 @@ impl LayerFit {
         self
     }
 
+    /// Takes the steps on a lane of `threads` instead of the caller's thread: the same batches
+    /// in the same order, so the same SAE.
+    pub fn on_threads(mut self, threads: &StepThreads) -> LayerFit {
+        if let Training::Here(trainer) = self.training {
+            self.training = Training::Queued(threads.adopt(*trainer));
+        }
+        self
+    }
+
     /// Adds rows of the first pass, in dataset order, with the sample each comes from, and
     /// trains on every batch that is ready.
     pub fn push(&mut self, rows: &[f32], samples: &[u64]) -> Result<(), TrainError> {
@@ -70,19 +83,24 @@ impl LayerFit {
                 self.replay = None;
             }
         }
-        let trainer = &mut self.trainer;
+        let training = &mut self.training;
         self.schedule
-            .push(rows, samples, &mut |_, batch| step(trainer, batch))?;
+            .push(rows, samples, &mut |_, batch| training.step(batch))?;
         if self.schedule.is_done() {
             self.replay = None;
         }
         Ok(())
     }
 
-    /// Ends the first pass and trains the remaining steps, replaying the rows from memory.
-    /// Fails when one pass holds fewer rows than a batch, or when more passes are needed and
-    /// the rows did not fit the replay budget.
-    pub fn finish(&mut self) -> Result<(), FitError> {
+    /// Ends the first pass, trains the remaining steps (replaying the rows from memory) and
+    /// gives the trained SAE. Fails when one pass holds fewer rows than a batch, when more
+    /// passes are needed and the rows did not fit the replay budget, or when a step failed.
+    pub fn finish(mut self) -> Result<SaeTrainer, FitError> {
+        self.train_to_the_end()?;
+        Ok(self.training.into_trainer()?)
+    }
+
+    fn train_to_the_end(&mut self) -> Result<(), FitError> {
         let batch_size = self.schedule.batch_size();
         if self.rows_first_pass < batch_size {
             return Err(FitError::TooFewRows {
@@ -90,8 +108,8 @@ impl LayerFit {
                 batch_size,
             });
         }
-        let trainer = &mut self.trainer;
-        let mut train = |_: usize, batch: &RowBatch| step(trainer, batch);
+        let training = &mut self.training;
+        let mut train = |_: usize, batch: RowBatch| training.step(batch);
         self.schedule.end_pass(&mut train)?;
         if self.schedule.is_done() || passes_reached(self.max_passes, &self.schedule) {
             return Ok(());
@@ -111,20 +129,32 @@ impl LayerFit {
         Ok(())
     }
 
-    /// The trainer, to save.
-    pub fn trainer(&self) -> &SaeTrainer {
-        &self.trainer
-    }
-
     /// Rows of the first pass.
     pub fn rows(&self) -> usize {
         self.rows_first_pass
     }
 }
 
-fn step(trainer: &mut SaeTrainer, batch: &RowBatch) -> Result<(), TrainError> {
-    trainer.train_batch(batch)?;
-    Ok(())
+/// Where a fit's steps are taken.
+enum Training {
+    Here(Box<SaeTrainer>),
+    Queued(QueuedTrainer),
+}
+
+impl Training {
+    fn step(&mut self, batch: RowBatch) -> Result<(), TrainError> {
+        match self {
+            Training::Here(trainer) => trainer.train_batch(&batch).map(drop),
+            Training::Queued(queued) => queued.step(batch),
+        }
+    }
+
+    fn into_trainer(self) -> Result<SaeTrainer, TrainError> {
+        match self {
+            Training::Here(trainer) => Ok(*trainer),
+            Training::Queued(queued) => queued.into_trainer(),
+        }
+    }
 }
 
 fn passes_reached(max_passes: Option<usize>, schedule: &BatchSchedule) -> bool {
@@ -182,17 +212,19 @@ mod tests {
         let samples: Vec<u64> = (0..20).collect();
         fit.push(&rows[..40], &samples[..10]).unwrap();
         fit.push(&rows[40..], &samples[10..]).unwrap();
-        fit.finish().unwrap();
-        assert_eq!(fit.trainer().steps_done(), 12);
         assert_eq!(fit.rows(), 20);
+        let trainer = fit.finish().unwrap();
+        assert_eq!(trainer.steps_done(), 12);
     }
 
     #[test]
     fn rows_beyond_the_replay_budget_are_an_error_that_says_what_to_change() {
         let rows = vec![0.5f32; 80];
-        let mut fit = LayerFit::new(&config(), 4, source(), Device::Cpu, 16, 10);
+        let threads = StepThreads::start(1).unwrap();
+        let mut fit =
+            LayerFit::new(&config(), 4, source(), Device::Cpu, 16, 10).on_threads(&threads);
         fit.push(&rows, &[0; 20]).unwrap();
-        let error = fit.finish().unwrap_err().to_string();
+        let error = fit.finish().err().expect("replay needed").to_string();
         assert!(error.contains("replay_memory_mib"), "{error}");
     }
 }

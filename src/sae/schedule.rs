@@ -52,7 +52,7 @@ impl BatchSchedule {
         &mut self,
         rows: &[f32],
         samples: &[u64],
-        step: &mut impl FnMut(usize, &RowBatch) -> Result<(), E>,
+        step: &mut impl FnMut(usize, RowBatch) -> Result<(), E>,
     ) -> Result<(), E> {
         assert_eq!(rows.len(), samples.len() * self.width, "whole rows only");
         self.rows_this_pass += samples.len();
@@ -78,7 +78,7 @@ impl BatchSchedule {
     /// against the batch size first: a pass smaller than one batch cannot train.
     pub fn end_pass<E>(
         &mut self,
-        step: &mut impl FnMut(usize, &RowBatch) -> Result<(), E>,
+        step: &mut impl FnMut(usize, RowBatch) -> Result<(), E>,
     ) -> Result<(), E> {
         let rest = std::mem::take(&mut self.pending);
         if !rest.samples.is_empty() {
@@ -121,7 +121,7 @@ impl BatchSchedule {
 
     fn draw_mixed<E>(
         &mut self,
-        step: &mut impl FnMut(usize, &RowBatch) -> Result<(), E>,
+        step: &mut impl FnMut(usize, RowBatch) -> Result<(), E>,
     ) -> Result<(), E> {
         while self.drawn < self.steps {
             let Some(batch) = self.buffer.pop_when_mixed(self.batch_size) else {
@@ -129,7 +129,7 @@ impl BatchSchedule {
             };
             let index = self.drawn;
             self.drawn += 1;
-            step(index, &batch)?;
+            step(index, batch)?;
         }
         Ok(())
     }
@@ -151,8 +151,8 @@ mod tests {
     fn batches(rows: &[f32], pieces: usize, steps: usize) -> Vec<Vec<f32>> {
         let mut schedule = BatchSchedule::new(&config(steps), 2, 64);
         let mut out = Vec::new();
-        let mut take = |_: usize, b: &RowBatch| -> Result<(), ()> {
-            out.push(b.values.clone());
+        let mut take = |_: usize, b: RowBatch| -> Result<(), ()> {
+            out.push(b.values);
             Ok(())
         };
         let samples: Vec<u64> = (0..rows.len() as u64 / 2).collect();

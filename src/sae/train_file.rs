@@ -80,9 +80,9 @@ pub fn train_from_file(
     let mut schedule = BatchSchedule::new(config, width, options.buffer_rows);
     let mut last = None;
     // The batches before `start` are drawn again, untrained: the order depends on them.
-    let mut train = |index: usize, batch: &RowBatch| -> anyhow::Result<()> {
+    let mut train = |index: usize, batch: RowBatch| -> anyhow::Result<()> {
         if index >= start {
-            last = Some(step(&mut trainer, batch, options, &bar)?);
+            last = Some(step(&mut trainer, &batch, options, &bar)?);
         }
         Ok(())
     };

@@ -53,6 +53,8 @@ pub enum TrainError {
     NotFinite { row: i64 },
     #[error("the loss became {0} at step {1}; lower the learning rate (--lr)")]
     Diverged(f64, usize),
+    #[error("libtorch failed during a step: {0}")]
+    Torch(String),
 }
 
 /// One SAE and everything its training carries from step to step.

@@ -185,7 +185,7 @@ fn on_tokens(file: &Path) {
 }
 
 #[test]
-fn token_fits_are_the_same_on_1_worker_4_workers_and_2_processes() {
+fn token_fits_are_the_same_on_1_worker_4_workers_and_2_processes_with_or_without_step_threads() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = common::emoji_subset(dir.path(), &[3, 43]);
     let encoders = ["bert", "dinov2"];
@@ -197,6 +197,20 @@ fn token_fits_are_the_same_on_1_worker_4_workers_and_2_processes() {
             file
         })
         .collect();
+    // The SAE steps on step threads (two of them on 4 workers, one in 2 processes) or on the
+    // worker's thread (1 worker) take the same batches in the same order.
+    for (file, threads) in files[1..].iter().zip([2, 1]) {
+        let text = std::fs::read_to_string(file)
+            .unwrap()
+            .replace("[fit]\n", &format!("[fit]\nsae_threads = {threads}\n"));
+        std::fs::write(file, text).unwrap();
+    }
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    std::fs::write(
+        &files[0],
+        text.replace("[fit]\n", "[fit]\nsae_threads = 0\n"),
+    )
+    .unwrap();
     run(&files[0], &[]);
     run(&files[1], &["-w", "4"]);
     let hosts = common::hostfile(dir.path());
@@ -327,5 +341,47 @@ fn the_reference_protocol_reads_dense_relu_codes_at_token_0_after_one_pass() {
     assert!(
         entries > 4 * samples as usize,
         "{entries} entries for {samples} samples"
+    );
+}
+
+#[test]
+fn bench_fit_gives_each_encoders_rates_and_the_same_saes_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[3]);
+    let file = study(dir.path(), &dataset, "bench", &["bert", "dinov2"], 4);
+    on_tokens(&file);
+    let out = common::saeshare(&[
+        "bench",
+        "fit",
+        file.to_str().unwrap(),
+        "--samples",
+        "80",
+        "--encoders",
+        "bert,dinov2",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let stdout = common::stdout(&out);
+    for encoder in ["bert", "dinov2"] {
+        let line = (stdout.lines())
+            .find(|l| l.starts_with(encoder))
+            .unwrap_or_else(|| panic!("no line for {encoder}:\n{stdout}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.last(), Some(&"yes"), "{line}");
+        // Rows per layer: every token of 80 captions, or 5 patches of 80 images.
+        let rows: u64 = fields[2].parse().unwrap();
+        if encoder == "dinov2" {
+            assert_eq!(rows, 400, "{line}");
+        } else {
+            assert!(rows > 160, "{line}");
+        }
+        let rates: Vec<f64> = fields[4..6].iter().map(|f| f.parse().unwrap()).collect();
+        assert!(rates.iter().all(|r| r.is_finite() && *r > 0.0), "{line}");
+    }
+    let missing = common::saeshare(&["bench", "fit", file.to_str().unwrap(), "--encoders", "nope"]);
+    assert!(!missing.status.success());
+    assert!(
+        common::stderr(&missing).contains("nope"),
+        "{}",
+        common::stderr(&missing)
     );
 }

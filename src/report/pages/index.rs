@@ -8,6 +8,8 @@ use crate::metrics::{Aggregation, WmppcRow};
 use crate::report::html::{self, escape, number};
 use crate::report::svg::{HeatCell, Heatmap};
 use crate::report::{distinct, file_name, MatrixCell, Site, WmppcMatrix};
+use crate::run_record::EncoderRecord;
+use crate::sae::ReadOut;
 
 pub fn page(site: &Site) -> String {
     let inputs = site.inputs;
@@ -33,7 +35,7 @@ fn study_facts(site: &Site) -> String {
         );
     };
     let mut s = format!(
-        r#"<p class="note">{} samples from {} ({} shard(s)). Study file: <code>{}</code>.</p><table id="encoders"><thead><tr><th>encoder</th><th>modality</th><th>layers</th></tr></thead><tbody>"#,
+        r#"<p class="note">{} samples from {} ({} shard(s)). Study file: <code>{}</code>.</p><table id="encoders"><thead><tr><th>encoder</th><th>modality</th><th>layers</th><th>SAEs fitted on</th><th>features read</th></tr></thead><tbody>"#,
         record.dataset.rows,
         escape(&record.dataset.path.display().to_string()),
         record.dataset.shards.len(),
@@ -42,14 +44,40 @@ fn study_facts(site: &Site) -> String {
     for e in record.named_encoders() {
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&e.name),
             escape(&e.modality),
-            escape(&e.layers.join(", "))
+            escape(&e.layers.join(", ")),
+            escape(&fitted_on(e)),
+            escape(&read_at(e))
         );
     }
     s.push_str("</tbody></table>");
     s
+}
+
+/// `pooled rows`, `every token`, `16 tokens a sample`.
+fn fitted_on(e: &EncoderRecord) -> String {
+    match (e.fit_on.as_str(), e.tokens_per_sample) {
+        ("tokens", Some(n)) => format!("{n} tokens a sample"),
+        ("tokens", None) => "every token".to_string(),
+        (other, _) => format!("{other} rows"),
+    }
+}
+
+/// `top-k at mean pooling`, `ReLU at cls`.
+fn read_at(e: &EncoderRecord) -> String {
+    let values = match e.read_out {
+        ReadOut::Code => "SAE code",
+        ReadOut::Relu => "dense ReLU",
+    };
+    match e.read_at {
+        Some(pooling) => format!(
+            "{values}, {} pooling",
+            format!("{pooling:?}").to_lowercase()
+        ),
+        None => values.to_string(),
+    }
 }
 
 fn matrix_section(site: &Site) -> String {
