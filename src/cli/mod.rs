@@ -68,13 +68,18 @@ pub enum BenchCommand {
     /// Per encoder of a study: its rows/s, its SAEs' rows/s, and the fit with the SAE steps
     /// on the worker's thread against on step threads.
     Fit(study::BenchFitArgs),
+    /// Per encoder of a study: the forward pass alone at several batch sizes beside the
+    /// encoding a study runs, on the study's samples.
+    Encoders(study::BenchEncodersArgs),
 }
 
 /// Parses the process arguments and runs the command; errors are printed with their causes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::progress::init(cli.quiet);
-    match run(cli) {
+    let result = run(cli);
+    crate::progress::log_finished();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -99,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),
         Command::Bench(BenchCommand::Pipeline(args)) => study::run_bench_pipeline(args),
         Command::Bench(BenchCommand::Fit(args)) => study::run_bench_fit(args),
+        Command::Bench(BenchCommand::Encoders(args)) => study::run_bench_encoders(args),
         Command::Info => {
             println!("saeshare {}", env!("CARGO_PKG_VERSION"));
             println!("{}", crate::torch::describe());

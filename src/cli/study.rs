@@ -293,6 +293,59 @@ pub fn run_bench_fit(args: BenchFitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
+pub struct BenchEncodersArgs {
+    /// The study whose encoders, batch sizes and dataset are benchmarked (built and exported
+    /// where missing, as `run` does).
+    pub study: PathBuf,
+    /// Samples read from the study's dataset for the encoding (decoded before the clock starts).
+    #[arg(long, default_value_t = 512)]
+    pub samples: usize,
+    /// Only these encoders (comma-separated study names); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub encoders: Vec<String>,
+    /// Batch sizes of the forward pass alone, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32,64")]
+    pub batch_sizes: Vec<usize>,
+}
+
+pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.batch_sizes.is_empty() && !args.batch_sizes.contains(&0),
+        "--batch-sizes: give batch sizes of at least 1"
+    );
+    let figures = crate::pipeline::bench_encoders(
+        &args.study,
+        args.samples,
+        &args.encoders,
+        &args.batch_sizes,
+    )?;
+    let sizes: Vec<String> = args.batch_sizes.iter().map(|b| format!("b={b}")).collect();
+    println!(
+        "{:<20} forward alone, samples/s: {:<40} encode, samples/s     of the best",
+        "encoder",
+        sizes.join(" ")
+    );
+    for f in &figures {
+        let rates: Vec<String> = f.forward.iter().map(|(_, r)| format!("{r:.1}")).collect();
+        let (best_batch, best) = f.best_forward();
+        println!(
+            "{:<20} {:<66} {:>7.1} (b={:<3})  {:>5.0}% (best b={best_batch})",
+            f.encoder,
+            rates.join(" "),
+            f.encode,
+            f.batch_size,
+            100.0 * f.encode / best
+        );
+    }
+    println!(
+        "forward alone: random inputs of the package's shape (captions of the samples' mean \
+         length, no padding); encode: the study's samples decoded, preprocessed, tokenized, \
+         encoded and pooled"
+    );
+    Ok(())
+}
+
 fn parse_fit_on(value: &str) -> Result<FitOn, String> {
     match value {
         "pooled" => Ok(FitOn::Pooled),

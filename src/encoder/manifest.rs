@@ -125,6 +125,14 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Whether a batch is padded to its longest caption: a text encoder that does not pad to a
+    /// fixed length, whose batches then gain from captions of like length.
+    pub fn pads_to_longest(&self) -> bool {
+        self.text
+            .as_ref()
+            .is_some_and(|t| t.padding != "max_length")
+    }
+
     /// Reads and checks `dir/encoder.json`.
     pub fn read(dir: &Path) -> Result<Manifest, EncoderError> {
         let path = dir.join("encoder.json");

@@ -10,6 +10,7 @@
 //!   helper thread while the model runs; [`EncodedRows`] its output.
 //! - [`encode_dataset`]: `saeshare encode`.
 
+mod buckets;
 pub mod image;
 mod manifest;
 pub mod pooling;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
+pub use buckets::{BUCKET_WINDOW, READER_BATCH_ROWS};
 pub use manifest::{
     CropSpec, ImageSpec, Layer, Manifest, Modality, OutputKind, Pooling, ResizeSpec, Source,
     TextSpec, PACKAGE_VERSION,
@@ -87,6 +89,8 @@ pub struct Encoder {
 pub struct Prepared {
     pub sample_ids: Vec<u64>,
     pub skipped: Vec<(u64, String)>,
+    /// Rows the reader left out of this batch, counted with its rows.
+    pub read_skips: u64,
     input: PreparedInput,
 }
 
@@ -103,6 +107,7 @@ pub fn prepare(manifest: &Manifest, batch: &SampleBatch) -> Result<Prepared, Enc
         Modality::Text => Ok(Prepared {
             sample_ids: batch.sample_ids.clone(),
             skipped: Vec::new(),
+            read_skips: batch.skipped.len() as u64,
             input: PreparedInput::Captions(batch.captions.clone()),
         }),
         Modality::Image => {
@@ -118,6 +123,7 @@ pub fn prepare(manifest: &Manifest, batch: &SampleBatch) -> Result<Prepared, Enc
             let mut prepared = Prepared {
                 sample_ids: Vec::new(),
                 skipped: Vec::new(),
+                read_skips: batch.skipped.len() as u64,
                 input: PreparedInput::Pixels(Vec::new()),
             };
             let PreparedInput::Pixels(pixels) = &mut prepared.input else {
@@ -180,6 +186,11 @@ impl Encoder {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the model runs.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Captions cut at the model's maximum length so far.

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tch::Device;
 
-use super::{EncodedRows, Encoder, Modality, Pooling, TokenSelection};
+use super::{EncodedRows, Encoder, Modality, Pooling, TokenSelection, READER_BATCH_ROWS};
 use crate::activations::{ActivationWriter, ActivationsMeta, FileMeta, LayerWidth};
 use crate::dataset::{Dataset, Projection, SampleBatch};
 
@@ -80,7 +80,7 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     let batch_size = options.batch_size.max(1);
     let batches = dataset.shards().iter().flat_map(|shard| {
         let batches: Box<dyn Iterator<Item = anyhow::Result<SampleBatch>> + Send> =
-            match shard.reader(projection, batch_size) {
+            match shard.reader(projection, READER_BATCH_ROWS) {
                 Ok(reader) => Box::new(reader.map(|b| b.map_err(anyhow::Error::from))),
                 Err(e) => Box::new(std::iter::once(Err(e.into()))),
             };
@@ -91,7 +91,7 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
         .map(|layer| (layer.name.clone(), layer.width))
         .collect();
     let tokens = options.tokens.as_ref();
-    encoder.encode_batches(batches, &layers, pooling, tokens, |encoded| {
+    encoder.encode_batches(batches, batch_size, &layers, pooling, tokens, |encoded| {
         rows += write_rows(&mut writer, &chosen, &encoded)?;
         samples += encoded.sample_ids.len() as u64;
         skipped += encoded.skipped;

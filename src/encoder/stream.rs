@@ -4,7 +4,9 @@
 //! Reading, decoding and preprocessing run on a helper thread, one bounded step ahead of the
 //! model: the CPU prepares the next batch while libtorch runs this one.
 
-use super::{prepare, Encoder, Pooling, TokenRows, TokenSelection};
+use super::buckets::{restore_order, windows, BUCKET_WINDOW};
+use super::text::TextTokenizer;
+use super::{prepare, Encoder, Manifest, Pooling, Prepared, TokenRows, TokenSelection};
 use crate::dataset::SampleBatch;
 
 /// The rows of one batch of one encoder: per chosen layer, the pooled rows (`[samples x
@@ -53,14 +55,17 @@ impl EncodedRows {
 }
 
 impl Encoder {
-    /// Runs `batches` through the encoder and hands `sink` the pooled rows of `layers` (indices
-    /// into the manifest's layers) for each batch, in order, with their token rows when
-    /// `tokens` says which. A batch's rows left out (by the reader, or images that do not
-    /// decode) are counted in its [`EncodedRows::skipped`]. Stops at the first error, of the
-    /// batches or of `sink`.
+    /// Runs reader `batches` through the encoder in model batches of `batch_size` and hands
+    /// `sink` the pooled rows of `layers` (indices into the manifest's layers), in dataset order,
+    /// with their token rows when `tokens` says which. Captions are grouped by length within
+    /// windows of [`BUCKET_WINDOW`] samples (unless the package pads to a fixed length); `sink`
+    /// gets a window's rows at once, or a model batch's for images. A batch's rows left out
+    /// (by the reader, or images that do not decode) are counted in its
+    /// [`EncodedRows::skipped`]. Stops at the first error, of the batches or of `sink`.
     pub fn encode_batches<I>(
         &mut self,
         batches: I,
+        batch_size: usize,
         layers: &[usize],
         pooling: Pooling,
         tokens: Option<&TokenSelection>,
@@ -70,37 +75,98 @@ impl Encoder {
         I: Iterator<Item = anyhow::Result<SampleBatch>> + Send,
     {
         let manifest = &self.manifest.clone();
-        let (prepared_tx, prepared_rx) = crossbeam_channel::bounded(2);
+        // The lengths are counted on the helper thread, with a copy of the tokenizer.
+        let measure = (self.tokenizer.clone()).filter(|_| self.manifest.pads_to_longest());
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(2);
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for batch in batches {
-                    let item = batch.and_then(|batch| {
-                        let read_skips = batch.skipped.len() as u64;
-                        Ok((prepare(manifest, &batch)?, read_skips))
+                    let jobs = batch.and_then(|batch| {
+                        window_jobs(manifest, measure.as_ref(), &batch, batch_size)
                     });
-                    let failed = item.is_err();
-                    // A closed channel means the model side failed; its error is reported.
-                    if prepared_tx.send(item).is_err() || failed {
+                    let (jobs, failed) = match jobs {
+                        Ok(jobs) => (jobs.into_iter().map(Ok).collect(), false),
+                        Err(error) => (vec![Err(error)], true),
+                    };
+                    for job in jobs {
+                        // A closed channel means the model side failed; its error is reported.
+                        if jobs_tx.send(job).is_err() {
+                            return;
+                        }
+                    }
+                    if failed {
                         return;
                     }
                 }
             });
-            for item in prepared_rx {
-                let (prepared, read_skips) = item?;
-                let pooled = self.encode_prepared(prepared, layers, pooling, tokens)?;
-                let mut rows = EncodedRows {
-                    skipped: read_skips + pooled.skipped.len() as u64,
-                    sample_ids: pooled.sample_ids,
-                    layers: Vec::with_capacity(pooled.layers.len()),
-                    tokens: pooled.tokens,
-                };
-                for (_, tensor) in &pooled.layers {
-                    rows.layers
-                        .push(Vec::<f32>::try_from(tensor.reshape([-1]))?);
+            for job in jobs_rx {
+                let job: WindowJob = job?;
+                let mut rows = EncodedRows::empty(layers.len());
+                for prepared in job.parts {
+                    rows.append(&self.encode_rows(prepared, layers, pooling, tokens)?);
+                }
+                if let Some(order) = &job.restore {
+                    rows = restore_order(rows, order);
                 }
                 sink(rows)?;
             }
             Ok(())
         })
     }
+
+    /// One prepared model batch's rows.
+    fn encode_rows(
+        &mut self,
+        prepared: Prepared,
+        layers: &[usize],
+        pooling: Pooling,
+        tokens: Option<&TokenSelection>,
+    ) -> anyhow::Result<EncodedRows> {
+        let read_skips = prepared.read_skips;
+        let pooled = self.encode_prepared(prepared, layers, pooling, tokens)?;
+        let mut rows = EncodedRows {
+            skipped: read_skips + pooled.skipped.len() as u64,
+            sample_ids: pooled.sample_ids,
+            layers: Vec::with_capacity(pooled.layers.len()),
+            tokens: pooled.tokens,
+        };
+        for (_, tensor) in &pooled.layers {
+            rows.layers
+                .push(Vec::<f32>::try_from(tensor.reshape([-1]))?);
+        }
+        Ok(rows)
+    }
+}
+
+/// A window's model batches, prepared, and the order its rows go back in.
+struct WindowJob {
+    parts: Vec<Prepared>,
+    restore: Option<Vec<u64>>,
+}
+
+/// Cuts a reader batch into windows (captions sorted by length when `measure` is given) and
+/// prepares their model batches.
+fn window_jobs(
+    manifest: &Manifest,
+    measure: Option<&TextTokenizer>,
+    batch: &SampleBatch,
+    batch_size: usize,
+) -> anyhow::Result<Vec<WindowJob>> {
+    let lengths = measure.map(|t| t.lengths(&batch.captions)).transpose()?;
+    let window = if lengths.is_some() {
+        BUCKET_WINDOW
+    } else {
+        batch_size
+    };
+    (windows(batch, batch_size, window, lengths.as_deref()).into_iter())
+        .map(|w| {
+            let parts = (w.batches.iter())
+                .map(|b| prepare(manifest, b))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(WindowJob {
+                parts,
+                restore: w.restore,
+            })
+        })
+        .collect()
 }

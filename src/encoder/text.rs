@@ -10,6 +10,7 @@ use super::manifest::TextSpec;
 use super::EncoderError;
 
 /// A tokenizer set up for one encoder.
+#[derive(Clone)]
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
     /// Captions cut at `max_length` so far.
@@ -58,6 +59,17 @@ impl TextTokenizer {
             tokenizer,
             truncated: 0,
         })
+    }
+
+    /// The tokens each caption takes, special tokens included, cut at the maximum length.
+    pub fn lengths(&self, captions: &[String]) -> Result<Vec<usize>, EncoderError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(captions.to_vec(), true)
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+        Ok((encodings.iter())
+            .map(|e| e.get_attention_mask().iter().filter(|&&m| m != 0).count())
+            .collect())
     }
 
     /// Tokenizes `captions` into tensors on `device`, counting captions that were cut.

@@ -212,7 +212,7 @@ fn same_sae(a: &SaeTrainer, b: &SaeTrainer) -> bool {
 
 /// The first `samples` rows of the dataset, read with what `encoders` need, decoded before
 /// any clock starts.
-fn read_samples(
+pub(super) fn read_samples(
     plan: &Plan,
     encoders: &[EncoderId],
     samples: usize,
@@ -242,7 +242,7 @@ fn read_samples(
 }
 
 /// The first `n` samples of a batch.
-fn batch_head(batch: &SampleBatch, n: usize) -> SampleBatch {
+pub(super) fn batch_head(batch: &SampleBatch, n: usize) -> SampleBatch {
     let n = n.min(batch.len());
     SampleBatch {
         shard: batch.shard,

@@ -28,6 +28,7 @@ use super::stage::{passed, projection_for, Failure, StageContext};
 use super::units::Units;
 use crate::codes::{CodesMeta, CodesWriter};
 use crate::dataset::{SampleBatch, ShardInfo};
+use crate::encoder::READER_BATCH_ROWS;
 use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::metrics::{accumulate_files, CompareOptions};
 use crate::sae;
@@ -198,8 +199,13 @@ pub fn build(
     };
     let sink = owned.clone();
     worker.dataflow::<u64, _, _>(|scope| {
-        let (batches, errors) =
-            shard_source(scope, plan.dataset.clone(), work.shards(), projection, 1024);
+        let (batches, errors) = shard_source(
+            scope,
+            plan.dataset.clone(),
+            work.shards(),
+            projection,
+            READER_BATCH_ROWS,
+        );
         failure.watch_source(errors);
         batches
             .encode_to_codes(encoding)

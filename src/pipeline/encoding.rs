@@ -105,16 +105,16 @@ impl WorkerModels {
         Ok(rows)
     }
 
-    /// Runs `batch` through encoder `e` in the encoder's batch size and hands `sink` each
-    /// slice's rows as it comes: pooled rows, and token rows where `tokens` asks, so that a
-    /// batch's token rows are never all in memory at once. The batch's reader skips are
-    /// counted in the first slice.
+    /// Runs `batch` through encoder `e` in the encoder's batch size and hands `sink` the rows
+    /// as they come (a model batch's, or a window's of captions grouped by length): pooled rows,
+    /// and token rows where `tokens` asks, so that a batch's token rows are never all in memory
+    /// at once. The batch's reader skips are counted in the first rows.
     pub fn encode_slices(
         &mut self,
         e: EncoderId,
         batch: &SampleBatch,
         tokens: Option<&TokenSelection>,
-        mut sink: impl FnMut(EncodedRows) -> anyhow::Result<()>,
+        sink: impl FnMut(EncodedRows) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let planned = self.plan.encoder(e);
         if !self.encoders.contains_key(&e) {
@@ -122,29 +122,9 @@ impl WorkerModels {
             self.encoders.insert(e, encoder);
         }
         let encoder = self.encoders.get_mut(&e).expect("loaded above");
-        let step = planned.batch_size.max(1);
-        let mut read_skips = batch.skipped.len() as u64;
-        let slices = (0..batch.len()).step_by(step).map(|start| {
-            let end = (start + step).min(batch.len());
-            Ok(slice(batch, start, end))
-        });
-        encoder.encode_batches(
-            slices,
-            &planned.layers,
-            planned.pooling,
-            tokens,
-            |mut rows| {
-                rows.skipped += std::mem::take(&mut read_skips);
-                sink(rows)
-            },
-        )?;
-        if read_skips > 0 {
-            // A batch whose rows the reader all skipped: the skips still count.
-            let mut rows = EncodedRows::empty(planned.layers.len());
-            rows.skipped = read_skips;
-            sink(rows)?;
-        }
-        Ok(())
+        let batches = std::iter::once(Ok(batch.clone()));
+        let (layers, pooling) = (&planned.layers, planned.pooling);
+        encoder.encode_batches(batches, planned.batch_size, layers, pooling, tokens, sink)
     }
 
     /// The codes of layer `at` for `rows` (`[samples x width]`): for each sample, its features
@@ -174,20 +154,5 @@ pub fn worker_device(device: Device, worker: usize) -> Device {
             Device::Cuda(worker % count)
         }
         other => other,
-    }
-}
-
-/// Rows `start..end` of a batch, as a batch (its skips stay with the first part).
-fn slice(batch: &SampleBatch, start: usize, end: usize) -> SampleBatch {
-    SampleBatch {
-        shard: batch.shard,
-        sample_ids: batch.sample_ids[start..end].to_vec(),
-        captions: batch.captions[start..end].to_vec(),
-        images: if batch.images.is_empty() {
-            Vec::new()
-        } else {
-            batch.images[start..end].to_vec()
-        },
-        skipped: Vec::new(),
     }
 }

@@ -27,7 +27,7 @@ use super::plan::Plan;
 use super::source::shard_source;
 use super::stage::{passed, projection_for, Failure, StageContext};
 use crate::dataset::SampleBatch;
-use crate::encoder::EncodedRows;
+use crate::encoder::{EncodedRows, READER_BATCH_ROWS};
 use crate::ids::{EncoderId, EncoderLayer, LayerId, ShardId};
 use crate::sae::{LayerFit, SaeSource, StepThreads};
 
@@ -83,7 +83,13 @@ pub fn build(
     let shards = plan.shard_ids().collect();
     let fits = owned.clone();
     worker.dataflow::<u64, _, _>(|scope| {
-        let (batches, errors) = shard_source(scope, plan.dataset.clone(), shards, projection, 1024);
+        let (batches, errors) = shard_source(
+            scope,
+            plan.dataset.clone(),
+            shards,
+            projection,
+            READER_BATCH_ROWS,
+        );
         failure.watch_source(errors);
         batches.encode_for_fit(encoding).fit_saes(fits, failure);
     });

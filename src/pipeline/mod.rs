@@ -6,9 +6,11 @@
 //! - `fit`, `compare`: the two dataflows; `outputs`: the study-wide tables.
 //! - [`run_study`]: all of it, on `-w` threads and `-n` processes.
 //! - [`scan`]: a dataset streamed through a dataflow, to measure reading.
-//! - [`bench_memory`], [`bench_fit`]: `saeshare bench pipeline` and `bench fit`.
+//! - [`bench_memory`], [`bench_fit`], [`bench_encoders`]: `saeshare bench pipeline`, `bench
+//!   fit` and `bench encoders`.
 
 mod bench;
+mod bench_encoders;
 mod bench_fit;
 mod cache;
 mod compare;
@@ -34,6 +36,7 @@ pub use crate::run_record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
 };
 pub use bench::{bench_memory, MemoryBench, MemoryFigure};
+pub use bench_encoders::{bench_encoders, EncoderFigure};
 pub use bench_fit::{bench_fit, FitFigure};
 pub use plan::{Plan, PlannedEncoder, PlannedPair};
 pub use prepare::StudyCheck;

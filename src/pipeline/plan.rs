@@ -9,7 +9,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use super::prepare::{build_dataset, export_package};
-use super::study::{FitRows, FitSpec, Position, Study};
+use super::study::{default_batch_size, FitRows, FitSpec, Position, Study};
 use super::units::Units;
 use crate::dataset::{Dataset, ShardInfo};
 use crate::digest::fingerprint;
@@ -327,6 +327,8 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         ReadOut::Code => fingerprint,
         ReadOut::Relu => crate::digest::fingerprint(&(fingerprint, read_out)),
     };
+    let batch_size = (spec.batch_size)
+        .unwrap_or_else(|| default_batch_size(device.0, manifest.modality));
     Ok(PlannedEncoder {
         name: name.to_string(),
         package,
@@ -334,7 +336,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         layers,
         pooling,
         device: device.check_available()?,
-        batch_size: spec.batch_size,
+        batch_size,
         sae,
         fit_rows,
         read_out,

@@ -221,7 +221,7 @@ fn check_encoder(study: &Study, name: &str, lines: &StudyLines, at: At) -> Resul
     config
         .validate_settings()
         .map_err(|e| at(sae_line, format!("[encoders.{name}] SAE: {e}")))?;
-    if encoder.batch_size == 0 {
+    if encoder.batch_size == Some(0) {
         return Err(at(
             key(|l| span(&l.batch_size)),
             format!("[encoders.{name}]: batch_size must be at least 1"),

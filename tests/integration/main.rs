@@ -19,6 +19,7 @@ mod encoder_real_images;
 mod metric_views;
 mod outputs_by_difference;
 mod pipeline;
+mod progress_lines;
 mod report;
 mod run_folder_faults;
 mod sae_cli;

@@ -38,6 +38,7 @@ fn token_rows(package: &str, batch: SampleBatch, selection: &TokenSelection) -> 
     encoder
         .encode_batches(
             std::iter::once(Ok(batch)),
+            64,
             &layers,
             pooling,
             Some(selection),
