@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::metrics::tables::{self, FEATURES_FILE, MPPC_FILE, WMPPC_FILE};
-use crate::metrics::{Backend, CompareOptions, SharednessQuery};
-use crate::stats::MissingSamples;
+use crate::metrics::{Backend, CompareOptions, Popularity, SharednessQuery};
+use crate::stats::{AccumulatorOptions, MissingSamples, DEFAULT_MEMORY_MIB};
 use crate::torch::DeviceSpec;
 
 /// Arguments of `saeshare compare`.
@@ -43,9 +43,36 @@ pub struct CompareArgs {
     /// to this run's, and the total saved, so a run on new shards completes the earlier ones.
     #[arg(long)]
     state: Option<PathBuf>,
+    #[command(flatten)]
+    accumulator: AccumulatorArgs,
     /// The folder receiving features.parquet, mppc.parquet and wmppc.parquet.
     #[arg(long)]
     out: PathBuf,
+}
+
+/// How the sparse backend holds and fills its sums (`compare`, `bench stats`).
+#[derive(Debug, Args)]
+pub struct AccumulatorArgs {
+    /// Memory budget of the co-activation sums, all layer pairs together: a pair's sums are a
+    /// dense d_A x d_B array of f64 when it fits (and the samples would touch much of it),
+    /// else hash tables of the pairs that fired together. Either way the sums are exact.
+    #[arg(long, default_value_t = DEFAULT_MEMORY_MIB)]
+    memory_mib: usize,
+    /// Threads adding up the co-activation sums (default: every core). The sums are the same,
+    /// bit for bit, on any number.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+}
+
+impl AccumulatorArgs {
+    fn options(&self) -> AccumulatorOptions {
+        AccumulatorOptions {
+            memory_mib: self.memory_mib,
+            threads: self
+                .threads
+                .map_or_else(AccumulatorOptions::available_threads, |t| t as usize),
+        }
+    }
 }
 
 /// Arguments of `saeshare sharedness`.
@@ -84,6 +111,7 @@ pub fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         backend: args.backend,
         device: args.device.check_available()?,
         state: args.state,
+        accumulator: args.accumulator.options(),
         ..CompareOptions::default()
     };
     let result = crate::metrics::compare(&args.source, &args.target, &args.ceiling, &options)?;
@@ -156,12 +184,27 @@ pub struct BenchStatsArgs {
     /// Active latents per sample (TopK).
     #[arg(long, default_value_t = 32)]
     k: usize,
-    /// Skip the dense float32 reference (it needs 8 * N * features bytes).
+    /// How often each feature fires: zipf, as in real SAEs (a few features on most samples,
+    /// most rarely), or uniform.
+    #[arg(long, value_enum, default_value = "zipf")]
+    popularity: Popularity,
+    /// The exponent s of Zipf popularity: the feature of rank r fires with weight r^-s.
+    #[arg(long, default_value_t = 1.0)]
+    zipf_exponent: f64,
+    /// Skip the dense float32 reference (it needs 16 * N * features bytes).
     #[arg(long)]
     no_dense: bool,
+    /// Runs of each side, alternating (sparse, dense, sparse, ...); medians are compared.
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
     /// Seed of the synthetic codes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write the code files into this folder and keep them (default: a temporary folder).
+    #[arg(long)]
+    codes_dir: Option<PathBuf>,
+    #[command(flatten)]
+    accumulator: AccumulatorArgs,
 }
 
 /// Runs `saeshare bench stats`.
@@ -170,17 +213,34 @@ pub fn run_bench_stats(args: BenchStatsArgs) -> anyhow::Result<()> {
         samples: args.samples,
         features: args.features,
         k: args.k,
+        popularity: args.popularity,
+        zipf_exponent: args.zipf_exponent,
         dense_reference: !args.no_dense,
+        repeats: args.repeats,
         seed: args.seed,
+        accumulator: args.accumulator.options(),
+        codes_dir: args.codes_dir,
+    };
+    let popularity = match options.popularity {
+        Popularity::Zipf => format!("zipf (s = {})", options.zipf_exponent),
+        Popularity::Uniform => "uniform".into(),
     };
     println!(
-        "N = {}, d_A = d_B = {}, k = {}, {} torch threads",
+        "N = {}, d_A = d_B = {}, k = {}, {popularity} popularity; {} accumulator threads, {} MiB budget, {} torch threads",
         options.samples,
         options.features,
         options.k,
+        options.accumulator.threads,
+        options.accumulator.memory_mib,
         tch::get_num_threads()
     );
     let report = crate::metrics::bench_stats(&options)?;
+    println!(
+        "codes written in {:.1} s (not timed): {}, {}",
+        report.codes_seconds,
+        report.files[0].display(),
+        report.files[1].display()
+    );
     let mib = |b: u64| b as f64 / 1048576.0;
     let peak = match (report.sparse_peak_bytes, report.baseline_bytes) {
         (Some(peak), Some(base)) => format!(
@@ -191,15 +251,24 @@ pub fn run_bench_stats(args: BenchStatsArgs) -> anyhow::Result<()> {
         ),
         _ => "unknown".into(),
     };
+    let runs = |seconds: &[f64]| {
+        let each: Vec<String> = seconds.iter().map(|s| format!("{s:.2}")).collect();
+        each.join(", ")
+    };
     println!(
-        "sparse exact MPPC: {:.2} s, peak memory {peak}",
-        report.sparse_seconds
+        "compare from the code files (read, align, {:?} exact sums, MPPC): {:.2} s (runs: {} s), peak memory {peak}",
+        report.layout,
+        report.sparse_median(),
+        runs(&report.sparse_seconds)
     );
-    if let (Some(dense), Some(diff)) = (report.dense_seconds, report.max_difference) {
-        println!("dense float32 all-pairs (reference way): {dense:.2} s");
+    if let (Some(dense), Some(diff)) = (report.dense_median(), report.max_difference) {
+        println!(
+            "dense float32 all-pairs (reference way): {dense:.2} s (runs: {} s)",
+            runs(&report.dense_seconds)
+        );
         println!(
             "ratio dense / sparse: {:.1}x",
-            dense / report.sparse_seconds
+            dense / report.sparse_median()
         );
         println!("max |MPPC sparse - dense float32|: {diff:.2e}");
     }

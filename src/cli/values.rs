@@ -6,7 +6,7 @@ use clap::ValueEnum;
 
 use crate::dataset::import::CocoRows;
 use crate::encoder::Pooling;
-use crate::metrics::Backend;
+use crate::metrics::{Backend, Popularity};
 use crate::sae::{DecoderBiasInit, ReadOut, SaeKind};
 
 /// `impl ValueEnum for Type { Variant => "name" ("help")?, ... }`, in the order `--help` lists
@@ -73,6 +73,11 @@ value_enum!(CocoRows {
           through repeated rows"),
     AllCaptions => "all-captions"
         ("One row per (image, caption) pair: each image appears once per caption"),
+});
+
+value_enum!(Popularity {
+    Zipf => "zipf" ("Feature of rank r drawn with weight r^-s, as in real SAEs"),
+    Uniform => "uniform" ("Every feature equally often"),
 });
 
 #[cfg(test)]

@@ -36,12 +36,13 @@ pub(crate) fn floor_values(
     for run in 0..options.baselines {
         let mut permutation: Vec<usize> = (0..n).collect();
         permutation.shuffle(&mut rng);
+        let share = options.accumulator.shared_by(source.len() * target.len());
         let mut accs: Vec<Vec<PairAcc>> = source
             .iter()
             .map(|a| {
                 target
                     .iter()
-                    .map(|b| PairAcc::new(a, b, Some(n as u64), options))
+                    .map(|b| PairAcc::new(a, b, Some(n as u64), options, share))
                     .collect()
             })
             .collect();

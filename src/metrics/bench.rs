@@ -1,25 +1,24 @@
-//! `saeshare bench stats`: exact sparse MPPC against the reference's dense float32 all-pairs
-//! correlation, side by side in one process on the same synthetic TopK codes.
+//! `saeshare bench stats`: `saeshare compare` end to end (read the code files, align them,
+//! accumulate the exact sums, MPPC) against the reference's dense float32 all-pairs
+//! correlation, interleaved in one process on the same synthetic TopK codes.
 //!
-//! The sparse side streams its codes (generated batch by batch from a seed), so its peak memory
-//! is the accumulator's, whatever N; the dense side materialises `N x d` float32 matrices as the
-//! reference does (standardize both, `X^T Y / N`, max over rows).
+//! The codes are written to Parquet code files first (not timed), uniform or with the Zipf
+//! popularity of real SAE features. The sparse side is [`compare`] on those files, the function
+//! the command calls, so it streams them: its peak memory is the accumulator's and the
+//! readers', whatever N. The dense side starts from the `N x d` float32 matrices the reference
+//! builds (read from the same files, not timed) and standardizes both, `X^T Y / N`, max over
+//! rows.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rand::seq::index::sample;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use crate::codes::{CodeBatch, SparseCode};
-use crate::stats::CoactivationAccumulator;
+use crate::codes::{CodesMeta, CodesReader, CodesWriter};
+use crate::stats::{AccumulatorOptions, Layout};
 
-use super::{mppc, MetricsError};
-
-/// Samples per batch given to the accumulator: large batches let the dense layout visit each
-/// row of its array once per batch.
-const BATCH: usize = 32 * 1024;
+use super::bench_codes::{Popularity, SyntheticCodes, SyntheticPair};
+use super::{compare, CompareOptions, MetricsError};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -30,154 +29,201 @@ pub struct BenchOptions {
     pub features: usize,
     /// Active latents per sample.
     pub k: usize,
-    /// Also run the dense float32 reference (needs `~4 * 2 * N * d` bytes).
+    /// How often each feature fires.
+    pub popularity: Popularity,
+    /// The exponent `s` of Zipf popularity (weight `rank^-s`).
+    pub zipf_exponent: f64,
+    /// Also run the dense float32 reference (needs `~4 * 2 * N * d` bytes, and as much again
+    /// for its standardized copies).
     pub dense_reference: bool,
+    /// Runs of each side, alternating: sparse, dense, sparse, dense, ...
+    pub repeats: usize,
     /// Seed of the synthetic codes.
     pub seed: u64,
+    /// Layout budget and threads of the sparse side's accumulators.
+    pub accumulator: AccumulatorOptions,
+    /// Where the code files are written and kept; a temporary folder when `None`.
+    pub codes_dir: Option<PathBuf>,
 }
 
 /// What was measured.
 #[derive(Clone, Debug)]
 pub struct BenchReport {
-    /// Seconds of the sparse exact MPPC (accumulate + MPPC).
-    pub sparse_seconds: f64,
-    /// Peak resident memory of the process after the sparse run, bytes (Linux; `None`
-    /// elsewhere). The sparse run goes first, so this is its peak.
+    /// The code files compared (deleted afterwards unless a folder was given).
+    pub files: [PathBuf; 2],
+    /// Seconds spent generating and writing them (not part of either side's time).
+    pub codes_seconds: f64,
+    /// The layout of the sparse side's cross sums.
+    pub layout: Layout,
+    /// Seconds of each run of `compare` on the files (read, align, accumulate, MPPC).
+    pub sparse_seconds: Vec<f64>,
+    /// Peak resident memory of the process during the first sparse run, bytes (Linux; `None`
+    /// elsewhere). It runs before any dense run.
     pub sparse_peak_bytes: Option<u64>,
-    /// Resident memory before the sparse run (libtorch and the binary), bytes.
+    /// Resident memory at the start (binary, libtorch), bytes.
     pub baseline_bytes: Option<u64>,
-    /// Seconds of the dense reference (densify + standardize + matmul + max), if run.
-    pub dense_seconds: Option<f64>,
+    /// Seconds of each run of the dense reference (standardize + matmul + max), if run.
+    pub dense_seconds: Vec<f64>,
     /// Largest |sparse - dense| MPPC over features, if the reference ran (float32 error).
     pub max_difference: Option<f64>,
 }
 
-/// Streams the synthetic codes in batches: source features uniform among `d`, and target codes
-/// that copy half of the source's latents (shifted by one feature) so that real matches exist.
-fn codes(options: &BenchOptions, mut each: impl FnMut(&CodeBatch, &CodeBatch)) {
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let (mut a, mut b) = (CodeBatch::new(), CodeBatch::new());
-    let k = options.k.min(options.features);
-    let mut fb: Vec<u32> = Vec::with_capacity(k);
-    for n in 0..options.samples {
-        let fa: Vec<u32> = sample(&mut rng, options.features, k)
-            .into_iter()
-            .map(|f| f as u32)
-            .collect();
-        let va: Vec<f32> = (0..k).map(|_| rng.random_range(0.01..4.0)).collect();
-        fb.clear();
-        fb.extend(
-            fa.iter()
-                .take(k / 2)
-                .map(|&f| (f + 1) % options.features as u32),
-        );
-        while fb.len() < k {
-            let f = rng.random_range(0..options.features as u32);
-            if !fb.contains(&f) {
-                fb.push(f);
-            }
-        }
-        let vb: Vec<f32> = (0..k).map(|_| rng.random_range(0.01..4.0)).collect();
-        let id = n as u64;
-        a.push(SparseCode {
-            sample_id: id,
-            features: &fa,
-            values: &va,
-        });
-        b.push(SparseCode {
-            sample_id: id,
-            features: &fb,
-            values: &vb,
-        });
-        if a.len() == BATCH || n + 1 == options.samples {
-            each(&a, &b);
-            a.clear();
-            b.clear();
-        }
+impl BenchReport {
+    /// The median time of the sparse runs.
+    pub fn sparse_median(&self) -> f64 {
+        median(&self.sparse_seconds)
+    }
+
+    /// The median time of the dense runs, if any ran.
+    pub fn dense_median(&self) -> Option<f64> {
+        (!self.dense_seconds.is_empty()).then(|| median(&self.dense_seconds))
     }
 }
 
-/// Runs the sparse exact MPPC, then (if asked) the dense reference, on the same codes.
-pub fn bench_stats(options: &BenchOptions) -> Result<BenchReport, MetricsError> {
-    let d = options.features;
-    let baseline_bytes = rss("VmRSS:");
-    // Only accumulation and MPPC are timed, not the generation of the synthetic codes, just as
-    // the dense side is timed from its matrices.
-    let mut timed = std::time::Duration::ZERO;
-    let k = options.k.min(d) as u64;
-    let updates = options.samples as u64 * k * k;
-    let mut acc = CoactivationAccumulator::with_expected_updates(d, d, updates);
-    codes(options, |a, b| {
-        let start = Instant::now();
-        acc.add_batch(a, b);
-        timed += start.elapsed();
-    });
-    let start = Instant::now();
-    let sparse = mppc(&acc);
-    tracing::info!(
-        accumulate_s = timed.as_secs_f64(),
-        mppc_s = start.elapsed().as_secs_f64(),
-        "sparse exact MPPC"
-    );
-    let sparse_seconds = (timed + start.elapsed()).as_secs_f64();
-    drop(acc);
-    let sparse_peak_bytes = rss("VmHWM:");
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
 
-    let (mut dense_seconds, mut max_difference) = (None, None);
-    if options.dense_reference {
-        let n = options.samples;
-        let mut x = vec![0f32; n * d];
-        let mut y = vec![0f32; n * d];
+/// Writes the codes, then runs the sparse side and (if asked) the dense reference, alternating.
+pub fn bench_stats(options: &BenchOptions) -> Result<BenchReport, MetricsError> {
+    let baseline_bytes = rss("VmRSS:");
+    let temp;
+    let dir = match &options.codes_dir {
+        Some(dir) => dir.as_path(),
+        None => {
+            temp = tempfile::tempdir()
+                .map_err(crate::file_error::FileError::io(std::env::temp_dir()))?;
+            temp.path()
+        }
+    };
+    let start = Instant::now();
+    let files = write_codes(options, dir)?;
+    let codes_seconds = start.elapsed().as_secs_f64();
+    let compare_options = CompareOptions {
+        accumulator: options.accumulator,
+        ..CompareOptions::default()
+    };
+    let d = options.features;
+    let k = options.k.min(d) as u64;
+    let layout = (options.accumulator).layout_for(d, d, options.samples as u64 * k * k);
+
+    let mut report = BenchReport {
+        files: files.clone(),
+        codes_seconds,
+        layout,
+        sparse_seconds: Vec::new(),
+        sparse_peak_bytes: None,
+        baseline_bytes,
+        dense_seconds: Vec::new(),
+        max_difference: None,
+    };
+    let mut sparse_rho = Vec::new();
+    for run in 0..options.repeats.max(1) {
+        if run == 0 {
+            // The peak of the sparse run alone, not of writing the codes.
+            reset_peak();
+        }
+        let start = Instant::now();
+        let comparison = compare(&files[..1], &files[1..], &[], &compare_options)?;
+        report.sparse_seconds.push(start.elapsed().as_secs_f64());
+        if run == 0 {
+            report.sparse_peak_bytes = rss("VmHWM:");
+            sparse_rho = comparison.mppc.iter().map(|r| r.rho).collect();
+        }
+        drop(comparison);
+        if options.dense_reference {
+            let (seconds, dense) = dense_reference(&files, d, options.samples)?;
+            report.dense_seconds.push(seconds);
+            let difference = sparse_rho
+                .iter()
+                .zip(&dense)
+                .map(|(s, &r)| (s - r as f64).abs())
+                .fold(0.0, f64::max);
+            report.max_difference = Some(difference);
+        }
+    }
+    Ok(report)
+}
+
+/// Writes `N` synthetic samples of both sides as code files in `dir`: source, then target.
+fn write_codes(options: &BenchOptions, dir: &Path) -> Result<[PathBuf; 2], MetricsError> {
+    let d = options.features as u32;
+    let k = options.k.min(options.features) as u32;
+    let files = [
+        dir.join("bench-source.parquet"),
+        dir.join("bench-target.parquet"),
+    ];
+    let mut source = CodesWriter::create(&files[0], CodesMeta::topk("bench-a", "l0", d, k))?;
+    let mut target = CodesWriter::create(&files[1], CodesMeta::topk("bench-b", "l0", d, k))?;
+    let mut codes = SyntheticCodes::new(
+        options.features,
+        options.k,
+        options.popularity,
+        options.zipf_exponent,
+        options.seed,
+    );
+    let mut pair = SyntheticPair::default();
+    for id in 0..options.samples as u64 {
+        codes.next_into(&mut pair);
+        source.push(id, &pair.source_features, &pair.source_values)?;
+        target.push(id, &pair.target_features, &pair.target_values)?;
+    }
+    source.finish()?;
+    target.finish()?;
+    Ok(files)
+}
+
+/// The reference's way from the codes: `N x d` float32 matrices (built untimed), then timed:
+/// standardize both, `X^T Y / N`, max over rows. Returns the seconds and each source feature's
+/// best correlation.
+fn dense_reference(
+    files: &[PathBuf; 2],
+    d: usize,
+    n: usize,
+) -> Result<(f64, Vec<f32>), MetricsError> {
+    let matrix = |path: &Path| -> Result<Vec<f32>, MetricsError> {
+        let mut m = vec![0f32; n * d];
         let mut row = 0;
-        codes(options, |a, b| {
-            for (ca, cb) in a.iter().zip(b.iter()) {
-                for (&f, &v) in ca.features.iter().zip(ca.values) {
-                    x[row * d + f as usize] = v;
-                }
-                for (&f, &v) in cb.features.iter().zip(cb.values) {
-                    y[row * d + f as usize] = v;
+        for batch in CodesReader::open(path)? {
+            for code in batch?.iter() {
+                for (&f, &v) in code.features.iter().zip(code.values) {
+                    m[row * d + f as usize] = v;
                 }
                 row += 1;
             }
-        });
-        // Timed from the dense matrices the reference starts from.
-        let start = Instant::now();
-        let standardize = |m: Vec<f32>| -> Result<Tensor, MetricsError> {
-            let t = Tensor::from_slice(&m).view([n as i64, d as i64]);
-            let mean = t.f_mean_dim(0, true, Kind::Float).map_err(torch)?;
-            let std = t
-                .f_std_dim(0, false, true)
-                .map_err(torch)?
-                .f_clamp_min(1e-8)
-                .map_err(torch)?;
-            (t - mean).f_div(&std).map_err(torch)
-        };
-        let xs = standardize(std::mem::take(&mut x))?;
-        let ys = standardize(std::mem::take(&mut y))?;
-        let corr = xs
-            .f_tr()
-            .and_then(|t| t.f_mm(&ys))
+        }
+        Ok(m)
+    };
+    let (x, y) = (matrix(&files[0])?, matrix(&files[1])?);
+    let start = Instant::now();
+    let standardize = |m: Vec<f32>| -> Result<Tensor, MetricsError> {
+        let t = Tensor::from_slice(&m).view([n as i64, d as i64]);
+        drop(m);
+        let mean = t.f_mean_dim(0, true, Kind::Float).map_err(torch)?;
+        let std = t
+            .f_std_dim(0, false, true)
             .map_err(torch)?
-            .f_div_scalar(n as f64)
+            .f_clamp_min(1e-8)
             .map_err(torch)?;
-        let (best, _) = corr.f_max_dim(1, false).map_err(torch)?;
-        let dense: Vec<f32> = Vec::try_from(&best.to_device(Device::Cpu)).map_err(torch)?;
-        dense_seconds = Some(start.elapsed().as_secs_f64());
-        max_difference = Some(
-            sparse
-                .iter()
-                .zip(&dense)
-                .map(|(s, &r)| (s.rho - r as f64).abs())
-                .fold(0.0, f64::max),
-        );
-    }
-    Ok(BenchReport {
-        sparse_seconds,
-        sparse_peak_bytes,
-        baseline_bytes,
-        dense_seconds,
-        max_difference,
-    })
+        (t - mean).f_div(&std).map_err(torch)
+    };
+    let xs = standardize(x)?;
+    let ys = standardize(y)?;
+    let corr = xs
+        .f_tr()
+        .and_then(|t| t.f_mm(&ys))
+        .map_err(torch)?
+        .f_div_scalar(n as f64)
+        .map_err(torch)?;
+    let (best, _) = corr.f_max_dim(1, false).map_err(torch)?;
+    let best: Vec<f32> = Vec::try_from(&best.to_device(Device::Cpu)).map_err(torch)?;
+    Ok((start.elapsed().as_secs_f64(), best))
 }
 
 fn torch(e: tch::TchError) -> MetricsError {
@@ -191,4 +237,12 @@ fn rss(key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Resets the peak resident memory (`VmHWM`) to the current one (Linux 4.0 and later); where
+/// it cannot, the peak stays that of the whole process.
+fn reset_peak() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        tracing::debug!("could not reset the peak memory figure: {e}");
+    }
 }

@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 
 use crate::codes::{CodeBatch, CodesMeta, CodesReader};
-use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples, StatsError};
+use crate::stats::{
+    align, AccumulatorOptions, AlignReport, CoactivationAccumulator, MissingSamples, StatsError,
+};
 
 use super::baselines::{ceiling_values, floor_values};
 pub(crate) use super::pair_acc::PairAcc;
@@ -43,6 +45,9 @@ pub struct CompareOptions {
     pub device: tch::Device,
     /// Samples per batch read and accumulated at once.
     pub batch_samples: usize,
+    /// The sparse backend's layout budget, for all the layer pairs of a pass together, and its
+    /// threads.
+    pub accumulator: AccumulatorOptions,
     /// A folder keeping the accumulators: those of earlier runs are added to this run's and
     /// the sums saved, so that a run on new shards of the same layers completes the earlier
     /// ones. Incompatible with the baselines, which need every sample's codes.
@@ -58,6 +63,7 @@ impl Default for CompareOptions {
             backend: Backend::Auto,
             device: tch::Device::Cpu,
             batch_samples: 16 * 1024,
+            accumulator: AccumulatorOptions::default(),
             state: None,
         }
     }
@@ -284,10 +290,12 @@ fn assemble(
     let samples = accumulators[0][0].samples();
     let features = feature_rows(&accumulators, source, target);
     warn_dropped(&report);
+    let started = std::time::Instant::now();
     let matches: Matches = accumulators
         .iter()
         .map(|row| row.iter().map(mppc).collect())
         .collect();
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "MPPC");
     let values = keyed_values(&matches);
     let ceiling = ceiling(&values)?;
     let layer_name = |layers: &[CodesMeta], index: Option<usize>| {
@@ -451,6 +459,7 @@ pub(crate) fn accumulate(
     options: &CompareOptions,
     keep: bool,
 ) -> Result<Pass, MetricsError> {
+    let started = std::time::Instant::now();
     let open = |p: &PathBuf| -> Result<CodesReader, MetricsError> {
         Ok(CodesReader::open(p)?.with_batch_samples(options.batch_samples))
     };
@@ -462,10 +471,11 @@ pub(crate) fn accumulate(
     let metas: Vec<CodesMeta> = readers.iter().map(|r| r.meta().clone()).collect();
     let expected = readers[0].samples();
     let l_a = sources.len();
+    let share = options.accumulator.shared_by(l_a * targets.len());
     let mut accs: Vec<Vec<PairAcc>> = (0..l_a)
         .map(|a| {
             (l_a..metas.len())
-                .map(|b| PairAcc::new(&metas[a], &metas[b], expected, options))
+                .map(|b| PairAcc::new(&metas[a], &metas[b], expected, options, share))
                 .collect()
         })
         .collect();
@@ -497,7 +507,12 @@ pub(crate) fn accumulate(
     let report = report?;
     flush(&mut accs, &mut buffers)?;
     bar.finish_and_clear();
-    tracing::info!(samples = report.samples, "{}", describe(sources, targets));
+    tracing::info!(
+        samples = report.samples,
+        seconds = started.elapsed().as_secs_f64(),
+        "{}",
+        describe(sources, targets)
+    );
     let accumulators = accs
         .into_iter()
         .map(|row| row.into_iter().map(PairAcc::finish).collect())

@@ -13,6 +13,7 @@
 
 mod baselines;
 mod bench;
+pub(crate) mod bench_codes;
 mod compare;
 mod matrix;
 mod mppc;
@@ -26,6 +27,7 @@ use crate::file_error::FileError;
 
 pub use baselines::ceiling_for;
 pub use bench::{bench_stats, BenchOptions, BenchReport};
+pub use bench_codes::Popularity;
 pub use compare::{
     accumulate_files, compare, compare_accumulated, Aggregation, Backend, CompareOptions,
     Comparison, FeatureRow, MppcRow, WmppcRow, ALL_LAYERS,

@@ -57,6 +57,7 @@ fn better(candidate: (f64, usize), best: (f64, Option<u32>)) -> bool {
 }
 
 /// MPPC of every source feature of `acc` against its target features, with the best match.
+/// Dense sums are scanned on the accumulator's threads ([`CoactivationAccumulator::options`]).
 ///
 /// Dead and constant features have no correlation: `rho := 0` with every feature (docs/DESIGN.md, section 1), so a
 /// dead or constant target feature is a candidate of value 0, and a dead or constant source
@@ -68,7 +69,7 @@ pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
     let mut best: Vec<(f64, Option<u32>)> = vec![(f64::NEG_INFINITY, None); d_a];
 
     if let Some(cross) = acc.dense_cross() {
-        return dense(&a, &b, n, cross);
+        return dense(&a, &b, n, cross, acc.options().threads);
     }
 
     // Dead or constant target features: rho = 0 for every source feature.
@@ -134,38 +135,64 @@ pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
         .collect()
 }
 
-/// MPPC from dense cross sums: every pair from its sums, one row at a time. A dead or constant
-/// target has `1 / sy = 0`, hence `rho = 0` as docs/DESIGN.md says, with no special case; scanning `j`
-/// upwards and replacing only on a strictly larger value keeps the smallest index among ties.
-fn dense(a: &Side<'_>, b: &Side<'_>, n: f64, cross: &[f64]) -> Vec<FeatureMatch> {
+/// MPPC from dense cross sums: every pair from its sums, one row at a time, the rows split
+/// between the accumulator's threads. A dead or constant target has `1 / sy = 0`, hence
+/// `rho = 0` as docs/DESIGN.md says, with no special case; scanning `j` upwards and replacing
+/// only on a strictly larger value keeps the smallest index among ties.
+fn dense(a: &Side<'_>, b: &Side<'_>, n: f64, cross: &[f64], threads: usize) -> Vec<FeatureMatch> {
+    let d_a = a.m.d();
+    let unmatched = FeatureMatch {
+        rho: 0.0,
+        best: None,
+        weight: 0.0,
+    };
+    let mut matches = vec![unmatched; d_a];
+    let rows_per_thread = d_a.div_ceil(threads.max(1)).max(1);
+    let fill = |first: usize, part: &mut [FeatureMatch]| {
+        for (r, slot) in part.iter_mut().enumerate() {
+            *slot = dense_row(a, b, n, cross, first + r);
+        }
+    };
+    std::thread::scope(|scope| {
+        let mut parts = matches.chunks_mut(rows_per_thread).enumerate();
+        let first = parts.next();
+        for (c, part) in parts {
+            let fill = &fill;
+            scope.spawn(move || fill(c * rows_per_thread, part));
+        }
+        if let Some((_, part)) = first {
+            fill(0, part);
+        }
+    });
+    matches
+}
+
+/// The best match of source feature `i` among every target feature, from dense sums.
+fn dense_row(a: &Side<'_>, b: &Side<'_>, n: f64, cross: &[f64], i: usize) -> FeatureMatch {
     let d_b = b.m.d();
     let sy = b.m.sums();
-    (0..a.m.d())
-        .map(|i| {
-            let weight = a.m.weight(i);
-            if !a.live(i) || d_b == 0 {
-                return FeatureMatch {
-                    rho: 0.0,
-                    best: None,
-                    weight,
-                };
-            }
-            let (sx, inv) = (a.m.sums()[i], a.inv_spread[i]);
-            let row = &cross[i * d_b..(i + 1) * d_b];
-            let (mut best, mut best_j) = (f64::NEG_INFINITY, 0);
-            for (j, &sxy) in row.iter().enumerate() {
-                let rho = (n * sxy - sx * sy[j]) * inv * b.inv_spread[j];
-                if rho > best {
-                    (best, best_j) = (rho, j);
-                }
-            }
-            FeatureMatch {
-                rho: best.clamp(-1.0, 1.0),
-                best: Some(best_j as u32),
-                weight,
-            }
-        })
-        .collect()
+    let weight = a.m.weight(i);
+    if !a.live(i) || d_b == 0 {
+        return FeatureMatch {
+            rho: 0.0,
+            best: None,
+            weight,
+        };
+    }
+    let (sx, inv) = (a.m.sums()[i], a.inv_spread[i]);
+    let row = &cross[i * d_b..(i + 1) * d_b];
+    let (mut best, mut best_j) = (f64::NEG_INFINITY, 0);
+    for (j, &sxy) in row.iter().enumerate() {
+        let rho = (n * sxy - sx * sy[j]) * inv * b.inv_spread[j];
+        if rho > best {
+            (best, best_j) = (rho, j);
+        }
+    }
+    FeatureMatch {
+        rho: best.clamp(-1.0, 1.0),
+        best: Some(best_j as u32),
+        weight,
+    }
 }
 
 /// The best match over several target layers (their union of features), with the index of the

@@ -2,24 +2,26 @@
 //! matmuls through libtorch), behind one face for `compare` and the baselines.
 
 use crate::codes::{CodeBatch, CodesMeta};
-use crate::stats::{CoactivationAccumulator, DenseAccumulator, StatsError};
+use crate::stats::{AccumulatorOptions, CoactivationAccumulator, DenseAccumulator, StatsError};
 
 use super::{Backend, CompareOptions, MetricsError};
 
-/// One accumulator, sparse or dense.
+/// One accumulator, sparse or dense; the dense one keeps the options its finished sums get
+/// (MPPC's threads).
 pub(crate) enum PairAcc {
     Sparse(CoactivationAccumulator),
-    Dense(Box<DenseAccumulator>),
+    Dense(Box<DenseAccumulator>, AccumulatorOptions),
 }
 
 impl PairAcc {
     /// An accumulator for `a x b`; `samples`, when known, lets a sparse one start dense when
-    /// it would become dense anyway.
+    /// it would become dense anyway and `accumulator`'s budget allows.
     pub fn new(
         a: &CodesMeta,
         b: &CodesMeta,
         samples: Option<u64>,
         options: &CompareOptions,
+        accumulator: AccumulatorOptions,
     ) -> Self {
         let dense = match options.backend {
             Backend::Sparse => false,
@@ -28,14 +30,18 @@ impl PairAcc {
         };
         let (d_a, d_b) = (a.d_sae as usize, b.d_sae as usize);
         if dense {
-            PairAcc::Dense(Box::new(DenseAccumulator::new(d_a, d_b, options.device)))
+            let sums = DenseAccumulator::new(d_a, d_b, options.device);
+            PairAcc::Dense(Box::new(sums), accumulator)
         } else {
             let updates = match (samples, a.k, b.k) {
                 (Some(n), Some(k_a), Some(k_b)) => n * k_a as u64 * k_b as u64,
                 _ => 0,
             };
-            PairAcc::Sparse(CoactivationAccumulator::with_expected_updates(
-                d_a, d_b, updates,
+            PairAcc::Sparse(CoactivationAccumulator::with_options(
+                d_a,
+                d_b,
+                updates,
+                accumulator,
             ))
         }
     }
@@ -43,7 +49,7 @@ impl PairAcc {
     pub fn add(&mut self, a: &CodeBatch, b: &CodeBatch) -> Result<(), StatsError> {
         match self {
             PairAcc::Sparse(acc) => acc.add_batch(a, b),
-            PairAcc::Dense(acc) => acc.add_batch(a, b)?,
+            PairAcc::Dense(acc, _) => acc.add_batch(a, b)?,
         }
         Ok(())
     }
@@ -51,7 +57,11 @@ impl PairAcc {
     pub fn finish(self) -> Result<CoactivationAccumulator, MetricsError> {
         match self {
             PairAcc::Sparse(acc) => Ok(acc),
-            PairAcc::Dense(acc) => Ok(acc.finish()?),
+            PairAcc::Dense(acc, accumulator) => {
+                let mut sums = acc.finish()?;
+                sums.set_options(accumulator);
+                Ok(sums)
+            }
         }
     }
 }

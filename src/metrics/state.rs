@@ -212,6 +212,8 @@ pub(crate) fn merge_and_save(
         for (row, saved_row) in accumulators.iter_mut().zip(saved) {
             for (acc, mut saved) in row.iter_mut().zip(saved_row) {
                 saved.merge(acc)?;
+                // This run's threads for MPPC, not the defaults a loaded accumulator gets.
+                saved.set_options(acc.options());
                 *acc = saved;
             }
         }

@@ -32,8 +32,8 @@ use crate::encoder::READER_BATCH_ROWS;
 use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::metrics::{accumulate_files, CompareOptions};
 use crate::sae;
-use crate::stats::MissingSamples;
 use crate::stats::SavedSums;
+use crate::stats::{AccumulatorOptions, MissingSamples};
 
 /// What the compare pass has to do, from the manifest: which encoders need codes for which
 /// shards, which pairs' states lack which shards, which pairs' tables are out of date, and
@@ -433,6 +433,10 @@ fn finish_shard(
         let (sources, targets) = pair_files(plan, p, shard);
         let options = CompareOptions {
             missing: MissingSamples::Drop,
+            accumulator: AccumulatorOptions {
+                memory_mib: plan.study.stats.memory_mib,
+                threads: plan.study.stats.threads,
+            },
             ..CompareOptions::default()
         };
         let (accumulators, report) = accumulate_files(&sources, &targets, &options)

@@ -38,6 +38,9 @@ pub struct Study {
     /// How each sample's features are read off its SAE.
     #[serde(default)]
     pub codes: CodesSpec,
+    /// How the compare pass holds and adds up co-activation sums.
+    #[serde(default)]
+    pub stats: StatsSpec,
     /// Keep each encoder's pooled activations on disk (off: they stream into the SAEs).
     #[serde(default)]
     pub activation_cache: bool,
@@ -107,6 +110,29 @@ impl FitSpec {
         match self.buffer_mib {
             Some(mib) => (mib * 1024 * 1024 / (4 * width.max(1))).max(1),
             None => self.buffer_rows,
+        }
+    }
+}
+
+/// How the compare pass holds and adds up co-activation sums. Neither key changes a sum (the
+/// sums are the same bit for bit), so neither is part of any fingerprint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsSpec {
+    /// Memory budget (MiB) of the sums of one pair on one shard, per worker: a layer pair's
+    /// sums are a dense `d_A x d_B` array of f64 when it fits, else hash tables of the pairs
+    /// that fired together.
+    pub memory_mib: usize,
+    /// Threads each worker adds up sums on. 1 by default: the workers already keep the cores
+    /// busy, and threads inside every worker would oversubscribe them.
+    pub threads: usize,
+}
+
+impl Default for StatsSpec {
+    fn default() -> Self {
+        StatsSpec {
+            memory_mib: crate::stats::DEFAULT_MEMORY_MIB,
+            threads: 1,
         }
     }
 }
@@ -418,6 +444,19 @@ shared_with = ["b"]
         );
         assert_eq!(study.encoders["b"].layers, "all");
         assert_eq!(study.baselines.floor_permutations, 3);
+    }
+
+    #[test]
+    fn the_stats_table_defaults_to_one_thread_and_refuses_none() {
+        let study = Study::parse(Path::new("s.toml"), STUDY).unwrap();
+        let default = (crate::stats::DEFAULT_MEMORY_MIB, 1);
+        assert_eq!((study.stats.memory_mib, study.stats.threads), default);
+        let set = format!("{STUDY}\n[stats]\nmemory_mib = 64\nthreads = 2\n");
+        let study = Study::parse(Path::new("s.toml"), &set).unwrap();
+        assert_eq!((study.stats.memory_mib, study.stats.threads), (64, 2));
+        let none = format!("{STUDY}\n[stats]\nthreads = 0\n");
+        let err = Study::parse(Path::new("s.toml"), &none).unwrap_err();
+        assert!(err.line > 24 && err.problem.contains("threads"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(super) struct StudyLines {
     #[serde(default)]
     baselines: Option<Spanned<toml::Value>>,
     #[serde(default)]
+    stats: Option<Spanned<toml::Value>>,
+    #[serde(default)]
     encoders: BTreeMap<String, Spanned<EncoderLines>>,
     #[serde(default)]
     comparisons: Vec<Spanned<toml::Value>>,
@@ -83,6 +85,12 @@ pub(super) fn check(study: &Study, lines: &StudyLines, at: At) -> Result<(), Stu
             span(&lines.fit),
             "[fit]: max_passes must be at least 1 (leave it out for as many as the steps need)"
                 .into(),
+        ));
+    }
+    if study.stats.threads == 0 {
+        return Err(at(
+            span(&lines.stats),
+            "[stats]: threads must be at least 1".into(),
         ));
     }
     if study.fit.tokens_per_sample == Some(0) {

@@ -1,19 +1,19 @@
 //! Co-activation sums between two code streams aligned by sample id.
 //!
-//! For TopK codes a sample touches `k_A * k_B` pairs, so cross sums live in a hash map keyed by
-//! `(i, j)` and cost `k_A * k_B` updates per sample instead of `d_A * d_B`. When the map would
-//! take more memory than a dense `d_A x d_B` array of f64 it becomes that array: either way the
-//! accumulator's size is bounded by the feature counts, never by the number of samples.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+//! For TopK codes a sample touches `k_A * k_B` pairs, so cross sums cost `k_A * k_B` updates
+//! per sample instead of `d_A * d_B`. They live in a dense `d_A x d_B` array of f64 when it
+//! fits the memory budget and the samples would touch much of it anyway, in one hash table per
+//! source feature otherwise ([`AccumulatorOptions`]); either way the accumulator's size is
+//! bounded by the feature counts, never by the number of samples. Batches are added on several
+//! threads, each owning a range of source features, with every sum the same bit for bit
+//! whatever the layout and the thread count ([`super::fill`]).
 
 use crate::codes::{CodeBatch, SparseCode};
 
+use super::fill::{fill_dense, fill_sparse, RowUpdates};
+use super::layout::{AccumulatorOptions, Layout};
+use super::sparse_rows::{add_to_row, SparseRows};
 use super::{Moments, StatsError};
-
-/// Below this many pairs the map never turns dense: small problems stay cheap to serialize.
-const MIN_DENSE_SWITCH: usize = 1 << 16;
 
 /// Moments of both streams and cross sums `Sxy_ij = sum_n f_i^A(n) f_j^B(n)` over the samples
 /// both streams hold. Accumulators of disjoint sample sets merge into the accumulator of their
@@ -23,65 +23,61 @@ pub struct CoactivationAccumulator {
     pub(crate) source: Moments,
     pub(crate) target: Moments,
     pub(crate) cross: Cross,
+    pub(crate) options: AccumulatorOptions,
 }
 
 /// Where cross sums live.
 #[derive(Clone, Debug)]
 pub(crate) enum Cross {
-    /// Pairs that fired together at least once; key `i * d_B + j`.
-    Sparse(PairMap),
+    /// Pairs that fired together at least once, one table per source feature.
+    Sparse(SparseRows),
     /// Every pair, row-major `d_A x d_B`.
     Dense(Vec<f64>),
 }
 
-pub(crate) type PairMap = HashMap<u64, f64, BuildHasherDefault<PairHasher>>;
-
-/// A multiplicative hash for pair keys: the std SipHash costs more than the whole update, and
-/// keys are not attacker-chosen.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct PairHasher(u64);
-
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-
-    fn write_u64(&mut self, key: u64) {
-        // Fibonacci hashing, folded so the high bits (which hashbrown uses as tags) and the low
-        // bits (which pick the bucket) both depend on every key bit.
-        let h = (self.0 ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = h ^ (h >> 29);
-    }
-}
-
 impl CoactivationAccumulator {
-    /// An empty accumulator between a source SAE of `d_a` features and a target SAE of `d_b`.
+    /// An empty accumulator between a source SAE of `d_a` features and a target SAE of `d_b`,
+    /// sparse, with the default options (one thread).
     pub fn new(d_a: usize, d_b: usize) -> Self {
-        CoactivationAccumulator {
-            source: Moments::new(d_a),
-            target: Moments::new(d_b),
-            cross: Cross::Sparse(PairMap::default()),
-        }
+        Self::with_options(d_a, d_b, 0, AccumulatorOptions::default())
     }
 
     /// An empty accumulator sized for about `pair_updates` updates (`N * k_A * k_B` for TopK
-    /// codes): when they would touch a good part of the `d_A x d_B` pairs anyway, it starts
-    /// with the dense array, skipping the map's growth and the switch.
+    /// codes), with the default options: when they would touch a good part of the `d_A x d_B`
+    /// pairs anyway, it starts with the dense array, skipping the tables and the switch.
     pub fn with_expected_updates(d_a: usize, d_b: usize, pair_updates: u64) -> Self {
-        let mut acc = Self::new(d_a, d_b);
-        let cells = (d_a * d_b) as u64;
-        // u updates over c pairs touch ~c(1 - e^(-u/c)) distinct pairs: 39% at u = c/2, where
-        // a map entry (~24 bytes) already costs more than the whole dense array (8 per pair).
-        if cells > MIN_DENSE_SWITCH as u64 && pair_updates >= cells / 2 {
-            acc.densify();
+        Self::with_options(d_a, d_b, pair_updates, AccumulatorOptions::default())
+    }
+
+    /// An empty accumulator expecting about `pair_updates` updates (0: unknown), in the layout
+    /// [`AccumulatorOptions::layout_for`] picks, filled on `options.threads` threads.
+    pub fn with_options(
+        d_a: usize,
+        d_b: usize,
+        pair_updates: u64,
+        options: AccumulatorOptions,
+    ) -> Self {
+        let cross = match options.layout_for(d_a, d_b, pair_updates) {
+            Layout::Dense => Cross::Dense(dense_zeros(d_a * d_b)),
+            Layout::Sparse => Cross::Sparse(SparseRows::new(d_a)),
+        };
+        CoactivationAccumulator {
+            source: Moments::new(d_a),
+            target: Moments::new(d_b),
+            cross,
+            options,
         }
-        acc
+    }
+
+    /// How this accumulator is filled (layout budget, threads).
+    pub fn options(&self) -> AccumulatorOptions {
+        self.options
+    }
+
+    /// Fills later batches with these options (a loaded or merged accumulator gets the
+    /// defaults). A smaller budget does not make dense sums sparse again.
+    pub fn set_options(&mut self, options: AccumulatorOptions) {
+        self.options = options;
     }
 
     /// Samples accumulated, `N`.
@@ -107,17 +103,16 @@ impl CoactivationAccumulator {
     /// Number of pairs held: pairs that fired together, or `d_A * d_B` once dense.
     pub fn pairs(&self) -> usize {
         match &self.cross {
-            Cross::Sparse(map) => map.len(),
+            Cross::Sparse(rows) => rows.pairs(),
             Cross::Dense(v) => v.len(),
         }
     }
 
     /// `Sxy_ij`: the sum over samples of `f_i^A * f_j^B`.
     pub fn cross_sum(&self, i: usize, j: usize) -> f64 {
-        let d_b = self.target.d();
         match &self.cross {
-            Cross::Sparse(map) => map.get(&((i * d_b + j) as u64)).copied().unwrap_or(0.0),
-            Cross::Dense(v) => v[i * d_b + j],
+            Cross::Sparse(rows) => rows.get(i, j),
+            Cross::Dense(v) => v[i * self.target.d() + j],
         }
     }
 
@@ -128,14 +123,13 @@ impl CoactivationAccumulator {
         self.target.add(b);
         let d_b = self.target.d();
         match &mut self.cross {
-            Cross::Sparse(map) => {
+            Cross::Sparse(rows) => {
+                let mut added = 0;
                 for (&i, &x) in a.features.iter().zip(a.values) {
-                    let row = i as u64 * d_b as u64;
-                    let x = x as f64;
-                    for (&j, &y) in b.features.iter().zip(b.values) {
-                        *map.entry(row + j as u64).or_insert(0.0) += x * y as f64;
-                    }
+                    let row = &mut rows.rows_mut()[i as usize];
+                    added += add_to_row(row, x as f64, b.features, b.values);
                 }
+                rows.added(added);
                 self.maybe_densify();
             }
             Cross::Dense(v) => {
@@ -150,59 +144,47 @@ impl CoactivationAccumulator {
         }
     }
 
-    /// Adds aligned batches: sample `n` of `a` with sample `n` of `b`.
+    /// Adds aligned batches, sample `n` of `a` with sample `n` of `b`, on the threads of
+    /// [`options`](Self::options). The sums are those of adding the samples one by one.
     pub fn add_batch(&mut self, a: &CodeBatch, b: &CodeBatch) {
         assert_eq!(a.len(), b.len(), "aligned batches have the same length");
-        let d_b = self.target.d();
-        let Cross::Dense(cross) = &mut self.cross else {
-            for (x, y) in a.iter().zip(b.iter()) {
-                self.add(&x, &y);
-            }
-            return;
-        };
-        // Dense: visit the batch's updates grouped by source feature, so each row of the array
-        // is brought into cache once per batch instead of once per sample (several times
-        // faster on large d, where rows are scattered over hundreds of MiB).
-        let mut updates: Vec<(u32, u32, f32)> = Vec::with_capacity(a.nnz());
-        for (n, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+        for (x, y) in a.iter().zip(b.iter()) {
             self.source.add(&x);
             self.target.add(&y);
-            if !y.features.is_empty() {
-                updates.extend(
-                    x.features
-                        .iter()
-                        .zip(x.values)
-                        .map(|(&i, &v)| (i, n as u32, v)),
-                );
-            }
         }
-        updates.sort_unstable_by_key(|u| (u.0, u.1));
-        for (i, n, x) in updates {
-            let row = &mut cross[i as usize * d_b..(i as usize + 1) * d_b];
-            let y = b.get(n as usize);
-            let x = x as f64;
-            for (&j, &v) in y.features.iter().zip(y.values) {
-                row[j as usize] += x * v as f64;
+        let (d_a, d_b) = (self.source.d(), self.target.d());
+        if a.is_empty() || d_a == 0 || d_b == 0 {
+            return;
+        }
+        // Grouped by source feature: each row of the sums is visited once per batch, by one
+        // thread, instead of once per sample (rows are scattered over hundreds of MiB).
+        let updates = RowUpdates::of(a, b, d_a);
+        let threads = self.options.threads.max(1);
+        match &mut self.cross {
+            Cross::Dense(cross) => fill_dense(cross, d_b, &updates, b, threads),
+            Cross::Sparse(rows) => {
+                let added = fill_sparse(rows.rows_mut(), d_b, &updates, b, threads);
+                rows.added(added);
+                self.maybe_densify();
             }
         }
     }
 
-    /// Turns the cross sums into a dense array (no-op when dense already).
+    /// Turns the cross sums into a dense array (no-op when dense already), whatever the
+    /// memory budget.
     pub fn densify(&mut self) {
-        if let Cross::Sparse(map) = &self.cross {
-            let mut dense = vec![0.0; self.source.d() * self.target.d()];
-            for (&key, &s) in map {
-                dense[key as usize] += s;
-            }
+        if let Cross::Sparse(rows) = &self.cross {
+            let d_b = self.target.d();
+            let mut dense = dense_zeros(self.source.d() * d_b);
+            rows.for_each(|i, j, s| dense[i * d_b + j] += s);
             self.cross = Cross::Dense(dense);
         }
     }
 
     fn maybe_densify(&mut self) {
-        if let Cross::Sparse(map) = &self.cross {
-            // A map entry costs ~3x a dense cell (key, value, control byte, spare capacity).
-            let cells = self.source.d() * self.target.d();
-            if map.len() > MIN_DENSE_SWITCH && map.len() * 3 > cells {
+        if let Cross::Sparse(rows) = &self.cross {
+            let (d_a, d_b) = (self.source.d(), self.target.d());
+            if self.options.densify_at(d_a, d_b, rows.pairs()) {
                 self.densify();
             }
         }
@@ -224,17 +206,14 @@ impl CoactivationAccumulator {
         if other.is_dense() {
             self.densify();
         }
+        let d_b = self.target.d();
         match (&mut self.cross, &other.cross) {
             (Cross::Sparse(mine), Cross::Sparse(theirs)) => {
-                for (&key, &s) in theirs {
-                    *mine.entry(key).or_insert(0.0) += s;
-                }
+                mine.merge(theirs);
                 self.maybe_densify();
             }
             (Cross::Dense(mine), Cross::Sparse(theirs)) => {
-                for (&key, &s) in theirs {
-                    mine[key as usize] += s;
-                }
+                theirs.for_each(|i, j, s| mine[i * d_b + j] += s);
             }
             (Cross::Dense(mine), Cross::Dense(theirs)) => {
                 for (m, t) in mine.iter_mut().zip(theirs) {
@@ -250,11 +229,7 @@ impl CoactivationAccumulator {
     pub(crate) fn for_each_pair(&self, mut f: impl FnMut(usize, usize, f64)) {
         let d_b = self.target.d();
         match &self.cross {
-            Cross::Sparse(map) => {
-                for (&key, &s) in map {
-                    f(key as usize / d_b, key as usize % d_b, s);
-                }
-            }
+            Cross::Sparse(rows) => rows.for_each(f),
             Cross::Dense(v) => {
                 for (key, &s) in v.iter().enumerate() {
                     f(key / d_b, key % d_b, s);
@@ -275,8 +250,36 @@ impl CoactivationAccumulator {
     /// is held and its correlation is computed from its sums).
     pub(crate) fn holds(&self, i: usize, j: usize) -> bool {
         match &self.cross {
-            Cross::Sparse(map) => map.contains_key(&((i * self.target.d() + j) as u64)),
+            Cross::Sparse(rows) => rows.holds(i, j),
             Cross::Dense(_) => true,
         }
     }
 }
+
+/// `cells` zeros for dense sums. The pages are the kernel's zero pages until first written;
+/// where transparent huge pages are opt-in (`madvise`), the array asks for them, which makes
+/// its first writes (the fill's page faults) and its random access (TLB misses) cheaper.
+fn dense_zeros(cells: usize) -> Vec<f64> {
+    let zeros = vec![0.0f64; cells];
+    advise_huge_pages(&zeros);
+    zeros
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(values: &[f64]) {
+    const HUGE_PAGE: usize = 2 << 20;
+    let (start, len) = (values.as_ptr() as usize, std::mem::size_of_val(values));
+    let first = start.next_multiple_of(HUGE_PAGE);
+    let end = (start + len) / HUGE_PAGE * HUGE_PAGE;
+    if end > first {
+        // SAFETY: madvise only advises the kernel on pages of memory this Vec owns (the huge
+        // page aligned part of it); it neither reads nor changes their contents. A failure
+        // (no transparent huge pages) only leaves the default.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_: &[f64]) {}

@@ -95,6 +95,7 @@ impl DenseAccumulator {
             source: moments(&self.source)?,
             target: moments(&self.target)?,
             cross: Cross::Dense(cross),
+            options: Default::default(),
         })
     }
 }

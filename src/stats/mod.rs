@@ -4,7 +4,8 @@
 //!
 //! - [`Moments`]: count, sum and sum of squares per feature (f64).
 //! - [`CoactivationAccumulator`]: moments of both streams and the cross sums, exact from sparse
-//!   codes in `k_A * k_B` updates per sample; merges associatively, saves and loads (zstd).
+//!   codes in `k_A * k_B` updates per sample, dense or sparse within a memory budget and filled
+//!   on several threads ([`AccumulatorOptions`]); merges associatively, saves and loads (zstd).
 //! - [`DenseAccumulator`]: the same sums for dense codes, by blocked matmuls through libtorch.
 //! - [`SavedSums`]: accumulators saved in `state-N/` folders, for a later run to add to (the
 //!   pipeline's pair states, `compare --state`).
@@ -14,9 +15,14 @@
 mod align;
 mod coactivation;
 mod dense;
+mod fill;
+#[cfg(test)]
+mod fill_tests;
+mod layout;
 mod moments;
 mod saved_sums;
 mod serialize;
+mod sparse_rows;
 
 use std::path::PathBuf;
 
@@ -25,6 +31,7 @@ use crate::file_error::FileError;
 pub use align::{align, AlignReport, MissingSamples};
 pub use coactivation::CoactivationAccumulator;
 pub use dense::DenseAccumulator;
+pub use layout::{AccumulatorOptions, Layout, DEFAULT_MEMORY_MIB};
 pub use moments::Moments;
 pub use saved_sums::{SavedSums, SumsSide, SumsSides, STATE_FILE};
 

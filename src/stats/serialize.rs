@@ -8,7 +8,8 @@ use std::fs;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
-use super::coactivation::{Cross, PairMap};
+use super::coactivation::Cross;
+use super::sparse_rows::{RowMap, SparseRows};
 use super::{CoactivationAccumulator, Moments, StatsError};
 use crate::atomic::{self, AtomicFile};
 use crate::file_error::FileError;
@@ -69,10 +70,17 @@ impl CoactivationAccumulator {
         write_moments(out, &self.source)?;
         write_moments(out, &self.target)?;
         match &self.cross {
-            Cross::Sparse(map) => {
+            Cross::Sparse(rows) => {
                 out.write_all(&[0])?;
-                let mut pairs: Vec<(u64, f64)> = map.iter().map(|(&k, &v)| (k, v)).collect();
-                pairs.sort_unstable_by_key(|p| p.0);
+                let d_b = self.target.d() as u64;
+                // Row by row, each sorted by target feature: the pairs in key order.
+                let mut pairs: Vec<(u64, f64)> = Vec::with_capacity(rows.pairs());
+                for i in 0..self.source.d() {
+                    let start = pairs.len();
+                    let first = i as u64 * d_b;
+                    pairs.extend(rows.row(i).iter().map(|(&j, &s)| (first + j as u64, s)));
+                    pairs[start..].sort_unstable_by_key(|p| p.0);
+                }
                 out.write_all(&(pairs.len() as u64).to_le_bytes())?;
                 // Keys as deltas: small numbers that zstd packs far better than raw keys.
                 let mut previous = 0u64;
@@ -137,11 +145,19 @@ fn read_from(input: &mut impl Read) -> std::io::Result<CoactivationAccumulator> 
                     .ok_or_else(|| invalid("a pair key is out of range".into()))?;
                 keys.push(key);
             }
-            let mut map = PairMap::with_capacity_and_hasher(n as usize, Default::default());
-            for key in keys {
-                map.insert(key, read_f64(input)?);
+            // Keys are sorted: each row's pairs are consecutive, and its table is sized once.
+            let mut rows: Vec<RowMap> = Vec::with_capacity(d_a as usize);
+            let mut at = 0;
+            for i in 0..d_a {
+                let end = at + keys[at..].partition_point(|&k| k / d_b == i);
+                let mut row = RowMap::with_capacity_and_hasher(end - at, Default::default());
+                for &key in &keys[at..end] {
+                    row.insert((key % d_b) as u32, read_f64(input)?);
+                }
+                rows.push(row);
+                at = end;
             }
-            Cross::Sparse(map)
+            Cross::Sparse(SparseRows::from_rows(rows))
         }
         1 => Cross::Dense(read_f64s(input, cells as usize)?),
         other => return Err(invalid(format!("unknown cross-sum layout {other}"))),
@@ -154,6 +170,7 @@ fn read_from(input: &mut impl Read) -> std::io::Result<CoactivationAccumulator> 
         source,
         target,
         cross,
+        options: Default::default(),
     })
 }
 
