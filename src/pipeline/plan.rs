@@ -327,8 +327,8 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         ReadOut::Code => fingerprint,
         ReadOut::Relu => crate::digest::fingerprint(&(fingerprint, read_out)),
     };
-    let batch_size = (spec.batch_size)
-        .unwrap_or_else(|| default_batch_size(device.0, manifest.modality));
+    let batch_size =
+        (spec.batch_size).unwrap_or_else(|| default_batch_size(device.0, manifest.modality));
     Ok(PlannedEncoder {
         name: name.to_string(),
         package,
