@@ -30,6 +30,8 @@ pub struct CodesReader {
     order: Option<Vec<usize>>,
     meta: CodesMeta,
     samples: Option<u64>,
+    /// Parquet rows of the file or folder: active latents, plus one per empty sample.
+    rows: u64,
     batch_samples: usize,
     inner: ParquetRecordBatchReader,
     current: Option<RecordBatch>,
@@ -68,12 +70,14 @@ impl CodesReader {
         // Each file's first sample id (a file of no sample sorts first), then its metadata,
         // which every file must share.
         let mut keyed = Vec::with_capacity(files.len());
+        let mut rows = 0;
         for file in files {
             let mut reader = Self::open_file(&file)?.with_batch_samples(1);
             let first = match reader.next() {
                 Some(batch) => batch?.sample_ids().first().copied(),
                 None => None,
             };
+            rows += reader.rows;
             keyed.push((first, file.clone(), reader.meta, reader.samples));
         }
         keyed.sort_by(|x, y| (x.0, &x.1).cmp(&(y.0, &y.1)));
@@ -94,6 +98,7 @@ impl CodesReader {
         let samples: Option<u64> = keyed.iter().map(|k| k.3).sum();
         let mut reader = Self::open_file(first)?;
         reader.samples = samples;
+        reader.rows = rows;
         reader.rest = keyed.into_iter().skip(1).map(|k| k.1).collect();
         Ok(reader)
     }
@@ -104,6 +109,7 @@ impl CodesReader {
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(FileError::not_parquet(path))?;
         let kv = builder.metadata().file_metadata().key_value_metadata();
         let (meta, samples) = read_meta(path, kv)?;
+        let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         let roots = check_schema(path, builder.schema())?;
         // Read in the order sample_id, feature, value, whatever the file's order.
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
@@ -122,6 +128,7 @@ impl CodesReader {
             order,
             meta,
             samples,
+            rows,
             batch_samples: 4096,
             inner,
             current: None,
@@ -154,6 +161,13 @@ impl CodesReader {
     /// The number of samples the writer recorded, if it did (files from other tools may not).
     pub fn samples(&self) -> Option<u64> {
         self.samples
+    }
+
+    /// The Parquet rows of the file (or of every file of the folder): its active latents plus
+    /// one row per sample without any, so a bound on the updates of its co-activation sums
+    /// where the writer did not record the sample count.
+    pub fn rows(&self) -> u64 {
+        self.rows
     }
 
     /// Puts the projected columns in the order sample_id, feature, value.

@@ -42,7 +42,7 @@ pub(crate) fn floor_values(
             .map(|a| {
                 target
                     .iter()
-                    .map(|b| PairAcc::new(a, b, Some(n as u64), options, share))
+                    .map(|b| PairAcc::new((a, b), (Some(n as u64), 0), options, share))
                     .collect()
             })
             .collect();

@@ -290,12 +290,10 @@ fn assemble(
     let samples = accumulators[0][0].samples();
     let features = feature_rows(&accumulators, source, target);
     warn_dropped(&report);
-    let started = std::time::Instant::now();
     let matches: Matches = accumulators
         .iter()
         .map(|row| row.iter().map(mppc).collect())
         .collect();
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), "MPPC");
     let values = keyed_values(&matches);
     let ceiling = ceiling(&values)?;
     let layer_name = |layers: &[CodesMeta], index: Option<usize>| {
@@ -470,12 +468,13 @@ pub(crate) fn accumulate(
         .collect::<Result<_, _>>()?;
     let metas: Vec<CodesMeta> = readers.iter().map(|r| r.meta().clone()).collect();
     let expected = readers[0].samples();
+    let sizes: Vec<_> = readers.iter().map(|r| (expected, r.rows())).collect();
     let l_a = sources.len();
     let share = options.accumulator.shared_by(l_a * targets.len());
     let mut accs: Vec<Vec<PairAcc>> = (0..l_a)
         .map(|a| {
             (l_a..metas.len())
-                .map(|b| PairAcc::new(&metas[a], &metas[b], expected, options, share))
+                .map(|b| PairAcc::new((&metas[a], &metas[b]), sizes[a], options, share))
                 .collect()
         })
         .collect();

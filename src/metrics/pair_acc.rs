@@ -14,12 +14,12 @@ pub(crate) enum PairAcc {
 }
 
 impl PairAcc {
-    /// An accumulator for `a x b`; `samples`, when known, lets a sparse one start dense when
-    /// it would become dense anyway and `accumulator`'s budget allows.
+    /// An accumulator for `a x b` over `samples` samples (when known) and `source_rows` rows
+    /// of `a`'s files: a sparse one starts dense when the updates ([`expected_updates`]) would
+    /// touch much of the dense array and `accumulator`'s budget allows.
     pub fn new(
-        a: &CodesMeta,
-        b: &CodesMeta,
-        samples: Option<u64>,
+        (a, b): (&CodesMeta, &CodesMeta),
+        (samples, source_rows): (Option<u64>, u64),
         options: &CompareOptions,
         accumulator: AccumulatorOptions,
     ) -> Self {
@@ -33,14 +33,10 @@ impl PairAcc {
             let sums = DenseAccumulator::new(d_a, d_b, options.device);
             PairAcc::Dense(Box::new(sums), accumulator)
         } else {
-            let updates = match (samples, a.k, b.k) {
-                (Some(n), Some(k_a), Some(k_b)) => n * k_a as u64 * k_b as u64,
-                _ => 0,
-            };
             PairAcc::Sparse(CoactivationAccumulator::with_options(
                 d_a,
                 d_b,
-                updates,
+                expected_updates(a, b, samples, source_rows),
                 accumulator,
             ))
         }
@@ -63,5 +59,44 @@ impl PairAcc {
                 Ok(sums)
             }
         }
+    }
+}
+
+/// About how many updates the sums of TopK codes `a` against `b` take: `N * k_A * k_B` when the
+/// sample count `samples` is known, else `source_rows * k_B` (each source latent meets at most
+/// `k_B` target latents; files from other tools need not record `N`); 0 for other codes.
+fn expected_updates(a: &CodesMeta, b: &CodesMeta, samples: Option<u64>, source_rows: u64) -> u64 {
+    match (a.k, b.k, samples) {
+        (Some(k_a), Some(k_b), Some(n)) => n * k_a as u64 * k_b as u64,
+        (Some(_), Some(k_b), None) => source_rows * k_b as u64,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::{CodesReader, CodesWriter};
+
+    #[test]
+    fn updates_come_from_the_sample_count_or_else_the_source_rows() {
+        let (a, b) = (
+            CodesMeta::topk("a", "l", 100, 4),
+            CodesMeta::topk("b", "l", 100, 8),
+        );
+        assert_eq!(expected_updates(&a, &b, Some(10), 999), 10 * 4 * 8);
+        assert_eq!(expected_updates(&a, &b, None, 40), 40 * 8);
+        let relu = CodesMeta::dense("a", "l", 100);
+        assert_eq!(expected_updates(&relu, &b, Some(10), 40), 0);
+
+        // The rows a reader counts: active latents, and one row per empty sample.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("codes.parquet");
+        let mut writer = CodesWriter::create(&path, a).unwrap();
+        writer.push(0, &[1, 2, 3], &[1.0, 2.0, 3.0]).unwrap();
+        writer.push(1, &[], &[]).unwrap();
+        writer.push(2, &[7], &[0.5]).unwrap();
+        writer.finish().unwrap();
+        assert_eq!(CodesReader::open(&path).unwrap().rows(), 5);
     }
 }
