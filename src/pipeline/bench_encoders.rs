@@ -5,15 +5,13 @@
 //! speed the encoding keeps.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use super::bench_fit::{batch_head, read_samples};
+use super::bench_fit::{batch_head, plan_and_encoders, read_samples};
 use super::encoding::WorkerModels;
 use super::plan::Plan;
-use super::study::Study;
 use crate::encoder::{Encoder, Modality};
 use crate::ids::EncoderId;
 
@@ -45,18 +43,7 @@ pub fn bench_encoders(
     only: &[String],
     batch_sizes: &[usize],
 ) -> anyhow::Result<Vec<EncoderFigure>> {
-    let plan = Arc::new(Plan::resolve(Study::read(study)?, study)?);
-    let chosen: Vec<EncoderId> = (plan.named_encoders())
-        .filter(|(_, e)| e.twin_of.is_none())
-        .filter(|(_, e)| only.is_empty() || only.contains(&e.name))
-        .map(|(id, _)| id)
-        .collect();
-    anyhow::ensure!(
-        !chosen.is_empty(),
-        "{}: no encoder named {only:?}; the study has {:?}",
-        study.display(),
-        plan.encoders.iter().map(|e| &e.name).collect::<Vec<_>>()
-    );
+    let (plan, chosen) = plan_and_encoders(study, only)?;
     let batch = read_samples(&plan, &chosen, samples)?;
     let mut figures = Vec::new();
     for e in chosen {

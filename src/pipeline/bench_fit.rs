@@ -58,18 +58,7 @@ pub fn bench_fit(
     only: &[String],
     sae_threads: usize,
 ) -> anyhow::Result<Vec<FitFigure>> {
-    let plan = Arc::new(Plan::resolve(Study::read(study)?, study)?);
-    let chosen: Vec<EncoderId> = (plan.named_encoders())
-        .filter(|(_, e)| e.twin_of.is_none())
-        .filter(|(_, e)| only.is_empty() || only.contains(&e.name))
-        .map(|(id, _)| id)
-        .collect();
-    anyhow::ensure!(
-        !chosen.is_empty(),
-        "{}: no encoder named {only:?}; the study has {:?}",
-        study.display(),
-        plan.encoders.iter().map(|e| &e.name).collect::<Vec<_>>()
-    );
+    let (plan, chosen) = plan_and_encoders(study, only)?;
     let batch = read_samples(&plan, &chosen, samples)?;
     let threads = StepThreads::start(sae_threads.max(1))?;
     let mut figures = Vec::new();
@@ -177,6 +166,27 @@ fn encode(
 ) -> anyhow::Result<()> {
     let tokens = plan.encoder(e).token_selection().copied();
     models.encode_slices(e, batch, tokens.as_ref(), sink)
+}
+
+/// The plan of `study` (its dataset built and packages exported where missing) and the
+/// encoders named in `only` (all but the ceiling's twins when empty).
+pub(super) fn plan_and_encoders(
+    study: &Path,
+    only: &[String],
+) -> anyhow::Result<(Arc<Plan>, Vec<EncoderId>)> {
+    let plan = Arc::new(Plan::resolve(Study::read(study)?, study)?);
+    let chosen: Vec<EncoderId> = (plan.named_encoders())
+        .filter(|(_, e)| e.twin_of.is_none())
+        .filter(|(_, e)| only.is_empty() || only.contains(&e.name))
+        .map(|(id, _)| id)
+        .collect();
+    anyhow::ensure!(
+        !chosen.is_empty(),
+        "{}: no encoder named {only:?}; the study has {:?}",
+        study.display(),
+        plan.encoders.iter().map(|e| &e.name).collect::<Vec<_>>()
+    );
+    Ok((plan, chosen))
 }
 
 /// The study's SAE with as many steps as one pass over `rows` gives.

@@ -386,3 +386,29 @@ fn bench_fit_gives_each_encoders_rates_and_the_same_saes_both_ways() {
         common::stderr(&missing)
     );
 }
+
+#[test]
+fn bench_encoders_gives_the_forward_alone_beside_the_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[3]);
+    let file = study(dir.path(), &dataset, "bench", &["bert", "dinov2"], 4);
+    let args = [
+        "bench",
+        "encoders",
+        file.to_str().unwrap(),
+        "--samples",
+        "40",
+    ];
+    let only = ["--batch-sizes", "4,8", "--encoders", "bert"];
+    let out = common::saeshare(&[&args[..], &only[..]].concat());
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let stdout = common::stdout(&out);
+    let line = (stdout.lines())
+        .find(|l| l.starts_with("bert"))
+        .unwrap_or_else(|| panic!("no line for bert:\n{stdout}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // Two forward rates, the encoding's rate, and its share of the best forward.
+    let rates: Vec<f64> = fields[1..4].iter().map(|f| f.parse().unwrap()).collect();
+    assert!(rates.iter().all(|r| r.is_finite() && *r > 0.0), "{line}");
+    assert!(line.contains("% (best b="), "{line}");
+}
