@@ -195,7 +195,7 @@ pub struct BenchStatsArgs {
     #[arg(long)]
     no_dense: bool,
     /// Runs of each side, alternating (sparse, dense, sparse, ...); medians are compared.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Seed of the synthetic codes.
     #[arg(long, default_value_t = 0)]
