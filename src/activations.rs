@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::atomic::{self, AtomicFile};
 use crate::encoder::TokenSelection;
 use crate::file_error::FileError;
+use crate::parquet_meta;
 
 /// Version of the activation file format, stored under [`VERSION_KEY`]. Version 2 added
 /// token-level files (the `token` column and the meta's `tokens`); pooled files are as in
@@ -165,8 +166,12 @@ impl ActivationWriter {
                 ),
             ]))
             .build();
-        let writer = ArrowWriter::try_new(file, schema(meta.tokens.is_some()), Some(properties))
-            .map_err(FileError::parquet(path))?;
+        let writer = ArrowWriter::try_new_with_options(
+            file,
+            schema(meta.tokens.is_some()),
+            parquet_meta::writer_options(properties),
+        )
+        .map_err(FileError::parquet(path))?;
         Ok(ActivationWriter {
             path: path.to_path_buf(),
             writer,
@@ -280,6 +285,19 @@ impl ActivationWriter {
     /// Writes what is pending and renames the file into place.
     pub fn finish(mut self) -> Result<PathBuf> {
         self.flush()?;
+        let keys = [
+            KeyValue::new(VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
+            KeyValue::new(
+                META_KEY.to_string(),
+                serde_json::to_string(&self.meta).expect("serialisable"),
+            ),
+        ];
+        parquet_meta::finish_metadata(
+            &mut self.writer,
+            &schema(self.meta.tokens.is_some()),
+            &keys,
+            &[],
+        );
         let file = self
             .writer
             .into_inner()

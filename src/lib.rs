@@ -19,6 +19,7 @@
 //! - [`stats`]: per-feature moments and exact co-activation sums between code streams.
 //! - [`metrics`]: MPPC, wMPPC, Comparative Sharedness and their null baselines.
 //! - [`names`]: the one rule for names that become paths in a run folder.
+//! - [`parquet_meta`]: saeshare's keys in a Parquet file, where pyarrow and pandas find them too.
 //! - [`run_record`]: `study.json`, what a run folder holds, for the report and other tools.
 //! - [`run_layout`]: where everything lives in a run folder, spelled once.
 //! - [`report`]: the static HTML report of a run folder: heatmaps, rankings, feature pages.
@@ -36,6 +37,7 @@ pub mod file_error;
 pub mod ids;
 pub mod metrics;
 pub mod names;
+pub mod parquet_meta;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

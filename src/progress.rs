@@ -135,6 +135,10 @@ fn log_bars() {
                 None => tracing::info!("{what}: started"),
             }
             entry.started = Some((Instant::now(), done));
+            if !bar.is_finished() && bar.length().is_none_or(|len| done < len) {
+                // Its rate is known from the next line on.
+                return true;
+            }
         }
         let (since, at_start) = entry.started.expect("set above");
         let seconds = since.elapsed().as_secs_f64();

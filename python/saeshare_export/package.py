@@ -25,21 +25,22 @@ class Outputs(torch.nn.Module):
 class ChannelsLast(torch.nn.Module):
     """A CNN whose weights and input are laid out channels-last (NHWC): oneDNN's convolutions run
     2-4x faster that way on CPU, and cuDNN's tensor-core kernels want it on GPU. The feature maps
-    go back to the usual layout, so what leaves the package does not change."""
+    keep their NCHW shape and leave in channels-last strides: a copy back to NCHW would cost 5% of
+    the forward, and the rows of an SAE fitted on positions (`[n, h*w, c]`) are a view of them."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model.to(memory_format=torch.channels_last)
 
     def forward(self, x):
-        outputs = self.model(x.contiguous(memory_format=torch.channels_last))
-        return tuple(o.contiguous() for o in outputs)
+        return tuple(self.model(x.contiguous(memory_format=torch.channels_last)))
 
 
 def write_package(out, module, example_inputs, manifest, tokenizer_json=None):
     """Traces ``module`` on ``example_inputs``, checks the trace on the same inputs, and writes
-    the package to ``out`` (replacing nothing: ``out`` must not exist). CNNs are traced
-    channels-last (``ChannelsLast``), checked against the module as it was given."""
+    the package to ``out`` (replacing nothing: ``out`` must not exist). The trace is frozen for
+    inference. CNNs are traced channels-last (``ChannelsLast``), checked against the module as it
+    was given."""
     if os.path.exists(out):
         raise SystemExit(f"{out}: already exists; remove it or choose another --out")
     module = module.eval()
@@ -52,16 +53,20 @@ def write_package(out, module, example_inputs, manifest, tokenizer_json=None):
         expected = module(*example_inputs)
         traced = torch.jit.trace(module, example_inputs, check_trace=False, strict=False)
         got = traced(*example_inputs)
-    for layer, (a, b) in enumerate(zip(expected, got)):
-        diff = (a - b).abs().max().item()
-        if diff > 1e-5:
-            raise SystemExit(f"tracing changed layer {layer} by {diff}; this model cannot be exported by tracing")
-    if manifest["outputs"] == "feature_maps":
-        for layer, (a, b) in enumerate(zip(expected_nchw, got)):
-            scale = a.abs().max().item() + 1e-6
+        for layer, (a, b) in enumerate(zip(expected, got)):
             diff = (a - b).abs().max().item()
-            if diff > 1e-4 * scale:
-                raise SystemExit(f"channels-last changed layer {layer} by {diff} (of {scale}); export it without")
+            if diff > 1e-5:
+                raise SystemExit(f"tracing changed layer {layer} by {diff}; this model cannot be exported by tracing")
+        # Frozen: the weights become constants of the graph, and each batch norm is folded into
+        # the convolution before it (1.3-1.5x on the CNNs at batch 16 on 2 CPU cores).
+        traced = torch.jit.freeze(traced)
+        got = traced(*example_inputs)
+    reference = expected_nchw if manifest["outputs"] == "feature_maps" else expected
+    for layer, (a, b) in enumerate(zip(reference, got)):
+        scale = a.abs().max().item() + 1e-6
+        diff = (a - b).abs().max().item()
+        if diff > 1e-4 * scale:
+            raise SystemExit(f"channels-last layout or freezing changed layer {layer} by {diff} (of {scale}); this model cannot be exported")
     manifest = dict(manifest)
     manifest["format_version"] = PACKAGE_VERSION
     manifest["layers"] = [

@@ -52,6 +52,12 @@ pub enum SaeCommand {
         #[arg(long, value_enum, default_value = "topk")]
         read_out: ReadOut,
     },
+    /// Print what an SAE folder or file holds: format (saeshare, SAELens, sparsify, saev),
+    /// architecture, d_in, d_sae, k, what it was trained on, its input normalisation and tensors.
+    Inspect {
+        /// The SAE's folder (or a saev checkpoint file).
+        path: PathBuf,
+    },
 }
 
 /// The flags both subcommands share: one layer of an activation file, where the result goes,
@@ -198,6 +204,10 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
                 summary.active as f64 / summary.samples.max(1) as f64,
                 summary.path.display()
             );
+            Ok(())
+        }
+        SaeCommand::Inspect { path } => {
+            print!("{}", crate::sae::formats::describe(&path)?);
             Ok(())
         }
     }

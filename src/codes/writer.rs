@@ -17,6 +17,7 @@ use parquet::file::properties::WriterProperties;
 use super::{keys, CodesError, CodesMeta, Result, COLUMNS, FORMAT_VERSION};
 use crate::atomic::{self, AtomicFile};
 use crate::file_error::FileError;
+use crate::parquet_meta;
 
 /// Rows per Parquet row group: bounds what the writer and a reader hold at once (~1 MiB).
 const ROW_GROUP_ROWS: usize = 64 * 1024;
@@ -56,6 +57,8 @@ pub struct CodesWriter {
     path: PathBuf,
     meta: CodesMeta,
     writer: ArrowWriter<AtomicFile>,
+    /// The footer's keys given at creation, repeated in the schema at the end.
+    metadata: Vec<KeyValue>,
     last_id: Option<u64>,
     ids: UInt64Builder,
     features: UInt32Builder,
@@ -95,14 +98,19 @@ impl CodesWriter {
                 ZstdLevel::try_new(3).expect("valid level"),
             ))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_key_value_metadata(Some(metadata))
+            .set_key_value_metadata(Some(metadata.clone()))
             .build();
-        let writer = ArrowWriter::try_new(file, schema(), Some(properties))
-            .map_err(FileError::not_parquet(path))?;
+        let writer = ArrowWriter::try_new_with_options(
+            file,
+            schema(),
+            parquet_meta::writer_options(properties),
+        )
+        .map_err(FileError::not_parquet(path))?;
         Ok(CodesWriter {
             path: path.to_path_buf(),
             meta,
             writer,
+            metadata,
             last_id: None,
             ids: UInt64Builder::with_capacity(ROW_GROUP_ROWS),
             features: UInt32Builder::with_capacity(ROW_GROUP_ROWS),
@@ -190,10 +198,15 @@ impl CodesWriter {
     /// Writes what is buffered, records the sample count, and renames the file into place.
     pub fn finish(mut self) -> Result<CodesSummary> {
         self.flush()?;
-        self.writer.append_key_value_metadata(KeyValue::new(
-            keys::SAMPLES.to_string(),
-            self.samples.to_string(),
-        ));
+        parquet_meta::finish_metadata(
+            &mut self.writer,
+            &schema(),
+            &self.metadata,
+            &[KeyValue::new(
+                keys::SAMPLES.to_string(),
+                self.samples.to_string(),
+            )],
+        );
         let file = self
             .writer
             .into_inner()

@@ -73,7 +73,7 @@ pub(crate) fn floor_values(
             })
             .collect::<Result<_, _>>()?;
         runs.push(keyed_values(&matches).into_iter().map(|(_, v)| v).collect());
-        tracing::info!(run = run + 1, of = options.baselines, "floor baseline");
+        tracing::debug!(run = run + 1, of = options.baselines, "floor baseline");
     }
     let rows = runs.first().map_or(0, Vec::len);
     Ok((0..rows)

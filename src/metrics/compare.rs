@@ -506,7 +506,7 @@ pub(crate) fn accumulate(
     let report = report?;
     flush(&mut accs, &mut buffers)?;
     bar.finish_and_clear();
-    tracing::info!(
+    tracing::debug!(
         samples = report.samples,
         seconds = started.elapsed().as_secs_f64(),
         "{}",

@@ -222,7 +222,11 @@ fn run_workers(
     let todo = Arc::new(todo);
     let totals = Arc::new(Mutex::new(WorkerTotals::default()));
     let sink = totals.clone();
+    let torch_threads = workers.torch_threads();
+    tracing::debug!(torch_threads, "libtorch intra-op threads per worker");
     let guards = timely::execute(workers.timely_config()?, move |worker| {
+        // Per thread in OpenMP: each worker sets its own, and its step threads copy it.
+        tch::set_num_threads(torch_threads as i32);
         let mut stages = WorkerStages::new(worker, plan.clone(), todo.clone(), bars.clone());
         stages.fit(worker);
         stages.compare(worker);

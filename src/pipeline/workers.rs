@@ -87,6 +87,24 @@ impl WorkerArgs {
         super::fingerprint(&(study, addresses, self.processes))
     }
 
+    /// libtorch's intra-op threads for each worker: the machine's cores shared among the worker
+    /// threads of every process of this run on this machine, so that W workers do not each start
+    /// a pool of all the cores and fight over them. `OMP_NUM_THREADS`, when set, wins.
+    pub fn torch_threads(&self) -> usize {
+        if let Some(n) = std::env::var("OMP_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+        {
+            return n;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let here = self.addresses().map_or(1, |addresses| {
+            processes_on_host_of(&addresses, self.process)
+        });
+        torch_threads_per_worker(cores, self.workers * here)
+    }
+
     fn addresses(&self) -> anyhow::Result<Vec<String>> {
         let Some(hostfile) = &self.hostfile else {
             return Ok((0..self.processes)
@@ -109,5 +127,43 @@ impl WorkerArgs {
             self.processes
         );
         Ok(addresses[..self.processes].to_vec())
+    }
+}
+
+/// How many of the run's processes share the host of process `me` (by the host part of their
+/// `host:port` address).
+fn processes_on_host_of(addresses: &[String], me: usize) -> usize {
+    let host = |a: &String| a.rsplit_once(':').map_or(a.clone(), |(h, _)| h.to_string());
+    let Some(mine) = addresses.get(me).map(host) else {
+        return 1;
+    };
+    addresses.iter().filter(|a| host(a) == mine).count().max(1)
+}
+
+/// `cores` shared by `workers_here` worker threads, at least one each.
+fn torch_threads_per_worker(cores: usize, workers_here: usize) -> usize {
+    (cores / workers_here.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod torch_thread_tests {
+    use super::*;
+
+    #[test]
+    fn the_cores_are_shared_among_the_workers_of_one_machine() {
+        assert_eq!(torch_threads_per_worker(16, 1), 16);
+        assert_eq!(torch_threads_per_worker(16, 4), 4);
+        assert_eq!(torch_threads_per_worker(2, 4), 1);
+        assert_eq!(torch_threads_per_worker(16, 0), 16);
+        let local: Vec<String> = (0..3).map(|i| format!("localhost:{}", 2101 + i)).collect();
+        assert_eq!(processes_on_host_of(&local, 1), 3);
+        let spread = vec![
+            "10.0.0.1:2101".to_string(),
+            "10.0.0.2:2101".to_string(),
+            "10.0.0.2:2102".to_string(),
+        ];
+        assert_eq!(processes_on_host_of(&spread, 0), 1);
+        assert_eq!(processes_on_host_of(&spread, 2), 2);
+        assert_eq!(processes_on_host_of(&spread, 7), 1);
     }
 }

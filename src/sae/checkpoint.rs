@@ -4,7 +4,9 @@
 //! - `optimizer.safetensors`: Adam's moments `adam.m.<name>`, `adam.v.<name>` and the latents'
 //!   `tokens_since_fired` (int64), what a resumed run needs to continue exactly;
 //! - `sae.json`: [`CheckpointMeta`]: variant and hyperparameters, widths, source encoder and
-//!   layer, steps, tokens seen, and the training metrics recorded so far.
+//!   layer, steps, tokens seen, and the training metrics recorded so far;
+//! - `cfg.json` and `sae_weights.safetensors` (a link to `sae.safetensors`): the same SAE as
+//!   SAELens reads it ([`super::saelens`]).
 //!
 //! Each file is written to a temporary name and renamed; `sae.json` goes last and names the
 //! step, so a folder whose JSON says step N holds the tensors of step N.
@@ -16,13 +18,15 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::SaeConfig;
 use super::model::{Sae, B_DEC, B_ENC, W_DEC, W_ENC};
+use super::saelens;
 use super::trainer::{Mixing, SaeSource, SaeTrainer, TrainingMetrics};
 use super::variant::StateError;
 use crate::atomic::AtomicFile;
 
 pub const CHECKPOINT_VERSION: u32 = 1;
-/// The files [`SaeTrainer::save`] writes in a checkpoint folder, and nothing else.
-pub const CHECKPOINT_FILES: [&str; 3] = [META, WEIGHTS, OPTIMIZER];
+/// The files [`SaeTrainer::save`] writes in a checkpoint folder, and nothing else but the link
+/// [`saelens::SAELENS_WEIGHTS`] to the weights.
+pub const CHECKPOINT_FILES: [&str; 4] = [META, WEIGHTS, OPTIMIZER, saelens::SAELENS_CONFIG];
 const WEIGHTS: &str = "sae.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const META: &str = "sae.json";
@@ -122,6 +126,10 @@ impl SaeTrainer {
             metrics: self.history.clone(),
             mixing: self.mixing,
         };
+        saelens::write_view(dir, &meta, WEIGHTS).map_err(|source| CheckpointError::Io {
+            path: dir.join(saelens::SAELENS_CONFIG),
+            source,
+        })?;
         let json = serde_json::to_vec_pretty(&meta).expect("serialisable");
         write_atomically(&dir.join(META), |path| {
             std::fs::write(path, &json).map_err(|source| CheckpointError::Io {

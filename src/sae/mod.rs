@@ -11,6 +11,8 @@
 //!   its steps on the caller's thread or on [`StepThreads`] while the caller encodes on.
 //! - [`Sae::sample_codes`], [`codes_meta`]: an SAE's codes, for `sae encode` and the pipeline.
 //! - [`train_from_file`], [`encode_file`]: `saeshare sae train` and `sae encode`.
+//! - [`saelens`]: every checkpoint folder opens in SAELens too.
+//! - [`formats`]: which SAE format a path holds (saeshare, SAELens, sparsify, saev), described.
 
 mod adam;
 mod batch_topk;
@@ -18,9 +20,11 @@ mod buffer;
 mod checkpoint;
 mod code;
 mod config;
+pub mod formats;
 mod model;
 mod online;
 mod relu;
+pub mod saelens;
 mod schedule;
 mod step_threads;
 mod to_codes;

@@ -58,7 +58,7 @@ impl Sae {
             b_enc: Tensor::zeros([d_sae as i64], (Kind::Float, device)),
             w_dec,
             b_dec: Tensor::zeros([d_in as i64], (Kind::Float, device)),
-            variant: variant_for(config, device),
+            variant: variant_for(config, d_sae, device),
             dense_decoding: false,
         };
         for p in sae.parameters() {

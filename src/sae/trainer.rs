@@ -275,7 +275,7 @@ impl SaeTrainer {
             if grad.defined() {
                 let along =
                     (&grad * &self.sae.w_dec).sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
-                let _ = grad.g_sub_(&(along * &self.sae.w_dec));
+                let _ = grad.addcmul_(&along.neg(), &self.sae.w_dec);
             }
         });
     }
@@ -294,7 +294,11 @@ fn clip_gradients(params: &[&Tensor], max_norm: f64) {
             .collect();
         let total: f64 = grads
             .iter()
-            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .map(|g| {
+                g.norm_scalaropt_dtype(2, Kind::Double)
+                    .double_value(&[])
+                    .powi(2)
+            })
             .sum::<f64>()
             .sqrt();
         if total > max_norm {

@@ -37,13 +37,21 @@ pub enum StateError {
         variant: &'static str,
         tensor: &'static str,
     },
+    /// A tensor of the variant has a shape it cannot take.
+    #[error("the {variant} tensor `{tensor}` has shape {found:?}; expected {expected}")]
+    Shape {
+        variant: &'static str,
+        tensor: &'static str,
+        found: Vec<i64>,
+        expected: String,
+    },
 }
 
-/// The variant a configuration names.
-pub fn variant_for(config: &SaeConfig, device: tch::Device) -> Box<dyn Variant> {
+/// The variant a configuration names, for an SAE of `d_sae` latents.
+pub fn variant_for(config: &SaeConfig, d_sae: usize, device: tch::Device) -> Box<dyn Variant> {
     match config.kind {
         SaeKind::Topk => Box::new(topk::TopK::new(config.k)),
-        SaeKind::BatchTopk => Box::new(batch_topk::BatchTopK::new(config.k, device)),
+        SaeKind::BatchTopk => Box::new(batch_topk::BatchTopK::new(config.k, d_sae, device)),
         SaeKind::Relu => Box::new(relu::ReluL1::new(config.l1_coefficient)),
     }
 }

@@ -8,6 +8,8 @@ use proptest::prelude::*;
 use saeshare::codes::{CodeBatch, CodesMeta, CodesReader, CodesWriter, SparseCode};
 use saeshare::stats::{CoactivationAccumulator, DenseAccumulator};
 
+use crate::common;
+
 type Sample = (Vec<u32>, Vec<f32>);
 
 fn write_codes(path: &Path, meta: CodesMeta, samples: &[(u64, Sample)]) {
@@ -365,4 +367,75 @@ fn files_from_other_tools_read_with_wider_types_and_any_column_order() {
             (9, vec![1], vec![2.0])
         ]
     );
+}
+
+/// Other tools see a file's saeshare keys where they look: pyarrow's `read_table().schema
+/// .metadata` (and `read_metadata().metadata`), pandas' `DataFrame.attrs`; keys known only at
+/// the end (a codes file's sample count) included.
+#[test]
+fn pyarrow_and_pandas_see_the_saeshare_keys_of_codes_and_activation_files() {
+    use saeshare::activations::{ActivationWriter, ActivationsMeta, LayerWidth};
+    let dir = tempfile::tempdir().unwrap();
+    let codes = dir.path().join("codes.parquet");
+    let samples: Vec<(u64, Sample)> = (0..5u64)
+        .map(|s| (s, (vec![s as u32], vec![1.0 + s as f32])))
+        .collect();
+    write_codes(&codes, CodesMeta::topk("enc", "l3", 64, 1), &samples);
+    let activations = dir.path().join("activations.parquet");
+    let meta = ActivationsMeta {
+        encoder: "enc".into(),
+        pooling: "mean".into(),
+        layers: vec![LayerWidth {
+            name: "l3".into(),
+            width: 2,
+        }],
+    };
+    let mut writer = ActivationWriter::create(&activations, meta).unwrap();
+    writer.push(0, "l3", &[1.0, 2.0]).unwrap();
+    writer.finish().unwrap();
+
+    let script = r#"
+import json, sys
+import pandas as pd
+import pyarrow.parquet as pq
+for path in sys.argv[1:]:
+    table = pq.read_table(path)
+    schema = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    footer = {k.decode(): v.decode() for k, v in pq.read_metadata(path).metadata.items()}
+    attrs = pd.read_parquet(path).attrs
+    print(json.dumps({"rows": table.num_rows, "schema": schema, "footer": footer, "attrs": attrs}))
+"#;
+    let output = common::python()
+        .arg("-c")
+        .arg(script)
+        .arg(&codes)
+        .arg(&activations)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let lines: Vec<serde_json::Value> = common::stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let codes_seen = &lines[0];
+    assert_eq!(codes_seen["rows"], 5);
+    for place in ["schema", "footer", "attrs"] {
+        let keys = &codes_seen[place];
+        assert_eq!(keys["saeshare.codes.encoder"], "enc", "{place}: {keys}");
+        assert_eq!(keys["saeshare.codes.layer"], "l3", "{place}");
+        assert_eq!(keys["saeshare.codes.d_sae"], "64", "{place}");
+        assert_eq!(keys["saeshare.codes.k"], "1", "{place}");
+        assert_eq!(keys["saeshare.codes.samples"], "5", "{place}");
+    }
+    let activations_seen = &lines[1];
+    for place in ["schema", "footer", "attrs"] {
+        let keys = &activations_seen[place];
+        let meta: serde_json::Value =
+            serde_json::from_str(keys["saeshare.activations.meta"].as_str().unwrap()).unwrap();
+        assert_eq!(meta["encoder"], "enc", "{place}");
+        assert_eq!(meta["layers"][0]["width"], 2, "{place}");
+    }
+    // saeshare still reads both.
+    let reader = CodesReader::open(&codes).unwrap();
+    assert_eq!(reader.samples(), Some(5));
 }

@@ -23,6 +23,7 @@ mod progress_lines;
 mod report;
 mod run_folder_faults;
 mod sae_cli;
+mod sae_ecosystem;
 mod sae_training;
 mod stats_reference;
 mod study_files;

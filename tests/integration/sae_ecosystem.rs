@@ -1,0 +1,263 @@
+//! saeshare's SAEs in the tools researchers already use: every SAE folder opens with SAELens'
+//! `SAE.load_from_disk`, and SAELens' `encode` gives the codes `saeshare sae encode` writes.
+
+use std::path::Path;
+
+use crate::common;
+
+/// A small activation file written by pyarrow: 1,500 samples of width 16, layer `blocks.2`.
+const WRITE_ACTIVATIONS: &str = r#"
+import sys
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+rng = np.random.default_rng(11)
+n, d_in = 1500, 16
+x = rng.normal(size=(n, d_in)) + rng.normal(size=(1, d_in))
+table = pa.table({
+    "layer": pa.array(["blocks.2"] * n),
+    "sample_id": pa.array(np.arange(n), type=pa.uint64()),
+    "activation": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float32()), d_in),
+})
+pq.write_table(table, sys.argv[1])
+"#;
+
+/// Loads the SAE folder with SAELens, encodes the activations, and compares with the codes file.
+const COMPARE_WITH_SAELENS: &str = r#"
+import json, sys
+import numpy as np, pyarrow.compute as pc, pyarrow.parquet as pq, torch
+from sae_lens import SAE
+sae_dir, activations, codes = sys.argv[1:4]
+sae = SAE.load_from_disk(sae_dir)
+table = pq.read_table(activations)
+x = torch.tensor(np.stack(table.column("activation").to_pylist()), dtype=torch.float32)
+with torch.no_grad():
+    theirs = sae.encode(x).numpy()
+ours = np.zeros_like(theirs)
+c = pq.read_table(codes)
+c = c.filter(pc.is_valid(c["feature"]))  # a sample with no active latent is one null row
+ours[c.column("sample_id").to_numpy().astype(np.int64), c.column("feature").to_numpy().astype(np.int64)] = c.column("value").to_numpy()
+cfg = sae.cfg.to_dict()
+print(json.dumps({
+    "class": type(sae).__name__,
+    "architecture": cfg["architecture"],
+    "d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "k": cfg.get("k"),
+    "encoder": cfg["metadata"].get("saeshare_encoder"),
+    "layer": cfg["metadata"].get("saeshare_layer"),
+    "max_diff": float(np.abs(theirs - ours).max()),
+    "active_theirs": int((theirs != 0).sum()),
+    "active_ours": int((ours != 0).sum()),
+}))
+"#;
+
+fn train_and_encode(
+    dir: &Path,
+    activations: &Path,
+    kind: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let sae = dir.join(format!("sae-{kind}"));
+    let codes = dir.join(format!("codes-{kind}.parquet"));
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let trained = common::saeshare(&[
+        "sae",
+        "train",
+        "--activations",
+        &path(activations),
+        "--layer",
+        "blocks.2",
+        "--out",
+        &path(&sae),
+        "--kind",
+        kind,
+        "--k",
+        "4",
+        "--expansion",
+        "4",
+        "--steps",
+        "80",
+        "--batch-size",
+        "128",
+        "--warmup-steps",
+        "10",
+        "--buffer-rows",
+        "1024",
+        "--checkpoint-every",
+        "40",
+    ]);
+    assert!(trained.status.success(), "{}", common::stderr(&trained));
+    let encoded = common::saeshare(&[
+        "sae",
+        "encode",
+        "--sae",
+        &path(&sae),
+        "--activations",
+        &path(activations),
+        "--layer",
+        "blocks.2",
+        "--out",
+        &path(&codes),
+    ]);
+    assert!(encoded.status.success(), "{}", common::stderr(&encoded));
+    (sae, codes)
+}
+
+#[test]
+fn saelens_loads_every_kind_of_saeshare_sae_and_encodes_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let activations = dir.path().join("activations.parquet");
+    let status = common::python()
+        .args(["-c", WRITE_ACTIVATIONS])
+        .arg(&activations)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    for (kind, class, architecture) in [
+        ("topk", "TopKSAE", "topk"),
+        ("batch-topk", "JumpReLUSAE", "jumprelu"),
+        ("relu", "StandardSAE", "standard"),
+    ] {
+        let (sae, codes) = train_and_encode(dir.path(), &activations, kind);
+        // One weights file: SAELens' name is a link to saeshare's.
+        let link = sae.join("sae_weights.safetensors");
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("sae.safetensors"),
+            "{kind}"
+        );
+        let output = common::python()
+            .args(["-c", COMPARE_WITH_SAELENS])
+            .arg(&sae)
+            .arg(&activations)
+            .arg(&codes)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{kind}: {}",
+            common::stderr(&output)
+        );
+        let seen: serde_json::Value = serde_json::from_str(common::stdout(&output).trim()).unwrap();
+        assert_eq!(seen["class"], class, "{kind}: {seen}");
+        assert_eq!(seen["architecture"], architecture, "{kind}");
+        assert_eq!(seen["d_in"], 16, "{kind}");
+        assert_eq!(seen["d_sae"], 64, "{kind}");
+        assert_eq!(seen["encoder"], "activations", "{kind}: {seen}");
+        assert_eq!(seen["layer"], "blocks.2", "{kind}");
+        if kind == "topk" {
+            assert_eq!(seen["k"], 4);
+        }
+        assert!(
+            seen["max_diff"].as_f64().unwrap() < 1e-5,
+            "{kind}: SAELens' encode differs from saeshare's codes: {seen}"
+        );
+        assert_eq!(seen["active_theirs"], seen["active_ours"], "{kind}: {seen}");
+        assert!(seen["active_ours"].as_u64().unwrap() > 0, "{kind}");
+    }
+}
+
+/// Writes a sparsify folder and a saev checkpoint by their formats' specifications (sparsify's
+/// `Sae.save_to_disk`: `cfg.json` with `d_in` + `sae.safetensors`; saev's `nn.dump`: a JSON
+/// line, then `torch.save` of the state dict).
+const WRITE_OTHER_FORMATS: &str = r#"
+import io, json, os, sys
+import torch
+from safetensors.torch import save_file
+sparsify, saev = sys.argv[1:3]
+os.makedirs(sparsify)
+json.dump({"activation": "topk", "expansion_factor": 4, "normalize_decoder": True, "num_latents": 0,
+           "k": 8, "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": 12},
+          open(os.path.join(sparsify, "cfg.json"), "w"))
+save_file({"encoder.weight": torch.zeros(48, 12), "encoder.bias": torch.zeros(48),
+           "W_dec": torch.zeros(48, 12), "b_dec": torch.zeros(12)}, os.path.join(sparsify, "sae.safetensors"))
+with open(saev, "wb") as fd:
+    fd.write((json.dumps({"d_vit": 10, "exp_factor": 8, "sparsity_coeff": 4e-4, "seed": 0}) + "\n").encode())
+    torch.save({"W_enc": torch.zeros(10, 80), "b_enc": torch.zeros(80), "W_dec": torch.zeros(80, 10),
+                "b_dec": torch.zeros(10)}, fd)
+"#;
+
+#[test]
+fn sae_inspect_names_the_format_and_shape_of_each_kind_of_sae() {
+    let dir = tempfile::tempdir().unwrap();
+    let activations = dir.path().join("activations.parquet");
+    let status = common::python()
+        .args(["-c", WRITE_ACTIVATIONS])
+        .arg(&activations)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (sae, _) = train_and_encode(dir.path(), &activations, "topk");
+    let inspect = |path: &Path| {
+        let output = common::saeshare(&["sae", "inspect", path.to_str().unwrap()]);
+        (
+            output.status.success(),
+            common::stdout(&output),
+            common::stderr(&output),
+        )
+    };
+    let (ok, text, err) = inspect(&sae);
+    assert!(ok, "{err}");
+    for line in [
+        "format:        saeshare",
+        "architecture:  topk",
+        "d_in:          16",
+        "d_sae:         64",
+        "k:             4",
+        "source:        activations layer blocks.2",
+        "tensor W_enc: [16, 64]",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+
+    // The same SAE as SAELens alone sees it: cfg.json and its weights, no sae.json.
+    let saelens = dir.path().join("saelens-only");
+    std::fs::create_dir(&saelens).unwrap();
+    std::fs::copy(sae.join("cfg.json"), saelens.join("cfg.json")).unwrap();
+    std::fs::copy(
+        sae.join("sae.safetensors"),
+        saelens.join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    let (ok, text, err) = inspect(&saelens);
+    assert!(ok, "{err}");
+    assert!(text.contains("format:        saelens"), "{text}");
+    assert!(text.contains("architecture:  topk"), "{text}");
+    assert!(
+        text.contains("source:        activations layer blocks.2"),
+        "{text}"
+    );
+
+    let sparsify = dir.path().join("layers.6");
+    let saev = dir.path().join("saev.pt");
+    let status = common::python()
+        .args(["-c", WRITE_OTHER_FORMATS])
+        .arg(&sparsify)
+        .arg(&saev)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (ok, text, err) = inspect(&sparsify);
+    assert!(ok, "{err}");
+    for line in [
+        "format:        sparsify",
+        "d_in:          12",
+        "d_sae:         48",
+        "k:             8",
+        "source:        layers.6",
+        "tensor encoder.weight: [48, 12]",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let (ok, text, err) = inspect(&saev);
+    assert!(ok, "{err}");
+    assert!(text.contains("format:        saev"), "{text}");
+    assert!(text.contains("d_sae:         80"), "{text}");
+
+    // A folder of something else says what was expected.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (ok, _, err) = inspect(&empty);
+    assert!(!ok);
+    assert!(
+        err.contains("empty") && err.contains("sae.json") && err.contains("cfg.json"),
+        "{err}"
+    );
+}
