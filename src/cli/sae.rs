@@ -40,7 +40,8 @@ pub enum SaeCommand {
     /// sample_id, feature, value, one row per active latent.
     #[command(mut_arg("out", |a| a.help("The codes file to write; it must not exist")))]
     Encode {
-        /// The SAE's folder (as `sae train --out` wrote it).
+        /// The SAE's folder: saeshare's (as `sae train --out` wrote it), SAELens' or
+        /// sparsify's (the format is detected; `sae inspect` shows it).
         #[arg(long)]
         sae: PathBuf,
         #[command(flatten)]

@@ -39,7 +39,7 @@ pub use checkpoint::{
 };
 pub use code::Code;
 pub use config::{DecoderBiasInit, SaeConfig, SaeConfigError, SaeKind};
-pub use model::Sae;
+pub use model::{InputNorm, Sae};
 pub use online::{FitError, LayerFit};
 pub use schedule::{BatchSchedule, FILE_CHUNK_ROWS};
 pub use step_threads::{StepThreads, QUEUED_BATCHES_PER_THREAD};

@@ -29,9 +29,43 @@ pub struct Sae {
     pub w_dec: Tensor,
     pub b_dec: Tensor,
     pub(crate) variant: Box<dyn Variant>,
+    /// How an input row is scaled before the encoder: none for saeshare's SAEs; an SAE trained
+    /// elsewhere on normalised activations (SAELens' `normalize_activations`) says which.
+    pub input_norm: InputNorm,
     /// Decode sparse codes through the dense product instead, for the benchmark that measures
     /// what the gather saves.
     dense_decoding: bool,
+}
+
+/// A per-row scaling of the SAE's input, as SAELens applies it at run time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InputNorm {
+    #[default]
+    None,
+    /// `x * sqrt(d_in) / |x|` (SAELens' `constant_norm_rescale`).
+    ConstantNormRescale,
+    /// `(x - mean(x)) / (std(x) + 1e-5)` per row, the unbiased standard deviation (SAELens'
+    /// `layer_norm`).
+    LayerNorm,
+}
+
+impl InputNorm {
+    fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            InputNorm::None => x.shallow_clone(),
+            InputNorm::ConstantNormRescale => {
+                let d_in = x.size()[1] as f64;
+                let norm = x.norm_scalaropt_dim(2, [1i64].as_slice(), true);
+                x * d_in.sqrt() / norm
+            }
+            InputNorm::LayerNorm => {
+                let mean = x.mean_dim([1i64].as_slice(), true, Kind::Float);
+                let centred = x - mean;
+                let std = centred.std_dim([1i64].as_slice(), true, true);
+                centred / (std + 1e-5)
+            }
+        }
+    }
 }
 
 impl Sae {
@@ -59,12 +93,56 @@ impl Sae {
             w_dec,
             b_dec: Tensor::zeros([d_in as i64], (Kind::Float, device)),
             variant: variant_for(config, d_sae, device),
+            input_norm: InputNorm::None,
             dense_decoding: false,
         };
         for p in sae.parameters() {
             let _ = p.set_requires_grad(true);
         }
         sae
+    }
+
+    /// An SAE for inference from weights made elsewhere (`W_enc` d_in x d_sae, `b_enc`, `W_dec`
+    /// d_sae x d_in, `b_dec`, and the variant's own state such as a per-latent `threshold`),
+    /// float32 on `device`. `config` gives the variant (`kind`, `k`); `d_sae` need not be a
+    /// multiple of `d_in`.
+    pub fn from_weights(
+        config: &SaeConfig,
+        weights: [Tensor; 4],
+        state: &[(String, Tensor)],
+        device: Device,
+    ) -> Result<Sae, String> {
+        let [w_enc, b_enc, w_dec, b_dec] =
+            weights.map(|t| t.to_device(device).to_kind(Kind::Float).detach());
+        let (d_in, d_sae) = w_enc
+            .size2()
+            .map_err(|_| format!("W_enc has shape {:?}, not d_in x d_sae", w_enc.size()))?;
+        for (name, tensor, shape) in [
+            ("b_enc", &b_enc, vec![d_sae]),
+            ("W_dec", &w_dec, vec![d_sae, d_in]),
+            ("b_dec", &b_dec, vec![d_in]),
+        ] {
+            if tensor.size() != shape {
+                return Err(format!(
+                    "{name} has shape {:?}; with W_enc of {d_in} x {d_sae} it must be {shape:?}",
+                    tensor.size()
+                ));
+            }
+        }
+        let mut variant = variant_for(config, d_sae as usize, device);
+        variant.load_state(state).map_err(|e| e.to_string())?;
+        Ok(Sae {
+            config: config.clone(),
+            d_in,
+            d_sae,
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+            variant,
+            input_norm: InputNorm::None,
+            dense_decoding: false,
+        })
     }
 
     /// The four trainable tensors, in a fixed order: W_enc, b_enc, W_dec, b_dec.
@@ -76,8 +154,10 @@ impl Sae {
         self.w_dec.device()
     }
 
-    /// `ReLU((x - b_dec) W_enc + b_enc)`, `rows x d_sae`.
+    /// `ReLU((x - b_dec) W_enc + b_enc)`, `rows x d_sae` (`x` normalised first where the SAE
+    /// expects it).
     pub fn pre_activations(&self, x: &Tensor) -> Tensor {
+        let x = self.input_norm.apply(x);
         (x - &self.b_dec).mm(&self.w_enc).g_add(&self.b_enc).relu()
     }
 

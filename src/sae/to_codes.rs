@@ -10,8 +10,10 @@ use tch::{Device, Tensor};
 
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint;
 use super::code::Code;
 use super::config::{SaeConfig, SaeKind};
+use super::formats::{self, LoadedSae, SaeFormat};
 use super::model::Sae;
 use crate::activations::{read_meta, LayerReader};
 use crate::codes::{CodesMeta, CodesSummary, CodesWriter};
@@ -85,38 +87,51 @@ pub fn encode_file(
     batch_rows: usize,
     read_out: ReadOut,
 ) -> anyhow::Result<CodesSummary> {
+    let file_meta = read_meta(activations)?;
     anyhow::ensure!(
-        read_meta(activations)?.tokens.is_none(),
+        file_meta.tokens.is_none(),
         "{}: a token-level activation file (one row per token, from `saeshare encode --tokens`); \
          `sae encode` writes one code per sample, so it needs pooled activations: encode the \
          dataset again without --tokens",
         activations.display()
     );
-    let (sae, meta) = Sae::load(sae_dir, device)?;
+    let LoadedSae { sae, description } = formats::load(sae_dir, device)?;
     let reader = LayerReader::open(activations, layer, batch_rows)?;
     anyhow::ensure!(
-        reader.width() == meta.d_in,
-        "{}: layer {layer} has width {}, but the SAE in {} was trained on width {}",
+        reader.width() == description.d_in,
+        "{}: layer {layer} has width {}, but the SAE in {} ({}) takes inputs of width {}",
         activations.display(),
         reader.width(),
         sae_dir.display(),
-        meta.d_in
+        description.format,
+        description.d_in
     );
-    if meta.source.layer != layer {
-        tracing::warn!(
-            "the SAE in {} was trained on layer {}, and encodes layer {layer} here",
-            sae_dir.display(),
-            meta.source.layer
-        );
-    }
-    let codes_meta = codes_meta(
-        &meta.config,
-        &meta.source.encoder,
-        layer,
-        meta.d_sae,
-        read_out,
-    )
-    .with_sae(format!("{} (seed {})", sae_dir.display(), meta.config.seed));
+    // saeshare's SAEs name the encoder and layer they were fitted on; an SAE from another tool
+    // encodes the activations of the file's encoder.
+    let (encoder, label) = match description.format {
+        SaeFormat::Saeshare => {
+            let meta = checkpoint::read_meta(sae_dir)?;
+            if meta.source.layer != layer {
+                tracing::warn!(
+                    "the SAE in {} was trained on layer {}, and encodes layer {layer} here",
+                    sae_dir.display(),
+                    meta.source.layer
+                );
+            }
+            let label = format!("{} (seed {})", sae_dir.display(), meta.config.seed);
+            (meta.source.encoder, label)
+        }
+        format => (
+            file_meta.encoder.clone(),
+            format!(
+                "{} ({format} {})",
+                sae_dir.display(),
+                description.architecture
+            ),
+        ),
+    };
+    let codes_meta =
+        codes_meta(&sae.config, &encoder, layer, description.d_sae, read_out).with_sae(label);
     let mut writer = CodesWriter::create(out, codes_meta)?;
 
     let bar = crate::progress::bar(None, "encoding", "samples");

@@ -261,3 +261,190 @@ fn sae_inspect_names_the_format_and_shape_of_each_kind_of_sae() {
         "{err}"
     );
 }
+
+/// SAEs made by SAELens itself (random weights, `save_model`) and a sparsify folder written by
+/// its specification, in four shapes saeshare must read: TopK with d_sae not a multiple of
+/// d_in, JumpReLU with per-latent thresholds and no `b_dec` on the input, standard with
+/// `layer_norm` inputs, sparsify TopK. Then the reference codes, by each tool's own encode
+/// (sparsify's formula: `topk(relu((x - b_dec) @ encoder.weight.T + encoder.bias))`).
+const MAKE_FOREIGN_SAES: &str = r#"
+import json, os, sys
+import numpy as np, pyarrow.parquet as pq, torch
+from safetensors.torch import save_file
+from sae_lens import TopKSAE, TopKSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
+out, activations = sys.argv[1:3]
+torch.manual_seed(3)
+x = torch.tensor(np.stack(pq.read_table(activations).column("activation").to_pylist()), dtype=torch.float32)
+d_in = x.shape[1]
+def randomise(sae):
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if name != "threshold" else 0.0))
+    return sae
+saes = {
+    "saelens-topk": randomise(TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=40, k=5))),
+    "saelens-jumprelu": randomise(JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=48, apply_b_dec_to_input=False))),
+    "saelens-standard": randomise(StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=32, normalize_activations="layer_norm"))),
+}
+with torch.no_grad():
+    saes["saelens-jumprelu"].threshold.copy_(torch.rand(48) * 0.8)
+references = {}
+for name, sae in saes.items():
+    sae.save_model(os.path.join(out, name))
+    with torch.no_grad():
+        references[name] = sae.encode(x).numpy().tolist()
+# sparsify, by its specification.
+sp = os.path.join(out, "sparsify-topk")
+os.makedirs(sp)
+json.dump({"activation": "topk", "expansion_factor": 2, "normalize_decoder": True, "num_latents": 0, "k": 6,
+           "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": d_in},
+          open(os.path.join(sp, "cfg.json"), "w"))
+w, b, w_dec, b_dec = torch.randn(2 * d_in, d_in) * 0.3, torch.randn(2 * d_in) * 0.3, torch.randn(2 * d_in, d_in), torch.randn(d_in) * 0.3
+save_file({"encoder.weight": w, "encoder.bias": b, "W_dec": w_dec, "b_dec": b_dec}, os.path.join(sp, "sae.safetensors"))
+pre = torch.relu((x - b_dec) @ w.T + b)
+values, indices = pre.topk(6, dim=-1)
+dense = torch.zeros_like(pre).scatter_(-1, indices, values)
+references["sparsify-topk"] = dense.numpy().tolist()
+json.dump(references, open(os.path.join(out, "references.json"), "w"))
+"#;
+
+const CODES_AS_DENSE: &str = r#"
+import json, sys
+import numpy as np, pyarrow.compute as pc, pyarrow.parquet as pq
+codes, n, d_sae = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = pq.read_table(codes)
+meta = {k.decode(): v.decode() for k, v in pq.read_metadata(codes).metadata.items()}
+c = c.filter(pc.is_valid(c["feature"]))
+dense = np.zeros((n, d_sae), dtype=np.float32)
+dense[c.column("sample_id").to_numpy().astype(np.int64), c.column("feature").to_numpy().astype(np.int64)] = c.column("value").to_numpy()
+print(json.dumps({"dense": dense.tolist(), "meta": meta}))
+"#;
+
+#[test]
+fn sae_encode_reads_saelens_and_sparsify_saes_and_encodes_as_they_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let activations = dir.path().join("activations.parquet");
+    let status = common::python()
+        .args(["-c", WRITE_ACTIVATIONS])
+        .arg(&activations)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let made = common::python()
+        .args(["-c", MAKE_FOREIGN_SAES])
+        .arg(dir.path())
+        .arg(&activations)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", common::stderr(&made));
+    let references: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("references.json")).unwrap())
+            .unwrap();
+
+    for (name, d_sae, architecture) in [
+        ("saelens-topk", 40, "topk"),
+        ("saelens-jumprelu", 48, "jumprelu"),
+        ("saelens-standard", 32, "standard"),
+        ("sparsify-topk", 32, "topk"),
+    ] {
+        let sae = dir.path().join(name);
+        let codes = dir.path().join(format!("{name}.parquet"));
+        let encoded = common::saeshare(&[
+            "sae",
+            "encode",
+            "--sae",
+            sae.to_str().unwrap(),
+            "--activations",
+            activations.to_str().unwrap(),
+            "--layer",
+            "blocks.2",
+            "--out",
+            codes.to_str().unwrap(),
+        ]);
+        assert!(
+            encoded.status.success(),
+            "{name}: {}",
+            common::stderr(&encoded)
+        );
+        let read = common::python()
+            .args(["-c", CODES_AS_DENSE])
+            .arg(&codes)
+            .arg("1500")
+            .arg(d_sae.to_string())
+            .output()
+            .unwrap();
+        assert!(read.status.success(), "{}", common::stderr(&read));
+        let ours: serde_json::Value = serde_json::from_str(common::stdout(&read).trim()).unwrap();
+        let theirs = references[name].as_array().unwrap();
+        let mut worst = 0f64;
+        let mut active = 0usize;
+        for (row_ours, row_theirs) in ours["dense"].as_array().unwrap().iter().zip(theirs) {
+            for (a, b) in row_ours
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(row_theirs.as_array().unwrap())
+            {
+                let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+                worst = worst.max((a - b).abs());
+                active += usize::from(b != 0.0);
+            }
+        }
+        assert!(
+            active > 1500,
+            "{name}: the reference codes are nearly empty ({active})"
+        );
+        assert!(
+            worst < 1e-5,
+            "{name}: codes differ from the tool's own encode by {worst}"
+        );
+        let meta = &ours["meta"];
+        assert_eq!(meta["saeshare.codes.encoder"], "activations", "{name}");
+        assert!(
+            meta["saeshare.codes.sae"]
+                .as_str()
+                .unwrap()
+                .contains(architecture),
+            "{name}: {meta}"
+        );
+    }
+
+    // A width mismatch names both widths; an unsupported normalisation says what to do.
+    let narrow = dir.path().join("narrow");
+    let wrong = common::python()
+        .args([
+            "-c",
+            "import sys; from sae_lens import StandardSAE, StandardSAEConfig; \
+             StandardSAE(StandardSAEConfig(d_in=12, d_sae=24)).save_model(sys.argv[1]); \
+             StandardSAE(StandardSAEConfig(d_in=16, d_sae=24, normalize_activations='expected_average_only_in')).save_model(sys.argv[2])",
+        ])
+        .arg(&narrow)
+        .arg(dir.path().join("scaled"))
+        .output()
+        .unwrap();
+    assert!(wrong.status.success(), "{}", common::stderr(&wrong));
+    for (sae, expected) in [
+        ("narrow", vec!["width 16", "width 12", "saelens"]),
+        ("scaled", vec!["expected_average_only_in", "fold"]),
+    ] {
+        let out = dir.path().join(format!("{sae}.parquet"));
+        let failed = common::saeshare(&[
+            "sae",
+            "encode",
+            "--sae",
+            dir.path().join(sae).to_str().unwrap(),
+            "--activations",
+            activations.to_str().unwrap(),
+            "--layer",
+            "blocks.2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!failed.status.success(), "{sae}");
+        let err = common::stderr(&failed);
+        for word in expected {
+            assert!(err.contains(word), "{sae}: {word:?} missing from {err}");
+        }
+        assert!(!out.exists(), "{sae}: no codes file on an error");
+    }
+}
