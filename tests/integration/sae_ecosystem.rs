@@ -262,15 +262,13 @@ fn sae_inspect_names_the_format_and_shape_of_each_kind_of_sae() {
     );
 }
 
-/// SAEs made by SAELens itself (random weights, `save_model`) and a sparsify folder written by
-/// its specification, in four shapes saeshare must read: TopK with d_sae not a multiple of
-/// d_in, JumpReLU with per-latent thresholds and no `b_dec` on the input, standard with
-/// `layer_norm` inputs, sparsify TopK. Then the reference codes, by each tool's own encode
-/// (sparsify's formula: `topk(relu((x - b_dec) @ encoder.weight.T + encoder.bias))`).
+/// SAEs made by SAELens and sparsify themselves (random weights, `save_model`,
+/// `save_to_disk`), in four shapes saeshare must read: TopK with d_sae not a multiple of d_in,
+/// JumpReLU with per-latent thresholds and no `b_dec` on the input, standard with `layer_norm`
+/// inputs, sparsify TopK. Then the reference codes, by each tool's own encode.
 const MAKE_FOREIGN_SAES: &str = r#"
 import json, os, sys
 import numpy as np, pyarrow.parquet as pq, torch
-from safetensors.torch import save_file
 from sae_lens import TopKSAE, TopKSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
 out, activations = sys.argv[1:3]
 torch.manual_seed(3)
@@ -293,17 +291,16 @@ for name, sae in saes.items():
     sae.save_model(os.path.join(out, name))
     with torch.no_grad():
         references[name] = sae.encode(x).numpy().tolist()
-# sparsify, by its specification.
-sp = os.path.join(out, "sparsify-topk")
-os.makedirs(sp)
-json.dump({"activation": "topk", "expansion_factor": 2, "normalize_decoder": True, "num_latents": 0, "k": 6,
-           "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": d_in},
-          open(os.path.join(sp, "cfg.json"), "w"))
-w, b, w_dec, b_dec = torch.randn(2 * d_in, d_in) * 0.3, torch.randn(2 * d_in) * 0.3, torch.randn(2 * d_in, d_in), torch.randn(d_in) * 0.3
-save_file({"encoder.weight": w, "encoder.bias": b, "W_dec": w_dec, "b_dec": b_dec}, os.path.join(sp, "sae.safetensors"))
-pre = torch.relu((x - b_dec) @ w.T + b)
-values, indices = pre.topk(6, dim=-1)
-dense = torch.zeros_like(pre).scatter_(-1, indices, values)
+# sparsify, by its own library: SparseCoder.save_to_disk, and its encode (top-k values and indices).
+from sparsify import SparseCoder, SparseCoderConfig
+coder = SparseCoder(d_in, SparseCoderConfig(expansion_factor=2, k=6))
+with torch.no_grad():
+    for p in coder.parameters():
+        p.copy_(torch.randn_like(p) * 0.3)
+coder.save_to_disk(os.path.join(out, "sparsify-topk"))
+with torch.no_grad():
+    encoded = coder.encode(x)
+    dense = torch.zeros(x.shape[0], coder.num_latents).scatter_(-1, encoded.top_indices, encoded.top_acts)
 references["sparsify-topk"] = dense.numpy().tolist()
 json.dump(references, open(os.path.join(out, "references.json"), "w"))
 "#;
