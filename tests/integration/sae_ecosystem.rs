@@ -1,7 +1,7 @@
 //! saeshare's SAEs in the tools researchers already use: every SAE folder opens with SAELens'
 //! `SAE.load_from_disk`, and SAELens' `encode` gives the codes `saeshare sae encode` writes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::common;
 
@@ -48,11 +48,35 @@ print(json.dumps({
 }))
 "#;
 
-fn train_and_encode(
-    dir: &Path,
-    activations: &Path,
-    kind: &str,
-) -> (std::path::PathBuf, std::path::PathBuf) {
+/// The activation file of [`WRITE_ACTIVATIONS`], in `dir`.
+fn write_activations(dir: &Path) -> PathBuf {
+    let activations = dir.join("activations.parquet");
+    let status = common::python()
+        .args(["-c", WRITE_ACTIVATIONS])
+        .arg(&activations)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    activations
+}
+
+/// `saeshare sae encode` of layer `blocks.2` of `activations` with the SAE at `sae`.
+fn sae_encode(sae: &Path, activations: &Path, out: &Path) -> std::process::Output {
+    common::saeshare(&[
+        "sae",
+        "encode",
+        "--sae",
+        sae.to_str().unwrap(),
+        "--activations",
+        activations.to_str().unwrap(),
+        "--layer",
+        "blocks.2",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+fn train_and_encode(dir: &Path, activations: &Path, kind: &str) -> (PathBuf, PathBuf) {
     let sae = dir.join(format!("sae-{kind}"));
     let codes = dir.join(format!("codes-{kind}.parquet"));
     let path = |p: &Path| p.to_str().unwrap().to_string();
@@ -83,18 +107,7 @@ fn train_and_encode(
         "40",
     ]);
     assert!(trained.status.success(), "{}", common::stderr(&trained));
-    let encoded = common::saeshare(&[
-        "sae",
-        "encode",
-        "--sae",
-        &path(&sae),
-        "--activations",
-        &path(activations),
-        "--layer",
-        "blocks.2",
-        "--out",
-        &path(&codes),
-    ]);
+    let encoded = sae_encode(&sae, activations, &codes);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
     (sae, codes)
 }
@@ -102,13 +115,7 @@ fn train_and_encode(
 #[test]
 fn saelens_loads_every_kind_of_saeshare_sae_and_encodes_the_same() {
     let dir = tempfile::tempdir().unwrap();
-    let activations = dir.path().join("activations.parquet");
-    let status = common::python()
-        .args(["-c", WRITE_ACTIVATIONS])
-        .arg(&activations)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let activations = write_activations(dir.path());
 
     for (kind, class, architecture) in [
         ("topk", "TopKSAE", "topk"),
@@ -177,13 +184,7 @@ with open(saev, "wb") as fd:
 #[test]
 fn sae_inspect_names_the_format_and_shape_of_each_kind_of_sae() {
     let dir = tempfile::tempdir().unwrap();
-    let activations = dir.path().join("activations.parquet");
-    let status = common::python()
-        .args(["-c", WRITE_ACTIVATIONS])
-        .arg(&activations)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let activations = write_activations(dir.path());
     let (sae, _) = train_and_encode(dir.path(), &activations, "topk");
     let inspect = |path: &Path| {
         let output = common::saeshare(&["sae", "inspect", path.to_str().unwrap()]);
@@ -320,13 +321,7 @@ print(json.dumps({"dense": dense.tolist(), "meta": meta}))
 #[test]
 fn sae_encode_reads_saelens_and_sparsify_saes_and_encodes_as_they_do() {
     let dir = tempfile::tempdir().unwrap();
-    let activations = dir.path().join("activations.parquet");
-    let status = common::python()
-        .args(["-c", WRITE_ACTIVATIONS])
-        .arg(&activations)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let activations = write_activations(dir.path());
     let made = common::python()
         .args(["-c", MAKE_FOREIGN_SAES])
         .arg(dir.path())
@@ -346,18 +341,7 @@ fn sae_encode_reads_saelens_and_sparsify_saes_and_encodes_as_they_do() {
     ] {
         let sae = dir.path().join(name);
         let codes = dir.path().join(format!("{name}.parquet"));
-        let encoded = common::saeshare(&[
-            "sae",
-            "encode",
-            "--sae",
-            sae.to_str().unwrap(),
-            "--activations",
-            activations.to_str().unwrap(),
-            "--layer",
-            "blocks.2",
-            "--out",
-            codes.to_str().unwrap(),
-        ]);
+        let encoded = sae_encode(&sae, &activations, &codes);
         assert!(
             encoded.status.success(),
             "{name}: {}",
@@ -425,18 +409,7 @@ fn sae_encode_reads_saelens_and_sparsify_saes_and_encodes_as_they_do() {
         ("scaled", vec!["expected_average_only_in", "fold"]),
     ] {
         let out = dir.path().join(format!("{sae}.parquet"));
-        let failed = common::saeshare(&[
-            "sae",
-            "encode",
-            "--sae",
-            dir.path().join(sae).to_str().unwrap(),
-            "--activations",
-            activations.to_str().unwrap(),
-            "--layer",
-            "blocks.2",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let failed = sae_encode(&dir.path().join(sae), &activations, &out);
         assert!(!failed.status.success(), "{sae}");
         let err = common::stderr(&failed);
         for word in expected {
