@@ -145,6 +145,8 @@ pub struct ActivationWriter {
     values: ListBuilder<Float32Builder>,
     pending: usize,
     meta: FileMeta,
+    /// The footer's keys, repeated in the stored schema at the end.
+    keys: Vec<KeyValue>,
 }
 
 impl ActivationWriter {
@@ -154,17 +156,18 @@ impl ActivationWriter {
         let meta = meta.into();
         std::fs::create_dir_all(atomic::folder_of(path)).map_err(FileError::io(path))?;
         let file = AtomicFile::create(path).map_err(FileError::io(path))?;
+        let keys = vec![
+            KeyValue::new(VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
+            KeyValue::new(
+                META_KEY.to_string(),
+                serde_json::to_string(&meta).expect("serialisable"),
+            ),
+        ];
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("valid level"),
             ))
-            .set_key_value_metadata(Some(vec![
-                KeyValue::new(VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
-                KeyValue::new(
-                    META_KEY.to_string(),
-                    serde_json::to_string(&meta).expect("serialisable"),
-                ),
-            ]))
+            .set_key_value_metadata(Some(keys.clone()))
             .build();
         let writer = ArrowWriter::try_new_with_options(
             file,
@@ -185,6 +188,7 @@ impl ActivationWriter {
             ))),
             pending: 0,
             meta,
+            keys,
         })
     }
 
@@ -285,17 +289,10 @@ impl ActivationWriter {
     /// Writes what is pending and renames the file into place.
     pub fn finish(mut self) -> Result<PathBuf> {
         self.flush()?;
-        let keys = [
-            KeyValue::new(VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
-            KeyValue::new(
-                META_KEY.to_string(),
-                serde_json::to_string(&self.meta).expect("serialisable"),
-            ),
-        ];
         parquet_meta::finish_metadata(
             &mut self.writer,
             &schema(self.meta.tokens.is_some()),
-            &keys,
+            &self.keys,
             &[],
         );
         let file = self
