@@ -60,6 +60,12 @@ pub struct EncoderRecord {
     /// Which values of the SAE are the features.
     #[serde(default)]
     pub read_out: crate::sae::ReadOut,
+    /// The SAEs the study imports instead of fitting, by layer: `PATH (format architecture)`.
+    #[serde(default)]
+    pub imported: std::collections::BTreeMap<String, String>,
+    /// Why the ceiling baseline has no second SAEs of this encoder, when it has none.
+    #[serde(default)]
+    pub no_ceiling: Option<String>,
 }
 
 fn pooled() -> String {

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::sae::{train_from_file, DecoderBiasInit, ReadOut, SaeConfig, SaeKind, TrainFileOptions};
+use crate::sae::{
+    train_from_file, DecoderBiasInit, EncodeSettings, LoadOptions, ReadOut, SaeConfig, SaeKind,
+    SaevScaling, TrainFileOptions,
+};
 use crate::torch::DeviceSpec;
 
 #[derive(Debug, Subcommand)]
@@ -40,8 +43,8 @@ pub enum SaeCommand {
     /// sample_id, feature, value, one row per active latent.
     #[command(mut_arg("out", |a| a.help("The codes file to write; it must not exist")))]
     Encode {
-        /// The SAE's folder: saeshare's (as `sae train --out` wrote it), SAELens' or
-        /// sparsify's (the format is detected; `sae inspect` shows it).
+        /// The SAE: saeshare's folder (as `sae train --out` wrote it), SAELens' or sparsify's
+        /// folder, or saev's checkpoint file (the format is detected; `sae inspect` shows it).
         #[arg(long)]
         sae: PathBuf,
         #[command(flatten)]
@@ -52,6 +55,14 @@ pub enum SaeCommand {
         /// Which values are the features.
         #[arg(long, value_enum, default_value = "topk")]
         read_out: ReadOut,
+        /// saev SAEs only: the mean activation saev subtracted (`torch.save`d, as saev's
+        /// `scale_mean` file), or `false` where the SAE was trained without it.
+        #[arg(long)]
+        scale_mean: Option<SaevScaling>,
+        /// saev SAEs only: the scalar saev divided activations by (its `scale_norm` file), or
+        /// `false`.
+        #[arg(long)]
+        scale_norm: Option<SaevScaling>,
     },
     /// Print what an SAE folder or file holds: format (saeshare, SAELens, sparsify, saev),
     /// architecture, d_in, d_sae, k, what it was trained on, its input normalisation and tensors.
@@ -188,15 +199,25 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
             input,
             batch_rows,
             read_out,
+            scale_mean,
+            scale_norm,
         } => {
+            let options = LoadOptions {
+                saev_scale_mean: scale_mean,
+                saev_scale_norm: scale_norm,
+            };
+            let settings = EncodeSettings {
+                device: input.device.check_available()?,
+                batch_rows,
+                read_out,
+            };
             let summary = crate::sae::encode_file(
                 &sae,
+                &options,
                 &input.activations,
                 &input.layer,
                 &input.out,
-                input.device.check_available()?,
-                batch_rows,
-                read_out,
+                settings,
             )?;
             println!(
                 "wrote the codes of {} samples ({} active latents, {:.2} per sample) to {}",

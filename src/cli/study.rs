@@ -42,6 +42,12 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
             sae.k,
             sae.expansion
         );
+        for (layer, import) in &encoder.saes {
+            println!(
+                "    layer {layer}: imports the SAE at {}",
+                import.path.display()
+            );
+        }
     }
     for c in &study.comparisons {
         let names = |v: &[toml::Spanned<String>]| {

@@ -482,8 +482,19 @@ fn write_codes(
 /// The codes metadata of one layer of an encoder, naming the SAE that makes them.
 pub(super) fn codes_meta(plan: &Plan, at: EncoderLayer) -> CodesMeta {
     let encoder = plan.encoder(at.encoder);
-    let d_sae = encoder.layer_width(at.layer) * encoder.sae.expansion;
     let layer = encoder.layer_name(at.layer);
+    if let Some(imported) = encoder.imported(at.layer) {
+        let d_sae = imported.description.d_sae;
+        return sae::codes_meta(
+            &imported.config,
+            &encoder.name,
+            layer,
+            d_sae,
+            encoder.read_out,
+        )
+        .with_sae(imported.label());
+    }
+    let d_sae = encoder.layer_width(at.layer) * encoder.sae.expansion;
     sae::codes_meta(&encoder.sae, &encoder.name, layer, d_sae, encoder.read_out)
         .with_sae(plan.sae_dir(at.encoder, at.layer).display().to_string())
 }

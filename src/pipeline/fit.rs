@@ -173,11 +173,13 @@ impl FitEncoding {
         }
     }
 
-    /// The encoders to fit, grouped by the encoder whose rows they are fitted on.
+    /// The encoders to fit, grouped by the encoder whose rows they are fitted on; those whose
+    /// every SAE is imported are not run.
     fn groups(&self) -> BTreeMap<EncoderId, Vec<EncoderId>> {
         let mut groups: BTreeMap<EncoderId, Vec<EncoderId>> = BTreeMap::new();
-        for &e in &self.todo {
-            let base = self.context.plan.encoder(e).twin_of.unwrap_or(e);
+        let plan = &self.context.plan;
+        for &e in self.todo.iter().filter(|&&e| plan.encoder(e).fits_any()) {
+            let base = plan.encoder(e).twin_of.unwrap_or(e);
             groups.entry(base).or_default().push(e);
         }
         groups
@@ -214,6 +216,10 @@ impl FitEncoding {
             let seq = *next;
             *next += 1;
             for (layer, (values, samples)) in LayerId::all(rows.layers.len()).zip(fit_rows(rows)) {
+                // An encoder and its twin import the same layers.
+                if context.plan.encoder(base).imported(layer).is_some() {
+                    continue;
+                }
                 let (last, others) = members.split_last().expect("a group has members");
                 for &encoder in others {
                     give(LayerRows {

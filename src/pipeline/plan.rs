@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use super::imports::{self, ImportedSae};
 use super::prepare::{build_dataset, export_package};
 use super::study::{default_batch_size, FitRows, FitSpec, Position, Study};
 use super::units::Units;
@@ -42,6 +43,10 @@ pub struct PlannedEncoder {
     pub fingerprint: String,
     /// For the second SAEs of the ceiling baseline: the encoder whose rows this one reuses.
     pub twin_of: Option<EncoderId>,
+    /// Per chosen layer: the SAE the study imports for it, or `None` where saeshare fits one.
+    pub imported: Vec<Option<ImportedSae>>,
+    /// Why the ceiling baseline has no second SAEs of this encoder, when it has none.
+    pub no_ceiling: Option<String>,
 }
 
 impl PlannedEncoder {
@@ -78,6 +83,17 @@ impl PlannedEncoder {
 
     pub fn is_image(&self) -> bool {
         self.manifest.modality == Modality::Image
+    }
+
+    /// The SAE the study imports for a chosen layer, if it imports one.
+    pub fn imported(&self, layer: LayerId) -> Option<&ImportedSae> {
+        self.imported[layer.index()].as_ref()
+    }
+
+    /// Whether saeshare fits the SAE of at least one layer (else the encoder is never run in
+    /// the fit pass).
+    pub fn fits_any(&self) -> bool {
+        self.imported.iter().any(Option::is_none)
     }
 }
 
@@ -158,7 +174,7 @@ impl Plan {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut pairs = plan_pairs(&study, &encoders, path)?;
         if let Some(seed) = study.baselines.ceiling_seed {
-            add_ceiling_twins(&mut encoders, &mut pairs, seed, path)?;
+            super::ceiling::add_twins(&mut encoders, &mut pairs, seed, path)?;
         }
         let sae_ids = RwLock::new(read_sae_ids(&output, &encoders));
         Ok(Plan {
@@ -240,10 +256,14 @@ impl Plan {
         RunLayout::new(&self.output)
     }
 
-    /// The folder of an encoder's SAE on one of its layers.
+    /// The folder of an encoder's SAE on one of its layers: in the run folder where saeshare
+    /// fits it, else where the imported SAE is.
     pub fn sae_dir(&self, encoder: EncoderId, layer: LayerId) -> PathBuf {
         let e = self.encoder(encoder);
-        self.layout().sae_dir(&e.name, e.layer_name(layer))
+        match e.imported(layer) {
+            Some(imported) => imported.path().to_path_buf(),
+            None => self.layout().sae_dir(&e.name, e.layer_name(layer)),
+        }
     }
 
     /// The codes file of an encoder's layer on one shard.
@@ -296,6 +316,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         layers,
         pooling,
         sae,
+        imported,
     } = choose(study, name, &package, path)?;
     let device: DeviceSpec = spec
         .device
@@ -322,6 +343,14 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
     } else {
         fingerprint(&(what, fit))
     };
+    // Which layers are imported changes what is fitted; the imported files themselves enter
+    // the SAE ids ([`read_sae_ids`]), so that a changed import redoes codes, not fits.
+    let fingerprint = if imported.iter().all(Option::is_none) {
+        fingerprint
+    } else {
+        let which: Vec<bool> = imported.iter().map(Option::is_some).collect();
+        crate::digest::fingerprint(&(fingerprint, "imported", which))
+    };
     // The read-out changes the codes, not the SAEs: codes and pairs follow the fingerprint.
     let fingerprint = match read_out {
         ReadOut::Code => fingerprint,
@@ -342,6 +371,8 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         read_out,
         fingerprint,
         twin_of: None,
+        imported,
+        no_ceiling: None,
     })
 }
 
@@ -406,16 +437,19 @@ fn plan_pairs(
     Ok(pairs)
 }
 
-/// What a study chooses of an encoder package: its layers, pooling and SAE settings.
+/// What a study chooses of an encoder package: its layers, pooling, SAE settings and the SAEs
+/// it imports.
 pub(super) struct EncoderChoice {
     manifest: Manifest,
     layers: Vec<usize>,
     pooling: Pooling,
     sae: SaeConfig,
+    imported: Vec<Option<ImportedSae>>,
 }
 
 /// Reads encoder `name`'s package and checks the study's choices against it: the layers exist
-/// and their names can name folders, the SAE fits each layer's width.
+/// and their names can name folders, the SAE fits each layer's width, the imported SAEs load
+/// and take the width of their layer.
 pub(super) fn choose(
     study: &Study,
     name: &str,
@@ -447,11 +481,15 @@ pub(super) fn choose(
             )
         })?;
     }
+    let root = path.parent().unwrap_or(Path::new("."));
+    let (output, _) = Plan::folders(study, path);
+    let imported = imports::resolve(&spec.saes, name, &manifest, &layers, root, &output, path)?;
     Ok(EncoderChoice {
         manifest,
         layers,
         pooling,
         sae,
+        imported,
     })
 }
 
@@ -487,62 +525,22 @@ fn read_position(
     }
 }
 
-/// For the ceiling baseline: a second SAE set (seed `seed`) of every source encoder, fed the
-/// same rows, and a pair of each source encoder against it on all its layers.
-fn add_ceiling_twins(
-    encoders: &mut Vec<PlannedEncoder>,
-    pairs: &mut Vec<PlannedPair>,
-    seed: u64,
-    path: &Path,
-) -> anyhow::Result<()> {
-    let sources: std::collections::BTreeSet<EncoderId> = pairs.iter().map(|p| p.source).collect();
-    for s in sources {
-        let base = &encoders[s.index()];
-        let mut twin = base.clone();
-        twin.name = format!("{}.ceiling", base.name);
-        anyhow::ensure!(
-            encoders.iter().all(|e| e.name != twin.name),
-            "{}: an encoder is named {:?}, the name of the ceiling's second SAEs of {:?}; rename it",
-            path.display(),
-            twin.name,
-            base.name
-        );
-        anyhow::ensure!(
-            twin.sae.seed != seed,
-            "{}: [baselines] ceiling_seed {seed} is the SAE seed of {:?}; the ceiling needs another",
-            path.display(),
-            base.name
-        );
-        twin.sae.seed = seed;
-        twin.fingerprint = fingerprint(&(&base.fingerprint, "ceiling", seed));
-        twin.twin_of = Some(s);
-        let layers: Vec<LayerId> = twin.layer_ids().collect();
-        let key = pair_key(&base.name, &twin.name, false);
-        let pair_fingerprint = fingerprint(&(&base.fingerprint, &twin.fingerprint));
-        encoders.push(twin);
-        pairs.push(PlannedPair {
-            key,
-            source: s,
-            target: EncoderId::new(encoders.len() - 1),
-            source_layers: layers.clone(),
-            target_layers: layers,
-            fingerprint: pair_fingerprint,
-            ceiling_of: Some(s),
-        });
-    }
-    Ok(())
-}
-
 /// Each encoder's SAE id: a digest of the files its SAE record lists.
 fn read_sae_ids(output: &Path, encoders: &[PlannedEncoder]) -> Vec<String> {
     let units = Units::new(output);
     encoders
         .iter()
         .map(|e| {
-            units
-                .get(&format!("saes/{}", e.name))
-                .map(|r| fingerprint(&(&r.fingerprint, &r.files)))
-                .unwrap_or_default()
+            let Some(r) = units.get(&format!("saes/{}", e.name)) else {
+                return String::new();
+            };
+            if e.imported.iter().all(Option::is_none) {
+                return fingerprint(&(&r.fingerprint, &r.files));
+            }
+            let digests: Vec<Option<&str>> = (e.imported.iter())
+                .map(|i| i.as_ref().map(|i| i.digest.as_str()))
+                .collect();
+            fingerprint(&(&r.fingerprint, &r.files, digests))
         })
         .collect()
 }

@@ -33,6 +33,10 @@ impl StudyRecord {
                 tokens_per_sample: e.token_selection().and_then(|t| t.per_sample),
                 read_at: Some(e.pooling),
                 read_out: e.read_out,
+                imported: (e.layer_ids())
+                    .filter_map(|l| Some((e.layer_name(l).to_string(), e.imported(l)?.label())))
+                    .collect(),
+                no_ceiling: e.no_ceiling.clone(),
             })
             .collect();
         let pairs = plan

@@ -112,6 +112,11 @@ impl Todo {
         Todo { fit, compare }
     }
 
+    /// The encoders of `fit` that have an SAE to fit (not every one imported).
+    fn fitted<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = EncoderId> + 'a {
+        (self.fit.iter().copied()).filter(|&e| plan.encoder(e).fits_any())
+    }
+
     fn pairs_updated(&self, plan: &Plan) -> Vec<String> {
         (plan.pair_ids())
             .filter(|&p| self.compare.needs_tables(p))
@@ -131,7 +136,7 @@ impl Todo {
         tracing::info!(
             "study {}: {} SAE set(s) to fit, {} codes unit(s), {} pair(s) to update, on {} worker(s) x {} process(es)",
             plan.study.name,
-            self.fit.len(),
+            self.fitted(plan).count(),
             codes_units,
             pairs,
             workers.workers,
@@ -144,8 +149,8 @@ impl Todo {
         RunSummary {
             study: plan.study.name.clone(),
             output: plan.output.clone(),
-            saes_fitted: (self.fit.iter())
-                .map(|&e| plan.encoder(e).name.clone())
+            saes_fitted: (self.fitted(plan))
+                .map(|e| plan.encoder(e).name.clone())
                 .collect(),
             codes_units: self.compare.counts().0,
             pairs_updated: self.pairs_updated(plan),
@@ -172,7 +177,7 @@ impl StageBars {
                 .filter(|s| local.contains(&(s.index() % peers)))
         };
         let fit_rows: u64 = mine()
-            .map(|s| plan.shard(s).rows * todo.fit.len() as u64)
+            .map(|s| plan.shard(s).rows * todo.fitted(plan).count() as u64)
             .sum();
         let compare_rows: u64 = mine()
             .map(|s| plan.shard(s).rows * todo.compare.encoders_needing(s) as u64)
@@ -320,16 +325,18 @@ impl WorkerStages {
         let start = Instant::now();
         let counters = self.counters("fit", self.bars.fit.clone());
         if !self.todo.fit.is_empty() {
-            self.models.borrow_mut().begin_stage();
-            let owned = fit::build(worker, &self.context(counters), &self.todo.fit);
             let (plan, failure) = (&self.plan, &self.failure);
-            run_to_completion(worker);
-            if !any_failed(worker, failure) {
-                if let Err(error) = fit::finish(&owned, plan) {
-                    failure.set(error);
+            // Encoders whose every SAE is imported have nothing to fit: only their record.
+            if self.todo.fitted(plan).next().is_some() {
+                self.models.borrow_mut().begin_stage();
+                let owned = fit::build(worker, &self.context(counters), &self.todo.fit);
+                run_to_completion(worker);
+                if !any_failed(worker, failure) {
+                    if let Err(error) = fit::finish(&owned, plan) {
+                        failure.set(error);
+                    }
                 }
             }
-            drop(owned);
             if !any_failed(worker, failure) && worker.index() == 0 {
                 if let Err(error) = record_saes(plan, &self.todo.fit) {
                     failure.set(error);
@@ -407,12 +414,19 @@ impl WorkerStages {
     }
 }
 
-/// Records the SAE units of the fitted encoders, once every layer's SAE is on disk.
+/// Records the SAE units of the fitted encoders, once every layer's SAE is on disk: the files
+/// of the SAEs fitted, and which layers' SAEs are imported (their files are the user's; their
+/// digests are part of the plan).
 fn record_saes(plan: &Plan, fitted: &[EncoderId]) -> anyhow::Result<()> {
     let units = Units::new(&plan.output);
     for &e in fitted {
         let encoder = plan.encoder(e);
-        for layer in encoder.layer_ids() {
+        let fitted_layers = || {
+            encoder
+                .layer_ids()
+                .filter(|&l| encoder.imported(l).is_none())
+        };
+        for layer in fitted_layers() {
             let dir = plan.sae_dir(e, layer);
             anyhow::ensure!(
                 dir.join("sae.json").is_file(),
@@ -423,16 +437,19 @@ fn record_saes(plan: &Plan, fitted: &[EncoderId]) -> anyhow::Result<()> {
             );
         }
         let (unit, fingerprint) = plan.sae_unit(e);
-        let files: Vec<PathBuf> = (encoder.layer_ids())
+        let files: Vec<PathBuf> = fitted_layers()
             .flat_map(|layer| {
                 let dir = plan.sae_dir(e, layer);
                 CHECKPOINT_FILES.iter().map(move |f| dir.join(f))
             })
             .collect();
+        let imported: BTreeMap<&str, String> = (encoder.layer_ids())
+            .filter_map(|l| Some((encoder.layer_name(l), encoder.imported(l)?.label())))
+            .collect();
         units.record(
             &unit,
             &fingerprint,
-            serde_json::json!({ "layers": encoder.layer_names() }),
+            serde_json::json!({ "layers": encoder.layer_names(), "imported": imported }),
             &files,
         )?;
     }

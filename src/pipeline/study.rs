@@ -237,6 +237,10 @@ pub struct EncoderSpec {
     /// `[codes]`'s `position` for this encoder only.
     #[serde(default)]
     pub position: Option<Position>,
+    /// SAEs trained elsewhere, by layer name, used instead of fitting one: a path, or a table
+    /// with `path` and optionally `format`, `ceiling`, `scale_mean`, `scale_norm`.
+    #[serde(default)]
+    pub saes: BTreeMap<String, super::imports::ImportSpec>,
 }
 
 fn default_layers() -> String {

@@ -9,23 +9,21 @@
 //! | sparsify | `cfg.json` (with `k`, `expansion_factor` or `num_latents`, `d_in`) + `sae.safetensors` |
 //! | saev | one file: a JSON line of its config (`d_vit`, `exp_factor`), then `torch.save`'s state dict |
 //!
-//! [`load`] makes any of them an [`Sae`] that encodes as its own tool does (saev's state dict,
-//! a Python pickle, is not read yet: `load` says so).
+//! [`super::load`] makes any of them an [`super::Sae`] that encodes as its own tool does.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_json::Value;
-use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::read_meta;
-use super::config::{SaeConfig, SaeKind};
-use super::model::{InputNorm, Sae};
 
-/// The SAE formats saeshare recognises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The SAE formats saeshare recognises (a study names them in lower case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SaeFormat {
     Saeshare,
     SaeLens,
@@ -299,178 +297,4 @@ impl fmt::Display for SaeDescription {
         }
         Ok(())
     }
-}
-
-/// An SAE loaded for inference from any format, with what its files say about it.
-pub struct LoadedSae {
-    pub sae: Sae,
-    pub description: SaeDescription,
-}
-
-/// Loads the SAE at `path` (format detected) onto `device`, to encode as its own tool does:
-/// SAELens' `topk`, `jumprelu` and `standard` SAEs (with `apply_b_dec_to_input` either way and
-/// `normalize_activations` none, `constant_norm_rescale` or `layer_norm`), sparsify's TopK SAEs,
-/// and saeshare's own. Anything else is an error saying what is not supported.
-pub fn load(path: &Path, device: Device) -> Result<LoadedSae, FormatError> {
-    let description = describe(path)?;
-    let sae = match description.format {
-        SaeFormat::Saeshare => {
-            Sae::load(path, device)
-                .map_err(|e| error(path, e.to_string()))?
-                .0
-        }
-        SaeFormat::SaeLens => load_saelens(path, &description, device)?,
-        SaeFormat::Sparsify => load_sparsify(path, &description, device)?,
-        SaeFormat::Saev => {
-            return Err(error(
-                path,
-                "a saev checkpoint: its state dict is a Python pickle, which saeshare does not                  read yet; save its four tensors (W_enc, b_enc, W_dec, b_dec) with                  safetensors in an SAELens folder (architecture standard) and use that",
-            ))
-        }
-    };
-    Ok(LoadedSae { sae, description })
-}
-
-fn inference_config(kind: SaeKind, k: Option<usize>, d_in: usize, d_sae: usize) -> SaeConfig {
-    SaeConfig {
-        kind,
-        k: k.unwrap_or(0),
-        expansion: (d_sae / d_in.max(1)).max(1),
-        ..SaeConfig::default()
-    }
-}
-
-fn read_weights(path: &Path) -> Result<Vec<(String, Tensor)>, FormatError> {
-    Tensor::read_safetensors(path).map_err(|e| error(path, format!("weights do not read: {e}")))
-}
-
-fn take(tensors: &[(String, Tensor)], name: &str, path: &Path) -> Result<Tensor, FormatError> {
-    tensors
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t.to_kind(Kind::Float))
-        .ok_or_else(|| error(path, format!("no tensor named {name}")))
-}
-
-fn load_saelens(dir: &Path, d: &SaeDescription, device: Device) -> Result<Sae, FormatError> {
-    let cfg_path = dir.join("cfg.json");
-    let cfg = read_json(&cfg_path)?;
-    let kind = match d.architecture.as_str() {
-        "topk" => SaeKind::Topk,
-        "jumprelu" => SaeKind::BatchTopk,
-        "standard" => SaeKind::Relu,
-        other => {
-            return Err(error(
-                &cfg_path,
-                format!(
-                    "SAELens architecture {other:?} is not supported; saeshare reads topk,                      jumprelu and standard SAEs"
-                ),
-            ))
-        }
-    };
-    if kind == SaeKind::Topk && d.k.is_none() {
-        return Err(error(&cfg_path, "a topk SAE without `k`"));
-    }
-    if cfg
-        .get("rescale_acts_by_decoder_norm")
-        .and_then(Value::as_bool)
-        == Some(true)
-    {
-        return Err(error(
-            &cfg_path,
-            "rescale_acts_by_decoder_norm is true; fold the decoder norms into the encoder              (SAELens' fold_W_dec_norm) and save the SAE again",
-        ));
-    }
-    let input_norm = match d.normalisation.as_deref() {
-        None => InputNorm::None,
-        Some("constant_norm_rescale") => InputNorm::ConstantNormRescale,
-        Some("layer_norm") => InputNorm::LayerNorm,
-        Some(other) => {
-            return Err(error(
-                &cfg_path,
-                format!(
-                    "normalize_activations = {other:?} is not supported: the scale it needs was                      estimated on the SAE's training data and is not in the folder; fold it                      into the weights (SAELens' fold_activation_norm_scaling_factor) and save                      the SAE again, or use an SAE with none, constant_norm_rescale or layer_norm"
-                ),
-            ))
-        }
-    };
-    let weights_path = dir.join("sae_weights.safetensors");
-    let tensors = read_weights(&weights_path)?;
-    let w_enc = take(&tensors, "W_enc", &weights_path)?;
-    let mut b_enc = take(&tensors, "b_enc", &weights_path)?;
-    let b_dec = take(&tensors, "b_dec", &weights_path)?;
-    // saeshare always encodes `x - b_dec`; an SAE that does not takes `b_dec W_enc` into its
-    // encoder bias instead, which is the same function.
-    if cfg.get("apply_b_dec_to_input").and_then(Value::as_bool) == Some(false) {
-        b_enc += b_dec.unsqueeze(0).mm(&w_enc).squeeze_dim(0);
-    }
-    let state: Vec<(String, Tensor)> = match kind {
-        SaeKind::BatchTopk => vec![(
-            "threshold".to_string(),
-            take(&tensors, "threshold", &weights_path)?,
-        )],
-        _ => Vec::new(),
-    };
-    let config = inference_config(kind, d.k, d.d_in, d.d_sae);
-    let weights = [w_enc, b_enc, take(&tensors, "W_dec", &weights_path)?, b_dec];
-    let mut sae = Sae::from_weights(&config, weights, &state, device)
-        .map_err(|problem| error(&weights_path, problem))?;
-    sae.input_norm = input_norm;
-    check_widths(&sae, d, &weights_path)?;
-    Ok(sae)
-}
-
-fn load_sparsify(dir: &Path, d: &SaeDescription, device: Device) -> Result<Sae, FormatError> {
-    let cfg_path = dir.join("cfg.json");
-    let cfg = read_json(&cfg_path)?;
-    if d.architecture != "topk" {
-        return Err(error(
-            &cfg_path,
-            format!(
-                "sparsify activation {:?} is not supported; saeshare reads TopK sparse coders",
-                d.architecture
-            ),
-        ));
-    }
-    for key in ["skip_connection", "transcode"] {
-        if cfg.get(key).and_then(Value::as_bool) == Some(true) {
-            return Err(error(
-                &cfg_path,
-                format!(
-                    "{key} is true: a transcoder or skip connection is not an SAE of one layer"
-                ),
-            ));
-        }
-    }
-    let weights_path = dir.join("sae.safetensors");
-    let tensors = read_weights(&weights_path)?;
-    // sparsify's encoder is an nn.Linear: weight d_sae x d_in.
-    let w_enc = take(&tensors, "encoder.weight", &weights_path)?
-        .transpose(0, 1)
-        .contiguous();
-    let weights = [
-        w_enc,
-        take(&tensors, "encoder.bias", &weights_path)?,
-        take(&tensors, "W_dec", &weights_path)?,
-        take(&tensors, "b_dec", &weights_path)?,
-    ];
-    let config = inference_config(SaeKind::Topk, d.k, d.d_in, d.d_sae);
-    let sae = Sae::from_weights(&config, weights, &[], device)
-        .map_err(|problem| error(&weights_path, problem))?;
-    check_widths(&sae, d, &weights_path)?;
-    Ok(sae)
-}
-
-/// The weights' widths must be those the configuration states.
-fn check_widths(sae: &Sae, d: &SaeDescription, path: &Path) -> Result<(), FormatError> {
-    if (sae.d_in as usize, sae.d_sae as usize) != (d.d_in, d.d_sae) {
-        return Err(error(
-            path,
-            format!(
-                "the weights are {} x {}, but the configuration says d_in {} and d_sae {}",
-                sae.d_in, sae.d_sae, d.d_in, d.d_sae
-            ),
-        ));
-    }
-    Ok(())
 }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint;
 use super::code::Code;
 use super::config::{SaeConfig, SaeKind};
-use super::formats::{self, LoadedSae, SaeFormat};
+use super::formats::SaeFormat;
+use super::load::{load, LoadOptions, LoadedSae};
 use super::model::Sae;
 use crate::activations::{read_meta, LayerReader};
 use crate::codes::{CodesMeta, CodesSummary, CodesWriter};
@@ -77,16 +78,29 @@ impl Sae {
     }
 }
 
-/// Encodes `layer` of `activations` with the SAE in `sae_dir` into the codes file `out`.
+/// How [`encode_file`] encodes: on which device, how many samples at once, which values.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeSettings {
+    pub device: Device,
+    pub batch_rows: usize,
+    pub read_out: ReadOut,
+}
+
+/// Encodes `layer` of `activations` with the SAE in `sae_dir` (any format [`load`] reads) into
+/// the codes file `out`.
 pub fn encode_file(
     sae_dir: &Path,
+    options: &LoadOptions,
     activations: &Path,
     layer: &str,
     out: &Path,
-    device: Device,
-    batch_rows: usize,
-    read_out: ReadOut,
+    settings: EncodeSettings,
 ) -> anyhow::Result<CodesSummary> {
+    let EncodeSettings {
+        device,
+        batch_rows,
+        read_out,
+    } = settings;
     let file_meta = read_meta(activations)?;
     anyhow::ensure!(
         file_meta.tokens.is_none(),
@@ -95,7 +109,7 @@ pub fn encode_file(
          dataset again without --tokens",
         activations.display()
     );
-    let LoadedSae { sae, description } = formats::load(sae_dir, device)?;
+    let LoadedSae { sae, description } = load(sae_dir, device, options)?;
     let reader = LayerReader::open(activations, layer, batch_rows)?;
     anyhow::ensure!(
         reader.width() == description.d_in,

@@ -24,6 +24,7 @@ mod report;
 mod run_folder_faults;
 mod sae_cli;
 mod sae_ecosystem;
+mod sae_imports;
 mod sae_training;
 mod stats_reference;
 mod study_files;

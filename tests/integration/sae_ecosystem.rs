@@ -60,9 +60,10 @@ fn write_activations(dir: &Path) -> PathBuf {
     activations
 }
 
-/// `saeshare sae encode` of layer `blocks.2` of `activations` with the SAE at `sae`.
-fn sae_encode(sae: &Path, activations: &Path, out: &Path) -> std::process::Output {
-    common::saeshare(&[
+/// `saeshare sae encode` of layer `blocks.2` of `activations` with the SAE at `sae`, and the
+/// `extra` flags.
+fn sae_encode(sae: &Path, activations: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
         "sae",
         "encode",
         "--sae",
@@ -73,7 +74,9 @@ fn sae_encode(sae: &Path, activations: &Path, out: &Path) -> std::process::Outpu
         "blocks.2",
         "--out",
         out.to_str().unwrap(),
-    ])
+    ];
+    args.extend(extra);
+    common::saeshare(&args)
 }
 
 fn train_and_encode(dir: &Path, activations: &Path, kind: &str) -> (PathBuf, PathBuf) {
@@ -107,7 +110,7 @@ fn train_and_encode(dir: &Path, activations: &Path, kind: &str) -> (PathBuf, Pat
         "40",
     ]);
     assert!(trained.status.success(), "{}", common::stderr(&trained));
-    let encoded = sae_encode(&sae, activations, &codes);
+    let encoded = sae_encode(&sae, activations, &codes, &[]);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
     (sae, codes)
 }
@@ -263,10 +266,11 @@ fn sae_inspect_names_the_format_and_shape_of_each_kind_of_sae() {
     );
 }
 
-/// SAEs made by SAELens and sparsify themselves (random weights, `save_model`,
-/// `save_to_disk`), in four shapes saeshare must read: TopK with d_sae not a multiple of d_in,
-/// JumpReLU with per-latent thresholds and no `b_dec` on the input, standard with `layer_norm`
-/// inputs, sparsify TopK. Then the reference codes, by each tool's own encode.
+/// SAEs made by SAELens, sparsify and saev themselves (random weights, `save_model`,
+/// `save_to_disk`, `nn.dump`), in five shapes saeshare must read: TopK with d_sae not a
+/// multiple of d_in, JumpReLU with per-latent thresholds and no `b_dec` on the input, standard
+/// with `layer_norm` inputs, sparsify TopK, saev ReLU on centred and scaled inputs. Then the
+/// reference codes, by each tool's own encode.
 const MAKE_FOREIGN_SAES: &str = r#"
 import json, os, sys
 import numpy as np, pyarrow.parquet as pq, torch
@@ -303,6 +307,20 @@ with torch.no_grad():
     encoded = coder.encode(x)
     dense = torch.zeros(x.shape[0], coder.num_latents).scatter_(-1, encoded.top_indices, encoded.top_acts)
 references["sparsify-topk"] = dense.numpy().tolist()
+# saev, by its own library: nn.dump, and its forward on activations as its data loader scales
+# them ((x - mean) / scalar, each saved by torch.save, as saev's scale_mean and scale_norm files).
+import saev.config, saev.nn
+sv = saev.nn.SparseAutoencoder(saev.config.SparseAutoencoder(d_vit=d_in, exp_factor=3))
+with torch.no_grad():
+    for p in sv.parameters():
+        p.copy_(torch.randn_like(p) * 0.3)
+saev.nn.dump(os.path.join(out, "saev", "sae.pt"), sv)
+mean = x.mean(0) + 0.5
+scalar = (x - mean).norm(dim=1).mean() / d_in ** 0.5
+torch.save(mean, os.path.join(out, "saev", "mean.pt"))
+torch.save(scalar, os.path.join(out, "saev", "scalar.pt"))
+with torch.no_grad():
+    references["saev"] = sv((x - mean) / scalar)[1].numpy().tolist()
 json.dump(references, open(os.path.join(out, "references.json"), "w"))
 "#;
 
@@ -333,15 +351,27 @@ fn sae_encode_reads_saelens_and_sparsify_saes_and_encodes_as_they_do() {
         serde_json::from_slice(&std::fs::read(dir.path().join("references.json")).unwrap())
             .unwrap();
 
-    for (name, d_sae, architecture) in [
-        ("saelens-topk", 40, "topk"),
-        ("saelens-jumprelu", 48, "jumprelu"),
-        ("saelens-standard", 32, "standard"),
-        ("sparsify-topk", 32, "topk"),
+    let saev = dir.path().join("saev");
+    let (mean, scalar) = (saev.join("mean.pt"), saev.join("scalar.pt"));
+    let saev_flags = [
+        "--scale-mean",
+        mean.to_str().unwrap(),
+        "--scale-norm",
+        scalar.to_str().unwrap(),
+    ];
+    for (name, d_sae, architecture, extra) in [
+        ("saelens-topk", 40, "topk", &[][..]),
+        ("saelens-jumprelu", 48, "jumprelu", &[]),
+        ("saelens-standard", 32, "standard", &[]),
+        ("sparsify-topk", 32, "topk", &[]),
+        ("saev", 48, "relu", &saev_flags[..]),
     ] {
-        let sae = dir.path().join(name);
+        let sae = match name {
+            "saev" => saev.join("sae.pt"),
+            _ => dir.path().join(name),
+        };
         let codes = dir.path().join(format!("{name}.parquet"));
-        let encoded = sae_encode(&sae, &activations, &codes);
+        let encoded = sae_encode(&sae, &activations, &codes, extra);
         assert!(
             encoded.status.success(),
             "{name}: {}",
@@ -404,12 +434,16 @@ fn sae_encode_reads_saelens_and_sparsify_saes_and_encodes_as_they_do() {
         .output()
         .unwrap();
     assert!(wrong.status.success(), "{}", common::stderr(&wrong));
+    // A saev SAE without its scalings says which it needs.
     for (sae, expected) in [
         ("narrow", vec!["width 16", "width 12", "saelens"]),
         ("scaled", vec!["expected_average_only_in", "fold"]),
+        ("saev/sae.pt", vec!["scale_mean", "scale_norm", "false"]),
     ] {
-        let out = dir.path().join(format!("{sae}.parquet"));
-        let failed = sae_encode(&dir.path().join(sae), &activations, &out);
+        let out = dir
+            .path()
+            .join(format!("{}.parquet", sae.replace('/', "-")));
+        let failed = sae_encode(&dir.path().join(sae), &activations, &out, &[]);
         assert!(!failed.status.success(), "{sae}");
         let err = common::stderr(&failed);
         for word in expected {

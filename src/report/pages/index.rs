@@ -35,7 +35,7 @@ fn study_facts(site: &Site) -> String {
         );
     };
     let mut s = format!(
-        r#"<p class="note">{} samples from {} ({} shard(s)). Study file: <code>{}</code>.</p><table id="encoders"><thead><tr><th>encoder</th><th>modality</th><th>layers</th><th>SAEs fitted on</th><th>features read</th></tr></thead><tbody>"#,
+        r#"<p class="note">{} samples from {} ({} shard(s)). Study file: <code>{}</code>.</p><table id="encoders"><thead><tr><th>encoder</th><th>modality</th><th>layers</th><th>SAEs</th><th>features read</th></tr></thead><tbody>"#,
         record.dataset.rows,
         escape(&record.dataset.path.display().to_string()),
         record.dataset.shards.len(),
@@ -48,12 +48,35 @@ fn study_facts(site: &Site) -> String {
             escape(&e.name),
             escape(&e.modality),
             escape(&e.layers.join(", ")),
-            escape(&fitted_on(e)),
+            sae_cell(e),
             escape(&read_at(e))
         );
     }
     s.push_str("</tbody></table>");
+    for e in record.named_encoders() {
+        if let Some(why) = &e.no_ceiling {
+            let _ = write!(
+                s,
+                r#"<p class="note">No ceiling baseline for {}: {}.</p>"#,
+                escape(&e.name),
+                escape(why)
+            );
+        }
+    }
     s
+}
+
+/// What an encoder's SAEs are: fitted on what, and those imported instead (escaped HTML).
+fn sae_cell(e: &EncoderRecord) -> String {
+    let imported: Vec<String> = (e.imported.iter())
+        .map(|(layer, sae)| format!("layer {}: imported {}", escape(layer), escape(sae)))
+        .collect();
+    let fitted = format!("fitted on {}", escape(&fitted_on(e)));
+    match imported.len() {
+        0 => fitted,
+        n if n == e.layers.len() => imported.join("<br>"),
+        _ => format!("{}<br>other layers {fitted}", imported.join("<br>")),
+    }
 }
 
 /// `pooled rows`, `every token`, `16 tokens a sample`.
