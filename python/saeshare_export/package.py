@@ -36,11 +36,11 @@ class ChannelsLast(torch.nn.Module):
         return tuple(self.model(x.contiguous(memory_format=torch.channels_last)))
 
 
-def write_package(out, module, example_inputs, manifest, tokenizer_json=None):
+def write_package(out, module, example_inputs, manifest, tokenizer_json=None, extra_files=None):
     """Traces ``module`` on ``example_inputs``, checks the trace on the same inputs, and writes
-    the package to ``out`` (replacing nothing: ``out`` must not exist). The trace is frozen for
-    inference. CNNs are traced channels-last (``ChannelsLast``), checked against the module as it
-    was given."""
+    the package to ``out`` (replacing nothing: ``out`` must not exist), with ``extra_files``
+    (name -> bytes) beside it. The trace is frozen for inference. CNNs are traced channels-last
+    (``ChannelsLast``), checked against the module as it was given."""
     if os.path.exists(out):
         raise SystemExit(f"{out}: already exists; remove it or choose another --out")
     module = module.eval()
@@ -81,6 +81,9 @@ def write_package(out, module, example_inputs, manifest, tokenizer_json=None):
         traced.save(os.path.join(staging, "model.pt"))
         if tokenizer_json is not None:
             shutil.copyfile(tokenizer_json, os.path.join(staging, "tokenizer.json"))
+        for name, data in (extra_files or {}).items():
+            with open(os.path.join(staging, name), "wb") as f:
+                f.write(data)
         with open(os.path.join(staging, "encoder.json"), "w") as f:
             json.dump(manifest, f, indent=2)
         os.rename(staging, out)

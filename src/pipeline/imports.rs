@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::plan::resolve_path;
 use crate::encoder::Manifest;
@@ -201,7 +200,12 @@ fn resolve_one(
     output: &Path,
 ) -> anyhow::Result<ImportedSae> {
     let path = resolve_path(root, path);
-    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    // Canonical where the path exists, so that `a/../b` and links name the folder they reach.
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
     // The run folder's files are replaced as the study changes: an SAE kept there could be
     // deleted by the run that reads it.
     anyhow::ensure!(
@@ -227,7 +231,7 @@ fn resolve_one(
         description.d_in
     );
     let config = inference_config(&description, options)?;
-    let digest = digest_files(&sae_files(&description, options))?;
+    let digest = crate::digest::files_digest(&sae_files(&description, options))?;
     Ok(ImportedSae {
         description,
         options: options.clone(),
@@ -248,19 +252,4 @@ fn sae_files(description: &SaeDescription, options: &LoadOptions) -> Vec<PathBuf
     };
     files.extend(options.files().into_iter().map(Path::to_path_buf));
     files
-}
-
-/// SHA-256 of the files' bytes, in order (96 bits, hex).
-fn digest_files(files: &[PathBuf]) -> anyhow::Result<String> {
-    let mut hasher = Sha256::new();
-    for file in files {
-        let mut reader =
-            std::fs::File::open(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        std::io::copy(&mut reader, &mut hasher)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    }
-    Ok(hasher.finalize()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }

@@ -5,9 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use anyhow::Context;
-use sha2::{Digest, Sha256};
-
 use super::imports::{self, ImportedSae};
 use super::prepare::{build_dataset, export_package};
 use super::study::{default_batch_size, FitRows, FitSpec, Position, Study};
@@ -309,7 +306,8 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
     let spec = &study.encoders[name];
     let package = resolve_path(root, &spec.package);
     if !package.join("encoder.json").is_file() {
-        export_package(name, spec.export.as_deref(), &package, path)?;
+        let (_, dataset) = Plan::folders(study, path);
+        export_package(name, spec.export.as_deref(), &package, &dataset, path)?;
     }
     let EncoderChoice {
         manifest,
@@ -560,19 +558,12 @@ fn shard_name(shard: &ShardInfo) -> String {
 
 /// The digest of a package's manifest and weights.
 fn package_digest(package: &Path) -> anyhow::Result<String> {
-    let mut hasher = Sha256::new();
-    for file in ["encoder.json", "model.pt", "tokenizer.json"] {
-        let path = package.join(file);
-        if !path.exists() {
-            continue;
-        }
-        let mut reader = std::fs::File::open(&path).with_context(|| path.display().to_string())?;
-        std::io::copy(&mut reader, &mut hasher).with_context(|| path.display().to_string())?;
-    }
-    Ok(hasher.finalize()[..12]
+    let files: Vec<PathBuf> = ["encoder.json", "model.pt", "tokenizer.json"]
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+        .map(|f| package.join(f))
+        .filter(|p| p.exists())
+        .collect();
+    Ok(crate::digest::files_digest(&files)?)
 }
 
 /// `~/` is the home folder, `$SAESHARE_CACHE/` saeshare's cache folder ([`crate::cache_dir`],

@@ -113,10 +113,15 @@ pub(super) fn build_dataset(study: &Study, dir: &Path, file: &Path) -> anyhow::R
 }
 
 /// Runs encoder `name`'s `export` command to make its package, checking that it did.
+/// Runs encoder `name`'s `export` command to make its missing `package`. The command sees the
+/// study's dataset folder as `$SAESHARE_DATASET` (a package made from the dataset, such as
+/// `saeshare_export align`'s, reads it there) and the study file's folder as
+/// `$SAESHARE_STUDY_DIR`.
 pub(super) fn export_package(
     name: &str,
     export: Option<&str>,
     package: &Path,
+    dataset: &Path,
     file: &Path,
 ) -> anyhow::Result<()> {
     let Some(command) = export else {
@@ -128,9 +133,12 @@ pub(super) fn export_package(
         );
     };
     tracing::info!("encoder {name}: exporting the package with `{command}`");
+    let study_dir = file.parent().unwrap_or(Path::new("."));
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(command)
+        .env("SAESHARE_DATASET", dataset)
+        .env("SAESHARE_STUDY_DIR", study_dir)
         .status()
         .with_context(|| format!("running `{command}`"))?;
     anyhow::ensure!(

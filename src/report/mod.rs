@@ -16,6 +16,7 @@ mod html;
 mod inputs;
 mod matches;
 mod pages;
+mod specificity;
 pub mod svg;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

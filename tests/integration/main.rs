@@ -3,6 +3,7 @@
 //! file, because each links the whole crate and its dependencies: sixteen of them cost minutes
 //! of linking and gigabytes of disk.
 
+mod align;
 mod browser;
 mod codes_and_accumulators;
 mod common;

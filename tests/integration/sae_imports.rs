@@ -190,11 +190,15 @@ fn a_bad_import_is_refused_before_any_work_naming_the_layer_and_the_problem() {
         &table("scale_mean = true"),
         &["scale_mean", "did not save it"],
     );
-    // An SAE inside the run folder, whose files saeshare replaces, is refused.
+    // An SAE inside the run folder, whose files saeshare replaces, is refused, however the
+    // path reaches it.
     let inside = dir.path().join("bad/kept/x");
     std::fs::create_dir_all(&inside).unwrap();
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
     for file in ["cfg.json", "sae_weights.safetensors"] {
         std::fs::copy(narrow.join(file), inside.join(file)).unwrap();
     }
     refused(&at(&inside), &["inside the study's output folder"]);
+    let roundabout = dir.path().join("other/../bad/kept/x");
+    refused(&at(&roundabout), &["inside the study's output folder"]);
 }

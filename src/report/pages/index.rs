@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::metrics::{Aggregation, WmppcRow};
 use crate::report::html::{self, escape, number};
 use crate::report::svg::{HeatCell, Heatmap};
-use crate::report::{distinct, file_name, MatrixCell, Site, WmppcMatrix};
+use crate::report::{distinct, file_name, specificity, MatrixCell, Site, WmppcMatrix};
 use crate::run_record::EncoderRecord;
 use crate::sae::ReadOut;
 
@@ -400,5 +400,9 @@ fn sharedness_section(site: &Site) -> String {
         );
     }
     s.push_str("</ul>");
+    if let Some(table) = specificity::table(&site.inputs.rankings, &site.inputs.wmppc) {
+        s.push_str(r#"<h3 id="specificity">Shared with G, by how specific to M among H</h3><p class="note">Each query's firing features in bins of their best match among H (max MPPC over H: the lower, the more specific the feature is to M among the models of H), with the mean of their worst match among G (min MPPC over G) and how many fall in the bin. The paper's finding, for a vision-language image tower M against unimodal image encoders H and text encoders G: features specific to M among image encoders are shared with text, more than a unimodal tower's are. The floor is chance: the highest wMPPC floor of M against a model of G.</p>"#);
+        s.push_str(&table);
+    }
     s
 }

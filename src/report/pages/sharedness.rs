@@ -9,7 +9,7 @@ use crate::report::html::{self, escape, number};
 use crate::report::inputs::Ranking;
 use crate::report::matches::{matched_layer, PreferredRows};
 use crate::report::svg::{Histogram, Scatter};
-use crate::report::{distinct, Site};
+use crate::report::{distinct, specificity, Site};
 
 const ROOT: &str = "../";
 
@@ -20,6 +20,11 @@ pub fn page(site: &Site, ranking: &Ranking) -> String {
     body.push_str(&query_note(ranking));
     if !ranking.all.is_empty() {
         body.push_str(&distribution_section(ranking));
+    }
+    let measured = specificity::table(std::slice::from_ref(ranking), &site.inputs.wmppc);
+    if let Some(table) = measured {
+        body.push_str(r#"<h2>Shared with G, by how specific to M among H</h2><p class="note">The firing features in bins of their best match among H (the lower, the more specific to M), with the mean of their worst match among G, how many fall in each bin, and the floor (chance) of M against G.</p>"#);
+        body.push_str(&table);
     }
     body.push_str(&top_features_section(site, ranking));
     html::page(&site.inputs.name, &q.name, ROOT, &body)
