@@ -117,6 +117,26 @@ fn the_report_opens_in_chromium_with_the_matrix_rankings_and_feature_pages() {
     let layer_cells =
         browser.eval("document.querySelectorAll('#layers-dinov2__bert rect.cell').length");
     assert!(layer_cells.as_u64().unwrap() >= 4, "{layer_cells}");
+    // The query's features in five bins of specificity among H, with their count, the mean
+    // over all of them and the floor.
+    let bins = browser.eval(
+        "Array.from(document.querySelectorAll('#specificity-bins tbody tr')).map(r => r.cells[1].textContent)",
+    );
+    let bins: Vec<&str> = (bins.as_array().unwrap().iter())
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(bins.len(), 7, "five bins, the mean, the floor: {bins:?}");
+    let counted: usize = (bins[..5].iter())
+        .map(|c| {
+            c.rsplit('(')
+                .next()
+                .unwrap()
+                .trim_end_matches(')')
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert!(counted > 0, "{bins:?}");
     browser.screenshot(&screenshots().join("index.png"));
 
     // The sharedness ranking, with Delta's distribution and links to feature pages.
@@ -127,6 +147,8 @@ fn the_report_opens_in_chromium_with_the_matrix_rankings_and_feature_pages() {
     let histogram =
         browser.eval("document.querySelectorAll('#delta-distribution rect.bar').length");
     assert!(histogram.as_u64().unwrap() >= 1, "{histogram}");
+    let bins = browser.eval("document.querySelectorAll('#specificity-bins tbody tr').length");
+    assert_eq!(bins.as_u64(), Some(7), "the query's specificity bins");
     let feature = browser.eval("document.querySelector('#ranking tbody a').href");
     browser.screenshot(&screenshots().join("sharedness.png"));
 
