@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cnn import IMAGENET, Stages
+from .cnn import IMAGENET, Stages, torchvision_preprocessing
 from .package import write_package
 
 STAGES = ["features.3", "features.6", "features.13", "features.18"]
@@ -91,18 +91,13 @@ def preprocess(data, size):
 
 
 def image_spec(size):
-    return {
-        "resize": {"height": size, "width": size},
-        "resample": "bilinear",
-        "crop": None,
-        "crop_rounding": "round",
-        "rescale": 1.0 / 255.0,
-        "mean": IMAGENET["mean"],
-        "std": IMAGENET["std"],
-        "background": [255, 255, 255],
-        "processor": "saeshare_export align (PIL bilinear resize)",
-        "input_size": [size, size],
-    }
+    """torchvision's normalisation, without its crop: a plain resize to ``size`` x ``size``."""
+    return dict(
+        torchvision_preprocessing(crop=size),
+        resize={"height": size, "width": size},
+        crop=None,
+        processor="saeshare_export align (PIL bilinear resize)",
+    )
 
 
 def progress(iterable, total, what):

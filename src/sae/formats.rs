@@ -69,7 +69,8 @@ pub struct FormatError {
     pub problem: String,
 }
 
-fn error(path: &Path, problem: impl Into<String>) -> FormatError {
+/// A [`FormatError`] about `path`.
+pub(super) fn error(path: &Path, problem: impl Into<String>) -> FormatError {
     FormatError {
         path: path.to_path_buf(),
         problem: problem.into(),
@@ -222,7 +223,8 @@ fn describe_saev(file: &Path) -> Result<SaeDescription, FormatError> {
     })
 }
 
-fn read_json(path: &Path) -> Result<Value, FormatError> {
+/// The JSON of a configuration file.
+pub(super) fn read_json(path: &Path) -> Result<Value, FormatError> {
     let text = std::fs::read(path).map_err(|e| error(path, e.to_string()))?;
     serde_json::from_slice(&text).map_err(|e| error(path, format!("not JSON: {e}")))
 }

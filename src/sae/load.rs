@@ -13,7 +13,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::config::{SaeConfig, SaeKind};
-use super::formats::{describe, FormatError, SaeDescription, SaeFormat};
+use super::formats::{describe, error, read_json, FormatError, SaeDescription, SaeFormat};
 use super::model::{InputNorm, Sae};
 use super::torch_pickle::{self, StoredTensor};
 
@@ -114,18 +114,6 @@ pub fn inference_config(
         expansion: (d.d_sae / d.d_in.max(1)).max(1),
         ..SaeConfig::default()
     })
-}
-
-fn error(path: &Path, problem: impl Into<String>) -> FormatError {
-    FormatError {
-        path: path.to_path_buf(),
-        problem: problem.into(),
-    }
-}
-
-fn read_json(path: &Path) -> Result<Value, FormatError> {
-    let text = std::fs::read(path).map_err(|e| error(path, e.to_string()))?;
-    serde_json::from_slice(&text).map_err(|e| error(path, format!("not JSON: {e}")))
 }
 
 fn read_weights(path: &Path) -> Result<Vec<(String, Tensor)>, FormatError> {
