@@ -25,6 +25,7 @@
 //! - [`report`]: the static HTML report of a run folder: heatmaps, rankings, feature pages.
 //! - [`progress`]: progress bars and logging set-up shared by every command.
 //! - [`torch`]: the libtorch facts a user needs to trust a run (version, devices).
+//! - [`table_diff`]: how far apart the tables of two runs are (`saeshare diff`).
 
 pub mod activations;
 pub mod atomic;
@@ -45,6 +46,7 @@ pub mod run_layout;
 pub mod run_record;
 pub mod sae;
 pub mod stats;
+pub mod table_diff;
 pub mod torch;
 
 /// The folder where saeshare keeps what it downloads or builds once per machine: `$SAESHARE_CACHE`,

@@ -48,7 +48,11 @@ impl DeviceSpec {
     }
 }
 
-/// One line describing the libtorch in use, for logs and `saeshare --version`-like output.
+/// The libtorch release this binary was built against (e.g. `2.13.0+cu130`): it runs on that
+/// release only, which is why scripts/device-check.sh compares it with a machine's own PyTorch.
+pub const LIBTORCH_VERSION: &str = env!("SAESHARE_LIBTORCH_VERSION");
+
+/// One line describing the libtorch in use, for logs and `saeshare info`.
 pub fn describe() -> String {
     let cuda = if tch::Cuda::is_available() {
         format!("CUDA with {} device(s)", tch::Cuda::device_count())
@@ -56,7 +60,7 @@ pub fn describe() -> String {
         "no CUDA device".to_string()
     };
     format!(
-        "libtorch with {} CPU thread(s), {cuda}",
+        "libtorch {LIBTORCH_VERSION} with {} CPU thread(s), {cuda}",
         tch::get_num_threads()
     )
 }

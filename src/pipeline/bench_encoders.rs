@@ -16,7 +16,7 @@ use crate::encoder::{Encoder, Modality};
 use crate::ids::EncoderId;
 
 /// One encoder's figures.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct EncoderFigure {
     pub encoder: String,
     /// Samples a second of the forward pass alone, at each batch size tried.

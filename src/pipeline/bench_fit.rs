@@ -17,7 +17,7 @@ use crate::ids::{EncoderId, LayerId};
 use crate::sae::{LayerFit, SaeConfig, SaeSource, SaeTrainer, StepThreads};
 
 /// One encoder's figures.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct FitFigure {
     pub encoder: String,
     pub layers: usize,

