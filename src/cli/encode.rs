@@ -27,6 +27,10 @@ pub struct EncodeArgs {
     /// Samples per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// A convolutional network run on square images of this many pixels, resized without a
+    /// crop, instead of its package's size (a study's `image_size`).
+    #[arg(long)]
+    image_size: Option<u32>,
     /// The activation file to write (FORMATS.md, "Activations").
     #[arg(long)]
     out: PathBuf,
@@ -90,6 +94,7 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
         tokens,
         device: args.device.check_available()?,
         batch_size: args.batch_size,
+        image_size: args.image_size,
         out: args.out,
     })?;
     let rows = match tokens {

@@ -42,6 +42,9 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
             sae.k,
             sae.expansion
         );
+        if let Some(side) = encoder.image_size {
+            println!("    images resized to {side} x {side} px, uncropped (image_size)");
+        }
         for (layer, import) in &encoder.saes {
             println!(
                 "    layer {layer}: imports the SAE at {}",

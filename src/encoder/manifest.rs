@@ -125,6 +125,40 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The package run on square images of `side` pixels: resized to `side x side` (no crop),
+    /// with the package's resampling and normalisation. Only for convolutional networks, which
+    /// take any size; a transformer's position embeddings fix its size.
+    pub fn at_image_size(&self, side: u32) -> Result<Manifest, String> {
+        let image = match (&self.image, self.outputs) {
+            (Some(image), OutputKind::FeatureMaps) => image,
+            (Some(_), OutputKind::Tokens) => {
+                return Err(format!(
+                    "image_size: {} is a transformer, whose position embeddings fix its input \
+                     size ({:?}); only convolutional networks (feature-map outputs) take another",
+                    self.name,
+                    self.image.as_ref().map(|i| i.input_size)
+                ))
+            }
+            (None, _) => return Err(format!("image_size: {} reads captions", self.name)),
+        };
+        if !(16..=4096).contains(&side) {
+            return Err(format!("image_size = {side}: give 16 to 4096 pixels"));
+        }
+        let mut manifest = self.clone();
+        manifest.image = Some(ImageSpec {
+            resize: Some(ResizeSpec {
+                shortest_edge: None,
+                height: Some(side),
+                width: Some(side),
+            }),
+            crop: None,
+            input_size: [side as usize; 2],
+            processor: format!("{} at {side} px, uncropped", image.processor),
+            ..image.clone()
+        });
+        Ok(manifest)
+    }
+
     /// Whether a batch is padded to its longest caption: a text encoder that does not pad to a
     /// fixed length, whose batches then gain from captions of like length.
     pub fn pads_to_longest(&self) -> bool {

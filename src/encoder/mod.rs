@@ -184,6 +184,16 @@ impl Encoder {
         })
     }
 
+    /// The same model run on square images of `side` pixels ([`Manifest::at_image_size`]).
+    pub fn at_image_size(mut self, side: u32) -> Result<Encoder, EncoderError> {
+        self.manifest =
+            (self.manifest.at_image_size(side)).map_err(|problem| EncoderError::Package {
+                package: self.dir.clone(),
+                problem,
+            })?;
+        Ok(self)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -23,6 +23,8 @@ pub struct EncodeOptions {
     pub tokens: Option<TokenSelection>,
     pub device: Device,
     pub batch_size: usize,
+    /// A CNN run on square images of this side instead of its package's size.
+    pub image_size: Option<u32>,
     pub out: PathBuf,
 }
 
@@ -43,6 +45,9 @@ pub struct EncodeReport {
 /// or with `tokens` one row per kept token of each sample and layer.
 pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     let mut encoder = Encoder::load(&options.encoder, options.device)?;
+    if let Some(side) = options.image_size {
+        encoder = encoder.at_image_size(side)?;
+    }
     let layers = encoder.manifest.select_layers(&options.layers)?;
     let pooling = options.pooling.unwrap_or(encoder.manifest.default_pooling);
     let dataset = Dataset::open(&options.dataset)?;

@@ -55,7 +55,7 @@ pub fn bench_encoders(
         );
         let mut models = WorkerModels::new(plan.clone(), 0);
         let tokens = model_tokens(&plan, e, &batch.captions)?;
-        let model = Encoder::load(&encoder.package, models.device(e))?;
+        let model = encoder.load(models.device(e))?;
         let forward = (batch_sizes.iter())
             .map(|&b| Ok((b, forward_rate(&model, b, tokens)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;

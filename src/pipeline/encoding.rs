@@ -118,7 +118,7 @@ impl WorkerModels {
     ) -> anyhow::Result<()> {
         let planned = self.plan.encoder(e);
         if !self.encoders.contains_key(&e) {
-            let encoder = Encoder::load(&planned.package, self.device(e))?;
+            let encoder = planned.load(self.device(e))?;
             self.encoders.insert(e, encoder);
         }
         let encoder = self.encoders.get_mut(&e).expect("loaded above");

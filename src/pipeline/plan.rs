@@ -30,6 +30,8 @@ pub struct PlannedEncoder {
     pub pooling: Pooling,
     pub device: tch::Device,
     pub batch_size: usize,
+    /// The study's `image_size`: a CNN run on images of this side instead of its package's.
+    pub image_size: Option<u32>,
     pub sae: SaeConfig,
     /// What the SAEs are fitted on: pooled rows, or token rows chosen how.
     pub fit_rows: FitRows,
@@ -47,6 +49,15 @@ pub struct PlannedEncoder {
 }
 
 impl PlannedEncoder {
+    /// Its model, loaded onto `device` as the study runs it.
+    pub fn load(&self, device: tch::Device) -> anyhow::Result<crate::encoder::Encoder> {
+        let encoder = crate::encoder::Encoder::load(&self.package, device)?;
+        Ok(match self.image_size {
+            None => encoder,
+            Some(side) => encoder.at_image_size(side)?,
+        })
+    }
+
     /// Which token rows the SAEs are fitted on; `None` when they are fitted on pooled rows.
     pub fn token_selection(&self) -> Option<&TokenSelection> {
         match &self.fit_rows {
@@ -349,6 +360,11 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         let which: Vec<bool> = imported.iter().map(Option::is_some).collect();
         crate::digest::fingerprint(&(fingerprint, "imported", which))
     };
+    // Another input size gives other activations: everything of the encoder is redone.
+    let fingerprint = match spec.image_size {
+        None => fingerprint,
+        Some(side) => crate::digest::fingerprint(&(fingerprint, "image_size", side)),
+    };
     // The read-out changes the codes, not the SAEs: codes and pairs follow the fingerprint.
     let fingerprint = match read_out {
         ReadOut::Code => fingerprint,
@@ -364,6 +380,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         pooling,
         device: device.check_available()?,
         batch_size,
+        image_size: spec.image_size,
         sae,
         fit_rows,
         read_out,
@@ -456,6 +473,11 @@ pub(super) fn choose(
 ) -> anyhow::Result<EncoderChoice> {
     let spec = &study.encoders[name];
     let manifest = Manifest::read(package)?;
+    let manifest = match spec.image_size {
+        None => manifest,
+        Some(side) => (manifest.at_image_size(side))
+            .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?,
+    };
     let layers = manifest
         .select_layers(&spec.layers)
         .map_err(|e| anyhow::anyhow!("{}: [encoders.{name}]: {e}", path.display()))?;

