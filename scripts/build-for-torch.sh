@@ -30,6 +30,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The default environment first: the exporter's packages, shared below.
 eval "$("$here/scripts/python-env.sh")"
 root=$SAESHARE_CACHE/torch-$version
+mkdir -p "$root"
+# One build per release at a time: a second one would replace the copy the first is building.
+exec 9>"$root/.lock"
+flock -n 9 || { echo "saeshare: waiting for the other build for torch $version to finish" >&2; flock 9; }
 venv=$root/venv
 stamp=$venv/.installed-torch-$version-torchvision-$torchvision
 

