@@ -50,17 +50,7 @@ print(json.dumps(retrieval(image_emb, text_emb, torch.tensor([index[c] for _, c 
 "#;
 
 fn encode(package: &Path, dataset: &Path, out: &Path) {
-    let encoded = common::saeshare(&[
-        "encode",
-        "--encoder",
-        package.to_str().unwrap(),
-        "--dataset",
-        dataset.to_str().unwrap(),
-        "--layers",
-        "projection",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let encoded = common::encode(package, dataset, "projection", out, &[]);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
 }
 

@@ -74,6 +74,24 @@ pub fn saeshare(args: &[&str]) -> Output {
         .expect("the saeshare binary runs")
 }
 
+/// `saeshare encode` of `dataset` with the package `package`, its `layers` written to `out`, with
+/// `more` flags after them; the command's output.
+pub fn encode(package: &Path, dataset: &Path, layers: &str, out: &Path, more: &[&str]) -> Output {
+    let mut args = vec![
+        "encode",
+        "--encoder",
+        package.to_str().unwrap(),
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "--layers",
+        layers,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    saeshare(&args)
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -60,17 +60,8 @@ fn smallest_cosine_to_sentence_transformers(
     let dataset = emoji_captions(dir.path(), shard_rows);
     let samples = 2 * shard_rows;
     let acts = dir.path().join("acts.parquet");
-    let encoded = common::saeshare(&[
-        "encode",
-        "--encoder",
-        common::real_packages().join(name).to_str().unwrap(),
-        "--dataset",
-        dataset.to_str().unwrap(),
-        "--layers",
-        "all",
-        "--out",
-        acts.to_str().unwrap(),
-    ]);
+    let package = common::real_packages().join(name);
+    let encoded = common::encode(&package, &dataset, "all", &acts, &[]);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
     assert!(
         common::stdout(&encoded).contains(&format!("encoded {samples} samples")),

@@ -46,19 +46,7 @@ fn encode(dir: &Path, name: &str, dataset: &Path, layers: &str) -> PathBuf {
 fn encode_with(dir: &Path, name: &str, dataset: &Path, layers: &str, more: &[&str]) -> PathBuf {
     let acts = dir.join(format!("{name}.parquet"));
     let package = common::real_packages().join(name);
-    let mut args = vec![
-        "encode",
-        "--encoder",
-        package.to_str().unwrap(),
-        "--dataset",
-        dataset.to_str().unwrap(),
-        "--layers",
-        layers,
-        "--out",
-        acts.to_str().unwrap(),
-    ];
-    args.extend_from_slice(more);
-    let encoded = common::saeshare(&args);
+    let encoded = common::encode(&package, dataset, layers, &acts, more);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
     acts
 }
@@ -196,20 +184,13 @@ fn mobilenet_v2_at_another_image_size_equals_torchvision_at_that_size() {
     );
 
     // A transformer's size is fixed by its position embeddings: refused, naming the package.
-    let refused = common::saeshare(&[
-        "encode",
-        "--encoder",
-        common::real_packages()
-            .join("dinov2-small-focus")
-            .to_str()
-            .unwrap(),
-        "--dataset",
-        dataset.to_str().unwrap(),
-        "--image-size",
-        "112",
-        "--out",
-        dir.path().join("no.parquet").to_str().unwrap(),
-    ]);
+    let refused = common::encode(
+        &common::real_packages().join("dinov2-small-focus"),
+        &dataset,
+        "all",
+        &dir.path().join("no.parquet"),
+        &["--image-size", "112"],
+    );
     assert!(!refused.status.success());
     let stderr = common::stderr(&refused);
     assert!(
