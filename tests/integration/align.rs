@@ -50,7 +50,7 @@ print(json.dumps(retrieval(image_emb, text_emb, torch.tensor([index[c] for _, c 
 "#;
 
 fn encode(package: &Path, dataset: &Path, out: &Path) {
-    let encoded = common::encode(package, dataset, "projection", out, &[]);
+    let encoded = common::encode(package, dataset, out, &["--layers", "projection"]);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
 }
 

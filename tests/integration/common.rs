@@ -74,17 +74,15 @@ pub fn saeshare(args: &[&str]) -> Output {
         .expect("the saeshare binary runs")
 }
 
-/// `saeshare encode` of `dataset` with the package `package`, its `layers` written to `out`, with
-/// `more` flags after them; the command's output.
-pub fn encode(package: &Path, dataset: &Path, layers: &str, out: &Path, more: &[&str]) -> Output {
+/// `saeshare encode` of `dataset` with the package `package` into `out`, with the flags `more`
+/// (`--layers`, `--tokens`...); the command's output.
+pub fn encode(package: &Path, dataset: &Path, out: &Path, more: &[&str]) -> Output {
     let mut args = vec![
         "encode",
         "--encoder",
         package.to_str().unwrap(),
         "--dataset",
         dataset.to_str().unwrap(),
-        "--layers",
-        layers,
         "--out",
         out.to_str().unwrap(),
     ];

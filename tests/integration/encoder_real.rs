@@ -61,7 +61,7 @@ fn smallest_cosine_to_sentence_transformers(
     let samples = 2 * shard_rows;
     let acts = dir.path().join("acts.parquet");
     let package = common::real_packages().join(name);
-    let encoded = common::encode(&package, &dataset, "all", &acts, &[]);
+    let encoded = common::encode(&package, &dataset, &acts, &["--layers", "all"]);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
     assert!(
         common::stdout(&encoded).contains(&format!("encoded {samples} samples")),

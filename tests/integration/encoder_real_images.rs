@@ -46,7 +46,9 @@ fn encode(dir: &Path, name: &str, dataset: &Path, layers: &str) -> PathBuf {
 fn encode_with(dir: &Path, name: &str, dataset: &Path, layers: &str, more: &[&str]) -> PathBuf {
     let acts = dir.join(format!("{name}.parquet"));
     let package = common::real_packages().join(name);
-    let encoded = common::encode(&package, dataset, layers, &acts, more);
+    let mut flags = vec!["--layers", layers];
+    flags.extend_from_slice(more);
+    let encoded = common::encode(&package, dataset, &acts, &flags);
     assert!(encoded.status.success(), "{}", common::stderr(&encoded));
     acts
 }
@@ -187,7 +189,6 @@ fn mobilenet_v2_at_another_image_size_equals_torchvision_at_that_size() {
     let refused = common::encode(
         &common::real_packages().join("dinov2-small-focus"),
         &dataset,
-        "all",
         &dir.path().join("no.parquet"),
         &["--image-size", "112"],
     );

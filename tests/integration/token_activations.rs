@@ -122,18 +122,15 @@ fn ok(args: &[&str]) -> String {
 
 /// `saeshare encode --tokens` of `package` over `dataset` into `out`, with `extra` flags.
 fn encode_tokens(package: &Path, dataset: &Path, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "encode",
-        "--encoder",
-        package.to_str().unwrap(),
-        "--dataset",
-        dataset.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--tokens",
-    ];
-    args.extend(extra);
-    ok(&args)
+    let mut flags = vec!["--tokens"];
+    flags.extend(extra);
+    let output = common::encode(package, dataset, out, &flags);
+    assert!(
+        output.status.success(),
+        "encode {flags:?}: {}",
+        common::stderr(&output)
+    );
+    common::stdout(&output)
 }
 
 /// The Python library's hidden states of each caption alone (no padding) through the tiny
