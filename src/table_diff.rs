@@ -177,14 +177,14 @@ fn diff_tables(a: &Path, b: &Path, table: PathBuf) -> anyhow::Result<TableDiff> 
 fn float_values(column: &ArrayRef) -> anyhow::Result<Option<Vec<f64>>> {
     let values = match column.data_type() {
         DataType::Float16 | DataType::Float32 | DataType::Float64 => column.clone(),
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _)
-            if f.data_type().is_floating() =>
-        {
-            match column.data_type() {
-                DataType::List(_) => column.as_list::<i32>().values().clone(),
-                DataType::LargeList(_) => column.as_list::<i64>().values().clone(),
-                _ => column.as_fixed_size_list().values().clone(),
-            }
+        DataType::List(f) if f.data_type().is_floating() => {
+            column.as_list::<i32>().values().clone()
+        }
+        DataType::LargeList(f) if f.data_type().is_floating() => {
+            column.as_list::<i64>().values().clone()
+        }
+        DataType::FixedSizeList(f, _) if f.data_type().is_floating() => {
+            column.as_fixed_size_list().values().clone()
         }
         _ => return Ok(None),
     };
