@@ -3,13 +3,12 @@ AutoModel whose forward returns hidden states."""
 
 import json
 import os
-import tempfile
 
 import torch
 import transformers
 from transformers import AutoConfig
 
-from .package import Outputs, write_package
+from .package import Outputs, scratch_folder, write_package
 
 # model_type -> (modality, class name, default pooling). Pooling follows how each model was
 # trained: never token 0 where token 0 carries nothing.
@@ -138,7 +137,7 @@ def tokenizer_file(path):
     if os.path.exists(own):
         return own
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, use_fast=True)
-    folder = tempfile.mkdtemp(prefix="saeshare-tokenizer-")
+    folder = scratch_folder("saeshare-tokenizer-")
     tokenizer.save_pretrained(folder)
     return os.path.join(folder, "tokenizer.json")
 

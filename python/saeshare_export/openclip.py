@@ -5,11 +5,10 @@ open_clip's own BPE vocabulary and checked against open_clip's tokenizer."""
 import gzip
 import json
 import os
-import tempfile
 
 import torch
 
-from .package import Outputs, write_package
+from .package import Outputs, scratch_folder, write_package
 
 
 def visual_layers(model, pixels):
@@ -115,7 +114,7 @@ def export(arch, out, pretrained=None, tower="visual", name=None, model=None, no
         )
         return write_package(out, Outputs(model, visual_layers), (torch.randn(2, 3, *size),), manifest)
     context = int(model.context_length if hasattr(model, "context_length") else model.text.context_length)
-    folder = tempfile.mkdtemp(prefix="saeshare-openclip-tokenizer-")
+    folder = scratch_folder("saeshare-openclip-tokenizer-")
     tokenizer = clip_tokenizer_json(folder)
     check_tokenizer(tokenizer, context)
     blocks = model.text.transformer.resblocks if hasattr(model, "text") else model.transformer.resblocks

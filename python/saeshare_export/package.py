@@ -1,5 +1,6 @@
 """Writing an encoder package: trace, check, and move into place atomically."""
 
+import atexit
 import json
 import os
 import shutil
@@ -8,6 +9,14 @@ import tempfile
 import torch
 
 from . import PACKAGE_VERSION
+
+
+def scratch_folder(prefix="saeshare-"):
+    """A temporary folder removed when the exporter exits, for files only needed while it runs
+    (a tokenizer saved before it is copied into a package, a model config)."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 class Outputs(torch.nn.Module):
@@ -36,6 +45,29 @@ class ChannelsLast(torch.nn.Module):
         return tuple(self.model(x.contiguous(memory_format=torch.channels_last)))
 
 
+def follow_the_inputs_device(traced):
+    """Makes a frozen trace run on the device of its inputs.
+
+    A trace records the device of each tensor the model makes as a constant: transformers' mask
+    code (``torch.arange(n, device=ids.device)``, ``mask.to(ids.device)``) becomes ``cpu`` when
+    traced on the CPU, and the package then fails on a GPU, mixing CUDA and CPU tensors. Each such
+    constant is replaced by the device of the first input, read when the graph runs."""
+    graph = traced.graph
+    tensors = [v for v in graph.inputs() if isinstance(v.type(), torch._C.TensorType)]
+    constants = [n for n in graph.findAllNodes("prim::Constant") if isinstance(n.output().type(), torch._C.DeviceObjType)]
+    if not constants:
+        return
+    device = graph.create("prim::device", [tensors[0]], 1)
+    device.output().setType(torch._C.DeviceObjType.get())
+    device.insertBefore(next(iter(graph.nodes())))
+    for constant in constants:
+        constant.output().replaceAllUsesWith(device.output())
+        constant.destroy()
+    left = [n for n in graph.findAllNodes("prim::Constant") if isinstance(n.output().type(), torch._C.DeviceObjType)]
+    if left:
+        raise SystemExit(f"{len(left)} device constants are left in the trace; the package would run on the CPU only")
+
+
 def write_package(out, module, example_inputs, manifest, tokenizer_json=None, extra_files=None):
     """Traces ``module`` on ``example_inputs``, checks the trace on the same inputs, and writes
     the package to ``out`` (replacing nothing: ``out`` must not exist), with ``extra_files``
@@ -60,6 +92,7 @@ def write_package(out, module, example_inputs, manifest, tokenizer_json=None, ex
         # Frozen: the weights become constants of the graph, and each batch norm is folded into
         # the convolution before it (1.3-1.5x on the CNNs at batch 16 on 2 CPU cores).
         traced = torch.jit.freeze(traced)
+        follow_the_inputs_device(traced)
         got = traced(*example_inputs)
     reference = expected_nchw if manifest["outputs"] == "feature_maps" else expected
     for layer, (a, b) in enumerate(zip(reference, got)):

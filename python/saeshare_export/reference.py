@@ -8,7 +8,6 @@ Writes ``OUT/specs.json`` (each processor's settings as an encoder manifest stat
 import json
 import os
 import sys
-import tempfile
 
 import torch
 import transformers
@@ -16,6 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from . import cnn, hf
+from .package import scratch_folder
 
 PROCESSORS = {
     # CLIP's: bicubic, short side to 224, centre crop 224 (transformers' default backend).
@@ -48,7 +48,7 @@ def main(out, images):
     os.makedirs(out, exist_ok=True)
     specs, pixels = {}, {}
     for name, processor in PROCESSORS.items():
-        folder = tempfile.mkdtemp()
+        folder = scratch_folder()
         processor.save_pretrained(folder)
         spec = hf.image_preprocessing(folder, None)
         size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size

@@ -21,6 +21,7 @@ import transformers
 from safetensors.torch import save_file
 
 from . import cnn, hf, openclip
+from .package import scratch_folder
 
 TEXT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)
@@ -194,8 +195,6 @@ def poison_padding(package, out):
 
 def open_clip_tiny(out):
     """A tiny open_clip CLIP, both towers; the reference is open_clip's own forward_intermediates."""
-    import tempfile
-
     import open_clip
 
     config = {
@@ -203,7 +202,7 @@ def open_clip_tiny(out):
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     }
-    folder = tempfile.mkdtemp()
+    folder = scratch_folder()
     with open(os.path.join(folder, "tiny-clip.json"), "w") as f:
         json.dump(config, f)
     open_clip.add_model_config(folder)

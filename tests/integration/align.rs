@@ -65,8 +65,6 @@ fn align_tunes_reproducibly_and_its_packages_give_the_measured_embeddings() {
         summary["weights_sha256"], again["weights_sha256"],
         "the same seed gives the same weights"
     );
-    let other = align(&dataset, &dir.path().join("other"), 6);
-    assert_ne!(summary["weights_sha256"], other["weights_sha256"]);
 
     let image = first.join("mobilenet-v2-lit");
     let text = first.join("all-minilm-l6-v2-lit");

@@ -112,11 +112,39 @@ pub fn python() -> Command {
     command
 }
 
+/// A folder for a fixture that the tests of this process share, `name` under this process's
+/// folder in the target's scratch space.
+///
+/// Statics are never dropped, so a shared fixture cannot remove itself as a `TempDir` would:
+/// each test process removes instead the folders of test processes that have ended, its own
+/// pid's included (a pid is reused only once its process is gone). A fixture in `/tmp` leaked
+/// 600 MB a run and once filled a CI machine's disk.
+pub fn shared_fixture(name: &str) -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared-fixtures");
+        let own = std::process::id().to_string();
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let alive = name.to_str().is_some_and(|pid| {
+                pid != own && pid.parse::<u32>().is_ok() && Path::new("/proc").join(pid).exists()
+            });
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        base.join(own)
+    });
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The real packages, exported once for the tests.
 pub fn real_packages() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = shared_fixture("real-packages");
         let output = python()
             .args(["-m", "saeshare_export", "real", "--out"])
             .arg(&dir)
@@ -132,7 +160,7 @@ pub fn real_packages() -> &'static Path {
 pub fn tiny_packages() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = shared_fixture("tiny-packages");
         let output = python()
             .args(["-m", "saeshare_export.tiny"])
             .arg(&dir)
@@ -148,7 +176,7 @@ pub fn tiny_packages() -> &'static Path {
 pub fn emoji_shards() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep().join("emoji");
+        let dir = shared_fixture("emoji-shards").join("emoji");
         let built = saeshare(&[
             "dataset",
             "build-emoji",

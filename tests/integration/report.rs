@@ -21,9 +21,7 @@ const ENCODERS: [&str; 4] = ["bert", "clip-text", "dinov2", "vit"];
 fn finished_run() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap()
-            .keep();
+        let dir = common::shared_fixture("report-run");
         let dataset = common::emoji_subset(&dir, &[16, 17, 56, 57]);
         let study = pipeline::study(&dir, &dataset, "shown", &ENCODERS, 4);
         let stdout = pipeline::run(&study, &[]);

@@ -20,7 +20,7 @@ const ENCODERS: [&str; 2] = ["bert", "dinov2"];
 fn clean() -> &'static (PathBuf, PathBuf) {
     static CLEAN: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     CLEAN.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = common::shared_fixture("clean-run");
         let dataset = common::emoji_subset(&dir, &[20, 60]);
         let file = study(&dir, &dataset, "clean", &ENCODERS, 4);
         crate::pipeline::run(&file, &[]);
