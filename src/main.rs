@@ -1,6 +1,7 @@
 //! The `saeshare` command line. Each subcommand is a thin layer over the library.
 
 fn main() -> std::process::ExitCode {
+    saeshare::torch::keep_float32_exact();
     keep_freed_memory_for_reuse();
     end_quietly_on_a_closed_pipe();
     saeshare::cli::main()

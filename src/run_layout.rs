@@ -52,9 +52,14 @@ impl RunLayout {
         self.codes_dir(encoder, layer).join(shard_file)
     }
 
-    /// `activations/<encoder>/<shard file>`: the optional activation cache.
+    /// `activations/`: the optional activation cache, scratch that a later run may delete.
+    pub fn activations(&self) -> PathBuf {
+        self.root.join("activations")
+    }
+
+    /// `activations/<encoder>/<shard file>`.
     pub fn activations_file(&self, encoder: &str, shard_file: &str) -> PathBuf {
-        self.root.join("activations").join(encoder).join(shard_file)
+        self.activations().join(encoder).join(shard_file)
     }
 
     /// `pairs/`: one folder per compared pair.

@@ -17,6 +17,8 @@ use arrow::datatypes::{DataType, Float64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::file_error::FileError;
+use crate::pipeline::MARKER_FILE;
+use crate::run_layout::RunLayout;
 
 /// How one table of A compares with the same table of B.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -28,6 +30,9 @@ pub struct TableDiff {
     pub schema_differences: Vec<String>,
     /// Cells of columns that are not floats that differ, summed over those columns.
     pub unequal_cells: usize,
+    /// Cells that differ in the columns allowed to (`may_differ`): a choice among values equal
+    /// within rounding, such as `mppc.parquet`'s `best_feature`, the argmax of `rho`.
+    pub choices_differ: usize,
     /// The largest absolute difference over the float columns (0 when there are none).
     pub max_abs: f64,
     /// The largest of each float column's `max_abs / max |A|`.
@@ -52,6 +57,9 @@ pub struct Diff {
     pub tables: Vec<TableDiff>,
     pub only_in_a: Vec<PathBuf>,
     pub only_in_b: Vec<PathBuf>,
+    /// Folders left out: a run folder's activation cache, which holds no result (a run that
+    /// imports its SAEs, or caches nothing, has none).
+    pub not_compared: Vec<PathBuf>,
 }
 
 impl Diff {
@@ -62,12 +70,14 @@ impl Diff {
     }
 }
 
-/// Compares `a` with `b`: two Parquet files, or every `*.parquet` file under two folders.
-pub fn diff(a: &Path, b: &Path) -> anyhow::Result<Diff> {
+/// Compares `a` with `b`: two Parquet files, or every `*.parquet` file under two folders but
+/// a run folder's activation cache. Cells of the columns named in `may_differ` that differ are
+/// counted apart, not as differences.
+pub fn diff(a: &Path, b: &Path, may_differ: &[String]) -> anyhow::Result<Diff> {
     if a.is_file() && b.is_file() {
         let name = PathBuf::from(a.file_name().unwrap_or(a.as_os_str()));
         return Ok(Diff {
-            tables: vec![diff_tables(a, b, name)?],
+            tables: vec![diff_tables(a, b, name, may_differ)?],
             ..Diff::default()
         });
     }
@@ -78,21 +88,38 @@ pub fn diff(a: &Path, b: &Path) -> anyhow::Result<Diff> {
             p.display()
         );
     }
-    let (in_a, in_b) = (tables_under(a)?, tables_under(b)?);
+    let cache = RunLayout::new("").activations();
+    let (in_a, in_b) = (tables_under(a, &cache)?, tables_under(b, &cache)?);
     let mut out = Diff {
         only_in_a: in_a.difference(&in_b).cloned().collect(),
         only_in_b: in_b.difference(&in_a).cloned().collect(),
+        not_compared: [a, b]
+            .iter()
+            .any(|root| is_run_folder(root) && root.join(&cache).is_dir())
+            .then_some(cache)
+            .into_iter()
+            .collect(),
         ..Diff::default()
     };
     for table in in_a.intersection(&in_b) {
-        out.tables
-            .push(diff_tables(&a.join(table), &b.join(table), table.clone())?);
+        out.tables.push(diff_tables(
+            &a.join(table),
+            &b.join(table),
+            table.clone(),
+            may_differ,
+        )?);
     }
     Ok(out)
 }
 
-/// The Parquet files under `root`, as paths relative to it.
-fn tables_under(root: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
+fn is_run_folder(root: &Path) -> bool {
+    root.join(MARKER_FILE).is_file()
+}
+
+/// The Parquet files under `root`, as paths relative to it; in a run folder, none under `cache`
+/// (relative).
+fn tables_under(root: &Path, cache: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
+    let skipped = is_run_folder(root).then(|| root.join(cache));
     let mut found = BTreeSet::new();
     let mut folders = vec![root.to_path_buf()];
     while let Some(folder) = folders.pop() {
@@ -101,7 +128,9 @@ fn tables_under(root: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
         for entry in entries {
             let path = entry?.path();
             if path.is_dir() {
-                folders.push(path);
+                if skipped.as_ref() != Some(&path) {
+                    folders.push(path);
+                }
             } else if path.extension().is_some_and(|e| e == "parquet") {
                 found.insert(path.strip_prefix(root)?.to_path_buf());
             }
@@ -121,13 +150,19 @@ fn read_table(path: &Path) -> anyhow::Result<RecordBatch> {
     Ok(concat_batches(&schema, &batches).map_err(FileError::arrow(path))?)
 }
 
-fn diff_tables(a: &Path, b: &Path, table: PathBuf) -> anyhow::Result<TableDiff> {
+fn diff_tables(
+    a: &Path,
+    b: &Path,
+    table: PathBuf,
+    may_differ: &[String],
+) -> anyhow::Result<TableDiff> {
     let (ta, tb) = (read_table(a)?, read_table(b)?);
     let mut out = TableDiff {
         table,
         rows: (ta.num_rows(), tb.num_rows()),
         schema_differences: Vec::new(),
         unequal_cells: 0,
+        choices_differ: 0,
         max_abs: 0.0,
         max_rel: 0.0,
         worst_column: None,
@@ -166,6 +201,9 @@ fn diff_tables(a: &Path, b: &Path, table: PathBuf) -> anyhow::Result<TableDiff> 
                     out.max_rel = out.max_rel.max(rel);
                     out.worst_column = Some(field.name().clone());
                 }
+            }
+            None if may_differ.contains(field.name()) => {
+                out.choices_differ += unequal_cells(ca, cb)?
             }
             None => out.unequal_cells += unequal_cells(ca, cb)?,
         }
@@ -288,7 +326,7 @@ mod tests {
         );
         write(&a.join("only.parquet"), &[1], &["x"], &[0.0], &v[..1]);
 
-        let d = diff(&a, &b).unwrap();
+        let d = diff(&a, &b, &[]).unwrap();
         assert_eq!(d.only_in_a, vec![PathBuf::from("only.parquet")]);
         assert!(d.only_in_b.is_empty());
         let t = &d.tables[0];
@@ -303,9 +341,53 @@ mod tests {
         // A key that differs is a difference whatever the tolerance.
         let c = dir.path().join("c.parquet");
         write(&c, &[1, 3], &["x", "y"], &[0.5, 0.25], &v);
-        let d = diff(&a.join("pairs/t.parquet"), &c).unwrap();
+        let d = diff(&a.join("pairs/t.parquet"), &c, &[]).unwrap();
         assert_eq!(d.tables[0].unequal_cells, 1);
         assert!(!d.within(1.0));
+        // Unless the column is one allowed to differ: then it is counted apart.
+        let d = diff(&a.join("pairs/t.parquet"), &c, &["id".to_string()]).unwrap();
+        assert_eq!(
+            (d.tables[0].unequal_cells, d.tables[0].choices_differ),
+            (0, 1)
+        );
+        assert!(d.within(1e-6));
+    }
+
+    #[test]
+    fn a_run_folders_activation_cache_is_left_out_and_said_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let v = [[1.0, -4.0]];
+        for root in [&a, &b] {
+            std::fs::create_dir_all(root.join("pairs")).unwrap();
+            write(&root.join("pairs/t.parquet"), &[1], &["x"], &[0.5], &v);
+        }
+        // A cached the activations of its encoder; B imported its SAEs and cached nothing.
+        std::fs::create_dir_all(a.join("activations/bert")).unwrap();
+        write(
+            &a.join("activations/bert/shard-000000.parquet"),
+            &[1],
+            &["x"],
+            &[0.0],
+            &v,
+        );
+
+        // Not run folders: every table counts.
+        let d = diff(&a, &b, &[]).unwrap();
+        assert_eq!(
+            d.only_in_a,
+            vec![PathBuf::from("activations/bert/shard-000000.parquet")]
+        );
+        assert!(d.not_compared.is_empty() && !d.within(1e-3));
+
+        for root in [&a, &b] {
+            std::fs::write(root.join(MARKER_FILE), b"{}").unwrap();
+        }
+        let d = diff(&a, &b, &[]).unwrap();
+        assert!(d.only_in_a.is_empty(), "{d:?}");
+        assert_eq!(d.not_compared, vec![PathBuf::from("activations")]);
+        assert_eq!(d.tables.len(), 1);
+        assert!(d.within(1e-3));
     }
 
     #[test]
@@ -314,7 +396,7 @@ mod tests {
         let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
         std::fs::write(&a, b"not parquet").unwrap();
         std::fs::write(&b, b"not parquet").unwrap();
-        let err = diff(&a, &b).unwrap_err().to_string();
+        let err = diff(&a, &b, &[]).unwrap_err().to_string();
         assert!(err.contains("a.parquet"), "{err}");
     }
 }

@@ -52,10 +52,33 @@ impl DeviceSpec {
 /// release only, which is why scripts/device-check.sh compares it with a machine's own PyTorch.
 pub const LIBTORCH_VERSION: &str = env!("SAESHARE_LIBTORCH_VERSION");
 
+/// The variable through which NVIDIA's cuDNN and cuBLAS choose TF32 (a 10-bit mantissa) for
+/// float32 work.
+pub const TF32_VARIABLE: &str = "NVIDIA_TF32_OVERRIDE";
+
+/// Keeps float32 work in float32 on GPUs. libtorch lets cuDNN run float32 convolutions in TF32
+/// by default: on an H200, MobileNetV2's last layer then differed from the CPU's by 6e-3
+/// (relative to its largest value), where the transformers, in float32 matrix products, differed
+/// by 2e-6; enough to change which features a TopK SAE picks. A user who sets the variable
+/// (`1`: TF32 allowed, faster) keeps their choice. Called first thing in `main`, before any
+/// thread or CUDA context exists.
+pub fn keep_float32_exact() {
+    if std::env::var_os(TF32_VARIABLE).is_none() {
+        std::env::set_var(TF32_VARIABLE, "0");
+    }
+}
+
 /// One line describing the libtorch in use, for logs and `saeshare info`.
 pub fn describe() -> String {
     let cuda = if tch::Cuda::is_available() {
-        format!("CUDA with {} device(s)", tch::Cuda::device_count())
+        let tf32 = match std::env::var(TF32_VARIABLE).as_deref() {
+            Ok("0") => "float32 exact",
+            _ => "TF32 allowed",
+        };
+        format!(
+            "CUDA with {} device(s), {tf32} ({TF32_VARIABLE})",
+            tch::Cuda::device_count()
+        )
     } else {
         "no CUDA device".to_string()
     };

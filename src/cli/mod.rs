@@ -137,6 +137,11 @@ pub struct DiffArgs {
     /// magnitude in A; every other column must be equal.
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f64,
+    /// Columns whose cells may differ, counted apart (comma-separated): choices among values
+    /// equal within rounding, like `best_feature`, the partner whose `rho` is largest, which a
+    /// tie at the last bit decides. Their values are still checked through the float columns.
+    #[arg(long, value_delimiter = ',')]
+    pub may_differ: Vec<String>,
     /// Also write the comparison to this JSON file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -145,7 +150,7 @@ pub struct DiffArgs {
 /// Prints one line per table and fails when a table differs beyond the tolerance.
 fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    let diff = crate::table_diff::diff(&args.a, &args.b)?;
+    let diff = crate::table_diff::diff(&args.a, &args.b, &args.may_differ)?;
     for t in &diff.tables {
         let verdict = if t.within(args.tolerance) {
             "ok"
@@ -154,13 +159,18 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
         };
         let worst = t.worst_column.as_deref().unwrap_or("-");
         println!(
-            "{verdict:<8} {}: rows {}/{}, max abs {:.3e}, max rel {:.3e} ({worst}), unequal cells {}{}",
+            "{verdict:<8} {}: rows {}/{}, max abs {:.3e}, max rel {:.3e} ({worst}), unequal cells {}{}{}",
             t.table.display(),
             t.rows.0,
             t.rows.1,
             t.max_abs,
             t.max_rel,
             t.unequal_cells,
+            if t.choices_differ > 0 {
+                format!(", choices differ {}", t.choices_differ)
+            } else {
+                String::new()
+            },
             if t.schema_differences.is_empty() {
                 String::new()
             } else {
@@ -172,6 +182,12 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
         for t in tables.iter() {
             println!("only in {side}: {}", t.display());
         }
+    }
+    for folder in &diff.not_compared {
+        println!(
+            "not compared: {}/ (the activation cache, holding no result)",
+            folder.display()
+        );
     }
     if let Some(path) = &args.json {
         let mut json = serde_json::to_value(&diff).expect("a diff serialises");

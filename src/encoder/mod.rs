@@ -32,7 +32,7 @@ pub use run::{encode_dataset, EncodeOptions, EncodeReport};
 pub use stream::EncodedRows;
 pub use tokens::{TokenRows, TokenSelection};
 
-use crate::dataset::SampleBatch;
+use crate::dataset::{EncodedImage, SampleBatch};
 
 /// What can go wrong loading or running an encoder, naming the package, layer and sample.
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +99,14 @@ enum PreparedInput {
     Captions(Vec<String>),
 }
 
-/// Decodes and preprocesses a batch's images (image encoders) or takes its captions (text
-/// encoders). Images that do not decode are skipped and counted, with a warning naming the
-/// sample.
-pub fn prepare(manifest: &Manifest, batch: &SampleBatch) -> Result<Prepared, EncoderError> {
+/// Decodes and preprocesses a batch's images (image encoders), on `threads` threads, or takes
+/// its captions (text encoders). Images that do not decode are skipped and counted, with a
+/// warning naming the sample.
+pub fn prepare(
+    manifest: &Manifest,
+    batch: &SampleBatch,
+    threads: usize,
+) -> Result<Prepared, EncoderError> {
     match manifest.modality {
         Modality::Text => Ok(Prepared {
             sample_ids: batch.sample_ids.clone(),
@@ -120,6 +124,30 @@ pub fn prepare(manifest: &Manifest, batch: &SampleBatch) -> Result<Prepared, Enc
                 });
             }
             let spec = manifest.image.as_ref().expect("checked on load");
+            let samples: Vec<(u64, &EncodedImage)> = batch
+                .sample_ids
+                .iter()
+                .copied()
+                .zip(&batch.images)
+                .collect();
+            let chunk = samples.len().div_ceil(threads.max(1)).max(1);
+            let decoded: Vec<Result<Vec<f32>, String>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (samples.chunks(chunk))
+                    .map(|part| {
+                        scope.spawn(move || {
+                            (part.iter())
+                                .map(|(_, image)| match image.decode() {
+                                    Ok(decoded) => Ok(image::preprocess(&decoded, spec)),
+                                    Err(reason) => Err(reason.to_string()),
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                (handles.into_iter())
+                    .flat_map(|h| h.join().expect("preprocessing an image does not panic"))
+                    .collect()
+            });
             let mut prepared = Prepared {
                 sample_ids: Vec::new(),
                 skipped: Vec::new(),
@@ -129,10 +157,10 @@ pub fn prepare(manifest: &Manifest, batch: &SampleBatch) -> Result<Prepared, Enc
             let PreparedInput::Pixels(pixels) = &mut prepared.input else {
                 unreachable!()
             };
-            for (id, image) in batch.sample_ids.iter().zip(&batch.images) {
-                match image.decode() {
-                    Ok(decoded) => {
-                        pixels.extend(image::preprocess(&decoded, spec));
+            for ((id, _), image) in samples.iter().zip(decoded) {
+                match image {
+                    Ok(values) => {
+                        pixels.extend(values);
                         prepared.sample_ids.push(*id);
                     }
                     Err(reason) => {
@@ -141,7 +169,7 @@ pub fn prepare(manifest: &Manifest, batch: &SampleBatch) -> Result<Prepared, Enc
                             "shard {}: unreadable image skipped: {reason}",
                             batch.shard
                         );
-                        prepared.skipped.push((*id, reason.to_string()));
+                        prepared.skipped.push((*id, reason));
                     }
                 }
             }
@@ -257,7 +285,7 @@ impl Encoder {
         layers: &[usize],
         pooling: Pooling,
     ) -> Result<Pooled, EncoderError> {
-        let prepared = prepare(&self.manifest, batch)?;
+        let prepared = prepare(&self.manifest, batch, 1)?;
         self.encode_prepared(prepared, layers, pooling, None)
     }
 
@@ -372,6 +400,68 @@ impl Encoder {
                 sample_id: sample_ids[rows.sample[i / width] as usize],
                 position: rows.position[i / width],
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::EncodedImage;
+
+    fn png(seed: u8) -> EncodedImage {
+        let image = ::image::RgbImage::from_fn(9, 7, |x, y| {
+            ::image::Rgb([seed, (x * 20) as u8, (y * 30) as u8])
+        });
+        let mut bytes = Vec::new();
+        ::image::DynamicImage::ImageRgb8(image)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                ::image::ImageFormat::Png,
+            )
+            .unwrap();
+        EncodedImage(bytes.into())
+    }
+
+    #[test]
+    fn images_prepared_on_several_threads_equal_one_thread_and_keep_their_skips() {
+        let manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "format_version": 1, "name": "cnn", "modality": "image",
+            "source": {"library": "torchvision", "family": "resnet18", "model": "random", "notes": ""},
+            "outputs": "feature_maps", "default_pooling": "gap",
+            "layers": [{"name": "layer1", "width": 4}],
+            "image": {"resize": {"shortest_edge": 6}, "resample": "bilinear",
+                      "crop": {"height": 5, "width": 5}, "crop_rounding": "round",
+                      "rescale": 0.00392156862745098, "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2],
+                      "background": [255, 255, 255], "processor": "", "input_size": [5, 5]},
+        }))
+        .unwrap();
+        let mut images: Vec<EncodedImage> = (0..11).map(png).collect();
+        images[4] = EncodedImage(b"not an image".to_vec().into());
+        images[9] = EncodedImage(Vec::new().into());
+        let batch = SampleBatch {
+            shard: 0,
+            sample_ids: (100..111).collect(),
+            captions: vec![String::new(); 11],
+            images,
+            skipped: Vec::new(),
+        };
+        let one = prepare(&manifest, &batch, 1).unwrap();
+        let PreparedInput::Pixels(pixels) = &one.input else {
+            panic!("images give pixels")
+        };
+        assert_eq!(pixels.len(), 9 * 3 * 5 * 5);
+        for threads in [2, 3, 16] {
+            let many = prepare(&manifest, &batch, threads).unwrap();
+            assert_eq!(many.sample_ids, one.sample_ids);
+            assert_eq!(
+                many.skipped.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                vec![104, 109]
+            );
+            let PreparedInput::Pixels(p) = &many.input else {
+                panic!("images give pixels")
+            };
+            assert_eq!(p, pixels, "{threads} threads");
         }
     }
 }

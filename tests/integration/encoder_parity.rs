@@ -136,3 +136,38 @@ fn a_batch_gives_the_same_pooled_vectors_as_one_sample_at_a_time() {
         }
     }
 }
+
+/// A trace records the device of every tensor the model makes: transformers' mask code traced
+/// on the CPU made BERT packages fail on a GPU ("found at least two devices, cuda:0 and cpu").
+/// No package may keep a fixed device in its graph; each reads its inputs' device instead.
+#[test]
+fn no_package_fixes_the_device_it_was_traced_on() {
+    let script = r#"
+import sys, torch
+for path in sys.argv[1:]:
+    graph = torch.jit.load(path, map_location="cpu").graph
+    fixed = [n for n in graph.findAllNodes("prim::Constant") if isinstance(n.output().type(), torch._C.DeviceObjType)]
+    follows = [n for n in graph.findAllNodes("prim::device")]
+    print(path, len(fixed), len(follows))
+"#;
+    let models: Vec<_> = FAMILIES
+        .iter()
+        .map(|family| packages().join(family).join("model.pt"))
+        .collect();
+    let output = common::python()
+        .args(["-c", script])
+        .args(&models)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), FAMILIES.len(), "{stdout}");
+    let mut following = 0;
+    for line in stdout.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[1], "0", "a fixed device in {}", fields[0]);
+        following += usize::from(fields[2] != "0");
+    }
+    // The text families make their masks on the device of their inputs.
+    assert!(following >= 7, "{stdout}");
+}
