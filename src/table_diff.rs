@@ -309,21 +309,11 @@ mod tests {
         std::fs::create_dir_all(a.join("pairs")).unwrap();
         std::fs::create_dir_all(b.join("pairs")).unwrap();
         let v = [[1.0, -4.0], [0.5, 2.0]];
-        write(
-            &a.join("pairs/t.parquet"),
-            &[1, 2],
-            &["x", "y"],
-            &[0.5, 0.25],
-            &v,
-        );
         let w = [[1.0, -4.0], [0.5, 2.002]];
-        write(
-            &b.join("pairs/t.parquet"),
-            &[1, 2],
-            &["x", "y"],
-            &[0.5, 0.25],
-            &w,
-        );
+        for (root, vectors) in [(&a, &v), (&b, &w)] {
+            let table = root.join("pairs/t.parquet");
+            write(&table, &[1, 2], &["x", "y"], &[0.5, 0.25], vectors);
+        }
         write(&a.join("only.parquet"), &[1], &["x"], &[0.0], &v[..1]);
 
         let d = diff(&a, &b, &[]).unwrap();

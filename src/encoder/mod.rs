@@ -148,20 +148,12 @@ pub fn prepare(
                     .flat_map(|h| h.join().expect("preprocessing an image does not panic"))
                     .collect()
             });
-            let mut prepared = Prepared {
-                sample_ids: Vec::new(),
-                skipped: Vec::new(),
-                read_skips: batch.skipped.len() as u64,
-                input: PreparedInput::Pixels(Vec::new()),
-            };
-            let PreparedInput::Pixels(pixels) = &mut prepared.input else {
-                unreachable!()
-            };
+            let (mut sample_ids, mut skipped, mut pixels) = (Vec::new(), Vec::new(), Vec::new());
             for ((id, _), image) in samples.iter().zip(decoded) {
                 match image {
                     Ok(values) => {
                         pixels.extend(values);
-                        prepared.sample_ids.push(*id);
+                        sample_ids.push(*id);
                     }
                     Err(reason) => {
                         tracing::warn!(
@@ -169,11 +161,16 @@ pub fn prepare(
                             "shard {}: unreadable image skipped: {reason}",
                             batch.shard
                         );
-                        prepared.skipped.push((*id, reason));
+                        skipped.push((*id, reason));
                     }
                 }
             }
-            Ok(prepared)
+            Ok(Prepared {
+                sample_ids,
+                skipped,
+                read_skips: batch.skipped.len() as u64,
+                input: PreparedInput::Pixels(pixels),
+            })
         }
     }
 }
@@ -285,8 +282,20 @@ impl Encoder {
         layers: &[usize],
         pooling: Pooling,
     ) -> Result<Pooled, EncoderError> {
-        let prepared = prepare(&self.manifest, batch, 1)?;
+        let prepared = prepare(&self.manifest, batch, self.preparing_threads())?;
         self.encode_prepared(prepared, layers, pooling, None)
+    }
+
+    /// Threads that decode and preprocess a batch's images: one beside a model on the CPU,
+    /// whose forward takes the other cores; every core feeding a GPU, which one thread leaves
+    /// idle (on an H200, a 224-pixel image took about 3 ms to decode and resize, MobileNetV2's
+    /// forward 0.06 ms).
+    fn preparing_threads(&self) -> usize {
+        if self.device.is_cuda() {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            1
+        }
     }
 
     /// The model and pooling half of [`encode`](Self::encode), on inputs [`prepare`]d elsewhere

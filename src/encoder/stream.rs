@@ -4,8 +4,9 @@
 //! Reading, decoding and preprocessing run on a helper thread, one bounded step ahead of the
 //! model: the CPU prepares the next batch while libtorch runs this one.
 
-use super::buckets::{restore_order, windows, BUCKET_WINDOW};
-use super::{prepare, Encoder, Pooling, Prepared, TokenRows, TokenSelection};
+use super::buckets::{restore_order, windows, Window, BUCKET_WINDOW};
+use super::text::TextTokenizer;
+use super::{prepare, Encoder, Manifest, Pooling, Prepared, TokenRows, TokenSelection};
 use crate::dataset::SampleBatch;
 
 /// The rows of one batch of one encoder: per chosen layer, the pooled rows (`[samples x
@@ -76,40 +77,22 @@ impl Encoder {
         let manifest = &self.manifest.clone();
         // The lengths are counted on the helper thread, with a copy of the tokenizer.
         let measure = (self.tokenizer.clone()).filter(|_| self.manifest.pads_to_longest());
-        let threads = preparing_threads(self.device);
+        let threads = self.preparing_threads();
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(2);
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for batch in batches {
-                    // Each window is sent once prepared, so the model starts on the first while
-                    // the next is prepared, however large the reader's batch.
-                    let windows = batch.and_then(|batch| {
-                        let lengths = (measure.as_ref())
-                            .map(|t| t.lengths(&batch.captions))
-                            .transpose()?;
-                        let window = if lengths.is_some() {
-                            BUCKET_WINDOW
-                        } else {
-                            batch_size
-                        };
-                        Ok(windows(&batch, batch_size, window, lengths.as_deref()))
-                    });
-                    let windows = match windows {
+                    let windows = match batch.and_then(|b| cut(measure.as_ref(), &b, batch_size)) {
                         Ok(windows) => windows,
                         Err(error) => {
                             let _ = jobs_tx.send(Err(error));
                             return;
                         }
                     };
+                    // Each window is sent once prepared, so the model starts on the first while
+                    // the next is prepared, however large the reader's batch.
                     for w in windows {
-                        let job = (w.batches.iter())
-                            .map(|b| prepare(manifest, b, threads))
-                            .collect::<Result<Vec<_>, _>>()
-                            .map(|parts| WindowJob {
-                                parts,
-                                restore: w.restore,
-                            })
-                            .map_err(anyhow::Error::from);
+                        let job = prepare_window(manifest, w, threads);
                         let failed = job.is_err();
                         // A closed channel means the model side failed; its error is reported.
                         if jobs_tx.send(job).is_err() || failed {
@@ -163,14 +146,28 @@ struct WindowJob {
     restore: Option<Vec<u64>>,
 }
 
-/// Threads that decode and preprocess a batch's images: one beside a model on the CPU, whose
-/// forward takes the other cores; every core feeding a GPU, which one thread leaves idle (a
-/// 224-pixel image takes about 3 ms to decode and resize, an H200 runs MobileNetV2 on one in
-/// 0.05 ms).
-fn preparing_threads(device: tch::Device) -> usize {
-    if device.is_cuda() {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+/// Cuts a reader batch into windows: captions sorted by length when `measure` is given.
+fn cut(
+    measure: Option<&TextTokenizer>,
+    batch: &SampleBatch,
+    batch_size: usize,
+) -> anyhow::Result<Vec<Window>> {
+    let lengths = measure.map(|t| t.lengths(&batch.captions)).transpose()?;
+    let window = if lengths.is_some() {
+        BUCKET_WINDOW
     } else {
-        1
-    }
+        batch_size
+    };
+    Ok(windows(batch, batch_size, window, lengths.as_deref()))
+}
+
+/// A window's model batches, prepared on `threads` threads.
+fn prepare_window(manifest: &Manifest, w: Window, threads: usize) -> anyhow::Result<WindowJob> {
+    let parts = (w.batches.iter())
+        .map(|b| prepare(manifest, b, threads))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(WindowJob {
+        parts,
+        restore: w.restore,
+    })
 }
