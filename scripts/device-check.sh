@@ -49,7 +49,7 @@ prepare() {
   built=$("$here/scripts/build-for-torch.sh" "$torch_release" build | tail -1)
   strip -o "$fixtures/saeshare" "$built"
   eval "$("$here/scripts/python-env.sh")"
-  # Emoji captions and images: 256 of google's and 256 of twitter's (2 shards, about 2 MB).
+  # Emoji captions and images: 2 shards of 256 rows far apart, each emoji in both styles (about 2 MB).
   if [ ! -d "$fixtures/emoji" ]; then
     local all
     all=$(mktemp -d)
@@ -137,15 +137,15 @@ json=$work/json
 mkdir -p "$json"
 dataset=$fixtures/emoji
 if [ ! -d "$dataset" ]; then
-  # Two shards: the first of google's emoji and the first all of twitter's (from row 3,786).
+  # Two shards: the first and the one holding row 3,786 (the middle), each emoji in both styles.
   shard_rows=${DEVICE_CHECK_SHARD_ROWS:-256}
-  twitter=$(printf 'shard-%06d.parquet' $(((3786 + shard_rows - 1) / shard_rows)))
+  middle=$(printf 'shard-%06d.parquet' $(((3786 + shard_rows - 1) / shard_rows)))
   dataset=$work/emoji
   say "no carried dataset: building the emoji dataset, 2 shards of $shard_rows rows, into $dataset"
   mkdir -p "$work/all"
   logged "$bin" --quiet dataset build-emoji --out "$work/all/emoji" --shard-rows "$shard_rows"
   mkdir -p "$dataset"
-  cp "$work/all/emoji/shard-000000.parquet" "$work/all/emoji/$twitter" "$dataset/"
+  cp "$work/all/emoji/shard-000000.parquet" "$work/all/emoji/$middle" "$dataset/"
 fi
 
 # 2. Packages, exported with this machine's Python.

@@ -324,7 +324,9 @@ def align(dataset, out, image_weights=None, text=None, image_name="mobilenet-v2-
     for i, problem in bad:
         log(f"sample {ids[i]}: the image does not decode ({problem}); skipped")
     keep = torch.tensor([i for i in range(len(ids)) if i not in {b for b, _ in bad}])
-    texts, text_model, _ = text_embeddings(text, captions)
+    # A caption shared by several images (an emoji's two styles) is embedded once.
+    unique_texts, text_model, _ = text_embeddings(text, unique)
+    texts = unique_texts[groups]
     log(f"inputs computed once in {time.time() - start:.1f} s")
     held = torch.tensor([held_out(captions[i]) for i in keep.tolist()])
     train_idx, test_idx = keep[~held], keep[held]

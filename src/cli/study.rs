@@ -349,7 +349,7 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
     )?;
     let sizes: Vec<String> = args.batch_sizes.iter().map(|b| format!("b={b}")).collect();
     println!(
-        "{:<20} forward alone, samples/s: {:<40} encode, samples/s     of the best",
+        "{:<20} forward alone, inputs/s: {:<41} encode, inputs/s      of the best  samples/s",
         "encoder",
         sizes.join(" ")
     );
@@ -357,12 +357,13 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
         let rates: Vec<String> = f.forward.iter().map(|(_, r)| format!("{r:.1}")).collect();
         let (best_batch, best) = f.best_forward();
         println!(
-            "{:<20} {:<66} {:>7.1} (b={:<3})  {:>5.0}% (best b={best_batch})",
+            "{:<20} {:<66} {:>7.1} (b={:<3})  {:>5.0}% (best b={best_batch})  {:>9.1}",
             f.encoder,
             rates.join(" "),
             f.encode,
             f.batch_size,
-            100.0 * f.encode / best
+            100.0 * f.encode / best,
+            f.encode_samples,
         );
     }
     if let Some(path) = &args.json {
@@ -381,7 +382,8 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
     println!(
         "forward alone: random inputs of the package's shape (captions of the samples' mean \
          length, no padding); encode: the study's samples decoded, preprocessed, tokenized, \
-         encoded and pooled"
+         encoded and pooled, counted as the distinct inputs the model ran (samples/s counts \
+         every sample: identical captions or images are encoded once)"
     );
     Ok(())
 }

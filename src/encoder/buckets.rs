@@ -8,6 +8,7 @@
 //! so the same batches: the activations do not depend on who encoded them. The rows come back in
 //! the window's order.
 
+use super::distinct::model_batches;
 use super::stream::EncodedRows;
 use super::tokens::TokenRows;
 use crate::dataset::SampleBatch;
@@ -26,30 +27,44 @@ pub struct Window {
     pub restore: Option<Vec<u64>>,
 }
 
-/// Cuts a reader batch into windows of `window` samples and each window into model batches of
-/// `batch_size`: in dataset order, or sorted by `lengths` (a stable sort, so equal lengths keep
-/// their order) when given.
+/// Cuts a reader batch into windows of `window` samples, each sorted by `lengths` (ties by
+/// caption, so that identical captions are neighbours), or, without lengths, into windows of one
+/// model batch in dataset order. Model batches hold `batch_size` distinct inputs, neighbours that
+/// are `same` counting once.
 pub fn windows(
     batch: &SampleBatch,
     batch_size: usize,
     window: usize,
     lengths: Option<&[usize]>,
+    same: impl Fn(usize, usize) -> bool,
 ) -> Vec<Window> {
-    let batch_size = batch_size.max(1);
-    let window = window.max(batch_size);
     let mut out = Vec::new();
-    for start in (0..batch.len()).step_by(window) {
-        let end = (start + window).min(batch.len());
-        let mut order: Vec<usize> = (start..end).collect();
-        let restore = lengths.map(|lengths| {
-            order.sort_by_key(|&i| lengths[i]);
-            batch.sample_ids[start..end].to_vec()
-        });
-        let batches = order
-            .chunks(batch_size)
-            .map(|rows| pick(batch, rows))
-            .collect();
-        out.push(Window { batches, restore });
+    match lengths {
+        Some(lengths) => {
+            let window = window.max(batch_size).max(1);
+            for start in (0..batch.len()).step_by(window) {
+                let end = (start + window).min(batch.len());
+                let mut order: Vec<usize> = (start..end).collect();
+                order.sort_by(|&a, &b| {
+                    (lengths[a].cmp(&lengths[b]))
+                        .then_with(|| batch.captions[a].cmp(&batch.captions[b]))
+                });
+                let batches = (model_batches(&order, batch_size, &same).into_iter())
+                    .map(|rows| pick(batch, rows))
+                    .collect();
+                let restore = Some(batch.sample_ids[start..end].to_vec());
+                out.push(Window { batches, restore });
+            }
+        }
+        None => {
+            let order: Vec<usize> = (0..batch.len()).collect();
+            for rows in model_batches(&order, batch_size, &same) {
+                out.push(Window {
+                    batches: vec![pick(batch, rows)],
+                    restore: None,
+                });
+            }
+        }
     }
     if batch.is_empty() && !batch.skipped.is_empty() {
         out.push(Window {
@@ -109,6 +124,7 @@ pub fn restore_order(encoded: EncodedRows, order: &[u64]) -> EncodedRows {
         layers,
         tokens,
         skipped: encoded.skipped,
+        inputs: encoded.inputs,
     }
 }
 
@@ -170,6 +186,7 @@ mod tests {
                 .collect()],
             tokens: vec![tokens],
             skipped: 0,
+            inputs: batch.len() as u64,
         }
     }
 
@@ -177,7 +194,7 @@ mod tests {
     fn sorted_batches_come_back_in_dataset_order_with_their_tokens() {
         let whole = batch(20);
         let lengths: Vec<usize> = (0..20).map(|i| (i * 7) % 5).collect();
-        let windows = windows(&whole, 3, 8, Some(&lengths));
+        let windows = windows(&whole, 3, 8, Some(&lengths), |_, _| false);
         assert_eq!(windows.len(), 3);
         let mut all = EncodedRows::empty(1);
         for w in windows {
@@ -210,7 +227,7 @@ mod tests {
             sample_id: 9,
             reason: "bad".into(),
         });
-        let windows = windows(&whole, 3, 3, None);
+        let windows = windows(&whole, 3, 3, None, |_, _| false);
         let ids: Vec<Vec<u64>> = (windows.iter())
             .flat_map(|w| w.batches.iter().map(|b| b.sample_ids.clone()))
             .collect();

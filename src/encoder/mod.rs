@@ -11,6 +11,7 @@
 //! - [`encode_dataset`]: `saeshare encode`.
 
 mod buckets;
+mod distinct;
 pub mod image;
 mod manifest;
 pub mod pooling;
@@ -85,17 +86,34 @@ pub struct Encoder {
 }
 
 /// A batch's model inputs, made on the CPU without the model: decoded and preprocessed images,
-/// or captions (tokenized with the model, which counts truncations).
+/// or captions (tokenized with the model, which counts truncations). Identical inputs are kept
+/// once ([`distinct`]).
 pub struct Prepared {
     pub sample_ids: Vec<u64>,
     pub skipped: Vec<(u64, String)>,
     /// Rows the reader left out of this batch, counted with its rows.
     pub read_skips: u64,
+    /// Per sample of `sample_ids`, its row of `input`.
+    input_rows: Vec<usize>,
     input: PreparedInput,
 }
 
+impl Prepared {
+    /// The distinct inputs the model will run on.
+    pub fn inputs(&self) -> usize {
+        match &self.input {
+            PreparedInput::Captions(captions) => captions.len(),
+            PreparedInput::Pixels { images, .. } => *images,
+        }
+    }
+}
+
 enum PreparedInput {
-    Pixels(Vec<f32>),
+    /// `images` preprocessed images, `[images x 3 x H x W]` row-major.
+    Pixels {
+        pixels: Vec<f32>,
+        images: usize,
+    },
     Captions(Vec<String>),
 }
 
@@ -108,12 +126,20 @@ pub fn prepare(
     threads: usize,
 ) -> Result<Prepared, EncoderError> {
     match manifest.modality {
-        Modality::Text => Ok(Prepared {
-            sample_ids: batch.sample_ids.clone(),
-            skipped: Vec::new(),
-            read_skips: batch.skipped.len() as u64,
-            input: PreparedInput::Captions(batch.captions.clone()),
-        }),
+        Modality::Text => {
+            let distinct = distinct::DistinctInputs::of(&batch.captions);
+            Ok(Prepared {
+                sample_ids: batch.sample_ids.clone(),
+                skipped: Vec::new(),
+                read_skips: batch.skipped.len() as u64,
+                input: PreparedInput::Captions(
+                    (distinct.first.iter())
+                        .map(|&s| batch.captions[s].clone())
+                        .collect(),
+                ),
+                input_rows: distinct.input_of,
+            })
+        }
         Modality::Image => {
             if batch.images.len() != batch.len() {
                 return Err(EncoderError::Usage {
@@ -124,19 +150,16 @@ pub fn prepare(
                 });
             }
             let spec = manifest.image.as_ref().expect("checked on load");
-            let samples: Vec<(u64, &EncodedImage)> = batch
-                .sample_ids
-                .iter()
-                .copied()
-                .zip(&batch.images)
-                .collect();
-            let chunk = samples.len().div_ceil(threads.max(1)).max(1);
+            let distinct = distinct::DistinctInputs::of(batch.images.iter().map(|i| &i.0));
+            let images: Vec<&EncodedImage> =
+                distinct.first.iter().map(|&s| &batch.images[s]).collect();
+            let chunk = images.len().div_ceil(threads.max(1)).max(1);
             let decoded: Vec<Result<Vec<f32>, String>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (samples.chunks(chunk))
+                let handles: Vec<_> = (images.chunks(chunk))
                     .map(|part| {
                         scope.spawn(move || {
                             (part.iter())
-                                .map(|(_, image)| match image.decode() {
+                                .map(|image| match image.decode() {
                                     Ok(decoded) => Ok(image::preprocess(&decoded, spec)),
                                     Err(reason) => Err(reason.to_string()),
                                 })
@@ -148,12 +171,26 @@ pub fn prepare(
                     .flat_map(|h| h.join().expect("preprocessing an image does not panic"))
                     .collect()
             });
-            let (mut sample_ids, mut skipped, mut pixels) = (Vec::new(), Vec::new(), Vec::new());
-            for ((id, _), image) in samples.iter().zip(decoded) {
-                match image {
+            // The pixels of the images that decode, and each one's row among them.
+            let (mut pixels, mut images) = (Vec::new(), 0);
+            let mut row_of = Vec::with_capacity(decoded.len());
+            for image in &decoded {
+                row_of.push(match image {
                     Ok(values) => {
-                        pixels.extend(values);
-                        sample_ids.push(*id);
+                        pixels.extend_from_slice(values);
+                        images += 1;
+                        Ok(images - 1)
+                    }
+                    Err(reason) => Err(reason),
+                });
+            }
+            let (mut sample_ids, mut skipped, mut input_rows) =
+                (Vec::new(), Vec::new(), Vec::new());
+            for (s, &id) in batch.sample_ids.iter().enumerate() {
+                match row_of[distinct.input_of[s]] {
+                    Ok(row) => {
+                        sample_ids.push(id);
+                        input_rows.push(row);
                     }
                     Err(reason) => {
                         tracing::warn!(
@@ -161,7 +198,7 @@ pub fn prepare(
                             "shard {}: unreadable image skipped: {reason}",
                             batch.shard
                         );
-                        skipped.push((*id, reason));
+                        skipped.push((id, reason.clone()));
                     }
                 }
             }
@@ -169,7 +206,8 @@ pub fn prepare(
                 sample_ids,
                 skipped,
                 read_skips: batch.skipped.len() as u64,
-                input: PreparedInput::Pixels(pixels),
+                input_rows,
+                input: PreparedInput::Pixels { pixels, images },
             })
         }
     }
@@ -184,6 +222,8 @@ pub struct Pooled {
     pub tokens: Vec<TokenRows>,
     /// Samples left out, with the reason (an image that does not decode).
     pub skipped: Vec<(u64, String)>,
+    /// Distinct inputs the model ran on (samples with identical inputs share one).
+    pub inputs: usize,
 }
 
 impl Encoder {
@@ -308,11 +348,13 @@ impl Encoder {
         pooling: Pooling,
         tokens: Option<&TokenSelection>,
     ) -> Result<Pooled, EncoderError> {
+        let inputs = prepared.inputs();
         let mut pooled = Pooled {
             sample_ids: prepared.sample_ids,
             layers: Vec::new(),
             tokens: Vec::new(),
             skipped: prepared.skipped,
+            inputs,
         };
         if pooled.sample_ids.is_empty() {
             return Ok(pooled);
@@ -330,7 +372,7 @@ impl Encoder {
                     Some(tokens.special),
                 )
             }
-            PreparedInput::Pixels(pixels) => {
+            PreparedInput::Pixels { pixels, images } => {
                 let [h, w] = self
                     .manifest
                     .image
@@ -338,16 +380,21 @@ impl Encoder {
                     .expect("checked on load")
                     .input_size;
                 let x = Tensor::from_slice(&pixels)
-                    .reshape([pooled.sample_ids.len() as i64, 3, h as i64, w as i64])
+                    .reshape([images as i64, 3, h as i64, w as i64])
                     .to_device(self.device);
                 (self.forward(&[x])?, None, None)
             }
         };
+        let input_rows = &prepared.input_rows;
         if let Some(selection) = tokens {
             let masks = tokens::PositionMasks {
                 attention: mask.as_ref(),
                 special: special.as_ref(),
                 prefix: self.manifest.prefix_tokens,
+            };
+            let samples = tokens::BatchSamples {
+                ids: &pooled.sample_ids,
+                input_rows,
             };
             for &layer in layers {
                 let rows = tokens::token_rows(
@@ -355,7 +402,7 @@ impl Encoder {
                     self.manifest.outputs,
                     &masks,
                     selection,
-                    &pooled.sample_ids,
+                    &samples,
                 )
                 .map_err(|source| EncoderError::Torch {
                     encoder: self.manifest.name.clone(),
@@ -365,8 +412,13 @@ impl Encoder {
                 pooled.tokens.push(rows);
             }
         }
+        // Each sample's pooled row is its input's.
+        let copies = (inputs != input_rows.len()).then(|| {
+            let rows: Vec<i64> = input_rows.iter().map(|&r| r as i64).collect();
+            Tensor::from_slice(&rows)
+        });
         for &layer in layers {
-            let vectors = pooling::pool(
+            let mut vectors = pooling::pool(
                 &outputs[layer],
                 self.manifest.outputs,
                 pooling,
@@ -379,6 +431,9 @@ impl Encoder {
             })?
             .to_kind(Kind::Float)
             .to_device(Device::Cpu);
+            if let Some(copies) = &copies {
+                vectors = vectors.index_select(0, copies);
+            }
             let finite = vectors.isfinite().all_dim(1, false);
             if finite.all().int64_value(&[]) == 0 {
                 let row = finite.logical_not().nonzero().int64_value(&[0, 0]) as usize;
@@ -456,7 +511,7 @@ mod tests {
             skipped: Vec::new(),
         };
         let one = prepare(&manifest, &batch, 1).unwrap();
-        let PreparedInput::Pixels(pixels) = &one.input else {
+        let PreparedInput::Pixels { pixels, .. } = &one.input else {
             panic!("images give pixels")
         };
         assert_eq!(pixels.len(), 9 * 3 * 5 * 5);
@@ -467,7 +522,7 @@ mod tests {
                 many.skipped.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
                 vec![104, 109]
             );
-            let PreparedInput::Pixels(p) = &many.input else {
+            let PreparedInput::Pixels { pixels: p, .. } = &many.input else {
                 panic!("images give pixels")
             };
             assert_eq!(p, pixels, "{threads} threads");

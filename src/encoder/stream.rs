@@ -6,7 +6,7 @@
 
 use super::buckets::{restore_order, windows, Window, BUCKET_WINDOW};
 use super::text::TextTokenizer;
-use super::{prepare, Encoder, Manifest, Pooling, Prepared, TokenRows, TokenSelection};
+use super::{prepare, Encoder, Manifest, Modality, Pooling, Prepared, TokenRows, TokenSelection};
 use crate::dataset::SampleBatch;
 
 /// The rows of one batch of one encoder: per chosen layer, the pooled rows (`[samples x
@@ -19,6 +19,8 @@ pub struct EncodedRows {
     pub tokens: Vec<TokenRows>,
     /// Rows left out (unreadable images, rows the reader skipped).
     pub skipped: u64,
+    /// Distinct inputs the model ran on: fewer than the samples where inputs repeat.
+    pub inputs: u64,
 }
 
 impl EncodedRows {
@@ -29,6 +31,7 @@ impl EncodedRows {
             layers: vec![Vec::new(); layers],
             tokens: Vec::new(),
             skipped: 0,
+            inputs: 0,
         }
     }
 
@@ -46,6 +49,7 @@ impl EncodedRows {
             mine.append(theirs, offset);
         }
         self.skipped += other.skipped;
+        self.inputs += other.inputs;
     }
 
     /// Samples encoded plus rows left out: the dataset rows these stand for.
@@ -77,18 +81,20 @@ impl Encoder {
         let manifest = &self.manifest.clone();
         // The lengths are counted on the helper thread, with a copy of the tokenizer.
         let measure = (self.tokenizer.clone()).filter(|_| self.manifest.pads_to_longest());
+        let modality = self.manifest.modality;
         let threads = self.preparing_threads();
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(2);
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for batch in batches {
-                    let windows = match batch.and_then(|b| cut(measure.as_ref(), &b, batch_size)) {
-                        Ok(windows) => windows,
-                        Err(error) => {
-                            let _ = jobs_tx.send(Err(error));
-                            return;
-                        }
-                    };
+                    let windows =
+                        match batch.and_then(|b| cut(modality, measure.as_ref(), &b, batch_size)) {
+                            Ok(windows) => windows,
+                            Err(error) => {
+                                let _ = jobs_tx.send(Err(error));
+                                return;
+                            }
+                        };
                     // Each window is sent once prepared, so the model starts on the first while
                     // the next is prepared, however large the reader's batch.
                     for w in windows {
@@ -128,6 +134,7 @@ impl Encoder {
         let pooled = self.encode_prepared(prepared, layers, pooling, tokens)?;
         let mut rows = EncodedRows {
             skipped: read_skips + pooled.skipped.len() as u64,
+            inputs: pooled.inputs as u64,
             sample_ids: pooled.sample_ids,
             layers: Vec::with_capacity(pooled.layers.len()),
             tokens: pooled.tokens,
@@ -146,19 +153,28 @@ struct WindowJob {
     restore: Option<Vec<u64>>,
 }
 
-/// Cuts a reader batch into windows: captions sorted by length when `measure` is given.
+/// Cuts a reader batch into windows: captions sorted by length when `measure` is given. A model
+/// batch holds `batch_size` distinct inputs of the encoder's modality.
 fn cut(
+    modality: Modality,
     measure: Option<&TextTokenizer>,
     batch: &SampleBatch,
     batch_size: usize,
 ) -> anyhow::Result<Vec<Window>> {
     let lengths = measure.map(|t| t.lengths(&batch.captions)).transpose()?;
+    let same = |a: usize, b: usize| match modality {
+        Modality::Text => batch.captions[a] == batch.captions[b],
+        Modality::Image => match (batch.images.get(a), batch.images.get(b)) {
+            (Some(x), Some(y)) => x.0 == y.0,
+            _ => false,
+        },
+    };
     let window = if lengths.is_some() {
         BUCKET_WINDOW
     } else {
         batch_size
     };
-    Ok(windows(batch, batch_size, window, lengths.as_deref()))
+    Ok(windows(batch, batch_size, window, lengths.as_deref(), same))
 }
 
 /// A window's model batches, prepared on `threads` threads.

@@ -74,14 +74,21 @@ pub struct PositionMasks<'a> {
     pub prefix: usize,
 }
 
-/// The token rows of one layer's output `hidden` (`[B,T,D]` tokens or `[B,C,H,W]` maps) for
-/// samples `sample_ids`, as `selection` says.
+/// A batch's samples and, for each, the row of the model's input (and output) it reads:
+/// samples with identical inputs share one.
+pub struct BatchSamples<'a> {
+    pub ids: &'a [u64],
+    pub input_rows: &'a [usize],
+}
+
+/// The token rows of one layer's output `hidden` (`[B,T,D]` tokens or `[B,C,H,W]` maps, a row
+/// per input) for `samples`, as `selection` says: each sample draws its own positions.
 pub fn token_rows(
     hidden: &Tensor,
     outputs: OutputKind,
     masks: &PositionMasks,
     selection: &TokenSelection,
-    sample_ids: &[u64],
+    samples: &BatchSamples,
 ) -> Result<TokenRows, tch::TchError> {
     let hidden = match outputs {
         // [B,C,H,W] -> [B,H*W,C]: a position of the map is a row.
@@ -91,12 +98,12 @@ pub fn token_rows(
         }
         OutputKind::Tokens => hidden.shallow_clone(),
     };
-    let (batch, tokens, width) = hidden.size3()?;
+    let (_, tokens, width) = hidden.size3()?;
     let attention = masks.attention.map(to_vec).transpose()?;
     let special = masks.special.map(to_vec).transpose()?;
     let mut rows = TokenRows::default();
     let mut flat = Vec::new();
-    for b in 0..batch as usize {
+    for (s, (&sample_id, &b)) in samples.ids.iter().zip(samples.input_rows).enumerate() {
         let at = |mask: &Option<Vec<i64>>, t: usize| {
             mask.as_ref().map(|m| m[b * tokens as usize + t] != 0)
         };
@@ -112,10 +119,10 @@ pub fn token_rows(
             .map(|t| t as u32)
             .collect();
         if let Some(n) = selection.per_sample {
-            kept = draw(kept, n, selection.seed, sample_ids[b]);
+            kept = draw(kept, n, selection.seed, sample_id);
         }
         for t in kept {
-            rows.sample.push(b as u32);
+            rows.sample.push(s as u32);
             rows.position.push(t);
             flat.push(b as i64 * tokens + i64::from(t));
         }
@@ -161,6 +168,31 @@ fn draw(kept: Vec<u32>, n: usize, seed: u64, sample_id: u64) -> Vec<u32> {
 mod tests {
     use super::*;
 
+    /// Samples `ids` reading inputs 0 and 1.
+    fn two_samples(ids: &[u64; 2]) -> BatchSamples<'_> {
+        BatchSamples {
+            ids,
+            input_rows: &[0, 1],
+        }
+    }
+
+    fn no_masks() -> PositionMasks<'static> {
+        PositionMasks {
+            attention: None,
+            special: None,
+            prefix: 0,
+        }
+    }
+
+    /// Two positions a sample, drawn with seed 3.
+    fn two_a_sample() -> TokenSelection {
+        TokenSelection {
+            per_sample: Some(2),
+            seed: 3,
+            ..TokenSelection::default()
+        }
+    }
+
     fn hidden() -> Tensor {
         // Two samples of four tokens of width 1: values 0..3 and 10..13.
         Tensor::from_slice(&[0f32, 1., 2., 3., 10., 11., 12., 13.]).reshape([2, 4, 1])
@@ -176,14 +208,28 @@ mod tests {
             prefix: 0,
         };
         let all = TokenSelection::default();
-        let rows = token_rows(&hidden(), OutputKind::Tokens, &masks, &all, &[5, 6]).unwrap();
+        let rows = token_rows(
+            &hidden(),
+            OutputKind::Tokens,
+            &masks,
+            &all,
+            &two_samples(&[5, 6]),
+        )
+        .unwrap();
         assert_eq!(rows.values, vec![0., 1., 2., 3., 10., 11., 12.]);
         assert_eq!(rows.sample, vec![0, 0, 0, 0, 1, 1, 1]);
         let words = TokenSelection {
             special_tokens: false,
             ..all
         };
-        let rows = token_rows(&hidden(), OutputKind::Tokens, &masks, &words, &[5, 6]).unwrap();
+        let rows = token_rows(
+            &hidden(),
+            OutputKind::Tokens,
+            &masks,
+            &words,
+            &two_samples(&[5, 6]),
+        )
+        .unwrap();
         assert_eq!(rows.values, vec![1., 2., 11.]);
         assert_eq!(rows.position, vec![1, 2, 1]);
     }
@@ -200,13 +246,27 @@ mod tests {
             register_tokens: false,
             ..TokenSelection::default()
         };
-        let rows = token_rows(&hidden(), OutputKind::Tokens, &masks, &patches, &[0, 1]).unwrap();
+        let rows = token_rows(
+            &hidden(),
+            OutputKind::Tokens,
+            &masks,
+            &patches,
+            &two_samples(&[0, 1]),
+        )
+        .unwrap();
         assert_eq!(rows.values, vec![2., 3., 12., 13.]);
         let class = TokenSelection {
             class_token: true,
             ..patches
         };
-        let rows = token_rows(&hidden(), OutputKind::Tokens, &masks, &class, &[0, 1]).unwrap();
+        let rows = token_rows(
+            &hidden(),
+            OutputKind::Tokens,
+            &masks,
+            &class,
+            &two_samples(&[0, 1]),
+        )
+        .unwrap();
         assert_eq!(rows.values, vec![0., 2., 3., 10., 12., 13.]);
         // A [1,2,2,2] map: channels (a, b) at four positions.
         let maps = Tensor::from_slice(&[1f32, 2., 3., 4., 5., 6., 7., 8.]).reshape([1, 2, 2, 2]);
@@ -216,7 +276,10 @@ mod tests {
             OutputKind::FeatureMaps,
             &none,
             &TokenSelection::default(),
-            &[9],
+            &BatchSamples {
+                ids: &[9],
+                input_rows: &[0],
+            },
         )
         .unwrap();
         assert_eq!(rows.values, vec![1., 5., 2., 6., 3., 7., 4., 8.]);
@@ -225,24 +288,25 @@ mod tests {
 
     #[test]
     fn a_thinned_sample_draws_the_same_positions_in_any_batch() {
-        let masks = PositionMasks {
-            attention: None,
-            special: None,
-            prefix: 0,
-        };
-        let two = TokenSelection {
-            per_sample: Some(2),
-            seed: 3,
-            ..TokenSelection::default()
-        };
-        let both = token_rows(&hidden(), OutputKind::Tokens, &masks, &two, &[40, 41]).unwrap();
+        let (masks, two) = (no_masks(), two_a_sample());
+        let both = token_rows(
+            &hidden(),
+            OutputKind::Tokens,
+            &masks,
+            &two,
+            &two_samples(&[40, 41]),
+        )
+        .unwrap();
         assert_eq!(both.rows(), 4);
         let alone = token_rows(
             &hidden().narrow(0, 1, 1),
             OutputKind::Tokens,
             &masks,
             &two,
-            &[41],
+            &BatchSamples {
+                ids: &[41],
+                input_rows: &[0],
+            },
         )
         .unwrap();
         assert_eq!(alone.values, both.values[2..].to_vec());
@@ -250,5 +314,39 @@ mod tests {
             .map(|id| draw((0..10).collect(), 3, 3, id))
             .collect();
         assert!(draws.len() > 10, "the draw ignores the sample");
+    }
+
+    #[test]
+    fn samples_sharing_an_input_read_its_rows_and_draw_their_own_positions() {
+        let (masks, two) = (no_masks(), two_a_sample());
+        // Samples 40 and 41 both read input 1 (values 10..13); 7 reads input 0.
+        let shared = BatchSamples {
+            ids: &[40, 7, 41],
+            input_rows: &[1, 0, 1],
+        };
+        let rows = token_rows(&hidden(), OutputKind::Tokens, &masks, &two, &shared).unwrap();
+        assert_eq!(rows.sample, vec![0, 0, 1, 1, 2, 2]);
+        let own = token_rows(
+            &hidden(),
+            OutputKind::Tokens,
+            &masks,
+            &two,
+            &two_samples(&[7, 41]),
+        )
+        .unwrap();
+        let own_40 = token_rows(
+            &hidden(),
+            OutputKind::Tokens,
+            &masks,
+            &two,
+            &BatchSamples {
+                ids: &[40],
+                input_rows: &[1],
+            },
+        )
+        .unwrap();
+        assert_eq!(rows.values[..2], own_40.values[..]);
+        assert_eq!(rows.values[2..], own.values[..]);
+        assert!(rows.values[..2].iter().all(|v| *v >= 10.0));
     }
 }

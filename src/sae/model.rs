@@ -161,6 +161,16 @@ impl Sae {
         (x - &self.b_dec).mm(&self.w_enc).g_add(&self.b_enc).relu()
     }
 
+    /// [`pre_activations`](Self::pre_activations) for a training step: `(x - b_dec) W_enc` as
+    /// `x W_enc - b_dec W_enc`, equal but for rounding. The batch needs no gradient, so backward
+    /// then makes one product the batch's size (`W_enc`'s gradient) instead of two: `b_dec`'s
+    /// gradient through the encoder becomes a vector product.
+    pub(crate) fn pre_activations_for_training(&self, x: &Tensor) -> Tensor {
+        let x = self.input_norm.apply(x);
+        let shift = self.b_dec.unsqueeze(0).mm(&self.w_enc).squeeze_dim(0);
+        x.mm(&self.w_enc).g_add(&(&self.b_enc - shift)).relu()
+    }
+
     /// The codes of `x` (`rows x d_in`) at inference.
     pub fn encode(&self, x: &Tensor) -> Code {
         tch::no_grad(|| self.variant.encode(&self.pre_activations(x)))
@@ -332,6 +342,42 @@ mod tests {
         let diff = (&grads[0] - &grads[1]).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{diff}");
         assert!(grads[0].abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn training_pre_activations_equal_the_plain_formula_and_its_gradients() {
+        let config = SaeConfig {
+            k: 3,
+            expansion: 4,
+            ..SaeConfig::default()
+        };
+        let sae = Sae::new(&config, 6, Device::Cpu);
+        tch::no_grad(|| {
+            sae.b_dec
+                .shallow_clone()
+                .copy_(&Tensor::randn([6], (Kind::Float, Device::Cpu)));
+            sae.b_enc
+                .shallow_clone()
+                .copy_(&(Tensor::randn([24], (Kind::Float, Device::Cpu)) * 0.1));
+        });
+        let x = Tensor::randn([5, 6], (Kind::Float, Device::Cpu)) * 2.0;
+        let upstream = Tensor::randn([5, 24], (Kind::Float, Device::Cpu));
+        let params = [&sae.w_enc, &sae.b_enc, &sae.b_dec];
+        let plain = sae.pre_activations(&x);
+        let training = sae.pre_activations_for_training(&x);
+        let diff = (&plain - &training).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "pre-activations differ by {diff}");
+        let grads = |pre: &Tensor| {
+            Tensor::run_backward(&[(pre * &upstream).sum(Kind::Float)], &params, false, false)
+        };
+        for (i, (a, b)) in grads(&plain).iter().zip(grads(&training)).enumerate() {
+            assert!(
+                a.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "parameter {i}"
+            );
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "parameter {i}: gradients differ by {diff}");
+        }
     }
 
     #[test]

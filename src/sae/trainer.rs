@@ -164,13 +164,7 @@ impl SaeTrainer {
         let config = self.sae.config.clone();
         let lr = config.lr_at(self.step);
 
-        for p in self.sae.parameters() {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-        let pre = self.sae.pre_activations(&x);
+        let pre = self.sae.pre_activations_for_training(&x);
         let code = self.sae.variant.encode_train(&pre);
         let x_hat = self.sae.decode(&code);
         let error = &x - &x_hat;
@@ -192,11 +186,15 @@ impl SaeTrainer {
         if !loss_value.is_finite() {
             return Err(TrainError::Diverged(loss_value, self.step));
         }
-        loss.backward();
-
-        self.project_decoder_gradient();
-        clip_gradients(&self.sae.parameters(), config.grad_clip);
-        self.adam.update(&self.sae.parameters(), lr);
+        // The gradients as new tensors, not accumulated into `.grad`: no pass to zero them
+        // before, none to add them after (on the CPU a 1,280-wide SAE's step is bound by its
+        // passes over the two `d_in x d_sae` matrices, not by its products).
+        let params = self.sae.parameters();
+        let mut grads = Tensor::f_run_backward(&[&loss], &params, false, false)
+            .map_err(|e| TrainError::Torch(e.to_string()))?;
+        project_decoder_gradient(&mut grads[2], &self.sae.w_dec);
+        clip_gradients(&mut grads, config.grad_clip);
+        self.adam.update(&params, &grads, lr);
         self.sae.normalise_decoder();
 
         let fired = code.fired();
@@ -268,41 +266,34 @@ impl SaeTrainer {
             .clamp_min(1e-12);
         Some((residual_hat - target).square().sum(Kind::Float) / variance)
     }
+}
 
-    fn project_decoder_gradient(&self) {
-        tch::no_grad(|| {
-            let mut grad = self.sae.w_dec.grad();
-            if grad.defined() {
-                let along =
-                    (&grad * &self.sae.w_dec).sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
-                let _ = grad.addcmul_(&along.neg(), &self.sae.w_dec);
-            }
-        });
+/// Removes from each decoder row's gradient its component along the row: the step then moves a
+/// unit-norm row along the sphere, as the renormalisation after it assumes.
+fn project_decoder_gradient(grad: &mut Tensor, w_dec: &Tensor) {
+    if !grad.defined() {
+        return;
     }
+    tch::no_grad(|| {
+        // Row by row dot products as a batched product: no temporary of the matrix's size.
+        let along = grad.unsqueeze(1).bmm(&w_dec.unsqueeze(2)).squeeze_dim(2);
+        let _ = grad.addcmul_(&along.neg(), w_dec);
+    });
 }
 
 /// Scales all gradients down together when their global norm exceeds `max_norm`.
-fn clip_gradients(params: &[&Tensor], max_norm: f64) {
+fn clip_gradients(grads: &mut [Tensor], max_norm: f64) {
     if max_norm <= 0.0 {
         return;
     }
     tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(|p| p.grad())
-            .filter(Tensor::defined)
-            .collect();
-        let total: f64 = grads
-            .iter()
-            .map(|g| {
-                g.norm_scalaropt_dtype(2, Kind::Double)
-                    .double_value(&[])
-                    .powi(2)
-            })
+        let total: f64 = (grads.iter())
+            .filter(|g| g.defined())
+            .map(|g| g.norm().double_value(&[]).powi(2))
             .sum::<f64>()
             .sqrt();
         if total > max_norm {
-            for mut g in grads {
+            for g in grads.iter_mut().filter(|g| g.defined()) {
                 let _ = g.g_mul_scalar_(max_norm / (total + 1e-12));
             }
         }

