@@ -192,7 +192,9 @@ impl SaeTrainer {
         let params = self.sae.parameters();
         let mut grads = Tensor::f_run_backward(&[&loss], &params, false, false)
             .map_err(|e| TrainError::Torch(e.to_string()))?;
-        project_decoder_gradient(&mut grads[2], &self.sae.w_dec);
+        if let [_, _, w_dec_grad, _] = grads.as_mut_slice() {
+            project_decoder_gradient(w_dec_grad, &self.sae.w_dec);
+        }
         clip_gradients(&mut grads, config.grad_clip);
         self.adam.update(&params, &grads, lr);
         self.sae.normalise_decoder();

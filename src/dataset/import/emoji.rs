@@ -123,6 +123,7 @@ pub fn build_emoji(spec: &EmojiBuild, target: &ImportTarget) -> Result<ImportRep
 }
 
 /// One emoji (a skin-tone variant is one of its own) as the datasource lists it.
+#[derive(Clone)]
 struct Emoji {
     unified: String,
     short_name: String,
@@ -137,11 +138,7 @@ fn emoji_order(styles: &[StyleImages]) -> Vec<Emoji> {
     for style in styles {
         for emoji in &style.emoji {
             if seen.insert(emoji.unified.clone()) {
-                order.push(Emoji {
-                    unified: emoji.unified.clone(),
-                    short_name: emoji.short_name.clone(),
-                    category: emoji.category.clone(),
-                });
+                order.push(emoji.clone());
             }
         }
     }
