@@ -35,7 +35,8 @@
 # DEVICE_CHECK_SAE_STEPS (200), DEVICE_CHECK_BATCH_SIZES (the forward's, 8,16,32 on the CPU
 # and 64,128,256 on a GPU), DEVICE_CHECK_SHARD_ROWS (the dataset built where none is
 # carried: two shards of 256 rows), DEVICE_CHECK_REAL_MODELS (Hugging Face ids to look for),
-# DEVICE_CHECK_FIXTURES (the folder `prepare` fills: target/device).
+# DEVICE_CHECK_FIXTURES (the folder `prepare` fills: target/device), DEVICE_CHECK_CPU_RATES
+# (set: the CPU's rates too where there is a GPU, to compare the machine's cores with others).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -201,6 +202,14 @@ for e in "${encoders[@]}"; do
     else
       encode_diffs+=("$e:DIFFERS")
     fi
+    # Mixed precision's distance from float32, recorded: what `precision = "float16"` costs.
+    if tried "$bin" --quiet encode --encoder "$packages/$e" --dataset "$dataset" --layers all \
+      --device cuda --precision float16 --out "$work/encoded/$e-cuda-float16.parquet"; then
+      tried "$bin" diff "$work/encoded/$e-cpu.parquet" "$work/encoded/$e-cuda-float16.parquet" \
+        --tolerance 1 --json "$json/encode-float16-$e.json" || true
+    else
+      say "$e: no float16 encoding (see the log)"
+    fi
   fi
 done
 
@@ -251,13 +260,22 @@ for d in "${devices[@]}"; do
   logged "$bin" --quiet run "$file" --no-report
   "$bin" --quiet run "$file" --no-report >"$work/again-$d.txt" 2>&1
   grep -q "nothing to do" "$work/again-$d.txt" || { say "a second $d run did work again"; exit 1; }
-  # 5. Rates; with CUDA, the GPU's only (CPU rates are BENCHMARKS.md's, measured where the
-  # machine is not held by the minute).
-  if [ "$d" = cpu ] && [ "${#devices[@]}" = 2 ]; then continue; fi
+  # 5. Rates; with CUDA, the GPU's only unless DEVICE_CHECK_CPU_RATES is set (CPU rates are
+  # BENCHMARKS.md's, measured where the machine is not held by the minute).
+  if [ "$d" = cpu ] && [ "${#devices[@]}" = 2 ] && [ -z "${DEVICE_CHECK_CPU_RATES:-}" ]; then continue; fi
   if [ "$d" = cuda ]; then sizes=${DEVICE_CHECK_BATCH_SIZES:-64,128,256}; else sizes=${DEVICE_CHECK_BATCH_SIZES:-8,16,32}; fi
   logged "$bin" --quiet bench encoders "$file" --samples "$samples" --batch-sizes "$sizes" \
     --json "$json/bench-encoders-$d.json"
   logged "$bin" --quiet bench fit "$file" --samples "$samples" --json "$json/bench-fit-$d.json"
+  if [ "$d" = cuda ]; then
+    sed 's/^device = "cuda"$/&\nprecision = "float16"/' "$file" >"$work/study-float16.toml"
+    tried "$bin" --quiet bench encoders "$work/study-float16.toml" --samples "$samples" \
+      --batch-sizes "$sizes" --json "$json/bench-encoders-cuda-float16.json" ||
+      say "no float16 rates (see the log)"
+    SAESHARE_TORCHSCRIPT_OPTIMIZE=1 tried "$bin" --quiet bench encoders "$file" --samples "$samples" \
+      --batch-sizes "$sizes" --json "$json/bench-encoders-cuda-optimized.json" ||
+      say "no rates with TorchScript's optimiser (see the log)"
+  fi
 done
 # The check: the study on the last device with the SAEs the CPU fitted equals the CPU's study.
 # SAEs fitted on two devices part by rounding from the first step (the order of a GPU's sums),
@@ -309,6 +327,7 @@ report = {
         "tolerance_rel": float(etol),
         "result": dict(d.split(":") for d in encode_diffs.split()),
         "tables": {e: load(f"encode-{e}.json") for e in encoders.split()},
+        "float16_tables": {e: load(f"encode-float16-{e}.json") for e in encoders.split()},
     },
     "study_parity": {
         "device": devices.split()[-1],
@@ -321,6 +340,8 @@ report = {
     "fitted_apart": load("fitted-apart-diff.json"),
     "stage_seconds": stages,
     "bench_encoders": {d: load(f"bench-encoders-{d}.json") for d in devices.split()},
+    "bench_encoders_float16": load("bench-encoders-cuda-float16.json"),
+    "bench_encoders_optimized": load("bench-encoders-cuda-optimized.json"),
     "bench_fit": {d: load(f"bench-fit-{d}.json") for d in devices.split()},
 }
 failed = [e for e, r in report["encode_parity"]["result"].items() if r != "ok"] + (["study"] if study_diff == "DIFFERS" else [])
@@ -328,10 +349,20 @@ report["passed"] = not failed
 json.dump(report, open(os.path.join(out, "device-check.json"), "w"), indent=2)
 for d in report["devices"]:
     for f in report["bench_encoders"][d] or []:
-        print(f"device-check: {d} {f['encoder']}: encode {f['encode']:.1f} samples/s, {100 * f['encode_of_best_forward']:.0f}% of the forward alone", file=sys.stderr)
+        print(f"device-check: {d} {f['encoder']}: encode {f['encode']:.1f} inputs/s, {100 * f['encode_of_best_forward']:.0f}% of the forward alone", file=sys.stderr)
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in f["stages"].items())
+        print(f"device-check: {d} {f['encoder']}: {f['seconds']:.3f} s: {parts}", file=sys.stderr)
     for f in report["bench_fit"][d] or []:
         print(f"device-check: {d} {f['encoder']}: SAE {f['sae_rows_per_second']:.0f} rows/s", file=sys.stderr)
     print(f"device-check: {d} stages: {stages.get(d)}", file=sys.stderr)
+for f in report["bench_encoders_float16"] or []:
+    print(f"device-check: cuda float16 {f['encoder']}: encode {f['encode']:.1f} inputs/s, {100 * f['encode_of_best_forward']:.0f}% of its forward alone ({f['best_forward']:.0f}/s)", file=sys.stderr)
+for f in report["bench_encoders_optimized"] or []:
+    print(f"device-check: cuda with TorchScript's optimiser {f['encoder']}: encode {f['encode']:.1f} inputs/s, {100 * f['encode_of_best_forward']:.0f}% of its forward alone ({f['best_forward']:.0f}/s); {f['seconds']:.3f} s, forward stage {f['stages']['forward']:.3f} s", file=sys.stderr)
+for e, t in report["encode_parity"]["float16_tables"].items():
+    if t:
+        worst = max((x["max_rel"] for x in t["tables"]), default=None)
+        print(f"device-check: float16 {e}: largest relative difference to the CPU's float32: {worst}", file=sys.stderr)
 print(f"device-check: {'passed' if not failed else 'FAILED: ' + ', '.join(failed)}; {os.path.join(out, 'device-check.json')}", file=sys.stderr)
 sys.exit(1 if failed else 0)
 PY

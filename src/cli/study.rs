@@ -366,6 +366,24 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
             f.encode_samples,
         );
     }
+    println!(
+        "\n{:<20} {:>8}  helper thread: {:>7} {:>9}  model thread: {:>7} {:>7} {:>7} {:>7}",
+        "encode, seconds",
+        "wall",
+        "cutting",
+        "preparing",
+        "waiting",
+        "inputs",
+        "forward",
+        "outputs"
+    );
+    for f in &figures {
+        let s = &f.stages;
+        println!(
+            "{:<20} {:>8.3}  {:>22.3} {:>9.3}  {:>21.3} {:>7.3} {:>7.3} {:>7.3}",
+            f.encoder, f.seconds, s.cutting, s.preparing, s.waiting, s.inputs, s.forward, s.outputs
+        );
+    }
     if let Some(path) = &args.json {
         let json: Vec<serde_json::Value> = (figures.iter())
             .map(|f| {
@@ -383,7 +401,9 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
         "forward alone: random inputs of the package's shape (captions of the samples' mean \
          length, no padding); encode: the study's samples decoded, preprocessed, tokenized, \
          encoded and pooled, counted as the distinct inputs the model ran (samples/s counts \
-         every sample: identical captions or images are encoded once)"
+         every sample: identical captions or images are encoded once); its seconds: the \
+         helper thread cuts windows and prepares inputs while the model thread runs the last \
+         ones, so a large `waiting` means the helper thread sets the pace"
     );
     Ok(())
 }

@@ -15,7 +15,9 @@ mod distinct;
 pub mod image;
 mod manifest;
 pub mod pooling;
+mod precision;
 mod run;
+mod stage_times;
 mod stream;
 pub mod text;
 pub mod tokens;
@@ -29,7 +31,9 @@ pub use manifest::{
     CropSpec, ImageSpec, Layer, Manifest, Modality, OutputKind, Pooling, ResizeSpec, Source,
     TextSpec, PACKAGE_VERSION,
 };
+pub use precision::Precision;
 pub use run::{encode_dataset, EncodeOptions, EncodeReport};
+pub use stage_times::StageTimes;
 pub use stream::EncodedRows;
 pub use tokens::{TokenRows, TokenSelection};
 
@@ -82,7 +86,11 @@ pub struct Encoder {
     dir: PathBuf,
     module: CModule,
     device: Device,
-    tokenizer: Option<text::TextTokenizer>,
+    tokenizer: Option<std::sync::Arc<text::TextTokenizer>>,
+    /// Captions cut at the model's maximum length so far.
+    truncated_captions: u64,
+    precision: Precision,
+    stage_times: StageTimes,
 }
 
 /// A batch's model inputs, made on the CPU without the model: decoded and preprocessed images,
@@ -102,41 +110,44 @@ impl Prepared {
     /// The distinct inputs the model will run on.
     pub fn inputs(&self) -> usize {
         match &self.input {
-            PreparedInput::Captions(captions) => captions.len(),
+            PreparedInput::Tokens(tokens) => tokens.rows(),
             PreparedInput::Pixels { images, .. } => *images,
         }
     }
 }
 
 enum PreparedInput {
-    /// `images` preprocessed images, `[images x 3 x H x W]` row-major.
-    Pixels {
-        pixels: Vec<f32>,
-        images: usize,
-    },
-    Captions(Vec<String>),
+    /// `images` preprocessed images, `[images x 3 x H x W]` bytes row-major, not normalised.
+    Pixels { pixels: Vec<u8>, images: usize },
+    /// The distinct captions, tokenized and padded.
+    Tokens(text::PaddedTokens),
 }
 
-/// Decodes and preprocesses a batch's images (image encoders), on `threads` threads, or takes
-/// its captions (text encoders). Images that do not decode are skipped and counted, with a
-/// warning naming the sample.
+/// Decodes and preprocesses a batch's images (image encoders), on `threads` threads, or pads
+/// the tokens of its distinct captions (text encoders: `tokens`, of a batch holding its
+/// captions). Images that do not decode are skipped and counted, with a warning naming the
+/// sample.
 pub fn prepare(
     manifest: &Manifest,
     batch: &SampleBatch,
     threads: usize,
+    tokens: Option<&text::BatchTokens>,
 ) -> Result<Prepared, EncoderError> {
     match manifest.modality {
         Modality::Text => {
+            let tokens = tokens.ok_or_else(|| EncoderError::Usage {
+                encoder: manifest.name.clone(),
+                problem: "a text encoder's batch is prepared from its tokens".into(),
+            })?;
             let distinct = distinct::DistinctInputs::of(&batch.captions);
+            let captions: Vec<&str> = (distinct.first.iter())
+                .map(|&s| batch.captions[s].as_str())
+                .collect();
             Ok(Prepared {
                 sample_ids: batch.sample_ids.clone(),
                 skipped: Vec::new(),
                 read_skips: batch.skipped.len() as u64,
-                input: PreparedInput::Captions(
-                    (distinct.first.iter())
-                        .map(|&s| batch.captions[s].clone())
-                        .collect(),
-                ),
+                input: PreparedInput::Tokens(tokens.padded(&captions)),
                 input_rows: distinct.input_of,
             })
         }
@@ -154,7 +165,7 @@ pub fn prepare(
             let images: Vec<&EncodedImage> =
                 distinct.first.iter().map(|&s| &batch.images[s]).collect();
             let chunk = images.len().div_ceil(threads.max(1)).max(1);
-            let decoded: Vec<Result<Vec<f32>, String>> = std::thread::scope(|scope| {
+            let decoded: Vec<Result<Vec<u8>, String>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = (images.chunks(chunk))
                     .map(|part| {
                         scope.spawn(move || {
@@ -237,7 +248,7 @@ impl Encoder {
                 problem: format!("model.pt does not load: {e}"),
             })?;
         let tokenizer = match &manifest.text {
-            Some(spec) => Some(text::TextTokenizer::load(dir, spec)?),
+            Some(spec) => Some(std::sync::Arc::new(text::TextTokenizer::load(dir, spec)?)),
             None => None,
         };
         Ok(Encoder {
@@ -246,6 +257,9 @@ impl Encoder {
             module,
             device,
             tokenizer,
+            truncated_captions: 0,
+            precision: Precision::Float32,
+            stage_times: StageTimes::default(),
         })
     }
 
@@ -259,6 +273,18 @@ impl Encoder {
         Ok(self)
     }
 
+    /// The same model run in `precision`; refused where its device cannot.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Encoder, EncoderError> {
+        if let Some(problem) = precision.refused_on(self.device) {
+            return Err(EncoderError::Usage {
+                encoder: self.manifest.name.clone(),
+                problem,
+            });
+        }
+        self.precision = precision;
+        Ok(self)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -268,9 +294,14 @@ impl Encoder {
         self.device
     }
 
+    /// The seconds of each stage since the last call (or the load), and a fresh count.
+    pub fn take_stage_times(&mut self) -> StageTimes {
+        std::mem::take(&mut self.stage_times)
+    }
+
     /// Captions cut at the model's maximum length so far.
     pub fn truncated_captions(&self) -> u64 {
-        self.tokenizer.as_ref().map_or(0, |t| t.truncated)
+        self.truncated_captions
     }
 
     /// Runs the model: one tensor per layer of the package.
@@ -279,11 +310,16 @@ impl Encoder {
             .iter()
             .map(|t| IValue::Tensor(t.shallow_clone()))
             .collect();
-        let output = tch::no_grad(|| self.module.forward_is(&inputs)).map_err(|source| {
-            EncoderError::Torch {
-                encoder: self.manifest.name.clone(),
-                source,
-            }
+        // A setting of the calling thread, which is the encoder's.
+        tch::jit::set_graph_executor_optimize(crate::torch::torchscript_optimize());
+        let run = || self.module.forward_is(&inputs);
+        let output = tch::no_grad(|| match self.precision {
+            Precision::Float32 => run(),
+            Precision::Float16 => tch::autocast(true, run),
+        })
+        .map_err(|source| EncoderError::Torch {
+            encoder: self.manifest.name.clone(),
+            source,
         })?;
         let tensors = match output {
             IValue::Tuple(items) | IValue::GenericList(items) => items
@@ -322,14 +358,19 @@ impl Encoder {
         layers: &[usize],
         pooling: Pooling,
     ) -> Result<Pooled, EncoderError> {
-        let prepared = prepare(&self.manifest, batch, self.preparing_threads())?;
+        let threads = self.preparing_threads();
+        let tokens = (self.tokenizer.as_ref())
+            .map(|t| t.tokenize(&batch.captions, threads))
+            .transpose()?;
+        let prepared = prepare(&self.manifest, batch, threads, tokens.as_ref())?;
         self.encode_prepared(prepared, layers, pooling, None)
     }
 
-    /// Threads that decode and preprocess a batch's images: one beside a model on the CPU,
-    /// whose forward takes the other cores; every core feeding a GPU, which one thread leaves
-    /// idle (on an H200, a 224-pixel image took about 3 ms to decode and resize, MobileNetV2's
-    /// forward 0.06 ms).
+    /// Threads that prepare a batch (decode and preprocess its images, tokenize its captions):
+    /// one beside a model on the CPU, whose forward takes the other cores; every core feeding a
+    /// GPU, which one thread leaves idle (on an H200's machine, a 224-pixel image took about
+    /// 5 ms to decode and resize and a caption 0.27 ms to tokenize; MobileNetV2's forward took
+    /// 0.06 ms an image, BERT-base's 0.14 ms a caption).
     fn preparing_threads(&self) -> usize {
         if self.device.is_cuda() {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -359,32 +400,41 @@ impl Encoder {
         if pooled.sample_ids.is_empty() {
             return Ok(pooled);
         }
-        let (outputs, mask, special) = match prepared.input {
-            PreparedInput::Captions(captions) => {
-                let tokens = self
-                    .tokenizer
-                    .as_mut()
-                    .expect("text encoders have a tokenizer")
-                    .encode(&captions, self.device)?;
+        let mut laps = stage_times::Laps::start();
+        let (inputs_on_device, mask, special) = match prepared.input {
+            PreparedInput::Tokens(tokens) => {
+                self.truncated_captions += tokens.truncated;
+                let tokens = tokens.to_device(self.device);
+                let mask = tokens.mask.shallow_clone();
                 (
-                    self.forward(&[tokens.ids, tokens.mask.shallow_clone()])?,
-                    Some(tokens.mask),
+                    vec![tokens.ids, tokens.mask],
+                    Some(mask),
                     Some(tokens.special),
                 )
             }
             PreparedInput::Pixels { pixels, images } => {
-                let [h, w] = self
-                    .manifest
-                    .image
-                    .as_ref()
-                    .expect("checked on load")
-                    .input_size;
-                let x = Tensor::from_slice(&pixels)
+                let spec = self.manifest.image.as_ref().expect("checked on load");
+                let [h, w] = spec.input_size;
+                let bytes = Tensor::from_slice(&pixels)
                     .reshape([images as i64, 3, h as i64, w as i64])
                     .to_device(self.device);
-                (self.forward(&[x])?, None, None)
+                (vec![image::normalise(&bytes, spec)], None, None)
             }
         };
+        self.stage_times.inputs += laps.lap();
+        let mut outputs = self.forward(&inputs_on_device)?;
+        // Pooling and token rows read float32, whatever the forward ran in.
+        if self.precision != Precision::Float32 {
+            for &layer in layers {
+                outputs[layer] = outputs[layer].to_kind(Kind::Float);
+            }
+        }
+        // The forward's kernels are queued, not run: waiting for them here costs nothing (the
+        // copy back below would wait anyway) and keeps the forward's time out of the outputs'.
+        if let Device::Cuda(index) = self.device {
+            tch::Cuda::synchronize(index as i64);
+        }
+        self.stage_times.forward += laps.lap();
         let input_rows = &prepared.input_rows;
         if let Some(selection) = tokens {
             let masks = tokens::PositionMasks {
@@ -445,6 +495,7 @@ impl Encoder {
             }
             pooled.layers.push((layer, vectors));
         }
+        self.stage_times.outputs += laps.lap();
         Ok(pooled)
     }
 
@@ -510,13 +561,13 @@ mod tests {
             images,
             skipped: Vec::new(),
         };
-        let one = prepare(&manifest, &batch, 1).unwrap();
+        let one = prepare(&manifest, &batch, 1, None).unwrap();
         let PreparedInput::Pixels { pixels, .. } = &one.input else {
             panic!("images give pixels")
         };
         assert_eq!(pixels.len(), 9 * 3 * 5 * 5);
         for threads in [2, 3, 16] {
-            let many = prepare(&manifest, &batch, threads).unwrap();
+            let many = prepare(&manifest, &batch, threads, None).unwrap();
             assert_eq!(many.sample_ids, one.sample_ids);
             assert_eq!(
                 many.skipped.iter().map(|(id, _)| *id).collect::<Vec<_>>(),

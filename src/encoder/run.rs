@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use tch::Device;
 
-use super::{EncodedRows, Encoder, Modality, Pooling, TokenSelection, READER_BATCH_ROWS};
+use super::{
+    EncodedRows, Encoder, Modality, Pooling, Precision, TokenSelection, READER_BATCH_ROWS,
+};
 use crate::activations::{ActivationWriter, ActivationsMeta, FileMeta, LayerWidth};
 use crate::dataset::{Dataset, Projection, SampleBatch};
 
@@ -25,6 +27,8 @@ pub struct EncodeOptions {
     pub batch_size: usize,
     /// A CNN run on square images of this side instead of its package's size.
     pub image_size: Option<u32>,
+    /// What the forward pass runs in.
+    pub precision: Precision,
     pub out: PathBuf,
 }
 
@@ -48,6 +52,7 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     if let Some(side) = options.image_size {
         encoder = encoder.at_image_size(side)?;
     }
+    encoder = encoder.with_precision(options.precision)?;
     let layers = encoder.manifest.select_layers(&options.layers)?;
     let pooling = options.pooling.unwrap_or(encoder.manifest.default_pooling);
     let dataset = Dataset::open(&options.dataset)?;

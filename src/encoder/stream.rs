@@ -5,7 +5,8 @@
 //! model: the CPU prepares the next batch while libtorch runs this one.
 
 use super::buckets::{restore_order, windows, Window, BUCKET_WINDOW};
-use super::text::TextTokenizer;
+use super::stage_times::Laps;
+use super::text::{BatchTokens, TextTokenizer};
 use super::{prepare, Encoder, Manifest, Modality, Pooling, Prepared, TokenRows, TokenSelection};
 use crate::dataset::SampleBatch;
 
@@ -78,30 +79,25 @@ impl Encoder {
     where
         I: Iterator<Item = anyhow::Result<SampleBatch>> + Send,
     {
-        let manifest = &self.manifest.clone();
-        // The lengths are counted on the helper thread, with a copy of the tokenizer.
-        let measure = (self.tokenizer.clone()).filter(|_| self.manifest.pads_to_longest());
-        let modality = self.manifest.modality;
-        let threads = self.preparing_threads();
+        // Captions are tokenized on the helper thread, with the encoder's tokenizer.
+        let helper = Helper {
+            manifest: self.manifest.clone(),
+            tokenizer: self.tokenizer.clone(),
+            batch_size,
+            threads: self.preparing_threads(),
+        };
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(2);
+        // Starting the helper thread is waiting for it too.
+        let mut waited = Laps::start();
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for batch in batches {
-                    let windows =
-                        match batch.and_then(|b| cut(modality, measure.as_ref(), &b, batch_size)) {
-                            Ok(windows) => windows,
-                            Err(error) => {
-                                let _ = jobs_tx.send(Err(error));
-                                return;
-                            }
-                        };
-                    // Each window is sent once prepared, so the model starts on the first while
-                    // the next is prepared, however large the reader's batch.
-                    for w in windows {
-                        let job = prepare_window(manifest, w, threads);
-                        let failed = job.is_err();
-                        // A closed channel means the model side failed; its error is reported.
-                        if jobs_tx.send(job).is_err() || failed {
+                    match batch.and_then(|b| helper.send_windows(&b, &jobs_tx)) {
+                        Ok(true) => {}
+                        // The model side failed; its error is reported.
+                        Ok(false) => return,
+                        Err(error) => {
+                            let _ = jobs_tx.send(Err(error));
                             return;
                         }
                     }
@@ -109,6 +105,10 @@ impl Encoder {
             });
             for job in jobs_rx {
                 let job: WindowJob = job?;
+                let times = &mut self.stage_times;
+                times.waiting += waited.lap();
+                times.cutting += job.cutting;
+                times.preparing += job.preparing;
                 let mut rows = EncodedRows::empty(layers.len());
                 for prepared in job.parts {
                     rows.append(&self.encode_rows(prepared, layers, pooling, tokens)?);
@@ -117,7 +117,10 @@ impl Encoder {
                     rows = restore_order(rows, order);
                 }
                 sink(rows)?;
+                // The sink's time is the caller's, not a stage of the loop.
+                waited = Laps::start();
             }
+            self.stage_times.waiting += waited.lap();
             Ok(())
         })
     }
@@ -151,17 +154,57 @@ impl Encoder {
 struct WindowJob {
     parts: Vec<Prepared>,
     restore: Option<Vec<u64>>,
+    /// The helper thread's seconds for it.
+    cutting: f64,
+    preparing: f64,
 }
 
-/// Cuts a reader batch into windows: captions sorted by length when `measure` is given. A model
-/// batch holds `batch_size` distinct inputs of the encoder's modality.
+/// What the helper thread needs to turn reader batches into prepared model batches.
+struct Helper {
+    manifest: Manifest,
+    tokenizer: Option<std::sync::Arc<TextTokenizer>>,
+    batch_size: usize,
+    threads: usize,
+}
+
+type Jobs = crossbeam_channel::Sender<anyhow::Result<WindowJob>>;
+
+impl Helper {
+    /// Tokenizes a reader batch's captions (text), cuts it into windows and sends each window
+    /// once prepared, so the model starts on the first while the next is prepared, however large
+    /// the reader's batch. `Ok(false)` when the model side has hung up.
+    fn send_windows(&self, batch: &SampleBatch, jobs: &Jobs) -> anyhow::Result<bool> {
+        let mut laps = Laps::start();
+        let tokens = (self.tokenizer.as_ref())
+            .map(|t| t.tokenize(&batch.captions, self.threads))
+            .transpose()?;
+        let measure = tokens.as_ref().filter(|_| self.manifest.pads_to_longest());
+        let windows = cut(self.manifest.modality, measure, batch, self.batch_size);
+        // The batch's tokenizing and cutting are counted with its first window.
+        let mut cutting = laps.lap();
+        for w in windows {
+            let mut job = prepare_window(&self.manifest, w, self.threads, tokens.as_ref())?;
+            job.cutting = std::mem::take(&mut cutting);
+            job.preparing = laps.lap();
+            if jobs.send(Ok(job)).is_err() {
+                return Ok(false);
+            }
+            // Blocked on a full channel: the model side's pace, not preparing.
+            laps.lap();
+        }
+        Ok(true)
+    }
+}
+
+/// Cuts a reader batch into windows: captions sorted by length when `measure` holds their
+/// tokens. A model batch holds `batch_size` distinct inputs of the encoder's modality.
 fn cut(
     modality: Modality,
-    measure: Option<&TextTokenizer>,
+    measure: Option<&BatchTokens>,
     batch: &SampleBatch,
     batch_size: usize,
-) -> anyhow::Result<Vec<Window>> {
-    let lengths = measure.map(|t| t.lengths(&batch.captions)).transpose()?;
+) -> Vec<Window> {
+    let lengths = measure.map(|t| t.lengths(&batch.captions));
     let same = |a: usize, b: usize| match modality {
         Modality::Text => batch.captions[a] == batch.captions[b],
         Modality::Image => match (batch.images.get(a), batch.images.get(b)) {
@@ -174,16 +217,24 @@ fn cut(
     } else {
         batch_size
     };
-    Ok(windows(batch, batch_size, window, lengths.as_deref(), same))
+    windows(batch, batch_size, window, lengths.as_deref(), same)
 }
 
-/// A window's model batches, prepared on `threads` threads.
-fn prepare_window(manifest: &Manifest, w: Window, threads: usize) -> anyhow::Result<WindowJob> {
+/// A window's model batches, prepared on `threads` threads (text: from the reader batch's
+/// `tokens`).
+fn prepare_window(
+    manifest: &Manifest,
+    w: Window,
+    threads: usize,
+    tokens: Option<&BatchTokens>,
+) -> anyhow::Result<WindowJob> {
     let parts = (w.batches.iter())
-        .map(|b| prepare(manifest, b, threads))
+        .map(|b| prepare(manifest, b, threads, tokens))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(WindowJob {
         parts,
         restore: w.restore,
+        cutting: 0.0,
+        preparing: 0.0,
     })
 }

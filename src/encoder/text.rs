@@ -1,19 +1,51 @@
 //! Tokenization with the package's `tokenizer.json`, padded and truncated as the model was
 //! trained (the manifest says how), whatever the file itself was saved with.
+//!
+//! A reader batch's captions are tokenized once, each distinct caption once, on the helper
+//! thread ([`TextTokenizer::tokenize`]): their lengths group them into batches, and each model
+//! batch is padded from the same tokens ([`BatchTokens::padded`]) as `tokenizers` pads.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use tch::{Device, Tensor};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 use super::manifest::TextSpec;
 use super::EncoderError;
 
-/// A tokenizer set up for one encoder.
-#[derive(Clone)]
+/// A tokenizer set up for one encoder; never changed once loaded, so the helper thread shares
+/// the encoder's.
 pub struct TextTokenizer {
+    /// Truncating at the model's maximum length, never padding (done per model batch).
     tokenizer: Tokenizer,
-    /// Captions cut at `max_length` so far.
+    /// `Some(n)`: every batch padded to `n` tokens; `None`: to its longest caption.
+    fixed_length: Option<usize>,
+    pad_id: u32,
+}
+
+/// One caption's tokens, cut at the maximum length, not padded.
+#[derive(Clone, Debug)]
+struct CaptionTokens {
+    ids: Vec<u32>,
+    special: Vec<u32>,
+    truncated: bool,
+}
+
+/// The captions of a reader batch, tokenized: each distinct caption once.
+pub struct BatchTokens<'a> {
+    tokenizer: &'a TextTokenizer,
+    of: HashMap<&'a str, CaptionTokens>,
+}
+
+/// A model batch's tokens, padded, on the CPU: `[rows x width]` each, row-major.
+pub struct PaddedTokens {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    special: Vec<i64>,
+    rows: usize,
+    width: usize,
+    /// Captions of these rows cut at the maximum length.
     pub truncated: u64,
 }
 
@@ -21,88 +53,145 @@ pub struct TextTokenizer {
 pub struct Tokens {
     pub ids: Tensor,
     pub mask: Tensor,
-    /// 1 for the tokens the tokenizer adds (`[CLS]`, `[SEP]`, ...), on the CPU.
+    /// 1 for the tokens the tokenizer adds (`[CLS]`, `[SEP]`, ...) and for padding, on the CPU.
     pub special: Tensor,
 }
 
 impl TextTokenizer {
     pub fn load(package: &Path, spec: &TextSpec) -> Result<TextTokenizer, EncoderError> {
         let path = package.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| EncoderError::Package {
+        let problem = |e: tokenizers::Error| EncoderError::Package {
             package: package.to_path_buf(),
             problem: format!("tokenizer.json: {e}"),
-        })?;
-        let strategy = if spec.padding == "max_length" {
-            PaddingStrategy::Fixed(spec.max_length)
-        } else {
-            PaddingStrategy::BatchLongest
         };
-        let pad_token = tokenizer
-            .id_to_token(spec.pad_id)
-            .unwrap_or_else(|| "[PAD]".to_string());
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy,
-            pad_id: spec.pad_id,
-            pad_token,
-            ..PaddingParams::default()
-        }));
+        let mut tokenizer = Tokenizer::from_file(&path).map_err(problem)?;
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: spec.max_length,
                 ..TruncationParams::default()
             }))
-            .map_err(|e| EncoderError::Package {
-                package: package.to_path_buf(),
-                problem: format!("tokenizer.json: {e}"),
-            })?;
+            .map_err(problem)?;
         Ok(TextTokenizer {
             tokenizer,
-            truncated: 0,
+            fixed_length: (spec.padding == "max_length").then_some(spec.max_length),
+            pad_id: spec.pad_id,
+        })
+    }
+
+    /// Tokenizes `captions`, each distinct caption once, on `threads` threads (the helper
+    /// thread's own: one beside a model on the CPU, every core feeding a GPU).
+    pub fn tokenize<'a>(
+        &'a self,
+        captions: &'a [String],
+        threads: usize,
+    ) -> Result<BatchTokens<'a>, EncoderError> {
+        let mut distinct: Vec<&str> = captions.iter().map(String::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let chunk = distinct.len().div_ceil(threads.max(1)).max(1);
+        let tokenize_part = |part: &[&'a str]| {
+            (part.iter())
+                .map(|&caption| {
+                    let e = (self.tokenizer.encode(caption, true))
+                        .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+                    let tokens = CaptionTokens {
+                        ids: e.get_ids().to_vec(),
+                        special: e.get_special_tokens_mask().to_vec(),
+                        truncated: !e.get_overflowing().is_empty(),
+                    };
+                    Ok((caption, tokens))
+                })
+                .collect::<Result<Vec<_>, EncoderError>>()
+        };
+        let parts: Vec<Result<Vec<_>, EncoderError>> = if distinct.len() <= chunk {
+            vec![tokenize_part(&distinct)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (distinct.chunks(chunk))
+                    .map(|part| scope.spawn(move || tokenize_part(part)))
+                    .collect();
+                (handles.into_iter())
+                    .map(|h| h.join().expect("tokenizing does not panic"))
+                    .collect()
+            })
+        };
+        let mut of = HashMap::with_capacity(distinct.len());
+        for part in parts {
+            of.extend(part?);
+        }
+        Ok(BatchTokens {
+            tokenizer: self,
+            of,
         })
     }
 
     /// The tokens each caption takes, special tokens included, cut at the maximum length.
     pub fn lengths(&self, captions: &[String]) -> Result<Vec<usize>, EncoderError> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(captions.to_vec(), true)
-            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-        Ok((encodings.iter())
-            .map(|e| e.get_attention_mask().iter().filter(|&&m| m != 0).count())
-            .collect())
+        Ok(self.tokenize(captions, 1)?.lengths(captions))
     }
 
-    /// Tokenizes `captions` into tensors on `device`, counting captions that were cut.
-    pub fn encode(&mut self, captions: &[String], device: Device) -> Result<Tokens, EncoderError> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(captions.to_vec(), true)
-            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-        self.truncated += encodings
+    /// Tokenizes `captions` into one padded batch of tensors on `device`.
+    pub fn encode(&self, captions: &[String], device: Device) -> Result<Tokens, EncoderError> {
+        let all: Vec<&str> = captions.iter().map(String::as_str).collect();
+        Ok(self.tokenize(captions, 1)?.padded(&all).to_device(device))
+    }
+}
+
+impl BatchTokens<'_> {
+    /// The tokens each of `captions` (captions of the tokenized batch) takes.
+    pub fn lengths(&self, captions: &[String]) -> Vec<usize> {
+        captions
             .iter()
-            .filter(|e| !e.get_overflowing().is_empty())
-            .count() as u64;
-        let rows = encodings.len() as i64;
-        let ids: Vec<i64> = encodings
-            .iter()
-            .flat_map(|e| e.get_ids().iter().map(|&i| i as i64))
-            .collect();
-        let mask: Vec<i64> = encodings
-            .iter()
-            .flat_map(|e| e.get_attention_mask().iter().map(|&m| m as i64))
-            .collect();
-        let special: Vec<i64> = encodings
-            .iter()
-            .flat_map(|e| e.get_special_tokens_mask().iter().map(|&m| m as i64))
-            .collect();
-        Ok(Tokens {
-            special: Tensor::from_slice(&special).reshape([rows, -1]),
-            ids: Tensor::from_slice(&ids)
-                .reshape([rows, -1])
-                .to_device(device),
-            mask: Tensor::from_slice(&mask)
-                .reshape([rows, -1])
-                .to_device(device),
-        })
+            .map(|c| self.of[c.as_str()].ids.len())
+            .collect()
+    }
+
+    /// `captions` (of the tokenized batch) as a model batch: padded on the right to the longest
+    /// or to the fixed length, with the pad id, attention 0 and special-token mask 1, as
+    /// `tokenizers` pads.
+    pub fn padded(&self, captions: &[&str]) -> PaddedTokens {
+        let rows: Vec<&CaptionTokens> = captions.iter().map(|c| &self.of[c]).collect();
+        let longest = rows.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+        let width = self.tokenizer.fixed_length.unwrap_or(longest).max(longest);
+        let mut padded = PaddedTokens {
+            ids: Vec::with_capacity(rows.len() * width),
+            mask: Vec::with_capacity(rows.len() * width),
+            special: Vec::with_capacity(rows.len() * width),
+            rows: rows.len(),
+            width,
+            truncated: rows.iter().filter(|t| t.truncated).count() as u64,
+        };
+        let pad = i64::from(self.tokenizer.pad_id);
+        for t in rows {
+            let n = t.ids.len();
+            padded.ids.extend(t.ids.iter().map(|&i| i64::from(i)));
+            padded.ids.extend(std::iter::repeat_n(pad, width - n));
+            padded.mask.extend(std::iter::repeat_n(1, n));
+            padded.mask.extend(std::iter::repeat_n(0, width - n));
+            padded
+                .special
+                .extend(t.special.iter().map(|&s| i64::from(s)));
+            padded.special.extend(std::iter::repeat_n(1, width - n));
+        }
+        padded
+    }
+}
+
+impl PaddedTokens {
+    /// The rows of the batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// As tensors: ids and mask on `device`, the special-token mask on the CPU.
+    pub fn to_device(self, device: Device) -> Tokens {
+        let shape = [self.rows as i64, self.width as i64];
+        let tensor = |values: Vec<i64>| Tensor::from_slice(&values).reshape(shape);
+        Tokens {
+            ids: tensor(self.ids).to_device(device),
+            mask: tensor(self.mask).to_device(device),
+            special: tensor(self.special),
+        }
     }
 }

@@ -122,7 +122,7 @@ fn count_tokens(encoder: &Path, dataset: &Path) -> anyhow::Result<u64> {
             encoder.display()
         )
     })?;
-    let mut tokenizer = TextTokenizer::load(encoder, spec)?;
+    let tokenizer = TextTokenizer::load(encoder, spec)?;
     let mut total = 0u64;
     for shard in Dataset::open(dataset)?.shards() {
         for batch in shard.reader(Projection::TEXT, 1024)? {

@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 use super::bench_fit::{batch_head, plan_and_encoders, read_samples};
 use super::encoding::WorkerModels;
 use super::plan::Plan;
-use crate::encoder::{Encoder, Modality};
+use crate::encoder::{Encoder, Modality, StageTimes};
 use crate::ids::EncoderId;
 
 /// One encoder's figures.
@@ -27,6 +27,10 @@ pub struct EncoderFigure {
     pub encode: f64,
     /// Samples a second of the same encoding (above `encode` where the samples repeat inputs).
     pub encode_samples: f64,
+    /// The encoding's wall time.
+    pub seconds: f64,
+    /// Where that time went.
+    pub stages: StageTimes,
     /// Text: the mean tokens a caption takes, the length of the forward's random captions.
     pub tokens: Option<usize>,
 }
@@ -65,15 +69,19 @@ pub fn bench_encoders(
         drop(model);
         // Loaded and run once untimed, as the forward above.
         models.pooled(e, &batch_head(&batch, encoder.batch_size))?;
+        models.take_stage_times(e);
         let started = Instant::now();
         let rows = models.pooled(e, &batch)?;
         let seconds = started.elapsed().as_secs_f64();
+        let stages = models.take_stage_times(e);
         figures.push(EncoderFigure {
             encoder: encoder.name.clone(),
             forward,
             batch_size: encoder.batch_size,
             encode: rows.inputs as f64 / seconds,
             encode_samples: rows.sample_ids.len() as f64 / seconds,
+            seconds,
+            stages,
             tokens,
         });
     }

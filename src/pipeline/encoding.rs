@@ -10,7 +10,7 @@ use super::cache;
 use super::plan::Plan;
 use super::units::Units;
 use crate::dataset::SampleBatch;
-use crate::encoder::{EncodedRows, Encoder, TokenSelection};
+use crate::encoder::{EncodedRows, Encoder, StageTimes, TokenSelection};
 use crate::ids::{EncoderId, EncoderLayer, ShardId};
 use crate::sae::{Sae, SampleCode};
 
@@ -93,6 +93,12 @@ impl WorkerModels {
     /// The device encoder `e` runs on in this worker: one GPU per worker where there are several.
     pub fn device(&self, e: EncoderId) -> Device {
         worker_device(self.plan.encoder(e).device, self.worker)
+    }
+
+    /// The seconds of each stage of encoder `e`'s encoding since the last call (zero when it is
+    /// not loaded), and a fresh count.
+    pub fn take_stage_times(&mut self, e: EncoderId) -> StageTimes {
+        (self.encoders.get_mut(&e)).map_or_else(StageTimes::default, Encoder::take_stage_times)
     }
 
     /// Encoder `e`'s pooled rows of the chosen layers for `batch`, run in the encoder's batches.

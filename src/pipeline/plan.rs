@@ -11,7 +11,7 @@ use super::study::{default_batch_size, FitRows, FitSpec, Position, Study};
 use super::units::Units;
 use crate::dataset::{Dataset, ShardInfo};
 use crate::digest::fingerprint;
-use crate::encoder::{Manifest, Modality, OutputKind, Pooling, TokenSelection};
+use crate::encoder::{Manifest, Modality, OutputKind, Pooling, Precision, TokenSelection};
 use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::names::{check_name, pair_key};
 use crate::run_layout::RunLayout;
@@ -32,6 +32,8 @@ pub struct PlannedEncoder {
     pub batch_size: usize,
     /// The study's `image_size`: a CNN run on images of this side instead of its package's.
     pub image_size: Option<u32>,
+    /// What the forward pass runs in.
+    pub precision: Precision,
     pub sae: SaeConfig,
     /// What the SAEs are fitted on: pooled rows, or token rows chosen how.
     pub fit_rows: FitRows,
@@ -52,10 +54,11 @@ impl PlannedEncoder {
     /// Its model, loaded onto `device` as the study runs it.
     pub fn load(&self, device: tch::Device) -> anyhow::Result<crate::encoder::Encoder> {
         let encoder = crate::encoder::Encoder::load(&self.package, device)?;
-        Ok(match self.image_size {
+        let encoder = match self.image_size {
             None => encoder,
             Some(side) => encoder.at_image_size(side)?,
-        })
+        };
+        Ok(encoder.with_precision(self.precision)?)
     }
 
     /// Which token rows the SAEs are fitted on; `None` when they are fitted on pooled rows.
@@ -365,6 +368,12 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         None => fingerprint,
         Some(side) => crate::digest::fingerprint(&(fingerprint, "image_size", side)),
     };
+    // Mixed precision gives other activations (float32 keeps the fingerprints made before).
+    let precision = spec.precision.unwrap_or_default();
+    let fingerprint = match precision {
+        Precision::Float32 => fingerprint,
+        other => crate::digest::fingerprint(&(fingerprint, "precision", other)),
+    };
     // The read-out changes the codes, not the SAEs: codes and pairs follow the fingerprint.
     let fingerprint = match read_out {
         ReadOut::Code => fingerprint,
@@ -381,6 +390,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         device: device.check_available()?,
         batch_size,
         image_size: spec.image_size,
+        precision,
         sae,
         fit_rows,
         read_out,

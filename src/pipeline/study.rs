@@ -217,6 +217,9 @@ pub struct EncoderSpec {
     /// crop, instead of its package's size.
     #[serde(default)]
     pub image_size: Option<u32>,
+    /// `float32` (the default) or `float16`: mixed precision under CUDA autocast, a GPU only.
+    #[serde(default)]
+    pub precision: Option<crate::encoder::Precision>,
     /// Keys of `[sae]` to change for this encoder only.
     #[serde(default)]
     pub sae: Option<toml::Table>,
@@ -465,6 +468,27 @@ shared_with = ["b"]
         let none = format!("{STUDY}\n[stats]\nthreads = 0\n");
         let err = Study::parse(Path::new("s.toml"), &none).unwrap_err();
         assert!(err.line > 24 && err.problem.contains("threads"), "{err}");
+    }
+
+    #[test]
+    fn float16_is_refused_on_the_cpu_at_its_line_and_taken_on_a_gpu() {
+        let on_cpu = STUDY.replace(
+            "layers = \"last\"",
+            "layers = \"last\"\nprecision = \"float16\"",
+        );
+        let err = Study::parse(Path::new("s.toml"), &on_cpu).unwrap_err();
+        assert_eq!(err.line, 12, "{err}");
+        assert!(
+            err.problem.contains("[encoders.a]") && err.problem.contains("GPU only"),
+            "{err}"
+        );
+        let on_gpu = on_cpu.replace("precision", "device = \"cuda\"\nprecision");
+        let study = Study::parse(Path::new("s.toml"), &on_gpu).unwrap();
+        let precision = study.encoders["a"].precision;
+        assert_eq!(precision, Some(crate::encoder::Precision::Float16));
+        let unknown = on_gpu.replace("\"float16\"", "\"half\"");
+        let err = Study::parse(Path::new("s.toml"), &unknown).unwrap_err();
+        assert!(err.problem.contains("half"), "{err}");
     }
 
     #[test]

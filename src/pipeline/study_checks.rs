@@ -47,6 +47,8 @@ struct EncoderLines {
     batch_size: Option<Spanned<toml::Value>>,
     #[serde(default)]
     device: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    precision: Option<Spanned<toml::Value>>,
 }
 
 type At<'a> = &'a dyn Fn(Option<Range<usize>>, String) -> StudyError;
@@ -235,10 +237,16 @@ fn check_encoder(study: &Study, name: &str, lines: &StudyLines, at: At) -> Resul
             format!("[encoders.{name}]: batch_size must be at least 1"),
         ));
     }
-    encoder
+    let device = encoder
         .device
         .parse::<DeviceSpec>()
         .map_err(|e| at(key(|l| span(&l.device)), format!("[encoders.{name}]: {e}")))?;
+    if let Some(problem) = (encoder.precision).and_then(|p| p.refused_on(device.0)) {
+        return Err(at(
+            key(|l| span(&l.precision)),
+            format!("[encoders.{name}]: {problem}"),
+        ));
+    }
     check_layer_selection(&encoder.layers).map_err(|e| {
         at(
             key(|l| span(&l.layers)),

@@ -62,6 +62,19 @@ fn the_cpu_half_exports_runs_measures_and_writes_its_json() {
     for f in report["bench_encoders"]["cpu"].as_array().unwrap() {
         let ratio = f["encode_of_best_forward"].as_f64().unwrap();
         assert!(ratio > 0.0 && ratio.is_finite(), "{f}");
+        // The stages say where the encoding's time went: the model thread's add up to about
+        // its wall time (the rest is starting the helper thread and putting rows in order).
+        let stage = |k: &str| f["stages"][k].as_f64().unwrap();
+        let model_thread: f64 = ["waiting", "inputs", "forward", "outputs"]
+            .map(stage)
+            .iter()
+            .sum();
+        let wall = f["seconds"].as_f64().unwrap();
+        assert!(stage("forward") > 0.0 && stage("preparing") > 0.0, "{f}");
+        assert!(
+            model_thread <= wall && model_thread >= 0.5 * wall,
+            "model thread {model_thread} s of {wall} s: {f}"
+        );
     }
     for f in report["bench_fit"]["cpu"].as_array().unwrap() {
         assert!(f["sae_rows_per_second"].as_f64().unwrap() > 0.0, "{f}");

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{BinaryArray, RecordBatch, StringArray, UInt64Array};
@@ -79,31 +79,27 @@ fn missing_corrupt_and_other_version_packages_say_what_to_do() {
     assert!(err.contains("model.pt does not load"), "{err}");
 }
 
+/// `saeshare encode` of a 5-row dataset with the NaN package, both made in `dir`, with the
+/// flags `more`: the command's output, and where its activation file would be.
+fn encode_nan_package(dir: &Path, more: &[&str]) -> (std::process::Output, PathBuf) {
+    let package = nan_package(dir);
+    let data = dir.join("data");
+    common::write_dataset(&data, 5, 5);
+    let out = dir.join("acts.parquet");
+    (common::encode(&package, &data, &out, more), out)
+}
+
 #[test]
 fn nan_activations_name_the_encoder_layer_and_sample() {
     let dir = tempfile::tempdir().unwrap();
-    let package = nan_package(dir.path());
-    let data = dir.path().join("data");
-    common::write_dataset(&data, 5, 5);
-    let output = common::saeshare(&[
-        "encode",
-        "--encoder",
-        package.to_str().unwrap(),
-        "--dataset",
-        data.to_str().unwrap(),
-        "--out",
-        dir.path().join("acts.parquet").to_str().unwrap(),
-    ]);
+    let (output, out) = encode_nan_package(dir.path(), &[]);
     assert!(!output.status.success());
     let err = common::stderr(&output);
     assert!(
         err.contains("nan-encoder") && err.contains("layer only") && err.contains("sample_id 0"),
         "{err}"
     );
-    assert!(
-        !dir.path().join("acts.parquet").exists(),
-        "a failed encode left a file behind"
-    );
+    assert!(!out.exists(), "a failed encode left a file behind");
 }
 
 #[test]
@@ -149,4 +145,17 @@ fn an_image_encoder_on_a_dataset_without_images_is_an_error() {
         err.contains("nothing encoded") && err.contains("image encoder"),
         "{err}"
     );
+}
+
+#[test]
+fn float16_on_the_cpu_is_refused_before_any_file_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, out) = encode_nan_package(dir.path(), &["--precision", "float16"]);
+    assert!(!output.status.success());
+    let err = common::stderr(&output);
+    assert!(
+        err.contains("nan-encoder") && err.contains("GPU only") && err.contains("float32"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused encode left a file behind");
 }

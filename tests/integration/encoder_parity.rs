@@ -245,3 +245,66 @@ for path in sys.argv[1:]:
     // The text families make their masks on the device of their inputs.
     assert!(following >= 7, "{stdout}");
 }
+
+/// Captions are tokenized once per reader batch, each distinct caption once, and each model
+/// batch padded from those tokens: the same ids, attention mask and special-token mask as the
+/// `tokenizers` library pads, to the longest caption or to a fixed length, with the captions
+/// cut at the maximum length counted, on any number of threads.
+#[test]
+fn captions_tokenized_once_and_padded_equal_the_tokenizers_own_padding() {
+    use saeshare::encoder::text::TextTokenizer;
+    use saeshare::encoder::Manifest;
+    use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+    let package = common::tiny_packages().join("bert");
+    let manifest = Manifest::read(&package).unwrap();
+    let long = vec!["face"; 4 * manifest.text.as_ref().unwrap().max_length].join(" ");
+    let captions: Vec<String> = [
+        "a cat",
+        "grinning face with big eyes",
+        "",
+        "a cat",
+        &long,
+        "tree",
+    ]
+    .map(String::from)
+    .to_vec();
+    let all: Vec<&str> = captions.iter().map(String::as_str).collect();
+    for padding in ["longest", "max_length"] {
+        let mut spec = manifest.text.clone().unwrap();
+        spec.padding = padding.to_string();
+        let mut reference = Tokenizer::from_file(package.join("tokenizer.json")).unwrap();
+        reference.with_padding(Some(PaddingParams {
+            strategy: match padding {
+                "longest" => PaddingStrategy::BatchLongest,
+                _ => PaddingStrategy::Fixed(spec.max_length),
+            },
+            pad_id: spec.pad_id,
+            ..PaddingParams::default()
+        }));
+        let truncation = TruncationParams {
+            max_length: spec.max_length,
+            ..TruncationParams::default()
+        };
+        reference.with_truncation(Some(truncation)).unwrap();
+        let encodings = reference.encode_batch(all.clone(), true).unwrap();
+        let matrix = |get: &dyn Fn(&tokenizers::Encoding) -> &[u32]| {
+            let rows: Vec<i64> = (encodings.iter())
+                .flat_map(|e| get(e).iter().map(|&v| i64::from(v)))
+                .collect();
+            Tensor::from_slice(&rows).reshape([captions.len() as i64, -1])
+        };
+        let tokenizer = TextTokenizer::load(&package, &spec).unwrap();
+        for threads in [1, 4] {
+            let padded = tokenizer.tokenize(&captions, threads).unwrap().padded(&all);
+            assert_eq!(padded.truncated, 1, "{padding}, {threads} threads");
+            let ours = padded.to_device(Device::Cpu);
+            let what = format!("{padding}, {threads} threads");
+            assert!(ours.ids.equal(&matrix(&|e| e.get_ids())), "ids, {what}");
+            let mask = matrix(&|e| e.get_attention_mask());
+            assert!(ours.mask.equal(&mask), "attention mask, {what}");
+            let special = matrix(&|e| e.get_special_tokens_mask());
+            assert!(ours.special.equal(&special), "special-token mask, {what}");
+        }
+    }
+}

@@ -15,7 +15,7 @@ use crate::common;
 
 use saeshare::dataset::import::{build_emoji, EmojiBuild, ImportTarget};
 use saeshare::dataset::{decode_image, Dataset, Projection};
-use saeshare::encoder::image::preprocess;
+use saeshare::encoder::image::{normalise, preprocess};
 use saeshare::encoder::ImageSpec;
 use tch::Tensor;
 
@@ -84,7 +84,9 @@ fn rust_preprocessing_matches_the_python_processors_on_real_images() {
         let spec: ImageSpec = serde_json::from_value(spec).unwrap();
         for (i, file) in files.iter().enumerate() {
             let image = decode_image(&std::fs::read(file).unwrap()).unwrap();
-            let ours = Tensor::from_slice(&preprocess(&image, &spec));
+            let bytes = Tensor::from_slice(&preprocess(&image, &spec));
+            let [h, w] = spec.input_size;
+            let ours = normalise(&bytes.reshape([1, 3, h as i64, w as i64]), &spec).reshape([-1]);
             let name = format!("{processor}.{i}");
             let theirs = pixels
                 .iter()

@@ -12,7 +12,8 @@ fn a_run_into_a_log_file_prints_stage_lines_with_rows_rate_and_eta() {
     let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_saeshare"))
         .args(["run", file.to_str().unwrap(), "--no-report"])
-        .env("SAESHARE_PROGRESS_EVERY", "0.1")
+        // Often enough for a line in a stage of a tenth of a second (the compare stage here).
+        .env("SAESHARE_PROGRESS_EVERY", "0.01")
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .status()

@@ -215,7 +215,7 @@ fn token_fits_are_the_same_on_1_worker_4_workers_and_2_processes_with_or_without
     run(&files[0], &[]);
     run(&files[1], &["-w", "4"]);
     let hosts = common::hostfile(dir.path());
-    run_in_two_processes(&files[2], &hosts);
+    run_in_two_processes(&files[2], &hosts, None);
     let sae = |run: &str, encoder: &str, layer: &str| {
         Sae::load(
             &dir.path().join(run).join("saes").join(encoder).join(layer),

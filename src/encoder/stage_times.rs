@@ -1,0 +1,53 @@
+//! Where an encoder's time goes: the helper thread's work (cutting windows, preparing inputs)
+//! and the model thread's (waiting for it, inputs, forward, outputs). `bench encoders` prints
+//! them, so a slow encoding says which side of the loop sets its pace.
+
+use std::time::Instant;
+
+/// Seconds spent in each stage of [`Encoder::encode_batches`](super::Encoder::encode_batches),
+/// summed over the batches run since the last [`take`](super::Encoder::take_stage_times).
+///
+/// The helper thread's stages overlap the model thread's: the loop's wall time is close to the
+/// model thread's sum (`waiting` + `inputs` + `forward` + `outputs`), and a large `waiting` says
+/// the helper thread is the bottleneck.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StageTimes {
+    /// Helper thread: tokenizing a reader batch's captions and cutting it into windows of model
+    /// batches.
+    pub cutting: f64,
+    /// Helper thread: decoding and resizing images, or padding the distinct captions' tokens.
+    pub preparing: f64,
+    /// Model thread: blocked on the helper thread's next window (reading the next reader batch,
+    /// which the helper does not time, shows here too).
+    pub waiting: f64,
+    /// Model thread: copying ids or image bytes to the model's device (normalising images is
+    /// queued there, and on a GPU counts with the forward).
+    pub inputs: f64,
+    /// Model thread: the forward pass, until the device has finished it.
+    pub forward: f64,
+    /// Model thread: token rows, pooling, copying back and the finiteness checks.
+    pub outputs: f64,
+}
+
+impl StageTimes {
+    /// The model thread's seconds: about the loop's wall time.
+    pub fn model_thread(&self) -> f64 {
+        self.waiting + self.inputs + self.forward + self.outputs
+    }
+}
+
+/// A running stopwatch: `lap` returns the time since the last lap (or the start).
+pub(super) struct Laps(Instant);
+
+impl Laps {
+    pub(super) fn start() -> Laps {
+        Laps(Instant::now())
+    }
+
+    pub(super) fn lap(&mut self) -> f64 {
+        let now = Instant::now();
+        let seconds = now.duration_since(self.0).as_secs_f64();
+        self.0 = now;
+        seconds
+    }
+}
