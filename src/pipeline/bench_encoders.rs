@@ -50,7 +50,7 @@ pub fn bench_encoders(
     only: &[String],
     batch_sizes: &[usize],
 ) -> anyhow::Result<Vec<EncoderFigure>> {
-    let (plan, chosen) = plan_and_encoders(study, only)?;
+    let (plan, chosen, _folder) = plan_and_encoders(study, only)?;
     let batch = read_samples(&plan, &chosen, samples)?;
     let mut figures = Vec::new();
     for e in chosen {

@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::encoding::{worker_device, WorkerModels};
 use super::fit::fit_rows;
 use super::plan::Plan;
+use super::run_folder::RunFolder;
 use super::stage::projection_for;
 use super::study::Study;
 use crate::dataset::SampleBatch;
@@ -58,7 +59,7 @@ pub fn bench_fit(
     only: &[String],
     sae_threads: usize,
 ) -> anyhow::Result<Vec<FitFigure>> {
-    let (plan, chosen) = plan_and_encoders(study, only)?;
+    let (plan, chosen, _folder) = plan_and_encoders(study, only)?;
     let batch = read_samples(&plan, &chosen, samples)?;
     let threads = StepThreads::start(sae_threads.max(1))?;
     let mut figures = Vec::new();
@@ -170,11 +171,20 @@ fn encode(
 
 /// The plan of `study` (its dataset built and packages exported where missing) and the
 /// encoders named in `only` (all but the ceiling's twins when empty).
+///
+/// The study's output folder is claimed as a run does (and held until the returned folder is
+/// dropped): planning builds a missing dataset and runs missing exports, which may land inside
+/// it, and a folder holding files saeshare made without its marker would be refused by the
+/// next `saeshare run`.
 pub(super) fn plan_and_encoders(
     study: &Path,
     only: &[String],
-) -> anyhow::Result<(Arc<Plan>, Vec<EncoderId>)> {
-    let plan = Arc::new(Plan::resolve(Study::read(study)?, study)?);
+) -> anyhow::Result<(Arc<Plan>, Vec<EncoderId>, RunFolder)> {
+    let parsed = Study::read(study)?;
+    let (output, dataset) = Plan::folders(&parsed, study);
+    let run_id = format!("bench-{}", std::process::id());
+    let folder = RunFolder::claim(&output, &dataset, &run_id, "saeshare bench")?;
+    let plan = Arc::new(Plan::resolve(parsed, study)?);
     let chosen: Vec<EncoderId> = (plan.named_encoders())
         .filter(|(_, e)| e.twin_of.is_none())
         .filter(|(_, e)| only.is_empty() || only.contains(&e.name))
@@ -186,7 +196,7 @@ pub(super) fn plan_and_encoders(
         study.display(),
         plan.encoders.iter().map(|e| &e.name).collect::<Vec<_>>()
     );
-    Ok((plan, chosen))
+    Ok((plan, chosen, folder))
 }
 
 /// The study's SAE with as many steps as one pass over `rows` gives.

@@ -473,3 +473,40 @@ fn a_full_disk_fails_clearly_and_the_next_run_ends_equal_to_a_clean_one() {
     assert!(output.status.success(), "{}", common::stderr(&output));
     assert_same_outputs(clean_out, &dir.path().join("out"), 1e-6);
 }
+
+#[test]
+fn a_bench_that_builds_the_dataset_in_a_new_output_folder_leaves_a_run_folder() {
+    let (dataset, _) = clean();
+    let dir = tempfile::tempdir().unwrap();
+    let file = study(dir.path(), dataset, "benched", &ENCODERS, 4);
+    // The built-in dataset inside the output folder, as the demo has it: planning builds it.
+    let inside = dir.path().join("benched/emoji");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        &format!("dataset = {{ path = \"{}\" }}", dataset.display()),
+        &format!(
+            "dataset = {{ path = \"{}\", builtin = \"emoji\" }}",
+            inside.display()
+        ),
+    );
+    std::fs::write(&file, text).unwrap();
+    let bench = saeshare(&[
+        "bench",
+        "encoders",
+        file.to_str().unwrap(),
+        "--samples",
+        "4",
+        "--batch-sizes",
+        "2",
+        "--encoders",
+        "bert",
+    ]);
+    assert!(bench.status.success(), "{}", common::stderr(&bench));
+    assert!(inside.is_dir() && dir.path().join("benched").join(MARKER_FILE).is_file());
+    let check = saeshare(&["study", "check", file.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", common::stderr(&check));
+    assert!(
+        common::stdout(&check).contains("a saeshare run folder"),
+        "{}",
+        common::stdout(&check)
+    );
+}
