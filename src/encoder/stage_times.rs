@@ -29,13 +29,6 @@ pub struct StageTimes {
     pub outputs: f64,
 }
 
-impl StageTimes {
-    /// The model thread's seconds: about the loop's wall time.
-    pub fn model_thread(&self) -> f64 {
-        self.waiting + self.inputs + self.forward + self.outputs
-    }
-}
-
 /// A running stopwatch: `lap` returns the time since the last lap (or the start).
 pub(super) struct Laps(Instant);
 
