@@ -94,7 +94,13 @@ impl RunFolder {
             "the output {} is a file, not a folder; name a folder as `output`",
             output.display()
         );
-        let ours = |name: &str| [LOCK_FILE, CLAIM_FILE].contains(&name);
+        // The lock files, and the marker while a concurrent claimer is writing it.
+        let marker_being_written = |name: &str| {
+            name.strip_prefix(&format!(".{MARKER_FILE}."))
+                .is_some_and(|rest| rest.ends_with(".tmp"))
+        };
+        let ours =
+            |name: &str| [LOCK_FILE, CLAIM_FILE].contains(&name) || marker_being_written(name);
         if entries.iter().all(|e| ours(e)) {
             return Ok(FolderState::New);
         }
@@ -123,13 +129,17 @@ impl RunFolder {
         run_id: &str,
         command: &str,
     ) -> anyhow::Result<RunFolder> {
-        let state = Self::inspect(output, dataset)?;
+        // Refuse someone else's folder before writing anything into it.
+        Self::inspect(output, dataset)?;
         std::fs::create_dir_all(output)
             .with_context(|| format!("creating the output folder {}", output.display()))?;
         let claim = open(&output.join(CLAIM_FILE))?;
         claim
             .lock()
             .with_context(|| format!("locking {}", output.join(CLAIM_FILE).display()))?;
+        // Again under the claim lock: the processes of one run start together, and a peer may
+        // have marked the folder since.
+        let state = Self::inspect(output, dataset)?;
         let mut lock = open(&output.join(LOCK_FILE))?;
         let me = Holder {
             run_id: run_id.to_string(),
@@ -165,7 +175,6 @@ impl RunFolder {
                 return Err(e).with_context(|| output.join(LOCK_FILE).display().to_string())
             }
         }
-        drop(claim);
         if state != (FolderState::Run { adopted: false }) {
             write_marker(output)?;
             if state == (FolderState::Run { adopted: true }) {
@@ -175,6 +184,7 @@ impl RunFolder {
                 );
             }
         }
+        drop(claim);
         Ok(RunFolder { _lock: lock })
     }
 }
@@ -287,6 +297,29 @@ mod tests {
         drop(peer);
         // Every holder gone (as when the processes are killed): the next run takes over.
         RunFolder::claim(&out, &data, "run-b", "second").unwrap();
+    }
+
+    #[test]
+    fn the_processes_of_one_run_claiming_a_new_folder_together_all_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        for round in 0..40 {
+            let out = dir.path().join(format!("out-{round}"));
+            let claims: Vec<_> = std::thread::scope(|scope| {
+                let starters: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| RunFolder::claim(&out, &data, "run-a", "peer")))
+                    .collect();
+                starters.into_iter().map(|s| s.join().unwrap()).collect()
+            });
+            for claim in &claims {
+                assert!(
+                    claim.is_ok(),
+                    "round {round}: {:?}",
+                    claim.as_ref().unwrap_err()
+                );
+            }
+            assert!(out.join(MARKER_FILE).is_file());
+        }
     }
 
     #[test]
