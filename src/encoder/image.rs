@@ -1,12 +1,12 @@
 //! Image preprocessing as the encoders' own processors do it: RGB with transparency composited on
-//! white (what transformers' `convert_rgb` does), resize with the processor's filter, centre crop,
-//! channels first ([`preprocess`], 8-bit, on the CPU); then rescale and normalise
-//! ([`normalise`], on the model's device).
+//! white (what transformers' `convert_rgb` does, with Pillow's arithmetic), resize with the
+//! processor's filter (Pillow's, bit for bit: [`super::resample`]), centre crop, channels first
+//! ([`preprocess`], 8-bit, on the CPU); then rescale and normalise ([`normalise`], on the
+//! model's device).
 //!
 //! The split is where the data is smallest: a batch crosses to a GPU as bytes, a quarter of its
 //! floats, and the arithmetic is the same wherever it runs.
 
-use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
 use tch::{Kind, Tensor};
 
@@ -23,7 +23,7 @@ pub fn preprocess(image: &DynamicImage, spec: &ImageSpec) -> Vec<u8> {
             if (w, h) == (rgb.width(), rgb.height()) {
                 rgb
             } else {
-                image::imageops::resize(&rgb, w, h, filter(&spec.resample))
+                super::resample::resize(&rgb, w, h, spec.resample)
             }
         }
     };
@@ -69,8 +69,15 @@ fn flatten_on(image: &DynamicImage, background: [u8; 3]) -> RgbImage {
     RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
         let p = rgba.get_pixel(x, y).0;
         let a = p[3] as u32;
-        // PIL's alpha_composite over an opaque background, in integer arithmetic.
-        let blend = |c: u8, b: u8| ((c as u32 * a + b as u32 * (255 - a) + 127) / 255) as u8;
+        // Pillow's alpha_composite over an opaque background: its 7-bit fixed point, and its
+        // division by 255 as two shifts.
+        let blend = |c: u8, b: u8| {
+            if a == 0 {
+                return b;
+            }
+            let sum = ((c as u32 * a + b as u32 * (255 - a)) << 7) + (0x80 << 7);
+            ((((sum >> 8) + sum) >> 8) >> 7) as u8
+        };
         image::Rgb([
             blend(p[0], background[0]),
             blend(p[1], background[1]),
@@ -90,17 +97,6 @@ fn target_size(w: u32, h: u32, resize: &super::manifest::ResizeSpec) -> (u32, u3
         }
     } else {
         (resize.width.unwrap_or(w), resize.height.unwrap_or(h))
-    }
-}
-
-fn filter(name: &str) -> FilterType {
-    match name {
-        "bilinear" | "linear" => FilterType::Triangle,
-        "nearest" => FilterType::Nearest,
-        "lanczos" => FilterType::Lanczos3,
-        // PIL's and torchvision's bicubic is Catmull-Rom (a = -0.5), antialiased when shrinking,
-        // as `image`'s resize is.
-        _ => FilterType::CatmullRom,
     }
 }
 
@@ -140,7 +136,7 @@ mod tests {
                 height: None,
                 width: None,
             }),
-            resample: "bilinear".into(),
+            resample: super::super::resample::Resample::Bilinear,
             crop: Some(CropSpec {
                 height: 4,
                 width: 4,

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::resample::Resample;
 use super::EncoderError;
 
 /// The package format version this saeshare reads.
@@ -63,8 +64,8 @@ pub struct Layer {
 pub struct ImageSpec {
     /// `{"shortest_edge": S}` or `{"height": H, "width": W}`; none: no resize.
     pub resize: Option<ResizeSpec>,
-    /// `bicubic`, `bilinear`, `nearest`, `lanczos`.
-    pub resample: String,
+    /// `bicubic`, `bilinear` (or `linear`), `nearest`, `lanczos`, `box`, `hamming`: Pillow's.
+    pub resample: Resample,
     pub crop: Option<CropSpec>,
     /// How the crop's offset is rounded: `floor` (transformers) or `round` (torchvision).
     pub crop_rounding: String,
@@ -224,5 +225,39 @@ impl Manifest {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resampling_filter_saeshare_does_not_know_is_refused_naming_the_package_and_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = |resample: &str| {
+            serde_json::json!({
+                "format_version": PACKAGE_VERSION, "name": "cnn", "modality": "image",
+                "source": {"library": "torchvision", "family": "resnet18", "model": "random"},
+                "outputs": "feature_maps", "default_pooling": "gap",
+                "layers": [{"name": "layer1", "width": 4}],
+                "image": {"resize": {"shortest_edge": 6}, "resample": resample, "crop": null,
+                          "crop_rounding": "round", "rescale": 0.1, "mean": [0.5, 0.5, 0.5],
+                          "std": [0.2, 0.2, 0.2], "background": [255, 255, 255],
+                          "input_size": [6, 6]},
+            })
+            .to_string()
+        };
+        std::fs::write(dir.path().join("encoder.json"), manifest("hamming")).unwrap();
+        let read = Manifest::read(dir.path()).unwrap();
+        assert_eq!(read.image.unwrap().resample, Resample::Hamming);
+        std::fs::write(dir.path().join("encoder.json"), manifest("cubic")).unwrap();
+        let error = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains(&dir.path().display().to_string())
+                && error.contains("cubic")
+                && error.contains("bicubic"),
+            "{error}"
+        );
     }
 }

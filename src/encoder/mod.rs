@@ -16,6 +16,7 @@ pub mod image;
 mod manifest;
 pub mod pooling;
 mod precision;
+pub mod resample;
 mod run;
 mod stage_times;
 mod stream;
