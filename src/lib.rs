@@ -28,6 +28,7 @@
 //! - [`table_diff`]: how far apart the tables of two runs are (`saeshare diff`).
 
 pub mod activations;
+pub mod allocator;
 pub mod atomic;
 pub mod cli;
 pub mod codes;

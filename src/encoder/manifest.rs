@@ -80,6 +80,22 @@ pub struct ImageSpec {
     pub processor: String,
 }
 
+impl ImageSpec {
+    /// Whether a size it gives is 0, which no image can be resized or cropped to.
+    fn has_a_zero_size(&self) -> bool {
+        let resize = self
+            .resize
+            .as_ref()
+            .map_or(vec![], |r| vec![r.shortest_edge, r.height, r.width]);
+        let crop = self
+            .crop
+            .as_ref()
+            .map_or(vec![], |c| vec![c.height, c.width]);
+        (resize.into_iter().flatten().chain(crop)).any(|size| size == 0)
+            || self.input_size.contains(&0)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeSpec {
@@ -201,6 +217,10 @@ impl Manifest {
                 Err(bad("a text encoder needs `text`".into()))
             }
             _ if manifest.layers.is_empty() => Err(bad("no layers".into())),
+            _ if manifest.image.as_ref().is_some_and(ImageSpec::has_a_zero_size) => Err(bad(
+                "`image` has a size of 0 (resize, crop or input_size); export the package again"
+                    .into(),
+            )),
             _ => Ok(manifest),
         }
     }
@@ -233,7 +253,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_resampling_filter_saeshare_does_not_know_is_refused_naming_the_package_and_the_name() {
+    fn an_unknown_resampling_filter_or_a_size_of_0_is_refused_naming_the_package() {
         let dir = tempfile::tempdir().unwrap();
         let manifest = |resample: &str| {
             serde_json::json!({
@@ -259,5 +279,10 @@ mod tests {
                 && error.contains("bicubic"),
             "{error}"
         );
+        let zero = manifest("bicubic").replace(r#""shortest_edge":6"#, r#""shortest_edge":0"#);
+        assert!(zero.contains(r#""shortest_edge":0"#));
+        std::fs::write(dir.path().join("encoder.json"), zero).unwrap();
+        let error = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("size of 0"), "{error}");
     }
 }

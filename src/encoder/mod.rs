@@ -170,6 +170,7 @@ pub fn prepare(
                 let handles: Vec<_> = (images.chunks(chunk))
                     .map(|part| {
                         scope.spawn(move || {
+                            crate::allocator::use_thread_heap();
                             (part.iter())
                                 .map(|image| match image.decode() {
                                     Ok(decoded) => Ok(image::preprocess(&decoded, spec)),

@@ -91,6 +91,7 @@ impl Encoder {
         let mut waited = Laps::start();
         std::thread::scope(|scope| {
             scope.spawn(move || {
+                crate::allocator::use_thread_heap();
                 for batch in batches {
                     match batch.and_then(|b| helper.send_windows(&b, &jobs_tx)) {
                         Ok(true) => {}

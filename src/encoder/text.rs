@@ -109,7 +109,12 @@ impl TextTokenizer {
         } else {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = (distinct.chunks(chunk))
-                    .map(|part| scope.spawn(move || tokenize_part(part)))
+                    .map(|part| {
+                        scope.spawn(move || {
+                            crate::allocator::use_thread_heap();
+                            tokenize_part(part)
+                        })
+                    })
                     .collect();
                 (handles.into_iter())
                     .map(|h| h.join().expect("tokenizing does not panic"))

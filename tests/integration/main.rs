@@ -3,7 +3,12 @@
 //! file, because each links the whole crate and its dependencies: sixteen of them cost minutes
 //! of linking and gigabytes of disk.
 
+// The binary's allocator, so that library code runs here as it runs in `saeshare`.
+#[global_allocator]
+static ALLOCATOR: saeshare::allocator::SplitAllocator = saeshare::allocator::SplitAllocator;
+
 mod align;
+mod allocator;
 mod browser;
 mod codes_and_accumulators;
 mod common;
