@@ -128,6 +128,7 @@ fn centre_crop(image: &RgbImage, width: u32, height: u32, round: bool) -> RgbIma
 mod tests {
     use super::*;
     use crate::encoder::manifest::{CropSpec, ResizeSpec};
+    use crate::encoder::resample::Resample;
 
     fn spec() -> ImageSpec {
         ImageSpec {
@@ -136,7 +137,7 @@ mod tests {
                 height: None,
                 width: None,
             }),
-            resample: super::super::resample::Resample::Bilinear,
+            resample: Resample::Bilinear,
             crop: Some(CropSpec {
                 height: 4,
                 width: 4,
