@@ -56,12 +56,12 @@ impl Resample {
 /// `image` resized to `width x height` with `filter`, as Pillow's `Image.resize(size, filter)`.
 pub fn resize(image: &RgbImage, width: u32, height: u32, filter: Resample) -> RgbImage {
     let (w, h) = image.dimensions();
-    if (w, h) == (width, height) || width == 0 || height == 0 || w == 0 || h == 0 {
-        return if (w, h) == (width, height) {
-            image.clone()
-        } else {
-            RgbImage::new(width, height)
-        };
+    if (w, h) == (width, height) {
+        return image.clone();
+    }
+    // Packages with a size of 0 are refused on load; an empty image has nothing to resample.
+    if [w, h, width, height].contains(&0) {
+        return RgbImage::new(width, height);
     }
     let Some(kernel) = filter.kernel() else {
         return nearest(image, width, height);
@@ -144,16 +144,16 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 /// then the vertical pass, each skipped when its size does not change.
 fn convolve(image: &RgbImage, width: u32, height: u32, kernel: Kernel) -> RgbImage {
     let (w, h) = image.dimensions();
+    let sized = |bytes| RgbImage::from_raw(width, height, bytes).expect("sized by the passes");
+    if height == h {
+        return sized(horizontal(image, 0, h as usize, width, kernel));
+    }
     let vertical = Taps::new(h, height, kernel);
-    let (rows_from, rows_to) = if height == h {
-        (0, h as usize)
-    } else {
-        let last = height as usize - 1;
-        (
-            vertical.first[0],
-            vertical.first[last] + vertical.count[last],
-        )
-    };
+    let last = height as usize - 1;
+    let (rows_from, rows_to) = (
+        vertical.first[0],
+        vertical.first[last] + vertical.count[last],
+    );
     let horizontal_pass;
     let (source, source_width, row_offset) = if width == w {
         (image.as_raw().as_slice(), w as usize, 0)
@@ -161,9 +161,6 @@ fn convolve(image: &RgbImage, width: u32, height: u32, kernel: Kernel) -> RgbIma
         horizontal_pass = horizontal(image, rows_from, rows_to, width, kernel);
         (horizontal_pass.as_slice(), width as usize, rows_from)
     };
-    if height == h {
-        return RgbImage::from_raw(width, height, source.to_vec()).expect("sized above");
-    }
     let line = source_width * 3;
     let mut out = vec![0u8; line * height as usize];
     let mut sums = vec![0i32; line];
@@ -180,7 +177,7 @@ fn convolve(image: &RgbImage, width: u32, height: u32, kernel: Kernel) -> RgbIma
             *o = clip8(s);
         }
     }
-    RgbImage::from_raw(width, height, out).expect("sized above")
+    sized(out)
 }
 
 /// Rows `rows_from..rows_to` of `image` resampled to `width`: `3 x width` bytes a row.
