@@ -349,7 +349,7 @@ report["passed"] = not failed
 json.dump(report, open(os.path.join(out, "device-check.json"), "w"), indent=2)
 for d in report["devices"]:
     for f in report["bench_encoders"][d] or []:
-        print(f"device-check: {d} {f['encoder']}: encode {f['encode']:.1f} inputs/s, {100 * f['encode_of_best_forward']:.0f}% of the forward alone", file=sys.stderr)
+        print(f"device-check: {d} {f['encoder']}: encode {f['encode']:.1f} inputs/s, {100 * f['encode_of_best_forward']:.0f}% of the forward alone ({f['best_forward']:.1f}/s); preparing alone {f['prepare']:.1f} inputs/s", file=sys.stderr)
         parts = ", ".join(f"{k} {v:.3f}" for k, v in f["stages"].items())
         print(f"device-check: {d} {f['encoder']}: {f['seconds']:.3f} s: {parts}", file=sys.stderr)
     for f in report["bench_fit"][d] or []:

@@ -76,6 +76,16 @@ pub fn keep_float32_exact() {
 /// 7,060 captions/s of the forward alone on one shape (scripts/device-check.sh, README "GPUs").
 pub const TORCHSCRIPT_OPTIMIZE_VARIABLE: &str = "SAESHARE_TORCHSCRIPT_OPTIMIZE";
 
+/// Sets libtorch's intra-op threads for the calling thread, for good. libtorch gives a thread
+/// its count once, at its first parallel operation, from the count some thread set last: a
+/// thread that sets its own before that can have it replaced by another thread's setting
+/// (model lanes of one thread beside workers of several). Reading the count first spends that
+/// one-time setting.
+pub fn set_thread_torch_threads(threads: usize) {
+    let _ = tch::get_num_threads();
+    tch::set_num_threads(threads.max(1) as i32);
+}
+
 /// Whether the encoders' forward passes run through TorchScript's optimiser (read once).
 pub fn torchscript_optimize() -> bool {
     static OPTIMIZE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -130,5 +140,26 @@ mod tests {
         );
         assert!("gpu".parse::<DeviceSpec>().is_err());
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn a_threads_own_torch_thread_count_outlasts_another_threads_setting() {
+        let (set, other_done) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            let mine = scope.spawn(|| {
+                set_thread_torch_threads(1);
+                set.wait();
+                other_done.wait();
+                // Its first parallel operation after another thread set 3.
+                let _ = Tensor::ones([64, 64], (Kind::Float, tch::Device::Cpu)).sum(Kind::Float);
+                tch::get_num_threads()
+            });
+            scope.spawn(|| {
+                set.wait();
+                set_thread_torch_threads(3);
+                other_done.wait();
+            });
+            assert_eq!(mine.join().unwrap(), 1);
+        });
     }
 }

@@ -24,9 +24,10 @@ pub struct EncodeArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
-    /// Samples per forward pass.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Samples per forward pass; absent: a study's default (on a CPU 32 captions, or images of
+    /// about 800,000 pixels a batch, 8 to 32: 16 at 224 px, 32 at 96 px; on a GPU 256).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// A convolutional network run on square images of this many pixels, resized without a
     /// crop, instead of its package's size (a study's `image_size`).
     #[arg(long)]
@@ -35,6 +36,11 @@ pub struct EncodeArgs {
     /// cores and less exact (1e-5 to 3e-2 relative, by model: README, "GPUs").
     #[arg(long, default_value = "float32")]
     precision: Precision,
+    /// Forward passes side by side on a CPU, each on its share of libtorch's threads (a study's
+    /// `lanes`); absent: for an image encoder two of one thread each on 2 or 3 threads, else
+    /// one (one for a text encoder, one on a GPU).
+    #[arg(long)]
+    lanes: Option<usize>,
     /// The activation file to write (FORMATS.md, "Activations").
     #[arg(long)]
     out: PathBuf,
@@ -100,6 +106,7 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         image_size: args.image_size,
         precision: args.precision,
+        lanes: args.lanes,
         out: args.out,
     })?;
     let rows = match tokens {

@@ -349,25 +349,52 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
     )?;
     let sizes: Vec<String> = args.batch_sizes.iter().map(|b| format!("b={b}")).collect();
     println!(
-        "{:<20} forward alone, inputs/s: {:<41} encode, inputs/s      of the best  samples/s",
+        "{:<20} {:<6} forward alone, inputs/s: {:<32} encode, inputs/s          of the best          samples/s",
         "encoder",
+        "lanes",
         sizes.join(" ")
     );
     for f in &figures {
-        let rates: Vec<String> = f.forward.iter().map(|(_, r)| format!("{r:.1}")).collect();
-        let (best_batch, best) = f.best_forward();
-        println!(
-            "{:<20} {:<66} {:>7.1} (b={:<3})  {:>5.0}% (best b={best_batch})  {:>9.1}",
-            f.encoder,
-            rates.join(" "),
-            f.encode,
-            f.batch_size,
-            100.0 * f.encode / best,
-            f.encode_samples,
-        );
+        let best = f.best_forward();
+        // One row per lane layout (lanes x threads each); the encoding's on its layout's row.
+        let mut layouts: Vec<(usize, usize)> = f
+            .forward
+            .iter()
+            .map(|g| (g.lanes, g.threads_each))
+            .collect();
+        layouts.sort();
+        layouts.dedup();
+        for (row, &(lanes, threads)) in layouts.iter().enumerate() {
+            let rates: Vec<String> = (f.forward.iter())
+                .filter(|g| (g.lanes, g.threads_each) == (lanes, threads))
+                .map(|g| format!("{:.1}", g.rate))
+                .collect();
+            let name = if row == 0 { f.encoder.as_str() } else { "" };
+            let encode = if (lanes, threads) == (f.lanes, f.threads_each) {
+                format!(
+                    "{:>7.1} (b={}, {}x{})  {:>4.0}% (best b={}, {}x{})  {:>9.1}",
+                    f.encode,
+                    f.batch_size,
+                    f.lanes,
+                    f.threads_each,
+                    100.0 * f.encode / best.rate,
+                    best.batch_size,
+                    best.lanes,
+                    best.threads_each,
+                    f.encode_samples,
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{name:<20} {:<6} {:<57} {encode}",
+                format!("{lanes}x{threads}"),
+                rates.join(" "),
+            );
+        }
     }
     println!(
-        "\n{:<20} {:>8}  helper thread: {:>7} {:>9}  model thread: {:>7} {:>7} {:>7} {:>7}",
+        "\n{:<20} {:>8}  helper thread: {:>7} {:>9}  model lanes, each: {:>7} {:>7} {:>7} {:>7}  {:>14}",
         "encode, seconds",
         "wall",
         "cutting",
@@ -375,23 +402,33 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
         "waiting",
         "inputs",
         "forward",
-        "outputs"
+        "outputs",
+        "prepare alone"
     );
     for f in &figures {
         let s = &f.stages;
         println!(
-            "{:<20} {:>8.3}  {:>22.3} {:>9.3}  {:>21.3} {:>7.3} {:>7.3} {:>7.3}",
-            f.encoder, f.seconds, s.cutting, s.preparing, s.waiting, s.inputs, s.forward, s.outputs
+            "{:<20} {:>8.3}  {:>22.3} {:>9.3}  {:>26.3} {:>7.3} {:>7.3} {:>7.3}  {:>7.1} inputs/s",
+            f.encoder,
+            f.seconds,
+            s.cutting,
+            s.preparing,
+            s.waiting,
+            s.inputs,
+            s.forward,
+            s.outputs,
+            f.prepare
         );
     }
     if let Some(path) = &args.json {
         let json: Vec<serde_json::Value> = (figures.iter())
             .map(|f| {
                 let mut v = serde_json::to_value(f).expect("figures serialise");
-                let (best_batch, best) = f.best_forward();
-                v["best_forward"] = best.into();
-                v["best_forward_batch_size"] = best_batch.into();
-                v["encode_of_best_forward"] = (f.encode / best).into();
+                let best = f.best_forward();
+                v["best_forward"] = best.rate.into();
+                v["best_forward_batch_size"] = best.batch_size.into();
+                v["best_forward_lanes"] = best.lanes.into();
+                v["encode_of_best_forward"] = (f.encode / best.rate).into();
                 v
             })
             .collect();
@@ -399,11 +436,16 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
     }
     println!(
         "forward alone: random inputs of the package's shape (captions of the samples' mean \
-         length, no padding); encode: the study's samples decoded, preprocessed, tokenized, \
-         encoded and pooled, counted as the distinct inputs the model ran (samples/s counts \
-         every sample: identical captions or images are encoded once); its seconds: the \
-         helper thread cuts windows and prepares inputs while the model thread runs the last \
-         ones, so a large `waiting` means the helper thread sets the pace"
+         length, no padding), on one lane of every libtorch thread and on the encoding's lanes \
+         (LxT: L forward passes side by side, T threads each); encode: the study's samples \
+         decoded, preprocessed, tokenized, encoded and pooled, counted as the distinct inputs \
+         the model ran (samples/s counts every sample: identical captions or images are \
+         encoded once); its seconds: the helper thread cuts windows and prepares inputs while \
+         the lanes run the last ones (each lane's stages, averaged over the lanes), so a large \
+         `waiting` means the helper thread sets the pace (on several lanes it also counts a \
+         lane waiting for the rows before its to be taken); prepare alone: the helper thread's \
+         work without the model, on the threads it has on this device (all the cores beside a \
+         GPU, one beside a CPU's forward)"
     );
     Ok(())
 }

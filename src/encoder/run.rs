@@ -24,11 +24,14 @@ pub struct EncodeOptions {
     /// kept position of each sample and layer, as a study with `fit_on = "tokens"` fits on.
     pub tokens: Option<TokenSelection>,
     pub device: Device,
-    pub batch_size: usize,
+    /// Samples per forward pass; `None`: a study's default for the device and input size.
+    pub batch_size: Option<usize>,
     /// A CNN run on square images of this side instead of its package's size.
     pub image_size: Option<u32>,
     /// What the forward pass runs in.
     pub precision: Precision,
+    /// Forward passes side by side on a CPU; `None`: the encoder's choice.
+    pub lanes: Option<usize>,
     pub out: PathBuf,
 }
 
@@ -52,7 +55,7 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     if let Some(side) = options.image_size {
         encoder = encoder.at_image_size(side)?;
     }
-    encoder = encoder.with_precision(options.precision)?;
+    encoder = (encoder.with_precision(options.precision)?).with_lanes(options.lanes)?;
     let layers = encoder.manifest.select_layers(&options.layers)?;
     let pooling = options.pooling.unwrap_or(encoder.manifest.default_pooling);
     let dataset = Dataset::open(&options.dataset)?;
@@ -87,7 +90,11 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     );
     let start = Instant::now();
     let (mut samples, mut skipped, mut rows) = (0u64, 0u64, 0u64);
-    let batch_size = options.batch_size.max(1);
+    let batch_size = (options.batch_size).unwrap_or_else(|| {
+        let input_size = encoder.manifest.image.as_ref().map(|i| i.input_size);
+        crate::pipeline::default_batch_size(options.device, input_size)
+    });
+    anyhow::ensure!(batch_size >= 1, "--batch-size 0: give at least 1");
     let batches = dataset.shards().iter().flat_map(|shard| {
         let batches: Box<dyn Iterator<Item = anyhow::Result<SampleBatch>> + Send> =
             match shard.reader(projection, READER_BATCH_ROWS) {

@@ -2,12 +2,16 @@
 //! pipeline's workers alike.
 //!
 //! Reading, decoding and preprocessing run on a helper thread, one bounded step ahead of the
-//! model: the CPU prepares the next batch while libtorch runs this one.
+//! model: the CPU prepares the next batch while libtorch runs this one, on one lane or, on a
+//! CPU, on several side by side ([`super::lanes`]).
 
 use super::buckets::{restore_order, windows, Window, BUCKET_WINDOW};
 use super::stage_times::Laps;
 use super::text::{BatchTokens, TextTokenizer};
-use super::{prepare, Encoder, Manifest, Modality, Pooling, Prepared, TokenRows, TokenSelection};
+use super::{
+    prepare, Encoder, Manifest, Modality, Pooling, Prepared, StageTimes, Tally, TokenRows,
+    TokenSelection,
+};
 use crate::dataset::SampleBatch;
 
 /// The rows of one batch of one encoder: per chosen layer, the pooled rows (`[samples x
@@ -66,7 +70,8 @@ impl Encoder {
     /// windows of [`BUCKET_WINDOW`] samples (unless the package pads to a fixed length); `sink`
     /// gets a window's rows at once, or a model batch's for images. A batch's rows left out
     /// (by the reader, or images that do not decode) are counted in its
-    /// [`EncodedRows::skipped`]. Stops at the first error, of the batches or of `sink`.
+    /// [`EncodedRows::skipped`]. On a CPU the windows run on the encoder's
+    /// [lanes](super::lanes). Stops at the first error, of the batches or of `sink`.
     pub fn encode_batches<I>(
         &mut self,
         batches: I,
@@ -74,22 +79,17 @@ impl Encoder {
         layers: &[usize],
         pooling: Pooling,
         tokens: Option<&TokenSelection>,
-        mut sink: impl FnMut(EncodedRows) -> anyhow::Result<()>,
+        sink: impl FnMut(EncodedRows) -> anyhow::Result<()>,
     ) -> anyhow::Result<()>
     where
         I: Iterator<Item = anyhow::Result<SampleBatch>> + Send,
     {
-        // Captions are tokenized on the helper thread, with the encoder's tokenizer.
-        let helper = Helper {
-            manifest: self.manifest.clone(),
-            tokenizer: self.tokenizer.clone(),
-            batch_size,
-            threads: self.preparing_threads(),
-        };
+        let helper = self.helper(batch_size);
+        let lanes = self.lanes();
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(2);
-        // Starting the helper thread is waiting for it too.
-        let mut waited = Laps::start();
-        std::thread::scope(|scope| {
+        let (mut cutting, mut preparing) = (0.0, 0.0);
+        let encoder = &*self;
+        let outcome = std::thread::scope(|scope| {
             scope.spawn(move || {
                 crate::allocator::use_thread_heap();
                 for batch in batches {
@@ -104,38 +104,87 @@ impl Encoder {
                     }
                 }
             });
-            for job in jobs_rx {
-                let job: WindowJob = job?;
-                let times = &mut self.stage_times;
-                times.waiting += waited.lap();
-                times.cutting += job.cutting;
-                times.preparing += job.preparing;
+            let jobs = jobs_rx.into_iter().map(|job: anyhow::Result<WindowJob>| {
+                let job = job?;
+                cutting += job.cutting;
+                preparing += job.preparing;
+                Ok(job)
+            });
+            let work = |job: WindowJob, tally: &mut Tally| {
                 let mut rows = EncodedRows::empty(layers.len());
                 for prepared in job.parts {
-                    rows.append(&self.encode_rows(prepared, layers, pooling, tokens)?);
+                    rows.append(&encoder.encode_rows(prepared, layers, pooling, tokens, tally)?);
                 }
-                if let Some(order) = &job.restore {
-                    rows = restore_order(rows, order);
-                }
-                sink(rows)?;
-                // The sink's time is the caller's, not a stage of the loop.
-                waited = Laps::start();
-            }
-            self.stage_times.waiting += waited.lap();
-            Ok(())
-        })
+                Ok(match &job.restore {
+                    Some(order) => restore_order(rows, order),
+                    None => rows,
+                })
+            };
+            lanes.run(jobs, work, sink)
+        });
+        let lane_tallies = outcome?;
+        let mut times = StageTimes {
+            cutting,
+            preparing,
+            ..StageTimes::default()
+        };
+        // Each lane's stages, averaged: per lane they add up to about the wall time.
+        let per_lane = 1.0 / lane_tallies.len() as f64;
+        for (tally, idle) in &lane_tallies {
+            times.waiting += idle * per_lane;
+            times.inputs += tally.times.inputs * per_lane;
+            times.forward += tally.times.forward * per_lane;
+            times.outputs += tally.times.outputs * per_lane;
+            self.tally.truncated_captions += tally.truncated_captions;
+        }
+        self.tally.times.add(&times);
+        Ok(())
+    }
+
+    /// The helper thread's work alone on `batch`, as [`encode_batches`](Self::encode_batches)
+    /// does it (tokenizing, cutting into windows, preparing each model batch of `batch_size` on
+    /// a thread of its own), without the model: the distinct inputs prepared. What the model
+    /// side can be fed at most.
+    pub fn prepare_only(&self, batch: &SampleBatch, batch_size: usize) -> anyhow::Result<usize> {
+        let helper = self.helper(batch_size);
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    crate::allocator::use_thread_heap();
+                    helper.send_windows(batch, &jobs_tx)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("preparing inputs panicked"))?
+        })?;
+        let mut inputs = 0;
+        for job in jobs_rx {
+            inputs += job?.parts.iter().map(Prepared::inputs).sum::<usize>();
+        }
+        Ok(inputs)
+    }
+
+    /// What the helper thread needs: captions are tokenized there, with the encoder's tokenizer.
+    fn helper(&self, batch_size: usize) -> Helper {
+        Helper {
+            manifest: self.manifest.clone(),
+            tokenizer: self.tokenizer.clone(),
+            batch_size,
+            threads: self.preparing_threads(),
+        }
     }
 
     /// One prepared model batch's rows.
     fn encode_rows(
-        &mut self,
+        &self,
         prepared: Prepared,
         layers: &[usize],
         pooling: Pooling,
         tokens: Option<&TokenSelection>,
+        tally: &mut Tally,
     ) -> anyhow::Result<EncodedRows> {
         let read_skips = prepared.read_skips;
-        let pooled = self.encode_prepared(prepared, layers, pooling, tokens)?;
+        let pooled = self.encode_prepared(prepared, layers, pooling, tokens, tally)?;
         let mut rows = EncodedRows {
             skipped: read_skips + pooled.skipped.len() as u64,
             inputs: pooled.inputs as u64,

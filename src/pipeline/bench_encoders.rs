@@ -1,8 +1,9 @@
 //! `saeshare bench encoders`: per encoder of a study, the forward pass alone (the same
 //! TorchScript in this process, on random inputs of the right shape) at several batch sizes,
-//! beside the rate of the encoding a study runs (decoding, preprocessing, tokenizing, the
-//! forward and pooling) on the study's own samples. The ratio says how much of the model's
-//! speed the encoding keeps.
+//! on one lane of every thread and, on a CPU, on the lanes the encoding runs (forward passes
+//! side by side), beside the rate of the encoding a study runs (decoding, preprocessing,
+//! tokenizing, the forward and pooling) on the study's own samples. The ratio to the best of
+//! them says how much of the model's speed the encoding keeps.
 
 use std::path::Path;
 use std::time::Instant;
@@ -12,21 +13,39 @@ use tch::{Kind, Tensor};
 use super::bench_fit::{batch_head, plan_and_encoders, read_samples};
 use super::encoding::WorkerModels;
 use super::plan::Plan;
-use crate::encoder::{Encoder, Modality, StageTimes};
+use crate::encoder::{Encoder, Lanes, Modality, StageTimes};
 use crate::ids::EncoderId;
+
+/// The forward pass alone at one batch size and lane layout.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct ForwardFigure {
+    pub batch_size: usize,
+    /// Forward passes side by side, and the libtorch threads of each.
+    pub lanes: usize,
+    pub threads_each: usize,
+    /// Samples a second, over all lanes.
+    pub rate: f64,
+}
 
 /// One encoder's figures.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct EncoderFigure {
     pub encoder: String,
-    /// Samples a second of the forward pass alone, at each batch size tried.
-    pub forward: Vec<(usize, f64)>,
+    /// The forward pass alone, at each batch size tried, on each lane layout.
+    pub forward: Vec<ForwardFigure>,
+    /// The lanes the encoding ran on, and their threads each.
+    pub lanes: usize,
+    pub threads_each: usize,
     /// The study's batch size for it, and distinct inputs a second of its encoding at that
     /// size: the figure to hold against the forward's, since identical inputs are run once.
     pub batch_size: usize,
     pub encode: f64,
     /// Samples a second of the same encoding (above `encode` where the samples repeat inputs).
     pub encode_samples: f64,
+    /// Distinct inputs a second of the helper thread's work alone (decoding and preprocessing
+    /// images, or tokenizing and padding captions), on the threads it has on this device: what
+    /// the model can be fed at most.
+    pub prepare: f64,
     /// The encoding's wall time.
     pub seconds: f64,
     /// Where that time went.
@@ -36,9 +55,11 @@ pub struct EncoderFigure {
 }
 
 impl EncoderFigure {
-    /// The forward pass's best rate, and the batch size that gave it.
-    pub fn best_forward(&self) -> (usize, f64) {
-        (self.forward.iter().copied()).fold((0, 0.0), |best, f| if f.1 > best.1 { f } else { best })
+    /// The forward pass's best configuration.
+    pub fn best_forward(&self) -> ForwardFigure {
+        let first = self.forward[0];
+        (self.forward.iter().copied())
+            .fold(first, |best, f| if f.rate > best.rate { f } else { best })
     }
 }
 
@@ -50,6 +71,10 @@ pub fn bench_encoders(
     only: &[String],
     batch_sizes: &[usize],
 ) -> anyhow::Result<Vec<EncoderFigure>> {
+    anyhow::ensure!(
+        !batch_sizes.is_empty() && !batch_sizes.contains(&0),
+        "bench encoders: give batch sizes of at least 1"
+    );
     let (plan, chosen, _folder) = plan_and_encoders(study, only)?;
     let batch = read_samples(&plan, &chosen, samples)?;
     let mut figures = Vec::new();
@@ -63,9 +88,24 @@ pub fn bench_encoders(
         let mut models = WorkerModels::new(plan.clone(), 0);
         let tokens = model_tokens(&plan, e, &batch.captions)?;
         let model = encoder.load(models.device(e))?;
-        let forward = (batch_sizes.iter())
-            .map(|&b| Ok((b, forward_rate(&model, b, tokens)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Every thread on one forward, and the encoding's own lanes where it has several.
+        let encoding_lanes = model.lanes();
+        let mut layouts = vec![Lanes::new(model.device(), Some(1))];
+        layouts.extend(Some(encoding_lanes).filter(|l| l.count > 1));
+        let mut forward = Vec::new();
+        for &b in batch_sizes {
+            for lanes in &layouts {
+                forward.push(ForwardFigure {
+                    batch_size: b,
+                    lanes: lanes.count,
+                    threads_each: lanes.threads_each,
+                    rate: forward_rate(&model, b, tokens, lanes)?,
+                });
+            }
+        }
+        let started = Instant::now();
+        let prepared = model.prepare_only(&batch, encoder.batch_size)?;
+        let prepare = prepared as f64 / started.elapsed().as_secs_f64();
         drop(model);
         // Loaded and run once untimed, as the forward above.
         models.pooled(e, &batch_head(&batch, encoder.batch_size))?;
@@ -77,9 +117,12 @@ pub fn bench_encoders(
         figures.push(EncoderFigure {
             encoder: encoder.name.clone(),
             forward,
+            lanes: encoding_lanes.count,
+            threads_each: encoding_lanes.threads_each,
             batch_size: encoder.batch_size,
             encode: rows.inputs as f64 / seconds,
             encode_samples: rows.sample_ids.len() as f64 / seconds,
+            prepare,
             seconds,
             stages,
             tokens,
@@ -90,28 +133,39 @@ pub fn bench_encoders(
 
 /// Samples a second through `model.forward` alone on random inputs of `batch` samples: images
 /// of the package's input size, or captions of `tokens` tokens, for about two seconds after
-/// two untimed runs (TorchScript specialises on its first calls).
-fn forward_rate(model: &Encoder, batch: usize, tokens: Option<usize>) -> anyhow::Result<f64> {
-    let device = model.device();
-    let inputs = match (&model.manifest.image, tokens) {
-        (Some(image), _) => {
-            let [h, w] = image.input_size;
-            vec![Tensor::randn(
-                [batch as i64, 3, h as i64, w as i64],
-                (Kind::Float, device),
-            )]
-        }
-        (None, Some(t)) => {
-            let shape = [batch as i64, t as i64];
-            // Ids from the common part of any vocabulary; every position attended.
-            let ids = Tensor::randint_low(1000, 2000, shape, (Kind::Int64, device));
-            vec![ids, Tensor::ones(shape, (Kind::Int64, device))]
-        }
-        (None, None) => anyhow::bail!("{}: neither images nor captions", model.manifest.name),
-    };
-    for _ in 0..2 {
-        model.forward(&inputs)?;
+/// two untimed runs (TorchScript specialises on its first calls); on `lanes`, each running
+/// its own forward passes, the samples of all of them.
+fn forward_rate(
+    model: &Encoder,
+    batch: usize,
+    tokens: Option<usize>,
+    lanes: &Lanes,
+) -> anyhow::Result<f64> {
+    let warm = std::sync::Barrier::new(lanes.count);
+    let (mut samples, mut seconds) = (0, 0.0f64);
+    for lane in lanes.side_by_side(|| lane_forward(model, batch, tokens, &warm)) {
+        let (done, took) = lane?;
+        samples += done;
+        seconds = seconds.max(took);
     }
+    Ok(samples as f64 / seconds)
+}
+
+/// One lane of [`forward_rate`]: the samples it ran, and in how many seconds, timed from when
+/// every lane is warm.
+fn lane_forward(
+    model: &Encoder,
+    batch: usize,
+    tokens: Option<usize>,
+    warm: &std::sync::Barrier,
+) -> anyhow::Result<(usize, f64)> {
+    let warming = random_inputs(model, batch, tokens).and_then(|inputs| {
+        (0..2).try_for_each(|_| model.forward(&inputs).map(drop))?;
+        Ok(inputs)
+    });
+    // Every lane reaches the barrier, failed or not, or the others would wait for ever.
+    warm.wait();
+    let inputs = warming?;
     let started = Instant::now();
     let mut done = 0;
     while done == 0 || started.elapsed().as_secs_f64() < 2.0 {
@@ -120,7 +174,31 @@ fn forward_rate(model: &Encoder, batch: usize, tokens: Option<usize>) -> anyhow:
         let _ = outputs.last().map(|t| t.sum(Kind::Float).double_value(&[]));
         done += batch;
     }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
+    Ok((done, started.elapsed().as_secs_f64()))
+}
+
+/// Random inputs of `batch` samples: images of the package's input size, or captions of
+/// `tokens` tokens.
+fn random_inputs(
+    model: &Encoder,
+    batch: usize,
+    tokens: Option<usize>,
+) -> anyhow::Result<Vec<Tensor>> {
+    let device = model.device();
+    Ok(match (&model.manifest.image, tokens) {
+        (Some(image), _) => {
+            let [h, w] = image.input_size;
+            let shape = [batch as i64, 3, h as i64, w as i64];
+            vec![Tensor::f_randn(shape, (Kind::Float, device))?]
+        }
+        (None, Some(t)) => {
+            let shape = [batch as i64, t as i64];
+            // Ids from the common part of any vocabulary; every position attended.
+            let ids = Tensor::f_randint_low(1000, 2000, shape, (Kind::Int64, device))?;
+            vec![ids, Tensor::f_ones(shape, (Kind::Int64, device))?]
+        }
+        (None, None) => anyhow::bail!("{}: neither images nor captions", model.manifest.name),
+    })
 }
 
 /// Text: the tokens a caption takes in the model, on average (its fixed length, for a package

@@ -48,8 +48,8 @@ pub use run_folder::{FolderState, RunFolder, LOCK_FILE, MARKER_FILE};
 pub use scan::{scan, ScanSummary};
 pub use source::{shard_source, SourceErrors};
 pub use study::{
-    BaselinesSpec, CodesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, FitOn, FitRows, FitSpec,
-    Position, SaeOverrideError, SharednessSpec, Study, StudyError,
+    default_batch_size, BaselinesSpec, CodesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, FitOn,
+    FitRows, FitSpec, Position, SaeOverrideError, SharednessSpec, Study, StudyError,
 };
 pub use units::{UnitRecord, Units};
 pub use workers::WorkerArgs;

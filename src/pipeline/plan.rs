@@ -34,6 +34,8 @@ pub struct PlannedEncoder {
     pub image_size: Option<u32>,
     /// What the forward pass runs in.
     pub precision: Precision,
+    /// The study's `lanes`: forward passes side by side on a CPU (`None`: the encoder's choice).
+    pub lanes: Option<usize>,
     pub sae: SaeConfig,
     /// What the SAEs are fitted on: pooled rows, or token rows chosen how.
     pub fit_rows: FitRows,
@@ -58,7 +60,9 @@ impl PlannedEncoder {
             None => encoder,
             Some(side) => encoder.at_image_size(side)?,
         };
-        Ok(encoder.with_precision(self.precision)?)
+        Ok(encoder
+            .with_precision(self.precision)?
+            .with_lanes(self.lanes)?)
     }
 
     /// Which token rows the SAEs are fitted on; `None` when they are fitted on pooled rows.
@@ -379,8 +383,12 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         ReadOut::Code => fingerprint,
         ReadOut::Relu => crate::digest::fingerprint(&(fingerprint, read_out)),
     };
-    let batch_size =
-        (spec.batch_size).unwrap_or_else(|| default_batch_size(device.0, manifest.modality));
+    let batch_size = (spec.batch_size).unwrap_or_else(|| {
+        // The size the model runs at: the study's `image_size`, or the package's.
+        let input_size = (manifest.image.as_ref())
+            .map(|i| (spec.image_size).map_or(i.input_size, |side| [side as usize; 2]));
+        default_batch_size(device.0, input_size)
+    });
     Ok(PlannedEncoder {
         name: name.to_string(),
         package,
@@ -391,6 +399,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         batch_size,
         image_size: spec.image_size,
         precision,
+        lanes: spec.lanes,
         sae,
         fit_rows,
         read_out,

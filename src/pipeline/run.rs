@@ -231,7 +231,7 @@ fn run_workers(
     tracing::debug!(torch_threads, "libtorch intra-op threads per worker");
     let guards = timely::execute(workers.timely_config()?, move |worker| {
         // Per thread in OpenMP: each worker sets its own, and its step threads copy it.
-        tch::set_num_threads(torch_threads as i32);
+        crate::torch::set_thread_torch_threads(torch_threads);
         let mut stages = WorkerStages::new(worker, plan.clone(), todo.clone(), bars.clone());
         stages.fit(worker);
         stages.compare(worker);

@@ -220,6 +220,11 @@ pub struct EncoderSpec {
     /// `float32` (the default) or `float16`: mixed precision under CUDA autocast, a GPU only.
     #[serde(default)]
     pub precision: Option<crate::encoder::Precision>,
+    /// Forward passes run side by side on a CPU, each on its share of the worker's libtorch
+    /// threads; absent: for an image encoder two of one thread each where the worker has two or
+    /// three threads, else one (one for a text encoder, one on a GPU).
+    #[serde(default)]
+    pub lanes: Option<usize>,
     /// Keys of `[sae]` to change for this encoder only.
     #[serde(default)]
     pub sae: Option<toml::Table>,
@@ -260,13 +265,22 @@ fn default_device() -> String {
 
 /// Samples per forward pass when the study does not say: on the CPU, small batches whose
 /// activations stay in cache (`saeshare bench encoders` measured CNNs 2-3x faster at 8-16 than
-/// at 64, and all-mpnet-base-v2 1.2x faster at 32 than at 64, in the same process), 16 images
-/// or 32 captions grouped by length; on a GPU, batches large enough to fill it.
-pub fn default_batch_size(device: tch::Device, modality: crate::encoder::Modality) -> usize {
-    match (device.is_cuda(), modality) {
+/// at 64 at 224 px, and all-mpnet-base-v2 1.2x faster at 32 than at 64, in the same process):
+/// 32 captions grouped by length, and images of about 800,000 pixels a batch, a power of two
+/// from 8 to 32 (16 at 224 px; 32 at 96 px, where MobileNetV2 and EfficientNet-Lite0 ran 1.1-1.2x
+/// faster at 32 than at 16 and no faster at 64); on a GPU, batches large enough to fill it.
+/// `input_size` is an image encoder's `[height, width]`.
+pub fn default_batch_size(device: tch::Device, input_size: Option<[usize; 2]>) -> usize {
+    const PIXELS_A_BATCH: usize = 16 * 224 * 224;
+    match (device.is_cuda(), input_size) {
         (true, _) => 256,
-        (false, crate::encoder::Modality::Image) => 16,
-        (false, crate::encoder::Modality::Text) => 32,
+        (false, None) => 32,
+        (false, Some([h, w])) => {
+            let fits = PIXELS_A_BATCH / (h * w).max(1);
+            // The largest power of two that fits, within 8 to 32.
+            let power = 1usize << fits.max(1).ilog2();
+            power.clamp(8, 32)
+        }
     }
 }
 
@@ -489,6 +503,47 @@ shared_with = ["b"]
         let unknown = on_gpu.replace("\"float16\"", "\"half\"");
         let err = Study::parse(Path::new("s.toml"), &unknown).unwrap_err();
         assert!(err.problem.contains("half"), "{err}");
+    }
+
+    #[test]
+    fn default_batches_hold_32_captions_or_about_800_000_pixels_on_a_cpu() {
+        let cpu = tch::Device::Cpu;
+        assert_eq!(default_batch_size(cpu, None), 32);
+        assert_eq!(default_batch_size(cpu, Some([224, 224])), 16);
+        assert_eq!(default_batch_size(cpu, Some([96, 96])), 32);
+        assert_eq!(default_batch_size(cpu, Some([16, 16])), 32);
+        assert_eq!(default_batch_size(cpu, Some([384, 384])), 8);
+        assert_eq!(default_batch_size(cpu, Some([4096, 4096])), 8);
+        assert_eq!(default_batch_size(cpu, Some([256, 256])), 8);
+        assert_eq!(
+            default_batch_size(tch::Device::Cuda(0), Some([96, 96])),
+            256
+        );
+    }
+
+    #[test]
+    fn lanes_of_0_or_several_on_a_gpu_are_refused_at_their_line() {
+        let with = |lanes: &str, device: &str| {
+            STUDY.replace(
+                "layers = \"last\"",
+                &format!("layers = \"last\"\n{device}lanes = {lanes}"),
+            )
+        };
+        let study = Study::parse(Path::new("s.toml"), &with("3", "")).unwrap();
+        assert_eq!(study.encoders["a"].lanes, Some(3));
+        let err = Study::parse(Path::new("s.toml"), &with("0", "")).unwrap_err();
+        assert_eq!(err.line, 12, "{err}");
+        assert!(
+            err.problem
+                .contains("[encoders.a]: lanes must be at least 1"),
+            "{err}"
+        );
+        let gpu = with("2", "device = \"cuda\"\n");
+        let err = Study::parse(Path::new("s.toml"), &gpu).unwrap_err();
+        assert_eq!(err.line, 13, "{err}");
+        assert!(err.problem.contains("for a CPU"), "{err}");
+        let one = Study::parse(Path::new("s.toml"), &with("1", "device = \"cuda\"\n")).unwrap();
+        assert_eq!(one.encoders["a"].lanes, Some(1));
     }
 
     #[test]

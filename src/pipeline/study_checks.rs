@@ -49,6 +49,7 @@ struct EncoderLines {
     device: Option<Spanned<toml::Value>>,
     #[serde(default)]
     precision: Option<Spanned<toml::Value>>,
+    lanes: Option<Spanned<toml::Value>>,
 }
 
 type At<'a> = &'a dyn Fn(Option<Range<usize>>, String) -> StudyError;
@@ -244,6 +245,19 @@ fn check_encoder(study: &Study, name: &str, lines: &StudyLines, at: At) -> Resul
     if let Some(problem) = (encoder.precision).and_then(|p| p.refused_on(device.0)) {
         return Err(at(
             key(|l| span(&l.precision)),
+            format!("[encoders.{name}]: {problem}"),
+        ));
+    }
+    let lanes_problem = match encoder.lanes {
+        Some(0) => Some("lanes must be at least 1".to_string()),
+        Some(n) if n > 1 && device.0.is_cuda() => Some(format!(
+            "lanes = {n} is for a CPU: a GPU runs one forward pass at a time (leave lanes out)"
+        )),
+        _ => None,
+    };
+    if let Some(problem) = lanes_problem {
+        return Err(at(
+            key(|l| span(&l.lanes)),
             format!("[encoders.{name}]: {problem}"),
         ));
     }

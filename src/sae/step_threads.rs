@@ -36,7 +36,7 @@ impl StepThreads {
             std::thread::Builder::new()
                 .name(format!("sae-steps-{index}"))
                 .spawn(move || {
-                    tch::set_num_threads(torch_threads);
+                    crate::torch::set_thread_torch_threads(torch_threads as usize);
                     for job in queue {
                         job.run();
                     }

@@ -62,6 +62,9 @@ fn the_cpu_half_exports_runs_measures_and_writes_its_json() {
     for f in report["bench_encoders"]["cpu"].as_array().unwrap() {
         let ratio = f["encode_of_best_forward"].as_f64().unwrap();
         assert!(ratio > 0.0 && ratio.is_finite(), "{f}");
+        // The helper thread's work alone, measured apart: what the model can be fed at most.
+        let prepare = f["prepare"].as_f64().unwrap();
+        assert!(prepare > 0.0 && prepare.is_finite(), "{f}");
         // The stages say where the encoding's time went: the model thread's add up to about
         // its wall time (the rest is starting the helper thread and putting rows in order).
         let stage = |k: &str| f["stages"][k].as_f64().unwrap();

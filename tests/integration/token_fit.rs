@@ -399,16 +399,53 @@ fn bench_encoders_gives_the_forward_alone_beside_the_encoding() {
         "--samples",
         "40",
     ];
-    let only = ["--batch-sizes", "4,8", "--encoders", "bert"];
+    let only = ["--batch-sizes", "4,8"];
     let out = common::saeshare(&[&args[..], &only[..]].concat());
     assert!(out.status.success(), "{}", common::stderr(&out));
     let stdout = common::stdout(&out);
-    let line = (stdout.lines())
-        .find(|l| l.starts_with("bert"))
-        .unwrap_or_else(|| panic!("no line for bert:\n{stdout}"));
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    // Two forward rates, the encoding's rate, and its share of the best forward.
-    let rates: Vec<f64> = fields[1..4].iter().map(|f| f.parse().unwrap()).collect();
-    assert!(rates.iter().all(|r| r.is_finite() && *r > 0.0), "{line}");
-    assert!(line.contains("% (best b="), "{line}");
+    // An encoder's rows: its first, then one per other lane layout (indented).
+    let rows_of = |name: &str| -> Vec<String> {
+        (stdout.lines())
+            .skip_while(|l| !l.starts_with(name))
+            .take_while(|l| l.starts_with(name) || l.starts_with(' '))
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect()
+    };
+    for name in ["bert", "dinov2"] {
+        let rows = rows_of(name);
+        assert!(!rows.is_empty(), "no line for {name}:\n{stdout}");
+        let mut layouts = Vec::new();
+        for row in &rows {
+            let fields: Vec<&str> = row.split_whitespace().collect();
+            let at = usize::from(row.starts_with(name));
+            let (lanes, threads) = fields[at].split_once('x').unwrap();
+            let layout: (usize, usize) = (lanes.parse().unwrap(), threads.parse().unwrap());
+            assert!(layout.0 >= 1 && layout.1 >= 1, "{row}");
+            layouts.push(layout);
+            // Two forward rates, one a batch size.
+            let rates: Vec<f64> = (fields[at + 1..at + 3].iter())
+                .map(|f| f.parse().unwrap())
+                .collect();
+            assert!(rates.iter().all(|r| r.is_finite() && *r > 0.0), "{row}");
+        }
+        // First every thread on one lane, then the encoding's lanes where it has several.
+        assert_eq!(layouts[0].0, 1, "{stdout}");
+        assert!(
+            layouts.len() <= 2 && layouts.iter().skip(1).all(|l| l.0 >= 2),
+            "{stdout}"
+        );
+        // The encoding, and its share of the best forward, on the row of its own layout: the
+        // last.
+        let encoding: Vec<&String> = rows.iter().filter(|r| r.contains("% (best b=")).collect();
+        assert_eq!(encoding.len(), 1, "{stdout}");
+        assert!(encoding[0] == rows.last().unwrap(), "{stdout}");
+    }
+    // Captions run on one lane unless the study asks for more.
+    assert_eq!(rows_of("bert").len(), 1, "{stdout}");
+    // The helper thread's work alone, for each encoder.
+    let prepared = (stdout.lines())
+        .filter(|l| l.ends_with("inputs/s") && (l.starts_with("bert") || l.starts_with("dinov2")))
+        .count();
+    assert_eq!(prepared, 2, "{stdout}");
 }
