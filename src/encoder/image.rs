@@ -36,12 +36,14 @@ pub fn preprocess(image: &DynamicImage, spec: &ImageSpec) -> Vec<u8> {
             spec.crop_rounding == "round",
         ),
     };
-    let (w, h) = (cropped.width() as usize, cropped.height() as usize);
-    let mut out = vec![0u8; 3 * h * w];
-    for (x, y, pixel) in cropped.enumerate_pixels() {
-        for c in 0..3 {
-            out[c * h * w + y as usize * w + x as usize] = pixel.0[c];
-        }
+    let plane = cropped.width() as usize * cropped.height() as usize;
+    let mut out = vec![0u8; 3 * plane];
+    let (red, rest) = out.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    for (i, pixel) in cropped.as_raw().chunks_exact(3).enumerate() {
+        red[i] = pixel[0];
+        green[i] = pixel[1];
+        blue[i] = pixel[2];
     }
     out
 }
@@ -65,9 +67,17 @@ fn flatten_on(image: &DynamicImage, background: [u8; 3]) -> RgbImage {
     if !image.color().has_alpha() {
         return image.to_rgb8();
     }
-    let rgba = image.to_rgba8();
-    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let p = rgba.get_pixel(x, y).0;
+    // Most images with alpha are 8-bit RGBA already: read them in place.
+    let converted;
+    let rgba = match image {
+        DynamicImage::ImageRgba8(rgba) => rgba,
+        other => {
+            converted = other.to_rgba8();
+            &converted
+        }
+    };
+    let mut rgb = Vec::with_capacity(rgba.as_raw().len() / 4 * 3);
+    for p in rgba.as_raw().chunks_exact(4) {
         let a = p[3] as u32;
         // Pillow's alpha_composite over an opaque background: its 7-bit fixed point, and its
         // division by 255 as two shifts.
@@ -78,12 +88,13 @@ fn flatten_on(image: &DynamicImage, background: [u8; 3]) -> RgbImage {
             let sum = ((c as u32 * a + b as u32 * (255 - a)) << 7) + (0x80 << 7);
             ((((sum >> 8) + sum) >> 8) >> 7) as u8
         };
-        image::Rgb([
+        rgb.extend([
             blend(p[0], background[0]),
             blend(p[1], background[1]),
             blend(p[2], background[2]),
-        ])
-    })
+        ]);
+    }
+    RgbImage::from_raw(rgba.width(), rgba.height(), rgb).expect("three bytes a pixel")
 }
 
 /// The size after resizing: the short side to `shortest_edge` (the long side scaled and

