@@ -56,10 +56,10 @@ impl Lanes {
         }
     }
 
-    /// Runs each of `jobs` through `work` and hands `sink` the results in the jobs' order, on
-    /// the lanes (a single lane on the calling thread, several on threads of their own). Each lane counts into its own `S`; they
-    /// come back in lane order, each with the seconds its lane waited for a job. Stops at the
-    /// first error, of the jobs, of `work` or of `sink`.
+    /// Runs each of `jobs` through `work` and hands `sink` the results in the jobs' order, on the
+    /// lanes (a single lane on the calling thread, several on threads of their own). Each lane
+    /// counts into its own `S`; they come back in lane order, each with the seconds its lane waited
+    /// for a job. Stops at the first error, of the jobs, of `work` or of `sink`.
     pub fn run<J: Send, R: Send, S: Default + Send>(
         &self,
         jobs: impl Iterator<Item = anyhow::Result<J>>,
