@@ -20,9 +20,15 @@
 //! alike whichever lane runs it: the activations do not depend on the lanes' timing.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use tch::Device;
+
+/// Jobs in flight a lane, at most: queued, running, or done and waiting for the jobs before them.
+/// The slack lets one lane run ahead while another, slowed by the helper thread, finishes an
+/// earlier job.
+const PER_LANE: usize = 4;
 
 /// How an encoder's forward passes share the calling thread's libtorch threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,9 +63,11 @@ impl Lanes {
     }
 
     /// Runs each of `jobs` through `work` and hands `sink` the results in the jobs' order, on the
-    /// lanes (a single lane on the calling thread, several on threads of their own). Each lane
-    /// counts into its own `S`; they come back in lane order, each with the seconds its lane waited
-    /// for a job. Stops at the first error, of the jobs, of `work` or of `sink`.
+    /// lanes (a single lane on the calling thread, several on threads of their own, each taking
+    /// the next job when it is free). Each lane counts into its own `S`; they come back in lane
+    /// order, each with the seconds its lane waited for a job. Stops at the first error in the
+    /// jobs' order, of the jobs, of `work` (a panic included) or of `sink`; the results before it
+    /// reach `sink`.
     pub fn run<J: Send, R: Send, S: Default + Send>(
         &self,
         jobs: impl Iterator<Item = anyhow::Result<J>>,
@@ -79,39 +87,49 @@ impl Lanes {
         let work = &work;
         let _restore = RestoreThreads(self.caller_threads);
         std::thread::scope(|scope| {
-            let (mut lanes, mut handles) = (Vec::new(), Vec::new());
-            for _ in 0..self.count {
-                // One job running and one waiting a lane: it never waits on the dispatcher.
-                let (job_tx, job_rx) = crossbeam_channel::bounded::<J>(1);
-                let (done_tx, done_rx) = crossbeam_channel::bounded::<anyhow::Result<R>>(1);
-                let threads = self.threads_each;
-                let handle = scope.spawn(move || {
-                    // libtorch's thread count is the calling thread's own (OpenMP's).
-                    crate::torch::set_thread_torch_threads(threads);
-                    let (mut state, mut idle) = (S::default(), Idle::start());
-                    // After a failure too, until the dispatcher, which stops at it, hangs up.
-                    for job in job_rx {
-                        idle.stop();
-                        let result = work(job, &mut state);
-                        // Blocked on handing it over: the dispatcher's pace, as idle.
-                        idle.restart();
-                        if done_tx.send(result).is_err() {
-                            break;
+            // One queue that every lane takes from when it is free, so a lane the helper thread
+            // slowed takes fewer jobs instead of holding the others up.
+            let (job_tx, job_rx) = crossbeam_channel::bounded::<(usize, J)>(self.count);
+            let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, anyhow::Result<R>)>();
+            let handles: Vec<_> = (0..self.count)
+                .map(|_| {
+                    let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+                    let threads = self.threads_each;
+                    scope.spawn(move || {
+                        // libtorch's thread count is the calling thread's own (OpenMP's).
+                        crate::torch::set_thread_torch_threads(threads);
+                        let (mut state, mut idle) = (S::default(), Idle::start());
+                        for (seq, job) in job_rx {
+                            idle.stop();
+                            // A panic is this job's error, so that the results before it are
+                            // still taken and the dispatcher never waits for a result that
+                            // will not come.
+                            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                work(job, &mut state)
+                            }))
+                            .unwrap_or_else(|panic| {
+                                Err(anyhow::anyhow!(
+                                    "a model lane failed: {}",
+                                    panic_message(&*panic)
+                                ))
+                            });
+                            // After a failure too: the dispatcher stops at the first in the
+                            // jobs' order, and hangs up.
+                            if done_tx.send((seq, result)).is_err() {
+                                break;
+                            }
+                            idle.restart();
                         }
-                    }
-                    idle.stop();
-                    (state, idle.seconds)
-                });
-                lanes.push(LaneEnds {
-                    jobs: job_tx,
-                    done: done_rx,
-                });
-                handles.push(handle);
-            }
-            let outcome = self.dispatch(jobs, &lanes, &mut sink);
-            // Hanging up ends every lane: a waiting one sees no more jobs, a busy one cannot
-            // hand its result over.
-            drop(lanes);
+                        idle.stop();
+                        (state, idle.seconds)
+                    })
+                })
+                .collect();
+            drop(done_tx);
+            let outcome = self.dispatch(jobs, job_tx, done_rx, &mut sink);
+            // Jobs still queued after an error are not started.
+            job_rx.try_iter().for_each(drop);
+            drop(job_rx);
             let mut states = Vec::with_capacity(self.count);
             for handle in handles {
                 match handle.join() {
@@ -149,33 +167,41 @@ impl Lanes {
             .collect()
     }
 
-    /// Deals the jobs round the lanes, two at most in each (one running, one queued), and takes
-    /// their results back in the same order.
+    /// Queues the jobs for the lanes, [`PER_LANE`] a lane at most between queued, running and
+    /// done but not yet taken, and takes their results back in the jobs' order. Returns, so
+    /// hanging up both channels, at the end of the jobs or at the first error in their order: a
+    /// lane waiting then sees no more jobs, and a busy one stops after its job.
     fn dispatch<J, R>(
         &self,
         jobs: impl Iterator<Item = anyhow::Result<J>>,
-        lanes: &[LaneEnds<J, R>],
+        queue: crossbeam_channel::Sender<(usize, J)>,
+        done: crossbeam_channel::Receiver<(usize, anyhow::Result<R>)>,
         sink: &mut impl FnMut(R) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let mut jobs = jobs.fuse();
-        let mut in_flight = VecDeque::with_capacity(2 * lanes.len());
-        let mut next = 0;
+        let limit = PER_LANE * self.count;
+        // Results of jobs `taken..sent`, in order, where they came back.
+        let mut waiting: VecDeque<Option<anyhow::Result<R>>> = VecDeque::with_capacity(limit);
+        let (mut sent, mut taken) = (0, 0);
         loop {
-            while in_flight.len() < 2 * lanes.len() {
+            while sent - taken < limit {
                 let Some(job) = jobs.next() else { break };
-                lanes[next]
-                    .jobs
-                    .send(job?)
-                    .map_err(|_| anyhow::anyhow!("a model lane stopped early"))?;
-                in_flight.push_back(next);
-                next = (next + 1) % lanes.len();
+                (queue.send((sent, job?)))
+                    .map_err(|_| anyhow::anyhow!("the model lanes stopped early"))?;
+                waiting.push_back(None);
+                sent += 1;
             }
-            let Some(lane) = in_flight.pop_front() else {
+            if taken == sent {
                 return Ok(());
-            };
-            let result = (lanes[lane].done.recv())
-                .map_err(|_| anyhow::anyhow!("a model lane stopped early"))?;
-            sink(result?)?;
+            }
+            let (seq, result) =
+                (done.recv()).map_err(|_| anyhow::anyhow!("the model lanes stopped early"))?;
+            waiting[seq - taken] = Some(result);
+            while let Some(Some(_)) = waiting.front() {
+                let result = waiting.pop_front().flatten().expect("checked just above");
+                taken += 1;
+                sink(result?)?;
+            }
         }
     }
 }
@@ -195,12 +221,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     (panic.downcast_ref::<String>().map(String::as_str))
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("a panic without a message")
-}
-
-/// The dispatcher's ends of a lane's two channels: its jobs in, its results out.
-struct LaneEnds<J, R> {
-    jobs: crossbeam_channel::Sender<J>,
-    done: crossbeam_channel::Receiver<anyhow::Result<R>>,
 }
 
 /// A lane's seconds without a job.
@@ -322,5 +342,59 @@ mod tests {
         assert_eq!(error.as_deref(), Some("sink 7 failed"));
         assert_eq!(sunk, 8);
         assert_eq!(run(None, None, None), (None, 1000));
+    }
+
+    #[test]
+    fn the_error_reported_is_the_first_in_the_jobs_order_and_a_panic_is_one() {
+        let lanes = Lanes {
+            count: 2,
+            threads_each: 1,
+            caller_threads: 1,
+        };
+        let started = std::sync::atomic::AtomicU64::new(0);
+        let mut sunk = Vec::new();
+        let outcome = lanes.run(
+            (0..100u64).map(Ok),
+            |j, _: &mut ()| {
+                started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match j {
+                    // Job 5 fails late, after job 6 failed on the other lane.
+                    5 => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        Err(anyhow::anyhow!("work 5 failed"))
+                    }
+                    6 => Err(anyhow::anyhow!("work 6 failed")),
+                    _ => Ok(j),
+                }
+            },
+            |r| {
+                sunk.push(r);
+                Ok(())
+            },
+        );
+        assert_eq!(outcome.unwrap_err().to_string(), "work 5 failed");
+        assert_eq!(sunk, vec![0, 1, 2, 3, 4]);
+        // The lanes stop soon after: the jobs queued at the error are not started.
+        let started = started.into_inner();
+        assert!(
+            started <= 5 + 1 + 2 * PER_LANE as u64,
+            "{started} jobs started"
+        );
+
+        let mut sunk = Vec::new();
+        let outcome = lanes.run(
+            (0..20u64).map(Ok),
+            |j, _: &mut ()| {
+                assert!(j != 3, "job {j} broke a lane");
+                Ok(j)
+            },
+            |r| {
+                sunk.push(r);
+                Ok(())
+            },
+        );
+        let error = outcome.unwrap_err().to_string();
+        assert_eq!(error, "a model lane failed: job 3 broke a lane");
+        assert_eq!(sunk, vec![0, 1, 2]);
     }
 }

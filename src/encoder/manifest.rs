@@ -94,6 +94,24 @@ impl ImageSpec {
         (resize.into_iter().flatten().chain(crop)).any(|size| size == 0)
             || self.input_size.contains(&0)
     }
+
+    /// The `[height, width]` every image comes out at: the crop's, or a resize's to a fixed
+    /// height and width. `None` where it follows the image (a resize of the short side alone,
+    /// no crop), which cannot make a batch.
+    pub fn output_size(&self) -> Option<[usize; 2]> {
+        match (&self.crop, &self.resize) {
+            (Some(crop), _) => Some([crop.height as usize, crop.width as usize]),
+            (
+                None,
+                Some(ResizeSpec {
+                    shortest_edge: None,
+                    height: Some(h),
+                    width: Some(w),
+                }),
+            ) => Some([*h as usize, *w as usize]),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,7 +239,15 @@ impl Manifest {
                 "`image` has a size of 0 (resize, crop or input_size); export the package again"
                     .into(),
             )),
-            _ => Ok(manifest),
+            _ => match manifest.image.as_ref().map(|i| (i.output_size(), i.input_size)) {
+                Some((output, input)) if output != Some(input) => Err(bad(format!(
+                    "`image` makes images of {} but the model takes {input:?} (input_size): \
+                     a batch needs one size, given by `crop` or by `resize` to a height and \
+                     width; export the package again",
+                    output.map_or("each image's own size".into(), |o| format!("{o:?}"))
+                ))),
+                _ => Ok(manifest),
+            },
         }
     }
 
@@ -251,6 +277,7 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn an_unknown_resampling_filter_or_a_size_of_0_is_refused_naming_the_package() {
@@ -261,7 +288,7 @@ mod tests {
                 "source": {"library": "torchvision", "family": "resnet18", "model": "random"},
                 "outputs": "feature_maps", "default_pooling": "gap",
                 "layers": [{"name": "layer1", "width": 4}],
-                "image": {"resize": {"shortest_edge": 6}, "resample": resample, "crop": null,
+                "image": {"resize": {"height": 6, "width": 6}, "resample": resample, "crop": null,
                           "crop_rounding": "round", "rescale": 0.1, "mean": [0.5, 0.5, 0.5],
                           "std": [0.2, 0.2, 0.2], "background": [255, 255, 255],
                           "input_size": [6, 6]},
@@ -279,10 +306,66 @@ mod tests {
                 && error.contains("bicubic"),
             "{error}"
         );
-        let zero = manifest("bicubic").replace(r#""shortest_edge":6"#, r#""shortest_edge":0"#);
-        assert!(zero.contains(r#""shortest_edge":0"#));
+        let zero = manifest("bicubic").replace(r#""height":6"#, r#""height":0"#);
+        assert!(zero.contains(r#""height":0"#));
         std::fs::write(dir.path().join("encoder.json"), zero).unwrap();
         let error = Manifest::read(dir.path()).unwrap_err().to_string();
         assert!(error.contains("size of 0"), "{error}");
+    }
+
+    #[test]
+    fn preprocessing_that_does_not_give_the_models_input_size_is_refused_naming_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |resize: serde_json::Value, crop: serde_json::Value| {
+            let manifest = serde_json::json!({
+                "format_version": PACKAGE_VERSION, "name": "cnn", "modality": "image",
+                "source": {"library": "torchvision", "family": "resnet18", "model": "random"},
+                "outputs": "feature_maps", "default_pooling": "gap",
+                "layers": [{"name": "layer1", "width": 4}],
+                "image": {"resize": resize, "resample": "bilinear", "crop": crop,
+                          "crop_rounding": "round", "rescale": 0.1, "mean": [0.5, 0.5, 0.5],
+                          "std": [0.2, 0.2, 0.2], "background": [255, 255, 255],
+                          "input_size": [6, 8]},
+            });
+            std::fs::write(dir.path().join("encoder.json"), manifest.to_string()).unwrap();
+            Manifest::read(dir.path()).map_err(|e| e.to_string())
+        };
+        let fits = [
+            (
+                json!({"shortest_edge": 9}),
+                json!({"height": 6, "width": 8}),
+            ),
+            (json!(null), json!({"height": 6, "width": 8})),
+            (json!({"height": 6, "width": 8}), json!(null)),
+        ];
+        for (resize, crop) in fits {
+            let spec = read(resize.clone(), crop.clone()).unwrap().image.unwrap();
+            assert_eq!(spec.output_size(), Some([6, 8]), "{resize} {crop}");
+        }
+        let misfits = [
+            // The short side alone follows each image's aspect.
+            (
+                json!({"shortest_edge": 6}),
+                json!(null),
+                "each image's own size",
+            ),
+            (json!(null), json!(null), "each image's own size"),
+            (json!({"height": 6}), json!(null), "each image's own size"),
+            (
+                json!({"shortest_edge": 9}),
+                json!({"height": 8, "width": 6}),
+                "[8, 6]",
+            ),
+            (json!({"height": 8, "width": 8}), json!(null), "[8, 8]"),
+        ];
+        for (resize, crop, made) in misfits {
+            let error = read(resize.clone(), crop.clone()).unwrap_err();
+            assert!(
+                error.contains(&dir.path().display().to_string())
+                    && error.contains(made)
+                    && error.contains("[6, 8] (input_size)"),
+                "{resize} {crop}: {error}"
+            );
+        }
     }
 }

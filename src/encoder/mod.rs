@@ -340,11 +340,8 @@ impl Encoder {
             }
             PreparedInput::Pixels { pixels, images } => {
                 let spec = self.manifest.image.as_ref().expect("checked on load");
-                let [h, w] = spec.input_size;
-                let bytes = Tensor::from_slice(&pixels)
-                    .reshape([images as i64, 3, h as i64, w as i64])
-                    .to_device(self.device);
-                (vec![image::normalise(&bytes, spec)], None, None)
+                let input = image::model_input(&pixels, images, spec, self.device);
+                (vec![input], None, None)
             }
         };
         tally.times.inputs += laps.lap();

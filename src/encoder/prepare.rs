@@ -1,7 +1,7 @@
 //! A batch's model inputs, made on the helper thread without the model: images decoded and
 //! preprocessed to bytes, or captions' tokens padded; identical inputs kept once.
 
-use super::manifest::Modality;
+use super::manifest::{ImageSpec, Modality};
 use super::{distinct, image, text, EncoderError, Manifest};
 use crate::dataset::{EncodedImage, SampleBatch};
 
@@ -76,38 +76,22 @@ pub fn prepare(
             let distinct = distinct::DistinctInputs::of(batch.images.iter().map(|i| &i.0));
             let images: Vec<&EncodedImage> =
                 distinct.first.iter().map(|&s| &batch.images[s]).collect();
-            let chunk = images.len().div_ceil(threads.max(1)).max(1);
-            let decoded: Vec<Result<Vec<u8>, String>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (images.chunks(chunk))
-                    .map(|part| {
-                        scope.spawn(move || {
-                            crate::allocator::use_thread_heap();
-                            (part.iter())
-                                .map(|image| match image.decode() {
-                                    Ok(decoded) => Ok(image::preprocess(&decoded, spec)),
-                                    Err(reason) => Err(reason.to_string()),
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                (handles.into_iter())
-                    .flat_map(|h| h.join().expect("preprocessing an image does not panic"))
-                    .collect()
-            });
-            // The pixels of the images that decode, and each one's row among them.
-            let (mut pixels, mut images) = (Vec::new(), 0);
-            let mut row_of = Vec::with_capacity(decoded.len());
-            for image in &decoded {
-                row_of.push(match image {
-                    Ok(values) => {
-                        pixels.extend_from_slice(values);
+            let (mut pixels, failures) = preprocess_images(&images, spec, threads);
+            // The pixels of the images that decode, gathered to the front, and each one's row
+            // among them.
+            let slot = 3 * spec.input_size[0] * spec.input_size[1];
+            let (mut row_of, mut images) = (Vec::with_capacity(failures.len()), 0);
+            for (i, failure) in failures.iter().enumerate() {
+                row_of.push(match failure {
+                    None => {
+                        pixels.copy_within(i * slot..(i + 1) * slot, images * slot);
                         images += 1;
                         Ok(images - 1)
                     }
-                    Err(reason) => Err(reason),
+                    Some(reason) => Err(reason),
                 });
             }
+            pixels.truncate(images * slot);
             let (mut sample_ids, mut skipped, mut input_rows) =
                 (Vec::new(), Vec::new(), Vec::new());
             for (s, &id) in batch.sample_ids.iter().enumerate() {
@@ -135,6 +119,48 @@ pub fn prepare(
             })
         }
     }
+}
+
+/// Decodes and preprocesses `images` into one buffer of a slot per image, on `threads` threads
+/// (the calling one when 1), and says why each image that does not decode failed (its slot is
+/// left as zeros).
+fn preprocess_images(
+    images: &[&EncodedImage],
+    spec: &ImageSpec,
+    threads: usize,
+) -> (Vec<u8>, Vec<Option<String>>) {
+    let [height, width] = spec.input_size;
+    let slot = 3 * height * width;
+    // Sized once: a buffer grown image by image is copied as often as it doubles, into memory
+    // the kernel has to zero afresh.
+    let mut pixels = vec![0u8; images.len() * slot];
+    let mut failures = vec![None; images.len()];
+    let fill = |images: &[&EncodedImage], slots: &mut [u8], failures: &mut [Option<String>]| {
+        let slots = slots.chunks_exact_mut(slot);
+        for ((image, out), failure) in images.iter().zip(slots).zip(failures) {
+            match image.decode() {
+                Ok(decoded) => image::preprocess_into(&decoded, spec, out),
+                Err(reason) => *failure = Some(reason.to_string()),
+            }
+        }
+    };
+    let chunk = images.len().div_ceil(threads.max(1)).max(1);
+    if chunk >= images.len() {
+        fill(images, &mut pixels, &mut failures);
+        return (pixels, failures);
+    }
+    std::thread::scope(|scope| {
+        let parts = (images.chunks(chunk))
+            .zip(pixels.chunks_mut(chunk * slot))
+            .zip(failures.chunks_mut(chunk));
+        for ((part, slots), failures) in parts {
+            scope.spawn(move || {
+                crate::allocator::use_thread_heap();
+                fill(part, slots, failures)
+            });
+        }
+    });
+    (pixels, failures)
 }
 
 #[cfg(test)]
