@@ -126,10 +126,11 @@ impl Lanes {
                 })
                 .collect();
             drop(done_tx);
-            let outcome = self.dispatch(jobs, job_tx, done_rx, &mut sink);
-            // Jobs still queued after an error are not started.
+            let outcome = self.dispatch(jobs, &job_tx, done_rx, &mut sink);
+            // Jobs still queued after an error are not started; then hanging up ends the lanes
+            // (a busy one after its job, its result unread).
             job_rx.try_iter().for_each(drop);
-            drop(job_rx);
+            drop((job_tx, job_rx));
             let mut states = Vec::with_capacity(self.count);
             for handle in handles {
                 match handle.join() {
@@ -168,13 +169,12 @@ impl Lanes {
     }
 
     /// Queues the jobs for the lanes, [`PER_LANE`] a lane at most between queued, running and
-    /// done but not yet taken, and takes their results back in the jobs' order. Returns, so
-    /// hanging up both channels, at the end of the jobs or at the first error in their order: a
-    /// lane waiting then sees no more jobs, and a busy one stops after its job.
+    /// done but not yet taken, and takes their results back in the jobs' order, until the end
+    /// of the jobs or the first error in their order.
     fn dispatch<J, R>(
         &self,
         jobs: impl Iterator<Item = anyhow::Result<J>>,
-        queue: crossbeam_channel::Sender<(usize, J)>,
+        queue: &crossbeam_channel::Sender<(usize, J)>,
         done: crossbeam_channel::Receiver<(usize, anyhow::Result<R>)>,
         sink: &mut impl FnMut(R) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
