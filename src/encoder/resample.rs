@@ -94,8 +94,8 @@ struct Taps {
 
 impl Taps {
     /// [`Taps::new`], kept per thread for the sizes it met last: a dataset's images mostly share
-    /// a size, and computing the weights (a filter evaluation per tap, in f64) cost a quarter
-    /// of resizing a small image.
+    /// a size, and computing the weights (a filter evaluation per tap, in f64) took a sixth of
+    /// the time of resizing an emoji from 64 to 96 px.
     fn cached(in_size: u32, out_size: u32, kernel: Kernel) -> Rc<Taps> {
         type Cache = HashMap<(u32, u32, Resample), Rc<Taps>>;
         thread_local! {
