@@ -15,8 +15,7 @@ use super::manifest::ImageSpec;
 /// One image resized and cropped as the processor does: `3 x height x width` bytes, channels
 /// first.
 pub fn preprocess(image: &DynamicImage, spec: &ImageSpec) -> Vec<u8> {
-    let [h, w] = spec.input_size;
-    let mut out = vec![0u8; 3 * h * w];
+    let mut out = vec![0u8; spec.bytes_per_image()];
     preprocess_into(image, spec, &mut out);
     out
 }
@@ -76,7 +75,7 @@ pub fn model_input(pixels: &[u8], images: usize, spec: &ImageSpec, device: Devic
     let shape = [images as i64, 3, h as i64, w as i64];
     assert_eq!(
         pixels.len(),
-        images * 3 * h * w,
+        images * spec.bytes_per_image(),
         "a slot of 3 x H x W bytes an image"
     );
     if device != Device::Cpu {
@@ -283,11 +282,11 @@ mod tests {
         };
         // Every byte value in every channel, in two images.
         let bytes: Vec<u8> = (0..2 * 3 * 256).map(|i| (i * 7 % 256) as u8).collect();
-        let by_table = model_input(&bytes, 2, &spec, Device::Cpu);
+        let by_pass = model_input(&bytes, 2, &spec, Device::Cpu);
         let by_torch = normalise(&Tensor::from_slice(&bytes).reshape([2, 3, 16, 16]), &spec);
-        assert_eq!(by_table.size(), vec![2, 3, 16, 16]);
+        assert_eq!(by_pass.size(), vec![2, 3, 16, 16]);
         let (a, b): (Vec<f32>, Vec<f32>) = (
-            by_table.reshape([-1]).try_into().unwrap(),
+            by_pass.reshape([-1]).try_into().unwrap(),
             by_torch.reshape([-1]).try_into().unwrap(),
         );
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {

@@ -95,6 +95,11 @@ impl ImageSpec {
             || self.input_size.contains(&0)
     }
 
+    /// Bytes of one preprocessed image, `3 x height x width` of `input_size`: a batch's slot.
+    pub fn bytes_per_image(&self) -> usize {
+        3 * self.input_size[0] * self.input_size[1]
+    }
+
     /// The `[height, width]` every image comes out at: the crop's, or a resize's to a fixed
     /// height and width. `None` where it follows the image (a resize of the short side alone,
     /// no crop), which cannot make a batch.

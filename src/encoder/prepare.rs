@@ -79,7 +79,7 @@ pub fn prepare(
             let (mut pixels, failures) = preprocess_images(&images, spec, threads);
             // The pixels of the images that decode, gathered to the front, and each one's row
             // among them.
-            let slot = 3 * spec.input_size[0] * spec.input_size[1];
+            let slot = spec.bytes_per_image();
             let (mut row_of, mut images) = (Vec::with_capacity(failures.len()), 0);
             for (i, failure) in failures.iter().enumerate() {
                 row_of.push(match failure {
@@ -129,8 +129,7 @@ fn preprocess_images(
     spec: &ImageSpec,
     threads: usize,
 ) -> (Vec<u8>, Vec<Option<String>>) {
-    let [height, width] = spec.input_size;
-    let slot = 3 * height * width;
+    let slot = spec.bytes_per_image();
     // Sized once: a buffer grown image by image is copied as often as it doubles, into memory
     // the kernel has to zero afresh.
     let mut pixels = vec![0u8; images.len() * slot];
