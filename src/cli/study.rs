@@ -394,7 +394,7 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n{:<20} {:>8}  helper thread: {:>7} {:>9}  model lanes, each: {:>7} {:>7} {:>7} {:>7}  {:>14}",
+        "\n{:<20} {:>8}  helper thread: {:>7} {:>9}  model lanes, each: {:>7} {:>7} {:>7} {:>7}  {:>14}  {:>7}",
         "encode, seconds",
         "wall",
         "cutting",
@@ -403,12 +403,13 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
         "inputs",
         "forward",
         "outputs",
-        "prepare alone"
+        "prepare alone",
+        "padding"
     );
     for f in &figures {
         let s = &f.stages;
         println!(
-            "{:<20} {:>8.3}  {:>22.3} {:>9.3}  {:>26.3} {:>7.3} {:>7.3} {:>7.3}  {:>7.1} inputs/s",
+            "{:<20} {:>8.3}  {:>22.3} {:>9.3}  {:>26.3} {:>7.3} {:>7.3} {:>7.3}  {:>7.1} inputs/s  {:>7}",
             f.encoder,
             f.seconds,
             s.cutting,
@@ -417,7 +418,9 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
             s.inputs,
             s.forward,
             s.outputs,
-            f.prepare
+            f.prepare,
+            f.padding
+                .map_or("-".to_string(), |p| format!("{:.1}%", 100.0 * p)),
         );
     }
     if let Some(path) = &args.json {
@@ -445,7 +448,8 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
          `waiting` means the helper thread sets the pace (on several lanes it also counts a \
          lane waiting for the rows before its to be taken); prepare alone: the helper thread's \
          work without the model, on the threads it has on this device (all the cores beside a \
-         GPU, one beside a CPU's forward)"
+         GPU, one beside a CPU's forward); padding: the share of the token positions the \
+         encoding computes that pads its sorted batches to their longest caption"
     );
     Ok(())
 }

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
-pub use buckets::{BUCKET_WINDOW, READER_BATCH_ROWS};
+pub use buckets::{READER_BATCH_ROWS, WINDOW_BYTES};
 pub use lanes::Lanes;
 pub use manifest::{
     CropSpec, ImageSpec, Layer, Manifest, Modality, OutputKind, Pooling, ResizeSpec, Source,
@@ -38,7 +38,7 @@ pub use manifest::{
 };
 pub use precision::Precision;
 use prepare::PreparedInput;
-pub use prepare::{prepare, Prepared};
+pub use prepare::{prepare, Prepared, PreparedCounts};
 pub use run::{encode_dataset, EncodeOptions, EncodeReport};
 pub use stage_times::StageTimes;
 pub use stream::EncodedRows;

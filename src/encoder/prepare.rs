@@ -26,6 +26,40 @@ impl Prepared {
             PreparedInput::Pixels { images, .. } => *images,
         }
     }
+
+    /// Captions: the token positions the model will compute, and how many of them are padding.
+    pub fn positions_and_padding(&self) -> Option<(usize, usize)> {
+        match &self.input {
+            PreparedInput::Tokens(tokens) => Some((tokens.positions(), tokens.padding())),
+            PreparedInput::Pixels { .. } => None,
+        }
+    }
+}
+
+/// What the helper thread prepared of a batch ([`Encoder::prepare_only`](super::Encoder::prepare_only)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreparedCounts {
+    /// Distinct inputs.
+    pub inputs: usize,
+    /// Captions: token positions of the padded batches, and how many of them are padding.
+    pub positions: usize,
+    pub padding: usize,
+}
+
+impl PreparedCounts {
+    /// Adds one prepared model batch.
+    pub fn add(&mut self, prepared: &Prepared) {
+        self.inputs += prepared.inputs();
+        if let Some((positions, padding)) = prepared.positions_and_padding() {
+            self.positions += positions;
+            self.padding += padding;
+        }
+    }
+
+    /// The share of the computed positions that is padding; `None` for images.
+    pub fn padding_share(&self) -> Option<f64> {
+        (self.positions > 0).then(|| self.padding as f64 / self.positions as f64)
+    }
 }
 
 pub(super) enum PreparedInput {

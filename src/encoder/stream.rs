@@ -5,12 +5,12 @@
 //! model: the CPU prepares the next batch while libtorch runs this one, on one lane or, on a
 //! CPU, on several side by side ([`super::lanes`]).
 
-use super::buckets::{restore_order, windows, Window, BUCKET_WINDOW};
+use super::buckets::{restore_order, windows, Sorting, Window};
 use super::stage_times::Laps;
 use super::text::{BatchTokens, TextTokenizer};
 use super::{
-    prepare, Encoder, Manifest, Modality, Pooling, Prepared, StageTimes, Tally, TokenRows,
-    TokenSelection,
+    prepare, Encoder, Manifest, Modality, Pooling, Prepared, PreparedCounts, StageTimes, Tally,
+    TokenRows, TokenSelection,
 };
 use crate::dataset::SampleBatch;
 
@@ -67,7 +67,8 @@ impl Encoder {
     /// Runs reader `batches` through the encoder in model batches of `batch_size` and hands
     /// `sink` the pooled rows of `layers` (indices into the manifest's layers), in dataset order,
     /// with their token rows when `tokens` says which. Captions are grouped by length within
-    /// windows of [`BUCKET_WINDOW`] samples (unless the package pads to a fixed length); `sink`
+    /// windows sized by the token rows of `layers` ([`super::buckets`]; unless the package pads
+    /// to a fixed length); `sink`
     /// gets a window's rows at once, or a model batch's for images. A batch's rows left out
     /// (by the reader, or images that do not decode) are counted in its
     /// [`EncodedRows::skipped`]. On a CPU the windows run on the encoder's
@@ -84,7 +85,7 @@ impl Encoder {
     where
         I: Iterator<Item = anyhow::Result<SampleBatch>> + Send,
     {
-        let helper = self.helper(batch_size);
+        let helper = self.helper(batch_size, layers);
         let lanes = self.lanes();
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(2);
         let (mut cutting, mut preparing) = (0.0, 0.0);
@@ -142,11 +143,16 @@ impl Encoder {
     }
 
     /// The helper thread's work alone on `batch`, as [`encode_batches`](Self::encode_batches)
-    /// does it (tokenizing, cutting into windows, preparing each model batch of `batch_size` on
-    /// a thread of its own), without the model: the distinct inputs prepared. What the model
-    /// side can be fed at most.
-    pub fn prepare_only(&self, batch: &SampleBatch, batch_size: usize) -> anyhow::Result<usize> {
-        let helper = self.helper(batch_size);
+    /// does it for `layers` (tokenizing, cutting into windows, preparing each model batch of
+    /// `batch_size` on a thread of its own), without the model: the distinct inputs prepared.
+    /// What the model side can be fed at most, and for captions how much of it is padding.
+    pub fn prepare_only(
+        &self,
+        batch: &SampleBatch,
+        batch_size: usize,
+        layers: &[usize],
+    ) -> anyhow::Result<PreparedCounts> {
+        let helper = self.helper(batch_size, layers);
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         std::thread::scope(|scope| {
             scope
@@ -157,19 +163,22 @@ impl Encoder {
                 .join()
                 .map_err(|_| anyhow::anyhow!("preparing inputs panicked"))?
         })?;
-        let mut inputs = 0;
+        let mut counts = PreparedCounts::default();
         for job in jobs_rx {
-            inputs += job?.parts.iter().map(Prepared::inputs).sum::<usize>();
+            job?.parts.iter().for_each(|part| counts.add(part));
         }
-        Ok(inputs)
+        Ok(counts)
     }
 
-    /// What the helper thread needs: captions are tokenized there, with the encoder's tokenizer.
-    fn helper(&self, batch_size: usize) -> Helper {
+    /// What the helper thread needs: captions are tokenized there, with the encoder's tokenizer,
+    /// and sorted into windows sized by the token rows of `layers`.
+    fn helper(&self, batch_size: usize, layers: &[usize]) -> Helper {
+        let widths = layers.iter().map(|&l| self.manifest.layers[l].width);
         Helper {
             manifest: self.manifest.clone(),
             tokenizer: self.tokenizer.clone(),
             batch_size,
+            bytes_per_token: widths.sum::<usize>() * std::mem::size_of::<f32>(),
             threads: self.preparing_threads(),
         }
     }
@@ -214,12 +223,32 @@ struct Helper {
     manifest: Manifest,
     tokenizer: Option<std::sync::Arc<TextTokenizer>>,
     batch_size: usize,
+    /// A token's rows over the chosen layers, to size the windows.
+    bytes_per_token: usize,
     threads: usize,
 }
 
 type Jobs = crossbeam_channel::Sender<anyhow::Result<WindowJob>>;
 
 impl Helper {
+    /// Cuts a reader batch into windows: captions sorted by length when `measure` holds their
+    /// tokens. A model batch holds `batch_size` distinct inputs of the encoder's modality.
+    fn cut(&self, measure: Option<&BatchTokens>, batch: &SampleBatch) -> Vec<Window> {
+        let lengths = measure.map(|t| t.lengths(&batch.captions));
+        let sorting = lengths.as_deref().map(|lengths| Sorting {
+            lengths,
+            bytes_per_token: self.bytes_per_token,
+        });
+        let same = |a: usize, b: usize| match self.manifest.modality {
+            Modality::Text => batch.captions[a] == batch.captions[b],
+            Modality::Image => match (batch.images.get(a), batch.images.get(b)) {
+                (Some(x), Some(y)) => x.0 == y.0,
+                _ => false,
+            },
+        };
+        windows(batch, self.batch_size, sorting, same)
+    }
+
     /// Tokenizes a reader batch's captions (text), cuts it into windows and sends each window
     /// once prepared, so the model starts on the first while the next is prepared, however large
     /// the reader's batch. `Ok(false)` when the model side has hung up.
@@ -229,7 +258,7 @@ impl Helper {
             .map(|t| t.tokenize(&batch.captions, self.threads))
             .transpose()?;
         let measure = tokens.as_ref().filter(|_| self.manifest.pads_to_longest());
-        let windows = cut(self.manifest.modality, measure, batch, self.batch_size);
+        let windows = self.cut(measure, batch);
         // The batch's tokenizing and cutting are counted with its first window.
         let mut cutting = laps.lap();
         for w in windows {
@@ -244,30 +273,6 @@ impl Helper {
         }
         Ok(true)
     }
-}
-
-/// Cuts a reader batch into windows: captions sorted by length when `measure` holds their
-/// tokens. A model batch holds `batch_size` distinct inputs of the encoder's modality.
-fn cut(
-    modality: Modality,
-    measure: Option<&BatchTokens>,
-    batch: &SampleBatch,
-    batch_size: usize,
-) -> Vec<Window> {
-    let lengths = measure.map(|t| t.lengths(&batch.captions));
-    let same = |a: usize, b: usize| match modality {
-        Modality::Text => batch.captions[a] == batch.captions[b],
-        Modality::Image => match (batch.images.get(a), batch.images.get(b)) {
-            (Some(x), Some(y)) => x.0 == y.0,
-            _ => false,
-        },
-    };
-    let window = if lengths.is_some() {
-        BUCKET_WINDOW
-    } else {
-        batch_size
-    };
-    windows(batch, batch_size, window, lengths.as_deref(), same)
 }
 
 /// A window's model batches, prepared on `threads` threads (text: from the reader batch's

@@ -189,6 +189,16 @@ impl PaddedTokens {
         self.rows
     }
 
+    /// Positions the model computes: rows x the padded length.
+    pub fn positions(&self) -> usize {
+        self.rows * self.width
+    }
+
+    /// Of those, the padding.
+    pub fn padding(&self) -> usize {
+        self.mask.iter().filter(|&&m| m == 0).count()
+    }
+
     /// As tensors: ids and mask on `device`, the special-token mask on the CPU.
     pub fn to_device(self, device: Device) -> Tokens {
         let shape = [self.rows as i64, self.width as i64];

@@ -52,6 +52,9 @@ pub struct EncoderFigure {
     pub stages: StageTimes,
     /// Text: the mean tokens a caption takes, the length of the forward's random captions.
     pub tokens: Option<usize>,
+    /// Text: the share of the positions the encoding computes that is padding (its batches are
+    /// padded to their longest caption; the forward alone has none).
+    pub padding: Option<f64>,
 }
 
 impl EncoderFigure {
@@ -104,8 +107,8 @@ pub fn bench_encoders(
             }
         }
         let started = Instant::now();
-        let prepared = model.prepare_only(&batch, encoder.batch_size)?;
-        let prepare = prepared as f64 / started.elapsed().as_secs_f64();
+        let prepared = model.prepare_only(&batch, encoder.batch_size, &encoder.layers)?;
+        let prepare = prepared.inputs as f64 / started.elapsed().as_secs_f64();
         drop(model);
         // Loaded and run once untimed, as the forward above.
         models.pooled(e, &batch_head(&batch, encoder.batch_size))?;
@@ -126,6 +129,7 @@ pub fn bench_encoders(
             seconds,
             stages,
             tokens,
+            padding: prepared.padding_share(),
         });
     }
     Ok(figures)

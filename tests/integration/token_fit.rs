@@ -443,9 +443,21 @@ fn bench_encoders_gives_the_forward_alone_beside_the_encoding() {
     }
     // Captions run on one lane unless the study asks for more.
     assert_eq!(rows_of("bert").len(), 1, "{stdout}");
-    // The helper thread's work alone, for each encoder.
-    let prepared = (stdout.lines())
-        .filter(|l| l.ends_with("inputs/s") && (l.starts_with("bert") || l.starts_with("dinov2")))
-        .count();
-    assert_eq!(prepared, 2, "{stdout}");
+    // The helper thread's work alone for each encoder, then the padding its batches compute:
+    // some for the captions (40 samples sorted in batches of 4), none for images.
+    let stage_row = |name: &str| -> Vec<String> {
+        (stdout.lines())
+            .find(|l| l.starts_with(name) && l.contains(" inputs/s "))
+            .unwrap_or_else(|| panic!("no stage line for {name}:\n{stdout}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let padding = stage_row("bert").last().unwrap().clone();
+    let share: f64 = padding.trim_end_matches('%').parse().unwrap();
+    assert!(
+        padding.ends_with('%') && (0.0..100.0).contains(&share),
+        "{stdout}"
+    );
+    assert_eq!(stage_row("dinov2").last().unwrap(), "-", "{stdout}");
 }
