@@ -181,18 +181,67 @@ fn dense_row(a: &Side<'_>, b: &Side<'_>, n: f64, cross: &[f64], i: usize) -> Fea
     }
     let (sx, inv) = (a.m.sums()[i], a.inv_spread[i]);
     let row = &cross[i * d_b..(i + 1) * d_b];
-    let (mut best, mut best_j) = (f64::NEG_INFINITY, 0);
-    for (j, &sxy) in row.iter().enumerate() {
-        let rho = (n * sxy - sx * sy[j]) * inv * b.inv_spread[j];
-        if rho > best {
-            (best, best_j) = (rho, j);
+    let (best, best_j) = first_largest(d_b, |start, rho| {
+        let end = start + rho.len();
+        let targets = (row[start..end].iter())
+            .zip(&sy[start..end])
+            .zip(&b.inv_spread[start..end]);
+        for (r, ((&sxy, &sy), &inv_y)) in rho.iter_mut().zip(targets) {
+            *r = (n * sxy - sx * sy) * inv * inv_y;
         }
-    }
+    });
     FeatureMatch {
         rho: best.clamp(-1.0, 1.0),
         best: Some(best_j as u32),
         weight,
     }
+}
+
+/// Values [`first_largest`] computes at a time.
+const ROW_CHUNK: usize = 64;
+
+/// The largest of `len` values and its index, as a scan from index 0 that replaces only on a
+/// strictly larger value keeps them (NaNs never win; among equal values, the first); `(-inf, 0)`
+/// when none is above -inf. `fill(start, chunk)` computes the values from `start` into `chunk`.
+/// By chunks, so that the compiler vectorises the arithmetic and each chunk's maximum; a chunk
+/// is scanned for its index only when it beats the best so far.
+fn first_largest(len: usize, mut fill: impl FnMut(usize, &mut [f64])) -> (f64, usize) {
+    let (mut best, mut best_j) = (f64::NEG_INFINITY, 0);
+    let mut buffer = [0f64; ROW_CHUNK];
+    for start in (0..len).step_by(ROW_CHUNK) {
+        let chunk = &mut buffer[..ROW_CHUNK.min(len - start)];
+        fill(start, chunk);
+        if chunk_max(chunk) > best {
+            for (t, &v) in chunk.iter().enumerate() {
+                if v > best {
+                    (best, best_j) = (v, start + t);
+                }
+            }
+        }
+    }
+    (best, best_j)
+}
+
+/// The largest value of `values` that is above every other by `>` (NaNs never are), or -inf.
+fn chunk_max(values: &[f64]) -> f64 {
+    let mut lanes = [f64::NEG_INFINITY; 8];
+    let groups = values.chunks_exact(8);
+    let rest = groups.remainder();
+    for group in groups {
+        for (lane, &v) in lanes.iter_mut().zip(group) {
+            if v > *lane {
+                *lane = v;
+            }
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(rest) {
+        if v > *lane {
+            *lane = v;
+        }
+    }
+    lanes
+        .into_iter()
+        .fold(f64::NEG_INFINITY, |m, v| if v > m { v } else { m })
 }
 
 /// The best match over several target layers (their union of features), with the index of the
@@ -213,4 +262,62 @@ pub fn best_over_layers(per_layer: &[Vec<FeatureMatch>]) -> Vec<(FeatureMatch, O
             best
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scan [`first_largest`] stands for.
+    fn scan(values: &[f64]) -> (f64, usize) {
+        let (mut best, mut best_j) = (f64::NEG_INFINITY, 0);
+        for (j, &v) in values.iter().enumerate() {
+            if v > best {
+                (best, best_j) = (v, j);
+            }
+        }
+        (best, best_j)
+    }
+
+    #[test]
+    fn the_chunked_search_finds_what_a_scan_finds_ties_nans_and_signed_zeros_included() {
+        let special = [
+            0.5,
+            0.0,
+            -0.0,
+            f64::NAN,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            -0.5,
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for len in [0, 1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 300] {
+            for trial in 0..200 {
+                // Mostly a few repeated values (ties), sometimes a special one or a fresh one.
+                let values: Vec<f64> = (0..len)
+                    .map(|_| match next() % 10 {
+                        0 => special[(next() % special.len() as u64) as usize],
+                        1 => (next() % 1000) as f64 / 1000.0 - 0.5,
+                        r => [0.1, 0.2, 0.3, -0.2][(r % 4) as usize],
+                    })
+                    .collect();
+                let found = first_largest(len, |start, chunk| {
+                    chunk.copy_from_slice(&values[start..start + chunk.len()])
+                });
+                let (want, want_j) = scan(&values);
+                assert_eq!(found.1, want_j, "length {len}, trial {trial}");
+                assert_eq!(
+                    found.0.to_bits(),
+                    want.to_bits(),
+                    "length {len}, trial {trial}"
+                );
+            }
+        }
+    }
 }
