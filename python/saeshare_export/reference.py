@@ -31,7 +31,8 @@ PROCESSORS = {
 
 def on_white(image):
     """RGB with transparency composited on white: transformers' convert_rgb, which saeshare applies
-    for every family (processors without it would fail on RGBA or keep the hidden colours)."""
+    for every family (processors without it would fail on RGBA or keep the hidden colours), a PNG's
+    transparent colour (info["transparency"]) included."""
     background = Image.new("RGBA", image.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::TokenSelection;
+use crate::encoder::{Precision, TokenSelection};
 use crate::file_error::FileError;
 
 mod reader;
@@ -61,6 +61,14 @@ pub struct ActivationsMeta {
     pub pooling: String,
     /// Layer names and widths, in the encoder's order.
     pub layers: Vec<LayerWidth>,
+    /// Image encoders: the `[height, width]` the images reached the model at (the package's
+    /// input size, or the side `image_size` asked for). `None` for captions, and in files that
+    /// do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_size: Option<[usize; 2]>,
+    /// What the forward pass ran in; a file that does not say ran in float32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// What an activation file holds: [`ActivationsMeta`], and for a token-level file which tokens
@@ -154,6 +162,8 @@ mod tests {
                     width: 1,
                 },
             ],
+            input_size: Some([4, 6]),
+            precision: Precision::Float16,
         }
     }
 
@@ -227,15 +237,14 @@ mod tests {
         let json = kv.iter().find(|kv| kv.key == META_KEY).unwrap();
         assert!(!json.value.as_ref().unwrap().contains("tokens"));
 
-        // Version 1, as saeshare wrote it before token files.
+        // Version 1, as saeshare wrote it before token files, input sizes and precisions.
         let old = dir.path().join("v1.parquet");
+        let v1_meta = r#"{"encoder": "e", "pooling": "none",
+            "layers": [{"name": "a", "width": 2}, {"name": "b", "width": 1}]}"#;
         let properties = WriterProperties::builder()
             .set_key_value_metadata(Some(vec![
                 KeyValue::new(VERSION_KEY.to_string(), "1".to_string()),
-                KeyValue::new(
-                    META_KEY.to_string(),
-                    serde_json::to_string(&meta()).unwrap(),
-                ),
+                KeyValue::new(META_KEY.to_string(), v1_meta.to_string()),
             ]))
             .build();
         let file = File::create(&old).unwrap();
@@ -255,7 +264,14 @@ mod tests {
         let batch = RecordBatch::try_new(schema(false), columns).unwrap();
         writer.write(&batch).unwrap();
         writer.close().unwrap();
-        assert_eq!(read_meta(&old).unwrap().tokens, None);
+        let read = read_meta(&old).unwrap();
+        assert_eq!((read.tokens, read.input_size), (None, None));
+        assert_eq!(
+            read.precision,
+            Precision::Float32,
+            "files that do not say ran in float32"
+        );
+        assert_eq!(read.layers, meta().layers);
         assert_eq!(layer(&old, "a").sample_ids, [7]);
     }
 }

@@ -166,6 +166,7 @@ fn infer_meta(path: &Path) -> Result<ActivationsMeta> {
             .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
         pooling: "unknown".to_string(),
         layers,
+        ..ActivationsMeta::default()
     })
 }
 

@@ -187,7 +187,8 @@ fn centre_crop(image: &RgbImage, width: u32, height: u32, round: bool) -> RgbIma
     let offset = |size: u32, crop: u32| {
         let excess = size.saturating_sub(crop);
         if round {
-            (excess as f64 / 2.0).round() as u32
+            // torchvision's `int(round(excess / 2.0))`: Python rounds halves to even.
+            (excess as f64 / 2.0).round_ties_even() as u32
         } else {
             excess / 2
         }
@@ -331,5 +332,12 @@ mod tests {
         let crop = centre_crop(&image, 4, 4, false);
         assert_eq!(crop.get_pixel(0, 0).0, [255, 0, 0]);
         assert_eq!(crop.get_pixel(0, 2).0, [0, 0, 255]);
+
+        // An odd excess: torchvision's offset is Python's round, halves to even (an excess of 5
+        // starts at 2, of 3 at 2 as well), where floor starts at 2 and 1.
+        let columns = RgbImage::from_fn(9, 1, |x, _| image::Rgb([x as u8, 0, 0]));
+        let first = |width, round| centre_crop(&columns, width, 1, round).get_pixel(0, 0).0[0];
+        assert_eq!((first(4, true), first(6, true)), (2, 2));
+        assert_eq!((first(4, false), first(6, false)), (2, 1));
     }
 }

@@ -67,7 +67,8 @@ pub struct ImageSpec {
     /// `bicubic`, `bilinear` (or `linear`), `nearest`, `lanczos`, `box`, `hamming`: Pillow's.
     pub resample: Resample,
     pub crop: Option<CropSpec>,
-    /// How the crop's offset is rounded: `floor` (transformers) or `round` (torchvision).
+    /// How the crop's offset is rounded: `floor` (transformers) or `round` (torchvision: to the
+    /// nearest, halves to even, as Python's `round`).
     pub crop_rounding: String,
     pub rescale: f32,
     pub mean: [f32; 3],
@@ -165,6 +166,13 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The `[height, width]` images reach the model at: `side x side` where a study's
+    /// `image_size` gives a side, else the package's input size; `None` for a text encoder.
+    pub fn input_size_at(&self, side: Option<u32>) -> Option<[usize; 2]> {
+        let image = self.image.as_ref()?;
+        Some(side.map_or(image.input_size, |side| [side as usize; 2]))
+    }
+
     /// The package run on square images of `side` pixels: resized to `side x side` (no crop),
     /// with the package's resampling and normalisation. Only for convolutional networks, which
     /// take any size; a transformer's position embeddings fix its size.

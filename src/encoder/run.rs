@@ -64,6 +64,7 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
         Modality::Image => Projection::ALL,
         Modality::Text => Projection::TEXT,
     };
+    let input_size = encoder.manifest.input_size_at(None);
     let meta = ActivationsMeta {
         encoder: encoder.manifest.name.clone(),
         pooling: match options.tokens {
@@ -77,6 +78,8 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
                 width: encoder.manifest.layers[i].width,
             })
             .collect(),
+        input_size,
+        precision: options.precision,
     };
     let meta = match options.tokens {
         Some(selection) => FileMeta::tokens(meta, selection),
@@ -90,10 +93,8 @@ pub fn encode_dataset(options: &EncodeOptions) -> anyhow::Result<EncodeReport> {
     );
     let start = Instant::now();
     let (mut samples, mut skipped, mut rows) = (0u64, 0u64, 0u64);
-    let batch_size = (options.batch_size).unwrap_or_else(|| {
-        let input_size = encoder.manifest.image.as_ref().map(|i| i.input_size);
-        crate::pipeline::default_batch_size(options.device, input_size)
-    });
+    let batch_size = (options.batch_size)
+        .unwrap_or_else(|| crate::pipeline::default_batch_size(options.device, input_size));
     anyhow::ensure!(batch_size >= 1, "--batch-size 0: give at least 1");
     let batches = dataset.shards().iter().flat_map(|shard| {
         let batches: Box<dyn Iterator<Item = anyhow::Result<SampleBatch>> + Send> =

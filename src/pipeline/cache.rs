@@ -56,6 +56,8 @@ pub fn write(plan: &Plan, e: EncoderId, shard: ShardId, rows: &EncodedRows) -> a
                 width,
             })
             .collect(),
+        input_size: encoder.manifest.input_size_at(encoder.image_size),
+        precision: encoder.precision,
     };
     let path = file(plan, e, shard);
     std::fs::create_dir_all(path.parent().expect("in a folder"))?;

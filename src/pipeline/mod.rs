@@ -14,6 +14,7 @@ mod bench_encoders;
 mod bench_fit;
 mod cache;
 mod ceiling;
+mod choice;
 mod compare;
 mod encoding;
 mod fit;

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::plan::{choose, resolve_path, Plan};
+use super::choice::choose;
+use super::plan::{resolve_path, Plan};
 use super::run_folder::{FolderState, RunFolder};
 use super::study::Study;
 use crate::dataset::Dataset;

@@ -389,6 +389,8 @@ fn pyarrow_and_pandas_see_the_saeshare_keys_of_codes_and_activation_files() {
             name: "l3".into(),
             width: 2,
         }],
+        input_size: Some([96, 96]),
+        precision: Default::default(),
     };
     let mut writer = ActivationWriter::create(&activations, meta).unwrap();
     writer.push(0, "l3", &[1.0, 2.0]).unwrap();
@@ -434,6 +436,8 @@ for path in sys.argv[1:]:
             serde_json::from_str(keys["saeshare.activations.meta"].as_str().unwrap()).unwrap();
         assert_eq!(meta["encoder"], "enc", "{place}");
         assert_eq!(meta["layers"][0]["width"], 2, "{place}");
+        assert_eq!(meta["input_size"], serde_json::json!([96, 96]), "{place}");
+        assert_eq!(meta["precision"], "float32", "{place}");
     }
     // saeshare still reads both.
     let reader = CodesReader::open(&codes).unwrap();

@@ -1,6 +1,7 @@
 //! Rust image preprocessing against the Python processors (transformers' CLIP, ViT, DINOv2 and
 //! SigLIP processors; torchvision's ImageNet transform) on real images: scikit-image's sample
-//! photos and emoji PNGs (RGBA, grey + alpha, palette with transparency).
+//! photos, an RGB PNG with a transparent colour, a 16-bit RGB PNG, and emoji PNGs (RGBA, grey + alpha, palette with
+//! transparency).
 //!
 //! Compositing and resizing are Pillow's, bit for bit (the second test checks the resize against
 //! Pillow itself), so against torchvision's transform, which resizes a PIL image, the inputs are
@@ -22,6 +23,22 @@ import sys, skimage.data as d
 from PIL import Image
 for n in ["astronaut", "coffee", "chelsea"]:
     Image.fromarray(getattr(d, n)()).save(f"{sys.argv[1]}/{n}.png")
+# An RGB PNG with a transparent colour (a tRNS chunk), a block of it in the middle: transformers'
+# convert_to_rgb composites it on white, as any transparency.
+pixels = d.coffee()[:200, :300].copy()
+pixels[80:120, 100:200] = (10, 200, 30)
+Image.fromarray(pixels).save(f"{sys.argv[1]}/trns.png", transparency=(10, 200, 30))
+# A 16-bit RGB PNG (Pillow writes none: its chunks by hand), low bytes at random, so that taking
+# the high byte and rounding differ.
+import numpy as np, struct, zlib
+high = d.chelsea()[:120, :160].astype(np.uint16)
+low = np.random.default_rng(3).integers(0, 256, high.shape, dtype=np.uint16)
+rows = (high << 8 | low).astype(">u2")
+raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+header = struct.pack(">IIBBBBB", rows.shape[1], rows.shape[0], 16, 2, 0, 0, 0)
+with open(f"{sys.argv[1]}/rgb16.png", "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 "#;
 
 #[test]
@@ -65,6 +82,14 @@ fn rust_preprocessing_matches_the_python_processors_on_real_images() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
+    let trns = std::fs::read(images.join("trns.png")).unwrap();
+    assert!(
+        trns.windows(4).any(|w| w == b"tRNS"),
+        "the file has a transparent colour"
+    );
+    let image = decode_image(&trns).unwrap();
+    assert_eq!(image.to_rgba8().get_pixel(150, 100).0, [10, 200, 30, 0]);
+    assert_eq!(image.to_rgba8().get_pixel(10, 10).0[3], 255);
 
     let out = dir.path().join("reference");
     let status = common::python()

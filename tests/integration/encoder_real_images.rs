@@ -184,6 +184,10 @@ fn mobilenet_v2_at_another_image_size_equals_torchvision_at_that_size() {
         cosine >= 0.999,
         "smallest cosine to torchvision at 112 px: {cosine}"
     );
+    // The file says at what size and in what arithmetic the model ran.
+    let meta = saeshare::activations::read_meta(&acts).unwrap();
+    assert_eq!(meta.input_size, Some([112, 112]));
+    assert_eq!(meta.precision, saeshare::encoder::Precision::Float32);
 
     // A transformer's size is fixed by its position embeddings: refused, naming the package.
     let refused = common::encode(

@@ -455,6 +455,32 @@ fn the_activation_cache_gives_the_same_outputs_from_one_encoder_pass() {
     );
     let files = walk(&dir.path().join("cached/activations"));
     assert_eq!(files, 2 * 3, "one activation file per encoder and shard");
+    let shards = |encoder: &str| {
+        let folder = dir.path().join("cached/activations").join(encoder);
+        let mut paths: Vec<_> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        paths.sort();
+        paths
+    };
+    let package = |name: &str| {
+        let manifest = common::tiny_packages().join(name).join("encoder.json");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+        manifest["image"]["input_size"].clone()
+    };
+    for path in shards("dinov2") {
+        let meta = saeshare::activations::read_meta(&path).unwrap();
+        let size = meta.input_size.map(|s| serde_json::json!(s));
+        assert_eq!(size, Some(package("dinov2")), "{}", path.display());
+    }
+    for path in shards("bert") {
+        assert_eq!(
+            saeshare::activations::read_meta(&path).unwrap().input_size,
+            None
+        );
+    }
 }
 
 #[test]

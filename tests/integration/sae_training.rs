@@ -56,6 +56,7 @@ fn write_activations(path: &std::path::Path, samples: &[f32], d_in: usize) {
             name: "0".into(),
             width: d_in,
         }],
+        ..ActivationsMeta::default()
     };
     let mut writer = ActivationWriter::create(path, meta).unwrap();
     for (i, row) in samples.chunks(d_in).enumerate() {

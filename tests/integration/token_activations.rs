@@ -189,6 +189,8 @@ fn encode_tokens_writes_every_token_of_every_caption_as_python_computes_it() {
         meta.tokens,
         Some(saeshare::encoder::TokenSelection::default())
     );
+    assert_eq!(meta.input_size, None, "captions have no image size");
+    assert_eq!(meta.precision, saeshare::encoder::Precision::Float32);
     let rows = read_rows(&all);
     assert_eq!(rows.len(), 2 * total, "one row per token per layer");
     for layer in layers {
