@@ -28,7 +28,7 @@ impl Prepared {
     }
 
     /// Captions: the token positions the model will compute, and how many of them are padding.
-    pub fn positions_and_padding(&self) -> Option<(usize, usize)> {
+    fn positions_and_padding(&self) -> Option<(usize, usize)> {
         match &self.input {
             PreparedInput::Tokens(tokens) => Some((tokens.positions(), tokens.padding())),
             PreparedInput::Pixels { .. } => None,

@@ -68,11 +68,10 @@ impl Encoder {
     /// `sink` the pooled rows of `layers` (indices into the manifest's layers), in dataset order,
     /// with their token rows when `tokens` says which. Captions are grouped by length within
     /// windows sized by the token rows of `layers` ([`super::buckets`]; unless the package pads
-    /// to a fixed length); `sink`
-    /// gets a window's rows at once, or a model batch's for images. A batch's rows left out
-    /// (by the reader, or images that do not decode) are counted in its
-    /// [`EncodedRows::skipped`]. On a CPU the windows run on the encoder's
-    /// [lanes](super::lanes). Stops at the first error, of the batches or of `sink`.
+    /// to a fixed length); `sink` gets a window's rows at once, or a model batch's for images.
+    /// A batch's rows left out (by the reader, or images that do not decode) are counted in its
+    /// [`EncodedRows::skipped`]. On a CPU the windows run on the encoder's [lanes](super::lanes).
+    /// Stops at the first error, of the batches or of `sink`.
     pub fn encode_batches<I>(
         &mut self,
         batches: I,
