@@ -423,6 +423,18 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
                 .map_or("-".to_string(), |p| format!("{:.1}%", 100.0 * p)),
         );
     }
+    for f in &figures {
+        let Some(on_batches) = f.forward_on_batches else {
+            continue;
+        };
+        println!(
+            "{}: the forward alone on the encoding's batch shapes: {on_batches:.1} inputs/s \
+             ({:.0}% of the best forward); encode runs at {:.0}% of it",
+            f.encoder,
+            100.0 * on_batches / f.best_forward().rate,
+            100.0 * f.encode / on_batches,
+        );
+    }
     if let Some(path) = &args.json {
         let json: Vec<serde_json::Value> = (figures.iter())
             .map(|f| {
@@ -432,6 +444,9 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
                 v["best_forward_batch_size"] = best.batch_size.into();
                 v["best_forward_lanes"] = best.lanes.into();
                 v["encode_of_best_forward"] = (f.encode / best.rate).into();
+                if let Some(on_batches) = f.forward_on_batches {
+                    v["encode_of_forward_on_batches"] = (f.encode / on_batches).into();
+                }
                 v
             })
             .collect();
@@ -449,7 +464,11 @@ pub fn run_bench_encoders(args: BenchEncodersArgs) -> anyhow::Result<()> {
          lane waiting for the rows before its to be taken); prepare alone: the helper thread's \
          work without the model, on the threads it has on this device (all the cores beside a \
          GPU, one beside a CPU's forward); padding: the share of the token positions the \
-         encoding computes that pads its sorted batches to their longest caption"
+         encoding computes that pads its sorted batches to their longest caption; the forward \
+         alone on the encoding's batch shapes: random captions in the shapes of up to {} of \
+         its model batches, spread over the set (padding and the spread of lengths included), \
+         on its lanes, so that encode's share of it is the encoding's own overhead",
+        crate::pipeline::SHAPES_TIMED
     );
     Ok(())
 }

@@ -27,32 +27,36 @@ impl Prepared {
         }
     }
 
-    /// Captions: the token positions the model will compute, and how many of them are padding.
-    fn positions_and_padding(&self) -> Option<(usize, usize)> {
+    /// Captions: the distinct captions and the length they are padded to, and how many of
+    /// those positions are padding.
+    fn shape_and_padding(&self) -> Option<((usize, usize), usize)> {
         match &self.input {
-            PreparedInput::Tokens(tokens) => Some((tokens.positions(), tokens.padding())),
+            PreparedInput::Tokens(tokens) => Some((tokens.shape(), tokens.padding())),
             PreparedInput::Pixels { .. } => None,
         }
     }
 }
 
 /// What the helper thread prepared of a batch ([`Encoder::prepare_only`](super::Encoder::prepare_only)).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PreparedCounts {
     /// Distinct inputs.
     pub inputs: usize,
     /// Captions: token positions of the padded batches, and how many of them are padding.
     pub positions: usize,
     pub padding: usize,
+    /// Captions: each model batch's shape, (distinct captions, padded length), in order.
+    pub caption_batches: Vec<(usize, usize)>,
 }
 
 impl PreparedCounts {
     /// Adds one prepared model batch.
     pub fn add(&mut self, prepared: &Prepared) {
         self.inputs += prepared.inputs();
-        if let Some((positions, padding)) = prepared.positions_and_padding() {
-            self.positions += positions;
+        if let Some(((rows, width), padding)) = prepared.shape_and_padding() {
+            self.positions += rows * width;
             self.padding += padding;
+            self.caption_batches.push((rows, width));
         }
     }
 

@@ -189,9 +189,9 @@ impl PaddedTokens {
         self.rows
     }
 
-    /// Positions the model computes: rows x the padded length.
-    pub fn positions(&self) -> usize {
-        self.rows * self.width
+    /// Rows (captions), and the length they are padded to.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.width)
     }
 
     /// Of those, the padding.

@@ -55,7 +55,16 @@ pub struct EncoderFigure {
     /// Text: the share of the positions the encoding computes that is padding (its batches are
     /// padded to their longest caption; the forward alone has none).
     pub padding: Option<f64>,
+    /// Text: captions a second of the forward alone on random captions in the shapes of the
+    /// encoding's own model batches (up to [`SHAPES_TIMED`] of them, spread over the set), on
+    /// the encoding's lanes: the model's speed on the work the encoding gives it, padding and
+    /// varied lengths included, against which `encode` measures the encoding's own overhead.
+    pub forward_on_batches: Option<f64>,
 }
+
+/// Model batches of the encoding timed again by the forward alone: enough to sample the
+/// lengths, few enough to take seconds on a CPU.
+pub const SHAPES_TIMED: usize = 48;
 
 impl EncoderFigure {
     /// The forward pass's best configuration.
@@ -109,6 +118,14 @@ pub fn bench_encoders(
         let started = Instant::now();
         let prepared = model.prepare_only(&batch, encoder.batch_size, &encoder.layers)?;
         let prepare = prepared.inputs as f64 / started.elapsed().as_secs_f64();
+        let forward_on_batches = match prepared.caption_batches.is_empty() {
+            true => None,
+            false => Some(batches_rate(
+                &model,
+                &spread(&prepared.caption_batches, SHAPES_TIMED),
+                &encoding_lanes,
+            )?),
+        };
         drop(model);
         // Loaded and run once untimed, as the forward above.
         models.pooled(e, &batch_head(&batch, encoder.batch_size))?;
@@ -130,6 +147,7 @@ pub fn bench_encoders(
             stages,
             tokens,
             padding: prepared.padding_share(),
+            forward_on_batches,
         });
     }
     Ok(figures)
@@ -181,6 +199,49 @@ fn lane_forward(
     Ok((done, started.elapsed().as_secs_f64()))
 }
 
+/// Captions a second through `model.forward` alone on random captions of `shapes` (captions,
+/// length), each run once, the lanes taking the next shape when free, after each lane ran the
+/// first shape twice untimed.
+fn batches_rate(model: &Encoder, shapes: &[(usize, usize)], lanes: &Lanes) -> anyhow::Result<f64> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some(&(first, first_length)) = shapes.first() else {
+        anyhow::bail!("{}: no batches to time", model.manifest.name)
+    };
+    let warm = std::sync::Barrier::new(lanes.count);
+    let next = AtomicUsize::new(0);
+    let lane = || -> anyhow::Result<(usize, Instant)> {
+        let warming = random_inputs(model, first, Some(first_length))
+            .and_then(|inputs| Ok((0..2).try_for_each(|_| model.forward(&inputs).map(drop))?));
+        warm.wait();
+        warming?;
+        let (started, mut done) = (Instant::now(), 0);
+        while let Some(&(captions, length)) = shapes.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let outputs = model.forward(&random_inputs(model, captions, Some(length))?)?;
+            let _ = outputs.last().map(|t| t.sum(Kind::Float).double_value(&[]));
+            done += captions;
+        }
+        Ok((done, started))
+    };
+    let mut captions = 0;
+    let mut seconds = 0.0f64;
+    for result in lanes.side_by_side(lane) {
+        let (done, started) = result?;
+        captions += done;
+        seconds = seconds.max(started.elapsed().as_secs_f64());
+    }
+    Ok(captions as f64 / seconds)
+}
+
+/// At most `most` of `items`, evenly spread over them in order (all of them when there are no
+/// more).
+fn spread<T: Copy>(items: &[T], most: usize) -> Vec<T> {
+    let n = items.len();
+    if n <= most {
+        return items.to_vec();
+    }
+    (0..most).map(|k| items[k * n / most]).collect()
+}
+
 /// Random inputs of `batch` samples: images of the package's input size, or captions of
 /// `tokens` tokens.
 fn random_inputs(
@@ -219,4 +280,18 @@ fn model_tokens(plan: &Plan, e: EncoderId, captions: &[String]) -> anyhow::Resul
     let lengths = tokenizer.lengths(captions)?;
     let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
     Ok(Some(mean.round().max(1.0) as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn a_spread_keeps_the_order_and_reaches_across() {
+        let items: Vec<usize> = (0..100).collect();
+        assert_eq!(spread(&items, 4), [0, 25, 50, 75]);
+        assert_eq!(spread(&items[..3], 4), [0, 1, 2]);
+        assert_eq!(spread(&items[..7], 3), [0, 2, 4]);
+        assert!(spread(&items, 48).windows(2).all(|p| p[0] < p[1]));
+    }
 }

@@ -39,7 +39,7 @@ pub use crate::run_record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
 };
 pub use bench::{bench_memory, MemoryBench, MemoryFigure};
-pub use bench_encoders::{bench_encoders, EncoderFigure};
+pub use bench_encoders::{bench_encoders, EncoderFigure, SHAPES_TIMED};
 pub use bench_fit::{bench_fit, FitFigure};
 pub use imports::{ImportSpec, ImportedSae};
 pub use plan::{Plan, PlannedEncoder, PlannedPair};

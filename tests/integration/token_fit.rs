@@ -460,4 +460,14 @@ fn bench_encoders_gives_the_forward_alone_beside_the_encoding() {
         "{stdout}"
     );
     assert_eq!(stage_row("dinov2").last().unwrap(), "-", "{stdout}");
+    // The captions' model batches timed again by the forward alone; images have no such line.
+    let on_batches = |name: &str| {
+        let prefix = format!("{name}: the forward alone on the encoding's batch shapes: ");
+        stdout.lines().find_map(|l| l.strip_prefix(&prefix))
+    };
+    let line = on_batches("bert").unwrap_or_else(|| panic!("no batch shapes line:\n{stdout}"));
+    let rate: f64 = line.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(rate.is_finite() && rate > 0.0, "{line}");
+    assert!(line.ends_with("% of it"), "{line}");
+    assert!(on_batches("dinov2").is_none(), "{stdout}");
 }
