@@ -60,6 +60,27 @@ impl CodeBatch {
         }
     }
 
+    /// Asks the CPU to start loading sample `index`'s features and values into its caches, for
+    /// a loop that will read them a few steps later; does nothing where the CPU has no such
+    /// hint, or when `index` is out of range.
+    #[inline]
+    pub fn prefetch(&self, index: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(&start) = self.offsets.get(index) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let features = self.features.as_ptr().wrapping_add(start);
+            let values = self.values.as_ptr().wrapping_add(start);
+            // SAFETY: a prefetch is a hint; it reads nothing the program sees and never
+            // faults, whatever the address.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(features.cast());
+                _mm_prefetch::<_MM_HINT_T0>(values.cast());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = index;
+    }
+
     /// The samples in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = SparseCode<'_>> + '_ {
         (0..self.len()).map(|i| self.get(i))

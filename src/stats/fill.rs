@@ -101,6 +101,11 @@ impl RowUpdates {
     }
 }
 
+/// Updates ahead of the one being added whose target codes are asked into the caches: a
+/// feature's samples are scattered over the batch, so each update's codes would otherwise be a
+/// cache miss the adds wait for.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Adds the batch's products to dense row-major sums of `d_b` target features.
 pub(crate) fn fill_dense(
     cross: &mut [f64],
@@ -114,6 +119,9 @@ pub(crate) fn fill_dense(
     on_threads(parts, |first, rows: &mut [f64]| {
         for (r, row) in rows.chunks_exact_mut(d_b).enumerate() {
             for u in updates.row(first + r) {
+                if let Some(&ahead) = updates.samples.get(u + PREFETCH_AHEAD) {
+                    b.prefetch(ahead as usize);
+                }
                 let y = b.get(updates.samples[u] as usize);
                 let x = updates.values[u] as f64;
                 for (&j, &v) in y.features.iter().zip(y.values) {
@@ -148,6 +156,9 @@ pub(crate) fn fill_sparse(
                 row.reserve((updates.products(i, b) as usize).min(d_b));
             }
             for u in updates.row(i) {
+                if let Some(&ahead) = updates.samples.get(u + PREFETCH_AHEAD) {
+                    b.prefetch(ahead as usize);
+                }
                 let y = b.get(updates.samples[u] as usize);
                 added += add_to_row(row, updates.values[u] as f64, y.features, y.values);
             }
