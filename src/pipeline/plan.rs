@@ -379,6 +379,13 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         Precision::Float32 => fingerprint,
         other => crate::digest::fingerprint(&(fingerprint, "precision", other)),
     };
+    // Crops rounded to the nearest started a pixel off where the excess was odd, before they
+    // rounded halves to even as torchvision does: such an encoder's work in an older run
+    // folder is redone rather than mixed with the fixed crops. Other encoders keep theirs.
+    let fingerprint = match crop_revision(&manifest) {
+        None => fingerprint,
+        Some(revision) => crate::digest::fingerprint(&(fingerprint, "crop", revision)),
+    };
     // The read-out changes the codes, not the SAEs: codes and pairs follow the fingerprint.
     let fingerprint = match read_out {
         ReadOut::Code => fingerprint,
@@ -502,6 +509,14 @@ fn shard_name(shard: &ShardInfo) -> String {
 }
 
 /// The digest of a package's manifest and weights.
+/// What marks the fingerprint of an encoder (its package as the study chose it: an `image_size`
+/// drops the crop) whose crop now starts elsewhere than it did in earlier versions: a crop whose
+/// offsets round to the nearest, which took halves upwards before it took them to even.
+fn crop_revision(manifest: &Manifest) -> Option<&'static str> {
+    let image = manifest.image.as_ref()?;
+    (image.crop.is_some() && image.crop_rounding == "round").then_some("halves to even")
+}
+
 fn package_digest(package: &Path) -> anyhow::Result<String> {
     let files: Vec<PathBuf> = ["encoder.json", "model.pt", "tokenizer.json"]
         .iter()
@@ -526,5 +541,45 @@ pub(super) fn resolve_path(root: &Path, path: &Path) -> PathBuf {
         path.to_path_buf()
     } else {
         root.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image package that resizes to 8 px and crops `crop` px with offsets rounded by
+    /// `rounding`.
+    fn image_package(crop: Option<usize>, rounding: &str) -> Manifest {
+        let side = crop.unwrap_or(8);
+        serde_json::from_value(serde_json::json!({
+            "format_version": crate::encoder::PACKAGE_VERSION, "name": "cnn", "modality": "image",
+            "source": {"library": "torchvision", "family": "resnet18", "model": "random"},
+            "outputs": "feature_maps", "default_pooling": "gap",
+            "layers": [{"name": "layer1", "width": 4}],
+            "image": {"resize": {"shortest_edge": 8}, "resample": "bilinear",
+                      "crop": crop.map(|c| serde_json::json!({"height": c, "width": c})),
+                      "crop_rounding": rounding, "rescale": 0.1, "mean": [0.5, 0.5, 0.5],
+                      "std": [0.2, 0.2, 0.2], "background": [255, 255, 255],
+                      "input_size": [side, side]},
+        }))
+        .unwrap()
+    }
+
+    /// Only the encoders whose inputs the crop fix changed are redone in an older run folder.
+    #[test]
+    fn only_crops_rounded_to_the_nearest_mark_the_fingerprint() {
+        assert_eq!(
+            crop_revision(&image_package(Some(7), "round")),
+            Some("halves to even")
+        );
+        assert_eq!(crop_revision(&image_package(Some(7), "floor")), None);
+        assert_eq!(crop_revision(&image_package(None, "round")), None);
+        // A study's image_size resizes without a crop: nothing to redo.
+        let resized = image_package(Some(7), "round").at_image_size(16).unwrap();
+        assert_eq!(crop_revision(&resized), None);
+        let mut text = image_package(None, "round");
+        text.image = None;
+        assert_eq!(crop_revision(&text), None);
     }
 }
