@@ -19,6 +19,7 @@ mod manifest;
 pub mod pooling;
 mod precision;
 mod prepare;
+mod preparers;
 pub mod resample;
 mod run;
 mod stage_times;
@@ -39,6 +40,7 @@ pub use manifest::{
 pub use precision::Precision;
 use prepare::PreparedInput;
 pub use prepare::{prepare, Prepared, PreparedCounts};
+pub use preparers::Preparers;
 pub use run::{encode_dataset, EncodeOptions, EncodeReport};
 pub use stage_times::StageTimes;
 pub use stream::EncodedRows;
@@ -97,6 +99,8 @@ pub struct Encoder {
     precision: Precision,
     /// Forward passes run side by side on a CPU; `None`: [`lanes::Lanes::new`]'s choice.
     lanes: Option<usize>,
+    /// The threads that prepare its inputs ([`preparing_threads`]).
+    preparers: Preparers,
     tally: Tally,
 }
 
@@ -143,6 +147,7 @@ impl Encoder {
             tokenizer,
             precision: Precision::Float32,
             lanes: None,
+            preparers: Preparers::pool(preparing_threads(device)),
             tally: Tally::default(),
         })
     }
@@ -280,28 +285,14 @@ impl Encoder {
         layers: &[usize],
         pooling: Pooling,
     ) -> Result<Pooled, EncoderError> {
-        let threads = self.preparing_threads();
         let tokens = (self.tokenizer.as_ref())
-            .map(|t| t.tokenize(&batch.captions, threads))
+            .map(|t| t.tokenize(&batch.captions, &self.preparers))
             .transpose()?;
-        let prepared = prepare(&self.manifest, batch, threads, tokens.as_ref())?;
+        let prepared = prepare(&self.manifest, batch, &self.preparers, tokens.as_ref())?;
         let mut tally = self.tally;
         let pooled = self.encode_prepared(prepared, layers, pooling, None, &mut tally);
         self.tally = tally;
         pooled
-    }
-
-    /// Threads that prepare a batch (decode and preprocess its images, tokenize its captions):
-    /// one beside a model on the CPU, whose forward takes the other cores; every core feeding a
-    /// GPU, which one thread leaves idle (on an H200's machine, a 224-pixel image took about
-    /// 5 ms to decode and resize and a caption 0.27 ms to tokenize; MobileNetV2's forward took
-    /// 0.06 ms an image, BERT-base's 0.14 ms a caption).
-    fn preparing_threads(&self) -> usize {
-        if self.device.is_cuda() {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            1
-        }
     }
 
     /// The model and pooling half of [`encode`](Self::encode), on inputs [`prepare`]d elsewhere
@@ -439,5 +430,17 @@ impl Encoder {
                 position: rows.position[i / width],
             }),
         }
+    }
+}
+/// Threads that prepare an encoder's batches (decode and preprocess images, tokenize captions):
+/// one beside a model on the CPU, whose forward takes the other cores; every core feeding a
+/// GPU, which one thread leaves idle (on an H200's machine, a 224-pixel image took about 5 ms to
+/// decode and resize and a caption 0.27 ms to tokenize; MobileNetV2's forward took 0.06 ms an
+/// image, BERT-base's 0.14 ms a caption).
+fn preparing_threads(device: Device) -> usize {
+    if device.is_cuda() {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
     }
 }

@@ -2,6 +2,7 @@
 //! preprocessed to bytes, or captions' tokens padded; identical inputs kept once.
 
 use super::manifest::{ImageSpec, Modality};
+use super::preparers::Preparers;
 use super::{distinct, image, text, EncoderError, Manifest};
 use crate::dataset::{EncodedImage, SampleBatch};
 
@@ -73,14 +74,14 @@ pub(super) enum PreparedInput {
     Tokens(text::PaddedTokens),
 }
 
-/// Decodes and preprocesses a batch's images (image encoders), on `threads` threads, or pads
+/// Decodes and preprocesses a batch's images (image encoders), on `preparers`, or pads
 /// the tokens of its distinct captions (text encoders: `tokens`, of a batch holding its
 /// captions). Images that do not decode are skipped and counted, with a warning naming the
 /// sample.
 pub fn prepare(
     manifest: &Manifest,
     batch: &SampleBatch,
-    threads: usize,
+    preparers: &Preparers,
     tokens: Option<&text::BatchTokens>,
 ) -> Result<Prepared, EncoderError> {
     match manifest.modality {
@@ -114,7 +115,7 @@ pub fn prepare(
             let distinct = distinct::DistinctInputs::of(batch.images.iter().map(|i| &i.0));
             let images: Vec<&EncodedImage> =
                 distinct.first.iter().map(|&s| &batch.images[s]).collect();
-            let (mut pixels, failures) = preprocess_images(&images, spec, threads);
+            let (mut pixels, failures) = preprocess_images(&images, spec, preparers);
             // The pixels of the images that decode, gathered to the front, and each one's row
             // among them.
             let slot = spec.bytes_per_image();
@@ -165,36 +166,19 @@ pub fn prepare(
 fn preprocess_images(
     images: &[&EncodedImage],
     spec: &ImageSpec,
-    threads: usize,
+    preparers: &Preparers,
 ) -> (Vec<u8>, Vec<Option<String>>) {
     let slot = spec.bytes_per_image();
     // Sized once: a buffer grown image by image is copied as often as it doubles, into memory
     // the kernel has to zero afresh.
     let mut pixels = vec![0u8; images.len() * slot];
-    let mut failures = vec![None; images.len()];
-    let fill = |images: &[&EncodedImage], slots: &mut [u8], failures: &mut [Option<String>]| {
-        let slots = slots.chunks_exact_mut(slot);
-        for ((image, out), failure) in images.iter().zip(slots).zip(failures) {
-            match image.decode() {
-                Ok(decoded) => image::preprocess_into(&decoded, spec, out),
-                Err(reason) => *failure = Some(reason.to_string()),
+    let failures = preparers.map_into(images, &mut pixels, slot, |image, out| {
+        match image.decode() {
+            Ok(decoded) => {
+                image::preprocess_into(&decoded, spec, out);
+                None
             }
-        }
-    };
-    let chunk = images.len().div_ceil(threads.max(1)).max(1);
-    if chunk >= images.len() {
-        fill(images, &mut pixels, &mut failures);
-        return (pixels, failures);
-    }
-    std::thread::scope(|scope| {
-        let parts = (images.chunks(chunk))
-            .zip(pixels.chunks_mut(chunk * slot))
-            .zip(failures.chunks_mut(chunk));
-        for ((part, slots), failures) in parts {
-            scope.spawn(move || {
-                crate::allocator::use_thread_heap();
-                fill(part, slots, failures)
-            });
+            Err(reason) => Some(reason.to_string()),
         }
     });
     (pixels, failures)
@@ -241,13 +225,13 @@ mod tests {
             images,
             skipped: Vec::new(),
         };
-        let one = prepare(&manifest, &batch, 1, None).unwrap();
+        let one = prepare(&manifest, &batch, &Preparers::here(), None).unwrap();
         let PreparedInput::Pixels { pixels, .. } = &one.input else {
             panic!("images give pixels")
         };
         assert_eq!(pixels.len(), 9 * 3 * 5 * 5);
         for threads in [2, 3, 16] {
-            let many = prepare(&manifest, &batch, threads, None).unwrap();
+            let many = prepare(&manifest, &batch, &Preparers::pool(threads), None).unwrap();
             assert_eq!(many.sample_ids, one.sample_ids);
             assert_eq!(
                 many.skipped.iter().map(|(id, _)| *id).collect::<Vec<_>>(),

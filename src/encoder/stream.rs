@@ -6,6 +6,7 @@
 //! CPU, on several side by side ([`super::lanes`]).
 
 use super::buckets::{restore_order, windows, Sorting, Window};
+use super::preparers::Preparers;
 use super::stage_times::Laps;
 use super::text::{BatchTokens, TextTokenizer};
 use super::{
@@ -143,7 +144,7 @@ impl Encoder {
 
     /// The helper thread's work alone on `batch`, as [`encode_batches`](Self::encode_batches)
     /// does it for `layers` (tokenizing, cutting into windows, preparing each model batch of
-    /// `batch_size` on a thread of its own), without the model: the distinct inputs prepared.
+    /// `batch_size` on its preparing threads), without the model: the distinct inputs prepared.
     /// What the model side can be fed at most, and for captions how much of it is padding.
     pub fn prepare_only(
         &self,
@@ -178,7 +179,7 @@ impl Encoder {
             tokenizer: self.tokenizer.clone(),
             batch_size,
             bytes_per_token: widths.sum::<usize>() * std::mem::size_of::<f32>(),
-            threads: self.preparing_threads(),
+            preparers: self.preparers.clone(),
         }
     }
 
@@ -224,7 +225,7 @@ struct Helper {
     batch_size: usize,
     /// A token's rows over the chosen layers, to size the windows.
     bytes_per_token: usize,
-    threads: usize,
+    preparers: Preparers,
 }
 
 type Jobs = crossbeam_channel::Sender<anyhow::Result<WindowJob>>;
@@ -254,14 +255,14 @@ impl Helper {
     fn send_windows(&self, batch: &SampleBatch, jobs: &Jobs) -> anyhow::Result<bool> {
         let mut laps = Laps::start();
         let tokens = (self.tokenizer.as_ref())
-            .map(|t| t.tokenize(&batch.captions, self.threads))
+            .map(|t| t.tokenize(&batch.captions, &self.preparers))
             .transpose()?;
         let measure = tokens.as_ref().filter(|_| self.manifest.pads_to_longest());
         let windows = self.cut(measure, batch);
         // The batch's tokenizing and cutting are counted with its first window.
         let mut cutting = laps.lap();
         for w in windows {
-            let mut job = prepare_window(&self.manifest, w, self.threads, tokens.as_ref())?;
+            let mut job = prepare_window(&self.manifest, w, &self.preparers, tokens.as_ref())?;
             job.cutting = std::mem::take(&mut cutting);
             job.preparing = laps.lap();
             if jobs.send(Ok(job)).is_err() {
@@ -274,16 +275,15 @@ impl Helper {
     }
 }
 
-/// A window's model batches, prepared on `threads` threads (text: from the reader batch's
-/// `tokens`).
+/// A window's model batches, prepared on `preparers` (text: from the reader batch's `tokens`).
 fn prepare_window(
     manifest: &Manifest,
     w: Window,
-    threads: usize,
+    preparers: &Preparers,
     tokens: Option<&BatchTokens>,
 ) -> anyhow::Result<WindowJob> {
     let parts = (w.batches.iter())
-        .map(|b| prepare(manifest, b, threads, tokens))
+        .map(|b| prepare(manifest, b, preparers, tokens))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(WindowJob {
         parts,

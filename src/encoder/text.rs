@@ -12,6 +12,7 @@ use tch::{Device, Tensor};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::manifest::TextSpec;
+use super::preparers::Preparers;
 use super::EncoderError;
 
 /// A tokenizer set up for one encoder; never changed once loaded, so the helper thread shares
@@ -79,52 +80,29 @@ impl TextTokenizer {
         })
     }
 
-    /// Tokenizes `captions`, each distinct caption once, on `threads` threads (the helper
-    /// thread's own: one beside a model on the CPU, every core feeding a GPU).
+    /// Tokenizes `captions`, each distinct caption once, on `preparers` (the helper thread
+    /// beside a model on the CPU, every core feeding a GPU).
     pub fn tokenize<'a>(
         &'a self,
         captions: &'a [String],
-        threads: usize,
+        preparers: &Preparers,
     ) -> Result<BatchTokens<'a>, EncoderError> {
         let mut distinct: Vec<&str> = captions.iter().map(String::as_str).collect();
         distinct.sort_unstable();
         distinct.dedup();
-        let chunk = distinct.len().div_ceil(threads.max(1)).max(1);
-        let tokenize_part = |part: &[&'a str]| {
-            (part.iter())
-                .map(|&caption| {
-                    let e = (self.tokenizer.encode(caption, true))
-                        .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-                    let tokens = CaptionTokens {
-                        ids: e.get_ids().to_vec(),
-                        special: e.get_special_tokens_mask().to_vec(),
-                        truncated: !e.get_overflowing().is_empty(),
-                    };
-                    Ok((caption, tokens))
-                })
-                .collect::<Result<Vec<_>, EncoderError>>()
-        };
-        let parts: Vec<Result<Vec<_>, EncoderError>> = if distinct.len() <= chunk {
-            vec![tokenize_part(&distinct)]
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (distinct.chunks(chunk))
-                    .map(|part| {
-                        scope.spawn(move || {
-                            crate::allocator::use_thread_heap();
-                            tokenize_part(part)
-                        })
-                    })
-                    .collect();
-                (handles.into_iter())
-                    .map(|h| h.join().expect("tokenizing does not panic"))
-                    .collect()
-            })
-        };
-        let mut of = HashMap::with_capacity(distinct.len());
-        for part in parts {
-            of.extend(part?);
-        }
+        let tokenized = preparers.map(&distinct, |&caption| {
+            let e = (self.tokenizer.encode(caption, true))
+                .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+            let tokens = CaptionTokens {
+                ids: e.get_ids().to_vec(),
+                special: e.get_special_tokens_mask().to_vec(),
+                truncated: !e.get_overflowing().is_empty(),
+            };
+            Ok((caption, tokens))
+        });
+        let of = tokenized
+            .into_iter()
+            .collect::<Result<HashMap<_, _>, EncoderError>>()?;
         Ok(BatchTokens {
             tokenizer: self,
             of,
@@ -133,13 +111,18 @@ impl TextTokenizer {
 
     /// The tokens each caption takes, special tokens included, cut at the maximum length.
     pub fn lengths(&self, captions: &[String]) -> Result<Vec<usize>, EncoderError> {
-        Ok(self.tokenize(captions, 1)?.lengths(captions))
+        Ok(self
+            .tokenize(captions, &Preparers::here())?
+            .lengths(captions))
     }
 
     /// Tokenizes `captions` into one padded batch of tensors on `device`.
     pub fn encode(&self, captions: &[String], device: Device) -> Result<Tokens, EncoderError> {
         let all: Vec<&str> = captions.iter().map(String::as_str).collect();
-        Ok(self.tokenize(captions, 1)?.padded(&all).to_device(device))
+        Ok(self
+            .tokenize(captions, &Preparers::here())?
+            .padded(&all)
+            .to_device(device))
     }
 }
 

@@ -296,7 +296,11 @@ fn captions_tokenized_once_and_padded_equal_the_tokenizers_own_padding() {
         };
         let tokenizer = TextTokenizer::load(&package, &spec).unwrap();
         for threads in [1, 4] {
-            let padded = tokenizer.tokenize(&captions, threads).unwrap().padded(&all);
+            let preparers = saeshare::encoder::Preparers::pool(threads);
+            let padded = tokenizer
+                .tokenize(&captions, &preparers)
+                .unwrap()
+                .padded(&all);
             assert_eq!(padded.truncated, 1, "{padding}, {threads} threads");
             let ours = padded.to_device(Device::Cpu);
             let what = format!("{padding}, {threads} threads");
