@@ -118,13 +118,11 @@ pub fn bench_encoders(
         let started = Instant::now();
         let prepared = model.prepare_only(&batch, encoder.batch_size, &encoder.layers)?;
         let prepare = prepared.inputs as f64 / started.elapsed().as_secs_f64();
-        let forward_on_batches = match prepared.caption_batches.is_empty() {
-            true => None,
-            false => Some(batches_rate(
-                &model,
-                &spread(&prepared.caption_batches, SHAPES_TIMED),
-                &encoding_lanes,
-            )?),
+        let forward_on_batches = if prepared.caption_batches.is_empty() {
+            None
+        } else {
+            let shapes = spread(&prepared.caption_batches, SHAPES_TIMED);
+            Some(batches_rate(&model, &shapes, &encoding_lanes)?)
         };
         drop(model);
         // Loaded and run once untimed, as the forward above.
