@@ -99,7 +99,7 @@ pub struct Encoder {
     precision: Precision,
     /// Forward passes run side by side on a CPU; `None`: [`lanes::Lanes::new`]'s choice.
     lanes: Option<usize>,
-    /// The threads that prepare its inputs ([`preparing_threads`]).
+    /// The threads that prepare its inputs ([`Preparers::for_device`]).
     preparers: Preparers,
     tally: Tally,
 }
@@ -147,7 +147,7 @@ impl Encoder {
             tokenizer,
             precision: Precision::Float32,
             lanes: None,
-            preparers: Preparers::pool(preparing_threads(device)),
+            preparers: Preparers::for_device(device),
             tally: Tally::default(),
         })
     }
@@ -430,17 +430,5 @@ impl Encoder {
                 position: rows.position[i / width],
             }),
         }
-    }
-}
-/// Threads that prepare an encoder's batches (decode and preprocess images, tokenize captions):
-/// one beside a model on the CPU, whose forward takes the other cores; every core feeding a
-/// GPU, which one thread leaves idle (on an H200's machine, a 224-pixel image took about 5 ms to
-/// decode and resize and a caption 0.27 ms to tokenize; MobileNetV2's forward took 0.06 ms an
-/// image, BERT-base's 0.14 ms a caption).
-fn preparing_threads(device: Device) -> usize {
-    if device.is_cuda() {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        1
     }
 }

@@ -43,8 +43,7 @@ impl Prepared {
 pub struct PreparedCounts {
     /// Distinct inputs.
     pub inputs: usize,
-    /// Captions: token positions of the padded batches, and how many of them are padding.
-    pub positions: usize,
+    /// Captions: how many of the padded batches' token positions are padding.
     pub padding: usize,
     /// Captions: each model batch's shape, (distinct captions, padded length), in order.
     pub caption_batches: Vec<(usize, usize)>,
@@ -55,7 +54,6 @@ impl PreparedCounts {
     pub fn add(&mut self, prepared: &Prepared) {
         self.inputs += prepared.inputs();
         if let Some(((rows, width), padding)) = prepared.shape_and_padding() {
-            self.positions += rows * width;
             self.padding += padding;
             self.caption_batches.push((rows, width));
         }
@@ -63,7 +61,12 @@ impl PreparedCounts {
 
     /// The share of the computed positions that is padding; `None` for images.
     pub fn padding_share(&self) -> Option<f64> {
-        (self.positions > 0).then(|| self.padding as f64 / self.positions as f64)
+        let positions: usize = self
+            .caption_batches
+            .iter()
+            .map(|(rows, width)| rows * width)
+            .sum();
+        (positions > 0).then(|| self.padding as f64 / positions as f64)
     }
 }
 

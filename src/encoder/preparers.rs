@@ -23,6 +23,19 @@ impl Preparers {
         Preparers::default()
     }
 
+    /// Where an encoder on `device` prepares: on the helper thread beside a model on the CPU,
+    /// whose forward takes the other cores; on every core feeding a GPU, which one thread leaves
+    /// idle (on an H200's machine, a 224-pixel image took about 5 ms to decode and resize and a
+    /// caption 0.27 ms to tokenize; MobileNetV2's forward took 0.06 ms an image, BERT-base's
+    /// 0.14 ms a caption).
+    pub fn for_device(device: tch::Device) -> Preparers {
+        if device.is_cuda() {
+            Preparers::pool(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        } else {
+            Preparers::here()
+        }
+    }
+
     /// A pool of `threads` threads (the calling thread alone for fewer than 2, or where the
     /// system refuses the threads, which a warning says).
     pub fn pool(threads: usize) -> Preparers {
@@ -64,7 +77,7 @@ impl Preparers {
     }
 
     /// `f` of every item with its own `each` bytes of `out` (item `i`: bytes `i * each..`), in
-    /// the items' order. `out` holds `items.len() * each` bytes.
+    /// the items' order. `out` holds `items.len() * each` bytes, `each` at least one.
     pub fn map_into<T: Sync, R: Send>(
         &self,
         items: &[T],
@@ -72,10 +85,10 @@ impl Preparers {
         each: usize,
         f: impl Fn(&T, &mut [u8]) -> R + Sync,
     ) -> Vec<R> {
-        assert_eq!(out.len(), items.len() * each, "a slot for every item");
-        if each == 0 {
-            return self.map(items, |item| f(item, &mut []));
-        }
+        assert!(
+            each > 0 && out.len() == items.len() * each,
+            "a slot of bytes for every item"
+        );
         match &self.pool {
             None => (items.iter().zip(out.chunks_exact_mut(each)))
                 .map(|(item, slot)| f(item, slot))
