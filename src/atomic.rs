@@ -54,9 +54,12 @@ impl AtomicFile {
     /// Starts writing `path`: creates the temporary file in its folder, which must exist. Nothing
     /// changes at `path` until [`commit`](Self::commit).
     pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
+        // tempfile makes its files 0600; a result is made as any other file, 0666 less the
+        // umask, so that others read a run's tables where the umask lets them.
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{}.", name_of(path, "saeshare")))
             .suffix(".tmp")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .tempfile_in(folder_of(path))?;
         Ok(AtomicFile {
             temp,
@@ -171,6 +174,7 @@ impl AtomicDir {
     pub fn create(target: &Path) -> std::io::Result<AtomicDir> {
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{}.partial-", name_of(target, "saeshare")))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .tempdir_in(folder_of(target))?;
         Ok(AtomicDir {
             temp,
@@ -231,9 +235,113 @@ impl AtomicDir {
     }
 }
 
+/// Whether `name` is one of the temporaries this module makes: `.<name>.XXXXXX.tmp` files and
+/// `.<name>.partial-XXXXXX` folders.
+fn is_temporary_name(name: &str, is_dir: bool) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    if is_dir {
+        rest.rsplit_once(".partial-")
+            .is_some_and(|(target, random)| !target.is_empty() && random.len() >= 6)
+    } else {
+        rest.strip_suffix(".tmp")
+            .and_then(|stem| stem.rsplit_once('.'))
+            .is_some_and(|(target, random)| !target.is_empty() && random.len() >= 6)
+    }
+}
+
+/// Removes the temporaries of this module under `dir` (at any depth) last modified before
+/// `before`: what a process killed while writing left behind (a kill skips the drop that
+/// removes them). Only a caller that holds `dir` alone (a run folder under its lock) may call
+/// it, with `before` earlier than anything its own processes started writing. Returns how many
+/// it removed; what cannot be read or removed is left, with a warning.
+pub fn remove_stale_temporaries(dir: &Path, before: std::time::SystemTime) -> usize {
+    let mut removed = 0;
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if kind.is_symlink() {
+                continue;
+            }
+            let old = (entry.metadata().ok())
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|t| t < before);
+            if is_temporary_name(&name, kind.is_dir()) && old {
+                let gone = if kind.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match gone {
+                    Ok(()) => {
+                        tracing::info!(
+                            "removed {}: left by a process that was killed",
+                            path.display()
+                        );
+                        removed += 1;
+                    }
+                    Err(e) => tracing::warn!(
+                        "{} is left by a killed process, and cannot be removed: {e}",
+                        path.display()
+                    ),
+                }
+            } else if kind.is_dir() {
+                folders.push(path);
+            }
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_old_temporaries_of_this_module_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("codes/a");
+        std::fs::create_dir_all(&deep).unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let age = |path: &Path| {
+            let file = File::options()
+                .write(path.is_file())
+                .read(true)
+                .open(path)
+                .unwrap();
+            file.set_modified(hour_ago).unwrap();
+        };
+        let old = deep.join(".x.parquet.AbC123.tmp");
+        std::fs::write(&old, b"old").unwrap();
+        age(&old);
+        let old_dir = dir.path().join(".state-2.partial-QwErTy");
+        std::fs::create_dir_all(old_dir.join("inner")).unwrap();
+        age(&old_dir);
+        // Files of the user's that look alike but are not this module's, however old.
+        let theirs = [".hidden", "notes.tmp", ".tmp", "..tmp", ".x.tmp"];
+        for name in theirs {
+            std::fs::write(deep.join(name), b"theirs").unwrap();
+            age(&deep.join(name));
+        }
+        // What is being written now is kept.
+        let before = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+        let current = started(&deep.join("x.parquet"), b"new");
+        assert_eq!(remove_stale_temporaries(dir.path(), before), 2);
+        assert!(!old.exists() && !old_dir.exists());
+        assert!(current.temp_path().exists());
+        for name in theirs {
+            assert!(deep.join(name).exists(), "{name}");
+        }
+    }
 
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -98,6 +98,12 @@ impl RunLayout {
         self.root.join("outputs.json")
     }
 
+    /// `shard-contents.json`: the SHA-256 of each shard of the dataset, with the size and
+    /// modification time it was hashed at (a cache: a shard is hashed again when they change).
+    pub fn shard_contents(&self) -> PathBuf {
+        self.root.join("shard-contents.json")
+    }
+
     /// `units/`: the records of finished work.
     pub fn units(&self) -> PathBuf {
         self.root.join("units")

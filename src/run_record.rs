@@ -1,6 +1,6 @@
 //! `OUTPUT/study.json`: what a run folder holds, written before any work starts so that a report
 //! (or another tool) can read a run folder, finished or not, without the study file. The
-//! pipeline makes it (`StudyRecord::of`, in `pipeline/record.rs`); the report reads it.
+//! pipeline makes it (`StudyRecord::of`, in `pipeline/plan/record.rs`); the report reads it.
 
 use std::path::{Path, PathBuf};
 

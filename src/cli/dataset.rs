@@ -72,7 +72,9 @@ pub enum DatasetCommand {
     /// the rows read (with -n processes, run one per process and add up their rows).
     #[command(disable_help_flag = true)]
     Scan {
-        dir: PathBuf,
+        /// The dataset folder.
+        #[arg(required_unless_present = "hostfile")]
+        dir: Option<PathBuf>,
         /// Read and decode the images too (otherwise only ids and captions are read).
         #[arg(long)]
         decode: bool,
@@ -105,12 +107,21 @@ pub struct TargetArgs {
     /// The dataset folder to write.
     #[arg(long)]
     out: PathBuf,
-    /// Rows per shard.
-    #[arg(long, default_value_t = 2048)]
+    /// Rows per shard (at least 1).
+    #[arg(long, default_value_t = 2048, value_parser = at_least_one)]
     shard_rows: usize,
     /// Add rows to the dataset already in --out (new shards, new sample ids).
     #[arg(long)]
     append: bool,
+}
+
+/// A count that must be at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("0 is not allowed: give 1 or more".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl From<TargetArgs> for ImportTarget {
@@ -180,7 +191,13 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
             json,
             help: _,
         } => {
-            let summary = crate::pipeline::scan(&dir, &workers.into(), decode, batch_rows)?;
+            let Some(workers) = workers.args() else {
+                return super::workers::print_help(&["dataset", "scan"]);
+            };
+            let Some(dir) = dir else {
+                anyhow::bail!("name the dataset folder to scan: saeshare dataset scan DIR ...");
+            };
+            let summary = crate::pipeline::scan(&dir, &workers, decode, batch_rows)?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {

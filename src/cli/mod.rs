@@ -135,16 +135,30 @@ pub struct DiffArgs {
     pub b: std::path::PathBuf,
     /// The largest difference of a float column allowed, relative to the column's largest
     /// magnitude in A; every other column must be equal.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = parse_tolerance)]
     pub tolerance: f64,
     /// Columns whose cells may differ, counted apart (comma-separated): choices among values
     /// equal within rounding, like `best_feature`, the partner whose `rho` is largest, which a
-    /// tie at the last bit decides. Their values are still checked through the float columns.
-    #[arg(long, value_delimiter = ',')]
+    /// tie at the last bit decides (tied features of one run on 1 and 2 workers). Their values
+    /// are still checked through the float columns. By default `best_feature` and `best_layer`
+    /// (the all-layers argmax); `--may-differ ''` counts their cells as differences too.
+    #[arg(long, value_delimiter = ',', default_value = "best_feature,best_layer")]
     pub may_differ: Vec<String>,
     /// Also write the comparison to this JSON file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+/// A tolerance is a finite number, 0 or more: NaN would let every difference through.
+fn parse_tolerance(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{text} is not a tolerance: give a finite number, 0 or more"
+        ))
+    }
 }
 
 /// Prints one line per table and fails when a table differs beyond the tolerance.

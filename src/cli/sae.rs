@@ -15,7 +15,7 @@ pub enum SaeCommand {
     /// Train an SAE on one layer of an activation file (as `saeshare encode` writes).
     #[command(
         mut_arg("activations", |a| a.help("The activation file")),
-        mut_arg("layer", |a| a.help("The layer to train on, as the file names it")),
+        mut_arg("layer", |a| a.help("The layer to train on, as the file names it").required(true)),
         mut_arg("out", |a| a.help(
             "The SAE's folder: sae.safetensors, optimizer.safetensors, sae.json, checkpoints/"
         )),
@@ -41,7 +41,17 @@ pub enum SaeCommand {
     },
     /// Write the sparse codes of a trained SAE on one layer of an activation file:
     /// sample_id, feature, value, one row per active latent.
-    #[command(mut_arg("out", |a| a.help("The codes file to write; it must not exist")))]
+    #[command(
+        mut_arg("activations", |a| a.help(
+            "The activation file (pooled, as `saeshare encode` without --tokens writes)"
+        )),
+        mut_arg("layer", |a| a.help(
+            "The layer to encode, as the file names it (default: the layer a saeshare SAE \
+             records it was trained on)"
+        )),
+        mut_arg("out", |a| a.help("The codes file to write; it must not exist")),
+        mut_arg("device", |a| a.help("cpu, cuda or cuda:N")),
+    )]
     Encode {
         /// The SAE: saeshare's folder (as `sae train --out` wrote it), SAELens' or sparsify's
         /// folder, or saev's checkpoint file (the format is detected; `sae inspect` shows it).
@@ -79,7 +89,7 @@ pub struct LayerArgs {
     #[arg(long)]
     activations: PathBuf,
     #[arg(long)]
-    layer: String,
+    layer: Option<String>,
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value = "cpu")]
@@ -158,6 +168,18 @@ impl From<SaeArgs> for SaeConfig {
     }
 }
 
+/// The layer a saeshare SAE records it was trained on; other formats do not record one.
+fn recorded_layer(sae: &std::path::Path) -> anyhow::Result<String> {
+    match crate::sae::read_meta(sae) {
+        Ok(meta) if !meta.source.layer.is_empty() => Ok(meta.source.layer),
+        _ => anyhow::bail!(
+            "{}: the SAE records no layer it was trained on (only saeshare's SAEs do); name the \
+             layer of the activation file with --layer",
+            sae.display()
+        ),
+    }
+}
+
 pub fn run(command: SaeCommand) -> anyhow::Result<()> {
     match command {
         SaeCommand::Train {
@@ -171,13 +193,14 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
             let options = TrainFileOptions {
                 device: input.device.check_available()?,
                 activations: input.activations,
-                layer: input.layer,
+                layer: input.layer.expect("clap requires --layer for train"),
                 out: input.out,
                 buffer_rows,
                 checkpoint_every,
                 resume,
                 log_every,
             };
+            let config_dead_after = config.dead_after_tokens;
             let report = train_from_file(&config.into(), &options)?;
             println!(
                 "SAE in {}: {} steps ({} this run), {} tokens",
@@ -188,9 +211,21 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
             );
             if let Some(m) = report.last {
                 println!(
-                    "final: FVU {:.4}, MSE {:.4e}, L0 {:.1}, dead fraction {:.3}",
-                    m.fvu, m.mse, m.l0, m.dead_fraction
+                    "final: FVU {:.4}, MSE {:.4e}, L0 {:.1}, dead fraction {:.3}, never fired {:.3}",
+                    m.fvu,
+                    m.mse,
+                    m.l0,
+                    m.dead_fraction,
+                    m.never_fired.unwrap_or(0.0)
                 );
+                if report.tokens < config_dead_after {
+                    println!(
+                        "(dead_after_tokens is {config_dead_after}, longer than the {} tokens \
+                         of the fit: no latent could count as dead; `never fired` counts the \
+                         latents that did not fire once)",
+                        report.tokens
+                    );
+                }
             }
             Ok(())
         }
@@ -211,11 +246,15 @@ pub fn run(command: SaeCommand) -> anyhow::Result<()> {
                 batch_rows,
                 read_out,
             };
+            let layer = match input.layer {
+                Some(layer) => layer,
+                None => recorded_layer(&sae)?,
+            };
             let summary = crate::sae::encode_file(
                 &sae,
                 &options,
                 &input.activations,
-                &input.layer,
+                &layer,
                 &input.out,
                 settings,
             )?;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::workers::WorkerFlags;
-use crate::pipeline::{FitOn, FolderState, Plan, Study, WorkerArgs};
+use crate::pipeline::{FitOn, FolderState, Plan, Study};
 use crate::report::ReportOptions;
 
 #[derive(Debug, Subcommand)]
@@ -100,8 +100,14 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         for what in &checked.to_provide {
             println!("  {what}");
         }
+        anyhow::bail!(
+            "{}: the study cannot run until the {} thing(s) listed above exist",
+            file.display(),
+            checked.to_provide.len()
+        );
     }
     if let Some(plan) = checked.plan {
+        print_fit_passes(&plan);
         println!(
             "plan: {} shard(s), {} rows; {} SAE set(s), {} pair(s); every check passed",
             plan.dataset.shards().len(),
@@ -113,11 +119,51 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many passes over its rows each fitted encoder's SAEs take, warned of where many: a pass
+/// beyond the first replays rows from memory (or encodes the dataset again), and SAEs that
+/// see the same rows dozens of times learn them by heart.
+fn print_fit_passes(plan: &Plan) {
+    use crate::pipeline::{fit_rows_per_pass, FitRowsEstimate};
+    for (_, e) in plan.named_encoders().filter(|(_, e)| e.fits_any()) {
+        let estimate = fit_rows_per_pass(e, plan.dataset.rows());
+        let passes = estimate.passes(e.sae.steps, e.sae.batch_size);
+        let (rows, said) = match estimate {
+            FitRowsEstimate::Exactly(r) => (format!("{r} rows"), format!("{passes:.1} passes")),
+            FitRowsEstimate::AtMost(r) => (
+                format!("at most {r} rows"),
+                format!("at least {passes:.1} passes"),
+            ),
+            FitRowsEstimate::AtLeast(r) => (
+                format!("at least {r} rows"),
+                format!("at most {passes:.1} passes"),
+            ),
+        };
+        println!(
+            "  fit {}: {} steps of {} rows over {rows} a pass: {said}",
+            e.name, e.sae.steps, e.sae.batch_size
+        );
+        if !matches!(estimate, FitRowsEstimate::AtLeast(_)) && passes > MANY_PASSES {
+            tracing::warn!(
+                "{}: the SAEs of {} see each row about {passes:.0} times ({} steps x {} rows over \
+                 {rows}); fewer steps, or more data, fit them without learning the rows by heart",
+                plan.study.name,
+                e.name,
+                e.sae.steps,
+                e.sae.batch_size
+            );
+        }
+    }
+}
+
+/// Passes over the rows beyond which `study check` warns.
+const MANY_PASSES: f64 = 10.0;
+
 /// `saeshare run STUDY.toml [-w N] [-n P -p I -h HOSTFILE]`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The study file (pipelines/demo.toml is the embedded default).
-    pub study: PathBuf,
+    #[arg(required_unless_present = "hostfile")]
+    pub study: Option<PathBuf>,
     #[command(flatten)]
     pub workers: WorkerFlags,
     /// Skip the HTML report (`saeshare report OUTPUT` makes it later).
@@ -129,8 +175,13 @@ pub struct RunArgs {
 }
 
 pub fn run_study(args: RunArgs) -> anyhow::Result<()> {
-    let workers = WorkerArgs::from(args.workers);
-    let summary = crate::pipeline::run_study(&args.study, &workers)?;
+    let Some(workers) = args.workers.args() else {
+        return super::workers::print_help(&["run"]);
+    };
+    let Some(study) = args.study else {
+        anyhow::bail!("name the study file to run: saeshare run STUDY.toml -h HOSTFILE ...");
+    };
+    let summary = crate::pipeline::run_study(&study, &workers)?;
     if workers.process != 0 {
         return Ok(());
     }

@@ -18,18 +18,39 @@ pub struct WorkerFlags {
     /// Which of the processes this one is, from 0.
     #[arg(short = 'p', long = "process", default_value_t = WorkerArgs::default().process)]
     pub process: usize,
-    /// A file with one `host:port` line per process.
-    #[arg(short = 'h', long = "hostfile")]
-    pub hostfile: Option<PathBuf>,
+    /// A file with one `host:port` line per process (`-h` alone prints this help).
+    #[arg(short = 'h', long = "hostfile", num_args = 0..=1, value_name = "HOSTFILE")]
+    pub hostfile: Option<Option<PathBuf>>,
 }
 
-impl From<WorkerFlags> for WorkerArgs {
-    fn from(flags: WorkerFlags) -> Self {
-        WorkerArgs {
-            workers: flags.workers,
-            processes: flags.processes,
-            process: flags.process,
-            hostfile: flags.hostfile,
-        }
+impl WorkerFlags {
+    /// The flags as the pipeline takes them, or `None` for `-h` without a file: the user
+    /// asked for help, as `-h` means everywhere else.
+    pub fn args(self) -> Option<WorkerArgs> {
+        let hostfile = match self.hostfile {
+            Some(None) => return None,
+            Some(Some(file)) => Some(file),
+            None => None,
+        };
+        Some(WorkerArgs {
+            workers: self.workers,
+            processes: self.processes,
+            process: self.process,
+            hostfile,
+        })
     }
+}
+
+/// Prints the help of subcommand `path` (`["run"]`, `["dataset", "scan"]`).
+pub fn print_help(path: &[&str]) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut command = super::Cli::command();
+    for name in path {
+        command = command
+            .find_subcommand(name)
+            .cloned()
+            .expect("the subcommand exists");
+    }
+    command.print_help()?;
+    Ok(())
 }

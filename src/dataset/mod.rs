@@ -30,6 +30,10 @@ pub use writer::{DatasetWriter, NewRow, WriteSummary, WriterOptions};
 pub enum DatasetError {
     #[error("{path}: no such file or folder")]
     NotFound { path: PathBuf },
+    #[error("{path}: a file, not a dataset folder; name the folder that holds the shards")]
+    NotAFolder { path: PathBuf },
+    #[error("{out}: nothing was imported: every input was skipped ({skipped}); the dataset is left as it was")]
+    NothingImported { out: PathBuf, skipped: String },
     #[error("{dir}: no Parquet shards (*.parquet) in this folder; make some with `saeshare dataset import-folder`, `import-coco`, `import-hf` or `build-emoji`")]
     Empty { dir: PathBuf },
     #[error("{dir}: already holds shards; choose an empty folder, or pass --append to add rows")]

@@ -86,6 +86,11 @@ pub struct SkippedRow {
 impl Dataset {
     /// Opens a dataset folder, checking every shard's schema and format version.
     pub fn open(dir: &Path) -> Result<Dataset> {
+        if dir.is_file() {
+            return Err(DatasetError::NotAFolder {
+                path: dir.to_path_buf(),
+            });
+        }
         if !dir.is_dir() {
             return Err(DatasetError::NotFound {
                 path: dir.to_path_buf(),

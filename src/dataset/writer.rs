@@ -78,6 +78,8 @@ pub struct DatasetWriter {
     next_id: u64,
     pending: Vec<NewRow>,
     open: Option<OpenShard>,
+    /// An append's finished shards, written and synced, renamed into place by `finish`.
+    held: Vec<(AtomicFile, PathBuf)>,
     summary: WriteSummary,
 }
 
@@ -141,6 +143,7 @@ impl DatasetWriter {
             next_id,
             pending: Vec::new(),
             open: None,
+            held: Vec::new(),
             summary: WriteSummary {
                 first_sample_id: next_id,
                 ..WriteSummary::default()
@@ -166,10 +169,21 @@ impl DatasetWriter {
         Ok(id)
     }
 
-    /// Writes what is queued and renames the last shard into place.
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.summary.rows + self.pending.len() as u64
+    }
+
+    /// Writes what is queued and puts the new shards in place: a new dataset's folder renamed
+    /// into place, or an append's shards renamed into the dataset's folder once every one of
+    /// them is written and synced (a failure before leaves the dataset as it was: a retry
+    /// does not add rows twice).
     pub fn finish(mut self) -> Result<WriteSummary> {
         self.flush()?;
         self.close_shard()?;
+        for (file, path) in std::mem::take(&mut self.held) {
+            file.commit_new().map_err(DatasetError::io(&path))?;
+        }
         let mut summary = std::mem::take(&mut self.summary);
         if let Some(staging) = self.staging.take() {
             // The folder was checked empty at create.
@@ -278,7 +292,13 @@ impl DatasetWriter {
             .writer
             .into_inner()
             .map_err(FileError::not_parquet(&path))?;
-        file.commit_new().map_err(DatasetError::io(&path))?;
+        if self.staging.is_some() {
+            file.commit_new().map_err(DatasetError::io(&path))?;
+        } else {
+            // An append: held back until every new shard is written ([`Self::finish`]).
+            file.file().sync_all().map_err(DatasetError::io(&path))?;
+            self.held.push((file, path.clone()));
+        }
         tracing::debug!(shard = %path.display(), rows = shard.rows, "wrote shard");
         self.summary.shards.push(path);
         Ok(())

@@ -182,9 +182,12 @@ impl Manifest {
             (Some(_), OutputKind::Tokens) => {
                 return Err(format!(
                     "image_size: {} is a transformer, whose position embeddings fix its input \
-                     size ({:?}); only convolutional networks (feature-map outputs) take another",
+                     size ({}); only convolutional networks (feature-map outputs) take another",
                     self.name,
-                    self.image.as_ref().map(|i| i.input_size)
+                    match self.image.as_ref().map(|i| i.input_size) {
+                        Some([h, w]) => format!("{h} x {w} px"),
+                        None => "its package's".to_string(),
+                    }
                 ))
             }
             (None, _) => return Err(format!("image_size: {} reads captions", self.name)),

@@ -3,50 +3,40 @@
 //!
 //! - [`Study`]: the study file, typed. [`Plan`]: the study resolved against the disk.
 //! - [`Units`]: the manifest of finished work that makes runs resumable and incremental.
-//! - `fit`, `compare`: the two dataflows; `outputs`: the study-wide tables.
-//! - [`run_study`]: all of it, on `-w` threads and `-n` processes.
-//! - [`scan`]: a dataset streamed through a dataflow, to measure reading.
-//! - [`bench_memory`], [`bench_fit`], [`bench_encoders`]: `saeshare bench pipeline`, `bench
-//!   fit` and `bench encoders`.
+//!
+//! The layout follows that: `plan/` (the study file, its checks, the encoders chosen, the
+//! imported SAEs, the ceiling's twins, the plan), `stages/` (the fit and compare dataflows and
+//! what their operators share, the pairs' tables, the study-wide outputs), `bench/` (what the
+//! pipeline measures of itself: [`bench_memory`], [`bench_fit`], [`bench_encoders`], [`scan`]),
+//! and at the top what a run is made of: [`run_study`] (all of it, on `-w` threads and `-n`
+//! processes), the run folder's claim and lock, the units' records and the workers' flags.
 
 mod bench;
-mod bench_encoders;
-mod bench_fit;
-mod cache;
-mod ceiling;
-mod choice;
-mod compare;
-mod encoding;
-mod fit;
-mod imports;
-mod outputs;
-mod pairs;
+mod cluster;
 mod plan;
-mod prepare;
-mod record;
 mod run;
 mod run_folder;
-mod scan;
-mod source;
-mod stage;
-mod study;
-mod study_checks;
+mod stages;
 mod units;
 mod workers;
+
+// The modules of the plan and of the stages, by their short names, for the rest of `pipeline`.
+use plan::{ceiling, choice, imports, prepare, record, study, study_checks};
+use stages::{cache, compare, encoding, fit, outputs, pairs, source, stage};
 
 pub use crate::digest::fingerprint;
 pub use crate::run_record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
 };
-pub use bench::{bench_memory, MemoryBench, MemoryFigure};
-pub use bench_encoders::{bench_encoders, EncoderFigure, SHAPES_TIMED};
-pub use bench_fit::{bench_fit, FitFigure};
+pub use bench::encoders::{bench_encoders, EncoderFigure, SHAPES_TIMED};
+pub use bench::fit::{bench_fit, FitFigure};
+pub use bench::memory::{bench_memory, MemoryBench, MemoryFigure};
+pub use bench::scan::{scan, ScanSummary};
 pub use imports::{ImportSpec, ImportedSae};
-pub use plan::{Plan, PlannedEncoder, PlannedPair};
+pub use plan::{fit_rows_per_pass, FitRowsEstimate, Plan, PlannedEncoder, PlannedPair};
 pub use prepare::StudyCheck;
 pub use run::{peak_memory_mib, run_study, RunSummary};
 pub use run_folder::{FolderState, RunFolder, LOCK_FILE, MARKER_FILE};
-pub use scan::{scan, ScanSummary};
 pub use source::{shard_source, SourceErrors};
 pub use study::{
     default_batch_size, BaselinesSpec, CodesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, FitOn,

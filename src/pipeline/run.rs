@@ -17,12 +17,13 @@ use std::time::Instant;
 use serde::Serialize;
 use timely::worker::Worker;
 
+use super::cluster::Connected;
 use super::compare::{self, CompareWork};
 use super::encoding::WorkerModels;
 use super::fit;
 use super::outputs;
 use super::pairs;
-use super::plan::Plan;
+use super::plan::{Plan, ShardIdentity};
 use super::run_folder::RunFolder;
 use super::stage::{any_failed, barrier, run_to_completion, Failure, StageContext, StageCounters};
 use super::study::Study;
@@ -62,23 +63,19 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     let start = Instant::now();
     workers.validate()?;
     let study = Study::read(path)?;
-    let (output, dataset) = Plan::folders(&study, path);
-    // Held until the summary is dropped: one run at a time in a folder that is a run folder.
-    let folder = RunFolder::claim(&output, &dataset, &workers.run_id(path), &command_line())?;
-    let plan = Arc::new(Plan::resolve(study, path)?);
-    if workers.process == 0 {
-        StudyRecord::of(&plan, path).write(&plan.output)?;
-    }
-    let todo = Todo::of(&plan);
-    todo.log(&plan, workers);
-    let mut summary = todo.summary(&plan, folder);
-    if workers.process == 0 {
-        for &e in &todo.fit {
-            remove_old_saes(&plan, e);
+    // The processes connect first: the run id that shares the lock is one they agree on.
+    let connected = workers.connect(path)?;
+    let (plan, todo, mut summary) = match begin(study, path, workers, &connected.run_id) {
+        Ok(begun) => begun,
+        Err(error) => {
+            // The peers, which failed alike (another run holds the folder, the plan is
+            // refused), are told this process is done rather than seeing it vanish.
+            connected.close();
+            return Err(error);
         }
-    }
+    };
     let bars = StageBars::new(&plan, &todo, workers);
-    let totals = run_workers(plan.clone(), todo, bars.clone(), workers);
+    let totals = run_workers(connected, plan.clone(), todo, bars.clone(), workers);
     bars.finish();
     summary.add_totals(totals?, start);
     if workers.process == 0 {
@@ -86,6 +83,41 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
         crate::atomic::write(&path, &serde_json::to_vec_pretty(&summary)?)?;
     }
     Ok(summary)
+}
+
+/// Everything before the workers start: the folder claimed for `run_id` (and cleared of what
+/// killed runs left), the plan, what is to do, and the SAEs to be fitted again removed.
+fn begin(
+    study: Study,
+    path: &Path,
+    workers: &WorkerArgs,
+    run_id: &str,
+) -> anyhow::Result<(Arc<Plan>, Todo, RunSummary)> {
+    let begun_at = std::time::SystemTime::now();
+    let (output, dataset) = Plan::folders(&study, path);
+    // Held until the summary is dropped: one run at a time in a folder that is a run folder.
+    let folder = RunFolder::claim(&output, &dataset, run_id, &command_line())?;
+    if workers.process == 0 {
+        // Temporaries older than this run are a killed run's: no other run writes here now.
+        // The processes on other machines write theirs after connecting; their clocks may
+        // be a little off this one's.
+        let margin = std::time::Duration::from_secs(if workers.processes == 1 { 0 } else { 60 });
+        crate::atomic::remove_stale_temporaries(&output, begun_at - margin);
+    }
+    let plan = Arc::new(Plan::resolve(study, path)?);
+    if workers.process == 0 {
+        StudyRecord::of(&plan, path).write(&plan.output)?;
+        plan.contents.save(&plan.layout().shard_contents())?;
+    }
+    let todo = Todo::of(&plan);
+    todo.log(&plan, workers);
+    let summary = todo.summary(&plan, folder);
+    if workers.process == 0 {
+        for &e in &todo.fit {
+            remove_old_saes(&plan, e);
+        }
+    }
+    Ok((plan, todo, summary))
 }
 
 /// What a run has to do, from the manifest: the encoders whose SAEs are fitted, and the
@@ -98,12 +130,44 @@ struct Todo {
 impl Todo {
     fn of(plan: &Plan) -> Todo {
         let units = Units::new(&plan.output);
-        let fit: Vec<EncoderId> = (plan.encoder_ids())
+        let identities = plan.shard_identities();
+        let mut fit: Vec<EncoderId> = (plan.encoder_ids())
             .filter(|&e| {
-                let (unit, fingerprint) = plan.sae_unit(e);
-                !units.is_done(&unit, &fingerprint)
+                if !plan.saes_done(&units, e) {
+                    return true;
+                }
+                let (unit, _) = plan.sae_unit(e);
+                let Some(changed) = changed_since_fit(&units, &unit, &identities) else {
+                    return false;
+                };
+                tracing::warn!(
+                    "{}: {changed} since its SAEs were fitted on it; they are fitted again",
+                    plan.encoder(e).name
+                );
+                true
             })
             .collect();
+        // An encoder and its ceiling twin are fed the very same rows: when one of them is
+        // fitted and the other was fitted on other shards (rows appended since), both are.
+        for e in plan.encoder_ids() {
+            let Some(base) = plan.encoder(e).twin_of else {
+                continue;
+            };
+            if fit.contains(&e) == fit.contains(&base) {
+                continue;
+            }
+            let other = if fit.contains(&e) { base } else { e };
+            let (unit, _) = plan.sae_unit(other);
+            if fitted_on(&units, &unit).is_some_and(|on| on != identities) {
+                tracing::warn!(
+                    "{}: fitted on other shards than the study has now, and the ceiling's SAEs \
+                     are fitted on all of them; fitted again, so that both see the same rows",
+                    plan.encoder(other).name
+                );
+                fit.push(other);
+            }
+        }
+        fit.sort();
         let mut compare = CompareWork::of(plan, &units);
         // New SAEs make new codes and new sums, whatever the manifest says of older ones.
         for &e in &fit {
@@ -219,6 +283,7 @@ impl RunSummary {
 /// Runs the stages on this process's workers and returns their totals, or the error of the
 /// worker that failed (rather than of those that stopped for it).
 fn run_workers(
+    connected: Connected,
     plan: Arc<Plan>,
     todo: Todo,
     bars: StageBars,
@@ -229,7 +294,7 @@ fn run_workers(
     let sink = totals.clone();
     let torch_threads = workers.torch_threads();
     tracing::debug!(torch_threads, "libtorch intra-op threads per worker");
-    let guards = timely::execute(workers.timely_config()?, move |worker| {
+    let guards = connected.execute(move |worker| {
         // Per thread in OpenMP: each worker sets its own, and its step threads copy it.
         crate::torch::set_thread_torch_threads(torch_threads);
         let mut stages = WorkerStages::new(worker, plan.clone(), todo.clone(), bars.clone());
@@ -237,8 +302,7 @@ fn run_workers(
         stages.compare(worker);
         stages.outputs(worker);
         stages.end(worker, &sink)
-    })
-    .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))?;
+    })?;
     let mut errors: Vec<anyhow::Error> = guards
         .join()
         .into_iter()
@@ -446,14 +510,47 @@ fn record_saes(plan: &Plan, fitted: &[EncoderId]) -> anyhow::Result<()> {
         let imported: BTreeMap<&str, String> = (encoder.layer_ids())
             .filter_map(|l| Some((encoder.layer_name(l), encoder.imported(l)?.label())))
             .collect();
-        units.record(
-            &unit,
-            &fingerprint,
-            serde_json::json!({ "layers": encoder.layer_names(), "imported": imported }),
-            &files,
-        )?;
+        let mut detail =
+            serde_json::json!({ "layers": encoder.layer_names(), "imported": imported });
+        if encoder.fits_any() {
+            detail["fitted_on"] = serde_json::to_value(plan.shard_identities())?;
+        }
+        units.record(&unit, &fingerprint, detail, &files)?;
     }
     Ok(())
+}
+
+/// The shards an SAE record says its SAEs were fitted on (records of older versions and of
+/// encoders whose every SAE is imported do not say).
+fn fitted_on(units: &Units, unit: &str) -> Option<Vec<ShardIdentity>> {
+    let record = units.get(unit)?;
+    serde_json::from_value(record.detail.get("fitted_on")?.clone()).ok()
+}
+
+/// What changed of the shards the SAEs of `unit` were fitted on, said for the log: a shard
+/// rewritten under its name or left out of the study. Shards added since are not a change:
+/// SAEs are kept as fitted while rows are appended (docs/DESIGN.md, section 5).
+fn changed_since_fit(units: &Units, unit: &str, now: &[ShardIdentity]) -> Option<String> {
+    let on = fitted_on(units, unit)?;
+    let changes: Vec<String> = (on.iter())
+        .filter_map(|was| match now.iter().find(|s| s.key.0 == was.key.0) {
+            None => Some(format!(
+                "the shard {} is no longer in the dataset",
+                was.key.0
+            )),
+            Some(is) if is != was => Some(format!("the shard {} changed", was.key.0)),
+            Some(_) => None,
+        })
+        .collect();
+    match changes.len() {
+        0 => None,
+        1 => Some(changes[0].clone()),
+        n => Some(format!(
+            "{}, and {} other shard(s) changed",
+            changes[0],
+            n - 1
+        )),
+    }
 }
 
 /// Before encoder `e`'s SAEs are fitted anew: deletes the files its previous SAE record says

@@ -151,7 +151,8 @@ impl RunFolder {
         match lock.try_lock() {
             Ok(()) => {
                 if let Some(previous) = read_holder(&mut lock) {
-                    tracing::info!(
+                    // The normal end of every earlier run: worth a line only when debugging.
+                    tracing::debug!(
                         "taking over {}: its last holder (pid {} on {}) has ended",
                         output.join(LOCK_FILE).display(),
                         previous.pid,

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::cluster::Connected;
+
 /// `-w N -n P -p I -h HOSTFILE`, as in timely's own examples (the CLI's flags convert into it).
 #[derive(Clone, Debug)]
 pub struct WorkerArgs {
@@ -29,25 +31,18 @@ impl Default for WorkerArgs {
 }
 
 impl WorkerArgs {
-    /// The timely configuration these flags describe, with errors a user can act on.
-    pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
-        use timely::CommunicationConfig;
+    /// This process's workers, connected to the other processes of the run (when there are
+    /// others) through saeshare's handshake ([`Connected`]); `subject` is what the run works
+    /// on (the study file, the dataset), which every process of it names alike.
+    pub fn connect(&self, subject: &Path) -> anyhow::Result<Connected> {
         self.validate()?;
-        let communication = if self.processes == 1 {
-            CommunicationConfig::Process(self.workers)
-        } else {
-            CommunicationConfig::Cluster {
-                threads: self.workers,
-                process: self.process,
-                addresses: self.addresses()?,
-                report: false,
-                zerocopy: false,
-            }
-        };
-        Ok(timely::Config {
-            communication,
-            worker: timely::WorkerConfig::default(),
-        })
+        if self.processes == 1 {
+            return Connected::single(self.workers);
+        }
+        let addresses = self.addresses()?;
+        let subject = std::path::absolute(subject).unwrap_or_else(|_| subject.to_path_buf());
+        let launch = super::fingerprint(&(subject, &addresses, self.processes));
+        Connected::cluster(&addresses, self.process, self.workers, &launch)
     }
 
     /// Checks the counts make sense: at least one worker and one process, `-p` among them.
@@ -70,21 +65,6 @@ impl WorkerArgs {
             self.processes - 1
         );
         Ok(())
-    }
-
-    /// What the processes of one run share without talking, to share the run folder's lock:
-    /// the study file and the addresses of the processes. A run of one process gets an id of
-    /// its own.
-    pub fn run_id(&self, study: &Path) -> String {
-        if self.processes == 1 {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            return format!("{}-{nanos}", std::process::id());
-        }
-        let study = std::path::absolute(study).unwrap_or_else(|_| study.to_path_buf());
-        let addresses = self.addresses().unwrap_or_default();
-        super::fingerprint(&(study, addresses, self.processes))
     }
 
     /// libtorch's intra-op threads for each worker: the machine's cores shared among the worker

@@ -34,8 +34,13 @@ pub struct TrainingMetrics {
     pub fvu: f64,
     /// Active latents per sample.
     pub l0: f64,
-    /// Latents silent for the last `dead_after_tokens` tokens.
+    /// Latents silent for the last `dead_after_tokens` tokens. While fewer tokens than that
+    /// have been seen no latent can count as dead, so this stays 0: read `never_fired` then.
     pub dead_fraction: f64,
+    /// Latents that have not fired once since the fit started (absent in metrics of older
+    /// versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub never_fired: Option<f64>,
     pub lr: f64,
     /// How mixed the batches were: distinct samples per batch, averaged over the steps so far
     /// (a batch of token rows from few samples learns their quirks). Absent when the rows
@@ -215,6 +220,7 @@ impl SaeTrainer {
             fvu: fvu.double_value(&[]),
             l0: code.mean_l0(rows),
             dead_fraction: self.dead_fraction(),
+            never_fired: Some(self.never_fired()),
             lr,
             samples_per_batch: self.samples_per_batch(),
         };
@@ -226,11 +232,24 @@ impl SaeTrainer {
                 fvu = format_args!("{:.4}", metrics.fvu),
                 l0 = format_args!("{:.1}", metrics.l0),
                 dead = format_args!("{:.3}", metrics.dead_fraction),
+                never_fired = format_args!("{:.3}", metrics.never_fired.unwrap_or(0.0)),
                 "sae step"
             );
             self.history.push(metrics.clone());
         }
         Ok(metrics)
+    }
+
+    /// Fraction of latents that have not fired since the fit started: a latent that never
+    /// fired has been silent for every token seen.
+    pub fn never_fired(&self) -> f64 {
+        tch::no_grad(|| {
+            self.since_fired
+                .ge(self.tokens_seen as i64)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[])
+        })
     }
 
     /// Fraction of latents silent for at least `dead_after_tokens` tokens.

@@ -55,6 +55,11 @@ pub struct SavedSums {
     /// `compare --state`'s codes files (canonical path, samples or 0, bytes). Nothing is summed
     /// twice.
     pub shards: Vec<(String, u64, u64)>,
+    /// The SHA-256 of each summed shard's file, by name (the pipeline's; absent in states of
+    /// older versions and in `compare --state`'s): a shard rewritten under its name, with as
+    /// many rows and bytes, is told from the one summed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub contents: std::collections::BTreeMap<String, String>,
     /// Samples summed.
     pub samples: u64,
     /// Samples left out (in one stream but not another).
@@ -75,6 +80,7 @@ impl SavedSums {
             fingerprint,
             generation: 0,
             shards: Vec::new(),
+            contents: Default::default(),
             samples: 0,
             dropped: 0,
             files: Vec::new(),

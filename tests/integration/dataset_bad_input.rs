@@ -7,7 +7,9 @@ use std::sync::Arc;
 use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use saeshare::dataset::import::{import_coco, CocoImport, CocoRows, ImportTarget};
-use saeshare::dataset::{inspect, Dataset, DatasetError, Projection};
+use saeshare::dataset::{
+    inspect, Dataset, DatasetError, DatasetWriter, NewRow, Projection, WriterOptions,
+};
 use saeshare::file_error::FileError;
 
 fn target(out: &std::path::Path) -> ImportTarget {
@@ -321,4 +323,90 @@ fn importing_into_a_dataset_that_exists_asks_for_append() {
     assert!(appended.status.success(), "{}", common::stderr(&appended));
     assert!(common::stdout(&appended).contains("sample ids from 3"));
     assert_eq!(Dataset::open(&out).unwrap().rows(), 13);
+}
+
+#[test]
+fn an_import_that_skips_every_line_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::write(images.join("0.png"), common::png(4, 4, 0)).unwrap();
+    let captions = dir.path().join("captions.csv");
+    std::fs::write(&captions, "file,caption\nmissing.png,a dog\n0.png,\n").unwrap();
+    let out = dir.path().join("data");
+    let import = |extra: &[&str]| {
+        let mut args = vec![
+            "dataset",
+            "import-folder",
+            "--images",
+            images.to_str().unwrap(),
+            "--captions",
+            captions.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        common::saeshare(&args)
+    };
+    let output = import(&[]);
+    let err = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing was imported"), "{err}");
+    assert!(err.contains("1 image file not found"), "{err}");
+    assert!(!out.exists(), "an empty dataset was left");
+
+    // Appended to an existing dataset: an error too, and the dataset is as it was.
+    common::write_dataset(&out, 3, 3);
+    let output = import(&["--append"]);
+    assert_eq!(output.status.code(), Some(1), "{}", common::stderr(&output));
+    assert_eq!(Dataset::open(&out).unwrap().shards().len(), 1);
+
+    // No shard of 0 rows.
+    let output = import(&["--shard-rows", "0"]);
+    let err = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--shard-rows") && err.contains("0 is not allowed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dataset_path_that_is_a_file_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shards.parquet");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let err = Dataset::open(&file).unwrap_err();
+    assert!(matches!(err, DatasetError::NotAFolder { .. }), "{err}");
+    assert!(
+        err.to_string().contains("a file, not a dataset folder"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_append_that_fails_half_way_adds_no_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("data");
+    common::write_dataset(&out, 3, 3);
+    let options = WriterOptions::new(2, "test");
+    let mut writer = DatasetWriter::append(&out, options).unwrap();
+    for i in 0..5u8 {
+        writer
+            .push(NewRow {
+                image: common::png(4, 4, i),
+                caption: format!("row {i}"),
+                extra: Vec::new(),
+            })
+            .unwrap();
+    }
+    // Two shards of the append are complete; the import fails before `finish` (a full disk, a
+    // read error): nothing of it is in the dataset, not even a temporary file.
+    drop(writer);
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["shard-000000.parquet".to_string()]);
+    assert_eq!(Dataset::open(&out).unwrap().rows(), 3);
 }

@@ -10,6 +10,8 @@ static ALLOCATOR: saeshare::allocator::SplitAllocator = saeshare::allocator::Spl
 mod align;
 mod allocator;
 mod browser;
+mod changed_data;
+mod checks_before_work;
 mod codes_and_accumulators;
 mod common;
 mod compare_state;
@@ -23,6 +25,8 @@ mod encoder_parity;
 mod encoder_preprocessing;
 mod encoder_real;
 mod encoder_real_images;
+mod incrementality;
+mod launches;
 mod metric_views;
 mod outputs_by_difference;
 mod pipeline;

@@ -78,6 +78,7 @@ fn sae_train_recovers_atoms_from_a_file_written_by_pyarrow() {
         report.contains("1500 steps") && report.contains("final: FVU"),
         "{report}"
     );
+    assert!(report.contains("never fired"), "{report}");
 
     let (sae, meta) = Sae::load(&out, Device::Cpu).unwrap();
     assert_eq!((meta.d_in, meta.d_sae, meta.steps), (24, 96, 1500));
@@ -104,7 +105,12 @@ fn sae_train_recovers_atoms_from_a_file_written_by_pyarrow() {
     );
 
     // The codes: exactly k = 4 active latents for every one of the 16,000 samples, readable by
-    // the statistics.
+    // the statistics. The layer is the one the SAE records it was trained on.
+    let help = common::stdout(&common::saeshare(&["sae", "encode", "--help"]));
+    assert!(
+        help.contains("The activation file") && help.contains("The layer to encode"),
+        "{help}"
+    );
     let codes = dir.path().join("codes.parquet");
     let encoded = common::saeshare(&[
         "sae",
@@ -113,8 +119,6 @@ fn sae_train_recovers_atoms_from_a_file_written_by_pyarrow() {
         out.to_str().unwrap(),
         "--activations",
         file.to_str().unwrap(),
-        "--layer",
-        "blocks.3",
         "--out",
         codes.to_str().unwrap(),
     ]);

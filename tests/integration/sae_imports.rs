@@ -201,4 +201,44 @@ fn a_bad_import_is_refused_before_any_work_naming_the_layer_and_the_problem() {
     refused(&at(&inside), &["inside the study's output folder"]);
     let roundabout = dir.path().join("other/../bad/kept/x");
     refused(&at(&roundabout), &["inside the study's output folder"]);
+
+    // SAEs of the layer's width whose weights cannot encode: a NaN in W_enc, and a cfg.json
+    // whose d_sae contradicts the tensors. Both are read before any work, naming the SAE.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::tiny_packages().join("dinov2/encoder.json")).unwrap(),
+    )
+    .unwrap();
+    let width = (manifest["layers"].as_array().unwrap().iter())
+        .find(|l| l["name"] == "2")
+        .unwrap()["width"]
+        .as_u64()
+        .unwrap();
+    let (nan, contradicting) = (dir.path().join("nan"), dir.path().join("contradicting"));
+    let made = common::python()
+        .args([
+            "-c",
+            "import json, sys, torch; from sae_lens import TopKSAE, TopKSAEConfig\n\
+             w = int(sys.argv[1])\n\
+             sae = TopKSAE(TopKSAEConfig(d_in=w, d_sae=2 * w, k=2))\n\
+             sae.save_model(sys.argv[3])\n\
+             with torch.no_grad(): sae.W_enc[0, 0] = float('nan')\n\
+             sae.save_model(sys.argv[2])\n\
+             cfg = json.load(open(sys.argv[3] + '/cfg.json'))\n\
+             cfg['d_sae'] = 3 * w\n\
+             json.dump(cfg, open(sys.argv[3] + '/cfg.json', 'w'))",
+        ])
+        .arg(width.to_string())
+        .arg(&nan)
+        .arg(&contradicting)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", common::stderr(&made));
+    refused(
+        &at(&nan),
+        &["NaN or infinite", "W_enc", nan.to_str().unwrap()],
+    );
+    refused(
+        &at(&contradicting),
+        &[contradicting.to_str().unwrap(), "d_sae"],
+    );
 }

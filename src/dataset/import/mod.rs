@@ -132,6 +132,21 @@ impl ImportSink {
     pub(crate) fn finish(mut self) -> Result<ImportReport> {
         self.bar.finish_and_clear();
         self.report.unreadable_images = self.verifier.finish();
+        if self.writer.rows() == 0 {
+            // Dropped uncommitted: a new dataset's staging folder goes, an append adds nothing.
+            let skipped = (self.report.skipped.iter())
+                .map(|(reason, count)| format!("{count} {reason}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(super::DatasetError::NothingImported {
+                out: self.report.out.clone(),
+                skipped: if skipped.is_empty() {
+                    "no input".to_string()
+                } else {
+                    skipped
+                },
+            });
+        }
         let written = self.writer.finish()?;
         self.report.rows = written.rows;
         self.report.shards = written.shards.len();

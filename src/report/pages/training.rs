@@ -25,7 +25,7 @@ const METRICS: [Metric; 3] = [
 pub fn page(site: &Site) -> String {
     let mut body = String::from("<h1>SAE training</h1>");
     body.push_str(&html::partial_notice(site.missing));
-    body.push_str(r#"<p class="note">Recorded while each SAE was fitted, against the samples seen. FVU: the reconstruction's squared error over the batch's variance (lower is better); L0: active latents per sample (k for TopK); dead fraction: latents that have not fired for <code>dead_after_tokens</code> samples.</p>"#);
+    body.push_str(r#"<p class="note">Recorded while each SAE was fitted, against the samples seen. FVU: the reconstruction's squared error over the batch's variance (lower is better); L0: active latents per sample (k for TopK); dead fraction: latents that have not fired for <code>dead_after_tokens</code> samples, 0 while fewer samples than that were seen; never fired: latents that did not fire once in the fit.</p>"#);
     let mut by_encoder: BTreeMap<&str, Vec<&TrainedSae>> = BTreeMap::new();
     for sae in &site.inputs.saes {
         by_encoder.entry(&sae.encoder).or_default().push(sae);
@@ -85,6 +85,8 @@ fn final_values(encoder: &str, saes: &[&TrainedSae]) -> String {
                 cell(METRICS[0].2),
                 cell(METRICS[1].2),
                 cell(METRICS[2].2),
+                last.and_then(|m| m.never_fired)
+                    .map_or("#–".to_string(), |f| format!("#{f:.4}")),
             ]
         })
         .collect();
@@ -100,6 +102,7 @@ fn final_values(encoder: &str, saes: &[&TrainedSae]) -> String {
             "final FVU",
             "final L0",
             "final dead fraction",
+            "never fired",
         ],
         &rows,
     )

@@ -44,6 +44,10 @@ pub struct Study {
     /// Keep each encoder's pooled activations on disk (off: they stream into the SAEs).
     #[serde(default)]
     pub activation_cache: bool,
+    /// The line of each `[encoders.NAME]` table in the file, for the plan's errors about an
+    /// encoder (filled by [`Study::parse`]).
+    #[serde(skip)]
+    pub encoder_lines: BTreeMap<String, usize>,
 }
 
 /// How the fit pass feeds the SAEs.
@@ -108,7 +112,7 @@ impl FitSpec {
     /// The mixing buffer's rows for a layer of `width` floats.
     pub fn buffer_rows_for(&self, width: usize) -> usize {
         match self.buffer_mib {
-            Some(mib) => (mib * 1024 * 1024 / (4 * width.max(1))).max(1),
+            Some(mib) => (mib.saturating_mul(1 << 20) / (4 * width.max(1))).max(1),
             None => self.buffer_rows,
         }
     }
@@ -252,7 +256,7 @@ pub struct EncoderSpec {
     /// SAEs trained elsewhere, by layer name, used instead of fitting one: a path, or a table
     /// with `path` and optionally `format`, `ceiling`, `scale_mean`, `scale_norm`.
     #[serde(default)]
-    pub saes: BTreeMap<String, super::imports::ImportSpec>,
+    pub saes: BTreeMap<String, crate::pipeline::imports::ImportSpec>,
 }
 
 fn default_layers() -> String {
@@ -361,7 +365,7 @@ impl Study {
     }
 
     /// Parses and checks study text; `path` names it in errors. Every check that needs no file
-    /// is made here (names, references, settings); [`super::Plan::check`] makes the rest.
+    /// is made here (names, references, settings); [`crate::pipeline::Plan::check`] makes the rest.
     pub fn parse(path: &Path, text: &str) -> Result<Study, StudyError> {
         let at = |span: Option<Range<usize>>, problem: String| StudyError {
             file: path.to_path_buf(),
@@ -371,10 +375,19 @@ impl Study {
         let study: Study =
             toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
         // The same text again for the lines of tables serde's typed pass keeps no span of.
-        let lines: super::study_checks::StudyLines =
+        let lines: crate::pipeline::study_checks::StudyLines =
             toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
-        super::study_checks::check(&study, &lines, &at)?;
+        crate::pipeline::study_checks::check(&study, &lines, &at)?;
+        let mut study = study;
+        study.encoder_lines = lines.encoder_lines(|span| line_of(text, span.start));
         Ok(study)
+    }
+
+    /// `FILE:LINE: [encoders.NAME]`: where an error about encoder `name` of the study in
+    /// `path` points.
+    pub fn encoder_at(&self, path: &Path, name: &str) -> String {
+        let line = self.encoder_lines.get(name).copied().unwrap_or(0);
+        format!("{}{}: [encoders.{name}]", path.display(), line_suffix(line))
     }
 
     /// What `encoder`'s SAEs are fitted on: `[fit]` with the encoder's keys on top.

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use tch::Device;
 
-use super::cache;
-use super::plan::Plan;
-use super::units::Units;
 use crate::dataset::SampleBatch;
 use crate::encoder::{EncodedRows, Encoder, StageTimes, TokenSelection};
 use crate::ids::{EncoderId, EncoderLayer, ShardId};
+use crate::pipeline::cache;
+use crate::pipeline::plan::Plan;
+use crate::pipeline::units::Units;
 use crate::sae::{Sae, SampleCode};
 
 /// One worker's encoders and SAEs.

@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::Plan;
-use super::record::query_records;
-use super::units::MadeFile;
 use crate::ids::EncoderId;
 use crate::metrics::{
     ceiling_for, tables, Changes, FeatureMatch, MetricViews, MppcRow, SharednessQuery,
     SharednessRow, WmppcKey, WmppcRow,
 };
+use crate::pipeline::plan::Plan;
+use crate::pipeline::record::query_records;
+use crate::pipeline::units::MadeFile;
 use crate::run_record::QueryRecord;
 
 /// What the outputs stage wrote and the rows of the wMPPC matrix it prints.
@@ -127,7 +127,9 @@ impl StudyViews {
         }
         let changes = views.step().clone();
         tracing::info!(
-            "outputs: {} mppc row(s) out and {} in since the last outputs; {} wMPPC value(s) and {} ranked feature(s) changed",
+            "outputs: {} mppc row(s) out and {} in since the last outputs; {} wMPPC value(s) and \
+             {} ranked feature(s) changed (the floor and ceiling columns are read from the pairs' \
+             tables, not counted here)",
             rows.removed,
             rows.added,
             changes.wmppc.len(),

@@ -1,7 +1,7 @@
 //! The compare pass: shards -> encoder -> SAE codes -> codes store (one file per encoder, layer
 //! and shard) -> per-shard co-activation accumulators of every compared pair, exchanged to the
 //! worker that owns the pair -> merged, in shard order, into the pair's saved state -> MPPC and
-//! the pair's tables (the pair owner's half is [`super::pairs`]).
+//! the pair's tables (the pair owner's half is [`crate::pipeline::pairs`]).
 //!
 //! The codes of different encoders meet where the shard is read: one worker encodes a whole
 //! shard with every encoder, so a pair's accumulators for that shard need no exchange of codes,
@@ -22,15 +22,15 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 use timely::worker::Worker;
 
-use super::plan::{shard_key, Plan};
-use super::source::shard_source;
-use super::stage::{passed, projection_for, Failure, StageContext};
-use super::units::Units;
 use crate::codes::{CodesMeta, CodesWriter};
 use crate::dataset::{SampleBatch, ShardInfo};
 use crate::encoder::READER_BATCH_ROWS;
 use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::metrics::{accumulate_files, CompareOptions};
+use crate::pipeline::plan::{shard_key, Plan};
+use crate::pipeline::source::shard_source;
+use crate::pipeline::stage::{passed, projection_for, Failure, StageContext};
+use crate::pipeline::units::Units;
 use crate::sae;
 use crate::stats::SavedSums;
 use crate::stats::{AccumulatorOptions, MissingSamples};
@@ -57,7 +57,7 @@ impl CompareWork {
                 (plan.shard_ids())
                     .map(|s| {
                         let (unit, fingerprint) = plan.codes_unit(e, s);
-                        !units.is_done(&unit, &fingerprint)
+                        !plan.is_done_on_shard(units, &unit, &fingerprint, s)
                     })
                     .collect()
             })
@@ -87,7 +87,16 @@ impl CompareWork {
             );
             state = None;
         }
-        self.restart.push(problem.is_some());
+        let changed = state.as_ref().and_then(|s| changed_shards(plan, s));
+        if let Some(changed) = &changed {
+            tracing::warn!(
+                "pair {}: {changed} since its sums were saved; every shard is summed anew from \
+                 the codes",
+                plan.pair(p).key
+            );
+            state = None;
+        }
+        self.restart.push(problem.is_some() || changed.is_some());
         let covered =
             |s: &ShardInfo| (state.as_ref()).is_some_and(|st| st.shards.contains(&shard_key(s)));
         let shards = plan.dataset.shards();
@@ -154,6 +163,44 @@ impl CompareWork {
     }
 }
 
+/// What summed in `state` is no longer in the dataset as it was summed (a shard rewritten under
+/// its name, or left out of the study), said for the log; `None` when every summed shard is.
+/// Such sums cannot be built on: a shard's old sums cannot be taken out of a total.
+fn changed_shards(plan: &Plan, state: &SavedSums) -> Option<String> {
+    let now: HashMap<String, (ShardId, (String, u64, u64))> = (plan.shard_ids())
+        .map(|s| {
+            let key = shard_key(plan.shard(s));
+            (key.0.clone(), (s, key))
+        })
+        .collect();
+    let changes: Vec<String> = (state.shards.iter())
+        .filter_map(|summed| {
+            let name = &summed.0;
+            let Some((s, key)) = now.get(name) else {
+                return Some(format!("the shard {name} is no longer in the dataset"));
+            };
+            if key != summed {
+                return Some(format!(
+                    "the shard {name} changed ({} rows and {} bytes, {} and {} when summed)",
+                    key.1, key.2, summed.1, summed.2
+                ));
+            }
+            let sha = state.contents.get(name)?;
+            (sha != plan.contents.digest(*s))
+                .then(|| format!("the shard {name} changed (its SHA-256 differs)"))
+        })
+        .collect();
+    match changes.len() {
+        0 => None,
+        1 => Some(changes[0].clone()),
+        n => Some(format!(
+            "{}, and {} other shard(s) changed",
+            changes[0],
+            n - 1
+        )),
+    }
+}
+
 /// One pair's co-activation sums over one shard, `[source layer][target layer]` as bytes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PairPartial {
@@ -169,7 +216,7 @@ pub struct PairPartial {
 /// The partial sums this worker received for the pairs it owns.
 #[derive(Default)]
 pub struct OwnedPairs {
-    pub(super) partials: BTreeMap<PairId, Vec<PairPartial>>,
+    pub(in crate::pipeline) partials: BTreeMap<PairId, Vec<PairPartial>>,
 }
 
 /// One sample's code.
@@ -179,7 +226,7 @@ type Code = (u64, Vec<u32>, Vec<f32>);
 type ShardCodes = HashMap<EncoderLayer, Vec<Code>>;
 
 /// Builds the compare dataflow in `worker`. Once the worker has run it to completion,
-/// [`super::pairs::finish`] merges and tabulates the pairs this worker owns.
+/// [`crate::pipeline::pairs::finish`] merges and tabulates the pairs this worker owns.
 pub fn build(
     worker: &mut Worker,
     context: &StageContext,
@@ -420,12 +467,8 @@ fn finish_shard(
             samples = layer_codes.len();
         }
         let (unit, fingerprint) = plan.codes_unit(e, shard);
-        units.record(
-            &unit,
-            &fingerprint,
-            serde_json::json!({ "samples": samples }),
-            &files,
-        )?;
+        let detail = plan.shard_detail(shard, serde_json::json!({ "samples": samples }));
+        units.record(&unit, &fingerprint, detail, &files)?;
     }
     let info = plan.shard(shard);
     let mut partials = Vec::new();
@@ -480,7 +523,7 @@ fn write_codes(
 }
 
 /// The codes metadata of one layer of an encoder, naming the SAE that makes them.
-pub(super) fn codes_meta(plan: &Plan, at: EncoderLayer) -> CodesMeta {
+pub(in crate::pipeline) fn codes_meta(plan: &Plan, at: EncoderLayer) -> CodesMeta {
     let encoder = plan.encoder(at.encoder);
     let layer = encoder.layer_name(at.layer);
     if let Some(imported) = encoder.imported(at.layer) {
@@ -500,7 +543,11 @@ pub(super) fn codes_meta(plan: &Plan, at: EncoderLayer) -> CodesMeta {
 }
 
 /// The codes files of a pair's source and target layers on one shard.
-pub(super) fn pair_files(plan: &Plan, p: PairId, shard: ShardId) -> (Vec<PathBuf>, Vec<PathBuf>) {
+pub(in crate::pipeline) fn pair_files(
+    plan: &Plan,
+    p: PairId,
+    shard: ShardId,
+) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let pair = plan.pair(p);
     let files = |side: &mut dyn Iterator<Item = EncoderLayer>| -> Vec<PathBuf> {
         side.map(|at| plan.codes_file(at.encoder, at.layer, shard))

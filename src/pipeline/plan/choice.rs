@@ -3,16 +3,16 @@
 
 use std::path::Path;
 
-use super::imports::{self, ImportedSae};
-use super::plan::Plan;
-use super::study::{Position, Study};
 use crate::encoder::{Manifest, OutputKind, Pooling};
 use crate::names::check_name;
+use crate::pipeline::imports::{self, ImportedSae};
+use crate::pipeline::plan::Plan;
+use crate::pipeline::study::{Position, Study};
 use crate::sae::SaeConfig;
 
 /// What a study chooses of an encoder package: its layers, pooling, SAE settings and the SAEs
 /// it imports.
-pub(super) struct EncoderChoice {
+pub(in crate::pipeline) struct EncoderChoice {
     pub manifest: Manifest,
     /// Indices into the manifest's layers.
     pub layers: Vec<usize>,
@@ -24,7 +24,7 @@ pub(super) struct EncoderChoice {
 /// Reads encoder `name`'s package and checks the study's choices against it: the layers exist
 /// and their names can name folders, the SAE fits each layer's width, the imported SAEs load
 /// and take the width of their layer.
-pub(super) fn choose(
+pub(in crate::pipeline) fn choose(
     study: &Study,
     name: &str,
     package: &Path,
@@ -73,7 +73,10 @@ pub(super) fn choose(
 }
 
 /// The pooling encoder `name`'s codes are read with: `position = "token0"` is token 0 of a
-/// token layer, else the encoder's `pooling` or the package's default.
+/// token layer, else the encoder's `pooling` or the package's default. A CNN has no token 0:
+/// the study-wide `[codes] position = "token0"` (the reference's read-out for its
+/// transformers) leaves a CNN's global average, the pooling its classifier reads; the key on
+/// the CNN's own table is an error.
 fn read_position(
     study: &Study,
     name: &str,
@@ -84,19 +87,27 @@ fn read_position(
     let chosen = spec.pooling.unwrap_or(manifest.default_pooling);
     match spec.position.unwrap_or(study.codes.position) {
         Position::Pooled => Ok(chosen),
+        Position::Token0 if manifest.outputs != OutputKind::Tokens => {
+            anyhow::ensure!(
+                spec.position.is_none(),
+                "{}: position = \"token0\" needs tokens, and {} gives CNN feature maps (leave \
+                 `position` out: the CNN is read with its pooling, {:?})",
+                study.encoder_at(path, name),
+                manifest.name,
+                chosen
+            );
+            tracing::info!(
+                "{name}: a CNN has no token 0; [codes] position = \"token0\" reads it with its \
+                 pooling ({chosen:?})"
+            );
+            Ok(chosen)
+        }
         Position::Token0 => {
             anyhow::ensure!(
-                manifest.outputs == OutputKind::Tokens,
-                "{}: [encoders.{name}]: position = \"token0\" needs tokens, and {} gives CNN \
-                 feature maps (read them with the package's pooling)",
-                path.display(),
-                manifest.name
-            );
-            anyhow::ensure!(
                 spec.pooling.is_none_or(|p| p == Pooling::Cls),
-                "{}: [encoders.{name}]: position = \"token0\" and pooling = {:?} both say \
-                 where to read the codes; keep one",
-                path.display(),
+                "{}: position = \"token0\" and pooling = {:?} both say where to read the \
+                 codes; keep one",
+                study.encoder_at(path, name),
                 chosen
             );
             Ok(Pooling::Cls)

@@ -6,12 +6,12 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use super::compare::{codes_meta, pair_files, CompareWork, OwnedPairs, PairPartial};
-use super::plan::{shard_key, Plan};
-use super::units::Units;
 use crate::codes::{CodeBatch, CodesMeta, CodesReader};
 use crate::ids::{EncoderLayer, PairId};
 use crate::metrics::{compare_accumulated, tables, CompareOptions};
+use crate::pipeline::compare::{codes_meta, pair_files, CompareWork, OwnedPairs, PairPartial};
+use crate::pipeline::plan::{shard_key, Plan};
+use crate::pipeline::units::Units;
 use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples, SavedSums};
 use anyhow::Context;
 
@@ -150,7 +150,10 @@ impl PairSums {
                     }
                 }
             }
-            self.state.shards.push(shard_key(plan.shard(partial.shard)));
+            let key = shard_key(plan.shard(partial.shard));
+            let sha256 = plan.contents.digest(partial.shard).to_string();
+            self.state.contents.insert(key.0.clone(), sha256);
+            self.state.shards.push(key);
             self.state.samples += partial.samples;
             self.state.dropped += partial.dropped;
         }

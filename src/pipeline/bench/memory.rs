@@ -5,9 +5,9 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::study::FitOn;
 use crate::dataset::{Dataset, DatasetWriter, NewRow, Projection, WriterOptions};
 use crate::encoder::{text::TextTokenizer, Manifest};
+use crate::pipeline::study::FitOn;
 
 /// One size's figures.
 #[derive(Clone, Debug)]

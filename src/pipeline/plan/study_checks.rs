@@ -9,14 +9,14 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::study::{Study, StudyError};
 use crate::names::{check_name, NameError};
+use crate::pipeline::study::{Study, StudyError};
 use crate::torch::DeviceSpec;
 
 /// Where the tables of a study file are, for the errors about them. Read from the same text as
 /// [`Study`]; keys this does not name are ignored here (the typed pass refuses unknown ones).
 #[derive(Debug, Deserialize)]
-pub(super) struct StudyLines {
+pub(in crate::pipeline) struct StudyLines {
     #[serde(default)]
     sae: Option<Spanned<toml::Value>>,
     #[serde(default)]
@@ -37,6 +37,18 @@ pub(super) struct StudyLines {
     output: Option<Spanned<toml::Value>>,
 }
 
+impl StudyLines {
+    /// The line of each `[encoders.NAME]` table, by `line_of` a span.
+    pub(in crate::pipeline) fn encoder_lines(
+        &self,
+        line_of: impl Fn(Range<usize>) -> usize,
+    ) -> BTreeMap<String, usize> {
+        (self.encoders.iter())
+            .map(|(name, table)| (name.clone(), line_of(table.span())))
+            .collect()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct EncoderLines {
     #[serde(default)]
@@ -52,6 +64,12 @@ struct EncoderLines {
     lanes: Option<Spanned<toml::Value>>,
 }
 
+/// The largest mixing buffer a study may ask for, in MiB and in rows.
+const MAX_BUFFER_MIB: usize = 1 << 20;
+const MAX_BUFFER_ROWS: usize = 1 << 32;
+/// The most SAE step threads a worker may ask for.
+const MAX_SAE_THREADS: usize = 64;
+
 type At<'a> = &'a dyn Fn(Option<Range<usize>>, String) -> StudyError;
 
 fn span<T>(value: &Option<Spanned<T>>) -> Option<Range<usize>> {
@@ -59,7 +77,11 @@ fn span<T>(value: &Option<Spanned<T>>) -> Option<Range<usize>> {
 }
 
 /// Every check of `study` that needs no file but the study's own text.
-pub(super) fn check(study: &Study, lines: &StudyLines, at: At) -> Result<(), StudyError> {
+pub(in crate::pipeline) fn check(
+    study: &Study,
+    lines: &StudyLines,
+    at: At,
+) -> Result<(), StudyError> {
     // Names first: a bad name explains every error about the tables that refer to it.
     for name in study.encoders.keys() {
         let line = lines.encoders.get(name).map(Spanned::span);
@@ -81,6 +103,26 @@ pub(super) fn check(study: &Study, lines: &StudyLines, at: At) -> Result<(), Stu
         return Err(at(
             span(&lines.fit),
             "[fit]: the mixing buffer (buffer_rows, buffer_mib) must hold at least 1 row".into(),
+        ));
+    }
+    if study.fit.buffer_mib.is_some_and(|mib| mib > MAX_BUFFER_MIB)
+        || study.fit.buffer_rows > MAX_BUFFER_ROWS
+    {
+        return Err(at(
+            span(&lines.fit),
+            format!(
+                "[fit]: a mixing buffer lives in memory, one per SAE: buffer_mib at most \
+                 {MAX_BUFFER_MIB} (1 TiB), buffer_rows at most {MAX_BUFFER_ROWS}"
+            ),
+        ));
+    }
+    if study.fit.sae_threads.is_some_and(|n| n > MAX_SAE_THREADS) {
+        return Err(at(
+            span(&lines.fit),
+            format!(
+                "[fit]: sae_threads is per worker, at most {MAX_SAE_THREADS}: one or two \
+                 threads keep a GPU's SAEs busy (`saeshare bench fit` measures it)"
+            ),
         ));
     }
     if study.fit.max_passes == Some(0) {

@@ -21,14 +21,14 @@ use timely::dataflow::StreamVec;
 use timely::progress::frontier::MutableAntichain;
 use timely::worker::Worker;
 
-use super::cache;
-use super::encoding::worker_device;
-use super::plan::Plan;
-use super::source::shard_source;
-use super::stage::{passed, projection_for, Failure, StageContext};
 use crate::dataset::SampleBatch;
 use crate::encoder::{EncodedRows, READER_BATCH_ROWS};
 use crate::ids::{EncoderId, EncoderLayer, LayerId, ShardId};
+use crate::pipeline::cache;
+use crate::pipeline::encoding::worker_device;
+use crate::pipeline::plan::Plan;
+use crate::pipeline::source::shard_source;
+use crate::pipeline::stage::{passed, projection_for, Failure, StageContext};
 use crate::sae::{LayerFit, SaeSource, StepThreads};
 
 /// Pooled rows of one layer of one encoder for one stretch of a shard: what crosses from the
@@ -47,7 +47,7 @@ pub struct LayerRows {
 
 /// Each layer's rows an SAE is fitted on, with the sample of each row: the token rows where
 /// they were encoded, else the pooled rows.
-pub(super) fn fit_rows(rows: EncodedRows) -> Vec<(Vec<f32>, Vec<u64>)> {
+pub(in crate::pipeline) fn fit_rows(rows: EncodedRows) -> Vec<(Vec<f32>, Vec<u64>)> {
     if rows.tokens.is_empty() {
         let samples = rows.sample_ids;
         return (rows.layers.into_iter())
@@ -432,11 +432,25 @@ pub fn finish(owned: &Rc<RefCell<OwnedFits>>, plan: &Plan) -> anyhow::Result<usi
         let dir = plan.sae_dir(at.encoder, at.layer);
         trainer.save(&dir)?;
         tracing::info!(
-            "fitted the SAE of {} layer {layer}: {} steps on {rows} rows a pass; saved in {}",
+            "fitted the SAE of {} layer {layer}: {} steps on {rows} rows a pass, {:.1}% of its \
+             latents never fired, {:.1}% dead; saved in {}",
             encoder.name,
             trainer.steps_done(),
+            100.0 * trainer.never_fired(),
+            100.0 * trainer.dead_fraction(),
             dir.display()
         );
+        let dead_after = encoder.sae.dead_after_tokens;
+        if trainer.tokens_seen() < dead_after {
+            tracing::warn!(
+                "{} layer {layer}: dead_after_tokens ({dead_after}) is longer than the fit ({} \
+                 rows), so no latent could count as dead; {:.1}% never fired (lower [sae] \
+                 dead_after_tokens for AuxK to revive them)",
+                encoder.name,
+                trainer.tokens_seen(),
+                100.0 * trainer.never_fired()
+            );
+        }
         saved += 1;
     }
     Ok(saved)

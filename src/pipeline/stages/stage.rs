@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use timely::progress::frontier::MutableAntichain;
 
-use super::encoding::WorkerModels;
-use super::plan::{Plan, PlannedEncoder};
-use super::source::SourceErrors;
 use crate::dataset::{Projection, SampleBatch};
 use crate::encoder::EncodedRows;
 use crate::ids::EncoderId;
+use crate::pipeline::encoding::WorkerModels;
+use crate::pipeline::plan::{Plan, PlannedEncoder};
+use crate::pipeline::source::SourceErrors;
 
 /// The first error of a worker's stage. Operators record it and stop working, but keep
 /// consuming their inputs, so the dataflow still drains and every worker of every process

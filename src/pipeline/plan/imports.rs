@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::plan::resolve_path;
 use crate::encoder::Manifest;
+use crate::pipeline::plan::resolve_path;
 use crate::sae::formats::{self, SaeDescription, SaeFormat};
 use crate::sae::{inference_config, LoadOptions, SaeConfig, SaevScaling};
 
@@ -140,7 +140,7 @@ impl ImportedSae {
 /// one entry per chosen layer, `None` where saeshare fits the SAE. `root` resolves relative
 /// paths; `output` is the run folder, which no import may lie in; `file` names the study in
 /// errors.
-pub(super) fn resolve(
+pub(in crate::pipeline) fn resolve(
     imports: &std::collections::BTreeMap<String, ImportSpec>,
     name: &str,
     manifest: &Manifest,
@@ -231,6 +231,7 @@ fn resolve_one(
         description.d_in
     );
     let config = inference_config(&description, options)?;
+    check_weights(&path, &description, options)?;
     let digest = crate::digest::files_digest(&sae_files(&description, options))?;
     Ok(ImportedSae {
         description,
@@ -239,6 +240,46 @@ fn resolve_one(
         digest,
         ceiling: None,
     })
+}
+
+/// Loads the SAE as the compare pass will and checks what it holds: that its tensors agree
+/// with its configuration and that every weight is finite. Done when the plan is made, so that
+/// an import that cannot encode fails every worker at the start, naming the SAE, rather than
+/// after every other encoder was fitted (its weights are read for the digest anyway).
+fn check_weights(
+    path: &Path,
+    description: &SaeDescription,
+    options: &LoadOptions,
+) -> anyhow::Result<()> {
+    let loaded = crate::sae::load(path, tch::Device::Cpu, options)?;
+    let sae = &loaded.sae;
+    anyhow::ensure!(
+        (sae.d_in, sae.d_sae) == (description.d_in as i64, description.d_sae as i64),
+        "the SAE in {}: its configuration says d_in {} and d_sae {}, and its weights are {} x \
+         {}; correct the configuration or name the SAE's own files",
+        path.display(),
+        description.d_in,
+        description.d_sae,
+        sae.d_in,
+        sae.d_sae
+    );
+    for (name, tensor) in ["W_enc", "b_enc", "W_dec", "b_dec"]
+        .iter()
+        .zip(sae.parameters())
+    {
+        let bad = tensor
+            .isfinite()
+            .logical_not()
+            .sum(tch::Kind::Int64)
+            .int64_value(&[]);
+        anyhow::ensure!(
+            bad == 0,
+            "the SAE in {} has {bad} NaN or infinite value(s) in {name}: it cannot encode; \
+             train it again, or name another SAE",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The files an SAE is made of, in its format.

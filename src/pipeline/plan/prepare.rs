@@ -6,11 +6,11 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::choice::choose;
-use super::plan::{resolve_path, Plan};
-use super::run_folder::{FolderState, RunFolder};
-use super::study::Study;
 use crate::dataset::Dataset;
+use crate::pipeline::choice::choose;
+use crate::pipeline::plan::{resolve_path, Plan};
+use crate::pipeline::run_folder::{FolderState, RunFolder};
+use crate::pipeline::study::Study;
 
 /// What `saeshare study check` finds: whose folder the output is, what `run` would build or
 /// export first, and the plan when nothing is missing.
@@ -86,7 +86,11 @@ impl Plan {
 }
 
 /// Builds the study's embedded dataset into `dir`, or says what to do when it has none.
-pub(super) fn build_dataset(study: &Study, dir: &Path, file: &Path) -> anyhow::Result<()> {
+pub(in crate::pipeline) fn build_dataset(
+    study: &Study,
+    dir: &Path,
+    file: &Path,
+) -> anyhow::Result<()> {
     match study.dataset.builtin.as_deref() {
         Some("emoji") => {
             tracing::info!("building the emoji dataset into {}", dir.display());
@@ -113,12 +117,12 @@ pub(super) fn build_dataset(study: &Study, dir: &Path, file: &Path) -> anyhow::R
     }
 }
 
-/// Runs encoder `name`'s `export` command to make its package, checking that it did.
 /// Runs encoder `name`'s `export` command to make its missing `package`. The command sees the
 /// study's dataset folder as `$SAESHARE_DATASET` (a package made from the dataset, such as
 /// `saeshare_export align`'s, reads it there) and the study file's folder as
-/// `$SAESHARE_STUDY_DIR`.
-pub(super) fn export_package(
+/// `$SAESHARE_STUDY_DIR`, both absolute (a study file named without a folder has an empty
+/// parent, which the command would read as the root), and checks that it made the package.
+pub(in crate::pipeline) fn export_package(
     name: &str,
     export: Option<&str>,
     package: &Path,
@@ -134,12 +138,21 @@ pub(super) fn export_package(
         );
     };
     tracing::info!("encoder {name}: exporting the package with `{command}`");
-    let study_dir = file.parent().unwrap_or(Path::new("."));
+    let absolute = |path: &Path| {
+        let path = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
+        std::path::absolute(path).with_context(|| path.display().to_string())
+    };
+    let study_dir = absolute(file.parent().unwrap_or(Path::new(".")))?;
+    let dataset = absolute(dataset)?;
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(command)
-        .env("SAESHARE_DATASET", dataset)
-        .env("SAESHARE_STUDY_DIR", study_dir)
+        .env("SAESHARE_DATASET", &dataset)
+        .env("SAESHARE_STUDY_DIR", &study_dir)
         .status()
         .with_context(|| format!("running `{command}`"))?;
     anyhow::ensure!(

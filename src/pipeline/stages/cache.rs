@@ -6,12 +6,12 @@
 
 use std::path::PathBuf;
 
-use super::plan::{shard_key, Plan};
-use super::units::Units;
 use crate::activations::{ActivationWriter, ActivationsMeta, LayerReader, LayerWidth};
 use crate::digest::fingerprint;
 use crate::encoder::EncodedRows;
 use crate::ids::{EncoderId, ShardId};
+use crate::pipeline::plan::{shard_key, Plan};
+use crate::pipeline::units::Units;
 
 fn file(plan: &Plan, e: EncoderId, shard: ShardId) -> PathBuf {
     plan.layout()
@@ -32,7 +32,7 @@ fn unit(plan: &Plan, e: EncoderId, shard: ShardId) -> (String, String) {
 pub fn is_cached(plan: &Plan, units: &Units, e: EncoderId, shard: ShardId) -> bool {
     plan.study.activation_cache && {
         let (unit, fingerprint) = unit(plan, e, shard);
-        units.is_done(&unit, &fingerprint)
+        plan.is_done_on_shard(units, &unit, &fingerprint, shard)
     }
 }
 
@@ -69,12 +69,9 @@ pub fn write(plan: &Plan, e: EncoderId, shard: ShardId, rows: &EncodedRows) -> a
     }
     writer.finish()?;
     let (unit, fingerprint) = unit(plan, e, shard);
-    Units::new(&plan.output).record(
-        &unit,
-        &fingerprint,
-        serde_json::json!({ "samples": rows.sample_ids.len(), "skipped": rows.skipped }),
-        &[path],
-    )
+    let detail = serde_json::json!({ "samples": rows.sample_ids.len(), "skipped": rows.skipped });
+    let detail = plan.shard_detail(shard, detail);
+    Units::new(&plan.output).record(&unit, &fingerprint, detail, &[path])
 }
 
 /// Reads encoder `e`'s cached activations of `shard`, rows in the order they were encoded.

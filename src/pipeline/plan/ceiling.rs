@@ -4,15 +4,15 @@
 
 use std::path::Path;
 
-use super::plan::{PlannedEncoder, PlannedPair};
 use crate::digest::fingerprint;
 use crate::ids::{EncoderId, LayerId};
 use crate::names::pair_key;
+use crate::pipeline::plan::{PlannedEncoder, PlannedPair};
 
 /// Adds the second SAE set (seed `seed`) of every source encoder of `pairs` and its ceiling
 /// pair. An encoder with an imported layer that has no second SAE gets none: its
 /// `no_ceiling` says why, and a warning says it once.
-pub(super) fn add_twins(
+pub(in crate::pipeline) fn add_twins(
     encoders: &mut Vec<PlannedEncoder>,
     pairs: &mut Vec<PlannedPair>,
     seed: u64,
@@ -50,6 +50,11 @@ pub(super) fn add_twins(
             .map(|i| i.as_ref().and_then(|i| i.ceiling.as_deref().cloned()))
             .collect();
         twin.fingerprint = fingerprint(&(&base.fingerprint, "ceiling", seed));
+        twin.sae_fingerprint = if base.sae_fingerprint == base.fingerprint {
+            twin.fingerprint.clone()
+        } else {
+            fingerprint(&(&base.sae_fingerprint, "ceiling", seed))
+        };
         twin.twin_of = Some(s);
         let layers: Vec<LayerId> = twin.layer_ids().collect();
         let key = pair_key(&base.name, &twin.name, false);

@@ -2,22 +2,32 @@
 //! work named with the fingerprint of what it depends on. All workers of all processes compute
 //! the same plan from the same files, so they agree on the work without talking.
 
+pub(in crate::pipeline) mod ceiling;
+pub(in crate::pipeline) mod choice;
+pub(in crate::pipeline) mod imports;
+pub(in crate::pipeline) mod prepare;
+pub(in crate::pipeline) mod record;
+pub(in crate::pipeline) mod shard_contents;
+pub(in crate::pipeline) mod study;
+pub(in crate::pipeline) mod study_checks;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use super::choice::{choose, EncoderChoice};
-use super::imports::ImportedSae;
-use super::prepare::{build_dataset, export_package};
-use super::study::{default_batch_size, FitRows, FitSpec, Study};
-use super::units::Units;
 use crate::dataset::{Dataset, ShardInfo};
 use crate::digest::fingerprint;
 use crate::encoder::{Manifest, Modality, Pooling, Precision, TokenSelection};
 use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::names::pair_key;
+use crate::pipeline::choice::{choose, EncoderChoice};
+use crate::pipeline::imports::ImportedSae;
+use crate::pipeline::prepare::{build_dataset, export_package};
+use crate::pipeline::study::{default_batch_size, FitRows, FitSpec, Study};
+use crate::pipeline::units::Units;
 use crate::run_layout::RunLayout;
 use crate::sae::{ReadOut, SaeConfig};
 use crate::torch::DeviceSpec;
+use shard_contents::{shard_file_name, ShardContents};
 
 /// One encoder of the study, resolved.
 #[derive(Clone, Debug)]
@@ -42,9 +52,12 @@ pub struct PlannedEncoder {
     pub fit_rows: FitRows,
     /// Which values of the SAEs are the features.
     pub read_out: ReadOut,
-    /// Changes when the package, the layers, the pooling, the SAE settings or what they are
-    /// fitted on change.
+    /// Changes when the package, the layers, the pooling, the SAE settings, what they are
+    /// fitted on or the read-out change: what the encoder's codes and pairs depend on.
     pub fingerprint: String,
+    /// What the SAEs depend on: [`Self::fingerprint`] without the read-out, which changes the
+    /// codes and not the training (older versions put it in: [`Plan::saes_done`] accepts both).
+    pub sae_fingerprint: String,
     /// For the second SAEs of the ceiling baseline: the encoder whose rows this one reuses.
     pub twin_of: Option<EncoderId>,
     /// Per chosen layer: the SAE the study imports for it, or `None` where saeshare fits one.
@@ -160,6 +173,8 @@ pub struct Plan {
     pub output: PathBuf,
     pub encoders: Vec<PlannedEncoder>,
     pub pairs: Vec<PlannedPair>,
+    /// The SHA-256 of each shard's file: what work made from a shard records of it.
+    pub contents: ShardContents,
     /// What identifies each encoder's SAEs as fitted (a digest of its SAE record's files;
     /// empty before the first fit), read from the manifest. Codes and pair sums are made by
     /// particular SAEs, so their fingerprints include it: SAEs fitted anew for any reason
@@ -180,8 +195,9 @@ impl Plan {
         if let Some(shards) = &study.dataset.shards {
             dataset = dataset.select(shards)?;
         }
-        let dataset = Arc::new(dataset);
+        let dataset = Arc::new(without_empty_shards(dataset)?);
         dataset.check_unique_ids()?;
+        let contents = ShardContents::of(&dataset, &RunLayout::new(&output).shard_contents())?;
 
         let mut encoders = study
             .encoders
@@ -190,7 +206,10 @@ impl Plan {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut pairs = plan_pairs(&study, &encoders, path)?;
         if let Some(seed) = study.baselines.ceiling_seed {
-            super::ceiling::add_twins(&mut encoders, &mut pairs, seed, path)?;
+            crate::pipeline::ceiling::add_twins(&mut encoders, &mut pairs, seed, path)?;
+        }
+        for e in &encoders {
+            check_fit_rows(e, &dataset, path)?;
         }
         let sae_ids = RwLock::new(read_sae_ids(&output, &encoders));
         Ok(Plan {
@@ -199,8 +218,51 @@ impl Plan {
             output,
             encoders,
             pairs,
+            contents,
             sae_ids,
         })
+    }
+
+    /// Whether `unit`, made from shard `s`, is done with `fingerprint` and was made from the
+    /// shard as it is now (records of older versions, which did not say, are trusted).
+    pub fn is_done_on_shard(
+        &self,
+        units: &Units,
+        unit: &str,
+        fingerprint: &str,
+        s: ShardId,
+    ) -> bool {
+        if !units.is_done(unit, fingerprint) {
+            return false;
+        }
+        let record = units.get(unit);
+        let made_from = (record.as_ref()).and_then(|r| r.detail.get(SHARD_SHA256)?.as_str());
+        match made_from {
+            Some(sha) if sha != self.contents.digest(s) => {
+                tracing::info!(
+                    "{unit}: the shard {} changed since it was made; it runs again",
+                    shard_file_name(self.shard(s))
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// `detail` of a unit made from shard `s`, with the shard's digest added.
+    pub fn shard_detail(&self, s: ShardId, mut detail: serde_json::Value) -> serde_json::Value {
+        detail[SHARD_SHA256] = self.contents.digest(s).into();
+        detail
+    }
+
+    /// Each shard as work made from it records it: `(name, rows, bytes)` and its SHA-256.
+    pub fn shard_identities(&self) -> Vec<ShardIdentity> {
+        (self.shard_ids())
+            .map(|s| ShardIdentity {
+                key: shard_key(self.shard(s)),
+                sha256: self.contents.digest(s).to_string(),
+            })
+            .collect()
     }
 
     /// Reads the SAE records again: after a fit, every worker calls this before the compare
@@ -285,8 +347,11 @@ impl Plan {
     /// The codes file of an encoder's layer on one shard.
     pub fn codes_file(&self, encoder: EncoderId, layer: LayerId, shard: ShardId) -> PathBuf {
         let e = self.encoder(encoder);
-        self.layout()
-            .codes_file(&e.name, e.layer_name(layer), &shard_name(self.shard(shard)))
+        self.layout().codes_file(
+            &e.name,
+            e.layer_name(layer),
+            &shard_file_name(self.shard(shard)),
+        )
     }
 
     /// The folder of a pair's accumulators and tables.
@@ -298,7 +363,7 @@ impl Plan {
     pub fn codes_unit(&self, encoder: EncoderId, shard: ShardId) -> (String, String) {
         let (e, shard) = (self.encoder(encoder), self.shard(shard));
         (
-            format!("codes/{}/{}", e.name, shard_name(shard)),
+            format!("codes/{}/{}", e.name, shard_file_name(shard)),
             fingerprint(&(&e.fingerprint, shard_key(shard), self.sae_id(encoder))),
         )
     }
@@ -306,7 +371,15 @@ impl Plan {
     /// The unit name and fingerprint of an encoder's SAEs.
     pub fn sae_unit(&self, encoder: EncoderId) -> (String, String) {
         let e = self.encoder(encoder);
-        (format!("saes/{}", e.name), e.fingerprint.clone())
+        (format!("saes/{}", e.name), e.sae_fingerprint.clone())
+    }
+
+    /// Whether an encoder's SAEs are fitted as the study asks: recorded with their fingerprint,
+    /// or with the encoder's whole one, as versions that put the read-out in it recorded them.
+    pub fn saes_done(&self, units: &Units, encoder: EncoderId) -> bool {
+        let (unit, fingerprint) = self.sae_unit(encoder);
+        let whole = &self.encoder(encoder).fingerprint;
+        units.is_done(&unit, &fingerprint) || (*whole != fingerprint && units.is_done(&unit, whole))
     }
 
     /// The unit name and fingerprint of a pair's tables.
@@ -387,6 +460,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         Some(revision) => crate::digest::fingerprint(&(fingerprint, "crop", revision)),
     };
     // The read-out changes the codes, not the SAEs: codes and pairs follow the fingerprint.
+    let sae_fingerprint = fingerprint.clone();
     let fingerprint = match read_out {
         ReadOut::Code => fingerprint,
         ReadOut::Relu => crate::digest::fingerprint(&(fingerprint, read_out)),
@@ -408,6 +482,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         fit_rows,
         read_out,
         fingerprint,
+        sae_fingerprint,
         twin_of: None,
         imported,
         no_ceiling: None,
@@ -475,6 +550,68 @@ fn plan_pairs(
     Ok(pairs)
 }
 
+/// The rows a pass of encoder `e`'s fit gives each of its SAEs, as far as the dataset's footers
+/// tell: exactly for pooled rows (one a sample), at most for token rows drawn `per_sample` (a
+/// caption can be shorter), unknown for every token of variable-length captions.
+pub fn fit_rows_per_pass(e: &PlannedEncoder, samples: u64) -> FitRowsEstimate {
+    match &e.fit_rows {
+        FitRows::Pooled => FitRowsEstimate::Exactly(samples),
+        FitRows::Tokens(selection) => match selection.per_sample {
+            Some(n) => FitRowsEstimate::AtMost(samples * n as u64),
+            None => FitRowsEstimate::AtLeast(samples),
+        },
+    }
+}
+
+/// What the footers tell of the rows of a fit's pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FitRowsEstimate {
+    Exactly(u64),
+    AtMost(u64),
+    AtLeast(u64),
+}
+
+impl FitRowsEstimate {
+    /// The passes over those rows that `steps` batches of `batch_size` take (for `AtLeast`,
+    /// at most that many).
+    pub fn passes(self, steps: usize, batch_size: usize) -> f64 {
+        let rows = match self {
+            FitRowsEstimate::Exactly(r)
+            | FitRowsEstimate::AtMost(r)
+            | FitRowsEstimate::AtLeast(r) => r,
+        };
+        (steps as f64 * batch_size as f64) / rows.max(1) as f64
+    }
+}
+
+/// Refuses, before any work, a fit whose first pass cannot fill one batch: the run would
+/// fail after encoding the whole dataset.
+fn check_fit_rows(e: &PlannedEncoder, dataset: &Dataset, path: &Path) -> anyhow::Result<()> {
+    if !e.fits_any() || e.twin_of.is_some() {
+        return Ok(());
+    }
+    let rows = match fit_rows_per_pass(e, dataset.rows()) {
+        FitRowsEstimate::Exactly(r) | FitRowsEstimate::AtMost(r) => r,
+        FitRowsEstimate::AtLeast(_) => return Ok(()),
+    };
+    anyhow::ensure!(
+        rows >= e.sae.batch_size as u64,
+        "{}: [encoders.{}]: its SAEs take batches of {} rows, and a pass over the dataset gives \
+         {} {rows} rows ({} samples); set [sae] batch_size (or this encoder's `sae = {{ \
+         batch_size = ... }}`) to at most {rows}",
+        path.display(),
+        e.name,
+        e.sae.batch_size,
+        if matches!(e.fit_rows, FitRows::Pooled) {
+            "exactly"
+        } else {
+            "at most"
+        },
+        dataset.rows()
+    );
+    Ok(())
+}
+
 /// Each encoder's SAE id: a digest of the files its SAE record lists.
 fn read_sae_ids(output: &Path, encoders: &[PlannedEncoder]) -> Vec<String> {
     let units = Units::new(output);
@@ -495,17 +632,45 @@ fn read_sae_ids(output: &Path, encoders: &[PlannedEncoder]) -> Vec<String> {
         .collect()
 }
 
-/// What identifies a shard's content cheaply: its file name, rows and bytes.
+/// What identifies a shard cheaply: its file name, rows and bytes (its content is
+/// [`ShardContents`]'s).
 pub fn shard_key(shard: &ShardInfo) -> (String, u64, u64) {
-    (shard_name(shard), shard.rows, shard.bytes)
+    (shard_file_name(shard), shard.rows, shard.bytes)
 }
 
-fn shard_name(shard: &ShardInfo) -> String {
-    shard
-        .path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| format!("shard-{}", shard.index))
+/// The key in a unit's detail that holds the SHA-256 of the shard it was made from.
+const SHARD_SHA256: &str = "shard_sha256";
+
+/// A shard as the work made from it remembers it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardIdentity {
+    pub key: (String, u64, u64),
+    pub sha256: String,
+}
+
+/// The dataset without its shards of no rows, each said in the log (they hold no sample to
+/// encode, fit or compare); a dataset of nothing but empty shards is an error.
+fn without_empty_shards(dataset: Dataset) -> anyhow::Result<Dataset> {
+    let shards = dataset.shards();
+    let kept: Vec<usize> = (0..shards.len()).filter(|&i| shards[i].rows > 0).collect();
+    if kept.len() == shards.len() {
+        return Ok(dataset);
+    }
+    anyhow::ensure!(
+        !kept.is_empty(),
+        "the dataset {} has no rows: each of its {} shard(s) is empty; import rows into it \
+         (`saeshare dataset import-... --append`) or name another dataset",
+        dataset.dir().display(),
+        shards.len()
+    );
+    for shard in shards.iter().filter(|s| s.rows == 0) {
+        tracing::warn!(
+            "{}: an empty shard (0 rows); left out",
+            shard.path.display()
+        );
+    }
+    // `select` numbers the kept shards again from 0, as the plan numbers them.
+    Ok(dataset.select(&kept)?)
 }
 
 /// The digest of a package's manifest and weights.
@@ -528,7 +693,7 @@ fn package_digest(package: &Path) -> anyhow::Result<String> {
 
 /// `~/` is the home folder, `$SAESHARE_CACHE/` saeshare's cache folder ([`crate::cache_dir`],
 /// also where it is unset); a relative path is relative to the study file's folder.
-pub(super) fn resolve_path(root: &Path, path: &Path) -> PathBuf {
+pub(in crate::pipeline) fn resolve_path(root: &Path, path: &Path) -> PathBuf {
     if let Ok(rest) = path.strip_prefix("$SAESHARE_CACHE") {
         return crate::cache_dir().join(rest);
     }

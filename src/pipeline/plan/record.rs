@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use super::plan::Plan;
 use crate::ids::EncoderLayer;
+use crate::pipeline::plan::Plan;
 use crate::run_record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_VERSION,
 };
@@ -68,7 +68,7 @@ impl StudyRecord {
                     .dataset
                     .shards()
                     .iter()
-                    .map(|s| super::plan::shard_key(s).0)
+                    .map(|s| crate::pipeline::plan::shard_key(s).0)
                     .collect(),
                 rows: plan.dataset.rows(),
             },
@@ -80,7 +80,7 @@ impl StudyRecord {
 }
 
 /// The study's sharedness queries, as the records hold them.
-pub(super) fn query_records(plan: &Plan) -> Vec<QueryRecord> {
+pub(in crate::pipeline) fn query_records(plan: &Plan) -> Vec<QueryRecord> {
     let names = |list: &[toml::Spanned<String>]| -> Vec<String> {
         list.iter().map(|s| s.get_ref().clone()).collect()
     };

@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use super::bench_fit::{batch_head, plan_and_encoders, read_samples};
-use super::encoding::WorkerModels;
-use super::plan::Plan;
 use crate::encoder::{Encoder, Lanes, Modality, StageTimes};
 use crate::ids::EncoderId;
+use crate::pipeline::bench::fit::{batch_head, plan_and_encoders, read_samples};
+use crate::pipeline::encoding::WorkerModels;
+use crate::pipeline::plan::Plan;
 
 /// The forward pass alone at one batch size and lane layout.
 #[derive(Clone, Copy, Debug, serde::Serialize)]

@@ -9,9 +9,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::Inspect;
 
-use super::{shard_source, WorkerArgs};
 use crate::dataset::{Dataset, Projection, SampleBatch};
 use crate::ids::ShardId;
+use crate::pipeline::{shard_source, WorkerArgs};
 
 /// What the workers of this process read.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -83,7 +83,7 @@ pub fn scan(
     }));
     let sink = total.clone();
     let start = Instant::now();
-    let results = timely::execute(workers.timely_config()?, move |worker| {
+    let results = workers.connect(dir)?.execute(move |worker| {
         let mine = ScanSummary {
             shards: dataset
                 .shards_for_worker(worker.index(), worker.peers())
@@ -110,8 +110,7 @@ pub fn scan(
         let mine = mine.lock().expect("not poisoned").clone();
         sink.lock().expect("not poisoned").add(&mine);
         Ok(())
-    })
-    .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))?;
+    })?;
     for result in results.join() {
         result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))??;
     }

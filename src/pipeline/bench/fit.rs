@@ -6,15 +6,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::encoding::{worker_device, WorkerModels};
-use super::fit::fit_rows;
-use super::plan::Plan;
-use super::run_folder::RunFolder;
-use super::stage::projection_for;
-use super::study::Study;
 use crate::dataset::SampleBatch;
 use crate::encoder::EncodedRows;
 use crate::ids::{EncoderId, LayerId};
+use crate::pipeline::encoding::{worker_device, WorkerModels};
+use crate::pipeline::fit::fit_rows;
+use crate::pipeline::plan::Plan;
+use crate::pipeline::run_folder::RunFolder;
+use crate::pipeline::stage::projection_for;
+use crate::pipeline::study::Study;
 use crate::sae::{LayerFit, SaeConfig, SaeSource, SaeTrainer, StepThreads};
 
 /// One encoder's figures.
@@ -176,7 +176,7 @@ fn encode(
 /// dropped): planning builds a missing dataset and runs missing exports, which may land inside
 /// it, and a folder holding files saeshare made without its marker would be refused by the
 /// next `saeshare run`.
-pub(super) fn plan_and_encoders(
+pub(in crate::pipeline) fn plan_and_encoders(
     study: &Path,
     only: &[String],
 ) -> anyhow::Result<(Arc<Plan>, Vec<EncoderId>, RunFolder)> {
@@ -232,7 +232,7 @@ fn same_sae(a: &SaeTrainer, b: &SaeTrainer) -> bool {
 
 /// The first `samples` rows of the dataset, read with what `encoders` need, decoded before
 /// any clock starts.
-pub(super) fn read_samples(
+pub(in crate::pipeline) fn read_samples(
     plan: &Plan,
     encoders: &[EncoderId],
     samples: usize,
@@ -262,7 +262,7 @@ pub(super) fn read_samples(
 }
 
 /// The first `n` samples of a batch.
-pub(super) fn batch_head(batch: &SampleBatch, n: usize) -> SampleBatch {
+pub(in crate::pipeline) fn batch_head(batch: &SampleBatch, n: usize) -> SampleBatch {
     let n = n.min(batch.len());
     SampleBatch {
         shard: batch.shard,

@@ -1,0 +1,400 @@
+//! The processes of one run finding each other before timely starts: saeshare makes the TCP
+//! connections itself, with a handshake, and hands the sockets to timely.
+//!
+//! timely's own start-up reads a bare process index from whatever connects to a listening
+//! process, so a stray client (a port scanner, a health check, a process of another run) made
+//! it panic. Here every connection opens with a hello that names the protocol, the launch (a
+//! digest of what the processes share: the study file, the addresses, the count) and the
+//! sender's index; anything else is logged and dropped, and the process waits on for its
+//! peers. Process 0 answers each hello with a nonce it drew at start: the run id all processes
+//! of this launch share, and no other launch, so that a second launch of the same study on the
+//! same hostfile cannot share the run folder's lock with the first.
+
+use std::any::Any;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
+use timely::communication::{Hooks, WorkerGuards};
+use timely::worker::Worker;
+
+const MAGIC: &[u8; 8] = b"saeshare";
+/// The version of the handshake; a process of another version is not a peer.
+const PROTOCOL: u32 = 1;
+/// Launch digests are this long (hex), padded.
+const LAUNCH_BYTES: usize = 32;
+const HELLO_BYTES: usize = 8 + 4 + LAUNCH_BYTES + 8 + 8;
+const REPLY_BYTES: usize = 8 + 16;
+/// How long a connection may take to say hello before it is dropped.
+const HELLO_PATIENCE: Duration = Duration::from_secs(5);
+/// How often a process still waiting for its peers says so.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The workers' communication, connected, and the id of the run they make.
+pub struct Connected {
+    builders: Vec<AllocatorBuilder>,
+    others: Box<dyn Any + Send>,
+    /// What the processes of this launch share, and no other launch.
+    pub run_id: String,
+}
+
+impl Connected {
+    /// The worker threads of one process alone.
+    pub fn single(workers: usize) -> anyhow::Result<Connected> {
+        let (builders, others) = timely::CommunicationConfig::Process(workers)
+            .try_build()
+            .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(Connected {
+            builders,
+            others,
+            run_id: format!("{}-{nanos}", std::process::id()),
+        })
+    }
+
+    /// Process `me` of `addresses.len()` connected to every other, each with `workers`
+    /// worker threads; `launch` is what every process of the run computes alike (and another
+    /// run would not). Waits, saying so every few seconds, until every peer has connected.
+    pub fn cluster(
+        addresses: &[String],
+        me: usize,
+        workers: usize,
+        launch: &str,
+    ) -> anyhow::Result<Connected> {
+        let hello = Hello {
+            launch: launch_bytes(launch),
+            from: me as u64,
+            processes: addresses.len() as u64,
+        };
+        let nonce: u128 = if me == 0 { rand::random() } else { 0 };
+        let listener = bind(&addresses[me], me)?;
+        let higher = std::thread::scope(|scope| {
+            let accepting = scope.spawn(|| accept_peers(&listener, &hello, nonce));
+            let lower = connect_to_lower(addresses, &hello);
+            let higher = accepting
+                .join()
+                .expect("the accepting thread does not panic");
+            lower.and_then(|lower| Ok((lower, higher?)))
+        });
+        drop(listener);
+        let ((mut sockets, nonce_of_0), higher) = higher?;
+        let nonce = if me == 0 { nonce } else { nonce_of_0 };
+        sockets.push(None);
+        sockets.extend(higher.into_iter().map(Some));
+        tracing::info!(
+            "process {me}: connected to the {} other process(es) of the run",
+            addresses.len() - 1
+        );
+        let hooks = Hooks::default();
+        let process = ProcessBuilder::new_typed_vector(workers, hooks.refill.clone(), None);
+        let (builders, guard) =
+            initialize_networking_from_sockets(process, sockets, me, workers, hooks)
+                .context("starting timely's communication threads")?;
+        Ok(Connected {
+            builders: builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
+            others: Box::new(guard),
+            run_id: format!("{launch}-{nonce:032x}"),
+        })
+    }
+
+    /// Ends this process's part of the run without work: its workers start and stop at once,
+    /// and its connections close as timely closes them, so that peers that end alike see no
+    /// connection drop (on which timely's threads panic).
+    pub fn close(self) {
+        if let Ok(guards) = self.execute(|_| ()) {
+            drop(guards.join());
+        }
+    }
+
+    /// Runs `func` in every worker thread of this process (timely's `execute`).
+    pub fn execute<T, F>(self, func: F) -> anyhow::Result<WorkerGuards<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Worker) -> T + Send + Sync + 'static,
+    {
+        let config = timely::WorkerConfig::default();
+        timely::execute::execute_from(self.builders, self.others, config, func)
+            .map_err(|e| anyhow::anyhow!("timely could not start its workers: {e}"))
+    }
+}
+
+/// What a process says first on every connection it opens.
+#[derive(Clone, Debug, PartialEq)]
+struct Hello {
+    launch: [u8; LAUNCH_BYTES],
+    from: u64,
+    processes: u64,
+}
+
+impl Hello {
+    fn bytes(&self) -> [u8; HELLO_BYTES] {
+        let mut out = [0u8; HELLO_BYTES];
+        out[..8].copy_from_slice(MAGIC);
+        out[8..12].copy_from_slice(&PROTOCOL.to_le_bytes());
+        out[12..12 + LAUNCH_BYTES].copy_from_slice(&self.launch);
+        let at = 12 + LAUNCH_BYTES;
+        out[at..at + 8].copy_from_slice(&self.from.to_le_bytes());
+        out[at + 8..].copy_from_slice(&self.processes.to_le_bytes());
+        out
+    }
+
+    /// The hello in `bytes`, or why it is none of this run's.
+    fn read(bytes: &[u8; HELLO_BYTES], mine: &Hello) -> Result<Hello, String> {
+        if &bytes[..8] != MAGIC {
+            return Err("it is not a saeshare process".to_string());
+        }
+        let protocol = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if protocol != PROTOCOL {
+            return Err(format!(
+                "it speaks handshake version {protocol}, this saeshare {PROTOCOL}: run one \
+                 saeshare release on every machine"
+            ));
+        }
+        let at = 12 + LAUNCH_BYTES;
+        let hello = Hello {
+            launch: bytes[12..at].try_into().expect("sized"),
+            from: u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes")),
+            processes: u64::from_le_bytes(bytes[at + 8..].try_into().expect("8 bytes")),
+        };
+        if hello.launch != mine.launch || hello.processes != mine.processes {
+            return Err(
+                "it is a saeshare process of another run (another study file, hostfile or \
+                 process count)"
+                    .to_string(),
+            );
+        }
+        if hello.from <= mine.from || hello.from >= mine.processes {
+            return Err(format!(
+                "it says it is process {}, which does not connect to process {}",
+                hello.from, mine.from
+            ));
+        }
+        Ok(hello)
+    }
+}
+
+fn launch_bytes(launch: &str) -> [u8; LAUNCH_BYTES] {
+    let mut out = [b' '; LAUNCH_BYTES];
+    let bytes = launch.as_bytes();
+    let n = bytes.len().min(LAUNCH_BYTES);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
+}
+
+fn bind(address: &str, me: usize) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(address).with_context(|| {
+        format!(
+            "process {me} cannot listen at {address} (its line of the hostfile); is another \
+             run's process using the port? Give this run other ports"
+        )
+    })?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("listening at {address}"))?;
+    Ok(listener)
+}
+
+/// Accepts a connection from every higher process, in index order; drops (and logs) any
+/// connection that is not one of them.
+fn accept_peers(
+    listener: &TcpListener,
+    mine: &Hello,
+    nonce: u128,
+) -> anyhow::Result<Vec<TcpStream>> {
+    let me = mine.from;
+    let expected = (mine.processes - me - 1) as usize;
+    let mut peers: Vec<Option<TcpStream>> = (0..expected).map(|_| None).collect();
+    let mut said = Instant::now();
+    while peers.iter().any(Option::is_none) {
+        match listener.accept() {
+            Ok((stream, from)) => match greet(stream, mine, nonce) {
+                Ok((hello, stream)) => {
+                    peers[(hello.from - me - 1) as usize] = Some(stream);
+                }
+                Err(why) => tracing::warn!(
+                    "process {me}: a connection from {from} was dropped: {why}; still waiting \
+                     for this run's processes"
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if said.elapsed() >= WAITING_LOG_EVERY {
+                    let waiting: Vec<String> = (peers.iter().enumerate())
+                        .filter(|(_, p)| p.is_none())
+                        .map(|(i, _)| (me as usize + 1 + i).to_string())
+                        .collect();
+                    tracing::info!(
+                        "process {me}: waiting for process(es) {} to connect",
+                        waiting.join(", ")
+                    );
+                    said = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).context("accepting the run's processes"),
+        }
+    }
+    Ok(peers
+        .into_iter()
+        .map(|p| p.expect("all connected"))
+        .collect())
+}
+
+/// Reads a hello on an accepted connection and answers it: the peer, or why it is none.
+fn greet(mut stream: TcpStream, mine: &Hello, nonce: u128) -> Result<(Hello, TcpStream), String> {
+    let io = |e: std::io::Error| format!("it said no hello ({e})");
+    stream.set_nonblocking(false).map_err(io)?;
+    stream.set_read_timeout(Some(HELLO_PATIENCE)).map_err(io)?;
+    let mut bytes = [0u8; HELLO_BYTES];
+    stream.read_exact(&mut bytes).map_err(io)?;
+    let hello = Hello::read(&bytes, mine)?;
+    let mut reply = [0u8; REPLY_BYTES];
+    reply[..8].copy_from_slice(MAGIC);
+    reply[8..].copy_from_slice(&nonce.to_le_bytes());
+    stream.write_all(&reply).map_err(io)?;
+    stream.set_read_timeout(None).map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    Ok((hello, stream))
+}
+
+/// Connects to every lower process, retrying until each answers the hello; returns the
+/// connections and process 0's nonce (0 for process 0 itself).
+fn connect_to_lower(
+    addresses: &[String],
+    mine: &Hello,
+) -> anyhow::Result<(Vec<Option<TcpStream>>, u128)> {
+    let me = mine.from as usize;
+    let mut streams = Vec::with_capacity(me);
+    let mut nonce = 0;
+    for (index, address) in addresses.iter().enumerate().take(me) {
+        let mut said = Instant::now();
+        let (stream, their_nonce) = loop {
+            match say_hello(address, mine) {
+                Ok(connected) => break connected,
+                Err(why) => {
+                    if said.elapsed() >= WAITING_LOG_EVERY {
+                        tracing::info!(
+                            "process {me}: waiting for process {index} at {address} ({why})"
+                        );
+                        said = Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        if index == 0 {
+            nonce = their_nonce;
+        }
+        streams.push(Some(stream));
+    }
+    Ok((streams, nonce))
+}
+
+fn say_hello(address: &str, mine: &Hello) -> std::io::Result<(TcpStream, u128)> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&mine.bytes())?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reply = [0u8; REPLY_BYTES];
+    stream.read_exact(&mut reply)?;
+    if &reply[..8] != MAGIC {
+        return Err(std::io::Error::other(
+            "what answered is not a saeshare process",
+        ));
+    }
+    stream.set_read_timeout(None)?;
+    let nonce = u128::from_le_bytes(reply[8..].try_into().expect("16 bytes"));
+    Ok((stream, nonce))
+}
+
+/// Shared with tests: the hello bytes of process `from` of `processes`.
+#[cfg(test)]
+fn hello_bytes(launch: &str, from: u64, processes: u64) -> [u8; HELLO_BYTES] {
+    Hello {
+        launch: launch_bytes(launch),
+        from,
+        processes,
+    }
+    .bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn free_ports(n: usize) -> Vec<String> {
+        let listeners: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect()
+    }
+
+    /// Strays at process 0's port (silent, garbage, another run's hello) are dropped; the
+    /// processes of the run connect, and share process 0's nonce as their run id.
+    #[test]
+    fn strays_are_dropped_and_the_processes_share_process_0s_nonce() {
+        let addresses = Arc::new(free_ports(3));
+        let starts: Vec<_> = (0..3)
+            .map(|me| {
+                let addresses = addresses.clone();
+                std::thread::spawn(move || {
+                    if me > 0 {
+                        std::thread::sleep(Duration::from_millis(600));
+                    }
+                    connect_and_close(&addresses, me)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let at = addresses[0].clone();
+        let silent = TcpStream::connect(&at).unwrap();
+        let mut garbage = TcpStream::connect(&at).unwrap();
+        garbage.write_all(&[7u8; HELLO_BYTES]).unwrap();
+        let mut other_run = TcpStream::connect(&at).unwrap();
+        other_run.write_all(&hello_bytes("launch-b", 1, 3)).unwrap();
+        let ids: Vec<String> = starts.into_iter().map(|s| s.join().unwrap()).collect();
+        assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+        assert!(ids[0].starts_with("launch-a-"), "{ids:?}");
+        drop((silent, garbage, other_run));
+
+        // A second launch draws another nonce.
+        let again: Vec<_> = (0..3)
+            .map(|me| {
+                let addresses = addresses.clone();
+                std::thread::spawn(move || connect_and_close(&addresses, me))
+            })
+            .collect();
+        let second: Vec<String> = again.into_iter().map(|s| s.join().unwrap()).collect();
+        assert!(second.iter().all(|id| id == &second[0]));
+        assert_ne!(second[0], ids[0]);
+    }
+
+    /// Process `me` connects, runs no work, and ends; its run id.
+    fn connect_and_close(addresses: &[String], me: usize) -> String {
+        let connected = Connected::cluster(addresses, me, 1, "launch-a").unwrap();
+        let id = connected.run_id.clone();
+        connected.close();
+        id
+    }
+
+    #[test]
+    fn a_port_in_use_is_an_error_that_names_it() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        let addresses = vec![address.clone(), free_ports(1).remove(0)];
+        let error = Connected::cluster(&addresses, 0, 1, "l").err().unwrap();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains(&address) && message.contains("other ports"),
+            "{message}"
+        );
+    }
+}
