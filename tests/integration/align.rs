@@ -126,3 +126,133 @@ fn align_tunes_reproducibly_and_its_packages_give_the_measured_embeddings() {
         );
     }
 }
+
+/// Bad arguments and bad datasets are refused with one line naming the problem (status 2 for an
+/// argument, 1 for the data), never a traceback. Nothing trains: the five-pair dataset is
+/// refused before training, since none of its captions falls in the held-out split.
+#[test]
+fn align_refuses_bad_input_with_a_clear_line() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    /// Runs `align` on `dataset` with the flags `more`: it must exit with `code`, without a
+    /// traceback, and with one error line that holds each of `needles`.
+    fn refused(dataset: &Path, out: &Path, more: &[&str], code: i32, needles: &[&str]) {
+        let output = common::python()
+            .args(["-m", "saeshare_export", "align", "--dataset"])
+            .arg(dataset)
+            .arg("--out")
+            .arg(out)
+            .args(more)
+            .output()
+            .unwrap();
+        let stderr = common::stderr(&output);
+        let case = format!("align --dataset {} {}", dataset.display(), more.join(" "));
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{case}: the exit status (None: killed by a signal)\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("Traceback"),
+            "{case}: a traceback\n{stderr}"
+        );
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error:")).collect();
+        assert_eq!(errors.len(), 1, "{case}: one error line\n{stderr}");
+        for needle in needles {
+            assert!(
+                errors[0].contains(needle),
+                "{case}: the error line does not name {needle:?}\n{stderr}"
+            );
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // Captions `caption 0` to `caption 4`: none is held out (one caption in ten, by a hash).
+    let tiny = dir.path().join("tiny");
+    common::write_dataset(&tiny, 5, 5);
+
+    // Arguments: refused by argparse, before anything is read.
+    refused(
+        &tiny,
+        &out,
+        &["--epochs", "0"],
+        2,
+        &["--epochs", "positive"],
+    );
+    refused(&tiny, &out, &["--batch", "0"], 2, &["--batch", "positive"]);
+    refused(&tiny, &out, &["--size", "-3"], 2, &["--size", "positive"]);
+    refused(&tiny, &out, &["--epochs", "two"], 2, &["--epochs"]);
+    refused(&tiny, &out, &["--lr", "0"], 2, &["--lr", "positive"]);
+
+    // The dataset folder: missing, a file, empty.
+    refused(
+        &dir.path().join("nowhere"),
+        &out,
+        &[],
+        1,
+        &["nowhere", "no such"],
+    );
+    let file = dir.path().join("file.txt");
+    std::fs::write(&file, "not a dataset").unwrap();
+    refused(&file, &out, &[], 1, &["file.txt", "is a file"]);
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    refused(&empty, &out, &[], 1, &["empty", "no shard"]);
+
+    // A shard: garbage bytes, or without the image or the caption column.
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    std::fs::write(
+        damaged.join("garbage.parquet"),
+        b"these bytes are not Parquet",
+    )
+    .unwrap();
+    refused(
+        &damaged,
+        &out,
+        &[],
+        1,
+        &["garbage.parquet", "not a readable Parquet"],
+    );
+    let png = common::png(4, 4, 0);
+    let columns: Vec<(Field, ArrayRef)> = vec![
+        (
+            Field::new("sample_id", DataType::UInt64, false),
+            Arc::new(UInt64Array::from(vec![0u64, 1])) as ArrayRef,
+        ),
+        (
+            Field::new("image", DataType::Binary, false),
+            Arc::new(BinaryArray::from(vec![png.as_slice(), png.as_slice()])) as ArrayRef,
+        ),
+        (
+            Field::new("caption", DataType::Utf8, false),
+            Arc::new(StringArray::from(vec!["a cat", "a dog"])) as ArrayRef,
+        ),
+    ];
+    for missing in ["image", "caption"] {
+        let folder = dir.path().join(format!("no-{missing}"));
+        std::fs::create_dir(&folder).unwrap();
+        let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = (columns.iter())
+            .filter(|(field, _)| field.name() != missing)
+            .cloned()
+            .unzip();
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap();
+        common::write_parquet(&folder.join("shard-000000.parquet"), batch);
+        let named = format!("no {missing} column");
+        refused(
+            &folder,
+            &out,
+            &[],
+            1,
+            &["shard-000000.parquet", named.as_str()],
+        );
+    }
+
+    // Too few captions to hold any out: refused before any training, and nothing written.
+    refused(&tiny, &out, &[], 1, &["tiny", "5 pairs", "held-out"]);
+    assert!(!out.exists(), "a refused run writes nothing");
+}
