@@ -101,6 +101,38 @@ impl AtomicFile {
     }
 }
 
+/// A file written whole and synced, its descriptor closed, waiting to be renamed into place
+/// ([`AtomicFile::into_pending`]): many can wait at once without holding a descriptor each.
+/// Dropped without [`commit_new`](Self::commit_new), its temporary file is removed.
+#[derive(Debug)]
+pub struct PendingFile {
+    temp: tempfile::TempPath,
+    path: PathBuf,
+}
+
+impl PendingFile {
+    /// The file it will be.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames it into place; never replaces a file (an error of kind `AlreadyExists`).
+    pub fn commit_new(self) -> std::io::Result<()> {
+        self.temp.persist_noclobber(&self.path).map_err(|e| e.error)
+    }
+}
+
+impl AtomicFile {
+    /// Syncs the temporary file and closes it, to be renamed into place later.
+    pub fn into_pending(self) -> std::io::Result<PendingFile> {
+        self.temp.as_file().sync_all()?;
+        Ok(PendingFile {
+            temp: self.temp.into_temp_path(),
+            path: self.path,
+        })
+    }
+}
+
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.temp.write(buf)
@@ -251,6 +283,59 @@ fn is_temporary_name(name: &str, is_dir: bool) -> bool {
     }
 }
 
+/// Removes the temporary files of this module that would have become `file` (beside it),
+/// last modified before `before`: [`remove_stale_temporaries`] for one file.
+pub fn remove_stale_temporaries_of(file: &Path, before: std::time::SystemTime) -> usize {
+    let (Some(folder), Some(name)) = (file.parent(), file.file_name()) else {
+        return 0;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let ours = entry_name.starts_with(&prefix) && is_temporary_name(&entry_name, false);
+        let file = entry.file_type().is_ok_and(|t| t.is_file());
+        if ours && file && modified_before(&entry, before) {
+            removed += usize::from(remove_left_over(&entry.path(), false));
+        }
+    }
+    removed
+}
+
+fn modified_before(entry: &std::fs::DirEntry, before: std::time::SystemTime) -> bool {
+    (entry.metadata().ok())
+        .and_then(|m| m.modified().ok())
+        .is_some_and(|t| t < before)
+}
+
+/// Removes what a killed process left at `path`; whether it is gone.
+fn remove_left_over(path: &Path, is_dir: bool) -> bool {
+    let gone = if is_dir {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match gone {
+        Ok(()) => {
+            tracing::info!(
+                "removed {}: left by a process that was killed",
+                path.display()
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{} is left by a killed process, and cannot be removed: {e}",
+                path.display()
+            );
+            false
+        }
+    }
+}
+
 /// Removes the temporaries of this module under `dir` (at any depth) last modified before
 /// `before`: what a process killed while writing left behind (a kill skips the drop that
 /// removes them). Only a caller that holds `dir` alone (a run folder under its lock) may call
@@ -272,28 +357,8 @@ pub fn remove_stale_temporaries(dir: &Path, before: std::time::SystemTime) -> us
             if kind.is_symlink() {
                 continue;
             }
-            let old = (entry.metadata().ok())
-                .and_then(|m| m.modified().ok())
-                .is_some_and(|t| t < before);
-            if is_temporary_name(&name, kind.is_dir()) && old {
-                let gone = if kind.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                match gone {
-                    Ok(()) => {
-                        tracing::info!(
-                            "removed {}: left by a process that was killed",
-                            path.display()
-                        );
-                        removed += 1;
-                    }
-                    Err(e) => tracing::warn!(
-                        "{} is left by a killed process, and cannot be removed: {e}",
-                        path.display()
-                    ),
-                }
+            if is_temporary_name(&name, kind.is_dir()) && modified_before(&entry, before) {
+                removed += usize::from(remove_left_over(&path, kind.is_dir()));
             } else if kind.is_dir() {
                 folders.push(path);
             }
@@ -335,6 +400,19 @@ mod tests {
         // What is being written now is kept.
         let before = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
         let current = started(&deep.join("x.parquet"), b"new");
+        // Beside a file: only that file's temporaries.
+        let top = dir.path().join(".wmppc.parquet.XyZ123.tmp");
+        let other = dir.path().join(".emoji.partial-AbCdEf");
+        std::fs::write(&top, b"old").unwrap();
+        std::fs::create_dir(&other).unwrap();
+        age(&top);
+        age(&other);
+        assert_eq!(
+            remove_stale_temporaries_of(&dir.path().join("wmppc.parquet"), before),
+            1
+        );
+        assert!(!top.exists() && other.exists());
+        std::fs::remove_dir(&other).unwrap();
         assert_eq!(remove_stale_temporaries(dir.path(), before), 2);
         assert!(!old.exists() && !old_dir.exists());
         assert!(current.temp_path().exists());

@@ -42,9 +42,14 @@ impl RunLayout {
         self.encoder_saes(encoder).join(layer)
     }
 
+    /// `codes/`: the codes store.
+    pub fn codes(&self) -> PathBuf {
+        self.root.join("codes")
+    }
+
     /// `codes/<encoder>/<layer>/`: an encoder layer's codes, one file per dataset shard.
     pub fn codes_dir(&self, encoder: &str, layer: &str) -> PathBuf {
-        self.root.join("codes").join(encoder).join(layer)
+        self.codes().join(encoder).join(layer)
     }
 
     /// `codes/<encoder>/<layer>/<shard file>`.
@@ -117,6 +122,32 @@ impl RunLayout {
     /// `last-run.json`: what the last run did.
     pub fn last_run(&self) -> PathBuf {
         self.root.join("last-run.json")
+    }
+
+    /// The folders that hold nothing but what saeshare writes. Anything else in a run folder
+    /// (a dataset built into it, packages exported there) is not the run's to clear.
+    pub fn own_folders(&self) -> Vec<PathBuf> {
+        vec![
+            self.saes(),
+            self.codes(),
+            self.activations(),
+            self.pairs(),
+            self.sharedness(),
+            self.units(),
+            self.report(),
+        ]
+    }
+
+    /// The files a run writes at the top of its folder.
+    pub fn own_files(&self) -> Vec<PathBuf> {
+        vec![
+            self.wmppc(),
+            self.mppc(),
+            self.outputs_record(),
+            self.study_record(),
+            self.last_run(),
+            self.shard_contents(),
+        ]
     }
 
     /// `report/`: the HTML report.

@@ -172,6 +172,8 @@ impl From<SaeArgs> for SaeConfig {
 fn recorded_layer(sae: &std::path::Path) -> anyhow::Result<String> {
     match crate::sae::read_meta(sae) {
         Ok(meta) if !meta.source.layer.is_empty() => Ok(meta.source.layer),
+        // A saeshare SAE whose sae.json cannot be read: that is the error to fix.
+        Err(error) if sae.join("sae.json").is_file() => Err(error.into()),
         _ => anyhow::bail!(
             "{}: the SAE records no layer it was trained on (only saeshare's SAEs do); name the \
              layer of the activation file with --layer",

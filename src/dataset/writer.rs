@@ -17,7 +17,7 @@ use parquet::file::properties::WriterProperties;
 use super::format::{self, FORMAT_VERSION, SOURCE_KEY, VERSION_KEY};
 use super::reader::Dataset;
 use super::{DatasetError, Result};
-use crate::atomic::{self, AtomicDir, AtomicFile};
+use crate::atomic::{self, AtomicDir, AtomicFile, PendingFile};
 use crate::file_error::FileError;
 
 /// How shards are cut and labelled.
@@ -78,8 +78,9 @@ pub struct DatasetWriter {
     next_id: u64,
     pending: Vec<NewRow>,
     open: Option<OpenShard>,
-    /// An append's finished shards, written and synced, renamed into place by `finish`.
-    held: Vec<(AtomicFile, PathBuf)>,
+    /// An append's finished shards, written, synced and closed, renamed into place by
+    /// `finish`.
+    held: Vec<PendingFile>,
     summary: WriteSummary,
 }
 
@@ -181,7 +182,8 @@ impl DatasetWriter {
     pub fn finish(mut self) -> Result<WriteSummary> {
         self.flush()?;
         self.close_shard()?;
-        for (file, path) in std::mem::take(&mut self.held) {
+        for file in std::mem::take(&mut self.held) {
+            let path = file.path().to_path_buf();
             file.commit_new().map_err(DatasetError::io(&path))?;
         }
         let mut summary = std::mem::take(&mut self.summary);
@@ -296,8 +298,8 @@ impl DatasetWriter {
             file.commit_new().map_err(DatasetError::io(&path))?;
         } else {
             // An append: held back until every new shard is written ([`Self::finish`]).
-            file.file().sync_all().map_err(DatasetError::io(&path))?;
-            self.held.push((file, path.clone()));
+            let pending = file.into_pending().map_err(DatasetError::io(&path))?;
+            self.held.push(pending);
         }
         tracing::debug!(shard = %path.display(), rows = shard.rows, "wrote shard");
         self.summary.shards.push(path);

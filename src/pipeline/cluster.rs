@@ -13,6 +13,7 @@
 use std::any::Any;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,7 +28,11 @@ const PROTOCOL: u32 = 1;
 /// Launch digests are this long (hex), padded.
 const LAUNCH_BYTES: usize = 32;
 const HELLO_BYTES: usize = 8 + 4 + LAUNCH_BYTES + 8 + 8;
-const REPLY_BYTES: usize = 8 + 16;
+const REPLY_BYTES: usize = 8 + 1 + 16;
+/// What a reply says: the hello is taken, or why it is refused.
+const TAKEN: u8 = 0;
+const OTHER_RUN: u8 = 1;
+const ALREADY_CONNECTED: u8 = 2;
 /// How long a connection may take to say hello before it is dropped.
 const HELLO_PATIENCE: Duration = Duration::from_secs(5);
 /// How often a process still waiting for its peers says so.
@@ -73,9 +78,14 @@ impl Connected {
         };
         let nonce: u128 = if me == 0 { rand::random() } else { 0 };
         let listener = bind(&addresses[me], me)?;
+        let stop = AtomicBool::new(false);
         let higher = std::thread::scope(|scope| {
-            let accepting = scope.spawn(|| accept_peers(&listener, &hello, nonce));
+            let accepting = scope.spawn(|| accept_peers(&listener, &hello, nonce, &stop));
             let lower = connect_to_lower(addresses, &hello);
+            if lower.is_err() {
+                // No run to wait for: the accepting thread stops too.
+                stop.store(true, Ordering::Relaxed);
+            }
             let higher = accepting
                 .join()
                 .expect("the accepting thread does not panic");
@@ -143,16 +153,20 @@ impl Hello {
         out
     }
 
-    /// The hello in `bytes`, or why it is none of this run's.
-    fn read(bytes: &[u8; HELLO_BYTES], mine: &Hello) -> Result<Hello, String> {
+    /// The hello in `bytes`, or why it is none of this run's: the reply's status (for a
+    /// saeshare process; `None` for anything else, which gets no reply) and the reason.
+    fn read(bytes: &[u8; HELLO_BYTES], mine: &Hello) -> Result<Hello, (Option<u8>, String)> {
         if &bytes[..8] != MAGIC {
-            return Err("it is not a saeshare process".to_string());
+            return Err((None, "it is not a saeshare process".to_string()));
         }
         let protocol = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if protocol != PROTOCOL {
-            return Err(format!(
-                "it speaks handshake version {protocol}, this saeshare {PROTOCOL}: run one \
-                 saeshare release on every machine"
+            return Err((
+                Some(OTHER_RUN),
+                format!(
+                    "it speaks handshake version {protocol}, this saeshare {PROTOCOL}: run one \
+                     saeshare release on every machine"
+                ),
             ));
         }
         let at = 12 + LAUNCH_BYTES;
@@ -162,16 +176,20 @@ impl Hello {
             processes: u64::from_le_bytes(bytes[at + 8..].try_into().expect("8 bytes")),
         };
         if hello.launch != mine.launch || hello.processes != mine.processes {
-            return Err(
+            return Err((
+                Some(OTHER_RUN),
                 "it is a saeshare process of another run (another study file, hostfile or \
                  process count)"
                     .to_string(),
-            );
+            ));
         }
         if hello.from <= mine.from || hello.from >= mine.processes {
-            return Err(format!(
-                "it says it is process {}, which does not connect to process {}",
-                hello.from, mine.from
+            return Err((
+                Some(OTHER_RUN),
+                format!(
+                    "it says it is process {}, which does not connect to process {}",
+                    hello.from, mine.from
+                ),
             ));
         }
         Ok(hello)
@@ -199,27 +217,31 @@ fn bind(address: &str, me: usize) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Accepts a connection from every higher process, in index order; drops (and logs) any
-/// connection that is not one of them.
+/// Accepts a connection from every higher process, in index order; drops (and logs, at most
+/// every few seconds) any connection that is not one of them, and refuses a second process
+/// with the index of one already connected (another launch of the same study).
 fn accept_peers(
     listener: &TcpListener,
     mine: &Hello,
     nonce: u128,
+    stop: &AtomicBool,
 ) -> anyhow::Result<Vec<TcpStream>> {
     let me = mine.from;
     let expected = (mine.processes - me - 1) as usize;
     let mut peers: Vec<Option<TcpStream>> = (0..expected).map(|_| None).collect();
     let mut said = Instant::now();
+    let mut dropped = Dropped::default();
     while peers.iter().any(Option::is_none) {
+        anyhow::ensure!(
+            !stop.load(Ordering::Relaxed),
+            "process {me}: stopped waiting for its peers"
+        );
         match listener.accept() {
-            Ok((stream, from)) => match greet(stream, mine, nonce) {
+            Ok((stream, from)) => match greet(stream, mine, nonce, &peers) {
                 Ok((hello, stream)) => {
                     peers[(hello.from - me - 1) as usize] = Some(stream);
                 }
-                Err(why) => tracing::warn!(
-                    "process {me}: a connection from {from} was dropped: {why}; still waiting \
-                     for this run's processes"
-                ),
+                Err(why) => dropped.log(me, from, &why),
             },
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if said.elapsed() >= WAITING_LOG_EVERY {
@@ -244,25 +266,81 @@ fn accept_peers(
         .collect())
 }
 
-/// Reads a hello on an accepted connection and answers it: the peer, or why it is none.
-fn greet(mut stream: TcpStream, mine: &Hello, nonce: u128) -> Result<(Hello, TcpStream), String> {
+/// Connections dropped at a listening process, said at most every few seconds.
+#[derive(Default)]
+struct Dropped {
+    since_said: usize,
+    said: Option<Instant>,
+}
+
+impl Dropped {
+    fn log(&mut self, me: u64, from: std::net::SocketAddr, why: &str) {
+        self.since_said += 1;
+        if self.said.is_some_and(|t| t.elapsed() < WAITING_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            "process {me}: a connection from {from} was dropped: {why}; still waiting for this \
+             run's processes ({} connection(s) dropped since the last such line)",
+            self.since_said
+        );
+        self.since_said = 0;
+        self.said = Some(Instant::now());
+    }
+}
+
+/// Reads a hello on an accepted connection and answers it: the peer, or why it is none (a
+/// saeshare process refused is told why, so that it stops rather than tries again).
+fn greet(
+    mut stream: TcpStream,
+    mine: &Hello,
+    nonce: u128,
+    peers: &[Option<TcpStream>],
+) -> Result<(Hello, TcpStream), String> {
     let io = |e: std::io::Error| format!("it said no hello ({e})");
     stream.set_nonblocking(false).map_err(io)?;
     stream.set_read_timeout(Some(HELLO_PATIENCE)).map_err(io)?;
     let mut bytes = [0u8; HELLO_BYTES];
     stream.read_exact(&mut bytes).map_err(io)?;
-    let hello = Hello::read(&bytes, mine)?;
     let mut reply = [0u8; REPLY_BYTES];
     reply[..8].copy_from_slice(MAGIC);
-    reply[8..].copy_from_slice(&nonce.to_le_bytes());
-    stream.write_all(&reply).map_err(io)?;
-    stream.set_read_timeout(None).map_err(io)?;
-    stream.set_nodelay(true).map_err(io)?;
-    Ok((hello, stream))
+    let checked = Hello::read(&bytes, mine).and_then(|hello| {
+        let slot = (hello.from - mine.from - 1) as usize;
+        if peers[slot].is_some() {
+            return Err((
+                Some(ALREADY_CONNECTED),
+                format!(
+                    "process {} of this run is connected already: is another launch of the \
+                     same study running?",
+                    hello.from
+                ),
+            ));
+        }
+        Ok(hello)
+    });
+    match checked {
+        Ok(hello) => {
+            reply[8] = TAKEN;
+            reply[9..].copy_from_slice(&nonce.to_le_bytes());
+            stream.write_all(&reply).map_err(io)?;
+            stream.set_read_timeout(None).map_err(io)?;
+            stream.set_nodelay(true).map_err(io)?;
+            Ok((hello, stream))
+        }
+        Err((status, why)) => {
+            if let Some(status) = status {
+                reply[8] = status;
+                let _ = stream.write_all(&reply);
+            }
+            Err(why)
+        }
+    }
 }
 
 /// Connects to every lower process, retrying until each answers the hello; returns the
-/// connections and process 0's nonce (0 for process 0 itself).
+/// connections and process 0's nonce (0 for process 0 itself). A process that refuses the
+/// hello (another run's, or this run's with this index taken) is an error: retrying would not
+/// change its answer.
 fn connect_to_lower(
     addresses: &[String],
     mine: &Hello,
@@ -274,7 +352,19 @@ fn connect_to_lower(
         let mut said = Instant::now();
         let (stream, their_nonce) = loop {
             match say_hello(address, mine) {
-                Ok(connected) => break connected,
+                Ok(Answer::Taken(stream, nonce)) => break (stream, nonce),
+                Ok(Answer::Refused(status)) => anyhow::bail!(
+                    "process {me}: process {index} at {address} refused it: {}",
+                    match status {
+                        ALREADY_CONNECTED => format!(
+                            "process {me} of its run is connected already; is another launch \
+                             of the same study running?"
+                        ),
+                        _ => "it belongs to another run; start every process with the same \
+                              study file, hostfile and -n, and one saeshare release"
+                            .to_string(),
+                    }
+                ),
                 Err(why) => {
                     if said.elapsed() >= WAITING_LOG_EVERY {
                         tracing::info!(
@@ -294,7 +384,13 @@ fn connect_to_lower(
     Ok((streams, nonce))
 }
 
-fn say_hello(address: &str, mine: &Hello) -> std::io::Result<(TcpStream, u128)> {
+/// What a lower process answered a hello.
+enum Answer {
+    Taken(TcpStream, u128),
+    Refused(u8),
+}
+
+fn say_hello(address: &str, mine: &Hello) -> std::io::Result<Answer> {
     let mut stream = TcpStream::connect(address)?;
     stream.set_nodelay(true)?;
     stream.write_all(&mine.bytes())?;
@@ -306,9 +402,12 @@ fn say_hello(address: &str, mine: &Hello) -> std::io::Result<(TcpStream, u128)> 
             "what answered is not a saeshare process",
         ));
     }
+    if reply[8] != TAKEN {
+        return Ok(Answer::Refused(reply[8]));
+    }
     stream.set_read_timeout(None)?;
-    let nonce = u128::from_le_bytes(reply[8..].try_into().expect("16 bytes"));
-    Ok((stream, nonce))
+    let nonce = u128::from_le_bytes(reply[9..].try_into().expect("16 bytes"));
+    Ok(Answer::Taken(stream, nonce))
 }
 
 /// Shared with tests: the hello bytes of process `from` of `processes`.
@@ -383,6 +482,27 @@ mod tests {
         let id = connected.run_id.clone();
         connected.close();
         id
+    }
+
+    /// A second process with the index of one already connected (another launch of the same
+    /// study) is refused and told why; the run's own processes go on.
+    #[test]
+    fn a_second_process_of_the_same_index_is_refused() {
+        let addresses = Arc::new(free_ports(3));
+        let start = |me: usize| {
+            let addresses = addresses.clone();
+            std::thread::spawn(move || connect_and_close(&addresses, me))
+        };
+        let (zero, one) = (start(0), start(1));
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut second = TcpStream::connect(&addresses[0]).unwrap();
+        second.write_all(&hello_bytes("launch-a", 1, 3)).unwrap();
+        let mut reply = [0u8; REPLY_BYTES];
+        second.read_exact(&mut reply).unwrap();
+        assert_eq!((&reply[..8], reply[8]), (&MAGIC[..], ALREADY_CONNECTED));
+        let two = start(2);
+        let ids = [zero, one, two].map(|t| t.join().unwrap());
+        assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
     }
 
     #[test]

@@ -25,7 +25,9 @@ use super::outputs;
 use super::pairs;
 use super::plan::{Plan, ShardIdentity};
 use super::run_folder::RunFolder;
-use super::stage::{any_failed, barrier, run_to_completion, Failure, StageContext, StageCounters};
+use super::stage::{
+    any_failed, any_says, barrier, run_to_completion, Failure, StageContext, StageCounters,
+};
 use super::study::Study;
 use super::units::{remove_made, Units};
 use super::WorkerArgs;
@@ -65,24 +67,41 @@ pub fn run_study(path: &Path, workers: &WorkerArgs) -> anyhow::Result<RunSummary
     let study = Study::read(path)?;
     // The processes connect first: the run id that shares the lock is one they agree on.
     let connected = workers.connect(path)?;
-    let (plan, todo, mut summary) = match begin(study, path, workers, &connected.run_id) {
-        Ok(begun) => begun,
-        Err(error) => {
-            // The peers, which failed alike (another run holds the folder, the plan is
-            // refused), are told this process is done rather than seeing it vanish.
-            connected.close();
-            return Err(error);
-        }
+    // Whether every process got through its start is the workers' first agreement: a process
+    // that failed (another run holds the folder, its plan is refused) still starts its workers,
+    // which say so and end, so that no peer waits for it.
+    let (begun, error) = match begin(study, path, workers, &connected.run_id) {
+        Ok(begun) => (Some(begun), None),
+        Err(error) => (None, Some(error)),
     };
-    let bars = StageBars::new(&plan, &todo, workers);
-    let totals = run_workers(connected, plan.clone(), todo, bars.clone(), workers);
-    bars.finish();
+    let started = begun.as_ref().map(|(plan, todo, _)| Started {
+        plan: plan.clone(),
+        bars: StageBars::new(plan, todo, workers),
+    });
+    let (todo, summary) = match begun {
+        Some((_, todo, summary)) => (Some(todo), Some(summary)),
+        None => (None, None),
+    };
+    let totals = run_workers(connected, started.clone(), todo, workers);
+    if let Some(started) = &started {
+        started.bars.finish();
+    }
+    let (Some(started), Some(mut summary)) = (started, summary) else {
+        return Err(error.expect("a process that did not begin has its error"));
+    };
     summary.add_totals(totals?, start);
     if workers.process == 0 {
-        let path = plan.layout().last_run();
+        let path = started.plan.layout().last_run();
         crate::atomic::write(&path, &serde_json::to_vec_pretty(&summary)?)?;
     }
     Ok(summary)
+}
+
+/// What a process that got through its start gives its workers.
+#[derive(Clone)]
+struct Started {
+    plan: Arc<Plan>,
+    bars: StageBars,
 }
 
 /// Everything before the workers start: the folder claimed for `run_id` (and cleared of what
@@ -101,8 +120,17 @@ fn begin(
         // Temporaries older than this run are a killed run's: no other run writes here now.
         // The processes on other machines write theirs after connecting; their clocks may
         // be a little off this one's.
+        // Only the run's own folders and files: a dataset or packages kept in the run folder
+        // are another command's, which may be writing now.
         let margin = std::time::Duration::from_secs(if workers.processes == 1 { 0 } else { 60 });
-        crate::atomic::remove_stale_temporaries(&output, begun_at - margin);
+        let before = begun_at - margin;
+        let layout = crate::run_layout::RunLayout::new(&output);
+        for folder in layout.own_folders() {
+            crate::atomic::remove_stale_temporaries(&folder, before);
+        }
+        for file in layout.own_files() {
+            crate::atomic::remove_stale_temporaries_of(&file, before);
+        }
     }
     let plan = Arc::new(Plan::resolve(study, path)?);
     if workers.process == 0 {
@@ -284,20 +312,26 @@ impl RunSummary {
 /// worker that failed (rather than of those that stopped for it).
 fn run_workers(
     connected: Connected,
-    plan: Arc<Plan>,
-    todo: Todo,
-    bars: StageBars,
+    started: Option<Started>,
+    todo: Option<Todo>,
     workers: &WorkerArgs,
 ) -> anyhow::Result<WorkerTotals> {
-    let todo = Arc::new(todo);
+    let todo = todo.map(Arc::new);
     let totals = Arc::new(Mutex::new(WorkerTotals::default()));
     let sink = totals.clone();
     let torch_threads = workers.torch_threads();
     tracing::debug!(torch_threads, "libtorch intra-op threads per worker");
     let guards = connected.execute(move |worker| {
+        if any_says(worker, started.is_none()) {
+            return Err(StoppedForAnother(worker.index()).into());
+        }
+        let (Some(started), Some(todo)) = (&started, &todo) else {
+            unreachable!("a process that did not start has failed, and every worker saw it");
+        };
         // Per thread in OpenMP: each worker sets its own, and its step threads copy it.
         crate::torch::set_thread_torch_threads(torch_threads);
-        let mut stages = WorkerStages::new(worker, plan.clone(), todo.clone(), bars.clone());
+        let (plan, bars) = (started.plan.clone(), started.bars.clone());
+        let mut stages = WorkerStages::new(worker, plan, todo.clone(), bars);
         stages.fit(worker);
         stages.compare(worker);
         stages.outputs(worker);

@@ -40,7 +40,8 @@ impl WorkerArgs {
             return Connected::single(self.workers);
         }
         let addresses = self.addresses()?;
-        let subject = std::path::absolute(subject).unwrap_or_else(|_| subject.to_path_buf());
+        // By content, not path: machines may mount the shared folder at other paths.
+        let subject = subject_digest(subject)?;
         let launch = super::fingerprint(&(subject, &addresses, self.processes));
         Connected::cluster(&addresses, self.process, self.workers, &launch)
     }
@@ -108,6 +109,16 @@ impl WorkerArgs {
         );
         Ok(addresses[..self.processes].to_vec())
     }
+}
+
+/// What identifies a run's subject alike on every machine: a study file's bytes, or a folder's
+/// canonical path (a dataset scanned).
+fn subject_digest(subject: &Path) -> anyhow::Result<String> {
+    if subject.is_file() {
+        return Ok(crate::digest::files_digest(&[subject])?);
+    }
+    let path = std::path::absolute(subject).unwrap_or_else(|_| subject.to_path_buf());
+    Ok(super::fingerprint(&path))
 }
 
 /// How many of the run's processes share the host of process `me` (by the host part of their

@@ -320,3 +320,37 @@ fn clip_gradients(grads: &mut [Tensor], max_norm: f64) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before `dead_after_tokens` tokens no latent can count as dead; the latents that did not
+    /// fire once are counted apart. With k = 1 and 4 rows, at most 4 of 16 latents fire.
+    #[test]
+    fn latents_that_never_fired_are_counted_while_none_can_be_dead_yet() {
+        let config = SaeConfig {
+            k: 1,
+            expansion: 8,
+            batch_size: 4,
+            steps: 2,
+            aux_k: 0,
+            dead_after_tokens: 1_000_000,
+            ..SaeConfig::default()
+        };
+        let source = SaeSource {
+            encoder: "e".into(),
+            layer: "l".into(),
+        };
+        let mut trainer = SaeTrainer::new(&config, 2, Device::Cpu, source);
+        let batch = RowBatch {
+            values: vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.5, 0.3, -0.7],
+            samples: (0..4).collect(),
+        };
+        let metrics = trainer.train_batch(&batch).unwrap();
+        assert_eq!(metrics.dead_fraction, 0.0);
+        let never = metrics.never_fired.unwrap();
+        assert!((0.75..=1.0).contains(&never), "{never}");
+        assert_eq!(never, trainer.never_fired());
+    }
+}

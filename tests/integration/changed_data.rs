@@ -177,3 +177,36 @@ fn export_sees_absolute_folders_when_the_study_file_has_no_folder_in_its_name() 
         dataset.canonicalize().unwrap()
     );
 }
+
+/// The ceiling's second SAEs are fitted on the very rows of the SAEs they are compared with:
+/// a ceiling asked for after rows were appended refits both, saying why.
+#[test]
+fn a_ceiling_added_after_appended_rows_refits_the_saes_it_is_compared_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = common::emoji_subset(dir.path(), &[20]);
+    let file = study(dir.path(), &dataset, "out", &["bert", "dinov2"], 4);
+    succeeded(&run(&file));
+    std::fs::copy(
+        common::emoji_shards().join("shard-000060.parquet"),
+        dataset.join("shard-000060.parquet"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("[baselines]\n", "[baselines]\nceiling_seed = 7\n");
+    std::fs::write(&file, text).unwrap();
+    let err = succeeded(&run(&file));
+    assert!(err.contains("so that both see the same rows"), "{err}");
+    let fitted_on = |name: &str| {
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("out/units/saes/{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        record["detail"]["fitted_on"].clone()
+    };
+    for name in ["bert", "dinov2"] {
+        let on = fitted_on(name);
+        assert_eq!(on.as_array().map(Vec::len), Some(2), "{name}: {on}");
+        assert_eq!(on, fitted_on(&format!("{name}.ceiling")), "{name}");
+    }
+}

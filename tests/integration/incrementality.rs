@@ -230,6 +230,20 @@ fn assert_same_tables(a: &Path, b: &Path, history: &[Change]) {
     }
 }
 
+/// The temporary files and folders of whole-file writes under `dir`.
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && (name.ends_with(".tmp") || name.contains(".partial-")) {
+            found.push(entry.path());
+        } else if entry.file_type().unwrap().is_dir() {
+            found.extend(temporaries(&entry.path()));
+        }
+    }
+    found
+}
+
 proptest! {
     // Each case is several runs of the binary: few cases, no shrinking (a failure prints its
     // sequence of changes).
@@ -281,5 +295,8 @@ proptest! {
         let fresh = run(&study.file("fresh"));
         prop_assert!(fresh.status.success(), "{}", common::stderr(&fresh));
         assert_same_tables(&dir.path().join("fresh"), &dir.path().join("out"), &changes);
+        // Nothing a killed run was writing is left in the folder.
+        let leftovers = temporaries(&dir.path().join("out"));
+        prop_assert!(leftovers.is_empty(), "{changes:?}: {leftovers:?}");
     }
 }

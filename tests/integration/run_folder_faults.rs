@@ -66,7 +66,7 @@ dataset = {{ path = "{}" }}
 
 [sae]
 k = 4
-expansion = 2
+batch_size = 64
 steps = 20
 
 [encoders.bert]

@@ -10,8 +10,11 @@ fn every_shipped_study_file_parses() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let output = common::saeshare(&["study", "check", path.to_str().unwrap()]);
+            // The reference studies parse and are checked; they cannot run here, which check
+            // says (and exits 1 for): their COCO dataset is not on this machine.
+            let cannot_run = common::stdout(&output).contains("it cannot run until these exist");
             assert!(
-                output.status.success(),
+                output.status.success() || (output.status.code() == Some(1) && cannot_run),
                 "{}: {}",
                 path.display(),
                 common::stderr(&output)

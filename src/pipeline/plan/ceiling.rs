@@ -50,11 +50,11 @@ pub(in crate::pipeline) fn add_twins(
             .map(|i| i.as_ref().and_then(|i| i.ceiling.as_deref().cloned()))
             .collect();
         twin.fingerprint = fingerprint(&(&base.fingerprint, "ceiling", seed));
-        twin.sae_fingerprint = if base.sae_fingerprint == base.fingerprint {
-            twin.fingerprint.clone()
-        } else {
-            fingerprint(&(&base.sae_fingerprint, "ceiling", seed))
-        };
+        // As the twin's fingerprint is made from its base's: from the read-out-free one, and
+        // from the one of relu studies of earlier versions.
+        twin.sae_fingerprint = fingerprint(&(&base.sae_fingerprint, "ceiling", seed));
+        twin.relu_era_sae_fingerprint =
+            fingerprint(&(&base.relu_era_sae_fingerprint, "ceiling", seed));
         twin.twin_of = Some(s);
         let layers: Vec<LayerId> = twin.layer_ids().collect();
         let key = pair_key(&base.name, &twin.name, false);

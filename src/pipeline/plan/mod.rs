@@ -56,8 +56,12 @@ pub struct PlannedEncoder {
     /// fitted on or the read-out change: what the encoder's codes and pairs depend on.
     pub fingerprint: String,
     /// What the SAEs depend on: [`Self::fingerprint`] without the read-out, which changes the
-    /// codes and not the training (older versions put it in: [`Plan::saes_done`] accepts both).
+    /// codes and not the training.
     pub sae_fingerprint: String,
+    /// The SAEs' fingerprint as versions that put the dense read-out in it recorded SAEs
+    /// fitted for `read_out = "relu"`: [`Plan::saes_done`] takes those SAEs as fitted too,
+    /// whatever the read-out is now.
+    pub relu_era_sae_fingerprint: String,
     /// For the second SAEs of the ceiling baseline: the encoder whose rows this one reuses.
     pub twin_of: Option<EncoderId>,
     /// Per chosen layer: the SAE the study imports for it, or `None` where saeshare fits one.
@@ -197,7 +201,6 @@ impl Plan {
         }
         let dataset = Arc::new(without_empty_shards(dataset)?);
         dataset.check_unique_ids()?;
-        let contents = ShardContents::of(&dataset, &RunLayout::new(&output).shard_contents())?;
 
         let mut encoders = study
             .encoders
@@ -211,6 +214,8 @@ impl Plan {
         for e in &encoders {
             check_fit_rows(e, &dataset, path)?;
         }
+        // Last: it reads every shard not hashed before, and each check above is cheaper.
+        let contents = ShardContents::of(&dataset, &RunLayout::new(&output).shard_contents())?;
         let sae_ids = RwLock::new(read_sae_ids(&output, &encoders));
         Ok(Plan {
             study,
@@ -375,11 +380,11 @@ impl Plan {
     }
 
     /// Whether an encoder's SAEs are fitted as the study asks: recorded with their fingerprint,
-    /// or with the encoder's whole one, as versions that put the read-out in it recorded them.
+    /// or with the one versions that put the dense read-out in it recorded them with.
     pub fn saes_done(&self, units: &Units, encoder: EncoderId) -> bool {
         let (unit, fingerprint) = self.sae_unit(encoder);
-        let whole = &self.encoder(encoder).fingerprint;
-        units.is_done(&unit, &fingerprint) || (*whole != fingerprint && units.is_done(&unit, whole))
+        let relu_era = &self.encoder(encoder).relu_era_sae_fingerprint;
+        units.is_done(&unit, &fingerprint) || units.is_done(&unit, relu_era)
     }
 
     /// The unit name and fingerprint of a pair's tables.
@@ -461,6 +466,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
     };
     // The read-out changes the codes, not the SAEs: codes and pairs follow the fingerprint.
     let sae_fingerprint = fingerprint.clone();
+    let relu_era_sae_fingerprint = crate::digest::fingerprint(&(&fingerprint, ReadOut::Relu));
     let fingerprint = match read_out {
         ReadOut::Code => fingerprint,
         ReadOut::Relu => crate::digest::fingerprint(&(fingerprint, read_out)),
@@ -483,6 +489,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         read_out,
         fingerprint,
         sae_fingerprint,
+        relu_era_sae_fingerprint,
         twin_of: None,
         imported,
         no_ceiling: None,

@@ -32,8 +32,16 @@ struct ContentsFile {
 struct HashedShard {
     bytes: u64,
     modified_ns: u128,
+    /// When it was hashed: an entry hashed within [`RACY`] of the file's modification can
+    /// miss a rewrite in the same tick of a coarse clock, and is hashed again.
+    #[serde(default)]
+    hashed_ns: u128,
     sha256: String,
 }
+
+/// How close to a file's modification a hash is not trusted to have seen its final bytes (git
+/// calls such index entries racy).
+const RACY: u128 = 2_000_000_000;
 
 /// The SHA-256 of every shard of a dataset, in the dataset's order.
 #[derive(Clone, Debug)]
@@ -55,14 +63,17 @@ impl ShardContents {
                 let name = shard_file_name(shard);
                 let (bytes, modified_ns) = stat(&shard.path)?;
                 if let Some(known) = cached.shards.get(&name) {
-                    if known.bytes == bytes && known.modified_ns == modified_ns {
+                    let settled = known.hashed_ns > known.modified_ns + RACY;
+                    if known.bytes == bytes && known.modified_ns == modified_ns && settled {
                         return Ok((name, known.clone(), false));
                     }
                 }
+                let hashed_ns = now_ns();
                 let sha256 = hash(&shard.path)?;
                 let entry = HashedShard {
                     bytes,
                     modified_ns,
+                    hashed_ns,
                     sha256,
                 };
                 Ok((name, entry, true))
@@ -128,6 +139,12 @@ fn stat(path: &Path) -> anyhow::Result<(u64, u128)> {
     Ok((meta.len(), modified))
 }
 
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 fn hash(path: &Path) -> anyhow::Result<String> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| anyhow::anyhow!("reading the shard {}: {e}", path.display()))?;
@@ -170,6 +187,15 @@ mod tests {
         write_shards(&data, 3, 2);
         let cache = dir.path().join("contents.json");
         let dataset = Dataset::open(&data).unwrap();
+        // Written an hour ago: a hash now is not racy with the writes.
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for shard in dataset.shards() {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(&shard.path)
+                .unwrap();
+            file.set_modified(hour_ago).unwrap();
+        }
         let first = ShardContents::of(&dataset, &cache).unwrap();
         assert_eq!(first.hashed_now, 2);
         first.save(&cache).unwrap();
@@ -187,6 +213,7 @@ mod tests {
         bytes[middle] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let changed = ShardContents::of(&dataset, &cache).unwrap();
+        changed.save(&cache).unwrap();
         assert_eq!(changed.hashed_now, 1);
         assert_ne!(
             changed.digest(ShardId::new(0)),

@@ -24,7 +24,7 @@ fn unit(plan: &Plan, e: EncoderId, shard: ShardId) -> (String, String) {
     let encoder = plan.encoder(e);
     (
         format!("activations/{}/{}", encoder.name, key.0),
-        fingerprint(&("activations", &encoder.fingerprint, key)),
+        fingerprint(&("activations", &encoder.sae_fingerprint, key)),
     )
 }
 

@@ -137,9 +137,14 @@ pub fn projection_for<'a>(encoders: impl IntoIterator<Item = &'a PlannedEncoder>
 /// point of the run and gets the same answer, so all of them take the same next step (timely
 /// needs every worker to build the same dataflows); it is also a barrier.
 pub fn any_failed(worker: &mut Worker, failure: &Failure) -> bool {
+    any_says(worker, failure.failed())
+}
+
+/// Whether `mine` is true in any worker of any process: [`any_failed`] for what is no
+/// [`Failure`] (a process that could not start the run).
+pub fn any_says(worker: &mut Worker, mine: bool) -> bool {
     use timely::dataflow::operators::vec::Broadcast;
     use timely::dataflow::operators::{Inspect, ToStream};
-    let mine = failure.failed();
     let seen = Rc::new(std::cell::Cell::new(false));
     let sink = seen.clone();
     worker.dataflow::<u64, _, _>(|scope| {
