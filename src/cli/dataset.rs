@@ -191,7 +191,7 @@ pub fn run(command: DatasetCommand) -> anyhow::Result<()> {
             json,
             help: _,
         } => {
-            let Some(workers) = workers.args() else {
+            let Some(workers) = workers.args()? else {
                 return super::workers::print_help(&["dataset", "scan"]);
             };
             let Some(dir) = dir else {

@@ -175,7 +175,7 @@ pub struct RunArgs {
 }
 
 pub fn run_study(args: RunArgs) -> anyhow::Result<()> {
-    let Some(workers) = args.workers.args() else {
+    let Some(workers) = args.workers.args()? else {
         return super::workers::print_help(&["run"]);
     };
     let Some(study) = args.study else {

@@ -21,23 +21,32 @@ pub struct WorkerFlags {
     /// A file with one `host:port` line per process (`-h` alone prints this help).
     #[arg(short = 'h', long = "hostfile", num_args = 0..=1, value_name = "HOSTFILE")]
     pub hostfile: Option<Option<PathBuf>>,
+    /// Take the process index, the process count and the hosts from the scheduler's variables
+    /// (Slurm's: SLURM_PROCID, SLURM_NTASKS, SLURM_JOB_NODELIST, SLURM_TASKS_PER_NODE; ports
+    /// from SAESHARE_PORT, default 2101), instead of -n, -p and -h.
+    #[arg(long, conflicts_with_all = ["processes", "process", "hostfile"])]
+    pub from_env: bool,
 }
 
 impl WorkerFlags {
     /// The flags as the pipeline takes them, or `None` for `-h` without a file: the user
     /// asked for help, as `-h` means everywhere else.
-    pub fn args(self) -> Option<WorkerArgs> {
+    pub fn args(self) -> anyhow::Result<Option<WorkerArgs>> {
+        if self.from_env {
+            return WorkerArgs::from_scheduler(self.workers).map(Some);
+        }
         let hostfile = match self.hostfile {
-            Some(None) => return None,
+            Some(None) => return Ok(None),
             Some(Some(file)) => Some(file),
             None => None,
         };
-        Some(WorkerArgs {
+        Ok(Some(WorkerArgs {
             workers: self.workers,
             processes: self.processes,
             process: self.process,
             hostfile,
-        })
+            addresses: None,
+        }))
     }
 }
 

@@ -16,6 +16,7 @@ mod cluster;
 mod plan;
 mod run;
 mod run_folder;
+mod scheduler;
 mod stages;
 mod units;
 mod workers;
@@ -37,6 +38,7 @@ pub use plan::{fit_rows_per_pass, FitRowsEstimate, Plan, PlannedEncoder, Planned
 pub use prepare::StudyCheck;
 pub use run::{peak_memory_mib, run_study, RunSummary};
 pub use run_folder::{FolderState, RunFolder, LOCK_FILE, MARKER_FILE};
+pub use scheduler::{expand_hostlist, ScheduledProcess};
 pub use source::{shard_source, SourceErrors};
 pub use study::{
     default_batch_size, BaselinesSpec, CodesSpec, ComparisonSpec, DatasetSpec, EncoderSpec, FitOn,

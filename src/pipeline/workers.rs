@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::cluster::Connected;
+use super::scheduler::{Environment, ScheduledProcess};
 
 /// `-w N -n P -p I -h HOSTFILE`, as in timely's own examples (the CLI's flags convert into it).
 #[derive(Clone, Debug)]
@@ -17,6 +18,9 @@ pub struct WorkerArgs {
     pub process: usize,
     /// A file with one `host:port` line per process.
     pub hostfile: Option<PathBuf>,
+    /// Every process's `host:port`, as a scheduler gave them (`--from-env`); the hostfile's
+    /// place.
+    pub addresses: Option<Vec<String>>,
 }
 
 impl Default for WorkerArgs {
@@ -26,6 +30,7 @@ impl Default for WorkerArgs {
             processes: 1,
             process: 0,
             hostfile: None,
+            addresses: None,
         }
     }
 }
@@ -86,7 +91,23 @@ impl WorkerArgs {
         torch_threads_per_worker(cores, self.workers * here)
     }
 
+    /// This process's workers, placed in the run as the scheduler's variables say
+    /// ([`ScheduledProcess`]), with `workers` threads.
+    pub fn from_scheduler(workers: usize) -> anyhow::Result<WorkerArgs> {
+        let scheduled = ScheduledProcess::from_slurm(&Environment)?;
+        Ok(WorkerArgs {
+            workers,
+            processes: scheduled.processes,
+            process: scheduled.process,
+            hostfile: None,
+            addresses: Some(scheduled.addresses),
+        })
+    }
+
     fn addresses(&self) -> anyhow::Result<Vec<String>> {
+        if let Some(addresses) = &self.addresses {
+            return Ok(addresses.clone());
+        }
         let Some(hostfile) = &self.hostfile else {
             return Ok((0..self.processes)
                 .map(|i| format!("localhost:{}", 2101 + i))

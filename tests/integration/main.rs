@@ -37,6 +37,7 @@ mod sae_cli;
 mod sae_ecosystem;
 mod sae_imports;
 mod sae_training;
+mod scheduler;
 mod stats_reference;
 mod study_files;
 mod token_activations;
