@@ -33,7 +33,7 @@ use super::units::{remove_made, Units};
 use super::WorkerArgs;
 use crate::ids::EncoderId;
 use crate::run_record::StudyRecord;
-use crate::sae::CHECKPOINT_FILES;
+use crate::sae::{CHECKPOINT_FILES, OPTIMIZER};
 
 /// What a run did (this process's share of the rows; the units of the whole run).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -538,7 +538,9 @@ fn record_saes(plan: &Plan, fitted: &[EncoderId]) -> anyhow::Result<()> {
         let files: Vec<PathBuf> = fitted_layers()
             .flat_map(|layer| {
                 let dir = plan.sae_dir(e, layer);
-                CHECKPOINT_FILES.iter().map(move |f| dir.join(f))
+                (CHECKPOINT_FILES.iter())
+                    .filter(|&&f| f != OPTIMIZER || plan.study.fit.keep_optimizer)
+                    .map(move |f| dir.join(f))
             })
             .collect();
         let imported: BTreeMap<&str, String> = (encoder.layer_ids())

@@ -28,7 +28,9 @@ pub const CHECKPOINT_VERSION: u32 = 1;
 /// [`saelens::SAELENS_WEIGHTS`] to the weights.
 pub const CHECKPOINT_FILES: [&str; 4] = [META, WEIGHTS, OPTIMIZER, saelens::SAELENS_CONFIG];
 const WEIGHTS: &str = "sae.safetensors";
-const OPTIMIZER: &str = "optimizer.safetensors";
+/// The optimizer's state, what continuing the training needs and inference does not: a
+/// study's fit keeps it only where the study asks (`[fit] keep_optimizer`).
+pub const OPTIMIZER: &str = "optimizer.safetensors";
 const META: &str = "sae.json";
 
 /// The JSON half of a checkpoint.
@@ -78,6 +80,12 @@ const NAMES: [&str; 4] = [W_ENC, B_ENC, W_DEC, B_DEC];
 impl SaeTrainer {
     /// Writes the SAE and its training state into `dir` (created if missing).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_with(dir, true)
+    }
+
+    /// Writes the SAE into `dir`, with the optimizer's state only when `optimizer` (without it
+    /// the SAE is read as any other, and cannot be trained further).
+    pub fn save_with(&self, dir: &Path, optimizer: bool) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
             path: dir.to_path_buf(),
             source,
@@ -95,7 +103,13 @@ impl SaeTrainer {
                 .map(|(n, t)| (n, t.to_device(Device::Cpu))),
         );
         write_tensors(&dir.join(WEIGHTS), &weights)?;
+        if optimizer {
+            self.save_optimizer(dir)?;
+        }
+        self.save_meta(dir)
+    }
 
+    fn save_optimizer(&self, dir: &Path) -> Result<()> {
         let mut optimizer: Vec<(String, Tensor)> = Vec::new();
         for (i, name) in NAMES.iter().enumerate() {
             optimizer.push((
@@ -111,8 +125,10 @@ impl SaeTrainer {
             "tokens_since_fired".to_string(),
             self.since_fired.to_device(Device::Cpu),
         ));
-        write_tensors(&dir.join(OPTIMIZER), &optimizer)?;
+        write_tensors(&dir.join(OPTIMIZER), &optimizer)
+    }
 
+    fn save_meta(&self, dir: &Path) -> Result<()> {
         let meta = CheckpointMeta {
             format_version: CHECKPOINT_VERSION,
             config: self.sae.config.clone(),
@@ -143,6 +159,16 @@ impl SaeTrainer {
     pub fn load(dir: &Path, device: Device) -> Result<SaeTrainer> {
         let meta = read_meta(dir)?;
         let sae = load_sae(dir, &meta, device)?;
+        if !dir.join(OPTIMIZER).is_file() {
+            return Err(CheckpointError::Bad {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "no {OPTIMIZER}: the SAE was saved for inference only (a study keeps the \
+                     optimizer's state with [fit] keep_optimizer = true); it can be read, not \
+                     trained further"
+                ),
+            });
+        }
         let optimizer = read_tensors(&dir.join(OPTIMIZER))?;
         let get = |name: &str| find(&optimizer, name, &dir.join(OPTIMIZER), device);
         let mut trainer = SaeTrainer::new(&meta.config, meta.d_in, device, meta.source.clone());

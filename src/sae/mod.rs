@@ -37,7 +37,7 @@ pub mod variant;
 
 pub use buffer::{MixingBuffer, RowBatch};
 pub use checkpoint::{
-    read_meta, CheckpointError, CheckpointMeta, CHECKPOINT_FILES, CHECKPOINT_VERSION,
+    read_meta, CheckpointError, CheckpointMeta, CHECKPOINT_FILES, CHECKPOINT_VERSION, OPTIMIZER,
 };
 pub use code::Code;
 pub use config::{DecoderBiasInit, SaeConfig, SaeConfigError, SaeKind};

@@ -88,7 +88,14 @@ fn changing_only_the_read_out_keeps_the_saes() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = common::emoji_subset(dir.path(), &[20]);
     let file = study(dir.path(), &dataset, "out", &ENCODERS, 4);
+    // The optimizer's state kept, as a study that will train its SAEs further asks.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("[fit]\n", "[fit]\nkeep_optimizer = true\n");
+    std::fs::write(&file, text).unwrap();
     succeeded(&run(&file));
+    let optimizer = dir.path().join("out/saes/bert/2/optimizer.safetensors");
+    assert!(optimizer.is_file());
     let text = std::fs::read_to_string(&file).unwrap() + "\n[codes]\nread_out = \"relu\"\n";
     std::fs::write(&file, text).unwrap();
     succeeded(&run(&file));

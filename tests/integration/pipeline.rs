@@ -435,6 +435,15 @@ fn an_sae_fitted_in_the_pipeline_equals_sae_train_on_the_same_activations() {
         let diff = (*a - b).abs().max().double_value(&[]);
         assert!(diff <= 1e-6, "parameters differ by {diff}");
     }
+    // A study's SAEs are saved for inference: no optimizer state unless it asks to keep it,
+    // and a clear error for whoever tries to train one further.
+    let fitted_dir = dir.path().join("piped/saes/bert/2");
+    assert!(!fitted_dir.join("optimizer.safetensors").exists());
+    let error = saeshare::sae::SaeTrainer::load(&fitted_dir, tch::Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("keep_optimizer = true"), "{error}");
 }
 
 #[test]

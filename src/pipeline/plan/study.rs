@@ -83,6 +83,10 @@ pub struct FitSpec {
     /// one thread for SAEs on a GPU, none on the CPU, where the encoder already keeps every
     /// core busy (`saeshare bench fit` measures both ways).
     pub sae_threads: Option<usize>,
+    /// Keep each fitted SAE's optimizer state (`optimizer.safetensors`, about twice the
+    /// weights' size), which only continuing its training needs. Off: the SAEs are saved for
+    /// inference. It changes no SAE, and no fingerprint.
+    pub keep_optimizer: bool,
 }
 
 impl Default for FitSpec {
@@ -99,6 +103,7 @@ impl Default for FitSpec {
             replay_memory_mib: 1024,
             max_passes: None,
             sae_threads: None,
+            keep_optimizer: false,
         }
     }
 }

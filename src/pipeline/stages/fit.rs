@@ -430,7 +430,7 @@ pub fn finish(owned: &Rc<RefCell<OwnedFits>>, plan: &Plan) -> anyhow::Result<usi
             anyhow::anyhow!("fitting the SAE of {} layer {layer}: {error}", encoder.name)
         })?;
         let dir = plan.sae_dir(at.encoder, at.layer);
-        trainer.save(&dir)?;
+        trainer.save_with(&dir, plan.study.fit.keep_optimizer)?;
         tracing::info!(
             "fitted the SAE of {} layer {layer}: {} steps on {rows} rows a pass, {:.1}% of its \
              latents never fired, {:.1}% dead; saved in {}",
