@@ -464,6 +464,12 @@ impl WorkerStages {
                     failure.set(error);
                 }
             }
+            // Once every pair is finished: the saved sums within their disk budget.
+            if !any_failed(worker, failure) && worker.index() == 0 {
+                if let Err(error) = pairs::keep_sums_within_budget(plan) {
+                    failure.set(error);
+                }
+            }
         }
         self.seconds
             .insert("compare".to_string(), start.elapsed().as_secs_f64());

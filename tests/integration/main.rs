@@ -40,5 +40,6 @@ mod sae_training;
 mod scheduler;
 mod stats_reference;
 mod study_files;
+mod sums_budget;
 mod token_activations;
 mod token_fit;

@@ -123,8 +123,8 @@ impl FitSpec {
     }
 }
 
-/// How the compare pass holds and adds up co-activation sums. Neither key changes a sum (the
-/// sums are the same bit for bit), so neither is part of any fingerprint.
+/// How the compare pass holds, adds up and keeps co-activation sums. No key changes a sum (the
+/// sums are the same bit for bit), so none is part of any fingerprint.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatsSpec {
@@ -135,6 +135,11 @@ pub struct StatsSpec {
     /// Threads each worker adds up sums on. 1 by default: the workers already keep the cores
     /// busy, and threads inside every worker would oversubscribe them.
     pub threads: usize,
+    /// Disk (MiB) for the pairs' saved sums, which let a later run add new shards without
+    /// reading the old ones' codes. The codes store is the record: pairs past the budget (in
+    /// the study's order) keep their tables and drop their sums, which a run that adds shards
+    /// sums again from the codes. 0 keeps none.
+    pub keep_sums_mib: u64,
 }
 
 impl Default for StatsSpec {
@@ -142,6 +147,7 @@ impl Default for StatsSpec {
         StatsSpec {
             memory_mib: crate::stats::DEFAULT_MEMORY_MIB,
             threads: 1,
+            keep_sums_mib: 64 * 1024,
         }
     }
 }

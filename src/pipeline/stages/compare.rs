@@ -97,12 +97,17 @@ impl CompareWork {
             state = None;
         }
         self.restart.push(problem.is_some() || changed.is_some());
+        let (unit, fingerprint) = plan.pair_unit(p);
+        let shards = plan.dataset.shards();
+        if state.is_none() && tables_without_sums_are_current(plan, units, &unit, &fingerprint) {
+            self.pairs.push(vec![false; shards.len()]);
+            self.tables.push(false);
+            return;
+        }
         let covered =
             |s: &ShardInfo| (state.as_ref()).is_some_and(|st| st.shards.contains(&shard_key(s)));
-        let shards = plan.dataset.shards();
         self.pairs
             .push(shards.iter().map(|s| !covered(s)).collect());
-        let (unit, fingerprint) = plan.pair_unit(p);
         let generation = state.as_ref().map(|s| s.generation);
         self.tables.push(
             !shards.iter().all(covered)
@@ -161,6 +166,28 @@ impl CompareWork {
         let pairs = self.tables.iter().filter(|&&b| b).count();
         (codes, pairs)
     }
+}
+
+/// Whether a pair that dropped its saved sums (past the disk budget) has tables made from the
+/// dataset as it is now: then it has nothing to do; otherwise every shard is summed again.
+fn tables_without_sums_are_current(
+    plan: &Plan,
+    units: &Units,
+    unit: &str,
+    fingerprint: &str,
+) -> bool {
+    if !units.is_done(unit, fingerprint) {
+        return false;
+    }
+    let Some(record) = units.get(unit) else {
+        return false;
+    };
+    if record.detail.get("kept") != Some(&serde_json::Value::Bool(false)) {
+        return false;
+    }
+    let summed: Option<Vec<crate::pipeline::plan::ShardIdentity>> =
+        serde_json::from_value(record.detail["summed"].clone()).ok();
+    summed.is_some_and(|summed| summed == plan.shard_identities())
 }
 
 /// What summed in `state` is no longer in the dataset as it was summed (a shard rewritten under

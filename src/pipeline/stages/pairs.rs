@@ -162,6 +162,49 @@ impl PairSums {
     }
 }
 
+/// Keeps the pairs' saved sums within the study's disk budget (`[stats] keep_sums_mib`): in the
+/// study's order, each pair's sums count against it, and a pair past it drops them (only the
+/// files its state lists) and says so in its record, with the shards its tables were made
+/// from. Run on one worker, once every pair is finished; returns how many pairs dropped sums.
+pub fn keep_sums_within_budget(plan: &Plan) -> anyhow::Result<usize> {
+    let budget = plan.study.stats.keep_sums_mib.saturating_mul(1 << 20);
+    let units = Units::new(&plan.output);
+    let (mut used, mut dropped) = (0u64, 0);
+    for p in plan.pair_ids() {
+        let dir = plan.pair_dir(p);
+        let Some(state) = SavedSums::latest(&dir) else {
+            continue;
+        };
+        let bytes: u64 = state.files.iter().map(|f| f.bytes).sum();
+        used = used.saturating_add(bytes);
+        // A state of an older version lists no files: it cannot be removed file by file.
+        if used <= budget || state.files.is_empty() {
+            continue;
+        }
+        let (unit, fingerprint) = plan.pair_unit(p);
+        let Some(mut record) = units.get(&unit).filter(|r| r.fingerprint == fingerprint) else {
+            continue;
+        };
+        state.remove(&dir);
+        record.detail["kept"] = false.into();
+        record.detail["state"] = serde_json::Value::Null;
+        record.detail["summed"] = serde_json::to_value(plan.shard_identities())?;
+        let files: Vec<PathBuf> = (record.files.iter())
+            .map(|f| plan.output.join(&f.path))
+            .collect();
+        units.record(&unit, &fingerprint, record.detail, &files)?;
+        dropped += 1;
+    }
+    if dropped > 0 {
+        tracing::info!(
+            "{dropped} pair(s) dropped their saved sums, past [stats] keep_sums_mib = {} MiB; a \
+             run that adds shards sums them again from the codes",
+            plan.study.stats.keep_sums_mib
+        );
+    }
+    Ok(dropped)
+}
+
 /// MPPC with the floor baseline from the pair's sums; writes and records the pair's tables.
 fn tabulate(
     plan: &Plan,
