@@ -5,6 +5,7 @@
 mod compare;
 mod dataset;
 mod encode;
+mod plan;
 mod report;
 mod sae;
 mod study;

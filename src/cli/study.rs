@@ -13,11 +13,16 @@ use crate::report::ReportOptions;
 pub enum StudyCommand {
     /// Check a study file and say what it would run: encoders, layers, comparisons, queries.
     Check { file: PathBuf },
+    /// What the study will cost before it runs: rows, SAE steps and passes, forward passes and
+    /// layer-pair accumulations per stage, bytes on disk by folder, peak memory of a process,
+    /// and wall time from rates measured on this machine (--calibrate) or given (--rates).
+    Plan(super::plan::PlanArgs),
 }
 
 pub fn run(command: StudyCommand) -> anyhow::Result<()> {
     match command {
         StudyCommand::Check { file } => check(&file),
+        StudyCommand::Plan(args) => super::plan::plan(args),
     }
 }
 

@@ -34,6 +34,7 @@ pub use bench::fit::{bench_fit, FitFigure};
 pub use bench::memory::{bench_memory, MemoryBench, MemoryFigure};
 pub use bench::scan::{scan, ScanSummary};
 pub use imports::{ImportSpec, ImportedSae};
+pub use plan::cost::{self, Cost, EncoderRates, Rates};
 pub use plan::{fit_rows_per_pass, FitRowsEstimate, Plan, PlannedEncoder, PlannedPair};
 pub use prepare::StudyCheck;
 pub use run::{peak_memory_mib, run_study, RunSummary};

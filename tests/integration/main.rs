@@ -40,6 +40,7 @@ mod sae_training;
 mod scheduler;
 mod stats_reference;
 mod study_files;
+mod study_plan;
 mod sums_budget;
 mod token_activations;
 mod token_fit;

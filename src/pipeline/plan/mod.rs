@@ -4,6 +4,7 @@
 
 pub(in crate::pipeline) mod ceiling;
 pub(in crate::pipeline) mod choice;
+pub mod cost;
 pub(in crate::pipeline) mod imports;
 pub(in crate::pipeline) mod prepare;
 pub(in crate::pipeline) mod record;

@@ -1,0 +1,146 @@
+//! `saeshare study plan STUDY`: what a study will cost, before it runs.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::pipeline::{cost, Cost, Plan, Rates, Study};
+
+/// `saeshare study plan STUDY [--calibrate] [--rates FILE] [--json FILE]`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The study file.
+    pub file: PathBuf,
+    /// Measure the rates of the study's encoders not measured yet on this machine (a short
+    /// fit of each on the study's first samples, as `bench fit`), and keep them in
+    /// $SAESHARE_CACHE/rates/ for later plans.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Measure every encoder again, even those with kept rates.
+    #[arg(long, requires = "calibrate")]
+    pub again: bool,
+    /// Rates of another machine (a file that `--calibrate` wrote there) instead of this one's.
+    #[arg(long, conflicts_with = "calibrate")]
+    pub rates: Option<PathBuf>,
+    /// Also write the plan to this JSON file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
+    let study = Study::read(&args.file)?;
+    let checked = Plan::check(study, &args.file)?;
+    let Some(plan) = checked.plan else {
+        let missing: Vec<String> = (checked.to_make.iter().map(|(what, _)| what.clone()))
+            .chain(checked.to_provide.iter().cloned())
+            .collect();
+        anyhow::bail!(
+            "{}: a plan needs the dataset and the packages, and these are missing: {}; \
+             `saeshare study check` says how they are made",
+            args.file.display(),
+            missing.join("; ")
+        );
+    };
+    let rates_file = args.rates.clone().unwrap_or_else(Rates::cache_file);
+    let mut rates: Rates = match std::fs::read(&rates_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not a rates file ({e})", rates_file.display()))?,
+        Err(_) if args.rates.is_none() => Rates::default(),
+        Err(e) => anyhow::bail!("{}: {e}", rates_file.display()),
+    };
+    if args.calibrate {
+        cost::calibrate(&args.file, &plan, &mut rates, args.again)?;
+        std::fs::create_dir_all(rates_file.parent().expect("in a folder"))?;
+        crate::atomic::write(&rates_file, &serde_json::to_vec_pretty(&rates)?)?;
+        println!("rates of this machine kept in {}", rates_file.display());
+    }
+    let cost = cost::estimate(&plan, &rates);
+    print(&plan, &cost, &rates);
+    if let Some(path) = &args.json {
+        crate::atomic::write(path, &serde_json::to_vec_pretty(&cost)?)?;
+    }
+    Ok(())
+}
+
+fn print(plan: &Plan, cost: &Cost, rates: &Rates) {
+    println!(
+        "study {}: {} samples, {} encoder(s), {} pair(s)",
+        plan.study.name,
+        cost.samples,
+        plan.named_encoders().count(),
+        plan.pairs.len()
+    );
+    if cost.uncalibrated.is_empty() {
+        println!("rates measured on {}", rates.machine);
+    } else {
+        println!(
+            "no rates for {} on this machine: no time for them, and their token rows bounded \
+             at best (run with --calibrate)",
+            cost.uncalibrated.join(", ")
+        );
+    }
+    println!(
+        "fit:\n  {:<28} {:>6} {:>12} {:>7} {:>7}",
+        "encoder", "layers", "rows a pass", "steps", "passes"
+    );
+    for fit in &cost.fits {
+        let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+        println!(
+            "  {:<28} {:>6} {:>12} {:>7} {:>7}",
+            fit.encoder,
+            fit.layers,
+            or_unknown(fit.rows_per_pass.map(|r| r.to_string())),
+            fit.steps,
+            or_unknown(fit.passes.map(|p| format!("{p:.1}"))),
+        );
+    }
+    println!(
+        "stages:\n  {:<8} {:>16} {:>14} {:>12} {:>12}",
+        "stage", "forward samples", "SAE rows", "layer pairs", "time"
+    );
+    for stage in &cost.stages {
+        println!(
+            "  {:<8} {:>16} {:>14} {:>12} {:>12}",
+            stage.stage,
+            stage.forward_samples,
+            stage.sae_rows,
+            stage.layer_pairs,
+            stage.seconds.map_or("?".into(), duration)
+        );
+    }
+    let disk: Vec<String> = (cost.disk.iter())
+        .map(|(folder, bytes)| format!("{folder} {}", size(*bytes)))
+        .collect();
+    println!(
+        "disk: {} (in all {})",
+        disk.join(", "),
+        size(cost.disk_bytes())
+    );
+    println!(
+        "peak memory of a process: {} (in the {} stage)",
+        size(cost.peak_memory.0),
+        cost.peak_memory.1
+    );
+    if let Some(seconds) = cost.seconds() {
+        println!("time: {} in all", duration(seconds));
+    }
+}
+
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match b {
+        b if b >= 1e12 => format!("{:.1} TB", b / 1e12),
+        b if b >= 1e9 => format!("{:.1} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.0} MB", b / 1e6),
+        b => format!("{:.0} kB", b / 1e3),
+    }
+}
+
+fn duration(seconds: f64) -> String {
+    match seconds {
+        s if s >= 86_400.0 => format!("{:.1} days", s / 86_400.0),
+        s if s >= 3_600.0 => format!("{:.1} h", s / 3_600.0),
+        s if s >= 60.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{s:.0} s"),
+    }
+}

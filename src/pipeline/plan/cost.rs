@@ -1,0 +1,465 @@
+//! What a study will cost before it runs: rows, SAE steps and passes, forward passes and
+//! layer-pair accumulations per stage; bytes on disk by folder; peak memory of a process; and
+//! wall time where rates are known. From counts alone (the dataset's footers, the packages'
+//! manifests, the study), plus, for time and token rows, rates measured once on this machine
+//! on the study's own packages (`saeshare study plan --calibrate`, cached in
+//! `$SAESHARE_CACHE/rates/`), which `saeshare bench fit` measures the same way.
+//!
+//! The model, and where its constants come from:
+//! - SAEs: four tensors of float32 (`W_enc`, `W_dec`, two biases), the optimizer's twice that
+//!   where kept, and a JSON of a few kB.
+//! - Codes: [`CODE_BYTES_PER_LATENT`] bytes a sample's active latent (TopK), measured on the
+//!   demo: 14.1 MB for 2.95 M active latents, ids sorted and zstd-compressed; and 2 kB a file
+//!   (one per encoder, layer and shard). A dense read-out (`relu`) stores every positive
+//!   latent: taken as half of `d_sae` a sample.
+//! - Pair sums: at most the dense array of each layer pair (f64) and at most `[stats]
+//!   keep_sums_mib`; sparse sums are far smaller (the demo's 21 pairs: 310 MB).
+//! - Memory: each fitted SAE's mixing buffer and replay, its weights with Adam's moments and
+//!   gradients (four copies), the packages' weights, and libtorch's own (about 400 MB); the
+//!   compare pass's `[stats] memory_mib` per worker.
+//! - Activations (`activation_cache`): float32 before compression (the demo's compress to half).
+//! - Time: encodings at the calibrated samples a second, SAE steps at the calibrated seconds a
+//!   row, the compare pass at the calibrated seconds per co-activation update (`N k_A k_B` a
+//!   layer pair, again for each floor permutation).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{fit_rows_per_pass, FitRowsEstimate, Plan, PlannedEncoder};
+use crate::sae::{ReadOut, SaeKind};
+
+/// Bytes a sample's active latent takes in the codes store, measured on the demo.
+pub const CODE_BYTES_PER_LATENT: f64 = 4.8;
+/// Bytes of a codes file beside its latents (the footer and the schema's metadata), measured
+/// on small files.
+const CODE_FILE_BYTES: u64 = 2_048;
+/// What libtorch and the process hold before any model or SAE, measured on this machine.
+const BASELINE_BYTES: u64 = 400 << 20;
+
+/// What one encoder does on this machine, measured by a short fit of the study's own package.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderRates {
+    /// Samples a second through the encoder, the rows extracted (identical inputs run once).
+    pub samples_per_second: f64,
+    /// Rows a sample gives each SAE (token rows, or 1 for pooled rows).
+    pub rows_per_sample: f64,
+    /// Seconds an SAE step takes per row, per layer.
+    pub sae_seconds_per_row: f64,
+}
+
+/// Rates of a study's encoders, and the machine they were measured on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub machine: String,
+    /// Seconds of the compare pass per co-activation update (a sample's pair of active
+    /// latents), reading, aligning and MPPC included: `compare` on synthetic Zipf codes of the
+    /// study's widths, as `bench stats` runs it.
+    #[serde(default)]
+    pub compare_seconds_per_update: Option<f64>,
+    /// By encoder name; each with the digest of the package it was measured with.
+    pub encoders: BTreeMap<String, (String, EncoderRates)>,
+}
+
+impl Rates {
+    /// The rates of encoder `e`, if measured with its package as it is.
+    pub fn of(&self, e: &PlannedEncoder) -> Option<&EncoderRates> {
+        let (digest, rates) = self.encoders.get(&e.name)?;
+        (*digest == e.fingerprint).then_some(rates)
+    }
+
+    /// This machine, as rates files name it: host name, cores and processor.
+    pub fn this_machine() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, m)| m.trim().to_string())
+            })
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        format!("{host}: {cores} cores, {cpu}")
+    }
+
+    /// Where this machine's rates are cached.
+    pub fn cache_file() -> PathBuf {
+        let machine = crate::digest::fingerprint(&Rates::this_machine());
+        crate::cache_dir()
+            .join("rates")
+            .join(format!("{machine}.json"))
+    }
+}
+
+/// Measures the rates of the study in `study`'s encoders (those of `plan` not measured yet, or
+/// all with `again`) with a short fit of each on the study's first samples, as `saeshare bench
+/// fit` does, and adds them to `rates`. The samples: enough for one batch of every pooled fit,
+/// and at least 256.
+pub fn calibrate(
+    study: &std::path::Path,
+    plan: &Plan,
+    rates: &mut Rates,
+    again: bool,
+) -> anyhow::Result<()> {
+    let todo: Vec<String> = (plan.named_encoders())
+        .filter(|(_, e)| e.fits_any() && (again || rates.of(e).is_none()))
+        .map(|(_, e)| e.name.clone())
+        .collect();
+    if !todo.is_empty() {
+        calibrate_encoders(study, plan, rates, &todo)?;
+    }
+    if again || rates.compare_seconds_per_update.is_none() {
+        rates.compare_seconds_per_update = Some(calibrate_compare(plan)?);
+    }
+    rates.machine = Rates::this_machine();
+    Ok(())
+}
+
+/// Rates of the encoders `todo` of `plan`, from a short `bench fit` of each.
+fn calibrate_encoders(
+    study: &std::path::Path,
+    plan: &Plan,
+    rates: &mut Rates,
+    todo: &[String],
+) -> anyhow::Result<()> {
+    let pooled_batch = (plan.encoders.iter())
+        .filter(|e| matches!(e.fit_rows, super::FitRows::Pooled))
+        .map(|e| e.sae.batch_size)
+        .max()
+        .unwrap_or(0);
+    let samples = (pooled_batch.max(256) as u64).min(plan.dataset.rows()) as usize;
+    tracing::info!(
+        "calibrating {} encoder(s) on {samples} samples: {}",
+        todo.len(),
+        todo.join(", ")
+    );
+    for figure in crate::pipeline::bench_fit(study, samples, todo, 0)? {
+        let Some(e) = plan.encoders.iter().find(|e| e.name == figure.encoder) else {
+            continue;
+        };
+        let rows = figure.rows_per_layer.max(1) as f64;
+        let measured = EncoderRates {
+            samples_per_second: figure.samples as f64 / figure.encode_seconds.max(1e-9),
+            rows_per_sample: rows / figure.samples.max(1) as f64,
+            sae_seconds_per_row: figure.sae_seconds / (rows * figure.layers.max(1) as f64),
+        };
+        rates
+            .encoders
+            .insert(e.name.clone(), (e.fingerprint.clone(), measured));
+    }
+    Ok(())
+}
+
+/// Seconds per update of `compare` on synthetic codes of the study's widest SAE and largest k,
+/// over at most 8,192 samples: the fastest of three runs.
+fn calibrate_compare(plan: &Plan) -> anyhow::Result<f64> {
+    let widest = (plan.encoders.iter())
+        .flat_map(|e| {
+            e.layer_ids()
+                .map(move |l| (e.layer_width(l) * e.sae.expansion, e.sae.k))
+        })
+        .max()
+        .unwrap_or((1024, 32));
+    let samples = (plan.dataset.rows() as usize).clamp(1024, 8192);
+    let options = crate::metrics::BenchOptions {
+        samples,
+        features: widest.0,
+        k: widest.1.max(1),
+        popularity: crate::metrics::Popularity::Zipf,
+        zipf_exponent: 1.0,
+        dense_reference: false,
+        repeats: 3,
+        seed: 0,
+        accumulator: crate::stats::AccumulatorOptions {
+            memory_mib: plan.study.stats.memory_mib,
+            threads: plan.study.stats.threads,
+        },
+        codes_dir: None,
+    };
+    let report = crate::metrics::bench_stats(&options)?;
+    let updates = (samples * options.k * options.k) as f64;
+    Ok(report
+        .sparse_seconds
+        .iter()
+        .cloned()
+        .fold(f64::MAX, f64::min)
+        / updates)
+}
+
+/// One stage's work and time.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StageCost {
+    pub stage: String,
+    /// Samples through encoders (a sample through two encoders counts twice).
+    pub forward_samples: u64,
+    /// Rows through SAE steps, over every layer.
+    pub sae_rows: u64,
+    /// Layer pairs whose co-activations are summed.
+    pub layer_pairs: u64,
+    /// Seconds, where every encoder's rates are known.
+    pub seconds: Option<f64>,
+}
+
+/// One encoder's fit, as planned.
+#[derive(Clone, Debug, Serialize)]
+pub struct FitCost {
+    pub encoder: String,
+    pub layers: usize,
+    /// Rows a pass gives each SAE: exact for pooled rows, from the rates for token rows.
+    pub rows_per_pass: Option<u64>,
+    pub steps: usize,
+    pub passes: Option<f64>,
+}
+
+/// What a study will cost.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cost {
+    pub samples: u64,
+    pub fits: Vec<FitCost>,
+    pub stages: Vec<StageCost>,
+    /// Bytes by folder of the run folder.
+    pub disk: BTreeMap<String, u64>,
+    /// The most a process holds, and in which stage.
+    pub peak_memory: (u64, String),
+    /// Encoders whose rates are unknown (no time, and token rows only bounded, for them).
+    pub uncalibrated: Vec<String>,
+}
+
+impl Cost {
+    /// Every stage's seconds added up, where all are known.
+    pub fn seconds(&self) -> Option<f64> {
+        self.stages.iter().map(|s| s.seconds).sum()
+    }
+
+    /// Bytes on disk, every folder added up.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk.values().sum()
+    }
+}
+
+/// The cost of `plan` (every unit, as a run from an empty folder does it), with `rates` where
+/// measured.
+pub fn estimate(plan: &Plan, rates: &Rates) -> Cost {
+    let samples = plan.dataset.rows();
+    let mut cost = Cost {
+        samples,
+        fits: Vec::new(),
+        stages: Vec::new(),
+        disk: BTreeMap::new(),
+        peak_memory: (0, String::new()),
+        uncalibrated: Vec::new(),
+    };
+    let (mut fit, mut compare) = (stage("fit"), stage("compare"));
+    let (mut fit_memory, mut models) = (0u64, 0u64);
+    for e in &plan.encoders {
+        let measured = rates.of(e);
+        if measured.is_none() && e.twin_of.is_none() {
+            cost.uncalibrated.push(e.name.clone());
+        }
+        models += package_bytes(e);
+        let rows = rows_per_pass(e, samples, measured);
+        let fitted: Vec<usize> = (e.layer_ids())
+            .filter(|&l| e.imported(l).is_none())
+            .map(|l| e.layer_width(l))
+            .collect();
+        if !fitted.is_empty() {
+            let drawn = (e.sae.steps * e.sae.batch_size) as u64;
+            let passes = rows.map(|r| drawn as f64 / r.max(1) as f64);
+            cost.fits.push(FitCost {
+                encoder: e.name.clone(),
+                layers: fitted.len(),
+                rows_per_pass: rows,
+                steps: e.sae.steps,
+                passes,
+            });
+            // A twin reuses its encoder's rows: no forward of its own.
+            let forward = if e.twin_of.is_some() { 0 } else { samples };
+            fit.forward_samples += forward;
+            fit.sae_rows += drawn * fitted.len() as u64;
+            add_seconds(
+                &mut fit.seconds,
+                measured.map(|r| {
+                    forward as f64 / r.samples_per_second
+                        + (drawn * fitted.len() as u64) as f64 * r.sae_seconds_per_row
+                }),
+            );
+            for &width in &fitted {
+                let d_sae = width * e.sae.expansion;
+                *cost.disk.entry("saes".into()).or_default() += sae_bytes(
+                    width,
+                    d_sae,
+                    e.sae.kind,
+                    plan.study.fit.keep_optimizer,
+                    e.sae.steps,
+                );
+                fit_memory += fit_bytes(plan, e, width, d_sae, rows);
+            }
+        }
+        // The compare pass reads the activation cache where the study keeps one.
+        if e.twin_of.is_none() && !plan.study.activation_cache {
+            compare.forward_samples += samples;
+            add_seconds(
+                &mut compare.seconds,
+                measured.map(|r| samples as f64 / r.samples_per_second),
+            );
+        }
+        for l in e.layer_ids() {
+            let d_sae = e.layer_width(l) * e.sae.expansion;
+            let per_sample = match e.read_out {
+                ReadOut::Code => e.sae.k.min(d_sae) as f64,
+                ReadOut::Relu => d_sae as f64 / 2.0,
+            };
+            *cost.disk.entry("codes".into()).or_default() +=
+                (samples as f64 * per_sample * CODE_BYTES_PER_LATENT) as u64
+                    + CODE_FILE_BYTES * plan.dataset.shards().len() as u64;
+        }
+        if plan.study.activation_cache && e.twin_of.is_none() {
+            let widths: usize = e.layer_ids().map(|l| e.layer_width(l)).sum();
+            *cost.disk.entry("activations (at most)".into()).or_default() +=
+                samples * widths as u64 * 4;
+        }
+    }
+    let mut dense_sums = 0u64;
+    let mut updates = 0f64;
+    for pair in &plan.pairs {
+        let (s, t) = (plan.encoder(pair.source), plan.encoder(pair.target));
+        // The floor baseline sums each permutation of the target's samples again.
+        let sums = if pair.ceiling_of.is_some() {
+            1
+        } else {
+            1 + plan.study.baselines.floor_permutations
+        };
+        for &a in &pair.source_layers {
+            for &b in &pair.target_layers {
+                compare.layer_pairs += 1;
+                updates += (samples * sums as u64) as f64 * (s.sae.k * t.sae.k) as f64;
+                let (d_a, d_b) = (
+                    s.layer_width(a) * s.sae.expansion,
+                    t.layer_width(b) * t.sae.expansion,
+                );
+                dense_sums += (d_a * d_b * 8) as u64;
+            }
+        }
+    }
+    add_seconds(
+        &mut compare.seconds,
+        rates.compare_seconds_per_update.map(|s| s * updates),
+    );
+    let budget = plan.study.stats.keep_sums_mib.saturating_mul(1 << 20);
+    cost.disk
+        .insert("pairs (at most)".into(), dense_sums.min(budget));
+    let compare_memory =
+        BASELINE_BYTES + models + (plan.study.stats.memory_mib as u64).saturating_mul(1 << 20);
+    let fit_memory = BASELINE_BYTES + models + fit_memory;
+    cost.peak_memory = if fit_memory >= compare_memory {
+        (fit_memory, "fit".into())
+    } else {
+        (compare_memory, "compare".into())
+    };
+    cost.stages = vec![fit, compare];
+    cost
+}
+
+fn stage(name: &str) -> StageCost {
+    StageCost {
+        stage: name.into(),
+        seconds: Some(0.0),
+        ..StageCost::default()
+    }
+}
+
+fn add_seconds(total: &mut Option<f64>, seconds: Option<f64>) {
+    *total = match (*total, seconds) {
+        (Some(t), Some(s)) => Some(t + s),
+        _ => None,
+    };
+}
+
+/// Rows a pass gives each of `e`'s SAEs: exact for pooled rows; for token rows, from the
+/// measured rows a sample, else the study's `tokens_per_sample` as an upper bound.
+fn rows_per_pass(e: &PlannedEncoder, samples: u64, rates: Option<&EncoderRates>) -> Option<u64> {
+    match (fit_rows_per_pass(e, samples), rates) {
+        (FitRowsEstimate::Exactly(r), _) => Some(r),
+        (_, Some(rates)) => Some((samples as f64 * rates.rows_per_sample) as u64),
+        (FitRowsEstimate::AtMost(r), None) => Some(r),
+        (FitRowsEstimate::AtLeast(_), None) => None,
+    }
+}
+
+/// An SAE's files: its tensors (float32), Adam's two moments and the tokens since each latent
+/// fired where the optimizer is kept, and its JSON (configuration, and the metrics recorded
+/// every 50 of its `steps`: about 300 bytes each).
+pub fn sae_bytes(d_in: usize, d_sae: usize, kind: SaeKind, optimizer: bool, steps: usize) -> u64 {
+    let params = 2 * d_in * d_sae + d_sae + d_in;
+    let threshold = if kind == SaeKind::BatchTopk { d_sae } else { 0 };
+    let mut bytes = (params + threshold) * 4 + SAFETENSORS_HEADER;
+    if optimizer {
+        bytes += 2 * params * 4 + d_sae * 8 + SAFETENSORS_HEADER;
+    }
+    let json = 1_600 + 300 * (steps / 50 + 2);
+    (bytes + json) as u64
+}
+
+/// The JSON header of a safetensors file of a few tensors, about.
+const SAFETENSORS_HEADER: usize = 400;
+
+/// What fitting one SAE holds: its mixing buffer, the replay of a pass where passes repeat
+/// within the budget, and its weights, gradients and Adam's moments.
+fn fit_bytes(
+    plan: &Plan,
+    e: &PlannedEncoder,
+    width: usize,
+    d_sae: usize,
+    rows: Option<u64>,
+) -> u64 {
+    let row = (width * 4) as u64;
+    let buffer = plan.study.fit.buffer_rows_for(width) as u64 * row;
+    let drawn = (e.sae.steps * e.sae.batch_size) as u64;
+    let replay = match rows {
+        Some(r) if r < drawn => (r * row).min((plan.study.fit.replay_memory_mib as u64) << 20),
+        _ => 0,
+    };
+    let params = ((2 * width * d_sae + d_sae + width) * 4) as u64;
+    buffer + replay + 4 * params
+}
+
+fn package_bytes(e: &PlannedEncoder) -> u64 {
+    std::fs::metadata(e.package.join("model.pt")).map_or(0, |m| m.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte model of an SAE's files is what the trainer writes, within its JSON.
+    #[test]
+    fn sae_bytes_are_the_files_a_trainer_saves() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::sae::SaeConfig {
+            k: 4,
+            expansion: 4,
+            ..crate::sae::SaeConfig::default()
+        };
+        let source = crate::sae::SaeSource {
+            encoder: "e".into(),
+            layer: "l".into(),
+        };
+        let trainer = crate::sae::SaeTrainer::new(&config, 256, tch::Device::Cpu, source);
+        for optimizer in [false, true] {
+            let out = dir.path().join(format!("{optimizer}"));
+            trainer.save_with(&out, optimizer).unwrap();
+            let written: u64 = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            let model = sae_bytes(256, 1024, config.kind, optimizer, config.steps);
+            let off = (written as f64 - model as f64).abs() / written as f64;
+            assert!(off < 0.05, "{optimizer}: written {written}, model {model}");
+        }
+    }
+}
