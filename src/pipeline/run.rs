@@ -584,15 +584,7 @@ fn changed_since_fit(units: &Units, unit: &str, now: &[ShardIdentity]) -> Option
             Some(_) => None,
         })
         .collect();
-    match changes.len() {
-        0 => None,
-        1 => Some(changes[0].clone()),
-        n => Some(format!(
-            "{}, and {} other shard(s) changed",
-            changes[0],
-            n - 1
-        )),
-    }
+    crate::pipeline::plan::first_of_changes(changes)
 }
 
 /// Before encoder `e`'s SAEs are fitted anew: deletes the files its previous SAE record says

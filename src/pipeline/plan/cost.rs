@@ -19,8 +19,10 @@
 //!   compare pass's `[stats] memory_mib` per worker.
 //! - Activations (`activation_cache`): float32 before compression (the demo's compress to half).
 //! - Time: encodings at the calibrated samples a second, SAE steps at the calibrated seconds a
-//!   row, the compare pass at the calibrated seconds per co-activation update (`N k_A k_B` a
-//!   layer pair, again for each floor permutation).
+//!   row (the compare pass's SAE encoding at a third of that: a forward of a step), each layer
+//!   pair's summing at the calibrated seconds per co-activation update (`N k_A k_B`, again for
+//!   each floor permutation) and per cell of its sums (`d_A d_B`, for each shard's partial sums
+//!   and each permutation).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,15 +51,24 @@ pub struct EncoderRates {
     pub sae_seconds_per_row: f64,
 }
 
+/// The compare pass's time for a layer pair: `per_update` seconds for each sample's pair of
+/// active latents (`N k_A k_B`: reading, aligning, summing) and `per_cell` seconds for each
+/// cell of the `d_A x d_B` sums (clearing them, the MPPC search), fitted to two runs of
+/// `compare` at two widths.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompareRates {
+    pub per_update: f64,
+    pub per_cell: f64,
+}
+
 /// Rates of a study's encoders, and the machine they were measured on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rates {
     pub machine: String,
-    /// Seconds of the compare pass per co-activation update (a sample's pair of active
-    /// latents), reading, aligning and MPPC included: `compare` on synthetic Zipf codes of the
-    /// study's widths, as `bench stats` runs it.
+    /// What the compare pass takes on this machine: `compare` on synthetic Zipf codes at the
+    /// study's widest SAE and at a quarter of its width, as `bench stats` runs it.
     #[serde(default)]
-    pub compare_seconds_per_update: Option<f64>,
+    pub compare: Option<CompareRates>,
     /// By encoder name; each with the digest of the package it was measured with.
     pub encoders: BTreeMap<String, (String, EncoderRates)>,
 }
@@ -113,8 +124,8 @@ pub fn calibrate(
     if !todo.is_empty() {
         calibrate_encoders(study, plan, rates, &todo)?;
     }
-    if again || rates.compare_seconds_per_update.is_none() {
-        rates.compare_seconds_per_update = Some(calibrate_compare(plan)?);
+    if again || rates.compare.is_none() {
+        rates.compare = Some(calibrate_compare(plan)?);
     }
     rates.machine = Rates::this_machine();
     Ok(())
@@ -155,40 +166,52 @@ fn calibrate_encoders(
     Ok(())
 }
 
-/// Seconds per update of `compare` on synthetic codes of the study's widest SAE and largest k,
-/// over at most 8,192 samples: the fastest of three runs.
-fn calibrate_compare(plan: &Plan) -> anyhow::Result<f64> {
-    let widest = (plan.encoders.iter())
+/// The compare pass's rates: `compare` on synthetic codes of the study's largest k at its
+/// widest SAE and at a quarter of that width, over at most 8,192 samples (the fastest of three
+/// runs each), the two figures solved for the time per update and per cell.
+fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
+    let (widest, k) = (plan.encoders.iter())
         .flat_map(|e| {
             e.layer_ids()
                 .map(move |l| (e.layer_width(l) * e.sae.expansion, e.sae.k))
         })
         .max()
         .unwrap_or((1024, 32));
+    let k = k.max(1);
     let samples = (plan.dataset.rows() as usize).clamp(1024, 8192);
-    let options = crate::metrics::BenchOptions {
-        samples,
-        features: widest.0,
-        k: widest.1.max(1),
-        popularity: crate::metrics::Popularity::Zipf,
-        zipf_exponent: 1.0,
-        dense_reference: false,
-        repeats: 3,
-        seed: 0,
-        accumulator: crate::stats::AccumulatorOptions {
-            memory_mib: plan.study.stats.memory_mib,
-            threads: plan.study.stats.threads,
-        },
-        codes_dir: None,
+    let timed = |features: usize| -> anyhow::Result<f64> {
+        let options = crate::metrics::BenchOptions {
+            samples,
+            features,
+            k,
+            popularity: crate::metrics::Popularity::Zipf,
+            zipf_exponent: 1.0,
+            dense_reference: false,
+            repeats: 3,
+            seed: 0,
+            accumulator: crate::stats::AccumulatorOptions {
+                memory_mib: plan.study.stats.memory_mib,
+                threads: plan.study.stats.threads,
+            },
+            codes_dir: None,
+        };
+        let report = crate::metrics::bench_stats(&options)?;
+        Ok(report
+            .sparse_seconds
+            .iter()
+            .cloned()
+            .fold(f64::MAX, f64::min))
     };
-    let report = crate::metrics::bench_stats(&options)?;
-    let updates = (samples * options.k * options.k) as f64;
-    Ok(report
-        .sparse_seconds
-        .iter()
-        .cloned()
-        .fold(f64::MAX, f64::min)
-        / updates)
+    let narrow = (widest / 4).max(k * 2);
+    let (t_wide, t_narrow) = (timed(widest)?, timed(narrow)?);
+    let cells = |d: usize| (d * d) as f64;
+    let per_cell = ((t_wide - t_narrow) / (cells(widest) - cells(narrow)).max(1.0)).max(0.0);
+    let updates = (samples * k * k) as f64;
+    let per_update = ((t_wide - per_cell * cells(widest)) / updates).max(0.0);
+    Ok(CompareRates {
+        per_update,
+        per_cell,
+    })
 }
 
 /// One stage's work and time.
@@ -308,6 +331,12 @@ pub fn estimate(plan: &Plan, rates: &Rates) -> Cost {
                 measured.map(|r| samples as f64 / r.samples_per_second),
             );
         }
+        // Its SAEs encode every sample: a forward of a step, a third of the step's time.
+        let layers = e.layers.len() as f64;
+        add_seconds(
+            &mut compare.seconds,
+            measured.map(|r| samples as f64 * layers * r.sae_seconds_per_row / 3.0),
+        );
         for l in e.layer_ids() {
             let d_sae = e.layer_width(l) * e.sae.expansion;
             let per_sample = match e.read_out {
@@ -325,7 +354,8 @@ pub fn estimate(plan: &Plan, rates: &Rates) -> Cost {
         }
     }
     let mut dense_sums = 0u64;
-    let mut updates = 0f64;
+    let mut compare_seconds = 0f64;
+    let shards = plan.dataset.shards().len();
     for pair in &plan.pairs {
         let (s, t) = (plan.encoder(pair.source), plan.encoder(pair.target));
         // The floor baseline sums each permutation of the target's samples again.
@@ -337,19 +367,21 @@ pub fn estimate(plan: &Plan, rates: &Rates) -> Cost {
         for &a in &pair.source_layers {
             for &b in &pair.target_layers {
                 compare.layer_pairs += 1;
-                updates += (samples * sums as u64) as f64 * (s.sae.k * t.sae.k) as f64;
                 let (d_a, d_b) = (
                     s.layer_width(a) * s.sae.expansion,
                     t.layer_width(b) * t.sae.expansion,
                 );
                 dense_sums += (d_a * d_b * 8) as u64;
+                if let Some(measured) = &rates.compare {
+                    // Each shard's partial sums hold (and clear) the cells once more.
+                    let updates = sums as f64 * (samples * (s.sae.k * t.sae.k) as u64) as f64;
+                    let cells = (sums - 1 + shards) as f64 * (d_a * d_b) as f64;
+                    compare_seconds += measured.per_update * updates + measured.per_cell * cells;
+                }
             }
         }
     }
-    add_seconds(
-        &mut compare.seconds,
-        rates.compare_seconds_per_update.map(|s| s * updates),
-    );
+    add_seconds(&mut compare.seconds, rates.compare.map(|_| compare_seconds));
     let budget = plan.study.stats.keep_sums_mib.saturating_mul(1 << 20);
     cost.disk
         .insert("pairs (at most)".into(), dense_sums.min(budget));

@@ -646,6 +646,16 @@ pub fn shard_key(shard: &ShardInfo) -> (String, u64, u64) {
     (shard_file_name(shard), shard.rows, shard.bytes)
 }
 
+/// `changes` said in one line for the log: the first, and how many others; `None` for none.
+pub(in crate::pipeline) fn first_of_changes(changes: Vec<String>) -> Option<String> {
+    let others = changes.len().saturating_sub(1);
+    let first = changes.into_iter().next()?;
+    Some(match others {
+        0 => first,
+        n => format!("{first}, and {n} other shard(s) changed"),
+    })
+}
+
 /// The key in a unit's detail that holds the SHA-256 of the shard it was made from.
 const SHARD_SHA256: &str = "shard_sha256";
 

@@ -217,15 +217,7 @@ fn changed_shards(plan: &Plan, state: &SavedSums) -> Option<String> {
                 .then(|| format!("the shard {name} changed (its SHA-256 differs)"))
         })
         .collect();
-    match changes.len() {
-        0 => None,
-        1 => Some(changes[0].clone()),
-        n => Some(format!(
-            "{}, and {} other shard(s) changed",
-            changes[0],
-            n - 1
-        )),
-    }
+    crate::pipeline::plan::first_of_changes(changes)
 }
 
 /// One pair's co-activation sums over one shard, `[source layer][target layer]` as bytes.
