@@ -112,15 +112,6 @@ impl Connected {
         })
     }
 
-    /// Ends this process's part of the run without work: its workers start and stop at once,
-    /// and its connections close as timely closes them, so that peers that end alike see no
-    /// connection drop (on which timely's threads panic).
-    pub fn close(self) {
-        if let Ok(guards) = self.execute(|_| ()) {
-            drop(guards.join());
-        }
-    }
-
     /// Runs `func` in every worker thread of this process (timely's `execute`).
     pub fn execute<T, F>(self, func: F) -> anyhow::Result<WorkerGuards<T>>
     where
@@ -480,7 +471,10 @@ mod tests {
     fn connect_and_close(addresses: &[String], me: usize) -> String {
         let connected = Connected::cluster(addresses, me, 1, "launch-a").unwrap();
         let id = connected.run_id.clone();
-        connected.close();
+        // Every worker starts and stops at once: the connections close as timely closes them.
+        if let Ok(guards) = connected.execute(|_| ()) {
+            drop(guards.join());
+        }
         id
     }
 

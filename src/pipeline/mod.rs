@@ -18,6 +18,7 @@ mod run;
 mod run_folder;
 mod scheduler;
 mod stages;
+mod todo;
 mod units;
 mod workers;
 

@@ -5,10 +5,13 @@
 pub(in crate::pipeline) mod ceiling;
 pub(in crate::pipeline) mod choice;
 pub mod cost;
+mod fit_rows;
 pub(in crate::pipeline) mod imports;
+mod pair_list;
 pub(in crate::pipeline) mod prepare;
 pub(in crate::pipeline) mod record;
 pub(in crate::pipeline) mod shard_contents;
+mod shards;
 pub(in crate::pipeline) mod study;
 pub(in crate::pipeline) mod study_checks;
 
@@ -19,7 +22,6 @@ use crate::dataset::{Dataset, ShardInfo};
 use crate::digest::fingerprint;
 use crate::encoder::{Manifest, Modality, Pooling, Precision, TokenSelection};
 use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
-use crate::names::pair_key;
 use crate::pipeline::choice::{choose, EncoderChoice};
 use crate::pipeline::imports::ImportedSae;
 use crate::pipeline::prepare::{build_dataset, export_package};
@@ -28,7 +30,13 @@ use crate::pipeline::units::Units;
 use crate::run_layout::RunLayout;
 use crate::sae::{ReadOut, SaeConfig};
 use crate::torch::DeviceSpec;
+use fit_rows::check_fit_rows;
+pub use fit_rows::{fit_rows_per_pass, FitRowsEstimate};
+use pair_list::plan_pairs;
 use shard_contents::{shard_file_name, ShardContents};
+pub(in crate::pipeline) use shards::first_of_changes;
+pub use shards::{shard_key, ShardIdentity};
+use shards::{without_empty_shards, SHARD_SHA256};
 
 /// One encoder of the study, resolved.
 #[derive(Clone, Debug)]
@@ -497,129 +505,6 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
     })
 }
 
-/// The pairs of the study's comparisons, each (source, target, layers) once, in the order the
-/// comparisons list them.
-fn plan_pairs(
-    study: &Study,
-    encoders: &[PlannedEncoder],
-    path: &Path,
-) -> anyhow::Result<Vec<PlannedPair>> {
-    let mut pairs: Vec<PlannedPair> = Vec::new();
-    for comparison in &study.comparisons {
-        let pick = |names: &[toml::Spanned<String>]| -> Vec<EncoderId> {
-            EncoderId::all(encoders.len())
-                .filter(|e| {
-                    names
-                        .iter()
-                        .any(|n| n.get_ref() == "*" || *n.get_ref() == encoders[e.index()].name)
-                })
-                .collect()
-        };
-        let all = match comparison.layers.as_str() {
-            "last" => false,
-            "all" => true,
-            other => anyhow::bail!(
-                "{}: comparison layers {other:?}: use \"last\" or \"all\"",
-                path.display()
-            ),
-        };
-        let layers = |e: &PlannedEncoder| -> Vec<LayerId> {
-            if all {
-                e.layer_ids().collect()
-            } else {
-                vec![LayerId::new(e.layers.len() - 1)]
-            }
-        };
-        for s in pick(&comparison.sources) {
-            for t in pick(&comparison.targets) {
-                let (source, target) = (&encoders[s.index()], &encoders[t.index()]);
-                let key = pair_key(&source.name, &target.name, all);
-                if s == t || pairs.iter().any(|p| p.key == key) {
-                    continue;
-                }
-                let fingerprint = fingerprint(&(
-                    &source.fingerprint,
-                    &target.fingerprint,
-                    all,
-                    study.baselines.floor_permutations,
-                ));
-                pairs.push(PlannedPair {
-                    key,
-                    source: s,
-                    target: t,
-                    source_layers: layers(source),
-                    target_layers: layers(target),
-                    fingerprint,
-                    ceiling_of: None,
-                });
-            }
-        }
-    }
-    Ok(pairs)
-}
-
-/// The rows a pass of encoder `e`'s fit gives each of its SAEs, as far as the dataset's footers
-/// tell: exactly for pooled rows (one a sample), at most for token rows drawn `per_sample` (a
-/// caption can be shorter), unknown for every token of variable-length captions.
-pub fn fit_rows_per_pass(e: &PlannedEncoder, samples: u64) -> FitRowsEstimate {
-    match &e.fit_rows {
-        FitRows::Pooled => FitRowsEstimate::Exactly(samples),
-        FitRows::Tokens(selection) => match selection.per_sample {
-            Some(n) => FitRowsEstimate::AtMost(samples * n as u64),
-            None => FitRowsEstimate::AtLeast(samples),
-        },
-    }
-}
-
-/// What the footers tell of the rows of a fit's pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FitRowsEstimate {
-    Exactly(u64),
-    AtMost(u64),
-    AtLeast(u64),
-}
-
-impl FitRowsEstimate {
-    /// The passes over those rows that `steps` batches of `batch_size` take (for `AtLeast`,
-    /// at most that many).
-    pub fn passes(self, steps: usize, batch_size: usize) -> f64 {
-        let rows = match self {
-            FitRowsEstimate::Exactly(r)
-            | FitRowsEstimate::AtMost(r)
-            | FitRowsEstimate::AtLeast(r) => r,
-        };
-        (steps as f64 * batch_size as f64) / rows.max(1) as f64
-    }
-}
-
-/// Refuses, before any work, a fit whose first pass cannot fill one batch: the run would
-/// fail after encoding the whole dataset.
-fn check_fit_rows(e: &PlannedEncoder, dataset: &Dataset, path: &Path) -> anyhow::Result<()> {
-    if !e.fits_any() || e.twin_of.is_some() {
-        return Ok(());
-    }
-    let rows = match fit_rows_per_pass(e, dataset.rows()) {
-        FitRowsEstimate::Exactly(r) | FitRowsEstimate::AtMost(r) => r,
-        FitRowsEstimate::AtLeast(_) => return Ok(()),
-    };
-    anyhow::ensure!(
-        rows >= e.sae.batch_size as u64,
-        "{}: [encoders.{}]: its SAEs take batches of {} rows, and a pass over the dataset gives \
-         {} {rows} rows ({} samples); set [sae] batch_size (or this encoder's `sae = {{ \
-         batch_size = ... }}`) to at most {rows}",
-        path.display(),
-        e.name,
-        e.sae.batch_size,
-        if matches!(e.fit_rows, FitRows::Pooled) {
-            "exactly"
-        } else {
-            "at most"
-        },
-        dataset.rows()
-    );
-    Ok(())
-}
-
 /// Each encoder's SAE id: a digest of the files its SAE record lists.
 fn read_sae_ids(output: &Path, encoders: &[PlannedEncoder]) -> Vec<String> {
     let units = Units::new(output);
@@ -640,58 +525,6 @@ fn read_sae_ids(output: &Path, encoders: &[PlannedEncoder]) -> Vec<String> {
         .collect()
 }
 
-/// What identifies a shard cheaply: its file name, rows and bytes (its content is
-/// [`ShardContents`]'s).
-pub fn shard_key(shard: &ShardInfo) -> (String, u64, u64) {
-    (shard_file_name(shard), shard.rows, shard.bytes)
-}
-
-/// `changes` said in one line for the log: the first, and how many others; `None` for none.
-pub(in crate::pipeline) fn first_of_changes(changes: Vec<String>) -> Option<String> {
-    let others = changes.len().saturating_sub(1);
-    let first = changes.into_iter().next()?;
-    Some(match others {
-        0 => first,
-        n => format!("{first}, and {n} other shard(s) changed"),
-    })
-}
-
-/// The key in a unit's detail that holds the SHA-256 of the shard it was made from.
-const SHARD_SHA256: &str = "shard_sha256";
-
-/// A shard as the work made from it remembers it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ShardIdentity {
-    pub key: (String, u64, u64),
-    pub sha256: String,
-}
-
-/// The dataset without its shards of no rows, each said in the log (they hold no sample to
-/// encode, fit or compare); a dataset of nothing but empty shards is an error.
-fn without_empty_shards(dataset: Dataset) -> anyhow::Result<Dataset> {
-    let shards = dataset.shards();
-    let kept: Vec<usize> = (0..shards.len()).filter(|&i| shards[i].rows > 0).collect();
-    if kept.len() == shards.len() {
-        return Ok(dataset);
-    }
-    anyhow::ensure!(
-        !kept.is_empty(),
-        "the dataset {} has no rows: each of its {} shard(s) is empty; import rows into it \
-         (`saeshare dataset import-... --append`) or name another dataset",
-        dataset.dir().display(),
-        shards.len()
-    );
-    for shard in shards.iter().filter(|s| s.rows == 0) {
-        tracing::warn!(
-            "{}: an empty shard (0 rows); left out",
-            shard.path.display()
-        );
-    }
-    // `select` numbers the kept shards again from 0, as the plan numbers them.
-    Ok(dataset.select(&kept)?)
-}
-
-/// The digest of a package's manifest and weights.
 /// What marks the fingerprint of an encoder (its package as the study chose it: an `image_size`
 /// drops the crop) whose crop now starts elsewhere than it did in earlier versions: a crop whose
 /// offsets round to the nearest, which took halves upwards before it took them to even.
@@ -700,6 +533,7 @@ fn crop_revision(manifest: &Manifest) -> Option<&'static str> {
     (image.crop.is_some() && image.crop_rounding == "round").then_some("halves to even")
 }
 
+/// The digest of a package's manifest and weights.
 fn package_digest(package: &Path) -> anyhow::Result<String> {
     let files: Vec<PathBuf> = ["encoder.json", "model.pt", "tokenizer.json"]
         .iter()
