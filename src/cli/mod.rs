@@ -2,6 +2,7 @@
 //! convert into the library's option types, and how the library's enums are spelled as flag
 //! values (`values.rs`).
 
+mod bench_dense;
 mod compare;
 mod dataset;
 mod encode;
@@ -77,6 +78,9 @@ pub enum Command {
 pub enum BenchCommand {
     /// Exact sparse MPPC against the dense float32 all-pairs correlation, side by side.
     Stats(compare::BenchStatsArgs),
+    /// The compare of dense codes (SAEs read out without TopK) as a share of the machine's
+    /// matrix product peak, checked against float64.
+    Dense(bench_dense::BenchDenseArgs),
     /// Peak memory of one study on datasets of different sizes (it should not grow).
     Pipeline(study::BenchPipelineArgs),
     /// Per encoder of a study: its rows/s, its SAEs' rows/s, and the fit with the SAE steps
@@ -116,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare::run_compare(args),
         Command::Sharedness(args) => compare::run_sharedness(args),
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),
+        Command::Bench(BenchCommand::Dense(args)) => bench_dense::run(args),
         Command::Bench(BenchCommand::Pipeline(args)) => study::run_bench_pipeline(args),
         Command::Bench(BenchCommand::Fit(args)) => study::run_bench_fit(args),
         Command::Bench(BenchCommand::Encoders(args)) => study::run_bench_encoders(args),

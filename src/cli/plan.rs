@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::pipeline::{cost, Cost, Plan, Rates, Study};
+use crate::pipeline::{calibrate, cost, stand_ins, Cost, Plan, Rates, Study};
 
 /// `saeshare study plan STUDY [--calibrate] [--rates FILE] [--json FILE]`.
 #[derive(Debug, Args)]
@@ -27,25 +27,19 @@ pub struct PlanArgs {
     /// dataset's own samples.
     #[arg(long)]
     pub assume_samples: Option<u64>,
+    /// Plan with stand-ins for what is missing: a package of random weights at an encoder's
+    /// `shape` for its package, the embedded emoji dataset at --assume-samples for the dataset,
+    /// this machine's CPU for a GPU it lacks, unless --rates gives a machine's that has it
+    /// (each said).
+    #[arg(long)]
+    pub stand_ins: bool,
     /// Also write the plan to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
 pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
-    let study = Study::read(&args.file)?;
-    let checked = Plan::check(study, &args.file)?;
-    let Some(plan) = checked.plan else {
-        let missing: Vec<String> = (checked.to_make.iter().map(|(what, _)| what.clone()))
-            .chain(checked.to_provide.iter().cloned())
-            .collect();
-        anyhow::bail!(
-            "{}: a plan needs the dataset and the packages, and these are missing: {}; \
-             `saeshare study check` says how they are made",
-            args.file.display(),
-            missing.join("; ")
-        );
-    };
+    let mut study = Study::read(&args.file)?;
     let rates_file = args.rates.clone().unwrap_or_else(Rates::cache_file);
     let mut rates: Rates = match std::fs::read(&rates_file) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -53,13 +47,35 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
         Err(_) if args.rates.is_none() => Rates::default(),
         Err(e) => anyhow::bail!("{}: {e}", rates_file.display()),
     };
+    let stand_ins = if args.stand_ins {
+        let elsewhere = args.rates.is_some().then_some(rates.machine.as_str());
+        stand_ins::stand_in(&mut study, &args.file, args.assume_samples, elsewhere)?
+    } else {
+        Vec::new()
+    };
+    let checked = Plan::check(study.clone(), &args.file)?;
+    let Some(plan) = checked.plan else {
+        let missing: Vec<String> = (checked.to_make.iter().map(|(what, _)| what.clone()))
+            .chain(checked.to_provide.iter().cloned())
+            .collect();
+        anyhow::bail!(
+            "{}: a plan needs the dataset and the packages, and these are missing: {}; \
+             `saeshare study check` says how they are made, and --stand-ins plans without them \
+             (packages of random weights at each encoder's `shape`)",
+            args.file.display(),
+            missing.join("; ")
+        );
+    };
     if args.calibrate {
-        cost::calibrate(&args.file, &plan, &mut rates, args.again)?;
+        calibrate::calibrate(&args.file, &study, &plan, &mut rates, args.again)?;
         std::fs::create_dir_all(rates_file.parent().expect("in a folder"))?;
         crate::atomic::write(&rates_file, &serde_json::to_vec_pretty(&rates)?)?;
         println!("rates of this machine kept in {}", rates_file.display());
     }
     let cost = cost::estimate(&plan, &rates, args.assume_samples);
+    for line in &stand_ins {
+        println!("stand-in: {line}");
+    }
     print(&plan, &cost, &rates);
     if let Some(path) = &args.json {
         crate::atomic::write(path, &serde_json::to_vec_pretty(&cost)?)?;
@@ -99,6 +115,15 @@ fn print(plan: &Plan, cost: &Cost, rates: &Rates) {
             or_unknown(fit.passes.map(|p| format!("{p:.1}"))),
         );
     }
+    for fit in cost.fits.iter().filter(|f| f.replay_short) {
+        println!(
+            "  warning: {} needs {:.1} passes and a pass's rows do not fit [fit] \
+             replay_memory_mib: its fit would stop after the first pass; raise \
+             replay_memory_mib, lower [sae] steps, or set [fit] max_passes = 1",
+            fit.encoder,
+            fit.passes.unwrap_or(0.0)
+        );
+    }
     println!(
         "stages:\n  {:<8} {:>16} {:>14} {:>12} {:>12}",
         "stage", "forward samples", "SAE rows", "layer pairs", "time"
@@ -122,9 +147,13 @@ fn print(plan: &Plan, cost: &Cost, rates: &Rates) {
         size(cost.disk_bytes())
     );
     println!(
-        "peak memory of a process: {} (in the {} stage)",
+        "peak memory of a process: {} (in the {} stage{})",
         size(cost.peak_memory.0),
-        cost.peak_memory.1
+        cost.peak_memory.1,
+        match cost.fit_passes {
+            n if n > 1 => format!("; the fit in {n} passes within [fit] memory_gib"),
+            _ => String::new(),
+        }
     );
     if let Some(seconds) = cost.seconds() {
         println!("time: {} in all", duration(seconds));

@@ -1,16 +1,19 @@
-//! Sparse codes: what an SAE produces on each sample, stored as one Parquet row per active latent
-//! (FORMATS.md, "Sparse codes").
+//! Codes: what an SAE produces on each sample, stored as one Parquet row per active latent
+//! (FORMATS.md, "Sparse codes"), or, for codes without TopK where most latents are active, one
+//! row per sample ("Dense codes"; [`CodesLayout`]). Both read back as the same [`CodeBatch`]es.
 //!
 //! - [`CodesWriter`]: writes one file for one (encoder, layer, SAE), samples in increasing
 //!   `sample_id` order, atomically (temporary file, then rename).
 //! - [`CodesReader`]: streams a file back as [`CodeBatch`]es of at most a chosen number of
 //!   samples, checking order, feature range and values as it goes.
 //!
-//! A sample whose code has no active latent is stored as one row with a null `feature` and a
+//! In the sparse layout, a sample whose code has no active latent is stored as one row with a null `feature` and a
 //! null `value`: alignment by `sample_id` and the sample count `N` of every statistic need to know
 //! the sample exists, and an absent sample cannot say so.
 
 mod batch;
+mod dense_rows;
+mod layout;
 mod reader;
 mod writer;
 
@@ -21,11 +24,13 @@ use arrow::datatypes::DataType;
 use crate::file_error::FileError;
 
 pub use batch::{CodeBatch, SparseCode};
+pub use layout::{CodesLayout, DenseValues};
 pub use reader::CodesReader;
 pub use writer::{CodesSummary, CodesWriter};
 
-/// The codes format version written into every file's key-value metadata.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest codes format version, written into a file's key-value metadata: 1 for files of
+/// one row per active latent, 2 for files of one row per sample ([`CodesLayout`]).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Column names and key-value metadata keys of the format.
 pub mod keys {
@@ -35,6 +40,10 @@ pub mod keys {
     pub const FEATURE: &str = "feature";
     /// Column: the latent's value (after TopK), never zero.
     pub const VALUE: &str = "value";
+    /// Column of a dense file: the sample's `d_sae` values, zeros included.
+    pub const VALUES: &str = "values";
+    /// Metadata: `dense` for a file of one row per sample; absent for one row per active latent.
+    pub const LAYOUT: &str = "saeshare.codes.layout";
     /// Metadata: [`super::FORMAT_VERSION`].
     pub const VERSION: &str = "saeshare.codes.version";
     /// Metadata: the number of features of the SAE.

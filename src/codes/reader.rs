@@ -11,6 +11,8 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::KeyValue;
 
+use super::dense_rows;
+use super::layout::{self, CodesLayout};
 use super::{keys, CodeBatch, CodesError, CodesMeta, Result, COLUMNS, FORMAT_VERSION};
 use crate::file_error::FileError;
 
@@ -25,9 +27,11 @@ const READ_ROWS: usize = 16 * 1024;
 /// `d_sae` and appear once per sample, values are finite; the error names the file and row.
 pub struct CodesReader {
     path: PathBuf,
-    /// File positions of sample_id, feature, value when not in that order (projection keeps
-    /// file order).
+    /// File positions of sample_id, feature, value (or sample_id, values) when not in that
+    /// order (projection keeps file order).
     order: Option<Vec<usize>>,
+    /// The current file's layout (the files of a folder may differ).
+    layout: CodesLayout,
     meta: CodesMeta,
     samples: Option<u64>,
     /// Parquet rows of the file or folder: active latents, plus one per empty sample.
@@ -108,9 +112,20 @@ impl CodesReader {
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(FileError::not_parquet(path))?;
         let kv = builder.metadata().file_metadata().key_value_metadata();
-        let (meta, samples) = read_meta(path, kv)?;
+        let (meta, samples, layout) = read_meta(path, kv)?;
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-        let roots = check_schema(path, builder.schema())?;
+        let (roots, read_rows) = match layout {
+            CodesLayout::Sparse => (check_schema(path, builder.schema())?, READ_ROWS),
+            CodesLayout::Dense => (
+                dense_rows::check_schema(path, builder.schema(), meta.d_sae)?,
+                layout::dense_group_rows(meta.d_sae),
+            ),
+        };
+        // Rows of a dense file are samples; as a bound on updates, count their latents.
+        let rows = match layout {
+            CodesLayout::Sparse => rows,
+            CodesLayout::Dense => rows.saturating_mul(meta.d_sae as u64),
+        };
         // Read in the order sample_id, feature, value, whatever the file's order.
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
         let order = if roots.windows(2).all(|w| w[0] < w[1]) {
@@ -120,12 +135,13 @@ impl CodesReader {
         };
         let inner = builder
             .with_projection(mask)
-            .with_batch_size(READ_ROWS)
+            .with_batch_size(read_rows)
             .build()
             .map_err(FileError::not_parquet(path))?;
         Ok(CodesReader {
             path: path.to_path_buf(),
             order,
+            layout,
             meta,
             samples,
             rows,
@@ -163,9 +179,10 @@ impl CodesReader {
         self.samples
     }
 
-    /// The Parquet rows of the file (or of every file of the folder): its active latents plus
-    /// one row per sample without any, so a bound on the updates of its co-activation sums
-    /// where the writer did not record the sample count.
+    /// The rows of the file (or of every file of the folder) as the sparse layout counts them:
+    /// its active latents plus one row per sample without any (for a dense file, `d_sae` a
+    /// sample), so a bound on the updates of its co-activation sums where the writer did not
+    /// record the sample count.
     pub fn rows(&self) -> u64 {
         self.rows
     }
@@ -195,7 +212,8 @@ impl CodesReader {
                         let next = self.rest.pop_front().expect("not empty");
                         let last = self.last_id.map(|id| (self.path.clone(), id));
                         let reader = Self::open_file(&next)?;
-                        (self.path, self.order, self.inner) = (next, reader.order, reader.inner);
+                        (self.path, self.order, self.layout, self.inner) =
+                            (next, reader.order, reader.layout, reader.inner);
                         self.row = 0;
                         self.boundary = last;
                         continue;
@@ -227,6 +245,57 @@ impl CodesReader {
     /// Moves rows of `batch` into `pending`; true when `pending` is full and the next row starts
     /// a new sample (which stays unread for the next batch).
     fn consume(&mut self, batch: &RecordBatch) -> Result<bool> {
+        match self.layout {
+            CodesLayout::Sparse => self.consume_sparse(batch),
+            CodesLayout::Dense => self.consume_dense(batch),
+        }
+    }
+
+    /// Rows of a dense file: one whole sample each.
+    fn consume_dense(&mut self, batch: &RecordBatch) -> Result<bool> {
+        let rows = dense_rows::DenseRows::new(&self.path, batch, self.meta.d_sae)?;
+        while self.position < batch.num_rows() {
+            let r = self.position;
+            let (row, path) = (self.row, self.path.clone());
+            let bad = |sample_id: u64, problem: String| CodesError::BadRow {
+                file: path.clone(),
+                row,
+                sample_id,
+                problem,
+            };
+            let id = rows
+                .id(r)
+                .ok_or_else(|| bad(0, "sample_id is null".into()))?;
+            if !check_order(&mut self.boundary, self.last_id, id).map_err(|p| bad(id, p))? {
+                return Err(bad(
+                    id,
+                    "is a second row of its sample; a dense file holds one row per sample".into(),
+                ));
+            }
+            if self.pending.len() >= self.batch_samples {
+                return Ok(true);
+            }
+            self.pending.begin(id);
+            self.last_id = Some(id);
+            let values = rows
+                .values(r)
+                .ok_or_else(|| bad(id, "values is null, or holds a null".into()))?;
+            for (f, &v) in values.iter().enumerate() {
+                if !v.is_finite() {
+                    return Err(bad(id, format!("feature {f} has value {v}")));
+                }
+                if v != 0.0 {
+                    self.pending.push_pair(f as u32, v);
+                }
+            }
+            self.position += 1;
+            self.row += 1;
+        }
+        Ok(false)
+    }
+
+    /// Rows of a sparse file: one active latent each.
+    fn consume_sparse(&mut self, batch: &RecordBatch) -> Result<bool> {
         let columns = convert(&self.path, batch)?;
         let ids = columns[0].as_primitive::<UInt64Type>();
         let features = columns[1].as_primitive::<UInt32Type>();
@@ -243,22 +312,9 @@ impl CodesReader {
                 return Err(bad("sample_id is null".into()));
             }
             let id = ids.value(r);
-            if let Some((previous, last)) = self.boundary.take() {
-                if id <= last {
-                    return Err(bad(format!(
-                        "is not after sample_id {last}, the last of {}; the files of a folder must hold disjoint ranges of samples",
-                        previous.display()
-                    )));
-                }
-            }
-            let new_sample = match self.last_id {
-                Some(last) if id < last => {
-                    return Err(bad(format!(
-                        "comes after sample_id {last}; rows must be sorted by sample_id"
-                    )))
-                }
-                Some(last) => id != last,
-                None => true,
+            let new_sample = match check_order(&mut self.boundary, self.last_id, id) {
+                Ok(new) => new,
+                Err(problem) => return Err(bad(problem)),
             };
             if new_sample {
                 if let Some(twice) = self.pending.finish_last() {
@@ -332,7 +388,35 @@ impl Iterator for CodesReader {
     }
 }
 
-fn read_meta(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<(CodesMeta, Option<u64>)> {
+/// Checks that `id` (of the row being read) may follow the previous row: after the previous
+/// file's last (`boundary`, taken), and not before the previous row's (`last_id`). Returns
+/// whether it starts a new sample.
+fn check_order(
+    boundary: &mut Option<(PathBuf, u64)>,
+    last_id: Option<u64>,
+    id: u64,
+) -> Result<bool, String> {
+    if let Some((previous, last)) = boundary.take() {
+        if id <= last {
+            return Err(format!(
+                "is not after sample_id {last}, the last of {}; the files of a folder must hold disjoint ranges of samples",
+                previous.display()
+            ));
+        }
+    }
+    match last_id {
+        Some(last) if id < last => Err(format!(
+            "comes after sample_id {last}; rows must be sorted by sample_id"
+        )),
+        Some(last) => Ok(id != last),
+        None => Ok(true),
+    }
+}
+
+fn read_meta(
+    path: &Path,
+    kv: Option<&Vec<KeyValue>>,
+) -> Result<(CodesMeta, Option<u64>, CodesLayout)> {
     let get = |key: &str| {
         kv.into_iter()
             .flatten()
@@ -381,7 +465,18 @@ fn read_meta(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<(CodesMeta, Opti
         k,
         sae: get(keys::SAE),
     };
-    Ok((meta, samples))
+    let layout = match get(keys::LAYOUT).as_deref() {
+        None => CodesLayout::Sparse,
+        Some("dense") => CodesLayout::Dense,
+        Some(other) => {
+            let problem = format!(
+                "key-value metadata `{}` = {other:?}: this saeshare reads \"dense\", or no key for one row per active latent",
+                keys::LAYOUT
+            );
+            return Err(FileError::wrong_schema(path, problem).into());
+        }
+    };
+    Ok((meta, samples, layout))
 }
 
 /// Finds the three [`COLUMNS`] by name (tools may write them in any order, among other columns)

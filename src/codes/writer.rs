@@ -10,19 +10,19 @@ use arrow::array::{ArrayRef, Float32Builder, UInt32Builder, UInt64Builder};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
 
-use super::{keys, CodesError, CodesMeta, Result, COLUMNS, FORMAT_VERSION};
+use super::layout::{self, CodesLayout, DenseValues, DECIDING_SAMPLES};
+use super::{keys, CodeBatch, CodesError, CodesMeta, Result, COLUMNS};
 use crate::atomic::{self, AtomicFile};
 use crate::file_error::FileError;
 use crate::parquet_meta;
 
-/// Rows per Parquet row group: bounds what the writer and a reader hold at once (~1 MiB).
+/// Rows per row group of a sparse file: bounds what the writer and a reader hold at once
+/// (~1 MiB).
 const ROW_GROUP_ROWS: usize = 64 * 1024;
 
-/// The Arrow schema of a codes file: [`COLUMNS`].
+/// The Arrow schema of a sparse codes file: [`COLUMNS`].
 pub(crate) fn schema() -> SchemaRef {
     let fields: Vec<Field> = COLUMNS
         .iter()
@@ -45,6 +45,10 @@ pub struct CodesSummary {
 /// Streams the codes of one (encoder, layer, SAE) into one file, one sample at a time, in
 /// strictly increasing `sample_id` order.
 ///
+/// TopK codes are written one row per active latent; codes without `k` one row per active
+/// latent or one row per sample, whichever their first samples say is smaller (FORMATS.md,
+/// "Sparse codes" and "Dense codes"); readers read both.
+///
 /// ```no_run
 /// use saeshare::codes::{CodesMeta, CodesWriter};
 /// let mut writer = CodesWriter::create("codes.parquet".as_ref(), CodesMeta::topk("clip", "layer11", 8192, 32))?;
@@ -56,17 +60,52 @@ pub struct CodesSummary {
 pub struct CodesWriter {
     path: PathBuf,
     meta: CodesMeta,
-    writer: ArrowWriter<AtomicFile>,
-    /// The footer's keys given at creation, repeated in the schema at the end.
-    metadata: Vec<KeyValue>,
+    dense_values: DenseValues,
+    sink: Sink,
     last_id: Option<u64>,
-    ids: UInt64Builder,
-    features: UInt32Builder,
-    values: Float32Builder,
-    pending: usize,
     scratch: Vec<(u32, f32)>,
     samples: u64,
     active: u64,
+}
+
+/// Where pushed samples go.
+enum Sink {
+    /// Codes without `k` whose first samples are held until they pick the layout.
+    Deciding { file: AtomicFile, held: CodeBatch },
+    /// The Parquet writer of the chosen layout.
+    Open(Box<OpenFile>),
+    /// Between states, and after an error that left the file unusable.
+    Gone,
+}
+
+struct OpenFile {
+    writer: ArrowWriter<AtomicFile>,
+    layout: CodesLayout,
+    schema: SchemaRef,
+    /// The footer's keys given at creation, repeated in the schema at the end.
+    metadata: Vec<KeyValue>,
+    rows: Rows,
+    /// Rows buffered, and how many make a row group.
+    pending: usize,
+    group_rows: usize,
+}
+
+/// A sparse file's columns being built.
+struct SparseRows {
+    ids: UInt64Builder,
+    features: UInt32Builder,
+    values: Float32Builder,
+}
+
+/// Rows buffered for the next row group.
+enum Rows {
+    Sparse(Box<SparseRows>),
+    Dense {
+        ids: Vec<u64>,
+        values: Vec<f32>,
+        d_sae: u32,
+        kind: DenseValues,
+    },
 }
 
 impl CodesWriter {
@@ -81,45 +120,37 @@ impl CodesWriter {
         let dir = atomic::folder_of(path);
         fs::create_dir_all(dir).map_err(CodesError::io(dir))?;
         let file = AtomicFile::create(path).map_err(CodesError::io(dir))?;
-        let mut metadata = vec![
-            KeyValue::new(keys::VERSION.to_string(), FORMAT_VERSION.to_string()),
-            KeyValue::new(keys::D_SAE.to_string(), meta.d_sae.to_string()),
-            KeyValue::new(keys::ENCODER.to_string(), meta.encoder.clone()),
-            KeyValue::new(keys::LAYER.to_string(), meta.layer.clone()),
-        ];
-        if let Some(k) = meta.k {
-            metadata.push(KeyValue::new(keys::K.to_string(), k.to_string()));
-        }
-        if let Some(sae) = &meta.sae {
-            metadata.push(KeyValue::new(keys::SAE.to_string(), sae.clone()));
-        }
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).expect("valid level"),
-            ))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_key_value_metadata(Some(metadata.clone()))
-            .build();
-        let writer = ArrowWriter::try_new_with_options(
-            file,
-            schema(),
-            parquet_meta::writer_options(properties),
-        )
-        .map_err(FileError::not_parquet(path))?;
+        let sink = if meta.k.is_some() {
+            Sink::Open(Box::new(OpenFile::new(
+                path,
+                &meta,
+                file,
+                CodesLayout::Sparse,
+                DenseValues::Float32,
+            )?))
+        } else {
+            Sink::Deciding {
+                file,
+                held: CodeBatch::new(),
+            }
+        };
         Ok(CodesWriter {
             path: path.to_path_buf(),
             meta,
-            writer,
-            metadata,
+            dense_values: DenseValues::Float32,
+            sink,
             last_id: None,
-            ids: UInt64Builder::with_capacity(ROW_GROUP_ROWS),
-            features: UInt32Builder::with_capacity(ROW_GROUP_ROWS),
-            values: Float32Builder::with_capacity(ROW_GROUP_ROWS),
-            pending: 0,
             scratch: Vec::new(),
             samples: 0,
             active: 0,
         })
+    }
+
+    /// Stores the values of a dense file (one row per sample) as `values`; float32 by default.
+    /// Sparse files always keep float32.
+    pub fn with_dense_values(mut self, values: DenseValues) -> Self {
+        self.dense_values = values;
+        self
     }
 
     /// Adds the code of one sample: its active features and their values, in any order. Zero
@@ -173,41 +204,76 @@ impl CodesWriter {
                 )));
             }
         }
-
-        if self.scratch.is_empty() {
-            self.ids.append_value(sample_id);
-            self.features.append_null();
-            self.values.append_null();
-            self.pending += 1;
-        }
-        for &(feature, value) in &self.scratch {
-            self.ids.append_value(sample_id);
-            self.features.append_value(feature);
-            self.values.append_value(value);
-        }
-        self.pending += self.scratch.len();
         self.active += self.scratch.len() as u64;
         self.samples += 1;
         self.last_id = Some(sample_id);
-        if self.pending >= ROW_GROUP_ROWS {
-            self.flush()?;
+        match &mut self.sink {
+            Sink::Deciding { held, .. } => {
+                held.begin(sample_id);
+                for &(feature, value) in &self.scratch {
+                    held.push_pair(feature, value);
+                }
+                if held.len() >= DECIDING_SAMPLES {
+                    self.open()?;
+                }
+                Ok(())
+            }
+            Sink::Open(open) => open.push(&self.path, sample_id, &self.scratch),
+            Sink::Gone => Err(bad("the writer failed earlier".into())),
         }
+    }
+
+    /// Picks the layout from the samples held, opens the Parquet writer and writes them.
+    fn open(&mut self) -> Result<()> {
+        if !matches!(self.sink, Sink::Deciding { .. }) {
+            return Ok(());
+        }
+        let Sink::Deciding { file, held } = std::mem::replace(&mut self.sink, Sink::Gone) else {
+            unreachable!("matched above");
+        };
+        let layout = if layout::prefers_dense(held.nnz(), held.len(), self.meta.d_sae) {
+            CodesLayout::Dense
+        } else {
+            CodesLayout::Sparse
+        };
+        let mut open = OpenFile::new(&self.path, &self.meta, file, layout, self.dense_values)?;
+        let mut pairs = Vec::new();
+        for code in held.iter() {
+            pairs.clear();
+            pairs.extend(
+                code.features
+                    .iter()
+                    .copied()
+                    .zip(code.values.iter().copied()),
+            );
+            open.push(&self.path, code.sample_id, &pairs)?;
+        }
+        self.sink = Sink::Open(Box::new(open));
         Ok(())
     }
 
     /// Writes what is buffered, records the sample count, and renames the file into place.
     pub fn finish(mut self) -> Result<CodesSummary> {
-        self.flush()?;
+        self.open()?;
+        let Sink::Open(mut open) = std::mem::replace(&mut self.sink, Sink::Gone) else {
+            return Err(CodesError::BadSample {
+                file: self.path.clone(),
+                sample_id: self.last_id.unwrap_or(0),
+                problem: "the writer failed earlier".into(),
+            });
+        };
+        open.flush(&self.path)?;
         parquet_meta::finish_metadata(
-            &mut self.writer,
-            &schema(),
-            &self.metadata,
+            &mut open.writer,
+            &open.schema,
+            &open.metadata,
             &[KeyValue::new(
                 keys::SAMPLES.to_string(),
                 self.samples.to_string(),
             )],
         );
-        let file = self
+        let layout = open.layout;
+        let file = open
             .writer
             .into_inner()
             .map_err(FileError::not_parquet(&self.path))?;
@@ -217,32 +283,144 @@ impl CodesWriter {
             },
             _ => CodesError::io(&self.path)(e),
         })?;
-        tracing::debug!(file = %self.path.display(), samples = self.samples, "wrote codes");
+        tracing::debug!(file = %self.path.display(), samples = self.samples, ?layout, "wrote codes");
         Ok(CodesSummary {
             path: self.path,
             samples: self.samples,
             active: self.active,
         })
     }
+}
 
-    fn flush(&mut self) -> Result<()> {
+impl OpenFile {
+    fn new(
+        path: &Path,
+        meta: &CodesMeta,
+        file: AtomicFile,
+        layout: CodesLayout,
+        kind: DenseValues,
+    ) -> Result<Self> {
+        let mut metadata = vec![
+            KeyValue::new(keys::VERSION.to_string(), layout.version().to_string()),
+            KeyValue::new(keys::D_SAE.to_string(), meta.d_sae.to_string()),
+            KeyValue::new(keys::ENCODER.to_string(), meta.encoder.clone()),
+            KeyValue::new(keys::LAYER.to_string(), meta.layer.clone()),
+        ];
+        if let Some(k) = meta.k {
+            metadata.push(KeyValue::new(keys::K.to_string(), k.to_string()));
+        }
+        if let Some(sae) = &meta.sae {
+            metadata.push(KeyValue::new(keys::SAE.to_string(), sae.clone()));
+        }
+        if let Some(value) = layout.key() {
+            metadata.push(KeyValue::new(keys::LAYOUT.to_string(), value.to_string()));
+        }
+        let (schema, group_rows, rows) = match layout {
+            CodesLayout::Sparse => (
+                schema(),
+                ROW_GROUP_ROWS,
+                Rows::Sparse(Box::new(SparseRows {
+                    ids: UInt64Builder::with_capacity(ROW_GROUP_ROWS),
+                    features: UInt32Builder::with_capacity(ROW_GROUP_ROWS),
+                    values: Float32Builder::with_capacity(ROW_GROUP_ROWS),
+                })),
+            ),
+            CodesLayout::Dense => (
+                layout::dense_schema(meta.d_sae, kind),
+                layout::dense_group_rows(meta.d_sae),
+                Rows::Dense {
+                    ids: Vec::new(),
+                    values: Vec::new(),
+                    d_sae: meta.d_sae,
+                    kind,
+                },
+            ),
+        };
+        let properties = layout::properties(group_rows)
+            .set_key_value_metadata(Some(metadata.clone()))
+            .build();
+        let writer = ArrowWriter::try_new_with_options(
+            file,
+            schema.clone(),
+            parquet_meta::writer_options(properties),
+        )
+        .map_err(FileError::not_parquet(path))?;
+        Ok(OpenFile {
+            writer,
+            layout,
+            schema,
+            metadata,
+            rows,
+            pending: 0,
+            group_rows,
+        })
+    }
+
+    /// Buffers one checked sample (`pairs` sorted, nonzero), writing a row group when full.
+    fn push(&mut self, path: &Path, sample_id: u64, pairs: &[(u32, f32)]) -> Result<()> {
+        match &mut self.rows {
+            Rows::Sparse(rows) => {
+                let SparseRows {
+                    ids,
+                    features,
+                    values,
+                } = rows.as_mut();
+                if pairs.is_empty() {
+                    ids.append_value(sample_id);
+                    features.append_null();
+                    values.append_null();
+                    self.pending += 1;
+                }
+                for &(feature, value) in pairs {
+                    ids.append_value(sample_id);
+                    features.append_value(feature);
+                    values.append_value(value);
+                }
+                self.pending += pairs.len();
+            }
+            Rows::Dense {
+                ids, values, d_sae, ..
+            } => {
+                ids.push(sample_id);
+                let start = values.len();
+                values.resize(start + *d_sae as usize, 0.0);
+                for &(feature, value) in pairs {
+                    values[start + feature as usize] = value;
+                }
+                self.pending += 1;
+            }
+        }
+        if self.pending >= self.group_rows {
+            self.flush(path)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, path: &Path) -> Result<()> {
         if self.pending == 0 {
             return Ok(());
         }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.ids.finish()),
-            Arc::new(self.features.finish()),
-            Arc::new(self.values.finish()),
-        ];
+        let columns: Vec<ArrayRef> = match &mut self.rows {
+            Rows::Sparse(rows) => vec![
+                Arc::new(rows.ids.finish()),
+                Arc::new(rows.features.finish()),
+                Arc::new(rows.values.finish()),
+            ],
+            Rows::Dense {
+                ids,
+                values,
+                d_sae,
+                kind,
+            } => layout::dense_columns(std::mem::take(ids), std::mem::take(values), *d_sae, *kind)
+                .map_err(FileError::arrow(path))?,
+        };
         let batch =
-            RecordBatch::try_new(schema(), columns).map_err(FileError::arrow(&self.path))?;
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(FileError::arrow(path))?;
         self.writer
             .write(&batch)
-            .map_err(FileError::not_parquet(&self.path))?;
+            .map_err(FileError::not_parquet(path))?;
         // One row group per flush keeps what a reader holds at once bounded.
-        self.writer
-            .flush()
-            .map_err(FileError::not_parquet(&self.path))?;
+        self.writer.flush().map_err(FileError::not_parquet(path))?;
         self.pending = 0;
         Ok(())
     }

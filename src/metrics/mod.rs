@@ -14,6 +14,7 @@
 mod baselines;
 mod bench;
 pub(crate) mod bench_codes;
+mod bench_dense;
 mod compare;
 mod matrix;
 mod mppc;
@@ -28,6 +29,7 @@ use crate::file_error::FileError;
 pub use baselines::ceiling_for;
 pub use bench::{bench_stats, BenchOptions, BenchReport};
 pub use bench_codes::Popularity;
+pub use bench_dense::{bench_dense, median, DenseBenchOptions, DenseBenchReport};
 pub use compare::{
     accumulate_files, compare, compare_accumulated, Aggregation, Backend, CompareOptions,
     Comparison, FeatureRow, MppcRow, WmppcRow, ALL_LAYERS,
@@ -52,6 +54,12 @@ pub enum MetricsError {
     /// The inputs do not fit together (files of mixed encoders, unknown models, ...).
     #[error("{0}")]
     BadInput(String),
+    /// libtorch failed (a benchmark's products).
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// A benchmark could not set itself up (its temporary folder).
+    #[error("benchmark: {0}")]
+    Bench(String),
 }
 
 /// `wMPPC = sum_i S_i MPPC_i / sum_i S_i`; `None` when every weight is 0 (all features dead or

@@ -31,11 +31,12 @@ pub use crate::run_record::{
     DatasetRecord, EncoderRecord, PairRecord, QueryRecord, StudyRecord, STUDY_RECORD_FILE,
 };
 pub use bench::encoders::{bench_encoders, EncoderFigure, SHAPES_TIMED};
-pub use bench::fit::{bench_fit, FitFigure};
+pub use bench::fit::{bench_fit, bench_fit_of, FitFigure};
 pub use bench::memory::{bench_memory, MemoryBench, MemoryFigure};
 pub use bench::scan::{scan, ScanSummary};
 pub use imports::{ImportSpec, ImportedSae};
 pub use plan::cost::{self, Cost, EncoderRates, Rates};
+pub use plan::{calibrate, stand_ins};
 pub use plan::{fit_rows_per_pass, FitRowsEstimate, Plan, PlannedEncoder, PlannedPair};
 pub use prepare::StudyCheck;
 pub use run::{peak_memory_mib, run_study, RunSummary};

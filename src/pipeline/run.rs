@@ -23,6 +23,7 @@ use super::encoding::WorkerModels;
 use super::fit;
 use super::outputs;
 use super::pairs;
+use super::plan::fit_passes::fit_passes;
 use super::plan::Plan;
 use super::run_folder::RunFolder;
 use super::stage::{
@@ -319,12 +320,29 @@ impl WorkerStages {
     fn fit(&mut self, worker: &mut Worker) {
         let start = Instant::now();
         let counters = self.counters("fit", self.bars.fit.clone());
-        if !self.todo.fit.is_empty() {
+        let passes = fit_passes(&self.plan, &self.todo.fit);
+        if passes.len() > 1 && worker.index() == 0 {
+            tracing::info!(
+                "fit: {} passes over the dataset within [fit] memory_gib: {}",
+                passes.len(),
+                (passes.iter())
+                    .map(|pass| {
+                        let names: Vec<&str> = pass
+                            .iter()
+                            .map(|&e| self.plan.encoder(e).name.as_str())
+                            .collect();
+                        names.join(", ")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        for pass in passes {
             let (plan, failure) = (&self.plan, &self.failure);
             // Encoders whose every SAE is imported have nothing to fit: only their record.
-            if self.todo.fitted(plan).next().is_some() {
+            if pass.iter().any(|&e| plan.encoder(e).fits_any()) {
                 self.models.borrow_mut().begin_stage();
-                let owned = fit::build(worker, &self.context(counters), &self.todo.fit);
+                let owned = fit::build(worker, &self.context(counters.clone()), &pass);
                 run_to_completion(worker);
                 if !any_failed(worker, failure) {
                     if let Err(error) = fit::finish(&owned, plan) {
@@ -332,13 +350,18 @@ impl WorkerStages {
                     }
                 }
             }
+            // Each pass's SAEs are recorded when it ends: a run stopped in a later pass
+            // keeps them.
             if !any_failed(worker, failure) && worker.index() == 0 {
-                if let Err(error) = record_saes(plan, &self.todo.fit) {
+                if let Err(error) = record_saes(plan, &pass) {
                     failure.set(error);
                 }
             }
             barrier(worker);
             plan.refresh_sae_ids();
+            if any_failed(worker, failure) {
+                break;
+            }
         }
         self.seconds
             .insert("fit".to_string(), start.elapsed().as_secs_f64());

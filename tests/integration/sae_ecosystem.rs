@@ -33,8 +33,12 @@ with torch.no_grad():
     theirs = sae.encode(x).numpy()
 ours = np.zeros_like(theirs)
 c = pq.read_table(codes)
-c = c.filter(pc.is_valid(c["feature"]))  # a sample with no active latent is one null row
-ours[c.column("sample_id").to_numpy().astype(np.int64), c.column("feature").to_numpy().astype(np.int64)] = c.column("value").to_numpy()
+ids = c.column("sample_id").to_numpy().astype(np.int64)
+if "values" in c.column_names:  # one row per sample (codes with most latents active)
+    ours[ids] = np.stack(c.column("values").to_numpy(zero_copy_only=False))
+else:
+    c = c.filter(pc.is_valid(c["feature"]))  # a sample with no active latent is one null row
+    ours[c.column("sample_id").to_numpy().astype(np.int64), c.column("feature").to_numpy().astype(np.int64)] = c.column("value").to_numpy()
 cfg = sae.cfg.to_dict()
 print(json.dumps({
     "class": type(sae).__name__,
@@ -330,9 +334,12 @@ import numpy as np, pyarrow.compute as pc, pyarrow.parquet as pq
 codes, n, d_sae = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 c = pq.read_table(codes)
 meta = {k.decode(): v.decode() for k, v in pq.read_metadata(codes).metadata.items()}
-c = c.filter(pc.is_valid(c["feature"]))
 dense = np.zeros((n, d_sae), dtype=np.float32)
-dense[c.column("sample_id").to_numpy().astype(np.int64), c.column("feature").to_numpy().astype(np.int64)] = c.column("value").to_numpy()
+if "values" in c.column_names:  # one row per sample (codes with most latents active)
+    dense[c.column("sample_id").to_numpy().astype(np.int64)] = np.stack(c.column("values").to_numpy(zero_copy_only=False))
+else:
+    c = c.filter(pc.is_valid(c["feature"]))
+    dense[c.column("sample_id").to_numpy().astype(np.int64), c.column("feature").to_numpy().astype(np.int64)] = c.column("value").to_numpy()
 print(json.dumps({"dense": dense.tolist(), "meta": meta}))
 "#;
 

@@ -27,6 +27,7 @@ fn every_shipped_study_file_parses() {
         checked,
         [
             "demo.toml",
+            "paper-shape-scaled.toml",
             "paper-shape.toml",
             "reference-b.toml",
             "reference-l.toml",

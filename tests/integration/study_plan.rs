@@ -75,3 +75,137 @@ fn a_plan_says_what_the_run_then_does_and_takes() {
         assert_eq!(fit["rows_per_pass"], 200, "{fit}");
     }
 }
+
+/// Copies the folder `from` into `to` (a package or a dataset, a few files).
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().map(Result::unwrap) {
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_study_without_its_dataset_and_packages_is_planned_with_stand_ins() {
+    // The study of a user who has neither COCO nor the weights: the dataset and one package
+    // missing; the package's `shape` names the random-weights package that stands in (kept in
+    // the cache: made here beforehand from a tiny model, where saeshare would export it).
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    copy_folder(
+        &common::tiny_packages().join("bert"),
+        &cache.join("encoders/random/tiny-bert"),
+    );
+    let emoji = common::emoji_subset(dir.path(), &[20, 60]);
+    copy_folder(&emoji, &cache.join("stand-ins/emoji"));
+    let file = dir.path().join("paper.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "paper"
+output = "runs/paper"
+dataset = {{ path = "data/coco" }}
+
+[sae]
+k = 4
+expansion = 2
+batch_size = 64
+
+[encoders.bert]
+shape = "tiny-bert"
+package = "encoders/bert"
+device = "cuda"
+
+[encoders.dinov2]
+package = "{}"
+
+[[comparisons]]
+sources = ["dinov2"]
+targets = ["bert"]
+layers = "all"
+"#,
+            common::tiny_packages().join("dinov2").display()
+        ),
+    )
+    .unwrap();
+    let plan = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_saeshare"))
+            .args(["--quiet", "study", "plan", file.to_str().unwrap()])
+            .args(extra)
+            .env("SAESHARE_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let refused = plan(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        common::stderr(&refused).contains("--stand-ins"),
+        "{}",
+        common::stderr(&refused)
+    );
+    let refused = plan(&["--stand-ins"]);
+    assert!(!refused.status.success());
+    let message = common::stderr(&refused);
+    assert!(
+        message.contains("data/coco") && message.contains("--assume-samples"),
+        "{message}"
+    );
+
+    let planned = plan(&["--stand-ins", "--assume-samples", "118287"]);
+    assert!(planned.status.success(), "{}", common::stderr(&planned));
+    let out = String::from_utf8_lossy(&planned.stdout);
+    assert!(
+        out.contains("stand-in: dataset") && out.contains("118287 samples"),
+        "{out}"
+    );
+    assert!(
+        out.contains("stand-in: package of bert is missing: random weights at its shape tiny-bert"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bert runs on cuda in the study: planned on this machine's CPU")
+            || tch::Cuda::is_available(),
+        "{out}"
+    );
+    // The tiny BERT's 3 layers against DINOv2's, every layer of each.
+    let layers = |name: &str| -> usize {
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(common::tiny_packages().join(name).join("encoder.json")).unwrap(),
+        )
+        .unwrap();
+        manifest["layers"].as_array().unwrap().len()
+    };
+    let pairs = layers("bert") * layers("dinov2");
+    assert!(
+        out.lines().any(|l| l.trim_start().starts_with("compare")
+            && l.split_whitespace().nth(3) == Some(&pairs.to_string())),
+        "{out}"
+    );
+    // With another machine's rates (one with the GPU), the encoder keeps its device.
+    let rates = dir.path().join("gpu-rates.json");
+    std::fs::write(
+        &rates,
+        r#"{"machine": "gpu-box: 16 cores", "encoders": {}}"#,
+    )
+    .unwrap();
+    let elsewhere = plan(&[
+        "--stand-ins",
+        "--assume-samples",
+        "5000",
+        "--rates",
+        rates.to_str().unwrap(),
+    ]);
+    assert!(elsewhere.status.success(), "{}", common::stderr(&elsewhere));
+    let out = String::from_utf8_lossy(&elsewhere.stdout);
+    assert!(
+        out.contains("bert runs on cuda in the study: planned with the rates of gpu-box")
+            || tch::Cuda::is_available(),
+        "{out}"
+    );
+    // Planning made neither the study's output folder nor its dataset.
+    assert!(!dir.path().join("runs").exists());
+    assert!(!dir.path().join("data").exists());
+}

@@ -243,8 +243,6 @@ fn token_fits_are_the_same_on_1_worker_4_workers_and_2_processes_with_or_without
 
 #[test]
 fn the_reference_protocol_reads_dense_relu_codes_at_token_0_after_one_pass() {
-    use arrow::array::AsArray;
-    use arrow::datatypes::{Float32Type, UInt32Type, UInt64Type};
     use saeshare::dataset::{Dataset, Projection};
     use tch::{Kind, Tensor};
 
@@ -298,12 +296,6 @@ fn the_reference_protocol_reads_dense_relu_codes_at_token_0_after_one_pass() {
         .path()
         .join("protocol/codes/bert/2")
         .join(shard.path.file_name().unwrap());
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(&codes).unwrap(),
-    )
-    .unwrap()
-    .build()
-    .unwrap();
     let mut read = vec![0f64; (samples * d_sae) as usize];
     let row_of: std::collections::HashMap<u64, usize> = batch
         .sample_ids
@@ -312,26 +304,23 @@ fn the_reference_protocol_reads_dense_relu_codes_at_token_0_after_one_pass() {
         .map(|(i, &id)| (id, i))
         .collect();
     let mut entries = 0;
-    for part in reader {
-        let part = part.unwrap();
-        let ids = part
-            .column_by_name("sample_id")
-            .unwrap()
-            .as_primitive::<UInt64Type>();
-        let features = part
-            .column_by_name("feature")
-            .unwrap()
-            .as_primitive::<UInt32Type>();
-        let values = part
-            .column_by_name("value")
-            .unwrap()
-            .as_primitive::<Float32Type>();
-        for i in 0..part.num_rows() {
-            let row = row_of[&ids.value(i)];
-            read[row * d_sae as usize + features.value(i) as usize] = f64::from(values.value(i));
-            entries += 1;
+    for batch in saeshare::codes::CodesReader::open(&codes).unwrap() {
+        for code in batch.unwrap().iter() {
+            let row = row_of[&code.sample_id];
+            for (&f, &v) in code.features.iter().zip(code.values) {
+                read[row * d_sae as usize + f as usize] = f64::from(v);
+                entries += 1;
+            }
         }
     }
+    // Codes this dense are stored one row per sample (FORMATS.md, "Dense codes").
+    let file =
+        parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&codes).unwrap())
+            .unwrap();
+    let rows = parquet::file::reader::FileReader::metadata(&file)
+        .file_metadata()
+        .num_rows();
+    assert_eq!(rows, samples);
     let read = Tensor::from_slice(&read).reshape([samples, d_sae]);
     let diff = (&read - &direct).abs().max().double_value(&[]);
     assert!(

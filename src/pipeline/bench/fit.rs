@@ -59,7 +59,19 @@ pub fn bench_fit(
     only: &[String],
     sae_threads: usize,
 ) -> anyhow::Result<Vec<FitFigure>> {
-    let (plan, chosen, _folder) = plan_and_encoders(study, only)?;
+    bench_fit_of(Study::read(study)?, study, samples, only, sae_threads)
+}
+
+/// [`bench_fit`] of a study already read from `file` (and perhaps changed: a plan's
+/// stand-ins).
+pub fn bench_fit_of(
+    study: Study,
+    file: &Path,
+    samples: usize,
+    only: &[String],
+    sae_threads: usize,
+) -> anyhow::Result<Vec<FitFigure>> {
+    let (plan, chosen, _folder) = encoders_of(study, file, only)?;
     let batch = read_samples(&plan, &chosen, samples)?;
     let threads = StepThreads::start(sae_threads.max(1))?;
     let mut figures = Vec::new();
@@ -180,7 +192,14 @@ pub(in crate::pipeline) fn plan_and_encoders(
     study: &Path,
     only: &[String],
 ) -> anyhow::Result<(Arc<Plan>, Vec<EncoderId>, RunFolder)> {
-    let parsed = Study::read(study)?;
+    encoders_of(Study::read(study)?, study, only)
+}
+
+fn encoders_of(
+    parsed: Study,
+    study: &Path,
+    only: &[String],
+) -> anyhow::Result<(Arc<Plan>, Vec<EncoderId>, RunFolder)> {
     let (output, dataset) = Plan::folders(&parsed, study);
     let run_id = format!("bench-{}", std::process::id());
     let folder = RunFolder::claim(&output, &dataset, &run_id, "saeshare bench")?;

@@ -10,11 +10,14 @@
 //!   where kept, and a JSON of a few kB.
 //! - Codes: [`CODE_BYTES_PER_LATENT`] bytes a sample's active latent (TopK), measured on the
 //!   demo: 14.1 MB for 2.95 M active latents, ids sorted and zstd-compressed; and 2 kB a file
-//!   (one per encoder, layer and shard). A dense read-out (`relu`) stores every positive
-//!   latent: taken as half of `d_sae` a sample.
-//! - Pair sums: at most the dense array of each layer pair (f64) and at most `[stats]
+//!   (one per encoder, layer and shard). A dense read-out (`relu`) is stored one row per
+//!   sample: [`DENSE_CODE_BYTES_PER_LATENT`] a latent, measured by `bench dense`.
+//! - Pair sums: at most the dense array of each layer pair (f64), or 12 bytes for each of the
+//!   `N k_A k_B` pairs of latents that fired together where fewer, and at most `[stats]
 //!   keep_sums_mib`; sparse sums are far smaller (the demo's 21 pairs: 310 MB).
-//! - Memory: each fitted SAE's mixing buffer and replay, its weights with Adam's moments and
+//! - Cells of a layer pair's sums that its compare touches: `d_A d_B`, or the `N k_A k_B`
+//!   pairs of latents that fired together where fewer (a small N).
+//! - Memory: in the largest pass of the fit stage (`[fit] memory_gib`), each fitted SAE's mixing buffer (its budget, or a pass's rows where fewer) and replay, its weights with Adam's moments and
 //!   gradients (four copies), the packages' weights, and libtorch's own (about 400 MB); the
 //!   compare pass's `[stats] memory_mib` per worker.
 //! - Activations (`activation_cache`): float32 before compression (the demo's compress to half).
@@ -22,7 +25,8 @@
 //!   row (the compare pass's SAE encoding at a third of that: a forward of a step), each layer
 //!   pair's summing at the calibrated seconds per co-activation update (`N k_A k_B`, again for
 //!   each floor permutation) and per cell of its sums (`d_A d_B`, for each shard's partial sums
-//!   and each permutation).
+//!   and each permutation); a pair of dense codes at the calibrated FLOP/s of `bench dense`'s
+//!   compare (`2 N d_A d_B` for the sums and each permutation).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,10 +34,20 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{fit_rows_per_pass, FitRowsEstimate, Plan, PlannedEncoder};
+use crate::codes::DenseValues;
+use crate::ids::EncoderId;
 use crate::sae::{ReadOut, SaeKind};
 
 /// Bytes a sample's active latent takes in the codes store, measured on the demo.
 pub const CODE_BYTES_PER_LATENT: f64 = 4.8;
+/// Bytes a latent of a dense read-out (`read_out = "relu"`, about half its latents active)
+/// takes in the codes store, one row per sample: `saeshare bench dense` (half-active ReLU codes
+/// at 6,144 features), whose two files took 2.3 bytes a latent (58% of their float32 values).
+pub const DENSE_CODE_BYTES_PER_LATENT: f64 = 2.3;
+/// Bytes a pair of latents that fired together takes at most in a layer pair's sparse sums.
+const SPARSE_SUM_BYTES: u64 = 12;
+/// The same with `[codes] dense_values = "float16"` (`bench dense --float16`).
+pub const DENSE_CODE_BYTES_PER_LATENT_FLOAT16: f64 = 1.2;
 /// Bytes of a codes file beside its latents (the footer and the schema's metadata), measured
 /// on small files.
 const CODE_FILE_BYTES: u64 = 2_048;
@@ -59,6 +73,11 @@ pub struct EncoderRates {
 pub struct CompareRates {
     pub per_update: f64,
     pub per_cell: f64,
+    /// The compare of dense codes (read out without TopK), end to end, in floating-point
+    /// operations of its block products (`2 N d_A d_B`) a second: `bench dense` at the study's
+    /// widest SAE (at most 2,048 features) on 2,048 samples. Absent in rates of older versions.
+    #[serde(default)]
+    pub dense_flops: Option<f64>,
 }
 
 /// Rates of a study's encoders, and the machine they were measured on.
@@ -75,9 +94,15 @@ pub struct Rates {
 
 impl Rates {
     /// The rates of encoder `e`, if measured with its package as it is.
+    /// (Or those of another encoder measured with the same package and settings: two
+    /// encoders planned with one stand-in package are measured once.)
     pub fn of(&self, e: &PlannedEncoder) -> Option<&EncoderRates> {
-        let (digest, rates) = self.encoders.get(&e.name)?;
-        (*digest == rates_key(e)).then_some(rates)
+        let key = rates_key(e);
+        match self.encoders.get(&e.name) {
+            Some((digest, rates)) if *digest == key => Some(rates),
+            _ => (self.encoders.values())
+                .find_map(|(digest, rates)| (*digest == key).then_some(rates)),
+        }
     }
 
     /// This machine, as rates files name it: host name, cores and processor.
@@ -105,113 +130,6 @@ impl Rates {
             .join("rates")
             .join(format!("{machine}.json"))
     }
-}
-
-/// Measures the rates of the study in `study`'s encoders (those of `plan` not measured yet, or
-/// all with `again`) with a short fit of each on the study's first samples, as `saeshare bench
-/// fit` does, and adds them to `rates`. The samples: enough for one batch of every pooled fit,
-/// and at least 256.
-pub fn calibrate(
-    study: &std::path::Path,
-    plan: &Plan,
-    rates: &mut Rates,
-    again: bool,
-) -> anyhow::Result<()> {
-    let todo: Vec<String> = (plan.named_encoders())
-        .filter(|(_, e)| e.fits_any() && (again || rates.of(e).is_none()))
-        .map(|(_, e)| e.name.clone())
-        .collect();
-    if !todo.is_empty() {
-        calibrate_encoders(study, plan, rates, &todo)?;
-    }
-    if again || rates.compare.is_none() {
-        rates.compare = Some(calibrate_compare(plan)?);
-    }
-    rates.machine = Rates::this_machine();
-    Ok(())
-}
-
-/// Rates of the encoders `todo` of `plan`, from a short `bench fit` of each.
-fn calibrate_encoders(
-    study: &std::path::Path,
-    plan: &Plan,
-    rates: &mut Rates,
-    todo: &[String],
-) -> anyhow::Result<()> {
-    let pooled_batch = (plan.encoders.iter())
-        .filter(|e| matches!(e.fit_rows, super::FitRows::Pooled))
-        .map(|e| e.sae.batch_size)
-        .max()
-        .unwrap_or(0);
-    let samples = (pooled_batch.max(256) as u64).min(plan.dataset.rows()) as usize;
-    tracing::info!(
-        "calibrating {} encoder(s) on {samples} samples: {}",
-        todo.len(),
-        todo.join(", ")
-    );
-    for figure in crate::pipeline::bench_fit(study, samples, todo, 0)? {
-        let Some(e) = plan.encoders.iter().find(|e| e.name == figure.encoder) else {
-            continue;
-        };
-        let rows = figure.rows_per_layer.max(1) as f64;
-        let measured = EncoderRates {
-            samples_per_second: figure.samples as f64 / figure.encode_seconds.max(1e-9),
-            rows_per_sample: rows / figure.samples.max(1) as f64,
-            sae_seconds_per_row: figure.sae_seconds / (rows * figure.layers.max(1) as f64),
-        };
-        rates
-            .encoders
-            .insert(e.name.clone(), (rates_key(e), measured));
-    }
-    Ok(())
-}
-
-/// The compare pass's rates: `compare` on synthetic codes of the study's largest k at its
-/// widest SAE and at a quarter of that width, over at most 8,192 samples (the fastest of three
-/// runs each), the two figures solved for the time per update and per cell.
-fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
-    let (widest, k) = (plan.encoders.iter())
-        .flat_map(|e| {
-            e.layer_ids()
-                .map(move |l| (e.layer_width(l) * e.sae.expansion, e.sae.k))
-        })
-        .max()
-        .unwrap_or((1024, 32));
-    let k = k.max(1);
-    let samples = (plan.dataset.rows() as usize).clamp(1024, 8192);
-    let timed = |features: usize| -> anyhow::Result<f64> {
-        let options = crate::metrics::BenchOptions {
-            samples,
-            features,
-            k,
-            popularity: crate::metrics::Popularity::Zipf,
-            zipf_exponent: 1.0,
-            dense_reference: false,
-            repeats: 3,
-            seed: 0,
-            accumulator: crate::stats::AccumulatorOptions {
-                memory_mib: plan.study.stats.memory_mib,
-                threads: plan.study.stats.threads,
-            },
-            codes_dir: None,
-        };
-        let report = crate::metrics::bench_stats(&options)?;
-        Ok(report
-            .sparse_seconds
-            .iter()
-            .cloned()
-            .fold(f64::MAX, f64::min))
-    };
-    let narrow = (widest / 4).max(k * 2);
-    let (t_wide, t_narrow) = (timed(widest)?, timed(narrow)?);
-    let cells = |d: usize| (d * d) as f64;
-    let per_cell = ((t_wide - t_narrow) / (cells(widest) - cells(narrow)).max(1.0)).max(0.0);
-    let updates = (samples * k * k) as f64;
-    let per_update = ((t_wide - per_cell * cells(widest)) / updates).max(0.0);
-    Ok(CompareRates {
-        per_update,
-        per_cell,
-    })
 }
 
 /// What an encoder's rates depend on: its package (its manifest, and its weights by size), the
@@ -258,6 +176,9 @@ pub struct FitCost {
     pub rows_per_pass: Option<u64>,
     pub steps: usize,
     pub passes: Option<f64>,
+    /// More than one pass is needed and a pass's rows do not fit `[fit]
+    /// replay_memory_mib`: the fit would stop after its first pass.
+    pub replay_short: bool,
 }
 
 /// What a study will cost.
@@ -270,6 +191,8 @@ pub struct Cost {
     pub disk: BTreeMap<String, u64>,
     /// The most a process holds, and in which stage.
     pub peak_memory: (u64, String),
+    /// Passes the fit stage makes over the dataset (`[fit] memory_gib`).
+    pub fit_passes: usize,
     /// Encoders whose rates are unknown (no time, and token rows only bounded, for them).
     pub uncalibrated: Vec<String>,
 }
@@ -300,16 +223,20 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
         stages: Vec::new(),
         disk: BTreeMap::new(),
         peak_memory: (0, String::new()),
+        fit_passes: 0,
         uncalibrated: Vec::new(),
     };
     let (mut fit, mut compare) = (stage("fit"), stage("compare"));
-    let (mut fit_memory, mut models) = (0u64, 0u64);
-    for e in &plan.encoders {
+    let mut models = 0u64;
+    let mut fit_memory: BTreeMap<EncoderId, u64> = BTreeMap::new();
+    for (id, e) in plan.encoder_ids().zip(&plan.encoders) {
         let measured = rates.of(e);
         if measured.is_none() && e.twin_of.is_none() {
             cost.uncalibrated.push(e.name.clone());
         }
-        models += package_bytes(e);
+        if e.twin_of.is_none() {
+            models += package_bytes(e);
+        }
         let rows = rows_per_pass(e, samples, measured);
         let fitted: Vec<usize> = (e.layer_ids())
             .filter(|&l| e.imported(l).is_none())
@@ -318,12 +245,20 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
         if !fitted.is_empty() {
             let drawn = drawn_rows(plan, e, rows);
             let passes = rows.map(|r| drawn as f64 / r.max(1) as f64);
+            // More than one pass replays the first from memory, or the fit stops.
+            let widest = fitted.iter().copied().max().unwrap_or(0) as u64;
+            let replay_short = rows.is_some_and(|r| {
+                drawn > r
+                    && plan.study.fit.max_passes != Some(1)
+                    && r * widest * 4 > (plan.study.fit.replay_memory_mib as u64) << 20
+            });
             cost.fits.push(FitCost {
                 encoder: e.name.clone(),
                 layers: fitted.len(),
                 rows_per_pass: rows,
                 steps: e.sae.steps,
                 passes,
+                replay_short,
             });
             // A twin reuses its encoder's rows: no forward of its own.
             let forward = if e.twin_of.is_some() { 0 } else { samples };
@@ -345,7 +280,7 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
                     plan.study.fit.keep_optimizer,
                     e.sae.steps,
                 );
-                fit_memory += fit_bytes(plan, e, width, d_sae, rows);
+                *fit_memory.entry(id).or_default() += fit_bytes(plan, e, width, d_sae, rows);
             }
         }
         // The compare pass reads the activation cache where the study keeps one.
@@ -365,12 +300,17 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
         for l in e.layer_ids() {
             let d_sae = e.layer_width(l) * e.sae.expansion;
             let per_sample = match e.read_out {
-                ReadOut::Code => e.sae.k.min(d_sae) as f64,
-                ReadOut::Relu => d_sae as f64 / 2.0,
+                ReadOut::Code => e.sae.k.min(d_sae) as f64 * CODE_BYTES_PER_LATENT,
+                ReadOut::Relu => {
+                    d_sae as f64
+                        * match plan.study.codes.dense_values {
+                            DenseValues::Float32 => DENSE_CODE_BYTES_PER_LATENT,
+                            DenseValues::Float16 => DENSE_CODE_BYTES_PER_LATENT_FLOAT16,
+                        }
+                }
             };
             *cost.disk.entry("codes".into()).or_default() +=
-                (samples as f64 * per_sample * CODE_BYTES_PER_LATENT) as u64
-                    + CODE_FILE_BYTES * shard_count;
+                (samples as f64 * per_sample) as u64 + CODE_FILE_BYTES * shard_count;
         }
         if plan.study.activation_cache && e.twin_of.is_none() {
             let widths: usize = e.layer_ids().map(|l| e.layer_width(l)).sum();
@@ -378,7 +318,7 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
                 samples * widths as u64 * 4;
         }
     }
-    let mut dense_sums = 0u64;
+    let mut sums_bytes = 0u64;
     let mut compare_seconds = 0f64;
     let shards = shard_count as usize;
     for pair in &plan.pairs {
@@ -396,11 +336,27 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
                     s.layer_width(a) * s.sae.expansion,
                     t.layer_width(b) * t.sae.expansion,
                 );
-                dense_sums += (d_a * d_b * 8) as u64;
-                if let Some(measured) = &rates.compare {
-                    // Each shard's partial sums hold (and clear) the cells once more.
-                    let updates = sums as f64 * (samples * (s.sae.k * t.sae.k) as u64) as f64;
-                    let cells = (sums - 1 + shards) as f64 * (d_a * d_b) as f64;
+                let dense = dense_codes(s) || dense_codes(t);
+                // The dense array (f64), or where fewer latents fired together than it has
+                // cells, a sparse entry for each pair that did (at most 12 bytes).
+                let fired = samples.saturating_mul((s.sae.k * t.sae.k) as u64);
+                sums_bytes += match dense {
+                    true => (d_a * d_b * 8) as u64,
+                    false => ((d_a * d_b * 8) as u64).min(fired.saturating_mul(SPARSE_SUM_BYTES)),
+                };
+                if let (true, Some(flops)) = (dense, rates.compare.and_then(|c| c.dense_flops)) {
+                    let products = 2.0 * sums as f64 * samples as f64 * (d_a * d_b) as f64;
+                    compare_seconds += products / flops;
+                } else if let Some(measured) = &rates.compare {
+                    // Each shard's partial sums hold (and clear) the cells once more. Sums of
+                    // TopK codes touch at most the pairs of latents that fired together:
+                    // fewer than the cells where N k_A k_B is below d_A d_B.
+                    let k2 = (s.sae.k * t.sae.k) as u64;
+                    let touched = |n: u64| (n.saturating_mul(k2)).min((d_a * d_b) as u64) as f64;
+                    let updates = sums as f64 * (samples * k2) as f64;
+                    let shard_samples = samples.div_ceil(shards as u64);
+                    let cells = (sums - 1) as f64 * touched(samples)
+                        + shards as f64 * touched(shard_samples);
                     compare_seconds += measured.per_update * updates + measured.per_cell * cells;
                 }
             }
@@ -409,10 +365,25 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
     add_seconds(&mut compare.seconds, rates.compare.map(|_| compare_seconds));
     let budget = plan.study.stats.keep_sums_mib.saturating_mul(1 << 20);
     cost.disk
-        .insert("pairs (at most)".into(), dense_sums.min(budget));
+        .insert("pairs (at most)".into(), sums_bytes.min(budget));
     let compare_memory =
         BASELINE_BYTES + models + (plan.study.stats.memory_mib as u64).saturating_mul(1 << 20);
-    let fit_memory = BASELINE_BYTES + models + fit_memory;
+    // Passes within `[fit] memory_gib` run one after another: the largest is the peak.
+    let fitting: Vec<EncoderId> = fit_memory.keys().copied().collect();
+    let passes = super::fit_passes::fit_passes(plan, &fitting);
+    cost.fit_passes = passes.len();
+    // A pass holds its own encoders' weights (a twin runs on its encoder's).
+    let largest = (passes.iter())
+        .map(|pass| {
+            let weights: u64 = (pass.iter())
+                .filter(|&&e| plan.encoder(e).twin_of.is_none())
+                .map(|&e| package_bytes(plan.encoder(e)))
+                .sum();
+            weights + pass.iter().map(|e| fit_memory[e]).sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0);
+    let fit_memory = BASELINE_BYTES + largest;
     cost.peak_memory = if fit_memory >= compare_memory {
         (fit_memory, "fit".into())
     } else {
@@ -420,6 +391,11 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
     };
     cost.stages = vec![fit, compare];
     cost
+}
+
+/// Whether `e`'s codes have no per-sample limit, and so are summed by dense block products.
+fn dense_codes(e: &PlannedEncoder) -> bool {
+    e.read_out == ReadOut::Relu || e.sae.kind == SaeKind::Relu
 }
 
 fn stage(name: &str) -> StageCost {
@@ -477,7 +453,7 @@ const SAFETENSORS_HEADER: usize = 400;
 
 /// What fitting one SAE holds: its mixing buffer, the replay of a pass where passes repeat
 /// within the budget, and its weights, gradients and Adam's moments.
-fn fit_bytes(
+pub(super) fn fit_bytes(
     plan: &Plan,
     e: &PlannedEncoder,
     width: usize,
@@ -485,13 +461,18 @@ fn fit_bytes(
     rows: Option<u64>,
 ) -> u64 {
     let row = (width * 4) as u64;
-    let buffer = plan.study.fit.buffer_rows_for(width) as u64 * row;
+    // The buffer fills to its budget, or to the rows a pass gives where fewer.
+    let buffered = (plan.study.fit.buffer_rows_for(width) as u64).min(rows.unwrap_or(u64::MAX));
+    let buffer = buffered * row;
     let drawn = drawn_rows(plan, e, rows);
+    let budget = (plan.study.fit.replay_memory_mib as u64) << 20;
     let replay = match rows {
-        Some(r) if r < drawn && plan.study.fit.max_passes != Some(1) => {
-            (r * row).min((plan.study.fit.replay_memory_mib as u64) << 20)
-        }
-        _ => 0,
+        _ if plan.study.fit.max_passes == Some(1) => 0,
+        Some(r) if r < drawn => (r * row).min(budget),
+        Some(_) => 0,
+        // Rows unknown (the passes of the fit stage, counted alike on every process): the
+        // budget, which a fit of more than one pass may fill.
+        None => budget,
     };
     let params = ((2 * width * d_sae + d_sae + width) * 4) as u64;
     buffer + replay + 4 * params

@@ -2,9 +2,11 @@
 //! work named with the fingerprint of what it depends on. All workers of all processes compute
 //! the same plan from the same files, so they agree on the work without talking.
 
+pub mod calibrate;
 pub(in crate::pipeline) mod ceiling;
 pub(in crate::pipeline) mod choice;
 pub mod cost;
+pub mod fit_passes;
 mod fit_rows;
 pub(in crate::pipeline) mod imports;
 mod pair_list;
@@ -12,6 +14,7 @@ pub(in crate::pipeline) mod prepare;
 pub(in crate::pipeline) mod record;
 pub(in crate::pipeline) mod shard_contents;
 mod shards;
+pub mod stand_ins;
 pub(in crate::pipeline) mod study;
 pub(in crate::pipeline) mod study_checks;
 
@@ -480,6 +483,11 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         ReadOut::Code => fingerprint,
         ReadOut::Relu => crate::digest::fingerprint(&(fingerprint, read_out)),
     };
+    // Dense codes rounded to float16 are other codes (absent from older fingerprints).
+    let fingerprint = match study.codes.dense_values {
+        crate::codes::DenseValues::Float32 => fingerprint,
+        half => crate::digest::fingerprint(&(fingerprint, half)),
+    };
     let batch_size = (spec.batch_size)
         .unwrap_or_else(|| default_batch_size(device.0, manifest.input_size_at(spec.image_size)));
     Ok(PlannedEncoder {
@@ -488,7 +496,10 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         manifest,
         layers,
         pooling,
-        device: device.check_available()?,
+        device: match study.devices_elsewhere {
+            true => device.0,
+            false => device.check_available()?,
+        },
         batch_size,
         image_size: spec.image_size,
         precision,

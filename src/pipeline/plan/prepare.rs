@@ -99,7 +99,7 @@ pub(in crate::pipeline) fn build_dataset(
             };
             let target = crate::dataset::import::ImportTarget {
                 out: dir.to_path_buf(),
-                shard_rows: 2048,
+                shard_rows: study.dataset.shard_rows.unwrap_or(2048),
                 append: false,
             };
             crate::dataset::import::build_emoji(&spec, &target)?;

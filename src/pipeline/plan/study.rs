@@ -48,6 +48,10 @@ pub struct Study {
     /// encoder (filled by [`Study::parse`]).
     #[serde(skip)]
     pub encoder_lines: BTreeMap<String, usize>,
+    /// The study is planned for another machine (`study plan --stand-ins --rates FILE`): its
+    /// encoders' devices are taken as they are written, without looking for them here.
+    #[serde(skip)]
+    pub devices_elsewhere: bool,
 }
 
 /// How the fit pass feeds the SAEs.
@@ -87,6 +91,12 @@ pub struct FitSpec {
     /// weights' size), which only continuing its training needs. Off: the SAEs are saved for
     /// inference. It changes no SAE, and no fingerprint.
     pub keep_optimizer: bool,
+    /// What the fits of one pass may hold, in GiB over all processes (mixing buffers, replays,
+    /// SAE weights with their gradients and Adam's moments: `saeshare study plan` says what
+    /// each encoder takes). Encoders are fitted in as many passes over the dataset as it takes,
+    /// each encoder with its ceiling twin in one pass; an encoder larger than the budget has a
+    /// pass of its own. Absent: every encoder in one pass. No SAE changes.
+    pub memory_gib: Option<f64>,
 }
 
 impl Default for FitSpec {
@@ -104,6 +114,7 @@ impl Default for FitSpec {
             max_passes: None,
             sae_threads: None,
             keep_optimizer: false,
+            memory_gib: None,
         }
     }
 }
@@ -158,6 +169,8 @@ impl Default for StatsSpec {
 pub struct CodesSpec {
     pub read_out: ReadOut,
     pub position: Position,
+    /// How codes stored one row per sample (a `relu` read-out's) keep their values.
+    pub dense_values: crate::codes::DenseValues,
 }
 
 /// The position a sample's activation is read at, for its codes.
@@ -204,6 +217,10 @@ pub struct DatasetSpec {
     /// dataset.
     #[serde(default)]
     pub shards: Option<Vec<usize>>,
+    /// Rows per shard when the embedded dataset is built (2,048 by default): smaller shards
+    /// let `shards` pick a smaller study.
+    #[serde(default)]
+    pub shard_rows: Option<usize>,
 }
 
 /// One encoder of the study.
@@ -219,6 +236,11 @@ pub struct EncoderSpec {
     /// `all`, `last`, or a list of layer names.
     #[serde(default = "default_layers")]
     pub layers: String,
+    /// The model's shape (`vit-b16`, `bert-base`, ...: `python -m saeshare_export random
+    /// --help` lists them), for `saeshare study plan` to stand a package of random weights at
+    /// that shape in for a package not made yet.
+    #[serde(default)]
+    pub shape: Option<String>,
     /// The package's default when absent.
     #[serde(default)]
     pub pooling: Option<Pooling>,

@@ -125,6 +125,17 @@ pub(in crate::pipeline) fn check(
             ),
         ));
     }
+    if study
+        .fit
+        .memory_gib
+        .is_some_and(|g| !(g > 0.0 && g.is_finite()))
+    {
+        return Err(at(
+            span(&lines.fit),
+            "[fit]: memory_gib must be a positive number of GiB (leave it out to fit every encoder in one pass)"
+                .into(),
+        ));
+    }
     if study.fit.max_passes == Some(0) {
         return Err(at(
             span(&lines.fit),
@@ -251,6 +262,15 @@ fn check_dataset(study: &Study, lines: &StudyLines, at: At) -> Result<(), StudyE
             ));
         }
     }
+    if study.dataset.shard_rows.is_some() && study.dataset.builtin.is_none() {
+        return Err(at(
+            line,
+            "dataset.shard_rows sizes the shards of an embedded dataset (builtin = \"emoji\"); a folder's shards are as it was written".into(),
+        ));
+    }
+    if study.dataset.shard_rows == Some(0) {
+        return Err(at(line, "dataset.shard_rows must be at least 1".into()));
+    }
     match study.dataset.builtin.as_deref() {
         None | Some("emoji") => Ok(()),
         Some(other) => Err(at(
@@ -279,6 +299,9 @@ fn check_encoder(study: &Study, name: &str, lines: &StudyLines, at: At) -> Resul
             key(|l| span(&l.batch_size)),
             format!("[encoders.{name}]: batch_size must be at least 1"),
         ));
+    }
+    if let Some(shape) = &encoder.shape {
+        check_name(shape).map_err(|e| at(line.clone(), format!("[encoders.{name}]: shape {e}")))?;
     }
     let device = encoder
         .device

@@ -533,7 +533,8 @@ fn write_codes(
     if path.exists() {
         std::fs::remove_file(&path).with_context(|| path.display().to_string())?;
     }
-    let mut writer = CodesWriter::create(&path, codes_meta(plan, at))?;
+    let mut writer = CodesWriter::create(&path, codes_meta(plan, at))?
+        .with_dense_values(plan.study.codes.dense_values);
     for (id, features, values) in codes {
         writer.push(*id, features, values)?;
     }

@@ -1,0 +1,138 @@
+//! Measuring a study's rates on this machine (`saeshare study plan --calibrate`): a short fit
+//! of each encoder on the study's first samples, as `saeshare bench fit` runs it, and the
+//! compare on synthetic codes at the study's widths, as `bench stats` and `bench dense` run it.
+
+use super::cost::{rates_key, CompareRates, EncoderRates, Rates};
+use super::Plan;
+
+/// Measures the rates of the study in `study`'s encoders (those of `plan` not measured yet, or
+/// all with `again`) with a short fit of each on the study's first samples, as `saeshare bench
+/// fit` does, and adds them to `rates`. The samples: enough for one batch of every pooled fit,
+/// and at least 256.
+pub fn calibrate(
+    study: &std::path::Path,
+    parsed: &crate::pipeline::Study,
+    plan: &Plan,
+    rates: &mut Rates,
+    again: bool,
+) -> anyhow::Result<()> {
+    if again {
+        for (_, e) in plan.named_encoders() {
+            rates.encoders.remove(&e.name);
+        }
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    let todo: Vec<String> = (plan.named_encoders())
+        .filter(|(_, e)| e.fits_any() && rates.of(e).is_none())
+        .filter(|(_, e)| keys.insert(rates_key(e)))
+        .map(|(_, e)| e.name.clone())
+        .collect();
+    if !todo.is_empty() {
+        calibrate_encoders(study, parsed, plan, rates, &todo)?;
+    }
+    if again || rates.compare.is_none_or(|c| c.dense_flops.is_none()) {
+        rates.compare = Some(calibrate_compare(plan)?);
+    }
+    rates.machine = Rates::this_machine();
+    Ok(())
+}
+
+/// Rates of the encoders `todo` of `plan`, from a short `bench fit` of each.
+fn calibrate_encoders(
+    study: &std::path::Path,
+    parsed: &crate::pipeline::Study,
+    plan: &Plan,
+    rates: &mut Rates,
+    todo: &[String],
+) -> anyhow::Result<()> {
+    let pooled_batch = (plan.encoders.iter())
+        .filter(|e| matches!(e.fit_rows, super::FitRows::Pooled))
+        .map(|e| e.sae.batch_size)
+        .max()
+        .unwrap_or(0);
+    let samples = (pooled_batch.max(256) as u64).min(plan.dataset.rows()) as usize;
+    tracing::info!(
+        "calibrating {} encoder(s) on {samples} samples: {}",
+        todo.len(),
+        todo.join(", ")
+    );
+    for figure in crate::pipeline::bench_fit_of(parsed.clone(), study, samples, todo, 0)? {
+        let Some(e) = plan.encoders.iter().find(|e| e.name == figure.encoder) else {
+            continue;
+        };
+        let rows = figure.rows_per_layer.max(1) as f64;
+        let measured = EncoderRates {
+            samples_per_second: figure.samples as f64 / figure.encode_seconds.max(1e-9),
+            rows_per_sample: rows / figure.samples.max(1) as f64,
+            sae_seconds_per_row: figure.sae_seconds / (rows * figure.layers.max(1) as f64),
+        };
+        rates
+            .encoders
+            .insert(e.name.clone(), (rates_key(e), measured));
+    }
+    Ok(())
+}
+
+/// The compare pass's rates: `compare` on synthetic codes of the study's largest k at its
+/// widest SAE and at a quarter of that width, over at most 8,192 samples (the fastest of three
+/// runs each), the two figures solved for the time per update and per cell.
+fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
+    let (widest, k) = (plan.encoders.iter())
+        .flat_map(|e| {
+            e.layer_ids()
+                .map(move |l| (e.layer_width(l) * e.sae.expansion, e.sae.k))
+        })
+        .max()
+        .unwrap_or((1024, 32));
+    let k = k.max(1);
+    let samples = (plan.dataset.rows() as usize).clamp(1024, 8192);
+    let timed = |features: usize| -> anyhow::Result<f64> {
+        let options = crate::metrics::BenchOptions {
+            samples,
+            features,
+            k,
+            popularity: crate::metrics::Popularity::Zipf,
+            zipf_exponent: 1.0,
+            dense_reference: false,
+            repeats: 3,
+            seed: 0,
+            accumulator: crate::stats::AccumulatorOptions {
+                memory_mib: plan.study.stats.memory_mib,
+                threads: plan.study.stats.threads,
+            },
+            codes_dir: None,
+        };
+        let report = crate::metrics::bench_stats(&options)?;
+        Ok(report
+            .sparse_seconds
+            .iter()
+            .cloned()
+            .fold(f64::MAX, f64::min))
+    };
+    let narrow = (widest / 4).max(k * 2);
+    let (t_wide, t_narrow) = (timed(widest)?, timed(narrow)?);
+    let cells = |d: usize| (d * d) as f64;
+    let per_cell = ((t_wide - t_narrow) / (cells(widest) - cells(narrow)).max(1.0)).max(0.0);
+    let updates = (samples * k * k) as f64;
+    let per_update = ((t_wide - per_cell * cells(widest)) / updates).max(0.0);
+    let dense = crate::metrics::bench_dense(&crate::metrics::DenseBenchOptions {
+        samples: 2048,
+        features: widest.min(2048),
+        block: 2048,
+        repeats: 2,
+        seed: 0,
+        device: tch::Device::Cpu,
+        check: false,
+        values: crate::codes::DenseValues::Float32,
+    })?;
+    let fastest = dense
+        .compare_seconds
+        .iter()
+        .cloned()
+        .fold(f64::MAX, f64::min);
+    Ok(CompareRates {
+        per_update,
+        per_cell,
+        dense_flops: Some(dense.flops / fastest.max(1e-9)),
+    })
+}
