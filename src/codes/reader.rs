@@ -272,6 +272,13 @@ impl CodesReader {
                     "is a second row of its sample; a dense file holds one row per sample".into(),
                 ));
             }
+            // The previous sample may be a sparse file's, in a folder that mixes layouts.
+            if let Some(twice) = self.pending.finish_last() {
+                return Err(bad(
+                    id,
+                    format!("the previous sample lists feature {twice} twice"),
+                ));
+            }
             if self.pending.len() >= self.batch_samples {
                 return Ok(true);
             }

@@ -18,6 +18,9 @@ use crate::atomic::{self, AtomicFile};
 use crate::file_error::FileError;
 use crate::parquet_meta;
 
+/// The largest finite float16.
+const F16_MAX: f32 = 65504.0;
+
 /// Rows per row group of a sparse file: bounds what the writer and a reader hold at once
 /// (~1 MiB).
 const ROW_GROUP_ROWS: usize = 64 * 1024;
@@ -379,8 +382,22 @@ impl OpenFile {
                 self.pending += pairs.len();
             }
             Rows::Dense {
-                ids, values, d_sae, ..
+                ids,
+                values,
+                d_sae,
+                kind,
             } => {
+                if *kind == DenseValues::Float16 {
+                    if let Some(&(feature, value)) = pairs.iter().find(|p| p.1.abs() > F16_MAX) {
+                        return Err(CodesError::BadSample {
+                            file: path.to_path_buf(),
+                            sample_id,
+                            problem: format!(
+                                "feature {feature} has value {value}, beyond float16's {F16_MAX}: store these codes as float32 ([codes] dense_values = \"float32\")"
+                            ),
+                        });
+                    }
+                }
                 ids.push(sample_id);
                 let start = values.len();
                 values.resize(start + *d_sae as usize, 0.0);

@@ -341,6 +341,10 @@ impl WorkerStages {
             let (plan, failure) = (&self.plan, &self.failure);
             // Encoders whose every SAE is imported have nothing to fit: only their record.
             if pass.iter().any(|&e| plan.encoder(e).fits_any()) {
+                let base: Vec<_> = (pass.iter())
+                    .map(|&e| plan.encoder(e).twin_of.unwrap_or(e))
+                    .collect();
+                self.models.borrow_mut().keep_only(&base);
                 self.models.borrow_mut().begin_stage();
                 let owned = fit::build(worker, &self.context(counters.clone()), &pass);
                 run_to_completion(worker);

@@ -189,6 +189,19 @@ fn float16_values_halve_the_file_and_round_each_value_to_11_bits() {
         writer.finish().unwrap();
         path
     };
+    // A value float16 cannot hold is refused, naming it, rather than stored as infinity.
+    let mut writer = CodesWriter::create(
+        &dir.path().join("big.parquet"),
+        CodesMeta::dense("enc", "l", 2),
+    )
+    .unwrap()
+    .with_dense_values(DenseValues::Float16);
+    writer.push(0, &[0, 1], &[1.0, 70000.0]).unwrap();
+    let refused = writer.finish().unwrap_err().to_string();
+    assert!(
+        refused.contains("big.parquet") && refused.contains("beyond float16"),
+        "{refused}"
+    );
     let full = write("f32.parquet", DenseValues::Float32);
     let half = write("f16.parquet", DenseValues::Float16);
     let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;

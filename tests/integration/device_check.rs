@@ -74,8 +74,10 @@ fn the_cpu_half_exports_runs_measures_and_writes_its_json() {
             .sum();
         let wall = f["seconds"].as_f64().unwrap();
         assert!(stage("forward") > 0.0 && stage("preparing") > 0.0, "{f}");
+        // (On runs of a few milliseconds, starting the helper thread can be most of the wall
+        // time: then at most 20 ms of it is not the model thread's.)
         assert!(
-            model_thread <= wall && model_thread >= 0.5 * wall,
+            model_thread <= wall && (model_thread >= 0.5 * wall || wall - model_thread < 0.02),
             "model thread {model_thread} s of {wall} s: {f}"
         );
     }

@@ -417,7 +417,10 @@ fn assert_study_equals_sae_train(
         args.extend(SAE_TRAIN_FLAGS);
         ok(&args);
         let fitted = dir.join("piped/saes").join(name).join(layer);
-        assert_same_sae(&fitted, &trained, 1e-6);
+        // The pipeline and `encode` run the model on batches of other shapes, whose float32
+        // rounding libtorch's convolutions may pick differently (5e-6 seen once, on a loaded
+        // machine); the SAE steps carry it on.
+        assert_same_sae(&fitted, &trained, 1e-5);
     }
 }
 

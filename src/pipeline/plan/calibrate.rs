@@ -17,9 +17,10 @@ pub fn calibrate(
     again: bool,
 ) -> anyhow::Result<()> {
     if again {
-        for (_, e) in plan.named_encoders() {
-            rates.encoders.remove(&e.name);
-        }
+        // Every entry the plan's encoders would use, under any name.
+        let keys: std::collections::BTreeSet<String> =
+            plan.named_encoders().map(|(_, e)| rates_key(e)).collect();
+        rates.encoders.retain(|_, (key, _)| !keys.contains(key));
     }
     let mut keys = std::collections::BTreeSet::new();
     let todo: Vec<String> = (plan.named_encoders())

@@ -483,10 +483,14 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
         ReadOut::Code => fingerprint,
         ReadOut::Relu => crate::digest::fingerprint(&(fingerprint, read_out)),
     };
-    // Dense codes rounded to float16 are other codes (absent from older fingerprints).
+    // Dense codes rounded to float16 are other codes (absent from older fingerprints); a TopK
+    // SAE's own codes are always stored as float32.
+    let without_k = !(sae.kind == crate::sae::SaeKind::Topk && read_out == ReadOut::Code);
     let fingerprint = match study.codes.dense_values {
-        crate::codes::DenseValues::Float32 => fingerprint,
-        half => crate::digest::fingerprint(&(fingerprint, half)),
+        crate::codes::DenseValues::Float16 if without_k => {
+            crate::digest::fingerprint(&(fingerprint, study.codes.dense_values))
+        }
+        _ => fingerprint,
     };
     let batch_size = (spec.batch_size)
         .unwrap_or_else(|| default_batch_size(device.0, manifest.input_size_at(spec.image_size)));

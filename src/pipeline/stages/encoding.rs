@@ -46,6 +46,13 @@ impl WorkerModels {
     }
 
     /// Looks at the activation cache again: a stage starts, after another may have filled it.
+    /// Drops the loaded encoders (and their rows) other than `keep`'s: a fit pass holds only
+    /// its own encoders' weights.
+    pub fn keep_only(&mut self, keep: &[EncoderId]) {
+        self.encoders.retain(|e, _| keep.contains(e));
+        self.last.retain(|e, _| keep.contains(e));
+    }
+
     pub fn begin_stage(&mut self) {
         let units = Units::new(&self.plan.output);
         self.served.clear();
