@@ -75,8 +75,8 @@ fn calibrate_encoders(
 }
 
 /// The compare pass's rates: `compare` on synthetic codes of the study's largest k at its
-/// widest SAE and at a quarter of that width, over at most 8,192 samples (the fastest of three
-/// runs each), the two figures solved for the time per update and per cell.
+/// widest SAE and at a quarter of that width, over at most 8,192 samples and half as many (the
+/// fastest of three runs each), fitted for the time per update and per cell.
 fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
     let (widest, k) = (plan.encoders.iter())
         .flat_map(|e| {
@@ -87,7 +87,7 @@ fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
         .unwrap_or((1024, 32));
     let k = k.max(1);
     let samples = (plan.dataset.rows() as usize).clamp(1024, 8192);
-    let timed = |features: usize| -> anyhow::Result<f64> {
+    let timed = |samples: usize, features: usize| -> anyhow::Result<f64> {
         let options = crate::metrics::BenchOptions {
             samples,
             features,
@@ -110,12 +110,16 @@ fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
             .cloned()
             .fold(f64::MAX, f64::min))
     };
+    // Two widths at two sample counts, so that the updates (N k^2) and the cells (d^2) vary
+    // apart: two widths at one N left the split to the noise of a difference.
     let narrow = (widest / 4).max(k * 2);
-    let (t_wide, t_narrow) = (timed(widest)?, timed(narrow)?);
-    let cells = |d: usize| (d * d) as f64;
-    let per_cell = ((t_wide - t_narrow) / (cells(widest) - cells(narrow)).max(1.0)).max(0.0);
-    let updates = (samples * k * k) as f64;
-    let per_update = ((t_wide - per_cell * cells(widest)) / updates).max(0.0);
+    let mut points = Vec::new();
+    for n in [samples / 2, samples] {
+        for d in [narrow, widest] {
+            points.push(((n * k * k) as f64, (d * d) as f64, timed(n, d)?));
+        }
+    }
+    let (per_update, per_cell) = fit_two_rates(&points);
     let dense = crate::metrics::bench_dense(&crate::metrics::DenseBenchOptions {
         samples: 2048,
         features: widest.min(2048),
@@ -136,4 +140,53 @@ fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
         per_cell,
         dense_flops: Some(dense.flops / fastest.max(1e-9)),
     })
+}
+
+/// The non-negative `(a, b)` that best fit `t = a u + b c` to `(u, c, t)` points, in least
+/// squares; where the best fit has a negative rate, that rate is 0 and the other is fitted
+/// alone.
+fn fit_two_rates(points: &[(f64, f64, f64)]) -> (f64, f64) {
+    let sum = |f: &dyn Fn(&(f64, f64, f64)) -> f64| points.iter().map(f).sum::<f64>();
+    let (uu, cc, uc) = (
+        sum(&|p| p.0 * p.0),
+        sum(&|p| p.1 * p.1),
+        sum(&|p| p.0 * p.1),
+    );
+    let (ut, ct) = (sum(&|p| p.0 * p.2), sum(&|p| p.1 * p.2));
+    let det = uu * cc - uc * uc;
+    let alone_u = if uu > 0.0 { (ut / uu).max(0.0) } else { 0.0 };
+    let alone_c = if cc > 0.0 { (ct / cc).max(0.0) } else { 0.0 };
+    if det.abs() <= f64::EPSILON * uu * cc {
+        return (alone_u, 0.0);
+    }
+    let a = (ut * cc - ct * uc) / det;
+    let b = (ct * uu - ut * uc) / det;
+    match (a >= 0.0, b >= 0.0) {
+        (true, true) => (a, b),
+        (false, _) => (0.0, alone_c),
+        (true, false) => (alone_u, 0.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_two_rates;
+
+    #[test]
+    fn two_rates_are_recovered_and_never_negative() {
+        let (a, b) = (3e-9, 2e-10);
+        let points: Vec<(f64, f64, f64)> = [(1e6, 1e6), (2e6, 1e6), (1e6, 4e7), (2e6, 4e7)]
+            .iter()
+            .map(|&(u, c)| (u, c, a * u + b * c))
+            .collect();
+        let (fa, fb) = fit_two_rates(&points);
+        assert!(
+            (fa - a).abs() < 1e-6 * a && (fb - b).abs() < 1e-6 * b,
+            "{fa} {fb}"
+        );
+        // Times that fall as the cells grow: no negative rate per cell.
+        let falling = [(1e6, 1e6, 2.0), (1e6, 4e7, 1.0)];
+        let (fa, fb) = fit_two_rates(&falling);
+        assert!(fa > 0.0 && fb == 0.0, "{fa} {fb}");
+    }
 }

@@ -15,14 +15,16 @@
 //! - Pair sums: at most the dense array of each layer pair (f64), or 12 bytes for each of the
 //!   `N k_A k_B` pairs of latents that fired together where fewer, and at most `[stats]
 //!   keep_sums_mib`; sparse sums are far smaller (the demo's 21 pairs: 310 MB).
-//! - Cells of a layer pair's sums that its compare touches: `d_A d_B`, or the `N k_A k_B`
-//!   pairs of latents that fired together where fewer (a small N).
+//! - Cells of a layer pair's sums that its compare touches: `d_A d_B` where the updates cover
+//!   half of them (the accumulator then holds a dense array), else the `N k_A k_B` pairs of
+//!   latents that fired together.
 //! - Memory: in the largest pass of the fit stage (`[fit] memory_gib`), each fitted SAE's mixing buffer (its budget, or a pass's rows where fewer) and replay, its weights with Adam's moments and
 //!   gradients (four copies), the packages' weights, and libtorch's own (about 400 MB); the
 //!   compare pass's `[stats] memory_mib` per worker.
 //! - Activations (`activation_cache`): float32 before compression (the demo's compress to half).
 //! - Time: encodings at the calibrated samples a second, SAE steps at the calibrated seconds a
-//!   row (the compare pass's SAE encoding at a third of that: a forward of a step), each layer
+//!   row (the compare pass's SAE encoding and writing of codes at as much: measured on the
+//!   demo), each layer
 //!   pair's summing at the calibrated seconds per co-activation update (`N k_A k_B`, again for
 //!   each floor permutation) and per cell of its sums (`d_A d_B`, for each shard's partial sums
 //!   and each permutation); a pair of dense codes at the calibrated FLOP/s of `bench dense`'s
@@ -67,8 +69,8 @@ pub struct EncoderRates {
 
 /// The compare pass's time for a layer pair: `per_update` seconds for each sample's pair of
 /// active latents (`N k_A k_B`: reading, aligning, summing) and `per_cell` seconds for each
-/// cell of the `d_A x d_B` sums (clearing them, the MPPC search), fitted to two runs of
-/// `compare` at two widths.
+/// cell of the `d_A x d_B` sums (clearing them, the MPPC search), fitted to runs of `compare`
+/// at two widths and two sample counts.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CompareRates {
     pub per_update: f64,
@@ -291,11 +293,12 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
                 measured.map(|r| samples as f64 / r.samples_per_second),
             );
         }
-        // Its SAEs encode every sample: a forward of a step, a third of the step's time.
+        // Its SAEs encode every sample and the codes are written: about an SAE step's time a
+        // row (on the demo, 8.7 s where a third of a step, the forward alone, said 2.6 s).
         let layers = e.layers.len() as f64;
         add_seconds(
             &mut compare.seconds,
-            measured.map(|r| samples as f64 * layers * r.sae_seconds_per_row / 3.0),
+            measured.map(|r| samples as f64 * layers * r.sae_seconds_per_row),
         );
         for l in e.layer_ids() {
             let d_sae = e.layer_width(l) * e.sae.expansion;
@@ -352,7 +355,17 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
                     // TopK codes touch at most the pairs of latents that fired together:
                     // fewer than the cells where N k_A k_B is below d_A d_B.
                     let k2 = (s.sae.k * t.sae.k) as u64;
-                    let touched = |n: u64| (n.saturating_mul(k2)).min((d_a * d_b) as u64) as f64;
+                    let dense_fits = (d_a * d_b * 8) as u64
+                        <= (plan.study.stats.memory_mib as u64).saturating_mul(1 << 20);
+                    let touched = |n: u64| {
+                        let (updates, cells) = (n.saturating_mul(k2), (d_a * d_b) as u64);
+                        // The accumulator's own rule (`AccumulatorOptions::layout_for`): a
+                        // dense array where the updates cover half its cells.
+                        match updates >= cells / 2 && dense_fits {
+                            true => cells as f64,
+                            false => updates.min(cells) as f64,
+                        }
+                    };
                     let updates = sums as f64 * (samples * k2) as f64;
                     let shard_samples = samples.div_ceil(shards as u64);
                     let cells = (sums - 1) as f64 * touched(samples)
