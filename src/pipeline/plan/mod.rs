@@ -17,6 +17,8 @@ mod shards;
 pub mod stand_ins;
 pub(in crate::pipeline) mod study;
 pub(in crate::pipeline) mod study_checks;
+#[cfg(test)]
+mod study_tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
