@@ -46,6 +46,6 @@ pub use model::{InputNorm, Sae};
 pub use online::{FitError, LayerFit};
 pub use schedule::{BatchSchedule, FILE_CHUNK_ROWS};
 pub use step_threads::{StepThreads, QUEUED_BATCHES_PER_THREAD};
-pub use to_codes::{codes_meta, encode_file, EncodeSettings, ReadOut, SampleCode};
+pub use to_codes::{codes_have_k, codes_meta, encode_file, EncodeSettings, ReadOut, SampleCode};
 pub use train_file::{train_from_file, TrainFileOptions, TrainReport};
 pub use trainer::{SaeSource, SaeTrainer, TrainError, TrainingMetrics};

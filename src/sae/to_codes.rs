@@ -45,12 +45,18 @@ pub fn codes_meta(
     d_sae: usize,
     read_out: ReadOut,
 ) -> CodesMeta {
-    match (config.kind, read_out) {
-        (SaeKind::Topk, ReadOut::Code) => {
-            CodesMeta::topk(encoder, layer, d_sae as u32, config.k as u32)
-        }
-        _ => CodesMeta::dense(encoder, layer, d_sae as u32),
+    if codes_have_k(config.kind, read_out) {
+        CodesMeta::topk(encoder, layer, d_sae as u32, config.k as u32)
+    } else {
+        CodesMeta::dense(encoder, layer, d_sae as u32)
     }
+}
+
+/// Whether an SAE of `kind` read out as `read_out` gives at most `k` active latents a sample:
+/// a TopK SAE's own codes. Every other read-out is unbounded, stored one row per sample when
+/// dense enough and summed by dense products.
+pub fn codes_have_k(kind: SaeKind, read_out: ReadOut) -> bool {
+    kind == SaeKind::Topk && read_out == ReadOut::Code
 }
 
 impl Sae {

@@ -17,6 +17,8 @@ use saeshare::codes::{CodeBatch, CodesMeta, CodesReader, CodesWriter, DenseValue
 use saeshare::metrics::{self, Backend, CompareOptions};
 use saeshare::stats::DenseAccumulator;
 
+use crate::stats_reference::reference_rho;
+
 /// Samples as dense rows of `d` values (zeros inactive).
 fn write_rows(path: &Path, meta: CodesMeta, rows: &[Vec<f32>]) {
     let d = meta.d_sae;
@@ -309,41 +311,6 @@ fn a_bad_dense_file_is_refused_naming_the_file_and_the_row() {
     );
 }
 
-/// Pearson correlations of every source feature with every target feature, in float64 from
-/// the definition (0 where a feature is constant).
-fn reference_correlations(x: &[Vec<f32>], y: &[Vec<f32>]) -> Vec<Vec<f64>> {
-    let n = x.len() as f64;
-    let column = |m: &[Vec<f32>], j: usize| -> Vec<f64> { m.iter().map(|r| r[j] as f64).collect() };
-    let stats = |c: &[f64]| {
-        let mean = c.iter().sum::<f64>() / n;
-        let spread = c.iter().map(|v| (v - mean).powi(2)).sum::<f64>().sqrt();
-        (mean, spread)
-    };
-    let (dx, dy) = (x[0].len(), y[0].len());
-    let ys: Vec<(Vec<f64>, (f64, f64))> = (0..dy)
-        .map(|j| {
-            let c = column(y, j);
-            let s = stats(&c);
-            (c, s)
-        })
-        .collect();
-    (0..dx)
-        .map(|i| {
-            let a = column(x, i);
-            let (ma, sa) = stats(&a);
-            ys.iter()
-                .map(|(b, (mb, sb))| {
-                    if sa == 0.0 || *sb == 0.0 {
-                        return 0.0;
-                    }
-                    let cov: f64 = a.iter().zip(b).map(|(p, q)| (p - ma) * (q - mb)).sum();
-                    cov / (sa * sb)
-                })
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn dense_sums_by_float32_blocks_equal_float64_and_the_exact_sparse_sums() {
     // Codes with a large common offset, where uncentred float32 products lose digits.
@@ -363,7 +330,13 @@ fn dense_sums_by_float32_blocks_equal_float64_and_the_exact_sparse_sums() {
     let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
     write_rows(&a, CodesMeta::dense("x", "l", d as u32), &x);
     write_rows(&b, CodesMeta::dense("y", "l", d as u32), &y);
-    let reference = reference_correlations(&x, &y);
+    // Every correlation in float64 from the definition (0 where a feature is constant).
+    let wide = |m: &[Vec<f32>]| -> Vec<Vec<f64>> {
+        m.iter()
+            .map(|r| r.iter().map(|&v| f64::from(v)).collect())
+            .collect()
+    };
+    let reference = reference_rho(&wide(&x), &wide(&y));
 
     let mut results = Vec::new();
     for backend in [Backend::Dense, Backend::Sparse] {

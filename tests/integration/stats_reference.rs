@@ -125,7 +125,7 @@ fn pearson_columns(x: &[Vec<f64>]) -> Vec<Option<Vec<f64>>> {
 }
 
 /// `rho[i][j]` of every source feature with every target feature.
-fn reference_rho(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<Vec<f64>> {
+pub(crate) fn reference_rho(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<Vec<f64>> {
     let (za, zb) = (pearson_columns(a), pearson_columns(b));
     za.iter()
         .map(|zi| {

@@ -406,10 +406,9 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
     cost
 }
 
-/// Whether `e`'s codes have no per-sample limit (`codes_meta` gives them no `k`: every read-out
-/// but a TopK SAE's own codes), and so are summed by dense block products.
+/// Whether `e`'s codes have no per-sample limit, and so are summed by dense block products.
 fn dense_codes(e: &PlannedEncoder) -> bool {
-    !(e.sae.kind == SaeKind::Topk && e.read_out == ReadOut::Code)
+    !crate::sae::codes_have_k(e.sae.kind, e.read_out)
 }
 
 fn stage(name: &str) -> StageCost {

@@ -487,7 +487,7 @@ fn resolve_encoder(study: &Study, name: &str, path: &Path) -> anyhow::Result<Pla
     };
     // Dense codes rounded to float16 are other codes (absent from older fingerprints); a TopK
     // SAE's own codes are always stored as float32.
-    let without_k = !(sae.kind == crate::sae::SaeKind::Topk && read_out == ReadOut::Code);
+    let without_k = !crate::sae::codes_have_k(sae.kind, read_out);
     let fingerprint = match study.codes.dense_values {
         crate::codes::DenseValues::Float16 if without_k => {
             crate::digest::fingerprint(&(fingerprint, study.codes.dense_values))

@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::pipeline::plan::resolve_path;
-use crate::pipeline::prepare::export_package;
+use crate::pipeline::prepare::{build_dataset, export_package};
 use crate::pipeline::study::{DatasetSpec, Study};
 
 /// Replaces what `study` lacks by stand-ins; returns one line per replacement, for the user.
@@ -42,17 +42,14 @@ pub fn stand_in(
             );
         };
         let stand = crate::cache_dir().join("stand-ins").join("emoji");
+        study.dataset = DatasetSpec {
+            path: stand.clone(),
+            builtin: Some("emoji".into()),
+            shards: None,
+            shard_rows: None,
+        };
         if !stand.exists() {
-            tracing::info!("building the emoji dataset into {}", stand.display());
-            let spec = crate::dataset::import::EmojiBuild {
-                cache: crate::cache_dir().join("npm"),
-            };
-            let target = crate::dataset::import::ImportTarget {
-                out: stand.clone(),
-                shard_rows: 2048,
-                append: false,
-            };
-            crate::dataset::import::build_emoji(&spec, &target)?;
+            build_dataset(study, &stand, file)?;
         }
         lines.push(format!(
             "dataset {} is missing: the emoji dataset ({}) stands in for its images and \
@@ -60,12 +57,6 @@ pub fn stand_in(
             dataset.display(),
             stand.display()
         ));
-        study.dataset = DatasetSpec {
-            path: stand,
-            builtin: Some("emoji".into()),
-            shards: None,
-            shard_rows: None,
-        };
     }
     // Calibrating holds the output folder as a run would: a study planned before it runs
     // must not make its folder.
