@@ -28,7 +28,9 @@
 #      fitted on two devices part by rounding, and TopK's choice of features amplifies it);
 #   5. measures, on the GPU (on the CPU where there is none): encode rows/s against the forward
 #      alone (`bench encoders`), SAE rows/s (`bench fit`); and on each device the seconds of each
-#      stage of the study;
+#      stage of the study; with CUDA, the plan's rates of the paper's base study on the GPU
+#      (`study plan pipelines/reference-b.toml --stand-ins --calibrate`), in $OUT/plan-rates.json
+#      for `study plan STUDY --stand-ins --rates plan-rates.json` on another machine;
 #   6. writes $OUT/device-check.json and $OUT/device-check.log; exits 1 if a comparison fails.
 #
 # Sizes, for a quick run (CI's test): DEVICE_CHECK_SAMPLES (the benchmarks' samples, 512),
@@ -36,7 +38,9 @@
 # and 64,128,256 on a GPU), DEVICE_CHECK_SHARD_ROWS (the dataset built where none is
 # carried: two shards of 256 rows), DEVICE_CHECK_REAL_MODELS (Hugging Face ids to look for),
 # DEVICE_CHECK_FIXTURES (the folder `prepare` fills: target/device), DEVICE_CHECK_CPU_RATES
-# (set: the CPU's rates too where there is a GPU, to compare the machine's cores with others).
+# (set: the CPU's rates too where there is a GPU, to compare the machine's cores with others),
+# DEVICE_CHECK_PLAN_STUDY (the study whose plan rates are measured: pipelines/reference-b.toml),
+# DEVICE_CHECK_PLAN_RATES (set: measure them on the CPU too where there is no GPU).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -277,6 +281,33 @@ for d in "${devices[@]}"; do
       say "no rates with TorchScript's optimiser (see the log)"
   fi
 done
+# 5b. The plan's rates for this machine's GPU: the paper's base study, each encoder a package of
+# random weights at its `shape` (the speed of a forward does not depend on the weights),
+# calibrated as `study plan --calibrate` does, in a cache of its own. Elsewhere,
+#   saeshare study plan pipelines/reference-b.toml --stand-ins --rates plan-rates.json
+# plans that study for this GPU. Without CUDA only where DEVICE_CHECK_PLAN_RATES is set (CI
+# skips it: it exports seven models of real size).
+plan_study=${DEVICE_CHECK_PLAN_STUDY:-$here/pipelines/reference-b.toml}
+plan_rates=none
+if [ "${devices[${#devices[@]}-1]}" = cuda ] || [ -n "${DEVICE_CHECK_PLAN_RATES:-}" ]; then
+  # The stand-ins' export commands call `python`, which a machine may only have as python3 (a
+  # script, not a link: a virtual environment's Python finds its packages by the path it ran as).
+  mkdir -p "$work/bin"
+  printf '#!/bin/sh\nexec %q "$@"\n' "$(command -v "$python")" >"$work/bin/python"
+  chmod +x "$work/bin/python"
+  # The study over the carried dataset (this machine reaches no registry to build the emoji):
+  # its rates come from a few of its samples, its size is COCO train2017's.
+  sed "s|^dataset = .*|dataset = { path = \"$dataset\" }|" "$plan_study" >"$work/plan-study.toml"
+  if tried env PATH="$work/bin:$PATH" SAESHARE_CACHE="$work/plan-cache" "$bin" study plan \
+    "$work/plan-study.toml" --stand-ins --assume-samples 118287 --calibrate --json "$json/plan.json"; then
+    cp "$work"/plan-cache/rates/*.json "$out/plan-rates.json"
+    plan_rates=$out/plan-rates.json
+    say "plan rates of this machine in $plan_rates: saeshare study plan $(basename "$plan_study") --stand-ins --rates plan-rates.json"
+  else
+    say "no plan rates (see the log)"
+  fi
+fi
+
 # The check: the study on the last device with the SAEs the CPU fitted equals the CPU's study.
 # SAEs fitted on two devices part by rounding from the first step (the order of a GPU's sums),
 # and a TopK SAE amplifies that: their tables are compared too, but for the record only.
@@ -299,9 +330,9 @@ fi
 
 # 6. One JSON of everything (the standard library only: the machine may lack the rest).
 "$python" - "$json" "$out" "$log" "$torch_version" "$built_for" "$info" "${devices[*]}" "${encoders[*]}" \
-  "${real[*]}" "${encode_diffs[*]}" "$study_diff" "$encode_tolerance" "$study_tolerance" "$samples" <<'PY'
+  "${real[*]}" "${encode_diffs[*]}" "$study_diff" "$encode_tolerance" "$study_tolerance" "$samples" "$plan_rates" <<'PY'
 import json, os, re, sys
-json_dir, out, log, torch_version, built_for, info, devices, encoders, real, encode_diffs, study_diff, etol, stol, samples = sys.argv[1:]
+json_dir, out, log, torch_version, built_for, info, devices, encoders, real, encode_diffs, study_diff, etol, stol, samples, plan_rates = sys.argv[1:]
 def load(name):
     path = os.path.join(json_dir, name)
     return json.load(open(path)) if os.path.exists(path) else None
@@ -343,6 +374,8 @@ report = {
     "bench_encoders_float16": load("bench-encoders-cuda-float16.json"),
     "bench_encoders_optimized": load("bench-encoders-cuda-optimized.json"),
     "bench_fit": {d: load(f"bench-fit-{d}.json") for d in devices.split()},
+    "plan_rates": None if plan_rates == "none" else plan_rates,
+    "plan": load("plan.json"),
 }
 failed = [e for e, r in report["encode_parity"]["result"].items() if r != "ok"] + (["study"] if study_diff == "DIFFERS" else [])
 report["passed"] = not failed

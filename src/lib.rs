@@ -18,6 +18,7 @@
 //! - [`codes`]: the sparse code file format (what an SAE produces per sample), writer and reader.
 //! - [`stats`]: per-feature moments and exact co-activation sums between code streams.
 //! - [`metrics`]: MPPC, wMPPC, Comparative Sharedness and their null baselines.
+//! - [`similarity`]: CKA, the CCA family, Procrustes, ridge and the kNN family, beside wMPPC.
 //! - [`names`]: the one rule for names that become paths in a run folder.
 //! - [`parquet_meta`]: saeshare's keys in a Parquet file, where pyarrow and pandas find them too.
 //! - [`run_record`]: `study.json`, what a run folder holds, for the report and other tools.
@@ -46,6 +47,7 @@ pub mod report;
 pub mod run_layout;
 pub mod run_record;
 pub mod sae;
+pub mod similarity;
 pub mod stats;
 pub mod table_diff;
 pub mod torch;

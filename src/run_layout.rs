@@ -67,6 +67,13 @@ impl RunLayout {
         self.activations().join(encoder).join(shard_file)
     }
 
+    /// `readouts/`: each encoder's rows at the read-out position (one per sample and layer),
+    /// one file per shard, as the "Activations" format: the record the representation
+    /// measures are computed from, kept with the codes.
+    pub fn readouts_file(&self, encoder: &str, shard_file: &str) -> PathBuf {
+        self.root.join("readouts").join(encoder).join(shard_file)
+    }
+
     /// `pairs/`: one folder per compared pair.
     pub fn pairs(&self) -> PathBuf {
         self.root.join("pairs")
@@ -95,6 +102,11 @@ impl RunLayout {
     /// `mppc.parquet`: the study's MPPC table.
     pub fn mppc(&self) -> PathBuf {
         self.root.join(crate::metrics::tables::MPPC_FILE)
+    }
+
+    /// `similarity.parquet`: the representation measures of every compared layer pair.
+    pub fn similarity(&self) -> PathBuf {
+        self.root.join(crate::similarity::SIMILARITY_FILE)
     }
 
     /// `outputs.json`: what the last study-wide outputs were made of (their queries, and the

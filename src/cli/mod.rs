@@ -9,6 +9,7 @@ mod encode;
 mod plan;
 mod report;
 mod sae;
+mod similarity;
 mod study;
 mod values;
 mod workers;
@@ -69,6 +70,9 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Rank a model's features by Comparative Sharedness from mppc tables.
     Sharedness(compare::SharednessArgs),
+    /// Representation similarity of two activation files: linear CKA, the CCA family,
+    /// Procrustes, ridge R^2 and the kNN family, each with its floor (similarity.parquet).
+    Similarity(similarity::SimilarityArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -119,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => report::run(args),
         Command::Compare(args) => compare::run_compare(args),
         Command::Sharedness(args) => compare::run_sharedness(args),
+        Command::Similarity(args) => similarity::run(args),
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),
         Command::Bench(BenchCommand::Dense(args)) => bench_dense::run(args),
         Command::Bench(BenchCommand::Pipeline(args)) => study::run_bench_pipeline(args),

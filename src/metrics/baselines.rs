@@ -30,12 +30,12 @@ pub(crate) fn floor_values(
 ) -> Result<Vec<Spread>, MetricsError> {
     let l_a = source.len();
     let n = kept[0].len();
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut runs: Vec<Vec<Option<f64>>> = Vec::new();
     let block = options.batch_samples.max(1);
-    for run in 0..options.baselines {
-        let mut permutation: Vec<usize> = (0..n).collect();
-        permutation.shuffle(&mut rng);
+    for (run, permutation) in target_permutations(options.seed, n)
+        .take(options.baselines)
+        .enumerate()
+    {
         let share = options.accumulator.shared_by(source.len() * target.len());
         let mut accs: Vec<Vec<PairAcc>> = source
             .iter()
@@ -77,21 +77,34 @@ pub(crate) fn floor_values(
     }
     let rows = runs.first().map_or(0, Vec::len);
     Ok((0..rows)
-        .map(|r| {
-            let values: Option<Vec<f64>> = runs.iter().map(|run| run[r]).collect();
-            match values {
-                Some(v) if !v.is_empty() => {
-                    let mean = v.iter().sum::<f64>() / v.len() as f64;
-                    let std = (v.len() > 1).then(|| {
-                        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64)
-                            .sqrt()
-                    });
-                    (Some(mean), std)
-                }
-                _ => (None, None),
-            }
-        })
+        .map(|r| spread(runs.iter().map(|run| run[r])))
         .collect())
+}
+
+/// The permutations of `0..n` the floor baselines pair the source's samples with (source sample
+/// `p` meets target sample `permutation[p]`), in order: the same for every measure given the
+/// same seed, so that the floors of wMPPC and of the representation measures are comparable.
+pub(crate) fn target_permutations(seed: u64, n: usize) -> impl Iterator<Item = Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    std::iter::repeat_with(move || {
+        let mut permutation: Vec<usize> = (0..n).collect();
+        permutation.shuffle(&mut rng);
+        permutation
+    })
+}
+
+/// Mean and sample standard deviation of a value over runs; none where a run has none.
+pub(crate) fn spread(values: impl Iterator<Item = Option<f64>>) -> Spread {
+    match values.collect::<Option<Vec<f64>>>() {
+        Some(v) if !v.is_empty() => {
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let std = (v.len() > 1).then(|| {
+                (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+            });
+            (Some(mean), std)
+        }
+        _ => (None, None),
+    }
 }
 
 /// The ceiling of each `wmppc` value (in the order of `values`), when `ceilings` names a second

@@ -27,6 +27,7 @@ mod views;
 use crate::file_error::FileError;
 
 pub use baselines::ceiling_for;
+pub(crate) use baselines::{spread, target_permutations};
 pub use bench::{bench_stats, BenchOptions, BenchReport};
 pub use bench_codes::Popularity;
 pub use bench_dense::{bench_dense, median, DenseBenchOptions, DenseBenchReport};

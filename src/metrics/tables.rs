@@ -28,13 +28,13 @@ pub const WMPPC_FILE: &str = "wmppc.parquet";
 /// File name of the `features` table inside a `compare` output folder.
 pub const FEATURES_FILE: &str = "features.parquet";
 
-fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+pub(crate) fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
 /// A table's columns in the order they are written: name, type, nullable. The one definition
 /// of a table, for its writer and its reader.
-type Columns = [(&'static str, DataType, bool)];
+pub(crate) type Columns = [(&'static str, DataType, bool)];
 
 /// The `features` table: each feature's moments.
 const FEATURES: &Columns = &[
@@ -86,7 +86,7 @@ const SHAREDNESS: &Columns = &[
 ];
 
 /// The Arrow schema a table is written with.
-fn schema(columns: &Columns) -> Schema {
+pub(crate) fn schema(columns: &Columns) -> Schema {
     Schema::new(
         columns
             .iter()
@@ -161,7 +161,7 @@ pub fn write_features(path: &Path, rows: &[FeatureRow]) -> Result<(), MetricsErr
             rows.iter().map(|r| r.samples),
         )),
     ];
-    write(path, schema(FEATURES), columns)
+    Ok(write(path, schema(FEATURES), columns)?)
 }
 
 /// Writes the `mppc` table.
@@ -183,7 +183,7 @@ pub fn write_mppc(path: &Path, rows: &[MppcRow]) -> Result<(), MetricsError> {
             rows.iter().map(|r| r.best_layer.as_deref()),
         )),
     ];
-    write(path, schema(MPPC), columns)
+    Ok(write(path, schema(MPPC), columns)?)
 }
 
 /// Writes the `wmppc` table.
@@ -205,7 +205,7 @@ pub fn write_wmppc(path: &Path, rows: &[WmppcRow]) -> Result<(), MetricsError> {
             rows.iter().map(|r| r.samples),
         )),
     ];
-    write(path, schema(WMPPC), columns)
+    Ok(write(path, schema(WMPPC), columns)?)
 }
 
 /// Writes a `sharedness` ranking of `source`'s features.
@@ -231,10 +231,10 @@ pub fn write_sharedness(
         strings(rows.iter().map(|_| source)),
         strings(rows.iter().map(|r| r.source_layer.as_str())),
     ];
-    write(path, schema(SHAREDNESS), columns)
+    Ok(write(path, schema(SHAREDNESS), columns)?)
 }
 
-fn write(path: &Path, schema: Schema, columns: Vec<ArrayRef>) -> Result<(), MetricsError> {
+pub(crate) fn write(path: &Path, schema: Schema, columns: Vec<ArrayRef>) -> Result<(), FileError> {
     let schema = Arc::new(schema);
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(FileError::arrow(path))?;
     let dir = atomic::folder_of(path);
@@ -381,7 +381,7 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
 /// The column `name` of a batch of `path`, cast to its type in the table `columns` (tables
 /// rewritten by other tools may use other integer or float widths); `what` names the table in
 /// the error.
-fn typed_column(
+pub(crate) fn typed_column(
     batch: &RecordBatch,
     path: &Path,
     columns: &Columns,
@@ -407,7 +407,7 @@ fn batches(
     Ok(reader.map(move |b| b.map_err(FileError::arrow(path))))
 }
 
-fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, FileError> {
+pub(crate) fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, FileError> {
     batches(path)?.collect()
 }
 

@@ -24,7 +24,7 @@ mod workers;
 
 // The modules of the plan and of the stages, by their short names, for the rest of `pipeline`.
 use plan::{ceiling, choice, imports, prepare, record, study, study_checks};
-use stages::{cache, compare, encoding, fit, outputs, pairs, source, stage};
+use stages::{cache, compare, encoding, fit, outputs, pairs, readouts, source, stage};
 
 pub use crate::digest::fingerprint;
 pub use crate::run_record::{

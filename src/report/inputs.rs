@@ -14,6 +14,7 @@ use crate::report::{paths_in, FeatureKey};
 use crate::run_layout::RunLayout;
 use crate::run_record::{QueryRecord, StudyRecord};
 use crate::sae::{read_meta, CheckpointMeta};
+use crate::similarity::{merge_similarity, read_similarity, SimilarityRow, SIMILARITY_FILE};
 
 /// One sharedness query with its ranking.
 pub struct Ranking {
@@ -47,6 +48,8 @@ pub struct RunInputs {
     pub rankings: Vec<Ranking>,
     /// Every fitted SAE, by encoder and layer name.
     pub saes: Vec<TrainedSae>,
+    /// The representation measures (`similarity.parquet`; empty where the study has none).
+    pub similarity: Vec<SimilarityRow>,
     /// The matrix's encoders: (name, last layer), in the study's order.
     pub matrix_encoders: Vec<(String, String)>,
     /// What is missing, with the command that makes it; empty for a finished run.
@@ -81,6 +84,7 @@ impl RunInputs {
         }
         let rankings = loader.rankings(queries, &mppc)?;
         let saes = loader.saes()?;
+        let similarity = loader.similarity()?;
         let matrix_encoders = match &record {
             Some(r) => r
                 .named_encoders()
@@ -106,6 +110,7 @@ impl RunInputs {
             mppc,
             rankings,
             saes,
+            similarity,
             matrix_encoders,
             missing: loader.missing,
         })
@@ -185,6 +190,20 @@ impl Loader<'_> {
     }
 
     /// The folders of the compared pairs, ceilings aside, in name order.
+    /// The representation measures: the study's table, or the finished pairs' where the run
+    /// stopped before its outputs (each layer pair's rows once); none where the study has none.
+    fn similarity(&self) -> anyhow::Result<Vec<SimilarityRow>> {
+        let study = self.layout.similarity();
+        if study.is_file() {
+            return Ok(read_similarity(&study)?);
+        }
+        let files = self
+            .pair_dirs()
+            .into_iter()
+            .map(|d| d.join(SIMILARITY_FILE));
+        Ok(merge_similarity(files)?)
+    }
+
     fn pair_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = paths_in(&self.layout.pairs());
         dirs.retain(|p| {

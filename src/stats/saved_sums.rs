@@ -156,6 +156,17 @@ impl SavedSums {
         dir: &Path,
         accumulators: &[Vec<CoactivationAccumulator>],
     ) -> Result<(), StatsError> {
+        self.save_with(dir, accumulators, &[])
+    }
+
+    /// [`SavedSums::save`], with other sums of the same inputs as named files beside the
+    /// accumulators (listed, checked and removed with them; read with [`SavedSums::extra`]).
+    pub fn save_with(
+        &mut self,
+        dir: &Path,
+        accumulators: &[Vec<CoactivationAccumulator>],
+        extras: &[(&str, &[u8])],
+    ) -> Result<(), StatsError> {
         std::fs::create_dir_all(dir).map_err(FileError::io(dir))?;
         self.generation = newest_generation(dir).map_or(0, |g| g + 1);
         let target = self.dir(dir);
@@ -168,11 +179,26 @@ impl SavedSums {
                 self.files.push(MadeFile::of(temp.path(), &file)?);
             }
         }
+        for (name, bytes) in extras {
+            let file = temp.path().join(name);
+            std::fs::write(&file, bytes).map_err(FileError::io(&file))?;
+            self.files.push(MadeFile::of(temp.path(), &file)?);
+        }
         let json = temp.path().join(STATE_FILE);
         let bytes = serde_json::to_vec_pretty(self).expect("plain data serialises");
         std::fs::write(&json, bytes).map_err(FileError::io(&json))?;
         temp.commit().map_err(FileError::io(&target))?;
         Ok(())
+    }
+
+    /// The file `name` saved beside the accumulators by [`SavedSums::save_with`], if this state
+    /// lists it.
+    pub fn extra(&self, dir: &Path, name: &str) -> Result<Option<Vec<u8>>, StatsError> {
+        if !self.files.iter().any(|f| f.path == name) {
+            return Ok(None);
+        }
+        let path = self.dir(dir).join(name);
+        Ok(Some(std::fs::read(&path).map_err(FileError::io(&path))?))
     }
 
     /// Deletes this (replaced) state from `dir`: its accumulator files, its `state.json`, then

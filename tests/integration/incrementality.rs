@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use saeshare::metrics::tables::{read_mppc, read_wmppc};
+use saeshare::similarity::read_similarity;
 
 use crate::common;
 
@@ -191,8 +192,29 @@ impl Study {
     }
 }
 
-/// Asserts that two run folders hold the same wMPPC and MPPC rows, values within 1e-9.
+/// Asserts that two run folders hold the same wMPPC, MPPC and similarity rows, values within
+/// 1e-9.
 fn assert_same_tables(a: &Path, b: &Path, history: &[Change]) {
+    let (sa, sb) = (
+        read_similarity(&a.join("similarity.parquet")).unwrap(),
+        read_similarity(&b.join("similarity.parquet")).unwrap(),
+    );
+    assert_eq!(sa.len(), sb.len(), "{history:?}");
+    for (x, y) in sa.iter().zip(&sb) {
+        assert_eq!(
+            (&x.source, &x.target, x.measure, x.samples),
+            (&y.source, &y.target, y.measure, y.samples),
+            "{history:?}"
+        );
+        let close = |p: Option<f64>, q: Option<f64>| match (p, q) {
+            (Some(p), Some(q)) => (p - q).abs() <= 1e-9 * p.abs().max(1.0),
+            (p, q) => p == q,
+        };
+        assert!(
+            close(x.value, y.value) && close(x.floor, y.floor),
+            "{history:?}: {x:?} vs {y:?}"
+        );
+    }
     let (wa, wb) = (
         read_wmppc(&a.join("wmppc.parquet")).unwrap(),
         read_wmppc(&b.join("wmppc.parquet")).unwrap(),

@@ -41,6 +41,7 @@ mod sae_ecosystem;
 mod sae_imports;
 mod sae_training;
 mod scheduler;
+mod similarity;
 mod stats_reference;
 mod study_files;
 mod study_plan;

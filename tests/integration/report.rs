@@ -9,8 +9,10 @@ use std::sync::OnceLock;
 
 use saeshare::metrics::tables::read_wmppc;
 use saeshare::metrics::Aggregation;
+use saeshare::similarity::{read_similarity, Measure};
 
 use crate::browser::{find_chromium, Browser};
+
 use crate::common;
 use crate::pipeline;
 
@@ -245,7 +247,7 @@ fn a_half_finished_run_gives_a_partial_report_of_what_exists() {
     let half = dir.path().join("half");
     copy_dir(finished_run(), &half);
     // As if the run had stopped after some pairs, before its outputs stage.
-    for file in ["wmppc.parquet", "mppc.parquet"] {
+    for file in ["wmppc.parquet", "mppc.parquet", "similarity.parquet"] {
         std::fs::remove_file(half.join(file)).unwrap();
     }
     std::fs::remove_dir_all(half.join("sharedness")).unwrap();
@@ -270,9 +272,14 @@ fn a_half_finished_run_gives_a_partial_report_of_what_exists() {
     assert!(index.contains(r#"id="partial""#));
     let n = ENCODERS.len();
     assert_eq!(
-        index.matches(r#"class="cell""#).count() - layer_cells(&index),
+        cells_of(&index, r#"<svg id="wmppc-matrix""#),
         n * (n - 1) - 1,
         "every finished pair is drawn"
+    );
+    // The representation measures of the finished pairs, from their own tables.
+    assert_eq!(
+        cells_of(&index, r#"<svg id="similarity-matrix-linear_cka""#),
+        n * (n - 1) - 1
     );
     assert!(index.contains("pending"));
     // The ranking is computed from the pairs' mppc rows, and its feature pages exist.
@@ -283,9 +290,10 @@ fn a_half_finished_run_gives_a_partial_report_of_what_exists() {
 }
 
 /// Valued cells of the layer x layer heatmaps of an index page.
-fn layer_cells(index: &str) -> usize {
+/// The valued cells of the heatmaps whose `<svg` tag starts with `start`.
+fn cells_of(index: &str, start: &str) -> usize {
     index
-        .split(r#"<svg id="layers-"#)
+        .split(start)
         .skip(1)
         .map(|svg| {
             svg.split("</svg>")
@@ -348,4 +356,84 @@ fn the_report_never_replaces_a_folder_that_is_not_a_report() {
     std::fs::write(out.join("stale.html"), "old").unwrap();
     assert!(report(&out).status.success());
     assert!(out.join("index.html").is_file() && !out.join("stale.html").exists());
+}
+
+#[test]
+fn the_report_shows_the_representation_measures_beside_wmppc() {
+    let run = finished_run();
+    let rows = read_similarity(&run.join("similarity.parquet")).unwrap();
+    let mut browser = chromium();
+    let load = browser.open(&url(&run.join("report").join("index.html")));
+    assert!(load.errors.is_empty(), "index.html: {:?}", load.errors);
+
+    // A selector of every measure beside wMPPC; wMPPC's matrix shows first.
+    let options = browser
+        .eval("Array.from(document.querySelectorAll('#measure-select option')).map(o => o.value)");
+    let mut expected = vec!["wmppc".to_string()];
+    expected.extend(Measure::ALL.iter().map(|m| m.name().to_string()));
+    let options: Vec<String> = (options.as_array().unwrap().iter())
+        .map(|o| o.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(options, expected);
+    let display = |measure: &str| {
+        format!("getComputedStyle(document.querySelector('.measure-view[data-measure=\"{measure}\"]')).display")
+    };
+    assert_eq!(browser.eval(&display("linear_cka")).as_str(), Some("none"));
+
+    // Choosing linear CKA shows its matrix in wMPPC's place, one cell per ordered pair, each
+    // cell's value the table's.
+    browser.eval("var s = document.getElementById('measure-select'); s.value = 'linear_cka'; s.dispatchEvent(new Event('change')); 0");
+    assert_eq!(browser.eval(&display("wmppc")).as_str(), Some("none"));
+    assert_ne!(browser.eval(&display("linear_cka")).as_str(), Some("none"));
+    let n = ENCODERS.len() as u64;
+    let shown = browser.eval(
+        "Array.from(document.querySelectorAll('#similarity-matrix-linear_cka g')).filter(g => g.querySelector('rect.cell')).map(g => [g.querySelector('title').textContent, parseFloat(g.querySelector('text').textContent)])",
+    );
+    let shown = shown.as_array().unwrap();
+    assert_eq!(shown.len() as u64, n * (n - 1), "one cell per ordered pair");
+    for cell in shown {
+        let title = cell[0].as_str().unwrap();
+        let row = rows
+            .iter()
+            .find(|r| {
+                r.measure == Measure::LinearCka
+                    && title.starts_with(&format!(
+                        "{} {} → {} {}:",
+                        r.source, r.source_layer, r.target, r.target_layer
+                    ))
+            })
+            .unwrap_or_else(|| panic!("{title}: not in similarity.parquet"));
+        let value = cell[1].as_f64().unwrap();
+        assert!(
+            (value - row.value.unwrap()).abs() < 1e-3,
+            "{title}: {value}"
+        );
+    }
+
+    // The classic layer x layer CKA beside the all-layers pair's wMPPC heatmap.
+    let cka_cells =
+        browser.eval("document.querySelectorAll('svg[id^=\"cka-layers-\"] rect.cell').length");
+    let all_layers = rows
+        .iter()
+        .filter(|r| r.measure == Measure::LinearCka && r.source == "dinov2" && r.target == "bert")
+        .count();
+    assert!(all_layers > 1, "dinov2 x bert is compared on all layers");
+    assert_eq!(cka_cells.as_u64(), Some(all_layers as u64));
+
+    // wMPPC against CKA and mutual kNN, with a sentence on how far they agree.
+    let scatters = browser.eval(
+        "Array.from(document.querySelectorAll('#similarity-views svg')).map(s => s.querySelectorAll('circle.point').length)",
+    );
+    let scatters: Vec<u64> = (scatters.as_array().unwrap().iter())
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(scatters.len(), 2, "{scatters:?}");
+    assert!(scatters.iter().all(|&p| p >= n * (n - 1)), "{scatters:?}");
+    let text = browser.eval("document.body.textContent");
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains("wMPPC and linear_cka order the pairs with a Spearman correlation of"),
+        "the agreement is said"
+    );
 }

@@ -31,7 +31,11 @@ pub fn calibrate(
     if !todo.is_empty() {
         calibrate_encoders(study, parsed, plan, rates, &todo)?;
     }
-    if again || rates.compare.is_none_or(|c| c.dense_flops.is_none()) {
+    let stale = |c: &super::cost::CompareRates| {
+        c.dense_flops.is_none()
+            || (plan.study.similarity.enabled && c.similarity_pair_seconds.is_none())
+    };
+    if again || rates.compare.is_none_or(|c| stale(&c)) {
         rates.compare = Some(calibrate_compare(plan)?);
     }
     rates.machine = Rates::this_machine();
@@ -120,6 +124,7 @@ fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
         }
     }
     let (per_update, per_cell) = fit_two_rates(&points);
+    let similarity = similarity_rates(plan);
     let dense = crate::metrics::bench_dense(&crate::metrics::DenseBenchOptions {
         samples: 2048,
         features: widest.min(2048),
@@ -139,7 +144,69 @@ fn calibrate_compare(plan: &Plan) -> anyhow::Result<CompareRates> {
         per_update,
         per_cell,
         dense_flops: Some(dense.flops / fastest.max(1e-9)),
+        similarity_flops: Some(similarity.flops),
+        similarity_pair_seconds: Some(similarity.pair_seconds),
+        similarity_width: Some(similarity.width),
     })
+}
+
+/// What the representation measures take on this machine.
+struct SimilarityRates {
+    flops: f64,
+    pair_seconds: f64,
+    width: usize,
+}
+
+/// The representation measures' rates: `similarity::sum_sides` and `similarity::tabulate` (one
+/// permutation) on 2,048 random rows of two layers at the study's widest read-out (at most
+/// 1,536), the faster of two runs each.
+fn similarity_rates(plan: &Plan) -> SimilarityRates {
+    use rand::{Rng, SeedableRng};
+    let width = (plan.encoders.iter())
+        .flat_map(|e| e.layer_ids().map(move |l| e.layer_width(l)))
+        .max()
+        .unwrap_or(768)
+        .min(1536);
+    let n = 2048;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let side = |name: &str, rng: &mut rand_chacha::ChaCha8Rng| crate::similarity::SideRows {
+        encoder: name.into(),
+        layers: vec![crate::similarity::LayerRows {
+            name: "0".into(),
+            width,
+            values: (0..n * width)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect(),
+        }],
+    };
+    let (a, b) = (side("a", &mut rng), side("b", &mut rng));
+    let ids: Vec<u64> = (0..n as u64).collect();
+    let fastest = |f: &dyn Fn()| {
+        (0..2)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+            .max(1e-9)
+    };
+    let device = tch::Device::Cpu;
+    let options = plan.study.similarity.clone();
+    let sums = crate::similarity::sum_sides(&ids, &a, &b, 0, device);
+    let moments = fastest(&|| {
+        crate::similarity::sum_sides(&ids, &a, &b, 0, device);
+    });
+    let tabulate = fastest(&|| {
+        crate::similarity::tabulate(&sums, &ids, &a, &b, &options, (1, 0), device);
+    });
+    SimilarityRates {
+        flops: 2.0 * n as f64 * 3.0 * (width * width) as f64 / moments,
+        // The permutation's cross sums (about 1.2 of the three products) are the moments'
+        // part of the tabulation; the rest is two runs' decompositions and kNN family.
+        pair_seconds: ((tabulate - moments * 0.4) / 2.0).max(0.0),
+        width,
+    }
 }
 
 /// The non-negative `(a, b)` that best fit `t = a u + b c` to `(u, c, t)` points, in least

@@ -328,7 +328,13 @@ impl Plan {
     /// The fingerprint of a pair's sums: its settings and the SAEs of both sides.
     pub fn pair_fingerprint(&self, pair: PairId) -> String {
         let p = self.pair(pair);
-        fingerprint(&(&p.fingerprint, self.sae_id(p.source), self.sae_id(p.target)))
+        let sums = (&p.fingerprint, self.sae_id(p.source), self.sae_id(p.target));
+        if self.similarity_of(pair) {
+            // The saved sums hold the moments too, and the tables the measures.
+            fingerprint(&(sums, &self.study.similarity))
+        } else {
+            fingerprint(&sums)
+        }
     }
 
     /// The output and dataset folders of `study` (read from `path`), resolved as paths in it
@@ -373,6 +379,24 @@ impl Plan {
         )
     }
 
+    /// The read-out rows of an encoder on one shard (every layer it reads).
+    pub fn readouts_file(&self, encoder: EncoderId, shard: ShardId) -> PathBuf {
+        let e = self.encoder(encoder);
+        (self.layout()).readouts_file(&e.name, &shard_file_name(self.shard(shard)))
+    }
+
+    /// Whether a pair sums the representation measures: a study's pairs, not the ceiling's (an
+    /// SAE seed against another of the same rows).
+    pub fn similarity_of(&self, pair: PairId) -> bool {
+        self.study.similarity.enabled && self.pair(pair).ceiling_of.is_none()
+    }
+
+    /// Whether the compare pass keeps an encoder's read-out rows beside its codes: the named
+    /// encoders of a study with the representation measures on.
+    pub fn keeps_readouts(&self, encoder: EncoderId) -> bool {
+        self.study.similarity.enabled && self.encoder(encoder).twin_of.is_none()
+    }
+
     /// The folder of a pair's accumulators and tables.
     pub fn pair_dir(&self, pair: PairId) -> PathBuf {
         self.layout().pair_dir(&self.pair(pair).key)
@@ -383,7 +407,17 @@ impl Plan {
         let (e, shard) = (self.encoder(encoder), self.shard(shard));
         (
             format!("codes/{}/{}", e.name, shard_file_name(shard)),
-            fingerprint(&(&e.fingerprint, shard_key(shard), self.sae_id(encoder))),
+            if self.keeps_readouts(encoder) {
+                // The read-out rows are written with the codes.
+                fingerprint(&(
+                    &e.fingerprint,
+                    shard_key(shard),
+                    self.sae_id(encoder),
+                    "readouts",
+                ))
+            } else {
+                fingerprint(&(&e.fingerprint, shard_key(shard), self.sae_id(encoder)))
+            },
         )
     }
 

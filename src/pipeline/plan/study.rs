@@ -41,6 +41,10 @@ pub struct Study {
     /// How the compare pass holds and adds up co-activation sums.
     #[serde(default)]
     pub stats: StatsSpec,
+    /// The representation measures beside wMPPC (CKA, the CCA family, Procrustes, ridge, the
+    /// kNN family): on unless `enabled = false`.
+    #[serde(default)]
+    pub similarity: crate::similarity::SimilarityOptions,
     /// Keep each encoder's pooled activations on disk (off: they stream into the SAEs).
     #[serde(default)]
     pub activation_cache: bool,

@@ -28,6 +28,8 @@ pub(in crate::pipeline) struct StudyLines {
     #[serde(default)]
     stats: Option<Spanned<toml::Value>>,
     #[serde(default)]
+    similarity: Option<Spanned<toml::Value>>,
+    #[serde(default)]
     encoders: BTreeMap<String, Spanned<EncoderLines>>,
     #[serde(default)]
     comparisons: Vec<Spanned<toml::Value>>,
@@ -147,6 +149,12 @@ pub(in crate::pipeline) fn check(
         return Err(at(
             span(&lines.stats),
             "[stats]: threads must be at least 1".into(),
+        ));
+    }
+    if let Some(problem) = study.similarity.problem() {
+        return Err(at(
+            span(&lines.similarity),
+            format!("[similarity]: {problem}"),
         ));
     }
     if study.fit.tokens_per_sample == Some(0) {

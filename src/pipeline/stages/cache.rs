@@ -38,6 +38,22 @@ pub fn is_cached(plan: &Plan, units: &Units, e: EncoderId, shard: ShardId) -> bo
 
 /// Writes encoder `e`'s activations of `shard` and records them.
 pub fn write(plan: &Plan, e: EncoderId, shard: ShardId, rows: &EncodedRows) -> anyhow::Result<()> {
+    let path = file(plan, e, shard);
+    write_rows(plan, e, &path, rows, 0..rows.sample_ids.len())?;
+    let (unit, fingerprint) = unit(plan, e, shard);
+    let detail = serde_json::json!({ "samples": rows.sample_ids.len(), "skipped": rows.skipped });
+    let detail = plan.shard_detail(shard, detail);
+    Units::new(&plan.output).record(&unit, &fingerprint, detail, &[path])
+}
+
+/// Writes encoder `e`'s pooled `rows` to an activation file at `path`, the rows in `order`.
+pub fn write_rows(
+    plan: &Plan,
+    e: EncoderId,
+    path: &std::path::Path,
+    rows: &EncodedRows,
+    order: impl Iterator<Item = usize>,
+) -> anyhow::Result<()> {
     let encoder = plan.encoder(e);
     let names = encoder.layer_names();
     let widths: Vec<usize> = encoder
@@ -59,19 +75,16 @@ pub fn write(plan: &Plan, e: EncoderId, shard: ShardId, rows: &EncodedRows) -> a
         input_size: encoder.manifest.input_size_at(encoder.image_size),
         precision: encoder.precision,
     };
-    let path = file(plan, e, shard);
     std::fs::create_dir_all(path.parent().expect("in a folder"))?;
-    let mut writer = ActivationWriter::create(&path, meta)?;
-    for (i, id) in rows.sample_ids.iter().enumerate() {
+    let mut writer = ActivationWriter::create(path, meta)?;
+    for i in order {
         for (l, values) in rows.layers.iter().enumerate() {
-            writer.push(*id, &names[l], &values[i * widths[l]..(i + 1) * widths[l]])?;
+            let id = rows.sample_ids[i];
+            writer.push(id, &names[l], &values[i * widths[l]..(i + 1) * widths[l]])?;
         }
     }
     writer.finish()?;
-    let (unit, fingerprint) = unit(plan, e, shard);
-    let detail = serde_json::json!({ "samples": rows.sample_ids.len(), "skipped": rows.skipped });
-    let detail = plan.shard_detail(shard, detail);
-    Units::new(&plan.output).record(&unit, &fingerprint, detail, &[path])
+    Ok(())
 }
 
 /// Reads encoder `e`'s cached activations of `shard`, rows in the order they were encoded.

@@ -24,10 +24,11 @@ use timely::worker::Worker;
 
 use crate::codes::{CodesMeta, CodesWriter};
 use crate::dataset::{SampleBatch, ShardInfo};
-use crate::encoder::READER_BATCH_ROWS;
+use crate::encoder::{EncodedRows, READER_BATCH_ROWS};
 use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
 use crate::metrics::{accumulate_files, CompareOptions};
 use crate::pipeline::plan::{shard_key, Plan};
+use crate::pipeline::readouts;
 use crate::pipeline::source::shard_source;
 use crate::pipeline::stage::{passed, projection_for, Failure, StageContext};
 use crate::pipeline::units::Units;
@@ -226,23 +227,64 @@ pub struct PairPartial {
     pub pair: PairId,
     pub shard: ShardId,
     pub accumulators: Vec<Vec<u8>>,
+    /// The representation moments over the shard ([`crate::similarity::SimilaritySums`]), where
+    /// the pair has them.
+    pub similarity: Option<Vec<u8>>,
     pub samples: u64,
     pub dropped: u64,
     /// The first sample left out of this shard's sums, and a codes file that lacked it.
     pub first_dropped: Option<(u64, PathBuf)>,
 }
 
-/// The partial sums this worker received for the pairs it owns.
+/// The partial sums this worker received for the pairs it owns. The representation moments
+/// (the large part: `d^2` floats a layer, over every shard) are merged as they come, in shard
+/// order, rather than kept until the end.
 #[derive(Default)]
 pub struct OwnedPairs {
     pub(in crate::pipeline) partials: BTreeMap<PairId, Vec<PairPartial>>,
+    pub(in crate::pipeline) moments: BTreeMap<PairId, readouts::MomentsInOrder>,
+}
+
+impl OwnedPairs {
+    /// Nothing received yet; each pair expects the moments of the shards its sums lack.
+    fn new(plan: &Plan, work: &CompareWork) -> OwnedPairs {
+        let moments = (plan.pair_ids())
+            .filter(|&p| plan.similarity_of(p))
+            .map(|p| {
+                let expected = plan
+                    .shard_ids()
+                    .filter(|&s| work.needs_sums(p, s))
+                    .collect();
+                (p, readouts::MomentsInOrder::new(expected))
+            })
+            .collect();
+        OwnedPairs {
+            partials: BTreeMap::new(),
+            moments,
+        }
+    }
+
+    fn receive(&mut self, mut partial: PairPartial) {
+        if let (Some(bytes), Some(moments)) = (
+            partial.similarity.take(),
+            self.moments.get_mut(&partial.pair),
+        ) {
+            moments.receive(partial.shard, bytes);
+        }
+        self.partials.entry(partial.pair).or_default().push(partial);
+    }
 }
 
 /// One sample's code.
 type Code = (u64, Vec<u32>, Vec<f32>);
 
-/// A shard's codes, by layer, as the worker that read the shard made them.
-type ShardCodes = HashMap<EncoderLayer, Vec<Code>>;
+/// A shard's codes by layer, and the read-out rows they were read from by encoder (where the
+/// study keeps them), as the worker that read the shard made them.
+#[derive(Clone, Default)]
+struct ShardCodes {
+    codes: HashMap<EncoderLayer, Vec<Code>>,
+    readouts: HashMap<EncoderId, EncodedRows>,
+}
 
 /// Builds the compare dataflow in `worker`. Once the worker has run it to completion,
 /// [`crate::pipeline::pairs::finish`] merges and tabulates the pairs this worker owns.
@@ -252,7 +294,7 @@ pub fn build(
     work: &Arc<CompareWork>,
 ) -> Rc<RefCell<OwnedPairs>> {
     let (plan, failure) = (&context.plan, context.failure.clone());
-    let owned = Rc::new(RefCell::new(OwnedPairs::default()));
+    let owned = Rc::new(RefCell::new(OwnedPairs::new(plan, work)));
     let projection = projection_for(
         (plan.encoder_ids())
             .filter(|&e| work.shards().iter().any(|&s| work.needs_codes(e, s)))
@@ -396,11 +438,7 @@ impl PartialStreams for StreamVec<'_, u64, PairPartial> {
                 let mut owned = owned.borrow_mut();
                 input.for_each(|_, data| {
                     for partial in data.drain(..) {
-                        owned
-                            .partials
-                            .entry(partial.pair)
-                            .or_default()
-                            .push(partial);
+                        owned.receive(partial);
                     }
                 });
             },
@@ -458,10 +496,18 @@ fn encode_batch(
         for (layer, rows) in LayerId::all(pooled.layers.len()).zip(&pooled.layers) {
             let at = EncoderLayer { encoder: e, layer };
             let layer_codes = models.codes(at, rows, n)?;
-            let out = codes.entry(at).or_default();
+            let out = codes.codes.entry(at).or_default();
             for (id, (features, values)) in pooled.sample_ids.iter().zip(layer_codes) {
                 out.push((*id, features, values));
             }
+        }
+        if plan.keeps_readouts(e) {
+            let layers = pooled.layers.len();
+            let kept = codes
+                .readouts
+                .entry(e)
+                .or_insert_with(|| EncodedRows::empty(layers));
+            kept.append(&pooled);
         }
     }
     Ok(())
@@ -480,10 +526,14 @@ fn finish_shard(
         let mut files = Vec::new();
         for layer in plan.encoder(e).layer_ids() {
             let at = EncoderLayer { encoder: e, layer };
-            let mut layer_codes = codes.remove(&at).unwrap_or_default();
+            let mut layer_codes = codes.codes.remove(&at).unwrap_or_default();
             layer_codes.sort_by_key(|c| c.0);
             files.push(write_codes(plan, at, shard, &layer_codes)?);
             samples = layer_codes.len();
+        }
+        if plan.keeps_readouts(e) {
+            let rows = codes.readouts.remove(&e).unwrap_or_default();
+            files.push(readouts::write(plan, e, shard, &rows)?);
         }
         let (unit, fingerprint) = plan.codes_unit(e, shard);
         let detail = plan.shard_detail(shard, serde_json::json!({ "samples": samples }));
@@ -503,6 +553,17 @@ fn finish_shard(
         };
         let (accumulators, report) = accumulate_files(&sources, &targets, &options)
             .with_context(|| format!("pair {} on {}", plan.pair(p).key, info.path.display()))?;
+        let similarity = if plan.similarity_of(p) {
+            Some(readouts::partial_sums(plan, p, shard).with_context(|| {
+                format!(
+                    "pair {}: representation moments on {}",
+                    plan.pair(p).key,
+                    info.path.display()
+                )
+            })?)
+        } else {
+            None
+        };
         partials.push(PairPartial {
             pair: p,
             shard,
@@ -511,6 +572,7 @@ fn finish_shard(
                 .flatten()
                 .map(|a| a.to_bytes())
                 .collect(),
+            similarity,
             samples: report.samples,
             dropped: report.dropped,
             first_dropped: report.first_dropped,

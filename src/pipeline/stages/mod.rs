@@ -9,5 +9,6 @@ pub(in crate::pipeline) mod encoding;
 pub(in crate::pipeline) mod fit;
 pub(in crate::pipeline) mod outputs;
 pub(in crate::pipeline) mod pairs;
+pub(in crate::pipeline) mod readouts;
 pub(in crate::pipeline) mod source;
 pub(in crate::pipeline) mod stage;

@@ -24,6 +24,7 @@ use crate::pipeline::plan::Plan;
 use crate::pipeline::record::query_records;
 use crate::pipeline::units::MadeFile;
 use crate::run_record::QueryRecord;
+use crate::similarity::{merge_similarity, SIMILARITY_FILE};
 
 /// What the outputs stage wrote and the rows of the wMPPC matrix it prints.
 pub struct Outputs {
@@ -53,6 +54,13 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
         files.push(out);
         let out = plan.layout().mppc();
         tables::write_mppc(&out, &mppc)?;
+        files.push(out);
+    }
+    let pairs = plan.pair_ids().filter(|&p| plan.similarity_of(p));
+    let measures = merge_similarity(pairs.map(|p| plan.pair_dir(p).join(SIMILARITY_FILE)))?;
+    if !measures.is_empty() {
+        let out = plan.layout().similarity();
+        crate::similarity::write_similarity(&out, &measures)?;
         files.push(out);
     }
     for query in &queries {

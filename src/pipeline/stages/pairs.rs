@@ -11,7 +11,9 @@ use crate::ids::{EncoderLayer, PairId};
 use crate::metrics::{compare_accumulated, tables, CompareOptions};
 use crate::pipeline::compare::{codes_meta, pair_files, CompareWork, OwnedPairs, PairPartial};
 use crate::pipeline::plan::{shard_key, Plan};
+use crate::pipeline::readouts;
 use crate::pipeline::units::Units;
+use crate::similarity::{self, SimilaritySums};
 use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples, SavedSums};
 use anyhow::Context;
 
@@ -30,7 +32,11 @@ pub fn finish(
         if partials.is_empty() && !work.needs_tables(p) {
             continue;
         }
-        finish_pair(plan, p, partials, work.restarts(p))
+        let moments = match owned.moments.remove(&p) {
+            Some(moments) => moments.finish(plan, p)?,
+            None => None,
+        };
+        finish_pair(plan, p, (partials, moments), work.restarts(p))
             .with_context(|| format!("comparing pair {}", plan.pair(p).key))?;
         done += 1;
     }
@@ -42,22 +48,26 @@ pub fn finish(
 fn finish_pair(
     plan: &Plan,
     p: PairId,
-    partials: Vec<PairPartial>,
+    (partials, moments): (Vec<PairPartial>, Option<SimilaritySums>),
     restart: bool,
 ) -> anyhow::Result<()> {
     let dir = plan.pair_dir(p);
     // The newest state, whatever it summed; it is built on only if it summed the same codes.
     let newest = SavedSums::latest(&dir);
     let mut sums = PairSums::resume(plan, p, newest.as_ref(), restart)?;
-    let (added, first_dropped) = sums.add(plan, p, partials)?;
+    let (added, first_dropped) = sums.add(plan, p, partials, moments)?;
     anyhow::ensure!(
         !sums.accumulators.is_empty(),
         "no shard was summed; the dataset has no rows both encoders read"
     );
     if added > 0 {
         // Above every state folder there is, even one whose state.json cannot be read.
+        let moments = sums.similarity.as_ref().map(SimilaritySums::to_bytes);
+        let extras: Vec<(&str, &[u8])> = (moments.iter())
+            .map(|bytes| (SIMILARITY_SUMS, bytes.as_slice()))
+            .collect();
         sums.state
-            .save(&dir, &sums.accumulators)
+            .save_with(&dir, &sums.accumulators, &extras)
             .with_context(|| format!("saving the sums in {}", dir.display()))?;
         if let Some(newest) = &newest {
             // Only the state folder this run replaced, which saeshare itself made.
@@ -67,10 +77,15 @@ fn finish_pair(
     tabulate(plan, p, sums, first_dropped)
 }
 
+/// The file of a pair's state holding its representation moments.
+const SIMILARITY_SUMS: &str = "similarity.sums";
+
 /// A pair's sums being built: its state and `[source layer][target layer]` accumulators.
 struct PairSums {
     state: SavedSums,
     accumulators: Vec<Vec<CoactivationAccumulator>>,
+    /// The representation moments, where the pair has them.
+    similarity: Option<SimilaritySums>,
     /// Whether the sums build on a saved state.
     resumed: bool,
 }
@@ -89,18 +104,27 @@ impl PairSums {
             return Ok(PairSums {
                 state: SavedSums::new(fingerprint),
                 accumulators: Vec::new(),
+                similarity: None,
                 resumed: false,
             });
         };
         let pair = plan.pair(p);
-        let accumulators = previous.load_accumulators(
-            &plan.pair_dir(p),
-            pair.source_layers.len(),
-            pair.target_layers.len(),
-        )?;
+        let dir = plan.pair_dir(p);
+        let accumulators =
+            previous.load_accumulators(&dir, pair.source_layers.len(), pair.target_layers.len())?;
+        let similarity = match previous.extra(&dir, SIMILARITY_SUMS)? {
+            Some(bytes) => Some(readouts::sums_from(plan, p, &bytes)?),
+            None if plan.similarity_of(p) => anyhow::bail!(
+                "pair {}: its saved state has no {SIMILARITY_SUMS}; delete {} to sum it anew",
+                pair.key,
+                previous.dir(&dir).display()
+            ),
+            None => None,
+        };
         Ok(PairSums {
             state: previous.clone(),
             accumulators,
+            similarity,
             resumed: true,
         })
     }
@@ -112,6 +136,7 @@ impl PairSums {
         plan: &Plan,
         p: PairId,
         mut partials: Vec<PairPartial>,
+        moments: Option<SimilaritySums>,
     ) -> anyhow::Result<(usize, Option<(u64, PathBuf)>)> {
         let pair = plan.pair(p);
         partials.sort_by_key(|partial| partial.shard);
@@ -156,6 +181,13 @@ impl PairSums {
             self.state.shards.push(key);
             self.state.samples += partial.samples;
             self.state.dropped += partial.dropped;
+        }
+        // The moments of the shards added, merged in shard order as they came.
+        if let Some(moments) = moments {
+            match &mut self.similarity {
+                Some(total) => total.merge(&moments),
+                None => self.similarity = Some(moments),
+            }
         }
         let first_dropped = partials.iter().find_map(|p| p.first_dropped.clone());
         Ok((partials.len(), first_dropped))
@@ -252,6 +284,22 @@ fn tabulate(
     tables::write_mppc(&files[0], &comparison.mppc)?;
     tables::write_wmppc(&files[1], &comparison.wmppc)?;
     tables::write_features(&files[2], &comparison.features)?;
+    let mut files = files.to_vec();
+    if let Some(moments) = &sums.similarity {
+        let file = dir.join(similarity::SIMILARITY_FILE);
+        let (ids, source, target) = readouts::all_rows(plan, p)?;
+        let rows = similarity::tabulate(
+            moments,
+            &ids,
+            &source,
+            &target,
+            &plan.study.similarity,
+            (floor_permutations, options.seed),
+            tch::Device::Cpu,
+        );
+        similarity::write_similarity(&file, &rows)?;
+        files.push(file);
+    }
     let (unit, fingerprint) = plan.pair_unit(p);
     let detail = serde_json::json!({
         "state": state.generation,

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use crate::metrics::{Aggregation, WmppcRow};
 use crate::report::html::{self, escape, number};
+use crate::report::pages::similarity;
 use crate::report::svg::{HeatCell, Heatmap};
 use crate::report::{distinct, file_name, specificity, MatrixCell, Site, WmppcMatrix};
 use crate::run_record::EncoderRecord;
@@ -18,6 +19,7 @@ pub fn page(site: &Site) -> String {
     body.push_str(&study_facts(site));
     body.push_str(&matrix_section(site));
     body.push_str(&layers_section(site));
+    body.push_str(&similarity::section(site));
     body.push_str(&sharedness_section(site));
     let _ = write!(
         body,
@@ -113,11 +115,10 @@ fn matrix_section(site: &Site) -> String {
         s.push_str(r#"<p class="note">No pair has a wMPPC yet.</p>"#);
         return s;
     }
-    let _ = write!(
-        s,
-        r#"<div class="plots">{}</div>"#,
-        matrix_heatmap(site).render()
-    );
+    s.push_str(&similarity::matrix_views(
+        site,
+        matrix_heatmap(site).render(),
+    ));
     s.push_str("<h3>As a table (click a column to sort)</h3>");
     s.push_str(&matrix_table(m));
     s
@@ -248,11 +249,12 @@ fn layers_section(site: &Site) -> String {
         };
         let _ = write!(
             s,
-            r#"<h3>{} → {}</h3><p class="note">Over all layers: {}.</p><div class="plots">{}</div>"#,
+            r#"<h3>{} → {}</h3><p class="note">Over all layers: {}.</p><div class="plots">{}{}</div>"#,
             escape(source),
             escape(target),
             escape(&over_layers_summary(&rows)),
-            grid.heatmap().render()
+            grid.heatmap().render(),
+            similarity::cka_layers(site, source, target).unwrap_or_default()
         );
     }
     if s.is_empty() {

@@ -3,4 +3,5 @@
 pub mod feature;
 pub mod index;
 pub mod sharedness;
+pub mod similarity;
 pub mod training;

@@ -1,0 +1,229 @@
+//! The measures that are functions of the moments: linear CKA, the CCA family, Procrustes and
+//! the ridge's predictivity. Each is computed from the centred sums exactly as from the centred
+//! activations `X` (`n x d_x`) and `Y` (`n x d_y`) themselves, since each depends on the data only
+//! through `X^T X`, `Y^T Y` and `X^T Y` (docs/DESIGN.md, "Representation similarity").
+
+use tch::{Kind, Tensor};
+
+use super::moments::{CrossMoments, LayerMoments};
+use super::{Measure, SimilarityOptions};
+
+/// A layer's moments made ready for the measures, once for every pair and permutation it is
+/// in (a permutation of the other side's samples leaves them as they are): its centred sums
+/// over every row, their principal directions (largest first) and its mean.
+pub struct LayerPrep {
+    centred: Tensor,
+    mean: Tensor,
+    n: u64,
+    values: Vec<f64>,
+    vectors: Tensor,
+}
+
+impl LayerPrep {
+    pub fn of(m: &LayerMoments) -> LayerPrep {
+        let total = m.total();
+        let centred = total.centred();
+        let (values, vectors) = match centred.f_linalg_eigh("L") {
+            Ok((values, vectors)) => (
+                Vec::<f64>::try_from(values.flip([0])).unwrap_or_default(),
+                vectors.flip([1]),
+            ),
+            // A failed decomposition leaves the CCA family undefined, not the rest.
+            Err(_) => (
+                Vec::new(),
+                Tensor::zeros([0], (Kind::Double, centred.device())),
+            ),
+        };
+        LayerPrep {
+            mean: total.mean(),
+            n: total.n,
+            centred,
+            values,
+            vectors,
+        }
+    }
+
+    /// `W` (`d x r`) with `W^T S W = I` on the kept principal directions.
+    fn whitener(&self, keep: Keep) -> Option<Tensor> {
+        let largest = self.values.first().copied().unwrap_or(0.0);
+        if largest <= 0.0 || !largest.is_finite() {
+            return None;
+        }
+        let tol = self.values.len() as f64 * f64::EPSILON * largest;
+        let rank = self.values.iter().take_while(|&&x| x > tol).count();
+        let r = match keep {
+            Keep::Rank => rank,
+            Keep::Dims(d) => d.clamp(1, rank),
+            Keep::Variance(share) => {
+                let total: f64 = self.values.iter().take(rank).sum();
+                let mut acc = 0.0;
+                let mut r = 0;
+                while r < rank && acc < share * total {
+                    acc += self.values[r];
+                    r += 1;
+                }
+                r.max(1)
+            }
+        };
+        let scale: Vec<f64> = self.values[..r].iter().map(|v| v.sqrt().recip()).collect();
+        let scale = Tensor::from_slice(&scale).to_device(self.vectors.device());
+        Some(self.vectors.narrow(1, 0, r as i64) * scale.unsqueeze(0))
+    }
+}
+
+/// The centred cross sums of a layer pair over every row.
+fn centred_cross(x: &LayerPrep, y: &LayerPrep, cross: &CrossMoments) -> Tensor {
+    let raw = &cross.fit + &cross.held;
+    let (sx, sy) = (&x.mean * x.n as f64, &y.mean * y.n as f64);
+    CrossMoments::about(&raw, (&sx, &sy, x.n), &x.mean, &y.mean)
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+/// Finite or nothing: a measure of constant activations is undefined, not NaN.
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+/// Every linear measure of the layer pair (`x` the source, `y` the target), with their
+/// preparations.
+pub fn measures(
+    (x, px): (&LayerMoments, &LayerPrep),
+    (y, py): (&LayerMoments, &LayerPrep),
+    cross: &CrossMoments,
+    options: &SimilarityOptions,
+) -> Vec<(Measure, Option<f64>)> {
+    let xy = centred_cross(px, py, cross);
+    let full = cca(px, py, &xy, Keep::Rank, true);
+    let svcca_keep = match options.svcca_dims {
+        Some(d) => Keep::Dims(d),
+        None => Keep::Variance(options.svcca_variance),
+    };
+    let reduced = cca(px, py, &xy, svcca_keep, false);
+    vec![
+        (Measure::LinearCka, linear_cka(px, py, &xy)),
+        (Measure::CcaMean, full.as_ref().and_then(Cca::mean)),
+        (Measure::Svcca, reduced.as_ref().and_then(Cca::mean)),
+        (Measure::Pwcca, full.as_ref().and_then(|c| pwcca(px, py, c))),
+        (Measure::Procrustes, procrustes(px, py, &xy)),
+        (
+            Measure::RidgeR2,
+            ridge_r2(x, y, &cross.fit, &cross.held, options.ridge),
+        ),
+        (
+            Measure::RidgeR2Reverse,
+            ridge_r2(y, x, &cross.fit.tr(), &cross.held.tr(), options.ridge),
+        ),
+    ]
+}
+
+/// Linear CKA in its feature-space form: `||S_xy||_F^2 / (||S_xx||_F ||S_yy||_F)` (Kornblith et
+/// al. 2019, eq. 6 with the biased HSIC; the `1/(n-1)^2` factors cancel).
+fn linear_cka(x: &LayerPrep, y: &LayerPrep, xy: &Tensor) -> Option<f64> {
+    let num = scalar(&xy.square().sum(Kind::Double));
+    let den = scalar(&x.centred.square().sum(Kind::Double)).sqrt()
+        * scalar(&y.centred.square().sum(Kind::Double)).sqrt();
+    finite(num / den)
+}
+
+/// Which directions of a side CCA keeps.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// Every direction of non-negligible variance (the pseudo-inverse's rule, as
+    /// `numpy.linalg.matrix_rank`: above `max(d) * eps * largest`).
+    Rank,
+    /// The leading principal directions that keep this share of the variance (SVCCA).
+    Variance(f64),
+    /// The leading principal directions, this many.
+    Dims(usize),
+}
+
+/// Canonical correlations, largest first, with what PWCCA weighs them by.
+struct Cca {
+    rho: Vec<f64>,
+    /// The canonical directions of each side (`W_x U`, `W_y V`), `a_i^T S_xx a_i = 1`.
+    directions: Option<(Tensor, Tensor)>,
+}
+
+impl Cca {
+    fn mean(&self) -> Option<f64> {
+        (!self.rho.is_empty()).then(|| self.rho.iter().sum::<f64>() / self.rho.len() as f64)
+    }
+}
+
+/// The canonical correlations of the directions `keep` keeps, and with `directions` the
+/// canonical directions.
+fn cca(x: &LayerPrep, y: &LayerPrep, xy: &Tensor, keep: Keep, directions: bool) -> Option<Cca> {
+    let wx = x.whitener(keep)?;
+    let wy = y.whitener(keep)?;
+    let m = wx.tr().mm(xy).mm(&wy);
+    // `Tensor::svd`, not `linalg_svd`: tch passes the latter a driver, which only CUDA takes.
+    let (u, s, v) = m.f_svd(true, directions).ok()?;
+    // Rounding may take a correlation of perfectly related data a hair above 1.
+    let rho = Vec::<f64>::try_from(&s.clamp(0.0, 1.0)).ok()?;
+    Some(Cca {
+        rho,
+        directions: directions.then(|| (wx.mm(&u), wy.mm(&v))),
+    })
+}
+
+/// Projection-weighted CCA (Morcos et al. 2018): the canonical correlations weighted by how much
+/// of the side with fewer features each canonical variate accounts for, `alpha_i = sum_j
+/// |<h_i, x_j>|` with `h_i = X a_i` (unit norm) and `x_j` the centred feature columns; that is
+/// `sum_j |(S_xx a_i)_j|`. The side with fewer features weighs (the source when equal), as in
+/// the authors' code.
+fn pwcca(x: &LayerPrep, y: &LayerPrep, cca: &Cca) -> Option<f64> {
+    let (a, b) = cca.directions.as_ref()?;
+    let (s, directions) = match x.centred.size()[0] <= y.centred.size()[0] {
+        true => (&x.centred, a),
+        false => (&y.centred, b),
+    };
+    let r = cca.rho.len() as i64;
+    let weights = s.mm(&directions.narrow(1, 0, r)).abs();
+    let alpha = Vec::<f64>::try_from(weights.sum_dim_intlist(0, false, Kind::Double)).ok()?;
+    let total: f64 = alpha.iter().sum();
+    finite(alpha.iter().zip(&cca.rho).map(|(a, r)| a * r).sum::<f64>() / total)
+}
+
+/// The orthogonal Procrustes distance of the centred activations, each scaled to unit Frobenius
+/// norm (Ding et al. 2021): `2 - 2 ||X^T Y||_* / (||X||_F ||Y||_F)`, 0 for activations equal
+/// up to a rotation and a scale, at most 2.
+fn procrustes(x: &LayerPrep, y: &LayerPrep, xy: &Tensor) -> Option<f64> {
+    let (_, singular, _) = xy.f_svd(true, false).ok()?;
+    let nuclear = scalar(&singular.sum(Kind::Double));
+    let norms = (scalar(&x.centred.trace()) * scalar(&y.centred.trace())).sqrt();
+    finite((2.0 - 2.0 * nuclear / norms).max(0.0))
+}
+
+/// How well a ridge regression from `x` fitted on the fitted part predicts `y` on the held-out
+/// part: `1 - RSS / TSS` summed over `y`'s features (sklearn's `variance_weighted` R^2), with
+/// `lambda = ridge * trace(S_xx) / d_x` (the ridge relative to the mean variance of `x`'s
+/// features, so that it means the same at any scale).
+fn ridge_r2(
+    x: &LayerMoments,
+    y: &LayerMoments,
+    xy_fit: &Tensor,
+    xy_held: &Tensor,
+    ridge: f64,
+) -> Option<f64> {
+    if x.fit.n < 2 || x.held.n < 2 {
+        return None;
+    }
+    let (mx, my) = (x.fit.mean(), y.fit.mean());
+    let sxx = x.fit.centred();
+    let sxy = CrossMoments::about(xy_fit, (&x.fit.sum, &y.fit.sum, x.fit.n), &mx, &my);
+    let d = sxx.size()[0];
+    let lambda = ridge * scalar(&sxx.trace()) / d as f64;
+    let eye = Tensor::eye(d, (Kind::Double, sxx.device()));
+    let b = Tensor::f_linalg_solve(&(&sxx + eye * lambda), &sxy, true).ok()?;
+    // The held-out rows about the fitted means, which the prediction `my + (x - mx) B` uses.
+    let hxx = x.held.about(&mx);
+    let hyy = y.held.about(&my);
+    let hxy = CrossMoments::about(xy_held, (&x.held.sum, &y.held.sum, x.held.n), &mx, &my);
+    let rss = scalar(&hyy.trace()) - 2.0 * scalar(&(&b * &hxy).sum(Kind::Double))
+        + scalar(&(b.tr().mm(&hxx).mm(&b)).trace());
+    let tss = scalar(&y.held.centred().trace());
+    finite(1.0 - rss / tss)
+}
