@@ -10,7 +10,8 @@ use super::moments::{CrossMoments, Part};
 use super::SimilaritySums;
 
 const MAGIC: &[u8; 8] = b"SSSIMSUM";
-const VERSION: u32 = 1;
+/// The format's version: 2 added each layer's shift (version 1 summed about zero).
+pub const VERSION: u32 = 2;
 
 impl SimilaritySums {
     /// The sums as bytes [`SimilaritySums::from_bytes`] reads.
@@ -26,6 +27,13 @@ impl SimilaritySums {
             }
         }
         for layer in self.sources.iter().chain(&self.targets) {
+            match &layer.shift {
+                Some(shift) => {
+                    raw.push(1);
+                    floats(&mut raw, shift);
+                }
+                None => raw.push(0),
+            }
             for part in [&layer.fit, &layer.held] {
                 raw.extend_from_slice(&part.n.to_le_bytes());
                 floats(&mut raw, &part.sum);
@@ -70,6 +78,11 @@ impl SimilaritySums {
         let mut sums = SimilaritySums::new(&widths[0], &widths[1], seed, device);
         for layer in sums.sources.iter_mut().chain(sums.targets.iter_mut()) {
             let d = layer.width() as i64;
+            layer.shift = match r.take(1)?[0] {
+                0 => None,
+                1 => Some(r.tensor(&[d], device)?),
+                other => return Err(format!("bad shift flag {other}")),
+            };
             read_part(&mut r, &mut layer.fit, d, device)?;
             read_part(&mut r, &mut layer.held, d, device)?;
         }

@@ -73,15 +73,21 @@ impl SimilaritySums {
             (0..ids.len() as i64).partition(|&i| !is_held_out(self.seed, ids[i as usize]));
         let index = |v: &[i64]| Tensor::from_slice(v).to_device(self.device);
         let (fit, held) = (index(&fit), index(&held));
-        let split = |values: &[f32]| {
+        let device = self.device;
+        let split = |values: &[f32], layer: &mut LayerMoments| {
             let rows = Tensor::from_slice(values)
                 .view([ids.len() as i64, -1])
-                .to_device(self.device)
+                .to_device(device)
                 .to_kind(Kind::Double);
+            let rows = layer.shifted(&rows);
             (rows.index_select(0, &fit), rows.index_select(0, &held))
         };
-        let xs: Vec<(Tensor, Tensor)> = sources.iter().map(|v| split(v)).collect();
-        let ys: Vec<(Tensor, Tensor)> = targets.iter().map(|v| split(v)).collect();
+        let xs: Vec<(Tensor, Tensor)> = (sources.iter().zip(self.sources.iter_mut()))
+            .map(|(v, m)| split(v, m))
+            .collect();
+        let ys: Vec<(Tensor, Tensor)> = (targets.iter().zip(self.targets.iter_mut()))
+            .map(|(v, m)| split(v, m))
+            .collect();
         for (m, (f, h)) in self.sources.iter_mut().zip(&xs) {
             m.add(f, h);
         }
@@ -97,16 +103,24 @@ impl SimilaritySums {
 
     /// Adds another part's sums (other shards) of the same layers.
     pub fn merge(&mut self, other: &SimilaritySums) {
-        for (a, b) in self.sources.iter_mut().zip(&other.sources) {
-            a.merge(b);
-        }
-        for (a, b) in self.targets.iter_mut().zip(&other.targets) {
-            a.merge(b);
-        }
-        for (ra, rb) in self.cross.iter_mut().zip(&other.cross) {
-            for (a, b) in ra.iter_mut().zip(rb) {
-                a.merge(b);
+        // The cross sums move by both layers' shifts, with `other`'s layer sums as they are.
+        let dx: Vec<Tensor> = (self.sources.iter_mut().zip(&other.sources))
+            .map(|(a, b)| a.delta(b))
+            .collect();
+        let dy: Vec<Tensor> = (self.targets.iter_mut().zip(&other.targets))
+            .map(|(a, b)| a.delta(b))
+            .collect();
+        for (i, (ra, rb)) in self.cross.iter_mut().zip(&other.cross).enumerate() {
+            for (j, (a, b)) in ra.iter_mut().zip(rb).enumerate() {
+                let layers = (&other.sources[i], &other.targets[j]);
+                a.merge(b, (&dx[i], &dy[j]), layers);
             }
+        }
+        for ((a, b), d) in self.sources.iter_mut().zip(&other.sources).zip(&dx) {
+            a.merge(b, d);
+        }
+        for ((a, b), d) in self.targets.iter_mut().zip(&other.targets).zip(&dy) {
+            a.merge(b, d);
         }
     }
 
@@ -163,10 +177,15 @@ impl SimilaritySums {
                     .to_device(self.device)
                     .to_kind(Kind::Double)
             };
+            // In each layer's frame: less its shift.
+            let shifted = |rows: Tensor, m: &LayerMoments| match &m.shift {
+                Some(shift) => rows - shift.unsqueeze(0),
+                None => rows,
+            };
             let xs: Vec<Tensor> = (va.iter().zip(&self.sources))
                 .map(|(v, m)| {
                     let d = m.width();
-                    tensor(v[start * d..end * d].to_vec(), end - start)
+                    shifted(tensor(v[start * d..end * d].to_vec(), end - start), m)
                 })
                 .collect();
             let ys: Vec<Tensor> = (vb.iter().zip(&self.targets))
@@ -175,7 +194,7 @@ impl SimilaritySums {
                     let rows = (permutation[start..end].iter())
                         .flat_map(|&p| v[p * d..(p + 1) * d].iter().copied())
                         .collect();
-                    tensor(rows, end - start)
+                    shifted(tensor(rows, end - start), m)
                 })
                 .collect();
             for (part, y) in targets.iter_mut().zip(&ys) {
@@ -193,6 +212,7 @@ impl SimilaritySums {
             .map(|(t, held)| LayerMoments {
                 fit: t.total().minus(&held),
                 held,
+                shift: t.shift.as_ref().map(Tensor::shallow_clone),
             })
             .collect();
         let cross = (cross.into_iter())

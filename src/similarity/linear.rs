@@ -49,7 +49,7 @@ impl LayerPrep {
         if largest <= 0.0 || !largest.is_finite() {
             return None;
         }
-        let tol = self.values.len() as f64 * f64::EPSILON * largest;
+        let tol = (self.values.len() as f64 * f64::EPSILON).max(RANK_CUTOFF) * largest;
         let rank = self.values.iter().take_while(|&&x| x > tol).count();
         let r = match keep {
             Keep::Rank => rank,
@@ -128,11 +128,17 @@ fn linear_cka(x: &LayerPrep, y: &LayerPrep, xy: &Tensor) -> Option<f64> {
     finite(num / den)
 }
 
+/// The smallest variance, relative to the largest, of a direction the CCA family whitens.
+/// Whitening multiplies a direction's rounding by `sqrt(largest / its variance)`: below this,
+/// two orders of summation (a run and a run that added shards) would part in the ninth digit,
+/// and such directions are below what float32 activations resolve anyway.
+const RANK_CUTOFF: f64 = 1e-10;
+
 /// Which directions of a side CCA keeps.
 #[derive(Clone, Copy)]
 enum Keep {
-    /// Every direction of non-negligible variance (the pseudo-inverse's rule, as
-    /// `numpy.linalg.matrix_rank`: above `max(d) * eps * largest`).
+    /// Every direction of non-negligible variance: above [`RANK_CUTOFF`] of the largest (and
+    /// `d * eps` of it, the pseudo-inverse's rule).
     Rank,
     /// The leading principal directions that keep this share of the variance (SVCCA).
     Variance(f64),

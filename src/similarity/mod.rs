@@ -18,9 +18,12 @@ pub mod linear;
 pub mod moments;
 mod rows;
 pub mod table;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 
+pub use bytes::VERSION as SUMS_VERSION;
 pub use engine::{similarity, sum_sides, tabulate, LayerRows, SideRows, SimilaritySums};
 pub use rows::{align_sides, read_side, Aligned};
 pub use table::{merge_similarity, read_similarity, write_similarity, SIMILARITY_FILE};

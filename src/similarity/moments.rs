@@ -3,6 +3,12 @@
 //! out (one sample in [`HELD_OUT_ONE_IN`], by a seeded hash of its id), so that the ridge's
 //! predictivity is scored on samples it was not fitted on. Every linear measure is a function
 //! of these sums; they merge by addition, so shards and runs add up exactly.
+//!
+//! The sums are taken about a point near the layer's mean (the mean of the first rows it saw),
+//! not about zero: read-out rows with a large common offset (a massive activation, rows that
+//! all point one way) would otherwise lose their small variances to rounding when centred, and
+//! measures that whiten (the CCA family) would amplify that into the third significant digit
+//! between two orders of summation. Sums about two points merge exactly after a shift.
 
 use tch::{Device, Kind, Tensor};
 
@@ -17,21 +23,24 @@ pub fn is_held_out(seed: u64, id: u64) -> bool {
     sample_hash(seed ^ 0x0005_eed4_e1d0_u64, id).is_multiple_of(HELD_OUT_ONE_IN)
 }
 
-/// Sums over one part of the rows (fitted on, or held out).
+/// Sums over one part of the rows (fitted on, or held out), `x` the rows less their layer's
+/// shift.
 #[derive(Debug)]
 pub struct Part {
     pub n: u64,
-    /// `[d]`.
+    /// `[d]`: `sum x`.
     pub sum: Tensor,
-    /// `[d, d]`: `sum x x^T`, uncentred.
+    /// `[d, d]`: `sum x x^T`.
     pub scatter: Tensor,
 }
 
-/// A layer's moments: the rows the ridge fits on, and those it is scored on.
+/// A layer's moments: the rows the ridge fits on, and those it is scored on, both about
+/// `shift` (`None` until the layer has rows).
 #[derive(Debug)]
 pub struct LayerMoments {
     pub fit: Part,
     pub held: Part,
+    pub shift: Option<Tensor>,
 }
 
 /// A layer pair's cross sums `sum x y^T` (`[d_x, d_y]`), in the same two parts.
@@ -66,10 +75,13 @@ impl Part {
         self.scatter += rows.tr().mm(rows);
     }
 
-    fn merge(&mut self, other: &Part) {
+    /// Adds `other`'s sums, taken about a point `delta` further than this part's.
+    fn merge(&mut self, other: &Part, delta: &Tensor) {
+        let n = other.n as f64;
+        let moved = delta.outer(&other.sum);
+        self.scatter += &other.scatter + &moved + moved.tr() + delta.outer(delta) * n;
+        self.sum += &other.sum + delta * n;
         self.n += other.n;
-        self.sum += &other.sum;
-        self.scatter += &other.scatter;
     }
 
     /// The two parts together.
@@ -120,10 +132,22 @@ impl LayerMoments {
         LayerMoments {
             fit: Part::new(d, device),
             held: Part::new(d, device),
+            shift: None,
         }
     }
 
-    /// Adds rows already split: `fit` `[n_f, d]` and `held` `[n_h, d]`, float64.
+    /// `rows` (`[n, d]`, float64) less the layer's shift, which the first rows set.
+    pub fn shifted(&mut self, rows: &Tensor) -> Tensor {
+        if self.shift.is_none() && rows.size()[0] > 0 {
+            self.shift = Some(rows.mean_dim([0i64].as_slice(), false, Kind::Double));
+        }
+        match &self.shift {
+            Some(shift) => rows - shift.unsqueeze(0),
+            None => rows.shallow_clone(),
+        }
+    }
+
+    /// Adds rows already shifted and split: `fit` `[n_f, d]` and `held` `[n_h, d]`.
     pub fn add(&mut self, fit: &Tensor, held: &Tensor) {
         self.fit.add(fit);
         self.held.add(held);
@@ -134,12 +158,26 @@ impl LayerMoments {
         LayerMoments {
             fit: self.fit.shallow_clone(),
             held: self.held.shallow_clone(),
+            shift: self.shift.as_ref().map(Tensor::shallow_clone),
         }
     }
 
-    pub fn merge(&mut self, other: &LayerMoments) {
-        self.fit.merge(&other.fit);
-        self.held.merge(&other.held);
+    /// How far `other`'s shift is from this one's (this one takes `other`'s when it has none):
+    /// what [`LayerMoments::merge`] and [`CrossMoments::merge`] move `other`'s sums by.
+    pub fn delta(&mut self, other: &LayerMoments) -> Tensor {
+        if self.shift.is_none() {
+            self.shift = other.shift.as_ref().map(Tensor::copy);
+        }
+        match (&self.shift, &other.shift) {
+            (Some(mine), Some(theirs)) => theirs - mine,
+            _ => self.fit.sum.zeros_like(),
+        }
+    }
+
+    /// Adds `other`'s sums (other rows of the same layer), `delta` from [`LayerMoments::delta`].
+    pub fn merge(&mut self, other: &LayerMoments, delta: &Tensor) {
+        self.fit.merge(&other.fit, delta);
+        self.held.merge(&other.held, delta);
     }
 
     /// Every row.
@@ -171,9 +209,19 @@ impl CrossMoments {
         self.held += x_held.tr().mm(y_held);
     }
 
-    pub fn merge(&mut self, other: &CrossMoments) {
-        self.fit += &other.fit;
-        self.held += &other.held;
+    /// Adds `other`'s cross sums, taken about points `delta` further on each side; `x`, `y`
+    /// are `other`'s layers (their sums before they move).
+    pub fn merge(
+        &mut self,
+        other: &CrossMoments,
+        (dx, dy): (&Tensor, &Tensor),
+        (x, y): (&LayerMoments, &LayerMoments),
+    ) {
+        let moved = |cross: &Tensor, px: &Part, py: &Part| {
+            cross + dx.outer(&py.sum) + px.sum.outer(dy) + dx.outer(dy) * (px.n as f64)
+        };
+        self.fit += moved(&other.fit, &x.fit, &y.fit);
+        self.held += moved(&other.held, &x.held, &y.held);
     }
 
     /// `sum (x - a)(y - b)^T` over the rows of `part` (`fit` or `held`), whose sums are

@@ -331,7 +331,8 @@ impl Plan {
         let sums = (&p.fingerprint, self.sae_id(p.source), self.sae_id(p.target));
         if self.similarity_of(pair) {
             // The saved sums hold the moments too, and the tables the measures.
-            fingerprint(&(sums, &self.study.similarity))
+            let moments = crate::similarity::SUMS_VERSION;
+            fingerprint(&(sums, &self.study.similarity, moments))
         } else {
             fingerprint(&sums)
         }

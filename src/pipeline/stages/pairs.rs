@@ -3,19 +3,75 @@
 //! baseline and the pair's tables.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::codes::{CodeBatch, CodesMeta, CodesReader};
-use crate::ids::{EncoderLayer, PairId};
+use crate::ids::{EncoderLayer, PairId, ShardId};
 use crate::metrics::{compare_accumulated, tables, CompareOptions};
-use crate::pipeline::compare::{codes_meta, pair_files, CompareWork, OwnedPairs, PairPartial};
+use crate::pipeline::compare::{codes_meta, pair_files, CompareWork};
 use crate::pipeline::plan::{shard_key, Plan};
 use crate::pipeline::readouts;
 use crate::pipeline::units::Units;
 use crate::similarity::{self, SimilaritySums};
 use crate::stats::{align, AlignReport, CoactivationAccumulator, MissingSamples, SavedSums};
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// One pair's co-activation sums over one shard, `[source layer][target layer]` as bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairPartial {
+    pub pair: PairId,
+    pub shard: ShardId,
+    pub accumulators: Vec<Vec<u8>>,
+    /// The representation moments over the shard ([`crate::similarity::SimilaritySums`]), where
+    /// the pair has them.
+    pub similarity: Option<Vec<u8>>,
+    pub samples: u64,
+    pub dropped: u64,
+    /// The first sample left out of this shard's sums, and a codes file that lacked it.
+    pub first_dropped: Option<(u64, PathBuf)>,
+}
+
+/// The partial sums this worker received for the pairs it owns. The representation moments
+/// (the large part: `d^2` floats a layer, over every shard) are merged as they come, in shard
+/// order, rather than kept until the end.
+#[derive(Default)]
+pub struct OwnedPairs {
+    pub(in crate::pipeline) partials: BTreeMap<PairId, Vec<PairPartial>>,
+    pub(in crate::pipeline) moments: BTreeMap<PairId, readouts::MomentsInOrder>,
+}
+
+impl OwnedPairs {
+    /// Nothing received yet; each pair expects the moments of the shards its sums lack.
+    pub(in crate::pipeline) fn new(plan: &Plan, work: &CompareWork) -> OwnedPairs {
+        let moments = (plan.pair_ids())
+            .filter(|&p| plan.similarity_of(p))
+            .map(|p| {
+                let expected = plan
+                    .shard_ids()
+                    .filter(|&s| work.needs_sums(p, s))
+                    .collect();
+                (p, readouts::MomentsInOrder::new(expected))
+            })
+            .collect();
+        OwnedPairs {
+            partials: BTreeMap::new(),
+            moments,
+        }
+    }
+
+    pub(in crate::pipeline) fn receive(&mut self, mut partial: PairPartial) {
+        if let (Some(bytes), Some(moments)) = (
+            partial.similarity.take(),
+            self.moments.get_mut(&partial.pair),
+        ) {
+            moments.receive(partial.shard, bytes);
+        }
+        self.partials.entry(partial.pair).or_default().push(partial);
+    }
+}
 
 /// Merges, saves and tabulates every pair this worker owns that has work.
 pub fn finish(
