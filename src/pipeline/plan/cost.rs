@@ -338,7 +338,7 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
                 samples * widths as u64 * 4 + CODE_FILE_BYTES * shard_count;
         }
     }
-    let similarity = similarity_cost(plan, samples, rates);
+    let similarity = super::similarity::cost(plan, samples, rates);
     let mut sums_bytes = 0u64;
     let mut compare_seconds = 0f64;
     let shards = shard_count as usize;
@@ -427,66 +427,6 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
     };
     cost.stages = vec![fit, compare];
     cost
-}
-
-/// The representation measures' part of the compare pass.
-struct SimilarityCost {
-    /// The float64 moments of every pair, summed once and again for each floor permutation, at
-    /// the calibrated rate, and each layer pair's decompositions and kNN family once a run, as
-    /// calibrated at one width and scaled by the widths to the power 3 (the decompositions'
-    /// order); `None` without rates.
-    seconds: Option<f64>,
-    /// The memory of the largest pair's tables: every row of its layers, and a permuted copy
-    /// of the target's.
-    memory: u64,
-    /// The moments in the pairs' states (fitted and held-out parts, float64).
-    sums_bytes: u64,
-}
-
-fn similarity_cost(plan: &Plan, samples: u64, rates: &Rates) -> SimilarityCost {
-    let (mut flops, mut memory, mut sums_bytes) = (0f64, 0u64, 0u64);
-    let compare = rates.compare.as_ref();
-    let pair_seconds = compare.and_then(|c| c.similarity_pair_seconds);
-    let width = compare.and_then(|c| c.similarity_width).unwrap_or(1) as f64;
-    let mut decompositions = Some(0f64);
-    for p in plan.pair_ids().filter(|&p| plan.similarity_of(p)) {
-        let pair = plan.pair(p);
-        let (s, t) = (plan.encoder(pair.source), plan.encoder(pair.target));
-        let a: Vec<f64> = pair
-            .source_layers
-            .iter()
-            .map(|&l| s.layer_width(l) as f64)
-            .collect();
-        let b: Vec<f64> = pair
-            .target_layers
-            .iter()
-            .map(|&l| t.layer_width(l) as f64)
-            .collect();
-        let squares = |w: &[f64]| w.iter().map(|d| d * d).sum::<f64>();
-        let cells = squares(&a) + squares(&b) + a.iter().sum::<f64>() * b.iter().sum::<f64>();
-        let sums = 1 + plan.study.baselines.floor_permutations;
-        flops += 2.0 * sums as f64 * samples as f64 * cells;
-        for d_a in &a {
-            for d_b in &b {
-                let scale = (d_a * d_b / (width * width)).powf(1.5);
-                decompositions = (decompositions.zip(pair_seconds))
-                    .map(|(total, t)| total + t * scale * sums as f64);
-            }
-        }
-        sums_bytes += (16.0 * cells) as u64;
-        let row = (a.iter().sum::<f64>() + 2.0 * b.iter().sum::<f64>()) as u64 * 4;
-        memory = memory.max(samples * row);
-    }
-    let moments = compare.and_then(|c| c.similarity_flops).map(|r| flops / r);
-    SimilarityCost {
-        seconds: if flops == 0.0 {
-            Some(0.0)
-        } else {
-            moments.zip(decompositions).map(|(m, d)| m + d)
-        },
-        memory,
-        sums_bytes,
-    }
 }
 
 /// Whether `e`'s codes have no per-sample limit, and so are summed by dense block products.

@@ -14,6 +14,7 @@ pub(in crate::pipeline) mod prepare;
 pub(in crate::pipeline) mod record;
 pub(in crate::pipeline) mod shard_contents;
 mod shards;
+mod similarity;
 pub mod stand_ins;
 pub(in crate::pipeline) mod study;
 pub(in crate::pipeline) mod study_checks;
@@ -378,24 +379,6 @@ impl Plan {
             e.layer_name(layer),
             &shard_file_name(self.shard(shard)),
         )
-    }
-
-    /// The read-out rows of an encoder on one shard (every layer it reads).
-    pub fn readouts_file(&self, encoder: EncoderId, shard: ShardId) -> PathBuf {
-        let e = self.encoder(encoder);
-        (self.layout()).readouts_file(&e.name, &shard_file_name(self.shard(shard)))
-    }
-
-    /// Whether a pair sums the representation measures: a study's pairs, not the ceiling's (an
-    /// SAE seed against another of the same rows).
-    pub fn similarity_of(&self, pair: PairId) -> bool {
-        self.study.similarity.enabled && self.pair(pair).ceiling_of.is_none()
-    }
-
-    /// Whether the compare pass keeps an encoder's read-out rows beside its codes: the named
-    /// encoders of a study with the representation measures on.
-    pub fn keeps_readouts(&self, encoder: EncoderId) -> bool {
-        self.study.similarity.enabled && self.encoder(encoder).twin_of.is_none()
     }
 
     /// The folder of a pair's accumulators and tables.
