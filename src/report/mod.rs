@@ -121,6 +121,23 @@ impl Site<'_> {
         }
     }
 
+    /// The distinct source and target layers of a pair's rows, each in the study's order;
+    /// `None` when the pair was compared on one layer of each encoder only (no grid to draw).
+    pub fn layer_grid<'r>(
+        &self,
+        (source, target): (&str, &str),
+        layers: impl Iterator<Item = (&'r str, &'r str)> + Clone,
+    ) -> Option<(Vec<&'r str>, Vec<&'r str>)> {
+        let mut source_layers = distinct(layers.clone().map(|l| l.0));
+        let mut target_layers = distinct(layers.map(|l| l.1));
+        if source_layers.len() < 2 && target_layers.len() < 2 {
+            return None;
+        }
+        self.sort_by_study_layers(source, &mut source_layers, |l| l);
+        self.sort_by_study_layers(target, &mut target_layers, |l| l);
+        Some((source_layers, target_layers))
+    }
+
     /// Sorts `items` of `encoder` in the study's order of its layers; without a study record
     /// (or for an encoder it does not name) the order is left as it is.
     pub fn sort_by_study_layers<T>(

@@ -34,6 +34,10 @@ impl SideRows {
     fn values(&self) -> Vec<&[f32]> {
         self.layers.iter().map(|l| l.values.as_slice()).collect()
     }
+
+    fn widths(&self) -> Vec<usize> {
+        self.layers.iter().map(|l| l.width).collect()
+    }
 }
 
 /// The moments of a comparison: every source layer, every target layer, every layer pair.
@@ -155,7 +159,7 @@ impl SimilaritySums {
     ) -> SimilaritySums {
         let (va, vb) = rows;
         let mut targets: Vec<Part> = (self.targets.iter())
-            .map(|t| Part::empty(t.width(), self.device))
+            .map(|t| Part::new(t.width(), self.device))
             .collect();
         let mut cross: Vec<Vec<(Tensor, Tensor)>> = (self.cross.iter())
             .map(|row| {
@@ -297,8 +301,7 @@ pub fn sum_sides(
     seed: u64,
     device: Device,
 ) -> SimilaritySums {
-    let widths = |side: &SideRows| side.layers.iter().map(|l| l.width).collect::<Vec<_>>();
-    let (wa, wb) = (widths(source), widths(target));
+    let (wa, wb) = (source.widths(), target.widths());
     sum_rows(
         ids,
         &source.values(),
@@ -321,8 +324,7 @@ pub fn tabulate(
     (permutations, permutation_seed): (usize, u64),
     device: Device,
 ) -> Vec<SimilarityRow> {
-    let widths = |side: &SideRows| side.layers.iter().map(|l| l.width).collect::<Vec<_>>();
-    let (wa, wb) = (widths(source), widths(target));
+    let (wa, wb) = (source.widths(), target.widths());
     let (va, vb) = (source.values(), target.values());
     let n = ids.len();
     // Each layer's preparation serves every pair and permutation it is in.

@@ -56,11 +56,7 @@ fn zeros(shape: &[i64], device: Device) -> Tensor {
 
 impl Part {
     /// No rows of width `d`.
-    pub fn empty(d: usize, device: Device) -> Part {
-        Part::new(d, device)
-    }
-
-    fn new(d: usize, device: Device) -> Part {
+    pub fn new(d: usize, device: Device) -> Part {
         Part {
             n: 0,
             sum: zeros(&[d as i64], device),

@@ -486,6 +486,7 @@ fn finish_shard(
         units.record(&unit, &fingerprint, detail, &files)?;
     }
     let info = plan.shard(shard);
+    let mut readouts = readouts::ShardReadouts::new(plan, shard);
     let mut partials = Vec::new();
     for p in plan.pair_ids().filter(|&p| work.needs_sums(p, shard)) {
         let (sources, targets) = pair_files(plan, p, shard);
@@ -500,7 +501,7 @@ fn finish_shard(
         let (accumulators, report) = accumulate_files(&sources, &targets, &options)
             .with_context(|| format!("pair {} on {}", plan.pair(p).key, info.path.display()))?;
         let similarity = if plan.similarity_of(p) {
-            Some(readouts::partial_sums(plan, p, shard).with_context(|| {
+            Some(readouts.partial_sums(p).with_context(|| {
                 format!(
                     "pair {}: representation moments on {}",
                     plan.pair(p).key,

@@ -6,12 +6,13 @@
 //! when its tables are made. Adding an encoder or shards reads what is stored: no encoder runs
 //! again for the measures.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 
 use crate::encoder::EncodedRows;
-use crate::ids::{EncoderId, PairId, ShardId};
+use crate::ids::{EncoderId, LayerId, PairId, ShardId};
 use crate::pipeline::cache::write_rows;
 use crate::pipeline::plan::Plan;
 use crate::similarity::{self, align_sides, read_side, Aligned, SideRows, SimilaritySums};
@@ -34,34 +35,69 @@ pub fn write(
     Ok(path)
 }
 
-/// Pair `p`'s read-out rows on `shard`, its layers only, on the samples both encoders hold.
-fn pair_rows(plan: &Plan, p: PairId, shard: ShardId) -> anyhow::Result<Aligned> {
-    let pair = plan.pair(p);
-    let side = |e: EncoderId, layers: &[crate::ids::LayerId]| {
-        let encoder = plan.encoder(e);
-        let names: Vec<String> = layers
-            .iter()
-            .map(|&l| encoder.layer_name(l).to_string())
-            .collect();
-        read_side(&plan.readouts_file(e, shard), &names, Some(&encoder.name))
-    };
-    Ok(align_sides(
-        side(pair.source, &pair.source_layers)?,
-        side(pair.target, &pair.target_layers)?,
-    ))
+/// Each encoder's read-out rows of one shard, read once for every pair that sums them.
+pub struct ShardReadouts<'a> {
+    plan: &'a Plan,
+    shard: ShardId,
+    read: HashMap<EncoderId, (Vec<u64>, SideRows)>,
 }
 
-/// Pair `p`'s moments over `shard`, as bytes for the pair's owner.
-pub fn partial_sums(plan: &Plan, p: PairId, shard: ShardId) -> anyhow::Result<Vec<u8>> {
-    let rows = pair_rows(plan, p, shard)?;
-    let sums = similarity::sum_sides(
-        &rows.ids,
-        &rows.source,
-        &rows.target,
-        plan.study.similarity.seed,
-        tch::Device::Cpu,
-    );
-    Ok(sums.to_bytes())
+impl<'a> ShardReadouts<'a> {
+    pub fn new(plan: &'a Plan, shard: ShardId) -> ShardReadouts<'a> {
+        ShardReadouts {
+            plan,
+            shard,
+            read: HashMap::new(),
+        }
+    }
+
+    /// Encoder `e`'s rows of `layers`.
+    fn side(&mut self, e: EncoderId, layers: &[LayerId]) -> anyhow::Result<(Vec<u64>, SideRows)> {
+        let encoder = self.plan.encoder(e);
+        if !self.read.contains_key(&e) {
+            let file = self.plan.readouts_file(e, self.shard);
+            self.read
+                .insert(e, read_side(&file, &[], Some(&encoder.name))?);
+        }
+        let (ids, all) = &self.read[&e];
+        let chosen = (layers.iter())
+            .map(|&l| {
+                let name = encoder.layer_name(l);
+                let found = all.layers.iter().find(|r| r.name == name);
+                found.cloned().ok_or_else(|| {
+                    let file = self.plan.readouts_file(e, self.shard);
+                    anyhow::anyhow!("{}: no layer {name:?}", file.display())
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let side = SideRows {
+            encoder: all.encoder.clone(),
+            layers: chosen,
+        };
+        Ok((ids.clone(), side))
+    }
+
+    /// Pair `p`'s rows, its layers only, on the samples both encoders hold.
+    fn pair_rows(&mut self, p: PairId) -> anyhow::Result<Aligned> {
+        let pair = self.plan.pair(p);
+        Ok(align_sides(
+            self.side(pair.source, &pair.source_layers)?,
+            self.side(pair.target, &pair.target_layers)?,
+        ))
+    }
+
+    /// Pair `p`'s moments over the shard, as bytes for the pair's owner.
+    pub fn partial_sums(&mut self, p: PairId) -> anyhow::Result<Vec<u8>> {
+        let rows = self.pair_rows(p)?;
+        let sums = similarity::sum_sides(
+            &rows.ids,
+            &rows.source,
+            &rows.target,
+            self.plan.study.similarity.seed,
+            tch::Device::Cpu,
+        );
+        Ok(sums.to_bytes())
+    }
 }
 
 /// Every shard's read-out rows of pair `p`, aligned shard by shard (sample ids ascending within
@@ -69,7 +105,7 @@ pub fn partial_sums(plan: &Plan, p: PairId, shard: ShardId) -> anyhow::Result<Ve
 pub fn all_rows(plan: &Plan, p: PairId) -> anyhow::Result<(Vec<u64>, SideRows, SideRows)> {
     let (mut ids, mut source, mut target) = (Vec::new(), SideRows::default(), SideRows::default());
     for shard in plan.shard_ids() {
-        let rows = pair_rows(plan, p, shard)?;
+        let rows = ShardReadouts::new(plan, shard).pair_rows(p)?;
         ids.extend(rows.ids);
         source.extend(rows.source);
         target.extend(rows.target);

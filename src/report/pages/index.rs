@@ -8,7 +8,7 @@ use crate::metrics::{Aggregation, WmppcRow};
 use crate::report::html::{self, escape, number};
 use crate::report::pages::similarity;
 use crate::report::svg::{HeatCell, Heatmap};
-use crate::report::{distinct, file_name, specificity, MatrixCell, Site, WmppcMatrix};
+use crate::report::{file_name, specificity, MatrixCell, Site, WmppcMatrix};
 use crate::run_record::EncoderRecord;
 use crate::sae::ReadOut;
 
@@ -304,13 +304,10 @@ impl<'a> LayerGrid<'a> {
             .copied()
             .filter(|r| r.aggregation == Aggregation::Layer)
             .collect();
-        let mut source_layers = distinct(rows.iter().map(|r| r.source_layer.as_str()));
-        let mut target_layers = distinct(rows.iter().map(|r| r.target_layer.as_str()));
-        if source_layers.len() < 2 && target_layers.len() < 2 {
-            return None;
-        }
-        site.sort_by_study_layers(source, &mut source_layers, |l| l);
-        site.sort_by_study_layers(target, &mut target_layers, |l| l);
+        let layers = rows
+            .iter()
+            .map(|r| (r.source_layer.as_str(), r.target_layer.as_str()));
+        let (source_layers, target_layers) = site.layer_grid((source, target), layers)?;
         Some(LayerGrid {
             source,
             target,

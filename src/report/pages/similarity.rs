@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::metrics::{Aggregation, WmppcRow};
 use crate::report::html::{escape, number};
 use crate::report::svg::{HeatCell, Heatmap, Scatter};
-use crate::report::{distinct, file_name, Site};
+use crate::report::{file_name, Site};
 use crate::similarity::{Measure, SimilarityRow};
 
 /// Switches the matrix shown by the selector's value.
@@ -135,13 +135,10 @@ pub fn cka_layers(site: &Site, source: &str, target: &str) -> Option<String> {
     let rows: Vec<&SimilarityRow> = (site.inputs.similarity.iter())
         .filter(|r| r.measure == Measure::LinearCka && r.source == source && r.target == target)
         .collect();
-    let mut source_layers = distinct(rows.iter().map(|r| r.source_layer.as_str()));
-    let mut target_layers = distinct(rows.iter().map(|r| r.target_layer.as_str()));
-    if source_layers.len() < 2 && target_layers.len() < 2 {
-        return None;
-    }
-    site.sort_by_study_layers(source, &mut source_layers, |l| l);
-    site.sort_by_study_layers(target, &mut target_layers, |l| l);
+    let layers = rows
+        .iter()
+        .map(|r| (r.source_layer.as_str(), r.target_layer.as_str()));
+    let (source_layers, target_layers) = site.layer_grid((source, target), layers)?;
     let all = &site.inputs.similarity;
     let cells = (source_layers.iter())
         .map(|sl| {
