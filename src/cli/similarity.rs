@@ -27,7 +27,7 @@ pub struct SimilarityArgs {
     /// The target's name in the table.
     #[arg(long)]
     pub target_name: Option<String>,
-    /// Permutations of the target's samples for each value's floor (0: none).
+    /// Permutations of the samples for each value's floor, of the encoder named second (0: none).
     #[arg(long, default_value_t = 5)]
     pub permutations: usize,
     /// Seed of the permutations, as `compare --seed`: equal seeds, equal permutations.
@@ -118,7 +118,12 @@ pub fn run(args: SimilarityArgs) -> anyhow::Result<()> {
         target_layers = b.layers.len(),
         "measuring"
     );
-    let rows = similarity::similarity(&ids, &a, &b, &options, args.permutations, args.seed, device);
+    let spec = similarity::TableSpec {
+        permutations: args.permutations,
+        permutation_seed: args.seed,
+        both_directions: false,
+    };
+    let rows = similarity::similarity(&ids, &a, &b, &options, spec, device);
     similarity::write_similarity(&args.out, &rows)?;
     println!(
         "{:<14} {:<14} {:<20} {:>9} {:>9}",

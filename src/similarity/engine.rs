@@ -9,8 +9,9 @@ use super::moments::{is_held_out, CrossMoments, LayerMoments, Part};
 use super::{linear, Measure, SimilarityOptions, SimilarityRow};
 use crate::metrics::{spread, target_permutations};
 
-/// Each layer pair's values, `[source layer][target layer]`, in [`Measure::ALL`]'s order.
-type LayerPairValues = Vec<Vec<Vec<(Measure, Option<f64>)>>>;
+/// Each layer pair's values, `[source layer][target layer]`, in [`Measure::ALL`]'s order (the
+/// linear or the kNN family's part), `[forward, reverse]`.
+type LayerPairValues = Vec<Vec<[Vec<(Measure, Option<f64>)>; 2]>>;
 
 /// Rows summed at a time: a block's float64 copy is `rows x width x 8` bytes.
 const BLOCK_ROWS: usize = 4096;
@@ -128,11 +129,42 @@ impl SimilaritySums {
         }
     }
 
-    /// Every layer pair's linear measures, `[a][b]`, with the layers' preparations.
+    /// The same sums with the sides swapped.
+    fn transposed(&self) -> SimilaritySums {
+        let cross = (0..self.targets.len())
+            .map(|b| {
+                (self.cross.iter())
+                    .map(|row| CrossMoments {
+                        fit: row[b].fit.tr(),
+                        held: row[b].held.tr(),
+                    })
+                    .collect()
+            })
+            .collect();
+        SimilaritySums {
+            sources: self
+                .targets
+                .iter()
+                .map(LayerMoments::shallow_clone)
+                .collect(),
+            targets: self
+                .sources
+                .iter()
+                .map(LayerMoments::shallow_clone)
+                .collect(),
+            cross,
+            seed: self.seed,
+            device: self.device,
+        }
+    }
+
+    /// Every layer pair's linear measures, `[a][b]`, with the layers' preparations; the
+    /// reverse too when asked.
     fn all_linear(
         &self,
         (prep_a, prep_b): (&[LayerPrep], &[LayerPrep]),
         options: &SimilarityOptions,
+        reverse: bool,
     ) -> LayerPairValues {
         (0..self.sources.len())
             .map(|a| {
@@ -140,7 +172,7 @@ impl SimilaritySums {
                     .map(|b| {
                         let x = (&self.sources[a], &prep_a[a]);
                         let y = (&self.targets[b], &prep_b[b]);
-                        linear::measures(x, y, &self.cross[a][b], options)
+                        linear::measures(x, y, &self.cross[a][b], options, reverse)
                     })
                     .collect()
             })
@@ -207,8 +239,8 @@ impl SimilaritySums {
             for (row, x) in cross.iter_mut().zip(&xs) {
                 let x_held = x.index_select(0, &held);
                 for ((total, held_sum), y) in row.iter_mut().zip(&ys) {
-                    *total += x.tr().mm(y);
-                    *held_sum += x_held.tr().mm(&y.index_select(0, &held));
+                    let _ = total.addmm_(&x.tr(), y);
+                    let _ = held_sum.addmm_(&x_held.tr(), &y.index_select(0, &held));
                 }
             }
         }
@@ -268,8 +300,19 @@ fn sum_rows(
     sums
 }
 
-/// Every measure of every source layer against every target layer, with floors over
-/// `permutations` seeded permutations (`permutation_seed`) of the target's samples: one row per
+/// What a table holds besides the values: the floors' permutations and which directions.
+#[derive(Clone, Copy, Debug)]
+pub struct TableSpec {
+    /// Permutations of the samples for each value's floor (0: none).
+    pub permutations: usize,
+    /// Their seed: equal seeds, the permutations of the wMPPC floor.
+    pub permutation_seed: u64,
+    /// Whether the table holds the target against the source too (a study's pair whose mirror is
+    /// compared: one pass gives both).
+    pub both_directions: bool,
+}
+
+/// Every measure of every source layer against every target layer, with floors: one row per
 /// layer pair and measure, source layers outer, measures in [`Measure::ALL`]'s order. `ids` are
 /// the samples of the rows, aligned on both sides.
 pub fn similarity(
@@ -277,20 +320,11 @@ pub fn similarity(
     source: &SideRows,
     target: &SideRows,
     options: &SimilarityOptions,
-    permutations: usize,
-    permutation_seed: u64,
+    spec: TableSpec,
     device: Device,
 ) -> Vec<SimilarityRow> {
     let sums = sum_sides(ids, source, target, options.seed, device);
-    tabulate(
-        &sums,
-        ids,
-        source,
-        target,
-        options,
-        (permutations, permutation_seed),
-        device,
-    )
+    tabulate(&sums, ids, source, target, options, spec, device)
 }
 
 /// The moments of aligned rows; `seed` picks the held-out samples.
@@ -314,23 +348,61 @@ pub fn sum_sides(
 
 /// The table's rows from `sums` (the moments over every sample, however they were summed: at
 /// once, or shard by shard over runs) and the rows they were summed from (for the floors'
-/// permutations and the kNN subsample). `floors`: how many permutations, and their seed.
+/// permutations and the kNN subsample).
+///
+/// Every measure is computed with the sides in the order of their encoders' names, so that a
+/// pair and its mirror share one computation: the floors permute the samples of the encoder
+/// named second. A symmetric measure's chance level is the same whichever side is permuted;
+/// the asymmetric ones (the ridge, PWCCA between equal widths, cycle kNN, CKNNA) are computed in
+/// both directions from the same runs.
 pub fn tabulate(
     sums: &SimilaritySums,
     ids: &[u64],
     source: &SideRows,
     target: &SideRows,
     options: &SimilarityOptions,
-    (permutations, permutation_seed): (usize, u64),
+    spec: TableSpec,
     device: Device,
 ) -> Vec<SimilarityRow> {
+    let floors = (spec.permutations, spec.permutation_seed);
+    if target.encoder < source.encoder {
+        let want = [spec.both_directions, true];
+        let swapped = sums.transposed();
+        let [backward, forward] = tabulate_in_order(
+            &swapped,
+            ids,
+            (target, source),
+            options,
+            floors,
+            want,
+            device,
+        );
+        return forward.into_iter().chain(backward).collect();
+    }
+    let want = [true, spec.both_directions];
+    let [forward, backward] =
+        tabulate_in_order(sums, ids, (source, target), options, floors, want, device);
+    forward.into_iter().chain(backward).collect()
+}
+
+/// [`tabulate`] with the sides as given: `[forward rows, reverse rows]`, each if `want`ed.
+fn tabulate_in_order(
+    sums: &SimilaritySums,
+    ids: &[u64],
+    (source, target): (&SideRows, &SideRows),
+    options: &SimilarityOptions,
+    (permutations, permutation_seed): (usize, u64),
+    want: [bool; 2],
+    device: Device,
+) -> [Vec<SimilarityRow>; 2] {
+    let reverse = want[1];
     let (wa, wb) = (source.widths(), target.widths());
     let (va, vb) = (source.values(), target.values());
     let n = ids.len();
     // Each layer's preparation serves every pair and permutation it is in.
     let prep_a: Vec<LayerPrep> = sums.sources.iter().map(LayerPrep::of).collect();
     let prep_b: Vec<LayerPrep> = sums.targets.iter().map(LayerPrep::of).collect();
-    let linear = sums.all_linear((&prep_a, &prep_b), options);
+    let linear = sums.all_linear((&prep_a, &prep_b), options, reverse);
 
     // The kNN family on the subsample, prepared once per layer.
     let kept = knn::subsample(ids, options.seed, options.knn_samples);
@@ -351,7 +423,7 @@ pub fn tabulate(
         (ha.iter())
             .map(|a| {
                 hb.iter()
-                    .map(|b| knn::measures(a, b, options.knn_k))
+                    .map(|b| knn::measures(a, b, options.knn_k, reverse))
                     .collect()
             })
             .collect()
@@ -363,7 +435,7 @@ pub fn tabulate(
     let mut linear_runs = Vec::new();
     for permutation in target_permutations(permutation_seed, n).take(permutations) {
         let shuffled = sums.permuted(ids, (&va, &vb), &permutation);
-        linear_runs.push(shuffled.all_linear((&prep_a, &prep_b), options));
+        linear_runs.push(shuffled.all_linear((&prep_a, &prep_b), options, reverse));
     }
     let mut knn_runs = Vec::new();
     for permutation in target_permutations(permutation_seed, m).take(permutations) {
@@ -371,31 +443,43 @@ pub fn tabulate(
         knn_runs.push(knn_values(&shuffled));
     }
 
-    let mut rows = Vec::new();
-    for (a, la) in source.layers.iter().enumerate() {
-        for (b, lb) in target.layers.iter().enumerate() {
-            let now = linear[a][b].iter().chain(&knn_now[a][b]);
-            for (i, &(measure, value)) in now.enumerate() {
-                let runs: Vec<Option<f64>> = if measure.on_subsample() {
-                    let j = i - linear[a][b].len();
-                    knn_runs.iter().map(|r| r[a][b][j].1).collect()
-                } else {
-                    linear_runs.iter().map(|r| r[a][b][i].1).collect()
-                };
-                let (floor, floor_std) = spread(runs.into_iter());
-                rows.push(SimilarityRow {
-                    source: source.encoder.clone(),
-                    target: target.encoder.clone(),
-                    source_layer: la.name.clone(),
-                    target_layer: lb.name.clone(),
-                    measure,
-                    value,
-                    floor,
-                    floor_std,
-                    samples: if measure.on_subsample() { m } else { n } as u64,
-                });
+    let rows_of = |direction: usize| -> Vec<SimilarityRow> {
+        let mut rows = Vec::new();
+        let (from, to) = match direction {
+            0 => (source, target),
+            _ => (target, source),
+        };
+        for (i, lf) in from.layers.iter().enumerate() {
+            for (j, lt) in to.layers.iter().enumerate() {
+                let (a, b) = if direction == 0 { (i, j) } else { (j, i) };
+                let linear_now = &linear[a][b][direction];
+                let now = linear_now.iter().chain(&knn_now[a][b][direction]);
+                for (k, &(measure, value)) in now.enumerate() {
+                    let runs: Vec<Option<f64>> = if measure.on_subsample() {
+                        let at = k - linear_now.len();
+                        knn_runs.iter().map(|r| r[a][b][direction][at].1).collect()
+                    } else {
+                        linear_runs
+                            .iter()
+                            .map(|r| r[a][b][direction][k].1)
+                            .collect()
+                    };
+                    let (floor, floor_std) = spread(runs.into_iter());
+                    rows.push(SimilarityRow {
+                        source: from.encoder.clone(),
+                        target: to.encoder.clone(),
+                        source_layer: lf.name.clone(),
+                        target_layer: lt.name.clone(),
+                        measure,
+                        value,
+                        floor,
+                        floor_std,
+                        samples: if measure.on_subsample() { m } else { n } as u64,
+                    });
+                }
             }
         }
-    }
-    rows
+        rows
+    };
+    [0, 1].map(|d| if want[d] { rows_of(d) } else { Vec::new() })
 }

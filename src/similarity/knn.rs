@@ -33,8 +33,9 @@ pub fn prepare(rows: &Tensor, options: &SimilarityOptions) -> Tensor {
         let flat = rows.abs().flatten(0, -1);
         let numel = flat.size()[0];
         let at = ((q * numel as f64) as i64).min(numel - 1);
-        let (sorted, _) = flat.sort(0, false);
-        let limit = sorted.double_value(&[at]);
+        // The (at + 1)-th smallest, without sorting every value.
+        let (limit, _) = flat.kthvalue(at + 1, 0, false);
+        let limit = limit.double_value(&[]);
         rows = rows.clamp(-limit, limit);
     }
     if options.normalize {
@@ -153,8 +154,15 @@ fn value(t: &Tensor) -> f64 {
 /// An entry of two kernels kept to neighbours: `(i, j, K_ij, L_ij)`.
 type Entry = (usize, usize, f64, f64);
 
-/// Every kNN-family measure between two layers' neighbourhoods on the same samples.
-pub fn measures(a: &Neighbourhood, b: &Neighbourhood, k: usize) -> Vec<(Measure, Option<f64>)> {
+/// Every kNN-family measure between two layers' neighbourhoods on the same samples:
+/// `[forward, reverse]`, the reverse those of `b` against `a` (cycle kNN and CKNNA are not
+/// symmetric), empty unless `reverse`.
+pub fn measures(
+    a: &Neighbourhood,
+    b: &Neighbourhood,
+    k: usize,
+    reverse: bool,
+) -> [Vec<(Measure, Option<f64>)>; 2] {
     let m = a.len();
     let k_used = a.knn.first().map_or(0, Vec::len);
     let shared: usize = (0..m)
@@ -164,28 +172,31 @@ pub fn measures(a: &Neighbourhood, b: &Neighbourhood, k: usize) -> Vec<(Measure,
                 .count()
         })
         .sum();
-    let mutual = shared as f64 / (m * k_used) as f64;
-    // Sample i is among the a-neighbours of one of its b-neighbours.
+    let mutual = finite(shared as f64 / (m * k_used) as f64);
+    let product = KernelProduct::of(a, b);
+    let kernel = cka(product.hsic_biased(), a.hsic_self.0, b.hsic_self.0);
+    let unbiased = (m > 3)
+        .then(|| cka(product.hsic_unbiased(a, b), a.hsic_self.1, b.hsic_self.1))
+        .flatten();
+    let table = |a: &Neighbourhood, b: &Neighbourhood| {
+        vec![
+            (Measure::MutualKnn, mutual),
+            (Measure::CycleKnn, cycle(a, b)),
+            (Measure::Cknna, (k >= 2).then(|| cknna(a, b)).flatten()),
+            (Measure::KernelCka, kernel),
+            (Measure::KernelCkaUnbiased, unbiased),
+        ]
+    };
+    [table(a, b), if reverse { table(b, a) } else { Vec::new() }]
+}
+
+/// The share of samples `i` that are among the `a`-neighbours of one of their `b`-neighbours.
+fn cycle(a: &Neighbourhood, b: &Neighbourhood) -> Option<f64> {
+    let m = a.len();
     let cycled = (0..m)
         .filter(|&i| b.neighbours(i).any(|j| a.neighbours(j).any(|l| l == i)))
         .count();
-    let cycle = cycled as f64 / m as f64;
-    let product = KernelProduct::of(a, b);
-    vec![
-        (Measure::MutualKnn, finite(mutual)),
-        (Measure::CycleKnn, finite(cycle)),
-        (Measure::Cknna, (k >= 2).then(|| cknna(a, b)).flatten()),
-        (
-            Measure::KernelCka,
-            cka(product.hsic_biased(), a.hsic_self.0, b.hsic_self.0),
-        ),
-        (
-            Measure::KernelCkaUnbiased,
-            (m > 3)
-                .then(|| cka(product.hsic_unbiased(a, b), a.hsic_self.1, b.hsic_self.1))
-                .flatten(),
-        ),
-    ]
+    finite(cycled as f64 / m as f64)
 }
 
 fn finite(v: f64) -> Option<f64> {

@@ -88,35 +88,61 @@ fn finite(v: f64) -> Option<f64> {
 }
 
 /// Every linear measure of the layer pair (`x` the source, `y` the target), with their
-/// preparations.
+/// preparations: `[forward, reverse]`, the reverse the measures of `y` against `x` (the same but
+/// for the ridge's two directions, swapped, and PWCCA between layers of equal widths, weighed by
+/// the other side). `reverse` false leaves the reverse empty.
 pub fn measures(
     (x, px): (&LayerMoments, &LayerPrep),
     (y, py): (&LayerMoments, &LayerPrep),
     cross: &CrossMoments,
     options: &SimilarityOptions,
-) -> Vec<(Measure, Option<f64>)> {
+    reverse: bool,
+) -> [Vec<(Measure, Option<f64>)>; 2] {
     let xy = centred_cross(px, py, cross);
-    let full = cca(px, py, &xy, Keep::Rank, true);
+    let (dx, dy) = (px.centred.size()[0], py.centred.size()[0]);
+    // PWCCA weighs the side with fewer features, the source when equal.
+    let weighed = match (dx <= dy, reverse && dx == dy) {
+        (_, true) => Weighed::Both,
+        (true, false) => Weighed::X,
+        (false, false) => Weighed::Y,
+    };
+    let full = cca(px, py, &xy, Keep::Rank, weighed);
     let svcca_keep = match options.svcca_dims {
         Some(d) => Keep::Dims(d),
         None => Keep::Variance(options.svcca_variance),
     };
-    let reduced = cca(px, py, &xy, svcca_keep, false);
-    vec![
+    let reduced = cca(px, py, &xy, svcca_keep, Weighed::None);
+    let pwcca_by = |side: Side| full.as_ref().and_then(|c| pwcca(px, py, c, side));
+    let forward_side = if dx <= dy { Side::X } else { Side::Y };
+    let forward_pwcca = pwcca_by(forward_side);
+    let ridge = ridge_r2(x, y, &cross.fit, &cross.held, options.ridge);
+    let ridge_reverse = ridge_r2(y, x, &cross.fit.tr(), &cross.held.tr(), options.ridge);
+    let symmetric = [
         (Measure::LinearCka, linear_cka(px, py, &xy)),
         (Measure::CcaMean, full.as_ref().and_then(Cca::mean)),
         (Measure::Svcca, reduced.as_ref().and_then(Cca::mean)),
-        (Measure::Pwcca, full.as_ref().and_then(|c| pwcca(px, py, c))),
         (Measure::Procrustes, procrustes(px, py, &xy)),
-        (
-            Measure::RidgeR2,
-            ridge_r2(x, y, &cross.fit, &cross.held, options.ridge),
-        ),
-        (
-            Measure::RidgeR2Reverse,
-            ridge_r2(y, x, &cross.fit.tr(), &cross.held.tr(), options.ridge),
-        ),
-    ]
+    ];
+    let table = |pw: Option<f64>, ridge: [Option<f64>; 2]| {
+        let mut v = symmetric.to_vec();
+        v.insert(3, (Measure::Pwcca, pw));
+        v.push((Measure::RidgeR2, ridge[0]));
+        v.push((Measure::RidgeR2Reverse, ridge[1]));
+        v
+    };
+    let forward = table(forward_pwcca, [ridge, ridge_reverse]);
+    let backward = match reverse {
+        true => {
+            let pw = if dx == dy {
+                pwcca_by(Side::Y)
+            } else {
+                forward_pwcca
+            };
+            table(pw, [ridge_reverse, ridge])
+        }
+        false => Vec::new(),
+    };
+    [forward, backward]
 }
 
 /// Linear CKA in its feature-space form: `||S_xy||_F^2 / (||S_xx||_F ||S_yy||_F)` (Kornblith et
@@ -149,8 +175,10 @@ enum Keep {
 /// Canonical correlations, largest first, with what PWCCA weighs them by.
 struct Cca {
     rho: Vec<f64>,
-    /// The canonical directions of each side (`W_x U`, `W_y V`), `a_i^T S_xx a_i = 1`.
-    directions: Option<(Tensor, Tensor)>,
+    /// The canonical directions of the side(s) asked for (`W_x U`, `W_y V`), `a_i^T S_xx a_i =
+    /// 1`.
+    x_directions: Option<Tensor>,
+    y_directions: Option<Tensor>,
 }
 
 impl Cca {
@@ -159,35 +187,80 @@ impl Cca {
     }
 }
 
-/// The canonical correlations of the directions `keep` keeps, and with `directions` the
-/// canonical directions.
-fn cca(x: &LayerPrep, y: &LayerPrep, xy: &Tensor, keep: Keep, directions: bool) -> Option<Cca> {
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    X,
+    Y,
+}
+
+/// Whose canonical directions a CCA keeps.
+#[derive(Clone, Copy, PartialEq)]
+enum Weighed {
+    None,
+    X,
+    Y,
+    Both,
+}
+
+/// The canonical correlations of the directions `keep` keeps, and the canonical directions of
+/// the `weighed` side(s).
+///
+/// The correlations are the singular values of `M = W_x^T S_xy W_y`, taken here as the square
+/// roots of the eigenvalues of `M M^T` (or `M^T M`), with the eigenvectors the side's canonical
+/// directions: a symmetric eigendecomposition of one side costs a third of an SVD with both.
+/// Squaring loses nothing that matters: `M`'s singular values lie in `[0, 1]`, so an
+/// eigenvalue's rounding (`eps`) moves a correlation by `eps / (2 rho)`, below `1e-12` for any
+/// correlation above `1e-4` (and such tiny ones add almost nothing to a mean).
+fn cca(x: &LayerPrep, y: &LayerPrep, xy: &Tensor, keep: Keep, weighed: Weighed) -> Option<Cca> {
     let wx = x.whitener(keep)?;
     let wy = y.whitener(keep)?;
     let m = wx.tr().mm(xy).mm(&wy);
-    // `Tensor::svd`, not `linalg_svd`: tch passes the latter a driver, which only CUDA takes.
-    let (u, s, v) = m.f_svd(true, directions).ok()?;
-    // Rounding may take a correlation of perfectly related data a hair above 1.
-    let rho = Vec::<f64>::try_from(&s.clamp(0.0, 1.0)).ok()?;
+    let count = m.size()[0].min(m.size()[1]);
+    let x_side = matches!(weighed, Weighed::X | Weighed::Both)
+        || (weighed == Weighed::None && m.size()[0] <= m.size()[1]);
+    let decompose = |gram: Tensor, vectors: bool| -> Option<(Vec<f64>, Option<Tensor>)> {
+        // Largest first; the side's extra directions beyond the other's rank are the zeros.
+        let (values, u) = match vectors {
+            true => {
+                let (values, u) = gram.f_linalg_eigh("L").ok()?;
+                (values.flip([0]), Some(u.flip([1]).narrow(1, 0, count)))
+            }
+            false => (gram.f_linalg_eigvalsh("L").ok()?.flip([0]), None),
+        };
+        let rho = values.narrow(0, 0, count).clamp(0.0, 1.0).sqrt();
+        Some((Vec::<f64>::try_from(&rho).ok()?, u))
+    };
+    let need = |side: Weighed| weighed == side || weighed == Weighed::Both;
+    let mut rho = None;
+    let mut x_directions = None;
+    if x_side {
+        let (r, u) = decompose(m.mm(&m.tr()), need(Weighed::X))?;
+        rho = Some(r);
+        x_directions = u.map(|u| wx.mm(&u));
+    }
+    let mut y_directions = None;
+    if !x_side || need(Weighed::Y) {
+        let (r, v) = decompose(m.tr().mm(&m), need(Weighed::Y))?;
+        rho.get_or_insert(r);
+        y_directions = v.map(|v| wy.mm(&v));
+    }
     Some(Cca {
-        rho,
-        directions: directions.then(|| (wx.mm(&u), wy.mm(&v))),
+        rho: rho?,
+        x_directions,
+        y_directions,
     })
 }
 
 /// Projection-weighted CCA (Morcos et al. 2018): the canonical correlations weighted by how much
-/// of the side with fewer features each canonical variate accounts for, `alpha_i = sum_j
-/// |<h_i, x_j>|` with `h_i = X a_i` (unit norm) and `x_j` the centred feature columns; that is
-/// `sum_j |(S_xx a_i)_j|`. The side with fewer features weighs (the source when equal), as in
-/// the authors' code.
-fn pwcca(x: &LayerPrep, y: &LayerPrep, cca: &Cca) -> Option<f64> {
-    let (a, b) = cca.directions.as_ref()?;
-    let (s, directions) = match x.centred.size()[0] <= y.centred.size()[0] {
-        true => (&x.centred, a),
-        false => (&y.centred, b),
+/// of one side each canonical variate accounts for, `alpha_i = sum_j |<h_i, x_j>|` with `h_i = X
+/// a_i` (unit norm) and `x_j` the centred feature columns; that is `sum_j |(S_xx a_i)_j|`. The
+/// authors' code weighs the side with fewer features (the first when equal).
+fn pwcca(x: &LayerPrep, y: &LayerPrep, cca: &Cca, side: Side) -> Option<f64> {
+    let (s, directions) = match side {
+        Side::X => (&x.centred, cca.x_directions.as_ref()?),
+        Side::Y => (&y.centred, cca.y_directions.as_ref()?),
     };
-    let r = cca.rho.len() as i64;
-    let weights = s.mm(&directions.narrow(1, 0, r)).abs();
+    let weights = s.mm(directions).abs();
     let alpha = Vec::<f64>::try_from(weights.sum_dim_intlist(0, false, Kind::Double)).ok()?;
     let total: f64 = alpha.iter().sum();
     finite(alpha.iter().zip(&cca.rho).map(|(a, r)| a * r).sum::<f64>() / total)
@@ -223,13 +296,15 @@ fn ridge_r2(
     let d = sxx.size()[0];
     let lambda = ridge * scalar(&sxx.trace()) / d as f64;
     let eye = Tensor::eye(d, (Kind::Double, sxx.device()));
-    let b = Tensor::f_linalg_solve(&(&sxx + eye * lambda), &sxy, true).ok()?;
+    // Symmetric positive definite for any lambda > 0: a Cholesky factor solves it.
+    let factor = (&sxx + eye * lambda).f_linalg_cholesky(false).ok()?;
+    let b = sxy.f_cholesky_solve(&factor, false).ok()?;
     // The held-out rows about the fitted means, which the prediction `my + (x - mx) B` uses.
     let hxx = x.held.about(&mx);
     let hyy = y.held.about(&my);
     let hxy = CrossMoments::about(xy_held, (&x.held.sum, &y.held.sum, x.held.n), &mx, &my);
     let rss = scalar(&hyy.trace()) - 2.0 * scalar(&(&b * &hxy).sum(Kind::Double))
-        + scalar(&(b.tr().mm(&hxx).mm(&b)).trace());
+        + scalar(&(hxx.mm(&b) * &b).sum(Kind::Double));
     let tss = scalar(&y.held.centred().trace());
     finite(1.0 - rss / tss)
 }

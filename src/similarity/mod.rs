@@ -7,8 +7,8 @@
 //! - [`knn`]: a seeded subsample (the same sample ids for every encoder) and on it mutual kNN,
 //!   cycle kNN, CKNNA and kernel CKA, as the Platonic Representation Hypothesis computes them.
 //! - [`SimilaritySums`] and [`similarity`]: the engine, for the pipeline and the one-shot
-//!   `saeshare similarity`; every value with its floor over the same seeded permutations of the
-//!   target's samples that give the wMPPC floor.
+//!   `saeshare similarity`; every value with its floor over the seeded permutations of the
+//!   samples that give the wMPPC floor; a pair and its mirror in one computation.
 //! - [`table`]: `similarity.parquet` (FORMATS.md, "Similarity table").
 
 mod bytes;
@@ -24,7 +24,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use bytes::VERSION as SUMS_VERSION;
-pub use engine::{similarity, sum_sides, tabulate, LayerRows, SideRows, SimilaritySums};
+pub use engine::{similarity, sum_sides, tabulate, LayerRows, SideRows, SimilaritySums, TableSpec};
 pub use rows::{align_sides, read_side, Aligned};
 pub use table::{merge_similarity, read_similarity, write_similarity, SIMILARITY_FILE};
 

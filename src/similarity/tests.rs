@@ -40,10 +40,8 @@ fn values(sums: &SimilaritySums) -> Vec<Option<f64>> {
     let options = SimilarityOptions::default();
     let x = (&sums.sources[0], &pa);
     let y = (&sums.targets[0], &pb);
-    super::linear::measures(x, y, &sums.cross[0][0], &options)
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect()
+    let [forward, _] = super::linear::measures(x, y, &sums.cross[0][0], &options, false);
+    forward.into_iter().map(|(_, v)| v).collect()
 }
 
 #[test]
@@ -86,4 +84,111 @@ fn damaged_bytes_are_an_error_not_a_panic() {
     let bytes = sum_sides(&ids, &a, &b, 0, Device::Cpu).to_bytes();
     assert!(SimilaritySums::from_bytes(&bytes[..bytes.len() / 2], Device::Cpu).is_err());
     assert!(SimilaritySums::from_bytes(b"not sums", Device::Cpu).is_err());
+}
+
+/// `b` a noisy linear image of `a`: related, of the given width.
+fn related(a: &SideRows, name: &str, d: usize, seed: u64) -> SideRows {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let da = a.layers[0].width;
+    let mix: Vec<f32> = (0..da * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let values = (a.layers[0].values.chunks(da))
+        .flat_map(|row| {
+            let noise: Vec<f32> = (0..d).map(|_| rng.random_range(-0.5..0.5)).collect();
+            (0..d)
+                .map(|j| {
+                    let image: f32 = row
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| x * mix[i * d + j])
+                        .sum();
+                    image + noise[j]
+                })
+                .collect::<Vec<f32>>()
+        })
+        .collect();
+    SideRows {
+        encoder: name.into(),
+        layers: vec![LayerRows {
+            name: "0".into(),
+            width: d,
+            values,
+        }],
+    }
+}
+
+fn gaussian_side(name: &str, n: usize, d: usize, seed: u64) -> SideRows {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let values = (0..n * d).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+    SideRows {
+        encoder: name.into(),
+        layers: vec![LayerRows {
+            name: "0".into(),
+            width: d,
+            values,
+        }],
+    }
+}
+
+/// A pair and its mirror are one computation: the table of both directions is the two tables
+/// each direction gives alone, the symmetric measures are equal either way round (floors
+/// included) and the ridge's two directions swap.
+#[test]
+fn a_pair_and_its_mirror_give_the_same_rows_from_one_computation() {
+    use super::{similarity, tabulate, Measure, SimilarityRow, TableSpec};
+    let n = 400;
+    let a = gaussian_side("alpha", n, 6, 3);
+    // Equal widths: PWCCA weighs the source in each direction.
+    for (b, d) in [
+        (related(&a, "beta", 6, 4), 6),
+        (related(&a, "beta", 4, 5), 4),
+    ] {
+        let ids: Vec<u64> = (0..n as u64).map(|i| i * 3 + 1).collect();
+        let options = SimilarityOptions {
+            knn_samples: 150,
+            knn_k: 5,
+            ..SimilarityOptions::default()
+        };
+        let spec = |both| TableSpec {
+            permutations: 2,
+            permutation_seed: 7,
+            both_directions: both,
+        };
+        let one =
+            |s: &SideRows, t: &SideRows| similarity(&ids, s, t, &options, spec(false), Device::Cpu);
+        let (ab, ba) = (one(&a, &b), one(&b, &a));
+        // Summed as the pair named second would sum them, then both directions from it.
+        let sums = sum_sides(&ids, &b, &a, 0, Device::Cpu);
+        let both = tabulate(&sums, &ids, &b, &a, &options, spec(true), Device::Cpu);
+        assert_eq!(both.len(), 2 * ab.len(), "width {d}");
+        let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1e-3),
+            (x, y) => x == y,
+        };
+        let same = |x: &SimilarityRow, y: &SimilarityRow| {
+            (&x.source, &x.target, x.measure, x.samples)
+                == (&y.source, &y.target, y.measure, y.samples)
+                && close(x.value, y.value)
+                && close(x.floor, y.floor)
+                && close(x.floor_std, y.floor_std)
+        };
+        for (x, y) in both.iter().zip(ba.iter().chain(&ab)) {
+            assert!(same(x, y), "width {d}: {x:?} against {y:?}");
+        }
+        for (x, y) in ab.iter().zip(&ba) {
+            assert_eq!(x.measure, y.measure);
+            let y_value = match x.measure {
+                Measure::RidgeR2 => ba.iter().find(|r| r.measure == Measure::RidgeR2Reverse),
+                Measure::RidgeR2Reverse => ba.iter().find(|r| r.measure == Measure::RidgeR2),
+                Measure::CycleKnn | Measure::Cknna => continue,
+                Measure::Pwcca if d == 6 => continue,
+                _ => Some(y),
+            }
+            .unwrap();
+            assert!(close(x.value, y_value.value), "{x:?} against {y_value:?}");
+            if !matches!(x.measure, Measure::RidgeR2 | Measure::RidgeR2Reverse) {
+                assert!(close(x.floor, y_value.floor), "{x:?} against {y_value:?}");
+            }
+        }
+        assert!(ab.iter().all(|r| r.value.is_some() && r.floor.is_some()));
+    }
 }

@@ -242,6 +242,10 @@ fn a_study_keeps_read_out_rows_and_measures_them_as_the_one_shot_command_does() 
         2 * Measure::ALL.len(),
         "both ordered pairs, every measure"
     );
+    // One pass gives both directions: the pair named first holds its mirror's rows.
+    let pair_table = |key: &str| output.join("pairs").join(key).join("similarity.parquet");
+    assert!(!pair_table("vit__bert").exists());
+    assert_eq!(read_similarity(&pair_table("bert__vit")).unwrap(), rows);
 
     // The read-out rows are what `saeshare encode` gives at the study's layer and pooling.
     let readouts = |e: &str| output.join("readouts").join(e).join("shard-000016.parquet");

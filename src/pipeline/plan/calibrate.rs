@@ -193,12 +193,17 @@ fn similarity_rates(plan: &Plan) -> SimilarityRates {
     };
     let device = tch::Device::Cpu;
     let options = plan.study.similarity.clone();
+    let spec = crate::similarity::TableSpec {
+        permutations: 1,
+        permutation_seed: 0,
+        both_directions: false,
+    };
     let sums = crate::similarity::sum_sides(&ids, &a, &b, 0, device);
     let moments = fastest(&|| {
         crate::similarity::sum_sides(&ids, &a, &b, 0, device);
     });
     let tabulate = fastest(&|| {
-        crate::similarity::tabulate(&sums, &ids, &a, &b, &options, (1, 0), device);
+        crate::similarity::tabulate(&sums, &ids, &a, &b, &options, spec, device);
     });
     SimilarityRates {
         flops: 2.0 * n as f64 * 3.0 * (width * width) as f64 / moments,

@@ -333,7 +333,8 @@ impl Plan {
         if self.similarity_of(pair) {
             // The saved sums hold the moments too, and the tables the measures.
             let moments = crate::similarity::SUMS_VERSION;
-            fingerprint(&(sums, &self.study.similarity, moments))
+            let mirror = self.similarity_mirror(pair).is_some();
+            fingerprint(&(sums, &self.study.similarity, moments, mirror))
         } else {
             fingerprint(&sums)
         }

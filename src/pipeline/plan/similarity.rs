@@ -15,9 +15,41 @@ impl Plan {
     }
 
     /// Whether a pair sums the representation measures: a study's pairs, not the ceiling's (an
-    /// SAE seed against another of the same rows).
+    /// SAE seed against another of the same rows), and not a pair whose mirror holds its rows
+    /// ([`Plan::similarity_mirror`]).
     pub fn similarity_of(&self, pair: PairId) -> bool {
+        self.measures_pair(pair) && !self.mirrored_elsewhere(pair)
+    }
+
+    /// The pair whose representation measures `pair`'s table holds too: its mirror (the same
+    /// encoders and layers with the sides swapped), where the study compares it and `pair`'s
+    /// source is named first. The measures are the same computation either way round, so one
+    /// pass over the samples gives both.
+    pub fn similarity_mirror(&self, pair: PairId) -> Option<PairId> {
+        let p = self.pair(pair);
+        let first = self.encoder(p.source).name < self.encoder(p.target).name;
+        (first && self.measures_pair(pair))
+            .then(|| self.mirror_of(pair))
+            .flatten()
+    }
+
+    fn measures_pair(&self, pair: PairId) -> bool {
         self.study.similarity.enabled && self.pair(pair).ceiling_of.is_none()
+    }
+
+    /// Whether `pair`'s mirror is compared and holds `pair`'s rows.
+    fn mirrored_elsewhere(&self, pair: PairId) -> bool {
+        (self.mirror_of(pair)).is_some_and(|m| self.similarity_mirror(m) == Some(pair))
+    }
+
+    fn mirror_of(&self, pair: PairId) -> Option<PairId> {
+        let p = self.pair(pair);
+        self.pair_ids().find(|&q| {
+            let q = self.pair(q);
+            q.ceiling_of.is_none()
+                && (q.source, q.target) == (p.target, p.source)
+                && (&q.source_layers, &q.target_layers) == (&p.target_layers, &p.source_layers)
+        })
     }
 
     /// Whether the compare pass keeps an encoder's read-out rows beside its codes: the named

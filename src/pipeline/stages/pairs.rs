@@ -341,20 +341,29 @@ fn tabulate(
     tables::write_wmppc(&files[1], &comparison.wmppc)?;
     tables::write_features(&files[2], &comparison.features)?;
     let mut files = files.to_vec();
+    let file = dir.join(similarity::SIMILARITY_FILE);
     if let Some(moments) = &sums.similarity {
-        let file = dir.join(similarity::SIMILARITY_FILE);
         let (ids, source, target) = readouts::all_rows(plan, p)?;
+        let spec = similarity::TableSpec {
+            permutations: floor_permutations,
+            permutation_seed: options.seed,
+            both_directions: plan.similarity_mirror(p).is_some(),
+        };
         let rows = similarity::tabulate(
             moments,
             &ids,
             &source,
             &target,
             &plan.study.similarity,
-            (floor_permutations, options.seed),
+            spec,
             tch::Device::Cpu,
         );
         similarity::write_similarity(&file, &rows)?;
         files.push(file);
+    } else if file.is_file() {
+        // This pair's own earlier table (the measures since turned off, or now held by its
+        // mirror's): left, it would stand for rows no longer computed here.
+        std::fs::remove_file(&file).with_context(|| file.display().to_string())?;
     }
     let (unit, fingerprint) = plan.pair_unit(p);
     let detail = serde_json::json!({
