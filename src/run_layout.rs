@@ -104,6 +104,11 @@ impl RunLayout {
         self.root.join(crate::metrics::tables::MPPC_FILE)
     }
 
+    /// `matches.parquet`: the one-to-one feature matches of every compared layer pair.
+    pub fn matches(&self) -> PathBuf {
+        self.root.join(crate::metrics::MATCHES_FILE)
+    }
+
     /// `similarity.parquet`: the representation measures of every compared layer pair.
     pub fn similarity(&self) -> PathBuf {
         self.root.join(crate::similarity::SIMILARITY_FILE)

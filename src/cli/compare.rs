@@ -65,7 +65,7 @@ pub struct AccumulatorArgs {
 }
 
 impl AccumulatorArgs {
-    fn options(&self) -> AccumulatorOptions {
+    pub(super) fn options(&self) -> AccumulatorOptions {
         AccumulatorOptions {
             memory_mib: self.memory_mib,
             threads: self
@@ -120,11 +120,26 @@ pub fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     tables::write_features(&args.out.join(FEATURES_FILE), &result.features)?;
     tables::write_mppc(&args.out.join(MPPC_FILE), &result.mppc)?;
     tables::write_wmppc(&args.out.join(WMPPC_FILE), &result.wmppc)?;
+    crate::metrics::write_matches(
+        &args.out.join(crate::metrics::MATCHES_FILE),
+        &result.matches,
+    )?;
     println!(
         "{} samples compared, {} dropped; {} mppc rows",
         result.align.samples,
         result.align.dropped,
         result.mppc.len()
+    );
+    let strong: Vec<String> = (crate::metrics::SHARED_AT.iter())
+        .map(|&t| {
+            let count = result.matches.iter().filter(|m| m.rho >= t).count();
+            format!("{count} at rho >= {t}")
+        })
+        .collect();
+    println!(
+        "{} features matched one to one ({})",
+        result.matches.len(),
+        strong.join(", ")
     );
     if let Some(state) = &options.state {
         let total = result.wmppc.first().map_or(0, |r| r.samples);

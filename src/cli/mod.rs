@@ -3,6 +3,7 @@
 //! values (`values.rs`).
 
 mod bench_dense;
+mod bench_matching;
 mod compare;
 mod dataset;
 mod encode;
@@ -85,6 +86,9 @@ pub enum BenchCommand {
     /// The compare of dense codes (SAEs read out without TopK) as a share of the machine's
     /// matrix product peak, checked against float64.
     Dense(bench_dense::BenchDenseArgs),
+    /// The exact one-to-one feature matching against MPPC on the same sums: time, the
+    /// candidate pairs it searches, its memory.
+    Matching(bench_matching::BenchMatchingArgs),
     /// Peak memory of one study on datasets of different sizes (it should not grow).
     Pipeline(study::BenchPipelineArgs),
     /// Per encoder of a study: its rows/s, its SAEs' rows/s, and the fit with the SAE steps
@@ -126,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Similarity(args) => similarity::run(args),
         Command::Bench(BenchCommand::Stats(args)) => compare::run_bench_stats(args),
         Command::Bench(BenchCommand::Dense(args)) => bench_dense::run(args),
+        Command::Bench(BenchCommand::Matching(args)) => bench_matching::run(args),
         Command::Bench(BenchCommand::Pipeline(args)) => study::run_bench_pipeline(args),
         Command::Bench(BenchCommand::Fit(args)) => study::run_bench_fit(args),
         Command::Bench(BenchCommand::Encoders(args)) => study::run_bench_encoders(args),

@@ -232,7 +232,7 @@ fn torch(e: tch::TchError) -> MetricsError {
 
 /// A memory figure of this process from `/proc/self/status` (`VmRSS:` now, `VmHWM:` peak), on
 /// Linux.
-fn rss(key: &str) -> Option<u64> {
+pub(super) fn rss(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -241,8 +241,13 @@ fn rss(key: &str) -> Option<u64> {
 
 /// Resets the peak resident memory (`VmHWM`) to the current one (Linux 4.0 and later); where
 /// it cannot, the peak stays that of the whole process.
-fn reset_peak() {
+pub(super) fn reset_peak() {
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
         tracing::debug!("could not reset the peak memory figure: {e}");
     }
+}
+
+/// The peak resident memory since the last [`reset_peak`] (or the process's start), bytes.
+pub(super) fn peak_since_reset() -> Option<u64> {
+    rss("VmHWM:")
 }

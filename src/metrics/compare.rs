@@ -190,6 +190,8 @@ pub struct Comparison {
     pub mppc: Vec<MppcRow>,
     /// Rows of the `wmppc` table.
     pub wmppc: Vec<WmppcRow>,
+    /// Rows of the `matches` table: every layer pair's one-to-one matches.
+    pub matches: Vec<super::MatchRow>,
     /// Samples compared and dropped.
     pub align: AlignReport,
 }
@@ -319,6 +321,7 @@ fn assemble(
         features,
         mppc: mppc_rows(&matches, source, target),
         wmppc: wmppc_rows,
+        matches: super::one_to_one::match_rows(&accumulators, source, target),
         align: report,
     })
 }

@@ -11,13 +11,17 @@
 //! - [`WmppcMatrix`]: the last-layer wMPPC matrix, printed by `run` and drawn by the report.
 //! - [`bench_stats()`]: sparse exact MPPC against the reference's dense float32 way.
 
+mod assignment;
 mod baselines;
 mod bench;
 pub(crate) mod bench_codes;
 mod bench_dense;
+mod bench_matching;
 mod compare;
+mod matches_table;
 mod matrix;
 mod mppc;
+mod one_to_one;
 mod pair_acc;
 mod sharedness;
 mod state;
@@ -31,12 +35,17 @@ pub(crate) use baselines::{spread, target_permutations};
 pub use bench::{bench_stats, BenchOptions, BenchReport};
 pub use bench_codes::Popularity;
 pub use bench_dense::{bench_dense, median, DenseBenchOptions, DenseBenchReport};
+pub use bench_matching::{bench_matching, MatchingBenchOptions, MatchingBenchReport};
 pub use compare::{
     accumulate_files, compare, compare_accumulated, Aggregation, Backend, CompareOptions,
     Comparison, FeatureRow, MppcRow, WmppcRow, ALL_LAYERS,
 };
+pub use matches_table::{
+    read_matches, summarize_matches, write_matches, MatchRow, MatchSummary, MATCHES_FILE,
+};
 pub use matrix::{MatrixCell, WmppcMatrix};
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
+pub use one_to_one::{one_to_one, shared_fraction, OneToOne, SHARED_AT};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};
 pub use views::{Changed, Changes, MetricViews, WmppcKey};
 

@@ -135,6 +135,47 @@ pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
         .collect()
 }
 
+/// Every pair of positive correlation, `(i, j, rho)`: the candidates of the one-to-one
+/// matching ([`super::one_to_one`]). With codes that are never negative only pairs that fired
+/// together correlate positively; where some feature's mean is negative, the pairs that never
+/// did are searched too.
+pub(crate) fn positive_correlations(acc: &CoactivationAccumulator) -> Vec<(u32, u32, f64)> {
+    let (a, b) = (Side::new(acc.source()), Side::new(acc.target()));
+    let n = acc.samples() as f64;
+    let (sx, sy) = (a.m.sums(), b.m.sums());
+    let (d_a, d_b) = (a.m.d(), b.m.d());
+    let mut out = Vec::new();
+    let mut keep = |i: usize, j: usize, rho: f64| {
+        if rho > 0.0 {
+            out.push((i as u32, j as u32, rho.min(1.0)));
+        }
+    };
+    let rho = |i: usize, j: usize, sxy: f64| {
+        (n * sxy - sx[i] * sy[j]) * a.inv_spread[i] * b.inv_spread[j]
+    };
+    if let Some(cross) = acc.dense_cross() {
+        for i in (0..d_a).filter(|&i| a.live(i)) {
+            for j in (0..d_b).filter(|&j| b.live(j)) {
+                keep(i, j, rho(i, j, cross[i * d_b + j]));
+            }
+        }
+        return out;
+    }
+    acc.for_each_pair(|i, j, sxy| {
+        if a.live(i) && b.live(j) {
+            keep(i, j, rho(i, j, sxy));
+        }
+    });
+    if a.ratio.iter().chain(&b.ratio).any(|&r| r < 0.0) {
+        for i in (0..d_a).filter(|&i| a.live(i)) {
+            for j in (0..d_b).filter(|&j| b.live(j) && !acc.holds(i, j)) {
+                keep(i, j, -a.ratio[i] * b.ratio[j]);
+            }
+        }
+    }
+    out
+}
+
 /// MPPC from dense cross sums: every pair from its sums, one row at a time, the rows split
 /// between the accumulator's threads. A dead or constant target has `1 / sy = 0`, hence
 /// `rho = 0` as docs/DESIGN.md says, with no special case; scanning `j` upwards and replacing

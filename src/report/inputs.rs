@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::metrics::{
-    self, tables, Aggregation, MppcRow, SharednessQuery, SharednessRow, WmppcRow,
+    self, summarize_matches, tables, Aggregation, MatchSummary, MppcRow, SharednessQuery,
+    SharednessRow, WmppcRow, MATCHES_FILE,
 };
 use crate::report::{paths_in, FeatureKey};
 use crate::run_layout::RunLayout;
@@ -50,6 +51,8 @@ pub struct RunInputs {
     pub saes: Vec<TrainedSae>,
     /// The representation measures (`similarity.parquet`; empty where the study has none).
     pub similarity: Vec<SimilarityRow>,
+    /// Each layer pair's one-to-one matches, summed up (`matches.parquet`, or the pairs').
+    pub matches: Vec<MatchSummary>,
     /// The matrix's encoders: (name, last layer), in the study's order.
     pub matrix_encoders: Vec<(String, String)>,
     /// What is missing, with the command that makes it; empty for a finished run.
@@ -85,6 +88,7 @@ impl RunInputs {
         let rankings = loader.rankings(queries, &mppc)?;
         let saes = loader.saes()?;
         let similarity = loader.similarity()?;
+        let matches = loader.matches()?;
         let matrix_encoders = match &record {
             Some(r) => r
                 .named_encoders()
@@ -111,6 +115,7 @@ impl RunInputs {
             rankings,
             saes,
             similarity,
+            matches,
             matrix_encoders,
             missing: loader.missing,
         })
@@ -189,7 +194,6 @@ impl Loader<'_> {
         Ok((Vec::new(), Vec::new()))
     }
 
-    /// The folders of the compared pairs, ceilings aside, in name order.
     /// The representation measures: the study's table, or the finished pairs' where the run
     /// stopped before its outputs (each layer pair's rows once); none where the study has none.
     fn similarity(&self) -> anyhow::Result<Vec<SimilarityRow>> {
@@ -204,6 +208,30 @@ impl Loader<'_> {
         Ok(merge_similarity(files)?)
     }
 
+    /// The one-to-one matches: the study's table, or every finished pair's (the ceilings'
+    /// too), each layer pair once.
+    fn matches(&self) -> anyhow::Result<Vec<MatchSummary>> {
+        let study = self.layout.matches();
+        if study.is_file() {
+            return Ok(summarize_matches(&study)?);
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for dir in paths_in(&self.layout.pairs()) {
+            let file = dir.join(MATCHES_FILE);
+            if file.is_file() {
+                for s in summarize_matches(&file)? {
+                    let key = (s.source.clone(), s.target.clone(), s.source_layer.clone());
+                    if seen.insert((key, s.target_layer.clone())) {
+                        out.push(s);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The folders of the compared pairs, ceilings aside, in name order.
     fn pair_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = paths_in(&self.layout.pairs());
         dirs.retain(|p| {

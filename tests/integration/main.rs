@@ -30,6 +30,7 @@ mod fit_passes;
 mod incrementality;
 mod launches;
 mod metric_views;
+mod one_to_one;
 mod outputs_by_difference;
 mod paper_shapes;
 mod pipeline;

@@ -567,9 +567,56 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         "the ceiling {b} is above the value"
     );
 
+    // One-to-one matches: the study's, per pair and for the study, are `compare`'s on the same
+    // codes, and the ceiling pair's say how many features the second seed shares.
+    let matches = |path: &str| saeshare::metrics::read_matches(&dir.path().join(path)).unwrap();
+    let (theirs, study) = (
+        matches("cmp/matches.parquet"),
+        matches("piped/matches.parquet"),
+    );
+    let ours: Vec<_> = (study.iter())
+        .filter(|m| m.source == "bert" && m.target == "dinov2")
+        .collect();
+    assert!(!theirs.is_empty());
+    assert_eq!(ours.len(), theirs.len());
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!(
+            (o.source_feature, o.target_feature),
+            (t.source_feature, t.target_feature)
+        );
+        assert!(
+            (o.rho - t.rho).abs() <= 1e-9 && o.rho > 0.0 && o.rho <= 1.0,
+            "{o:?} vs {t:?}"
+        );
+    }
+    assert_eq!(
+        matches("piped/pairs/bert__dinov2/matches.parquet").len(),
+        ours.len()
+    );
+    // Each layer against each layer of the second SAEs: one to one within each layer pair.
+    let seeds: Vec<_> = (study.iter())
+        .filter(|m| m.target == "bert.ceiling")
+        .collect();
+    let mut partners: Vec<_> = (seeds.iter())
+        .map(|m| (&m.source_layer, &m.target_layer, m.target_feature))
+        .collect();
+    partners.sort_unstable();
+    partners.dedup();
+    assert!(
+        !seeds.is_empty() && partners.len() == seeds.len(),
+        "one to one: {} rows, {} distinct",
+        seeds.len(),
+        partners.len()
+    );
+
     // The report draws the ceiling under its value; it reads `compare`'s folder too.
     let index = std::fs::read_to_string(dir.path().join("piped/report/index.html")).unwrap();
     assert!(index.contains(&format!("ceiling {a:.3}")), "{index}");
+    // And the matches: the pair's count, and the second seed's row.
+    let table = index.split(r#"id="one-to-one-matches""#).nth(1).unwrap();
+    let table = table.split("</table>").next().unwrap();
+    assert!(table.contains("second seed"), "{table}");
+    assert!(table.contains(&format!(">{} (", ours.len())), "{table}");
     let output = common::saeshare(&["report", &path("cmp")]);
     assert!(output.status.success(), "{}", common::stderr(&output));
     let index = std::fs::read_to_string(dir.path().join("cmp/report/index.html")).unwrap();

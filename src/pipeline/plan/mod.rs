@@ -329,7 +329,14 @@ impl Plan {
     /// The fingerprint of a pair's sums: its settings and the SAEs of both sides.
     pub fn pair_fingerprint(&self, pair: PairId) -> String {
         let p = self.pair(pair);
-        let sums = (&p.fingerprint, self.sae_id(p.source), self.sae_id(p.target));
+        // The tables a pair writes: a pair made before `matches` existed is made again.
+        let tables = "mppc wmppc features matches";
+        let sums = (
+            &p.fingerprint,
+            self.sae_id(p.source),
+            self.sae_id(p.target),
+            tables,
+        );
         if self.similarity_of(pair) {
             // The saved sums hold the moments too, and the tables the measures.
             let moments = crate::similarity::SUMS_VERSION;

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use crate::codes::{CodeBatch, CodesMeta, CodesReader};
 use crate::ids::{EncoderLayer, PairId, ShardId};
-use crate::metrics::{compare_accumulated, tables, CompareOptions};
+use crate::metrics::{self, compare_accumulated, tables, CompareOptions};
 use crate::pipeline::compare::{codes_meta, pair_files, CompareWork};
 use crate::pipeline::plan::{shard_key, Plan};
 use crate::pipeline::readouts;
@@ -336,10 +336,12 @@ fn tabulate(
         dir.join(tables::MPPC_FILE),
         dir.join(tables::WMPPC_FILE),
         dir.join(tables::FEATURES_FILE),
+        dir.join(metrics::MATCHES_FILE),
     ];
     tables::write_mppc(&files[0], &comparison.mppc)?;
     tables::write_wmppc(&files[1], &comparison.wmppc)?;
     tables::write_features(&files[2], &comparison.features)?;
+    metrics::write_matches(&files[3], &comparison.matches)?;
     let mut files = files.to_vec();
     let file = dir.join(similarity::SIMILARITY_FILE);
     if let Some(moments) = &sums.similarity {

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use crate::metrics::{Aggregation, WmppcRow};
 use crate::report::html::{self, escape, number};
-use crate::report::pages::similarity;
+use crate::report::pages::{one_to_one, similarity};
 use crate::report::svg::{HeatCell, Heatmap};
 use crate::report::{file_name, specificity, MatrixCell, Site, WmppcMatrix};
 use crate::run_record::EncoderRecord;
@@ -19,6 +19,7 @@ pub fn page(site: &Site) -> String {
     body.push_str(&study_facts(site));
     body.push_str(&matrix_section(site));
     body.push_str(&layers_section(site));
+    body.push_str(&one_to_one::section(site));
     body.push_str(&similarity::section(site));
     body.push_str(&sharedness_section(site));
     let _ = write!(

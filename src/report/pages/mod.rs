@@ -2,6 +2,7 @@
 
 pub mod feature;
 pub mod index;
+pub mod one_to_one;
 pub mod sharedness;
 pub mod similarity;
 pub mod training;

@@ -1,0 +1,147 @@
+//! The `matches` table (FORMATS.md, "Comparison tables"): every layer pair's one-to-one feature
+//! matches ([`super::one_to_one`]), one row per matched pair.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Float64Array, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Float64Type, UInt32Type};
+
+use super::tables::{read_batches, schema, strings, typed_column, write, Columns};
+use super::MetricsError;
+
+/// File name of the `matches` table inside a `compare` output folder and a pair's folder.
+pub const MATCHES_FILE: &str = "matches.parquet";
+
+const MATCHES: &Columns = &[
+    ("source", DataType::Utf8, false),
+    ("target", DataType::Utf8, false),
+    ("source_layer", DataType::Utf8, false),
+    ("target_layer", DataType::Utf8, false),
+    ("source_feature", DataType::UInt32, false),
+    ("target_feature", DataType::UInt32, false),
+    ("rho", DataType::Float64, false),
+];
+
+/// A row of the `matches` table: two features matched one to one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatchRow {
+    pub source: String,
+    pub target: String,
+    pub source_layer: String,
+    pub target_layer: String,
+    pub source_feature: u32,
+    pub target_feature: u32,
+    /// Their Pearson correlation over the samples compared.
+    pub rho: f64,
+}
+
+/// Writes the `matches` table.
+pub fn write_matches(path: &Path, rows: &[MatchRow]) -> Result<(), MetricsError> {
+    let columns: Vec<ArrayRef> = vec![
+        strings(rows.iter().map(|r| r.source.as_str())),
+        strings(rows.iter().map(|r| r.target.as_str())),
+        strings(rows.iter().map(|r| r.source_layer.as_str())),
+        strings(rows.iter().map(|r| r.target_layer.as_str())),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.source_feature),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.target_feature),
+        )),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.rho))),
+    ];
+    Ok(write(path, schema(MATCHES), columns)?)
+}
+
+/// A layer pair's matches in a few numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatchSummary {
+    pub source: String,
+    pub target: String,
+    pub source_layer: String,
+    pub target_layer: String,
+    /// Features matched (at any positive correlation).
+    pub matched: usize,
+    /// Matched at `rho >=` each of [`super::SHARED_AT`].
+    pub shared: [usize; 3],
+    pub mean_rho: f64,
+}
+
+/// Each layer pair's [`MatchSummary`] in `path`, in the order the table lists them, without
+/// holding its rows.
+pub fn summarize_matches(path: &Path) -> Result<Vec<MatchSummary>, MetricsError> {
+    let mut out: Vec<MatchSummary> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for batch in read_batches(path)? {
+        let column = |name: &str| typed_column(&batch, path, MATCHES, name, "a matches table");
+        let text: Vec<ArrayRef> = ["source", "target", "source_layer", "target_layer"]
+            .iter()
+            .map(|n| column(n))
+            .collect::<Result<_, _>>()?;
+        let text: Vec<&StringArray> = text.iter().map(|c| c.as_string::<i32>()).collect();
+        let rho = column("rho")?;
+        let rho = rho.as_primitive::<Float64Type>();
+        for r in 0..batch.num_rows() {
+            let key: [&str; 4] = std::array::from_fn(|c| text[c].value(r));
+            let at = *index.entry(key.map(str::to_string)).or_insert_with(|| {
+                out.push(MatchSummary {
+                    source: key[0].into(),
+                    target: key[1].into(),
+                    source_layer: key[2].into(),
+                    target_layer: key[3].into(),
+                    matched: 0,
+                    shared: [0; 3],
+                    mean_rho: 0.0,
+                });
+                out.len() - 1
+            });
+            let summary = &mut out[at];
+            let value = rho.value(r);
+            summary.matched += 1;
+            summary.mean_rho += value;
+            for (count, t) in summary.shared.iter_mut().zip(super::SHARED_AT) {
+                *count += usize::from(value >= t);
+            }
+        }
+    }
+    for s in &mut out {
+        s.mean_rho /= s.matched.max(1) as f64;
+    }
+    Ok(out)
+}
+
+/// Reads a `matches` table written by [`write_matches`] (columns found by name).
+pub fn read_matches(path: &Path) -> Result<Vec<MatchRow>, MetricsError> {
+    let mut rows = Vec::new();
+    for batch in read_batches(path)? {
+        let column = |name: &str| typed_column(&batch, path, MATCHES, name, "a matches table");
+        let text: Vec<ArrayRef> = ["source", "target", "source_layer", "target_layer"]
+            .iter()
+            .map(|n| column(n))
+            .collect::<Result<_, _>>()?;
+        let text: Vec<&StringArray> = text.iter().map(|c| c.as_string::<i32>()).collect();
+        let (a, b, rho) = (
+            column("source_feature")?,
+            column("target_feature")?,
+            column("rho")?,
+        );
+        let (a, b) = (
+            a.as_primitive::<UInt32Type>(),
+            b.as_primitive::<UInt32Type>(),
+        );
+        let rho = rho.as_primitive::<Float64Type>();
+        for r in 0..batch.num_rows() {
+            rows.push(MatchRow {
+                source: text[0].value(r).to_string(),
+                target: text[1].value(r).to_string(),
+                source_layer: text[2].value(r).to_string(),
+                target_layer: text[3].value(r).to_string(),
+                source_feature: a.value(r),
+                target_feature: b.value(r),
+                rho: rho.value(r),
+            });
+        }
+    }
+    Ok(rows)
+}
