@@ -86,29 +86,42 @@ impl WmppcMatrix {
             .collect()
     }
 
-    /// The matrix as a text table: `0.799 (0.115)` is wMPPC (floor), `(floor-ceiling)` when the
-    /// study has a ceiling; `.` the diagonal, an empty cell a pair not compared (yet).
+    /// The matrix as text: the values, then their floors, and with a ceiling the ceilings and
+    /// the normalised scores, each a table of its own so that no pair of numbers reads as a
+    /// range or a difference; `.` the diagonal, an empty cell a pair not compared (yet). A note
+    /// follows where a floor is high: at small N chance alone gives large values.
     pub fn to_text(&self) -> String {
-        let text = |c: &MatrixCell| match (c.wmppc, c.floor, c.ceiling) {
-            (Some(v), Some(f), Some(c)) => format!("{v:.3} ({f:.3}-{c:.3})"),
-            (Some(v), Some(f), None) => format!("{v:.3} ({f:.3})"),
-            (Some(v), None, Some(c)) => format!("{v:.3} (-{c:.3})"),
-            (Some(v), None, None) => format!("{v:.3}"),
-            _ => "-".to_string(),
-        };
+        let mut out = self.table("wMPPC", |c| c.wmppc);
+        if self.values().any(|(_, _, c)| c.floor.is_some()) {
+            out.push('\n');
+            out.push_str(&self.table("floor", |c| c.floor));
+        }
+        if self.has_ceiling() {
+            out.push('\n');
+            out.push_str(&self.table("ceiling", |c| c.ceiling));
+            out.push('\n');
+            out.push_str(&self.table("normalised", MatrixCell::normalised));
+        }
+        let highest = (self.values())
+            .filter_map(|(_, _, c)| c.floor.map(|f| (f, c.samples)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((floor, samples)) = highest.filter(|&(f, _)| f >= HIGH_FLOOR) {
+            out.push_str(&format!(
+                "note: floors reach {floor:.3} (N = {samples}): with this few samples chance alone \
+                 matches features this well; read each value against its floor, or compare more samples\n"
+            ));
+        }
+        out
+    }
+
+    /// One table of `value` per cell, headed `header`.
+    fn table(&self, header: &str, value: impl Fn(&MatrixCell) -> Option<f64>) -> String {
         let cells = self.map_cells(|i, j, c| match c {
             _ if i == j => ".".to_string(),
-            Some(c) => text(c),
+            Some(c) => value(c).map_or_else(|| "-".to_string(), |v| format!("{v:.3}")),
             None => String::new(),
         });
-        let header = if self.has_ceiling() {
-            "wMPPC (floor-ceiling)"
-        } else {
-            "wMPPC (floor)"
-        };
-        let width = self
-            .encoders
-            .iter()
+        let width = (self.encoders.iter())
             .map(String::len)
             .chain(cells.iter().flatten().map(String::len))
             .chain([header.len()])
@@ -128,6 +141,22 @@ impl WmppcMatrix {
         }
         out
     }
+}
+
+/// A floor at or above this is worth a note: chance alone matches features that well.
+const HIGH_FLOOR: f64 = 0.2;
+
+impl MatrixCell {
+    /// `(wMPPC - floor) / (ceiling - floor)`: 0 at chance, 1 at the ceiling.
+    pub fn normalised(&self) -> Option<f64> {
+        normalised(self.wmppc, self.floor, self.ceiling)
+    }
+}
+
+/// `(value - floor) / (ceiling - floor)`, where the ceiling is above the floor.
+pub fn normalised(value: Option<f64>, floor: Option<f64>, ceiling: Option<f64>) -> Option<f64> {
+    let (v, f, c) = (value?, floor?, ceiling?);
+    (c > f).then(|| (v - f) / (c - f))
 }
 
 #[cfg(test)]
@@ -162,11 +191,61 @@ mod tests {
         assert_eq!(m.cells[1][0].as_ref().unwrap().wmppc, Some(0.6));
         assert!(m.cells[0][0].is_none());
         let text = m.to_text();
-        assert!(text.starts_with("wMPPC (floor)"), "{text}");
-        assert!(text.contains("0.700 (0.100)"), "{text}");
+        let (values, floors) = text.split_once("\nfloor").unwrap();
+        assert!(
+            values.starts_with("wMPPC") && values.contains("0.700"),
+            "{text}"
+        );
+        assert!(
+            floors.contains("0.100") && !floors.contains("0.700"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("ceiling") && !text.contains("note"),
+            "{text}"
+        );
 
         let m = WmppcMatrix::last_layers(&encoders, &rows[..2]);
         assert!(m.cells[1][0].is_none());
         assert_eq!(m.values().count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod normalised_tests {
+    use super::*;
+
+    #[test]
+    fn the_normalised_score_is_0_at_the_floor_1_at_the_ceiling_and_none_without_room() {
+        let near = |v: Option<f64>, want: f64| (v.unwrap() - want).abs() < 1e-12;
+        assert!(near(normalised(Some(0.2), Some(0.2), Some(0.8)), 0.0));
+        assert!(near(normalised(Some(0.8), Some(0.2), Some(0.8)), 1.0));
+        assert!(near(normalised(Some(0.5), Some(0.2), Some(0.8)), 0.5));
+        assert_eq!(normalised(Some(0.5), Some(0.3), Some(0.3)), None);
+        assert_eq!(normalised(Some(0.5), None, Some(0.9)), None);
+    }
+
+    #[test]
+    fn a_high_floor_gets_a_note_and_a_ceiling_its_tables() {
+        let cell = |floor: f64| MatrixCell {
+            wmppc: Some(0.5),
+            floor: Some(floor),
+            floor_std: None,
+            ceiling: Some(0.9),
+            samples: 200,
+            source_layer: "1".into(),
+            target_layer: "1".into(),
+        };
+        let m = WmppcMatrix {
+            encoders: vec!["a".into(), "b".into()],
+            cells: vec![vec![None, Some(cell(0.3))], vec![Some(cell(0.1)), None]],
+        };
+        let text = m.to_text();
+        for header in ["\nfloor", "\nceiling", "\nnormalised"] {
+            assert!(text.contains(header), "{text}");
+        }
+        // (0.5 - 0.3) / (0.9 - 0.3)
+        assert!(text.contains("0.333"), "{text}");
+        assert!(text.contains("floors reach 0.300 (N = 200)"), "{text}");
     }
 }

@@ -43,7 +43,7 @@ pub use compare::{
 pub use matches_table::{
     read_matches, summarize_matches, write_matches, MatchRow, MatchSummary, MATCHES_FILE,
 };
-pub use matrix::{MatrixCell, WmppcMatrix};
+pub use matrix::{normalised, MatrixCell, WmppcMatrix};
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
 pub use one_to_one::{one_to_one, shared_fraction, OneToOne, SHARED_AT};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};

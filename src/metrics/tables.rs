@@ -72,6 +72,7 @@ const WMPPC: &Columns = &[
     ("aggregation", DataType::Utf8, false),
     ("baseline_floor_std", DataType::Float64, true),
     ("samples", DataType::UInt64, false),
+    ("normalised", DataType::Float64, true),
 ];
 
 /// A `sharedness` ranking: the source's features by Delta.
@@ -204,6 +205,7 @@ pub fn write_wmppc(path: &Path, rows: &[WmppcRow]) -> Result<(), MetricsError> {
         Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|r| r.samples),
         )),
+        f64s(|r| super::matrix::normalised(r.wmppc, r.baseline_floor, r.baseline_ceiling)),
     ];
     Ok(write(path, schema(WMPPC), columns)?)
 }

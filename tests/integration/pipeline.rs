@@ -219,7 +219,10 @@ fn outputs_are_equal_on_1_worker_4_workers_and_2_processes_of_2_workers() {
     };
     let one = study(dir.path(), &dataset, "one", &all, 4);
     let printed = run(&one, &[]);
-    assert!(printed.contains("wMPPC (floor)"), "{printed}");
+    assert!(
+        printed.contains("wMPPC") && printed.contains("\nfloor"),
+        "{printed}"
+    );
     assert_eq!(last_run(&dir.path().join("one"))["codes_units"], 4 * 5);
 
     let four = study(dir.path(), &dataset, "four", &all, 4);
@@ -507,7 +510,9 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
     )
     .unwrap();
     let printed = run(&piped, &[]);
-    assert!(printed.contains("wMPPC (floor-ceiling)"), "{printed}");
+    for header in ["wMPPC", "\nfloor", "\nceiling", "\nnormalised"] {
+        assert!(printed.contains(header), "{printed}");
+    }
 
     // The same SAEs by the file-based commands: activations, SAEs of seeds 0 and 7, codes.
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();

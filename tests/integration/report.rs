@@ -34,7 +34,7 @@ fn finished_run() -> &'static Path {
             "{stdout}"
         );
         assert!(
-            stdout.contains("wMPPC (floor)"),
+            stdout.contains("wMPPC") && stdout.contains("\nfloor"),
             "the matrix as text: {stdout}"
         );
         output
