@@ -86,8 +86,8 @@ impl WmppcMatrix {
             .collect()
     }
 
-    /// The matrix as text: the values, then their floors, and with a ceiling the ceilings and
-    /// the normalised scores, each a table of its own so that no pair of numbers reads as a
+    /// The matrix as text: the values, then their floors, the ceilings and the normalised
+    /// scores where there are some, each a table of its own so that no pair of numbers reads as a
     /// range or a difference; `.` the diagonal, an empty cell a pair not compared (yet). A note
     /// follows where a floor is high: at small N chance alone gives large values.
     pub fn to_text(&self) -> String {
@@ -99,6 +99,8 @@ impl WmppcMatrix {
         if self.has_ceiling() {
             out.push('\n');
             out.push_str(&self.table("ceiling", |c| c.ceiling));
+        }
+        if self.values().any(|(_, _, c)| c.normalised().is_some()) {
             out.push('\n');
             out.push_str(&self.table("normalised", MatrixCell::normalised));
         }

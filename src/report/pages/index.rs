@@ -162,7 +162,7 @@ fn valued_cell(m: &WmppcMatrix, i: usize, j: usize, c: &MatrixCell) -> HeatCell 
     HeatCell {
         value: c.wmppc.filter(|v| v.is_finite()),
         tooltip: format!(
-            "{} {} → {} {}: wMPPC {}, floor {}, ceiling {}, {} samples",
+            "{} {} → {} {}: wMPPC {}, floor {}, ceiling {}, normalised {}, {} samples",
             m.encoders[i],
             c.source_layer,
             m.encoders[j],
@@ -170,6 +170,7 @@ fn valued_cell(m: &WmppcMatrix, i: usize, j: usize, c: &MatrixCell) -> HeatCell 
             number(c.wmppc, 4),
             number(c.floor, 4),
             number(c.ceiling, 4),
+            number(c.normalised(), 3),
             c.samples
         ),
         lines,
@@ -195,7 +196,7 @@ fn missing_cell(site: &Site, source: &str, target: &str) -> HeatCell {
     }
 }
 
-const MATRIX_COLUMNS: [&str; 10] = [
+const MATRIX_COLUMNS: [&str; 11] = [
     "source",
     "target",
     "source layer",
@@ -205,6 +206,7 @@ const MATRIX_COLUMNS: [&str; 10] = [
     "floor std",
     "ceiling",
     "wMPPC − floor",
+    "normalised",
     "samples",
 ];
 
@@ -227,6 +229,7 @@ fn matrix_table(m: &WmppcMatrix) -> String {
                 format!("#{}", number(c.floor_std, 4)),
                 format!("#{}", number(c.ceiling, 4)),
                 format!("#{}", number(above, 4)),
+                format!("#{}", number(c.normalised(), 4)),
                 format!("#{}", c.samples),
             ]
         })
