@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use saeshare::metrics::summarize_matches;
 use saeshare::metrics::tables::{read_mppc, read_wmppc};
 use saeshare::similarity::read_similarity;
 
@@ -193,8 +194,37 @@ impl Study {
 }
 
 /// Asserts that two run folders hold the same wMPPC, MPPC and similarity rows, values within
-/// 1e-9.
+/// 1e-9, and the same one-to-one matchings (each layer pair's count and total: two matchings
+/// of equal total are both optimal, so sums that differ in the last bit may pick either).
 fn assert_same_tables(a: &Path, b: &Path, history: &[Change]) {
+    let summary = |dir: &Path| summarize_matches(&dir.join("matches.parquet")).unwrap();
+    let (ma, mb) = (summary(a), summary(b));
+    assert_eq!(ma.len(), mb.len(), "{history:?}");
+    assert!(!ma.is_empty());
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(
+            (
+                &x.source,
+                &x.target,
+                &x.source_layer,
+                &x.target_layer,
+                x.matched
+            ),
+            (
+                &y.source,
+                &y.target,
+                &y.source_layer,
+                &y.target_layer,
+                y.matched
+            ),
+            "{history:?}"
+        );
+        let total = |m: &saeshare::metrics::MatchSummary| m.mean_rho * m.matched as f64;
+        assert!(
+            (total(x) - total(y)).abs() <= 1e-9,
+            "{history:?}: {x:?} vs {y:?}"
+        );
+    }
     let (sa, sb) = (
         read_similarity(&a.join("similarity.parquet")).unwrap(),
         read_similarity(&b.join("similarity.parquet")).unwrap(),
