@@ -100,20 +100,21 @@ pub fn measures(
 ) -> [Vec<(Measure, Option<f64>)>; 2] {
     let xy = centred_cross(px, py, cross);
     let (dx, dy) = (px.centred.size()[0], py.centred.size()[0]);
-    // PWCCA weighs the side with fewer features, the source when equal.
-    let weighed = match (dx <= dy, reverse && dx == dy) {
-        (_, true) => Weighed::Both,
-        (true, false) => Weighed::X,
-        (false, false) => Weighed::Y,
-    };
-    let full = cca(px, py, &xy, Keep::Rank, weighed);
+    // PWCCA weighs the side with fewer features, the source when equal: with equal widths the
+    // reverse weighs the other side, so both sides' directions are needed.
+    let forward_side = if dx <= dy { Side::X } else { Side::Y };
+    let both = reverse && dx == dy;
+    let directions = [
+        both || forward_side == Side::X,
+        both || forward_side == Side::Y,
+    ];
+    let full = cca(px, py, &xy, Keep::Rank, directions);
     let svcca_keep = match options.svcca_dims {
         Some(d) => Keep::Dims(d),
         None => Keep::Variance(options.svcca_variance),
     };
-    let reduced = cca(px, py, &xy, svcca_keep, Weighed::None);
+    let reduced = cca(px, py, &xy, svcca_keep, [false, false]);
     let pwcca_by = |side: Side| full.as_ref().and_then(|c| pwcca(px, py, c, side));
-    let forward_side = if dx <= dy { Side::X } else { Side::Y };
     let forward_pwcca = pwcca_by(forward_side);
     let ridge = ridge_r2(x, y, &cross.fit, &cross.held, options.ridge);
     let ridge_reverse = ridge_r2(y, x, &cross.fit.tr(), &cross.held.tr(), options.ridge);
@@ -133,7 +134,7 @@ pub fn measures(
     let forward = table(forward_pwcca, [ridge, ridge_reverse]);
     let backward = match reverse {
         true => {
-            let pw = if dx == dy {
+            let pw = if both {
                 pwcca_by(Side::Y)
             } else {
                 forward_pwcca
@@ -193,17 +194,8 @@ enum Side {
     Y,
 }
 
-/// Whose canonical directions a CCA keeps.
-#[derive(Clone, Copy, PartialEq)]
-enum Weighed {
-    None,
-    X,
-    Y,
-    Both,
-}
-
 /// The canonical correlations of the directions `keep` keeps, and the canonical directions of
-/// the `weighed` side(s).
+/// the sides `directions` asks for (`[x, y]`).
 ///
 /// The correlations are the singular values of `M = W_x^T S_xy W_y`, taken here as the square
 /// roots of the eigenvalues of `M M^T` (or `M^T M`), with the eigenvectors the side's canonical
@@ -211,13 +203,17 @@ enum Weighed {
 /// Squaring loses nothing that matters: `M`'s singular values lie in `[0, 1]`, so an
 /// eigenvalue's rounding (`eps`) moves a correlation by `eps / (2 rho)`, below `1e-12` for any
 /// correlation above `1e-4` (and such tiny ones add almost nothing to a mean).
-fn cca(x: &LayerPrep, y: &LayerPrep, xy: &Tensor, keep: Keep, weighed: Weighed) -> Option<Cca> {
+fn cca(
+    x: &LayerPrep,
+    y: &LayerPrep,
+    xy: &Tensor,
+    keep: Keep,
+    directions: [bool; 2],
+) -> Option<Cca> {
     let wx = x.whitener(keep)?;
     let wy = y.whitener(keep)?;
     let m = wx.tr().mm(xy).mm(&wy);
     let count = m.size()[0].min(m.size()[1]);
-    let x_side = matches!(weighed, Weighed::X | Weighed::Both)
-        || (weighed == Weighed::None && m.size()[0] <= m.size()[1]);
     let decompose = |gram: Tensor, vectors: bool| -> Option<(Vec<f64>, Option<Tensor>)> {
         // Largest first; the side's extra directions beyond the other's rank are the zeros.
         let (values, u) = match vectors {
@@ -230,17 +226,16 @@ fn cca(x: &LayerPrep, y: &LayerPrep, xy: &Tensor, keep: Keep, weighed: Weighed) 
         let rho = values.narrow(0, 0, count).clamp(0.0, 1.0).sqrt();
         Some((Vec::<f64>::try_from(&rho).ok()?, u))
     };
-    let need = |side: Weighed| weighed == side || weighed == Weighed::Both;
-    let mut rho = None;
-    let mut x_directions = None;
+    // Without directions, the smaller side's decomposition gives the correlations.
+    let x_side = directions[0] || (!directions[1] && m.size()[0] <= m.size()[1]);
+    let (mut rho, mut x_directions, mut y_directions) = (None, None, None);
     if x_side {
-        let (r, u) = decompose(m.mm(&m.tr()), need(Weighed::X))?;
+        let (r, u) = decompose(m.mm(&m.tr()), directions[0])?;
         rho = Some(r);
         x_directions = u.map(|u| wx.mm(&u));
     }
-    let mut y_directions = None;
-    if !x_side || need(Weighed::Y) {
-        let (r, v) = decompose(m.tr().mm(&m), need(Weighed::Y))?;
+    if !x_side || directions[1] {
+        let (r, v) = decompose(m.tr().mm(&m), directions[1])?;
         rho.get_or_insert(r);
         y_directions = v.map(|v| wy.mm(&v));
     }
