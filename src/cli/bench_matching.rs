@@ -2,28 +2,15 @@
 
 use clap::Args;
 
-use crate::metrics::{bench_matching, median, MatchingBenchOptions, Popularity};
+use crate::metrics::{bench_matching, median, MatchingBenchOptions};
 
-use super::compare::AccumulatorArgs;
+use super::compare::{AccumulatorArgs, SyntheticCodesArgs};
 
 /// Arguments of `saeshare bench matching`.
 #[derive(Debug, Args)]
 pub struct BenchMatchingArgs {
-    /// Samples N.
-    #[arg(long, default_value_t = 50_000)]
-    samples: usize,
-    /// Features of both SAEs.
-    #[arg(long, default_value_t = 8192)]
-    features: usize,
-    /// Active latents per sample (TopK).
-    #[arg(long, default_value_t = 32)]
-    k: usize,
-    /// How often each feature fires: zipf, as in real SAEs, or uniform.
-    #[arg(long, value_enum, default_value = "zipf")]
-    popularity: Popularity,
-    /// The exponent s of Zipf popularity.
-    #[arg(long, default_value_t = 1.0)]
-    zipf_exponent: f64,
+    #[command(flatten)]
+    codes: SyntheticCodesArgs,
     /// Runs of each, alternating; medians are compared.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -37,11 +24,11 @@ pub struct BenchMatchingArgs {
 /// Runs `saeshare bench matching`.
 pub fn run(args: BenchMatchingArgs) -> anyhow::Result<()> {
     let options = MatchingBenchOptions {
-        samples: args.samples,
-        features: args.features,
-        k: args.k,
-        popularity: args.popularity,
-        zipf_exponent: args.zipf_exponent,
+        samples: args.codes.samples,
+        features: args.codes.features,
+        k: args.codes.k,
+        popularity: args.codes.popularity,
+        zipf_exponent: args.codes.zipf_exponent,
         repeats: args.repeats,
         seed: args.seed,
         accumulator: args.accumulator.options(),

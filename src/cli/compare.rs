@@ -187,25 +187,32 @@ pub fn run_sharedness(args: SharednessArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Arguments of `saeshare bench stats`.
+/// The synthetic TopK codes of the benches (`bench stats`, `bench matching`).
 #[derive(Debug, Args)]
-pub struct BenchStatsArgs {
+pub struct SyntheticCodesArgs {
     /// Samples N.
     #[arg(long, default_value_t = 50_000)]
-    samples: usize,
+    pub samples: usize,
     /// Features of both SAEs.
     #[arg(long, default_value_t = 8192)]
-    features: usize,
+    pub features: usize,
     /// Active latents per sample (TopK).
     #[arg(long, default_value_t = 32)]
-    k: usize,
+    pub k: usize,
     /// How often each feature fires: zipf, as in real SAEs (a few features on most samples,
     /// most rarely), or uniform.
     #[arg(long, value_enum, default_value = "zipf")]
-    popularity: Popularity,
+    pub popularity: Popularity,
     /// The exponent s of Zipf popularity: the feature of rank r fires with weight r^-s.
     #[arg(long, default_value_t = 1.0)]
-    zipf_exponent: f64,
+    pub zipf_exponent: f64,
+}
+
+/// Arguments of `saeshare bench stats`.
+#[derive(Debug, Args)]
+pub struct BenchStatsArgs {
+    #[command(flatten)]
+    codes: SyntheticCodesArgs,
     /// Skip the dense float32 reference (it needs 16 * N * features bytes).
     #[arg(long)]
     no_dense: bool,
@@ -225,11 +232,11 @@ pub struct BenchStatsArgs {
 /// Runs `saeshare bench stats`.
 pub fn run_bench_stats(args: BenchStatsArgs) -> anyhow::Result<()> {
     let options = crate::metrics::BenchOptions {
-        samples: args.samples,
-        features: args.features,
-        k: args.k,
-        popularity: args.popularity,
-        zipf_exponent: args.zipf_exponent,
+        samples: args.codes.samples,
+        features: args.codes.features,
+        k: args.codes.k,
+        popularity: args.codes.popularity,
+        zipf_exponent: args.codes.zipf_exponent,
         dense_reference: !args.no_dense,
         repeats: args.repeats,
         seed: args.seed,

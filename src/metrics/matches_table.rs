@@ -75,10 +75,7 @@ pub fn summarize_matches(path: &Path) -> Result<Vec<MatchSummary>, MetricsError>
     let mut index = std::collections::HashMap::new();
     for batch in read_batches(path)? {
         let column = |name: &str| typed_column(&batch, path, MATCHES, name, "a matches table");
-        let text: Vec<ArrayRef> = ["source", "target", "source_layer", "target_layer"]
-            .iter()
-            .map(|n| column(n))
-            .collect::<Result<_, _>>()?;
+        let text = layer_pair_columns(&batch, path)?;
         let text: Vec<&StringArray> = text.iter().map(|c| c.as_string::<i32>()).collect();
         let rho = column("rho")?;
         let rho = rho.as_primitive::<Float64Type>();
@@ -116,10 +113,7 @@ pub fn read_matches(path: &Path) -> Result<Vec<MatchRow>, MetricsError> {
     let mut rows = Vec::new();
     for batch in read_batches(path)? {
         let column = |name: &str| typed_column(&batch, path, MATCHES, name, "a matches table");
-        let text: Vec<ArrayRef> = ["source", "target", "source_layer", "target_layer"]
-            .iter()
-            .map(|n| column(n))
-            .collect::<Result<_, _>>()?;
+        let text = layer_pair_columns(&batch, path)?;
         let text: Vec<&StringArray> = text.iter().map(|c| c.as_string::<i32>()).collect();
         let (a, b, rho) = (
             column("source_feature")?,
@@ -144,4 +138,15 @@ pub fn read_matches(path: &Path) -> Result<Vec<MatchRow>, MetricsError> {
         }
     }
     Ok(rows)
+}
+
+/// The columns naming a row's layer pair: source, target, source layer, target layer.
+fn layer_pair_columns(
+    batch: &arrow::array::RecordBatch,
+    path: &Path,
+) -> Result<Vec<ArrayRef>, crate::file_error::FileError> {
+    ["source", "target", "source_layer", "target_layer"]
+        .iter()
+        .map(|n| typed_column(batch, path, MATCHES, n, "a matches table"))
+        .collect()
 }

@@ -7,20 +7,25 @@ use tch::Device;
 
 use super::{sum_sides, LayerRows, SideRows, SimilarityOptions, SimilaritySums};
 
+/// One layer `"0"` of `width` features.
+fn one_layer(name: &str, width: usize, values: Vec<f32>) -> SideRows {
+    SideRows {
+        encoder: name.into(),
+        layers: vec![LayerRows {
+            name: "0".into(),
+            width,
+            values,
+        }],
+    }
+}
+
 /// Rows with a large offset on one feature (as a massive activation) and small variances.
 fn side(name: &str, n: usize, d: usize, seed: u64) -> SideRows {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let values = (0..n * d)
         .map(|i| if i % d == 0 { 300.0 } else { 2.0 } + rng.random_range(-0.01..0.01f32))
         .collect();
-    SideRows {
-        encoder: name.into(),
-        layers: vec![LayerRows {
-            name: "0".into(),
-            width: d,
-            values,
-        }],
-    }
+    one_layer(name, d, values)
 }
 
 fn slice(side: &SideRows, rows: std::ops::Range<usize>) -> SideRows {
@@ -106,27 +111,13 @@ fn related(a: &SideRows, name: &str, d: usize, seed: u64) -> SideRows {
                 .collect::<Vec<f32>>()
         })
         .collect();
-    SideRows {
-        encoder: name.into(),
-        layers: vec![LayerRows {
-            name: "0".into(),
-            width: d,
-            values,
-        }],
-    }
+    one_layer(name, d, values)
 }
 
 fn gaussian_side(name: &str, n: usize, d: usize, seed: u64) -> SideRows {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let values = (0..n * d).map(|_| rng.random_range(-1.0..1.0f32)).collect();
-    SideRows {
-        encoder: name.into(),
-        layers: vec![LayerRows {
-            name: "0".into(),
-            width: d,
-            values,
-        }],
-    }
+    one_layer(name, d, values)
 }
 
 /// A pair and its mirror are one computation: the table of both directions is the two tables

@@ -27,7 +27,7 @@ use std::sync::{Arc, RwLock};
 use crate::dataset::{Dataset, ShardInfo};
 use crate::digest::fingerprint;
 use crate::encoder::{Manifest, Modality, Pooling, Precision, TokenSelection};
-use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId, ShardId};
+use crate::ids::{EncoderId, LayerId, PairId, ShardId};
 use crate::pipeline::choice::{choose, EncoderChoice};
 use crate::pipeline::imports::ImportedSae;
 use crate::pipeline::prepare::{build_dataset, export_package};
@@ -160,29 +160,6 @@ pub struct PlannedPair {
     pub fingerprint: String,
     /// For a ceiling pair (an encoder against its second SAEs): that encoder.
     pub ceiling_of: Option<EncoderId>,
-}
-
-impl PlannedPair {
-    /// Whether `encoder` is one of the pair's two sides.
-    pub fn involves(&self, encoder: EncoderId) -> bool {
-        self.source == encoder || self.target == encoder
-    }
-
-    /// The compared layers of the source side, in order.
-    pub fn source_at(&self) -> impl Iterator<Item = EncoderLayer> + '_ {
-        (self.source_layers.iter()).map(|&layer| EncoderLayer {
-            encoder: self.source,
-            layer,
-        })
-    }
-
-    /// The compared layers of the target side, in order.
-    pub fn target_at(&self) -> impl Iterator<Item = EncoderLayer> + '_ {
-        (self.target_layers.iter()).map(|&layer| EncoderLayer {
-            encoder: self.target,
-            layer,
-        })
-    }
 }
 
 /// Everything a run needs to know before it starts.
@@ -326,27 +303,6 @@ impl Plan {
         ShardId::all(self.dataset.shards().len())
     }
 
-    /// The fingerprint of a pair's sums: its settings and the SAEs of both sides.
-    pub fn pair_fingerprint(&self, pair: PairId) -> String {
-        let p = self.pair(pair);
-        // The tables a pair writes: a pair made before `matches` existed is made again.
-        let tables = "mppc wmppc features matches";
-        let sums = (
-            &p.fingerprint,
-            self.sae_id(p.source),
-            self.sae_id(p.target),
-            tables,
-        );
-        if self.similarity_of(pair) {
-            // The saved sums hold the moments too, and the tables the measures.
-            let moments = crate::similarity::SUMS_VERSION;
-            let mirror = self.similarity_mirror(pair).is_some();
-            fingerprint(&(sums, &self.study.similarity, moments, mirror))
-        } else {
-            fingerprint(&sums)
-        }
-    }
-
     /// The output and dataset folders of `study` (read from `path`), resolved as paths in it
     /// are: `~/`, `$SAESHARE_CACHE/`, or relative to the study file's folder.
     pub fn folders(study: &Study, path: &Path) -> (PathBuf, PathBuf) {
@@ -389,11 +345,6 @@ impl Plan {
         )
     }
 
-    /// The folder of a pair's accumulators and tables.
-    pub fn pair_dir(&self, pair: PairId) -> PathBuf {
-        self.layout().pair_dir(&self.pair(pair).key)
-    }
-
     /// The unit name and fingerprint of an encoder's codes on a shard.
     pub fn codes_unit(&self, encoder: EncoderId, shard: ShardId) -> (String, String) {
         let (e, shard) = (self.encoder(encoder), self.shard(shard));
@@ -425,14 +376,6 @@ impl Plan {
         let (unit, fingerprint) = self.sae_unit(encoder);
         let relu_era = &self.encoder(encoder).relu_era_sae_fingerprint;
         units.is_done(&unit, &fingerprint) || units.is_done(&unit, relu_era)
-    }
-
-    /// The unit name and fingerprint of a pair's tables.
-    pub fn pair_unit(&self, pair: PairId) -> (String, String) {
-        (
-            format!("pairs/{}", self.pair(pair).key),
-            self.pair_fingerprint(pair),
-        )
     }
 }
 

@@ -1,11 +1,11 @@
 //! The study's comparisons as the plan's pairs: which (source, target) pairs, on which layers,
-//! with what fingerprint.
+//! with what fingerprint, and where their tables go.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{PlannedEncoder, PlannedPair};
+use super::{Plan, PlannedEncoder, PlannedPair};
 use crate::digest::fingerprint;
-use crate::ids::{EncoderId, LayerId};
+use crate::ids::{EncoderId, EncoderLayer, LayerId, PairId};
 use crate::names::pair_key;
 use crate::pipeline::study::Study;
 
@@ -68,4 +68,63 @@ pub(super) fn plan_pairs(
         }
     }
     Ok(pairs)
+}
+
+impl PlannedPair {
+    /// Whether `encoder` is one of the pair's two sides.
+    pub fn involves(&self, encoder: EncoderId) -> bool {
+        self.source == encoder || self.target == encoder
+    }
+
+    /// The compared layers of the source side, in order.
+    pub fn source_at(&self) -> impl Iterator<Item = EncoderLayer> + '_ {
+        (self.source_layers.iter()).map(|&layer| EncoderLayer {
+            encoder: self.source,
+            layer,
+        })
+    }
+
+    /// The compared layers of the target side, in order.
+    pub fn target_at(&self) -> impl Iterator<Item = EncoderLayer> + '_ {
+        (self.target_layers.iter()).map(|&layer| EncoderLayer {
+            encoder: self.target,
+            layer,
+        })
+    }
+}
+
+impl Plan {
+    /// The fingerprint of a pair's sums: its settings and the SAEs of both sides.
+    pub fn pair_fingerprint(&self, pair: PairId) -> String {
+        let p = self.pair(pair);
+        // The tables a pair writes: a pair made before `matches` existed is made again.
+        let tables = "mppc wmppc features matches";
+        let sums = (
+            &p.fingerprint,
+            self.sae_id(p.source),
+            self.sae_id(p.target),
+            tables,
+        );
+        if self.similarity_of(pair) {
+            // The saved sums hold the moments too, and the tables the measures.
+            let moments = crate::similarity::SUMS_VERSION;
+            let mirror = self.similarity_mirror(pair).is_some();
+            fingerprint(&(sums, &self.study.similarity, moments, mirror))
+        } else {
+            fingerprint(&sums)
+        }
+    }
+
+    /// The folder of a pair's accumulators and tables.
+    pub fn pair_dir(&self, pair: PairId) -> PathBuf {
+        self.layout().pair_dir(&self.pair(pair).key)
+    }
+
+    /// The unit name and fingerprint of a pair's tables.
+    pub fn pair_unit(&self, pair: PairId) -> (String, String) {
+        (
+            format!("pairs/{}", self.pair(pair).key),
+            self.pair_fingerprint(pair),
+        )
+    }
 }
