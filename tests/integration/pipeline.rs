@@ -604,7 +604,7 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         matches("piped/pairs/bert__dinov2/matches.parquet").len(),
         ours.len()
     );
-    // Each layer against each layer of the second SAEs: one to one within each layer pair.
+    // Each layer against the same layer of its second SAEs, one to one.
     let seeds: Vec<_> = (study.iter())
         .filter(|m| m.target == "bert.ceiling")
         .collect();
@@ -613,6 +613,7 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         .collect();
     partners.sort_unstable();
     partners.dedup();
+    assert!(seeds.iter().all(|m| m.source_layer == m.target_layer));
     assert!(
         !seeds.is_empty() && partners.len() == seeds.len(),
         "one to one: {} rows, {} distinct",

@@ -324,7 +324,7 @@ fn tabulate(
         dropped: state.dropped,
         first_dropped,
     };
-    let comparison = compare_accumulated(
+    let mut comparison = compare_accumulated(
         sums.accumulators,
         report,
         &source,
@@ -332,6 +332,11 @@ fn tabulate(
         aligned.as_deref(),
         &options,
     )?;
+    if pair.ceiling_of.is_some() {
+        // An SAE against its second seed: which features the other seed finds again is a
+        // question of each layer and its twin, not of two different layers.
+        (comparison.matches).retain(|m| m.source_layer == m.target_layer);
+    }
     let files = [
         dir.join(tables::MPPC_FILE),
         dir.join(tables::WMPPC_FILE),
