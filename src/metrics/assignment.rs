@@ -151,8 +151,9 @@ impl Search {
 }
 
 /// The matching of largest total weight between `rows` rows and `columns` columns over
-/// `edges` (edges of weight <= 0 count for nothing): for each row, its column or `None`.
-pub fn max_weight_matching(rows: usize, columns: usize, edges: &[Edge]) -> Vec<Option<u32>> {
+/// `edges` (edges of weight <= 0 count for nothing): for each row, its column and that edge's
+/// weight, or `None`.
+pub fn max_weight_matching(rows: usize, columns: usize, edges: &[Edge]) -> Vec<Option<(u32, f64)>> {
     let graph = Graph::new(rows, edges);
     let all = columns + rows;
     // Column potentials `v`; a matched row's own is implied, `u_r = cost(r, col) - v_col`, so
@@ -203,9 +204,8 @@ pub fn max_weight_matching(rows: usize, columns: usize, edges: &[Edge]) -> Vec<O
         }
         search.reset();
     }
-    row_column
-        .into_iter()
-        .map(|c| (c < columns).then_some(c as u32))
+    (row_column.into_iter().zip(row_cost))
+        .map(|(c, cost)| (c < columns).then_some((c as u32, -cost)))
         .collect()
 }
 
@@ -260,7 +260,8 @@ mod tests {
             let mut used = vec![false; columns];
             let mut total = 0.0;
             for (r, c) in matching.iter().enumerate() {
-                if let Some(c) = *c {
+                if let Some((c, w)) = *c {
+                    assert_eq!(w, weight[r][c as usize], "trial {trial}: the edge's weight");
                     assert!(!used[c as usize], "trial {trial}: column {c} twice");
                     used[c as usize] = true;
                     assert!(weight[r][c as usize] > 0.0, "trial {trial}: a useless edge");

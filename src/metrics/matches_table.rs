@@ -54,6 +54,35 @@ pub fn write_matches(path: &Path, rows: &[MatchRow]) -> Result<(), MetricsError>
     Ok(write(path, schema(MATCHES), columns)?)
 }
 
+/// The rows of several tables (the pairs' own), each layer pair's once: a last-layers pair and
+/// an all-layers pair of the same encoders share their last layers' matches. Files that do not
+/// exist are passed over (pairs not finished).
+pub fn merge_matches(
+    files: impl IntoIterator<Item = std::path::PathBuf>,
+) -> Result<Vec<MatchRow>, MetricsError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut rows = Vec::new();
+    for file in files.into_iter().filter(|f| f.is_file()) {
+        let mut new = std::collections::HashSet::new();
+        for row in read_matches(&file)? {
+            let key = [
+                &row.source,
+                &row.target,
+                &row.source_layer,
+                &row.target_layer,
+            ]
+            .map(|s| s.to_string());
+            if !seen.contains(&key) {
+                new.insert(key);
+                rows.push(row);
+            }
+        }
+        // A file holds many rows of each of its layer pairs.
+        seen.extend(new);
+    }
+    Ok(rows)
+}
+
 /// A layer pair's matches in a few numbers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MatchSummary {

@@ -23,6 +23,7 @@ mod matrix;
 mod mppc;
 mod one_to_one;
 mod pair_acc;
+mod rows;
 mod sharedness;
 mod state;
 pub mod tables;
@@ -37,15 +38,16 @@ pub use bench_codes::Popularity;
 pub use bench_dense::{bench_dense, median, DenseBenchOptions, DenseBenchReport};
 pub use bench_matching::{bench_matching, MatchingBenchOptions, MatchingBenchReport};
 pub use compare::{
-    accumulate_files, compare, compare_accumulated, Aggregation, Backend, CompareOptions,
-    Comparison, FeatureRow, MppcRow, WmppcRow, ALL_LAYERS,
+    accumulate_files, compare, compare_accumulated, Backend, CompareOptions, Comparison,
 };
 pub use matches_table::{
-    read_matches, summarize_matches, write_matches, MatchRow, MatchSummary, MATCHES_FILE,
+    merge_matches, read_matches, summarize_matches, write_matches, MatchRow, MatchSummary,
+    MATCHES_FILE,
 };
 pub use matrix::{normalised, MatrixCell, WmppcMatrix};
 pub use mppc::{best_over_layers, mppc, FeatureMatch};
-pub use one_to_one::{one_to_one, shared_fraction, OneToOne, SHARED_AT};
+pub use one_to_one::{one_to_one, OneToOne, SHARED_AT};
+pub use rows::{Aggregation, FeatureRow, MppcRow, WmppcRow, ALL_LAYERS};
 pub use sharedness::{sharedness, SharednessQuery, SharednessRow};
 pub use views::{Changed, Changes, MetricViews, WmppcKey};
 

@@ -32,32 +32,18 @@ pub struct OneToOne {
 pub fn one_to_one(acc: &CoactivationAccumulator) -> Vec<OneToOne> {
     let edges: Vec<Edge> = positive_correlations(acc);
     let (d_a, d_b) = (acc.source().d(), acc.target().d());
-    let matching = max_weight_matching(d_a, d_b, &edges);
-    let mut weight = std::collections::HashMap::with_capacity(d_a);
-    for &(i, j, w) in &edges {
-        if matching[i as usize] == Some(j) {
-            weight.insert(i, w);
-        }
-    }
-    (matching.into_iter().enumerate())
-        .filter_map(|(i, j)| {
-            let i = i as u32;
-            Some(OneToOne {
-                source: i,
-                target: j?,
-                rho: *weight.get(&i)?,
-            })
+    (max_weight_matching(d_a, d_b, &edges)
+        .into_iter()
+        .enumerate())
+    .filter_map(|(i, matched)| {
+        let (target, rho) = matched?;
+        Some(OneToOne {
+            source: i as u32,
+            target,
+            rho,
         })
-        .collect()
-}
-
-/// The share of `live` source features (alive and not constant) whose partner correlates at
-/// `threshold` or above.
-pub fn shared_fraction(matches: &[OneToOne], live: usize, threshold: f64) -> Option<f64> {
-    (live > 0).then(|| {
-        let shared = matches.iter().filter(|m| m.rho >= threshold).count();
-        shared as f64 / live as f64
     })
+    .collect()
 }
 
 /// The `matches` rows of every layer pair of a comparison (`accumulators[source][target]`).

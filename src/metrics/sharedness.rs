@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::compare::ALL_LAYERS;
+use super::ALL_LAYERS;
 use super::{MetricViews, MetricsError, MppcRow};
 
 /// A sharedness query.

@@ -17,8 +17,8 @@ use timely::worker::Worker;
 
 use super::{Query, Real, Row, Shared, Updates, WmppcKey};
 use crate::metrics::compare::all_layers;
-use crate::metrics::compare::ALL_LAYERS;
 use crate::metrics::sharedness::feature_delta;
+use crate::metrics::ALL_LAYERS;
 use crate::metrics::{wmppc, Aggregation, FeatureMatch};
 
 /// Logical time of the views: one epoch per [`super::MetricViews::step`].

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::EncoderId;
+use crate::metrics::MATCHES_FILE;
 use crate::metrics::{
     ceiling_for, tables, Changes, FeatureMatch, MetricViews, MppcRow, SharednessQuery,
     SharednessRow, WmppcKey, WmppcRow,
@@ -56,7 +57,9 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
         tables::write_mppc(&out, &mppc)?;
         files.push(out);
     }
-    let matches = merge_matches(plan)?;
+    // Every pair's, the ceilings' included (which features a second seed finds again).
+    let pair_tables = (plan.pair_ids()).map(|p| plan.pair_dir(p).join(MATCHES_FILE));
+    let matches = crate::metrics::merge_matches(pair_tables)?;
     if !matches.is_empty() {
         let out = plan.layout().matches();
         crate::metrics::write_matches(&out, &matches)?;
@@ -326,31 +329,6 @@ fn merge_pair_tables(plan: &Plan) -> anyhow::Result<tables::MergedTables> {
         }
     }
     Ok(merged)
-}
-
-/// Every pair's one-to-one matches, ceilings' included (an SAE against its second seed: how
-/// stable its features are), each layer pair once: a last-layers pair and an all-layers pair of
-/// the same encoders share their last layers' matches.
-fn merge_matches(plan: &Plan) -> anyhow::Result<Vec<crate::metrics::MatchRow>> {
-    let mut seen = std::collections::HashSet::new();
-    let mut rows = Vec::new();
-    for p in plan.pair_ids() {
-        let file = plan.pair_dir(p).join(crate::metrics::MATCHES_FILE);
-        if !file.is_file() {
-            continue;
-        }
-        let mut new = std::collections::HashSet::new();
-        for row in crate::metrics::read_matches(&file)? {
-            let key = (row.source.clone(), row.target.clone());
-            let key = (key, row.source_layer.clone(), row.target_layer.clone());
-            if !seen.contains(&key) {
-                new.insert(key);
-                rows.push(row);
-            }
-        }
-        seen.extend(new);
-    }
-    Ok(rows)
 }
 
 /// For each encoder with a ceiling pair: per layer, its features' matches in the same layer of
