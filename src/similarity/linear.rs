@@ -195,14 +195,10 @@ enum Side {
 }
 
 /// The canonical correlations of the directions `keep` keeps, and the canonical directions of
-/// the sides `directions` asks for (`[x, y]`).
-///
-/// The correlations are the singular values of `M = W_x^T S_xy W_y`, taken here as the square
-/// roots of the eigenvalues of `M M^T` (or `M^T M`), with the eigenvectors the side's canonical
-/// directions: a symmetric eigendecomposition of one side costs a third of an SVD with both.
-/// Squaring loses nothing that matters: `M`'s singular values lie in `[0, 1]`, so an
-/// eigenvalue's rounding (`eps`) moves a correlation by `eps / (2 rho)`, below `1e-12` for any
-/// correlation above `1e-4` (and such tiny ones add almost nothing to a mean).
+/// the sides `directions` asks for (`[x, y]`): the singular values and vectors of `M = W_x^T
+/// S_xy W_y`. An SVD, not the eigenvalues of `M M^T`: those square the small correlations, and
+/// a correlation near 0 taken back by a square root turns rounding in the 16th digit into a
+/// difference in the 8th between a run and a run that added shards.
 fn cca(
     x: &LayerPrep,
     y: &LayerPrep,
@@ -213,36 +209,14 @@ fn cca(
     let wx = x.whitener(keep)?;
     let wy = y.whitener(keep)?;
     let m = wx.tr().mm(xy).mm(&wy);
-    let count = m.size()[0].min(m.size()[1]);
-    let decompose = |gram: Tensor, vectors: bool| -> Option<(Vec<f64>, Option<Tensor>)> {
-        // Largest first; the side's extra directions beyond the other's rank are the zeros.
-        let (values, u) = match vectors {
-            true => {
-                let (values, u) = gram.f_linalg_eigh("L").ok()?;
-                (values.flip([0]), Some(u.flip([1]).narrow(1, 0, count)))
-            }
-            false => (gram.f_linalg_eigvalsh("L").ok()?.flip([0]), None),
-        };
-        let rho = values.narrow(0, 0, count).clamp(0.0, 1.0).sqrt();
-        Some((Vec::<f64>::try_from(&rho).ok()?, u))
-    };
-    // Without directions, the smaller side's decomposition gives the correlations.
-    let x_side = directions[0] || (!directions[1] && m.size()[0] <= m.size()[1]);
-    let (mut rho, mut x_directions, mut y_directions) = (None, None, None);
-    if x_side {
-        let (r, u) = decompose(m.mm(&m.tr()), directions[0])?;
-        rho = Some(r);
-        x_directions = u.map(|u| wx.mm(&u));
-    }
-    if !x_side || directions[1] {
-        let (r, v) = decompose(m.tr().mm(&m), directions[1])?;
-        rho.get_or_insert(r);
-        y_directions = v.map(|v| wy.mm(&v));
-    }
+    // `Tensor::svd`, not `linalg_svd`: tch passes the latter a driver, which only CUDA takes.
+    let (u, s, v) = m.f_svd(true, directions[0] || directions[1]).ok()?;
+    // Rounding may take a correlation of perfectly related data a hair above 1.
+    let rho = Vec::<f64>::try_from(&s.clamp(0.0, 1.0)).ok()?;
     Some(Cca {
-        rho: rho?,
-        x_directions,
-        y_directions,
+        rho,
+        x_directions: directions[0].then(|| wx.mm(&u)),
+        y_directions: directions[1].then(|| wy.mm(&v)),
     })
 }
 
