@@ -109,6 +109,11 @@ impl RunLayout {
         self.root.join(crate::metrics::MATCHES_FILE)
     }
 
+    /// `decoders.parquet`: the decoder geometry of every compared layer pair.
+    pub fn decoders(&self) -> PathBuf {
+        self.root.join(crate::metrics::DECODERS_FILE)
+    }
+
     /// `similarity.parquet`: the representation measures of every compared layer pair.
     pub fn similarity(&self) -> PathBuf {
         self.root.join(crate::similarity::SIMILARITY_FILE)

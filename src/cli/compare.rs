@@ -27,9 +27,13 @@ pub struct CompareArgs {
     /// codes in memory.
     #[arg(long, default_value_t = 0)]
     baselines: usize,
-    /// Seed of the floor's permutations.
+    /// Seed of the floor's permutations and of the bootstrap's weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Replicates of the Poisson bootstrap over samples giving each wMPPC a 95% interval (0:
+    /// none). Holds all aligned codes in memory, as the floor does.
+    #[arg(long, default_value_t = 0)]
+    bootstrap: usize,
     /// Leave out (and count) samples missing from some file, instead of failing.
     #[arg(long)]
     drop_missing: bool,
@@ -102,6 +106,7 @@ pub struct SharednessArgs {
 pub fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     let options = CompareOptions {
         baselines: args.baselines,
+        bootstrap: args.bootstrap,
         seed: args.seed,
         missing: if args.drop_missing {
             MissingSamples::Drop

@@ -3,7 +3,8 @@
 //! One pass over all files, joined by sample id, fills one accumulator per (source layer,
 //! target layer); MPPC comes from each, then the aggregations of docs/DESIGN.md, section 1. The floor
 //! pairs each source sample with a permuted target sample (fixed seed, several permutations);
-//! the ceiling compares each source layer with a second SAE of the same encoder and layer.
+//! the ceiling compares each source layer with a second SAE of the same encoder and layer; the
+//! bootstrap reweighs the samples for each value's interval.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,7 @@ use crate::stats::{
 };
 
 use super::baselines::{ceiling_values, floor_values};
+use super::bootstrap::{intervals, replicate_values};
 pub(crate) use super::pair_acc::PairAcc;
 use super::state;
 use super::{best_over_layers, mean_over_layers, mppc, wmppc, FeatureMatch, MetricsError};
@@ -53,6 +55,9 @@ pub struct CompareOptions {
     /// the sums saved, so that a run on new shards of the same layers completes the earlier
     /// ones. Incompatible with the baselines, which need every sample's codes.
     pub state: Option<PathBuf>,
+    /// Replicates of the Poisson bootstrap over samples (0: none), seeded by `seed`. Holds
+    /// every aligned code in memory, as the floor does.
+    pub bootstrap: usize,
 }
 
 impl Default for CompareOptions {
@@ -66,6 +71,7 @@ impl Default for CompareOptions {
             batch_samples: 16 * 1024,
             accumulator: AccumulatorOptions::default(),
             state: None,
+            bootstrap: 0,
         }
     }
 }
@@ -105,9 +111,11 @@ pub fn compare(
 ) -> Result<Comparison, MetricsError> {
     let source = side(sources, "--source")?;
     let target = side(targets, "--target")?;
-    if options.state.is_some() && (options.baselines > 0 || !ceilings.is_empty()) {
+    if options.state.is_some()
+        && (options.baselines > 0 || options.bootstrap > 0 || !ceilings.is_empty())
+    {
         return Err(MetricsError::BadInput(
-            "--state with baselines: the floor and the ceiling need every sample's codes in one run; compare without --state for them".into(),
+            "--state with baselines or the bootstrap: the floor, the ceiling and the intervals need every sample's codes in one run; compare without --state for them (or give --baselines 0 --bootstrap 0)".into(),
         ));
     }
 
@@ -119,21 +127,18 @@ pub fn compare(
         .map(|dir| state::open(dir, &source, &target, &inputs))
         .transpose()?;
 
-    let mut pass = accumulate(sources, targets, options, options.baselines > 0)?;
+    let keep = options.baselines > 0 || options.bootstrap > 0;
+    let mut pass = accumulate(sources, targets, options, keep)?;
     if let Some(state) = state {
         let accumulators = std::mem::take(&mut pass.accumulators);
         pass.accumulators = state::merge_and_save(state, accumulators, &pass.report)?;
     }
-    let floor = match &pass.kept {
-        Some(kept) if options.baselines > 0 => Some(floor_values(kept, &source, &target, options)?),
-        _ => None,
-    };
     assemble(
         pass.accumulators,
         pass.report,
-        &source,
-        &target,
-        floor,
+        (&source, &target),
+        pass.kept.as_deref(),
+        options,
         |values| ceiling_values(sources, &source, ceilings, values, options),
     )
 }
@@ -150,11 +155,14 @@ pub fn compare_accumulated(
     aligned: Option<&[CodeBatch]>,
     options: &CompareOptions,
 ) -> Result<Comparison, MetricsError> {
-    let floor = match aligned {
-        Some(kept) if options.baselines > 0 => Some(floor_values(kept, source, target, options)?),
-        _ => None,
-    };
-    assemble(accumulators, report, source, target, floor, |_| Ok(None))
+    assemble(
+        accumulators,
+        report,
+        (source, target),
+        aligned,
+        options,
+        |_| Ok(None),
+    )
 }
 
 /// The co-activation accumulators of source files against target files (one file per layer,
@@ -168,15 +176,20 @@ pub fn accumulate_files(
     Ok((pass.accumulators, pass.report))
 }
 
-/// MPPC, the `features`, `mppc` and `wmppc` rows, from accumulators and baselines.
+/// MPPC, the `features`, `mppc` and `wmppc` rows, from accumulators, with the floor and the
+/// bootstrap where `options` asks for them (from `aligned`, every aligned code) and the ceiling.
 fn assemble(
     accumulators: Vec<Vec<CoactivationAccumulator>>,
     report: AlignReport,
-    source: &[CodesMeta],
-    target: &[CodesMeta],
-    floor: Option<Vec<super::baselines::Spread>>,
+    (source, target): (&[CodesMeta], &[CodesMeta]),
+    aligned: Option<&[CodeBatch]>,
+    options: &CompareOptions,
     ceiling: impl FnOnce(&[(Key, Option<f64>)]) -> Result<Option<Vec<Option<f64>>>, MetricsError>,
 ) -> Result<Comparison, MetricsError> {
+    let floor = match aligned {
+        Some(kept) if options.baselines > 0 => Some(floor_values(kept, source, target, options)?),
+        _ => None,
+    };
     // With a state, N counts the samples of earlier runs too.
     let samples = accumulators[0][0].samples();
     let features = feature_rows(&accumulators, source, target);
@@ -187,6 +200,24 @@ fn assemble(
         .collect();
     let values = keyed_values(&matches);
     let ceiling = ceiling(&values)?;
+    let intervals = match aligned {
+        Some(kept) if options.bootstrap > 0 => {
+            let replicates = replicate_values(
+                kept,
+                &accumulators,
+                &matches,
+                options.bootstrap,
+                options.seed,
+            );
+            let floors: Vec<Option<f64>> = match &floor {
+                Some(f) => f.iter().map(|s| s.0).collect(),
+                None => Vec::new(),
+            };
+            let estimates: Vec<Option<f64>> = values.iter().map(|v| v.1).collect();
+            intervals(&replicates, &estimates, &floors)
+        }
+        _ => Vec::new(),
+    };
     let layer_name = |layers: &[CodesMeta], index: Option<usize>| {
         index.map_or_else(|| ALL_LAYERS.to_string(), |i| layers[i].layer.clone())
     };
@@ -204,6 +235,10 @@ fn assemble(
             baseline_floor_std: floor.as_ref().and_then(|f| f[r].1),
             baseline_ceiling: ceiling.as_ref().and_then(|c| c[r]),
             samples,
+            ci_low: intervals.get(r).and_then(|i| i.low),
+            ci_high: intervals.get(r).and_then(|i| i.high),
+            bootstrap_bias: intervals.get(r).and_then(|i| i.bias),
+            floor_p: intervals.get(r).and_then(|i| i.floor_p),
         })
         .collect();
     Ok(Comparison {

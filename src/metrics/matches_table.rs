@@ -60,24 +60,30 @@ pub fn write_matches(path: &Path, rows: &[MatchRow]) -> Result<(), MetricsError>
 pub fn merge_matches(
     files: impl IntoIterator<Item = std::path::PathBuf>,
 ) -> Result<Vec<MatchRow>, MetricsError> {
+    merge_layer_pairs(files, read_matches, |r| {
+        [&r.source, &r.target, &r.source_layer, &r.target_layer]
+    })
+}
+
+/// The rows of the tables `files` that exist, read by `read`, each layer pair (`key`) from the
+/// first file that holds it.
+pub(crate) fn merge_layer_pairs<R>(
+    files: impl IntoIterator<Item = std::path::PathBuf>,
+    read: impl Fn(&Path) -> Result<Vec<R>, MetricsError>,
+    key: impl Fn(&R) -> [&String; 4],
+) -> Result<Vec<R>, MetricsError> {
     let mut seen = std::collections::HashSet::new();
     let mut rows = Vec::new();
     for file in files.into_iter().filter(|f| f.is_file()) {
         let mut new = std::collections::HashSet::new();
-        for row in read_matches(&file)? {
-            let key = [
-                &row.source,
-                &row.target,
-                &row.source_layer,
-                &row.target_layer,
-            ]
-            .map(|s| s.to_string());
-            if !seen.contains(&key) {
-                new.insert(key);
+        for row in read(&file)? {
+            let k = key(&row).map(String::clone);
+            if !seen.contains(&k) {
+                new.insert(k);
                 rows.push(row);
             }
         }
-        // A file holds many rows of each of its layer pairs.
+        // A file may hold many rows of each of its layer pairs.
         seen.extend(new);
     }
     Ok(rows)

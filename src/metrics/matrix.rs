@@ -10,6 +10,9 @@ pub struct MatrixCell {
     pub floor: Option<f64>,
     pub floor_std: Option<f64>,
     pub ceiling: Option<f64>,
+    /// The value's 95% bootstrap interval, and the bootstrap's p-value against the floor.
+    pub interval: Option<(f64, f64)>,
+    pub floor_p: Option<f64>,
     pub samples: u64,
     pub source_layer: String,
     pub target_layer: String,
@@ -44,6 +47,8 @@ impl WmppcMatrix {
                     floor: r.baseline_floor,
                     floor_std: r.baseline_floor_std,
                     ceiling: r.baseline_ceiling,
+                    interval: r.ci_low.zip(r.ci_high),
+                    floor_p: r.floor_p,
                     samples: r.samples,
                     source_layer: r.source_layer.clone(),
                     target_layer: r.target_layer.clone(),
@@ -86,23 +91,34 @@ impl WmppcMatrix {
             .collect()
     }
 
-    /// The matrix as text: the values, then their floors, the ceilings and the normalised
-    /// scores where there are some, each a table of its own so that no pair of numbers reads as a
-    /// range or a difference; `.` the diagonal, an empty cell a pair not compared (yet). A note
-    /// follows where a floor is high: at small N chance alone gives large values.
+    /// The matrix as text: the values, then their 95% intervals, floors (and the values' test
+    /// against them), the ceilings and the normalised scores where there are some, each a table
+    /// of its own so that no pair of numbers reads as a range or a difference; `.` the diagonal,
+    /// an empty cell a pair not compared (yet). A note follows where a floor is high: at small N
+    /// chance alone gives large values.
     pub fn to_text(&self) -> String {
-        let mut out = self.table("wMPPC", |c| c.wmppc);
+        let mut out = self.table("wMPPC", |c| c.wmppc.map(|v| format!("{v:.3}")));
+        if self.values().any(|(_, _, c)| c.interval.is_some()) {
+            out.push('\n');
+            out.push_str(&self.table("95% interval", |c| {
+                c.interval.map(|(l, h)| format!("[{l:.3}, {h:.3}]"))
+            }));
+        }
         if self.values().any(|(_, _, c)| c.floor.is_some()) {
             out.push('\n');
-            out.push_str(&self.table("floor", |c| c.floor));
+            out.push_str(&self.table("floor", |c| c.floor.map(|v| format!("{v:.3}"))));
+        }
+        if self.values().any(|(_, _, c)| c.floor_p.is_some()) {
+            out.push('\n');
+            out.push_str(&self.table("p, above floor", |c| c.floor_p.map(|p| format!("{p:.3}"))));
         }
         if self.has_ceiling() {
             out.push('\n');
-            out.push_str(&self.table("ceiling", |c| c.ceiling));
+            out.push_str(&self.table("ceiling", |c| c.ceiling.map(|v| format!("{v:.3}"))));
         }
         if self.values().any(|(_, _, c)| c.normalised().is_some()) {
             out.push('\n');
-            out.push_str(&self.table("normalised", MatrixCell::normalised));
+            out.push_str(&self.table("normalised", |c| c.normalised().map(|v| format!("{v:.3}"))));
         }
         let highest = (self.values())
             .filter_map(|(_, _, c)| c.floor.map(|f| (f, c.samples)))
@@ -116,11 +132,11 @@ impl WmppcMatrix {
         out
     }
 
-    /// One table of `value` per cell, headed `header`.
-    fn table(&self, header: &str, value: impl Fn(&MatrixCell) -> Option<f64>) -> String {
+    /// One table of `value` (as written) per cell, headed `header`.
+    fn table(&self, header: &str, value: impl Fn(&MatrixCell) -> Option<String>) -> String {
         let cells = self.map_cells(|i, j, c| match c {
             _ if i == j => ".".to_string(),
-            Some(c) => value(c).map_or_else(|| "-".to_string(), |v| format!("{v:.3}")),
+            Some(c) => value(c).unwrap_or_else(|| "-".to_string()),
             None => String::new(),
         });
         let width = (self.encoders.iter())
@@ -177,6 +193,10 @@ mod tests {
             baseline_floor_std: None,
             baseline_ceiling: None,
             samples: 10,
+            ci_low: None,
+            ci_high: None,
+            bootstrap_bias: None,
+            floor_p: None,
         }
     }
 
@@ -234,6 +254,8 @@ mod normalised_tests {
             floor: Some(floor),
             floor_std: None,
             ceiling: Some(0.9),
+            interval: Some((0.45, 0.55)),
+            floor_p: Some(0.01),
             samples: 200,
             source_layer: "1".into(),
             target_layer: "1".into(),
@@ -243,9 +265,16 @@ mod normalised_tests {
             cells: vec![vec![None, Some(cell(0.3))], vec![Some(cell(0.1)), None]],
         };
         let text = m.to_text();
-        for header in ["\nfloor", "\nceiling", "\nnormalised"] {
+        for header in [
+            "\n95% interval",
+            "\nfloor",
+            "\np, above floor",
+            "\nceiling",
+            "\nnormalised",
+        ] {
             assert!(text.contains(header), "{text}");
         }
+        assert!(text.contains("[0.450, 0.550]"), "{text}");
         // (0.5 - 0.3) / (0.9 - 0.3)
         assert!(text.contains("0.333"), "{text}");
         assert!(text.contains("floors reach 0.300 (N = 200)"), "{text}");

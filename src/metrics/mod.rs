@@ -9,6 +9,8 @@
 //! - [`MetricViews`]: wMPPC and sharedness maintained by differential dataflow as MPPC rows
 //!   and queries arrive.
 //! - [`WmppcMatrix`]: the last-layer wMPPC matrix, printed by `run` and drawn by the report.
+//! - [`layer_geometry`]: the decoders' side: seeds matched by decoder cosine, and the SVCCA of
+//!   shared features' decoder rows against shuffled pairings (`decoders` table).
 //! - [`bench_stats()`]: sparse exact MPPC against the reference's dense float32 way.
 
 mod assignment;
@@ -17,7 +19,10 @@ mod bench;
 pub(crate) mod bench_codes;
 mod bench_dense;
 mod bench_matching;
+mod bootstrap;
 mod compare;
+mod decoder_geometry;
+mod decoders_table;
 mod matches_table;
 mod matrix;
 mod mppc;
@@ -37,8 +42,16 @@ pub use bench::{bench_stats, BenchOptions, BenchReport};
 pub use bench_codes::Popularity;
 pub use bench_dense::{bench_dense, median, DenseBenchOptions, DenseBenchReport};
 pub use bench_matching::{bench_matching, MatchingBenchOptions, MatchingBenchReport};
+pub use bootstrap::CANDIDATES as BOOTSTRAP_CANDIDATES;
 pub use compare::{
     accumulate_files, compare, compare_accumulated, Backend, CompareOptions, Comparison,
+};
+pub use decoder_geometry::{
+    cosine_matches, layer_geometry, paired_svcca, GeometryOptions, LayerGeometry, PairedSvcca,
+    COSINE_EDGE_FLOOR, MIN_PAIRS, PAIRED_AT,
+};
+pub use decoders_table::{
+    merge_decoders, read_decoders, write_decoders, DecoderRow, DECODERS_FILE,
 };
 pub use matches_table::{
     merge_matches, read_matches, summarize_matches, write_matches, MatchRow, MatchSummary,

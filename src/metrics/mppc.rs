@@ -140,32 +140,18 @@ pub fn mppc(acc: &CoactivationAccumulator) -> Vec<FeatureMatch> {
 /// together correlate positively; where some feature's mean is negative, the pairs that never
 /// did are searched too.
 pub(crate) fn positive_correlations(acc: &CoactivationAccumulator) -> Vec<(u32, u32, f64)> {
-    let (a, b) = (Side::new(acc.source()), Side::new(acc.target()));
-    let n = acc.samples() as f64;
-    let (sx, sy) = (a.m.sums(), b.m.sums());
-    let (d_a, d_b) = (a.m.d(), b.m.d());
     let mut out = Vec::new();
     let mut keep = |i: usize, j: usize, rho: f64| {
         if rho > 0.0 {
             out.push((i as u32, j as u32, rho.min(1.0)));
         }
     };
-    let rho = |i: usize, j: usize, sxy: f64| {
-        (n * sxy - sx[i] * sy[j]) * a.inv_spread[i] * b.inv_spread[j]
-    };
-    if let Some(cross) = acc.dense_cross() {
-        for i in (0..d_a).filter(|&i| a.live(i)) {
-            for j in (0..d_b).filter(|&j| b.live(j)) {
-                keep(i, j, rho(i, j, cross[i * d_b + j]));
-            }
-        }
+    for_each_held_correlation(acc, &mut keep);
+    if acc.dense_cross().is_some() {
         return out;
     }
-    acc.for_each_pair(|i, j, sxy| {
-        if a.live(i) && b.live(j) {
-            keep(i, j, rho(i, j, sxy));
-        }
-    });
+    let (a, b) = (Side::new(acc.source()), Side::new(acc.target()));
+    let (d_a, d_b) = (a.m.d(), b.m.d());
     if a.ratio.iter().chain(&b.ratio).any(|&r| r < 0.0) {
         for i in (0..d_a).filter(|&i| a.live(i)) {
             for j in (0..d_b).filter(|&j| b.live(j) && !acc.holds(i, j)) {
@@ -174,6 +160,34 @@ pub(crate) fn positive_correlations(acc: &CoactivationAccumulator) -> Vec<(u32, 
         }
     }
     out
+}
+
+/// `f(i, j, rho_ij)` for every pair of live features the accumulator holds (those that fired
+/// together; every pair of dense sums).
+pub(crate) fn for_each_held_correlation(
+    acc: &CoactivationAccumulator,
+    mut f: impl FnMut(usize, usize, f64),
+) {
+    let (a, b) = (Side::new(acc.source()), Side::new(acc.target()));
+    let n = acc.samples() as f64;
+    let (sx, sy) = (a.m.sums(), b.m.sums());
+    let rho = |i: usize, j: usize, sxy: f64| {
+        ((n * sxy - sx[i] * sy[j]) * a.inv_spread[i] * b.inv_spread[j]).clamp(-1.0, 1.0)
+    };
+    if let Some(cross) = acc.dense_cross() {
+        let (d_a, d_b) = (a.m.d(), b.m.d());
+        for i in (0..d_a).filter(|&i| a.live(i)) {
+            for j in (0..d_b).filter(|&j| b.live(j)) {
+                f(i, j, rho(i, j, cross[i * d_b + j]));
+            }
+        }
+        return;
+    }
+    acc.for_each_pair(|i, j, sxy| {
+        if a.live(i) && b.live(j) {
+            f(i, j, rho(i, j, sxy));
+        }
+    });
 }
 
 /// MPPC from dense cross sums: every pair from its sums, one row at a time, the rows split

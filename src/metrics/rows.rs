@@ -92,6 +92,14 @@ pub struct WmppcRow {
     pub baseline_ceiling: Option<f64>,
     /// Aligned samples `N`.
     pub samples: u64,
+    /// The value's 95% bootstrap interval over samples ([`super::bootstrap`]).
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    /// The bootstrap replicates' mean less the value: how much more chance correlation a
+    /// replicate, with fewer distinct samples, finds.
+    pub bootstrap_bias: Option<f64>,
+    /// The bootstrap's test against the floor: the share of replicates at or below it.
+    pub floor_p: Option<f64>,
 }
 
 /// One row of the `features` table: the moments of one feature over the compared samples.

@@ -73,6 +73,10 @@ const WMPPC: &Columns = &[
     ("baseline_floor_std", DataType::Float64, true),
     ("samples", DataType::UInt64, false),
     ("normalised", DataType::Float64, true),
+    ("ci_low", DataType::Float64, true),
+    ("ci_high", DataType::Float64, true),
+    ("bootstrap_bias", DataType::Float64, true),
+    ("floor_p", DataType::Float64, true),
 ];
 
 /// A `sharedness` ranking: the source's features by Delta.
@@ -206,6 +210,10 @@ pub fn write_wmppc(path: &Path, rows: &[WmppcRow]) -> Result<(), MetricsError> {
             rows.iter().map(|r| r.samples),
         )),
         f64s(|r| super::matrix::normalised(r.wmppc, r.baseline_floor, r.baseline_ceiling)),
+        f64s(|r| r.ci_low),
+        f64s(|r| r.ci_high),
+        f64s(|r| r.bootstrap_bias),
+        f64s(|r| r.floor_p),
     ];
     Ok(write(path, schema(WMPPC), columns)?)
 }
@@ -357,7 +365,17 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
             .collect();
         let samples = column("samples")?;
         let samples = samples.as_primitive::<arrow::datatypes::UInt64Type>();
+        // Tables of earlier versions have no bootstrap: its cells read as empty.
+        let bootstrap: Vec<Option<ArrayRef>> = ["ci_low", "ci_high", "bootstrap_bias", "floor_p"]
+            .iter()
+            .map(|n| batch.column_by_name(n).map(|_| column(n)).transpose())
+            .collect::<Result<_, _>>()?;
+        let bootstrap: Vec<Option<&Float64Array>> = (bootstrap.iter())
+            .map(|c| c.as_ref().map(|c| c.as_primitive::<Float64Type>()))
+            .collect();
         let real = |c: usize, r: usize| reals[c].is_valid(r).then(|| reals[c].value(r));
+        let interval =
+            |c: usize, r: usize| bootstrap[c].and_then(|a| a.is_valid(r).then(|| a.value(r)));
         for r in 0..batch.num_rows() {
             let aggregation = super::Aggregation::parse(text[4].value(r)).ok_or_else(|| {
                 let problem = format!("row {r}: unknown aggregation {:?}", text[4].value(r));
@@ -374,6 +392,10 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
                 baseline_floor_std: real(2, r),
                 baseline_ceiling: real(3, r),
                 samples: samples.value(r),
+                ci_low: interval(0, r),
+                ci_high: interval(1, r),
+                bootstrap_bias: interval(2, r),
+                floor_p: interval(3, r),
             });
         }
     }

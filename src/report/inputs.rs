@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::metrics::{
-    self, summarize_matches, tables, Aggregation, MatchSummary, MppcRow, SharednessQuery,
-    SharednessRow, WmppcRow, MATCHES_FILE,
+    self, merge_decoders, read_decoders, summarize_matches, tables, Aggregation, DecoderRow,
+    MatchSummary, MppcRow, SharednessQuery, SharednessRow, WmppcRow, DECODERS_FILE, MATCHES_FILE,
 };
 use crate::report::{paths_in, FeatureKey};
 use crate::run_layout::RunLayout;
@@ -53,6 +53,8 @@ pub struct RunInputs {
     pub similarity: Vec<SimilarityRow>,
     /// Each layer pair's one-to-one matches, summed up (`matches.parquet`, or the pairs').
     pub matches: Vec<MatchSummary>,
+    /// Each layer pair's decoder geometry (`decoders.parquet`, or the pairs').
+    pub decoders: Vec<DecoderRow>,
     /// The matrix's encoders: (name, last layer), in the study's order.
     pub matrix_encoders: Vec<(String, String)>,
     /// What is missing, with the command that makes it; empty for a finished run.
@@ -89,6 +91,7 @@ impl RunInputs {
         let saes = loader.saes()?;
         let similarity = loader.similarity()?;
         let matches = loader.matches()?;
+        let decoders = loader.decoders()?;
         let matrix_encoders = match &record {
             Some(r) => r
                 .named_encoders()
@@ -116,6 +119,7 @@ impl RunInputs {
             saes,
             similarity,
             matches,
+            decoders,
             matrix_encoders,
             missing: loader.missing,
         })
@@ -229,6 +233,17 @@ impl Loader<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// The decoder geometry: the study's table, or every finished pair's (the ceilings' too),
+    /// each layer pair once.
+    fn decoders(&self) -> anyhow::Result<Vec<DecoderRow>> {
+        let study = self.layout.decoders();
+        if study.is_file() {
+            return Ok(read_decoders(&study)?);
+        }
+        let files = paths_in(&self.layout.pairs()).into_iter();
+        Ok(merge_decoders(files.map(|d| d.join(DECODERS_FILE)))?)
     }
 
     /// The folders of the compared pairs, ceilings aside, in name order.

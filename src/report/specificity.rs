@@ -181,6 +181,10 @@ mod tests {
             baseline_floor_std: None,
             baseline_ceiling: None,
             samples: 10,
+            ci_low: None,
+            ci_high: None,
+            bootstrap_bias: None,
+            floor_p: None,
         };
         let wmppc = [floor("g1", 0.05), floor("g2", 0.07), floor("h", 0.5)];
         let bins = SpecificityBins::of(&ranking, &wmppc).unwrap();

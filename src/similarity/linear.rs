@@ -22,7 +22,18 @@ pub struct LayerPrep {
 impl LayerPrep {
     pub fn of(m: &LayerMoments) -> LayerPrep {
         let total = m.total();
-        let centred = total.centred();
+        LayerPrep::with_scatter(total.centred(), total.mean(), total.n)
+    }
+
+    /// The preparation of the rows `x` (`n x d`, float64) themselves.
+    fn of_rows(x: &Tensor) -> LayerPrep {
+        let mean = x.mean_dim([0i64].as_slice(), false, Kind::Double);
+        let centred = x - mean.unsqueeze(0);
+        LayerPrep::with_scatter(centred.tr().mm(&centred), mean, x.size()[0] as u64)
+    }
+
+    /// From the centred sums `sum (x - m)(x - m)^T`, the mean `m` and the row count.
+    fn with_scatter(centred: Tensor, mean: Tensor, n: u64) -> LayerPrep {
         let (values, vectors) = match centred.f_linalg_eigh("L") {
             Ok((values, vectors)) => (
                 Vec::<f64>::try_from(values.flip([0])).unwrap_or_default(),
@@ -35,8 +46,8 @@ impl LayerPrep {
             ),
         };
         LayerPrep {
-            mean: total.mean(),
-            n: total.n,
+            mean,
+            n,
             centred,
             values,
             vectors,
@@ -109,11 +120,7 @@ pub fn measures(
         both || forward_side == Side::Y,
     ];
     let full = cca(px, py, &xy, Keep::Rank, directions);
-    let svcca_keep = match options.svcca_dims {
-        Some(d) => Keep::Dims(d),
-        None => Keep::Variance(options.svcca_variance),
-    };
-    let reduced = cca(px, py, &xy, svcca_keep, [false, false]);
+    let reduced = cca(px, py, &xy, svcca_keep(options), [false, false]);
     let pwcca_by = |side: Side| full.as_ref().and_then(|c| pwcca(px, py, c, side));
     let forward_pwcca = pwcca_by(forward_side);
     let ridge = ridge_r2(x, y, &cross.fit, &cross.held, options.ridge);
@@ -144,6 +151,49 @@ pub fn measures(
         false => Vec::new(),
     };
     [forward, backward]
+}
+
+/// SVCCA between paired rows, row `i` of `x` (`n x d_x`) with row `i` of `y` (`n x d_y`), and
+/// again with `y`'s rows in each order of `orders` (index tensors of `n`): the reduction and
+/// CCA of [`measures`]' SVCCA, `options` choosing the directions kept (at most `max_dims` a
+/// side), from the rows instead of their moments. The rows whitened once, a reordering only
+/// reorders `y`'s whitened rows, so each order costs one `n x r_x x r_y` product and an `r_x x
+/// r_y` SVD. `None` where a side has no variance.
+pub fn svcca_of_rows(
+    x: &Tensor,
+    y: &Tensor,
+    options: &SimilarityOptions,
+    max_dims: usize,
+    orders: &[Tensor],
+) -> Option<(f64, Vec<f64>)> {
+    let keep = svcca_keep(options);
+    let whitened = |rows: &Tensor| -> Option<Tensor> {
+        let rows = rows.to_kind(Kind::Double);
+        let prep = LayerPrep::of_rows(&rows);
+        let w = prep.whitener(keep)?;
+        let most = i64::try_from(max_dims.max(1)).unwrap_or(i64::MAX);
+        let w = w.narrow(1, 0, w.size()[1].min(most));
+        Some((rows - prep.mean.unsqueeze(0)).mm(&w))
+    };
+    let (zx, zy) = (whitened(x)?, whitened(y)?);
+    // `zx^T zy` is `W_x^T S_xy W_y`, the matrix whose singular values [`cca`] takes.
+    let mean_rho = |zy: &Tensor| -> Option<f64> {
+        let s = zx.tr().mm(zy).f_svd(true, false).ok()?.1;
+        let rho = Vec::<f64>::try_from(&s.clamp(0.0, 1.0)).ok()?;
+        (!rho.is_empty()).then(|| rho.iter().sum::<f64>() / rho.len() as f64)
+    };
+    let value = mean_rho(&zy)?;
+    let null = (orders.iter())
+        .filter_map(|order| mean_rho(&zy.index_select(0, order)))
+        .collect();
+    Some((value, null))
+}
+
+fn svcca_keep(options: &SimilarityOptions) -> Keep {
+    match options.svcca_dims {
+        Some(d) => Keep::Dims(d),
+        None => Keep::Variance(options.svcca_variance),
+    }
 }
 
 /// Linear CKA in its feature-space form: `||S_xy||_F^2 / (||S_xx||_F ||S_yy||_F)` (Kornblith et

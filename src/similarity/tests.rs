@@ -183,3 +183,49 @@ fn a_pair_and_its_mirror_give_the_same_rows_from_one_computation() {
         assert!(ab.iter().all(|r| r.value.is_some() && r.floor.is_some()));
     }
 }
+
+#[test]
+fn svcca_of_paired_rows_is_the_svcca_of_their_moments_in_every_order() {
+    // Rows with some shared structure, so that SVCCA is neither 0 nor 1.
+    let n = 300;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let shared: Vec<f32> = (0..n * 3).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut rows = |d: usize| -> Vec<f32> {
+        (0..n * d)
+            .map(|i| {
+                shared[(i / d) * 3 + (i % d) % 3] * (1 + i % d) as f32 + rng.random_range(-1.0..1.0)
+            })
+            .collect()
+    };
+    let (a, b) = (one_layer("a", 7, rows(7)), one_layer("b", 5, rows(5)));
+    let svcca_of_moments = |b: &SideRows| {
+        let ids: Vec<u64> = (0..n as u64).collect();
+        values(&sum_sides(&ids, &a, b, 0, Device::Cpu))[2].unwrap()
+    };
+    let tensor = |s: &SideRows| {
+        tch::Tensor::from_slice(&s.layers[0].values).view([n as i64, s.layers[0].width as i64])
+    };
+    let order: Vec<i64> = (0..n as i64).rev().map(|i| (i * 7) % n as i64).collect();
+    let reordered = SideRows {
+        layers: vec![LayerRows {
+            values: (order.iter())
+                .flat_map(|&i| b.layers[0].values[i as usize * 5..(i as usize + 1) * 5].to_vec())
+                .collect(),
+            ..b.layers[0].clone()
+        }],
+        ..b.clone()
+    };
+    let options = SimilarityOptions::default();
+    let (value, null) = super::linear::svcca_of_rows(
+        &tensor(&a),
+        &tensor(&b),
+        &options,
+        usize::MAX,
+        &[tch::Tensor::from_slice(&order)],
+    )
+    .unwrap();
+    assert!(value > 0.2 && value < 0.99, "{value}");
+    assert!((value - svcca_of_moments(&b)).abs() < 1e-9);
+    assert!((null[0] - svcca_of_moments(&reordered)).abs() < 1e-9);
+    assert!(null[0] < value - 0.1, "{null:?} against {value}");
+}

@@ -223,6 +223,11 @@ fn outputs_are_equal_on_1_worker_4_workers_and_2_processes_of_2_workers() {
         printed.contains("wMPPC") && printed.contains("\nfloor"),
         "{printed}"
     );
+    // Each value's bootstrap interval and its test against the floor, in tables of their own.
+    assert!(
+        printed.contains("\n95% interval") && printed.contains("\np, above floor"),
+        "{printed}"
+    );
     assert_eq!(last_run(&dir.path().join("one"))["codes_units"], 4 * 5);
 
     let four = study(dir.path(), &dataset, "four", &all, 4);
@@ -549,7 +554,8 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
     }
     #[rustfmt::skip]
     ok(&["compare", "--source", &path("codes-bert-0.parquet"), "--target", &path("codes-dinov2-0.parquet"),
-         "--ceiling", &path("codes-bert-7.parquet"), "--baselines", "0", "--out", &path("cmp")]);
+         "--ceiling", &path("codes-bert-7.parquet"), "--baselines", "0", "--bootstrap", "100",
+         "--out", &path("cmp")]);
 
     let theirs = read_wmppc(&dir.path().join("cmp/wmppc.parquet")).unwrap();
     let ours = read_wmppc(&dir.path().join("piped/wmppc.parquet")).unwrap();
@@ -573,6 +579,19 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         "ceiling {a} vs compare --ceiling {b}"
     );
     assert!((ours.wmppc.unwrap() - theirs.wmppc.unwrap()).abs() <= 1e-6);
+    // The bootstrap (the study's default 100 replicates, seed 0): the same interval both ways,
+    // about the value.
+    let interval = |r: &saeshare::metrics::WmppcRow| (r.ci_low.unwrap(), r.ci_high.unwrap());
+    let ((low, high), (their_low, their_high)) = (interval(&ours), interval(&theirs));
+    assert!((low - their_low).abs() <= 1e-6 && (high - their_high).abs() <= 1e-6);
+    assert!(
+        low < ours.wmppc.unwrap() && ours.wmppc.unwrap() < high,
+        "{ours:?}"
+    );
+    assert!(
+        ours.bootstrap_bias.is_some() && ours.floor_p.is_none(),
+        "no floor, no test"
+    );
     assert!(
         b > ours.wmppc.unwrap(),
         "the ceiling {b} is above the value"
@@ -621,6 +640,40 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         partners.len()
     );
 
+    // The decoder geometry: the ceiling pair's layer matched by decoder cosine as the library
+    // matches the file-based SAEs' decoders, and each pair's count of the pairs SVCCA reads.
+    let geometry =
+        saeshare::metrics::read_decoders(&dir.path().join("piped/decoders.parquet")).unwrap();
+    let decoder = |name: &str| {
+        let (sae, _) = saeshare::sae::Sae::load(Path::new(&path(name)), tch::Device::Cpu).unwrap();
+        sae.w_dec.detach()
+    };
+    let by_cosine =
+        saeshare::metrics::cosine_matches(&decoder("sae-bert-0"), &decoder("sae-bert-7"));
+    let at =
+        saeshare::metrics::SHARED_AT.map(|t| by_cosine.iter().filter(|m| m.2 >= t).count() as u32);
+    let seeds_row = (geometry.iter())
+        .find(|g| g.source == "bert" && g.target == "bert.ceiling")
+        .unwrap();
+    assert_eq!(
+        seeds_row.geometry.cosine,
+        Some((by_cosine.len() as u32, at))
+    );
+    assert!(!by_cosine.is_empty());
+    let pair_row = (geometry.iter())
+        .find(|g| g.source == "bert" && g.target == "dinov2")
+        .unwrap();
+    assert_eq!(pair_row.geometry.cosine, None, "two models share no space");
+    let paired = ours
+        .iter()
+        .filter(|m| m.rho >= saeshare::metrics::PAIRED_AT)
+        .count();
+    assert_eq!(pair_row.geometry.paired as usize, paired);
+    assert_eq!(
+        pair_row.geometry.svcca.is_some(),
+        paired >= saeshare::metrics::MIN_PAIRS
+    );
+
     // The report draws the ceiling under its value; it reads `compare`'s folder too.
     let index = std::fs::read_to_string(dir.path().join("piped/report/index.html")).unwrap();
     assert!(index.contains(&format!("ceiling {a:.3}")), "{index}");
@@ -628,6 +681,10 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
     let table = index.split(r#"id="one-to-one-matches""#).nth(1).unwrap();
     let table = table.split("</table>").next().unwrap();
     assert!(table.contains("second seed"), "{table}");
+    assert!(
+        table.contains("cos ≥ 0.5") && table.contains("decoder SVCCA"),
+        "{table}"
+    );
     assert!(table.contains(&format!(">{} (", ours.len())), "{table}");
     let output = common::saeshare(&["report", &path("cmp")]);
     assert!(output.status.success(), "{}", common::stderr(&output));

@@ -400,10 +400,15 @@ pub fn estimate(plan: &Plan, rates: &Rates, samples: Option<u64>) -> Cost {
         "pairs (at most)".into(),
         (sums_bytes + similarity.sums_bytes).min(budget),
     );
+    let baselines = (plan.pairs.iter())
+        .map(|p| baselines_bytes(plan, p, samples))
+        .max()
+        .unwrap_or(0);
     let compare_memory = BASELINE_BYTES
         + models
         + (plan.study.stats.memory_mib as u64).saturating_mul(1 << 20)
-        + similarity.memory;
+        + similarity.memory
+        + baselines;
     // Passes within `[fit] memory_gib` run one after another: the largest is the peak.
     let fitting: Vec<EncoderId> = fit_memory.keys().copied().collect();
     let passes = super::fit_passes::fit_passes(plan, &fitting);
@@ -516,6 +521,38 @@ pub(super) fn fit_bytes(
 
 fn package_bytes(e: &PlannedEncoder) -> u64 {
     std::fs::metadata(e.package.join("model.pt")).map_or(0, |m| m.len())
+}
+
+/// What a pair's floor and bootstrap hold, one pair at a time: every aligned code of its
+/// layers (a feature index and a value per latent that fired), and the bootstrap's replicate
+/// sums (each stream's weighted moments, each layer pair's replicate MPPC, and one layer pair's
+/// candidate sums at a time).
+fn baselines_bytes(plan: &Plan, pair: &super::PlannedPair, samples: u64) -> u64 {
+    let b = &plan.study.baselines;
+    if pair.ceiling_of.is_some() || (b.floor_permutations == 0 && b.bootstrap == 0) {
+        return 0;
+    }
+    let (s, t) = (plan.encoder(pair.source), plan.encoder(pair.target));
+    let d = |e: &super::PlannedEncoder, l: crate::ids::LayerId| {
+        (e.layer_width(l) * e.sae.expansion) as u64
+    };
+    let streams = (pair.source_layers.iter().map(|&l| (s, l)))
+        .chain(pair.target_layers.iter().map(|&l| (t, l)));
+    let (mut codes, mut moments) = (0u64, 0u64);
+    for (e, l) in streams {
+        codes += samples * e.sae.k as u64 * 8;
+        moments += d(e, l) * 16;
+    }
+    let r = b.bootstrap as u64;
+    let sources: u64 = pair.source_layers.iter().map(|&l| d(s, l)).sum();
+    let widest = pair
+        .source_layers
+        .iter()
+        .map(|&l| d(s, l))
+        .max()
+        .unwrap_or(0);
+    let candidates = crate::metrics::BOOTSTRAP_CANDIDATES as u64;
+    codes + r * (moments + sources * pair.target_layers.len() as u64 * 4 + widest * candidates * 8)
 }
 
 #[cfg(test)]

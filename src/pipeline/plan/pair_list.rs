@@ -97,8 +97,13 @@ impl Plan {
     /// The fingerprint of a pair's sums: its settings and the SAEs of both sides.
     pub fn pair_fingerprint(&self, pair: PairId) -> String {
         let p = self.pair(pair);
-        // The tables a pair writes: a pair made before `matches` existed is made again.
-        let tables = "mppc wmppc features matches";
+        // The tables a pair writes, with what makes them: a pair made before `matches` or
+        // `decoders` existed is made again.
+        let baselines = &self.study.baselines;
+        let tables = (
+            "mppc wmppc features matches decoders",
+            (baselines.geometry_permutations, baselines.bootstrap),
+        );
         let sums = (
             &p.fingerprint,
             self.sae_id(p.source),

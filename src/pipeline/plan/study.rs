@@ -370,6 +370,11 @@ pub struct BaselinesSpec {
     pub floor_permutations: usize,
     /// Train a second SAE with this seed on each source layer, for the ceiling.
     pub ceiling_seed: Option<u64>,
+    /// Replicates of the Poisson bootstrap giving each wMPPC its 95% interval (0: none).
+    pub bootstrap: usize,
+    /// Shuffled pairings the SVCCA of matched features' decoder rows is tested against (0:
+    /// the value alone).
+    pub geometry_permutations: usize,
 }
 
 impl Default for BaselinesSpec {
@@ -377,6 +382,8 @@ impl Default for BaselinesSpec {
         BaselinesSpec {
             floor_permutations: 3,
             ceiling_seed: None,
+            bootstrap: 100,
+            geometry_permutations: 200,
         }
     }
 }

@@ -149,12 +149,8 @@ impl WorkerModels {
         samples: usize,
     ) -> anyhow::Result<Vec<SampleCode>> {
         if !self.saes.contains_key(&at) {
-            let dir = self.plan.sae_dir(at.encoder, at.layer);
             let device = self.device(at.encoder);
-            let sae = match self.plan.encoder(at.encoder).imported(at.layer) {
-                Some(imported) => crate::sae::load(&dir, device, &imported.options)?.sae,
-                None => Sae::load(&dir, device)?.0,
-            };
+            let sae = super::decoders::load_sae(&self.plan, at, device)?;
             self.saes.insert(at, sae);
         }
         let read_out = self.plan.encoder(at.encoder).read_out;

@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::EncoderId;
-use crate::metrics::MATCHES_FILE;
 use crate::metrics::{
     ceiling_for, tables, Changes, FeatureMatch, MetricViews, MppcRow, SharednessQuery,
     SharednessRow, WmppcKey, WmppcRow,
 };
+use crate::metrics::{DECODERS_FILE, MATCHES_FILE};
 use crate::pipeline::plan::Plan;
 use crate::pipeline::record::query_records;
 use crate::pipeline::units::MadeFile;
@@ -63,6 +63,13 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     if !matches.is_empty() {
         let out = plan.layout().matches();
         crate::metrics::write_matches(&out, &matches)?;
+        files.push(out);
+    }
+    let pair_tables = (plan.pair_ids()).map(|p| plan.pair_dir(p).join(DECODERS_FILE));
+    let geometry = crate::metrics::merge_decoders(pair_tables)?;
+    if !geometry.is_empty() {
+        let out = plan.layout().decoders();
+        crate::metrics::write_decoders(&out, &geometry)?;
         files.push(out);
     }
     let pairs = plan.pair_ids().filter(|&p| plan.similarity_of(p));

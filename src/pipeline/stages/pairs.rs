@@ -309,13 +309,19 @@ fn tabulate(
     } else {
         plan.study.baselines.floor_permutations
     };
-    let aligned = if floor_permutations > 0 {
+    let bootstrap = if pair.ceiling_of.is_some() {
+        0
+    } else {
+        plan.study.baselines.bootstrap
+    };
+    let aligned = if floor_permutations > 0 || bootstrap > 0 {
         Some(aligned_codes(plan, p)?)
     } else {
         None
     };
     let options = CompareOptions {
         baselines: floor_permutations,
+        bootstrap,
         missing: MissingSamples::Drop,
         ..CompareOptions::default()
     };
@@ -337,16 +343,19 @@ fn tabulate(
         // question of each layer and its twin, not of two different layers.
         (comparison.matches).retain(|m| m.source_layer == m.target_layer);
     }
+    let geometry = super::decoders::pair_geometry(plan, p, &comparison.matches, options.seed)?;
     let files = [
         dir.join(tables::MPPC_FILE),
         dir.join(tables::WMPPC_FILE),
         dir.join(tables::FEATURES_FILE),
         dir.join(metrics::MATCHES_FILE),
+        dir.join(metrics::DECODERS_FILE),
     ];
     tables::write_mppc(&files[0], &comparison.mppc)?;
     tables::write_wmppc(&files[1], &comparison.wmppc)?;
     tables::write_features(&files[2], &comparison.features)?;
     metrics::write_matches(&files[3], &comparison.matches)?;
+    metrics::write_decoders(&files[4], &geometry)?;
     let mut files = files.to_vec();
     let file = dir.join(similarity::SIMILARITY_FILE);
     if let Some(moments) = &sums.similarity {

@@ -153,6 +153,9 @@ fn matrix_heatmap(site: &Site) -> Heatmap {
 /// A compared pair: its wMPPC, with the floor and ceiling below it.
 fn valued_cell(m: &WmppcMatrix, i: usize, j: usize, c: &MatrixCell) -> HeatCell {
     let mut lines = vec![number(c.wmppc, 3)];
+    if let Some((low, high)) = c.interval {
+        lines.push(format!("95% [{low:.3}, {high:.3}]"));
+    }
     if let Some(f) = c.floor {
         lines.push(format!("floor {f:.3}"));
     }
@@ -162,12 +165,13 @@ fn valued_cell(m: &WmppcMatrix, i: usize, j: usize, c: &MatrixCell) -> HeatCell 
     HeatCell {
         value: c.wmppc.filter(|v| v.is_finite()),
         tooltip: format!(
-            "{} {} → {} {}: wMPPC {}, floor {}, ceiling {}, normalised {}, {} samples",
+            "{} {} → {} {}: wMPPC {}{}, floor {}, ceiling {}, normalised {}, {} samples",
             m.encoders[i],
             c.source_layer,
             m.encoders[j],
             c.target_layer,
             number(c.wmppc, 4),
+            interval_words(c),
             number(c.floor, 4),
             number(c.ceiling, 4),
             number(c.normalised(), 3),
@@ -175,6 +179,17 @@ fn valued_cell(m: &WmppcMatrix, i: usize, j: usize, c: &MatrixCell) -> HeatCell 
         ),
         lines,
     }
+}
+
+/// The interval and the floor test, as words after the value.
+fn interval_words(c: &MatrixCell) -> String {
+    let interval = c.interval.map_or_else(String::new, |(low, high)| {
+        format!(" (95% interval {low:.4} to {high:.4})")
+    });
+    let test = c
+        .floor_p
+        .map_or_else(String::new, |p| format!(", p = {p:.3} against the floor"));
+    interval + &test
 }
 
 /// A pair without a value: pending when the study compares it, else not part of the study.
@@ -196,13 +211,16 @@ fn missing_cell(site: &Site, source: &str, target: &str) -> HeatCell {
     }
 }
 
-const MATRIX_COLUMNS: [&str; 11] = [
+const MATRIX_COLUMNS: [&str; 14] = [
     "source",
     "target",
     "source layer",
     "target layer",
     "wMPPC",
+    "95% low",
+    "95% high",
     "floor",
+    "p, above floor",
     "floor std",
     "ceiling",
     "wMPPC − floor",
@@ -225,7 +243,10 @@ fn matrix_table(m: &WmppcMatrix) -> String {
                 escape(&c.source_layer),
                 escape(&c.target_layer),
                 format!("#{}", number(c.wmppc, 4)),
+                format!("#{}", number(c.interval.map(|i| i.0), 4)),
+                format!("#{}", number(c.interval.map(|i| i.1), 4)),
                 format!("#{}", number(c.floor, 4)),
+                format!("#{}", number(c.floor_p, 3)),
                 format!("#{}", number(c.floor_std, 4)),
                 format!("#{}", number(c.ceiling, 4)),
                 format!("#{}", number(above, 4)),
