@@ -234,6 +234,7 @@ fn assemble(
             baseline_floor: floor.as_ref().and_then(|f| f[r].0),
             baseline_floor_std: floor.as_ref().and_then(|f| f[r].1),
             baseline_ceiling: ceiling.as_ref().and_then(|c| c[r]),
+            baseline_ceiling_std: None,
             samples,
             ci_low: intervals.get(r).and_then(|i| i.low),
             ci_high: intervals.get(r).and_then(|i| i.high),

@@ -10,6 +10,8 @@ pub struct MatrixCell {
     pub floor: Option<f64>,
     pub floor_std: Option<f64>,
     pub ceiling: Option<f64>,
+    /// The ceiling's standard deviation over its seeds.
+    pub ceiling_std: Option<f64>,
     /// The value's 95% bootstrap interval, and the bootstrap's p-value against the floor.
     pub interval: Option<(f64, f64)>,
     pub floor_p: Option<f64>,
@@ -47,6 +49,7 @@ impl WmppcMatrix {
                     floor: r.baseline_floor,
                     floor_std: r.baseline_floor_std,
                     ceiling: r.baseline_ceiling,
+                    ceiling_std: r.baseline_ceiling_std,
                     interval: r.ci_low.zip(r.ci_high),
                     floor_p: r.floor_p,
                     samples: r.samples,
@@ -115,6 +118,10 @@ impl WmppcMatrix {
         if self.has_ceiling() {
             out.push('\n');
             out.push_str(&self.table("ceiling", |c| c.ceiling.map(|v| format!("{v:.3}"))));
+        }
+        if self.values().any(|(_, _, c)| c.ceiling_std.is_some()) {
+            out.push('\n');
+            out.push_str(&self.table("ceiling sd", |c| c.ceiling_std.map(|v| format!("{v:.3}"))));
         }
         if self.values().any(|(_, _, c)| c.normalised().is_some()) {
             out.push('\n');
@@ -192,6 +199,7 @@ mod tests {
             baseline_floor: Some(0.1),
             baseline_floor_std: None,
             baseline_ceiling: None,
+            baseline_ceiling_std: None,
             samples: 10,
             ci_low: None,
             ci_high: None,
@@ -254,6 +262,7 @@ mod normalised_tests {
             floor: Some(floor),
             floor_std: None,
             ceiling: Some(0.9),
+            ceiling_std: Some(0.02),
             interval: Some((0.45, 0.55)),
             floor_p: Some(0.01),
             samples: 200,
@@ -270,6 +279,7 @@ mod normalised_tests {
             "\nfloor",
             "\np, above floor",
             "\nceiling",
+            "\nceiling sd",
             "\nnormalised",
         ] {
             assert!(text.contains(header), "{text}");

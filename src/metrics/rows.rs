@@ -88,8 +88,11 @@ pub struct WmppcRow {
     pub baseline_floor: Option<f64>,
     /// Sample standard deviation of the value over permutations (needs two).
     pub baseline_floor_std: Option<f64>,
-    /// The value against a second SAE of the source encoder and layer.
+    /// The value against a second SAE of the source encoder and layer (the mean over several,
+    /// one per ceiling seed).
     pub baseline_ceiling: Option<f64>,
+    /// Sample standard deviation of the ceiling over its seeds (needs two).
+    pub baseline_ceiling_std: Option<f64>,
     /// Aligned samples `N`.
     pub samples: u64,
     /// The value's 95% bootstrap interval over samples ([`super::bootstrap`]).

@@ -77,6 +77,7 @@ const WMPPC: &Columns = &[
     ("ci_high", DataType::Float64, true),
     ("bootstrap_bias", DataType::Float64, true),
     ("floor_p", DataType::Float64, true),
+    ("baseline_ceiling_std", DataType::Float64, true),
 ];
 
 /// A `sharedness` ranking: the source's features by Delta.
@@ -214,6 +215,7 @@ pub fn write_wmppc(path: &Path, rows: &[WmppcRow]) -> Result<(), MetricsError> {
         f64s(|r| r.ci_high),
         f64s(|r| r.bootstrap_bias),
         f64s(|r| r.floor_p),
+        f64s(|r| r.baseline_ceiling_std),
     ];
     Ok(write(path, schema(WMPPC), columns)?)
 }
@@ -365,11 +367,18 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
             .collect();
         let samples = column("samples")?;
         let samples = samples.as_primitive::<arrow::datatypes::UInt64Type>();
-        // Tables of earlier versions have no bootstrap: its cells read as empty.
-        let bootstrap: Vec<Option<ArrayRef>> = ["ci_low", "ci_high", "bootstrap_bias", "floor_p"]
-            .iter()
-            .map(|n| batch.column_by_name(n).map(|_| column(n)).transpose())
-            .collect::<Result<_, _>>()?;
+        // Tables of earlier versions have no bootstrap nor ceiling spread: their cells read as
+        // empty.
+        let bootstrap: Vec<Option<ArrayRef>> = [
+            "ci_low",
+            "ci_high",
+            "bootstrap_bias",
+            "floor_p",
+            "baseline_ceiling_std",
+        ]
+        .iter()
+        .map(|n| batch.column_by_name(n).map(|_| column(n)).transpose())
+        .collect::<Result<_, _>>()?;
         let bootstrap: Vec<Option<&Float64Array>> = (bootstrap.iter())
             .map(|c| c.as_ref().map(|c| c.as_primitive::<Float64Type>()))
             .collect();
@@ -396,6 +405,7 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
                 ci_high: interval(1, r),
                 bootstrap_bias: interval(2, r),
                 floor_p: interval(3, r),
+                baseline_ceiling_std: interval(4, r),
             });
         }
     }

@@ -74,7 +74,7 @@ pub(crate) fn best_matches(
             feature: row.feature,
         };
         let usable = row.best_feature.is_some() && matched_layer(row).is_some();
-        if features.contains(&key) && !row.target.ends_with(".ceiling") && usable {
+        if features.contains(&key) && !row.target.contains(".ceiling") && usable {
             preferred.offer((key, row.target.as_str()), row);
         }
     }

@@ -180,6 +180,7 @@ mod tests {
             baseline_floor: Some(value),
             baseline_floor_std: None,
             baseline_ceiling: None,
+            baseline_ceiling_std: None,
             samples: 10,
             ci_low: None,
             ci_high: None,

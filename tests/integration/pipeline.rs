@@ -510,7 +510,7 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         &piped,
         text.replace(
             "floor_permutations = 2",
-            "floor_permutations = 0\nceiling_seed = 7",
+            "floor_permutations = 0\nceiling_seed = 7\nceiling_seeds = [9]",
         ),
     )
     .unwrap();
@@ -525,7 +525,7 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         "{printed}"
     );
 
-    // The same SAEs by the file-based commands: activations, SAEs of seeds 0 and 7, codes.
+    // The same SAEs by the file-based commands: activations, SAEs of seeds 0, 7 and 9, codes.
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let ok = |args: &[&str]| {
         let output = common::saeshare(args);
@@ -541,7 +541,7 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         ok(&["encode", "--encoder", package.to_str().unwrap(), "--dataset", dataset.to_str().unwrap(),
              "--layers", "2", "--batch-size", "32", "--out", &path(&format!("{encoder}.parquet"))]);
     }
-    for (encoder, seed) in [("bert", "0"), ("bert", "7"), ("dinov2", "0")] {
+    for (encoder, seed) in [("bert", "0"), ("bert", "7"), ("bert", "9"), ("dinov2", "0")] {
         let sae = path(&format!("sae-{encoder}-{seed}"));
         let acts = path(&format!("{encoder}.parquet"));
         #[rustfmt::skip]
@@ -557,7 +557,12 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
          "--ceiling", &path("codes-bert-7.parquet"), "--baselines", "0", "--bootstrap", "100",
          "--out", &path("cmp")]);
 
+    // The second ceiling seed, by itself.
+    #[rustfmt::skip]
+    ok(&["compare", "--source", &path("codes-bert-0.parquet"), "--target", &path("codes-dinov2-0.parquet"),
+         "--ceiling", &path("codes-bert-9.parquet"), "--baselines", "0", "--out", &path("cmp9")]);
     let theirs = read_wmppc(&dir.path().join("cmp/wmppc.parquet")).unwrap();
+    let theirs9 = read_wmppc(&dir.path().join("cmp9/wmppc.parquet")).unwrap();
     let ours = read_wmppc(&dir.path().join("piped/wmppc.parquet")).unwrap();
     // `compare` names the models as their packages do (tiny-bert): one pair, one layer pair.
     let layer_row = |rows: Vec<saeshare::metrics::WmppcRow>, source: &str| {
@@ -570,14 +575,20 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
             .unwrap()
     };
     let (ours, theirs) = (layer_row(ours, "bert"), layer_row(theirs, "bert"));
-    let (a, b) = (
+    let theirs9 = layer_row(theirs9, "bert");
+    // The study's ceiling is the mean over its two seeds, with their spread.
+    let (a, b7, b9) = (
         ours.baseline_ceiling.unwrap(),
         theirs.baseline_ceiling.unwrap(),
+        theirs9.baseline_ceiling.unwrap(),
     );
+    let b = (b7 + b9) / 2.0;
     assert!(
         (a - b).abs() <= 1e-6,
-        "ceiling {a} vs compare --ceiling {b}"
+        "ceiling {a} vs the mean of compare --ceiling's {b7} and {b9}"
     );
+    let sd = ours.baseline_ceiling_std.unwrap();
+    assert!((sd - (b7 - b9).abs() / 2f64.sqrt()).abs() <= 1e-6, "{sd}");
     assert!((ours.wmppc.unwrap() - theirs.wmppc.unwrap()).abs() <= 1e-6);
     // The bootstrap (the study's default 100 replicates, seed 0): the same interval both ways,
     // about the value.
@@ -634,6 +645,10 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
     partners.dedup();
     assert!(seeds.iter().all(|m| m.source_layer == m.target_layer));
     assert!(
+        study.iter().any(|m| m.target == "bert.ceiling3"),
+        "the third SAE set's matches"
+    );
+    assert!(
         !seeds.is_empty() && partners.len() == seeds.len(),
         "one to one: {} rows, {} distinct",
         seeds.len(),
@@ -680,7 +695,10 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
     // And the matches: the pair's count, and the second seed's row.
     let table = index.split(r#"id="one-to-one-matches""#).nth(1).unwrap();
     let table = table.split("</table>").next().unwrap();
-    assert!(table.contains("second seed"), "{table}");
+    assert!(
+        table.contains("second seed") && table.contains("seed 3"),
+        "{table}"
+    );
     assert!(
         table.contains("cos ≥ 0.5") && table.contains("decoder SVCCA"),
         "{table}"
@@ -695,5 +713,8 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
         1,
         "one pair compared"
     );
-    assert!(index.contains(&format!("ceiling {b:.3}")));
+    assert!(
+        index.contains(&format!("ceiling {b7:.3}")),
+        "compare's own ceiling"
+    );
 }

@@ -200,8 +200,9 @@ impl Plan {
             .map(|name| resolve_encoder(&study, name, path))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut pairs = plan_pairs(&study, &encoders, path)?;
-        if let Some(seed) = study.baselines.ceiling_seed {
-            crate::pipeline::ceiling::add_twins(&mut encoders, &mut pairs, seed, path)?;
+        let seeds = study.baselines.all_ceiling_seeds();
+        if !seeds.is_empty() {
+            crate::pipeline::ceiling::add_twins(&mut encoders, &mut pairs, &seeds, path)?;
         }
         for e in &encoders {
             check_fit_rows(e, &dataset, path)?;

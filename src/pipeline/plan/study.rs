@@ -370,6 +370,9 @@ pub struct BaselinesSpec {
     pub floor_permutations: usize,
     /// Train a second SAE with this seed on each source layer, for the ceiling.
     pub ceiling_seed: Option<u64>,
+    /// More seeds of the ceiling (after `ceiling_seed`, or alone): an SAE set per seed fed the
+    /// same rows; the ceiling is the mean over them, with its spread.
+    pub ceiling_seeds: Vec<u64>,
     /// Replicates of the Poisson bootstrap giving each wMPPC its 95% interval (0: none).
     pub bootstrap: usize,
     /// Shuffled pairings the SVCCA of matched features' decoder rows is tested against (0:
@@ -382,9 +385,19 @@ impl Default for BaselinesSpec {
         BaselinesSpec {
             floor_permutations: 3,
             ceiling_seed: None,
+            ceiling_seeds: Vec::new(),
             bootstrap: 100,
             geometry_permutations: 200,
         }
+    }
+}
+
+impl BaselinesSpec {
+    /// Every seed of the ceiling's SAE sets: `ceiling_seed`, then `ceiling_seeds`.
+    pub fn all_ceiling_seeds(&self) -> Vec<u64> {
+        (self.ceiling_seed.iter().chain(&self.ceiling_seeds))
+            .copied()
+            .collect()
     }
 }
 

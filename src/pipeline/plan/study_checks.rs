@@ -185,11 +185,18 @@ pub(in crate::pipeline) fn check(
     check_queries(study, lines, at)
 }
 
-/// With a ceiling, each source encoder gets second SAEs, `<encoder>.ceiling`, with another seed.
+/// With a ceiling, each source encoder gets an SAE set per ceiling seed, `<encoder>.ceiling`
+/// (then `.ceiling3`, ...), each seed its own and not the encoder's.
 fn check_ceiling(study: &Study, lines: &StudyLines, at: At) -> Result<(), StudyError> {
-    let Some(seed) = study.baselines.ceiling_seed else {
-        return Ok(());
-    };
+    let seeds = study.baselines.all_ceiling_seeds();
+    if let Some(twice) =
+        (seeds.iter().enumerate()).find_map(|(i, s)| seeds[..i].contains(s).then_some(s))
+    {
+        return Err(at(
+            span(&lines.baselines),
+            format!("[baselines] the ceiling seed {twice} is given twice; each ceiling SAE set needs a seed of its own"),
+        ));
+    }
     let sources = study.encoders.keys().filter(|name| {
         study.comparisons.iter().any(|c| {
             c.sources
@@ -198,23 +205,25 @@ fn check_ceiling(study: &Study, lines: &StudyLines, at: At) -> Result<(), StudyE
         })
     });
     for name in sources {
-        let twin = format!("{name}.ceiling");
-        if study.encoders.contains_key(&twin) {
-            return Err(at(
-                span(&lines.baselines),
-                format!(
-                    "an encoder is named {twin:?}, the name of the ceiling's second SAEs of {name:?}; rename it"
-                ),
-            ));
-        }
-        let own = study.sae_for(name).map(|c| c.seed).unwrap_or_default();
-        if own == seed {
-            return Err(at(
-                span(&lines.baselines),
-                format!(
-                    "[baselines] ceiling_seed {seed} is the SAE seed of {name:?}; the ceiling needs another"
-                ),
-            ));
+        for (set, &seed) in seeds.iter().enumerate() {
+            let twin = crate::pipeline::ceiling::twin_name(name, set);
+            if study.encoders.contains_key(&twin) {
+                return Err(at(
+                    span(&lines.baselines),
+                    format!(
+                        "an encoder is named {twin:?}, the name of the ceiling's SAEs of {name:?} with seed {seed}; rename it"
+                    ),
+                ));
+            }
+            let own = study.sae_for(name).map(|c| c.seed).unwrap_or_default();
+            if own == seed {
+                return Err(at(
+                    span(&lines.baselines),
+                    format!(
+                        "[baselines] ceiling seed {seed} is the SAE seed of {name:?}; the ceiling needs another"
+                    ),
+                ));
+            }
         }
     }
     Ok(())

@@ -141,3 +141,30 @@ fn unknown_keys_and_missing_encoders_name_the_line() {
         .problem
         .contains("kk"));
 }
+
+#[test]
+fn ceiling_seeds_are_the_seed_then_the_list_each_once_and_none_the_saes_own() {
+    let with = |baselines: &str| format!("{STUDY}\n[baselines]\n{baselines}\n");
+    let study = Study::parse(
+        Path::new("s.toml"),
+        &with("ceiling_seed = 1\nceiling_seeds = [2, 3]"),
+    )
+    .unwrap();
+    assert_eq!(study.baselines.all_ceiling_seeds(), [1, 2, 3]);
+    let list = Study::parse(Path::new("s.toml"), &with("ceiling_seeds = [5]")).unwrap();
+    assert_eq!(list.baselines.all_ceiling_seeds(), [5]);
+
+    let twice = with("ceiling_seed = 2\nceiling_seeds = [3, 2]");
+    let err = Study::parse(Path::new("s.toml"), &twice).unwrap_err();
+    assert!(
+        err.line >= 25 && err.problem.contains("seed 2 is given twice"),
+        "{err}"
+    );
+    // The SAEs' own seed (0 by default) cannot be a ceiling's.
+    let own = with("ceiling_seeds = [4, 0]");
+    let err = Study::parse(Path::new("s.toml"), &own).unwrap_err();
+    assert!(
+        err.problem.contains("ceiling seed 0 is the SAE seed"),
+        "{err}"
+    );
+}

@@ -20,7 +20,7 @@ use crate::metrics::{
     ceiling_for, tables, Changes, FeatureMatch, MetricViews, MppcRow, SharednessQuery,
     SharednessRow, WmppcKey, WmppcRow,
 };
-use crate::metrics::{DECODERS_FILE, MATCHES_FILE};
+use crate::metrics::{spread, DECODERS_FILE, MATCHES_FILE};
 use crate::pipeline::plan::Plan;
 use crate::pipeline::record::query_records;
 use crate::pipeline::units::MadeFile;
@@ -319,16 +319,20 @@ fn merge_pair_tables(plan: &Plan) -> anyhow::Result<tables::MergedTables> {
             .map(|&l| source.layer_name(l))
             .collect();
         for mut row in tables::read_wmppc(&dir.join(tables::WMPPC_FILE))? {
-            if let Some(per_layer) = ceilings.get(&pair.source) {
-                // In the pair's source layers' order, as the ceiling's aggregations expect.
-                let matches: Option<Vec<Vec<FeatureMatch>>> = source_layers
-                    .iter()
+            let sets = ceilings
+                .get(&pair.source)
+                .into_iter()
+                .flat_map(|s| s.values());
+            let position = source_layers.iter().position(|&l| l == row.source_layer);
+            // One value per ceiling set (seed), each from the set's matches in the pair's source
+            // layers' order, as the ceiling's aggregations expect.
+            let values = sets.map(|per_layer| {
+                let matches: Option<Vec<Vec<FeatureMatch>>> = (source_layers.iter())
                     .map(|&l| per_layer.get(l).cloned())
                     .collect();
-                let position = source_layers.iter().position(|&l| l == row.source_layer);
-                row.baseline_ceiling =
-                    matches.and_then(|m| ceiling_for(&m, row.aggregation, position));
-            }
+                matches.and_then(|m| ceiling_for(&m, row.aggregation, position))
+            });
+            (row.baseline_ceiling, row.baseline_ceiling_std) = spread(values);
             merged.add_wmppc(row);
         }
         for row in tables::read_mppc(&dir.join(tables::MPPC_FILE))? {
@@ -338,17 +342,21 @@ fn merge_pair_tables(plan: &Plan) -> anyhow::Result<tables::MergedTables> {
     Ok(merged)
 }
 
-/// For each encoder with a ceiling pair: per layer, its features' matches in the same layer of
-/// its second SAEs.
+/// A layer's features' matches, by layer name.
+type LayerMatches = BTreeMap<String, Vec<FeatureMatch>>;
+
+/// For each encoder with ceiling pairs, per ceiling SAE set (by the set's encoder): per layer,
+/// its features' matches in the same layer of that set.
 fn ceiling_matches(
     plan: &Plan,
-) -> anyhow::Result<BTreeMap<EncoderId, BTreeMap<String, Vec<FeatureMatch>>>> {
-    let mut out: BTreeMap<EncoderId, BTreeMap<String, Vec<FeatureMatch>>> = BTreeMap::new();
+) -> anyhow::Result<BTreeMap<EncoderId, BTreeMap<EncoderId, LayerMatches>>> {
+    let mut out: BTreeMap<EncoderId, BTreeMap<EncoderId, LayerMatches>> = BTreeMap::new();
     for p in plan.pair_ids() {
         let Some(source) = plan.pair(p).ceiling_of else {
             continue;
         };
-        let per_layer = out.entry(source).or_default();
+        let sets = out.entry(source).or_default();
+        let per_layer = sets.entry(plan.pair(p).target).or_default();
         for row in tables::read_mppc(&plan.pair_dir(p).join(tables::MPPC_FILE))? {
             if row.source_layer == row.target_layer {
                 per_layer

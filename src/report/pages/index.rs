@@ -146,7 +146,7 @@ fn matrix_heatmap(site: &Site) -> Heatmap {
         cells,
         range: (0.0, 1.0),
         legend: "wMPPC".into(),
-        cell_size: (104.0, 58.0),
+        cell_size: (124.0, 64.0),
     }
 }
 
@@ -160,7 +160,10 @@ fn valued_cell(m: &WmppcMatrix, i: usize, j: usize, c: &MatrixCell) -> HeatCell 
         lines.push(format!("floor {f:.3}"));
     }
     if let Some(x) = c.ceiling {
-        lines.push(format!("ceiling {x:.3}"));
+        match c.ceiling_std {
+            Some(sd) => lines.push(format!("ceiling {x:.3} ± {sd:.3}")),
+            None => lines.push(format!("ceiling {x:.3}")),
+        }
     }
     HeatCell {
         value: c.wmppc.filter(|v| v.is_finite()),

@@ -7,8 +7,16 @@ use crate::metrics::{DecoderRow, LayerGeometry, PairedSvcca, PAIRED_AT, SHARED_A
 use crate::report::html::{self, escape, number};
 use crate::report::Site;
 
-/// Suffix of a ceiling pair's target: the source encoder's second SAEs.
-const SECOND_SEED: &str = ".ceiling";
+/// What a ceiling pair's target is to its source: `<source>.ceiling` its SAEs' second seed,
+/// `<source>.ceilingK` the K-th; `None` for another encoder.
+fn seed_of(source: &str, target: &str) -> Option<String> {
+    let rest = target.strip_prefix(source)?.strip_prefix(".ceiling")?;
+    match rest {
+        "" => Some("second seed".into()),
+        k if k.parse::<u32>().is_ok() => Some(format!("seed {k}")),
+        _ => None,
+    }
+}
 
 pub fn section(site: &Site) -> String {
     let matches = &site.inputs.matches;
@@ -37,10 +45,7 @@ pub fn section(site: &Site) -> String {
                 }
                 _ => format!("#{count}"),
             };
-            let target = match m.target.strip_suffix(SECOND_SEED) {
-                Some(base) if base == m.source => "second seed".to_string(),
-                _ => escape(&m.target),
-            };
+            let target = seed_of(&m.source, &m.target).unwrap_or_else(|| escape(&m.target));
             let mut row = vec![
                 escape(&m.source),
                 escape(&m.source_layer),
