@@ -246,7 +246,7 @@ fn assemble(
         features,
         mppc: mppc_rows(&matches, source, target),
         wmppc: wmppc_rows,
-        matches: super::one_to_one::match_rows(&accumulators, source, target),
+        matches: super::one_to_one::match_rows(&accumulators, (source, target), aligned),
         align: report,
     })
 }

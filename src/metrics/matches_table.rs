@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Float64Array, StringArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Float64Type, UInt32Type};
 
-use super::tables::{read_batches, schema, strings, typed_column, write, Columns};
+use super::tables::{optional_column, read_batches, schema, strings, typed_column, write, Columns};
 use super::MetricsError;
 
 /// File name of the `matches` table inside a `compare` output folder and a pair's folder.
@@ -21,6 +21,7 @@ const MATCHES: &Columns = &[
     ("source_feature", DataType::UInt32, false),
     ("target_feature", DataType::UInt32, false),
     ("rho", DataType::Float64, false),
+    ("jaccard", DataType::Float64, true),
 ];
 
 /// A row of the `matches` table: two features matched one to one.
@@ -34,6 +35,9 @@ pub struct MatchRow {
     pub target_feature: u32,
     /// Their Pearson correlation over the samples compared.
     pub rho: f64,
+    /// How often they fire together: the Jaccard index of the samples where each fires (`None`
+    /// where the comparison kept no codes: no floor nor bootstrap).
+    pub jaccard: Option<f64>,
 }
 
 /// Writes the `matches` table.
@@ -50,6 +54,7 @@ pub fn write_matches(path: &Path, rows: &[MatchRow]) -> Result<(), MetricsError>
             rows.iter().map(|r| r.target_feature),
         )),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.rho))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.jaccard))),
     ];
     Ok(write(path, schema(MATCHES), columns)?)
 }
@@ -101,12 +106,17 @@ pub struct MatchSummary {
     /// Matched at `rho >=` each of [`super::SHARED_AT`].
     pub shared: [usize; 3],
     pub mean_rho: f64,
+    /// The mean co-firing rate (Jaccard) of the matches at `rho >=` [`super::SHARED_AT`]`[0]`,
+    /// where the table has rates and such matches.
+    pub shared_jaccard: Option<f64>,
 }
 
 /// Each layer pair's [`MatchSummary`] in `path`, in the order the table lists them, without
 /// holding its rows.
 pub fn summarize_matches(path: &Path) -> Result<Vec<MatchSummary>, MetricsError> {
     let mut out: Vec<MatchSummary> = Vec::new();
+    // Per summary: the co-firing rates of its shared matches, summed, and their count.
+    let mut sums: Vec<(f64, usize)> = Vec::new();
     let mut index = std::collections::HashMap::new();
     for batch in read_batches(path)? {
         let column = |name: &str| typed_column(&batch, path, MATCHES, name, "a matches table");
@@ -114,6 +124,8 @@ pub fn summarize_matches(path: &Path) -> Result<Vec<MatchSummary>, MetricsError>
         let text: Vec<&StringArray> = text.iter().map(|c| c.as_string::<i32>()).collect();
         let rho = column("rho")?;
         let rho = rho.as_primitive::<Float64Type>();
+        let jaccard = optional_column(&batch, path, MATCHES, "jaccard", "a matches table")?;
+        let jaccard = jaccard.as_ref().map(|c| c.as_primitive::<Float64Type>());
         for r in 0..batch.num_rows() {
             let key: [&str; 4] = std::array::from_fn(|c| text[c].value(r));
             let at = *index.entry(key.map(str::to_string)).or_insert_with(|| {
@@ -125,7 +137,9 @@ pub fn summarize_matches(path: &Path) -> Result<Vec<MatchSummary>, MetricsError>
                     matched: 0,
                     shared: [0; 3],
                     mean_rho: 0.0,
+                    shared_jaccard: None,
                 });
+                sums.push((0.0, 0usize));
                 out.len() - 1
             });
             let summary = &mut out[at];
@@ -135,10 +149,16 @@ pub fn summarize_matches(path: &Path) -> Result<Vec<MatchSummary>, MetricsError>
             for (count, t) in summary.shared.iter_mut().zip(super::SHARED_AT) {
                 *count += usize::from(value >= t);
             }
+            let rate = jaccard.and_then(|j| j.is_valid(r).then(|| j.value(r)));
+            if let Some(rate) = rate.filter(|_| value >= super::SHARED_AT[0]) {
+                sums[at].0 += rate;
+                sums[at].1 += 1;
+            }
         }
     }
-    for s in &mut out {
+    for (s, (sum, count)) in out.iter_mut().zip(sums) {
         s.mean_rho /= s.matched.max(1) as f64;
+        s.shared_jaccard = (count > 0).then(|| sum / count as f64);
     }
     Ok(out)
 }
@@ -160,6 +180,9 @@ pub fn read_matches(path: &Path) -> Result<Vec<MatchRow>, MetricsError> {
             b.as_primitive::<UInt32Type>(),
         );
         let rho = rho.as_primitive::<Float64Type>();
+        // Tables of earlier versions have no co-firing rate.
+        let jaccard = optional_column(&batch, path, MATCHES, "jaccard", "a matches table")?;
+        let jaccard = jaccard.as_ref().map(|c| c.as_primitive::<Float64Type>());
         for r in 0..batch.num_rows() {
             rows.push(MatchRow {
                 source: text[0].value(r).to_string(),
@@ -169,6 +192,7 @@ pub fn read_matches(path: &Path) -> Result<Vec<MatchRow>, MetricsError> {
                 source_feature: a.value(r),
                 target_feature: b.value(r),
                 rho: rho.value(r),
+                jaccard: jaccard.and_then(|j| j.is_valid(r).then(|| j.value(r))),
             });
         }
     }

@@ -8,7 +8,7 @@
 //! (Sy_j/sy_j) <= 0`: the candidates are the pairs the accumulator holds, so time and memory
 //! follow the pairs that co-fire, not `d_A x d_B` ([`super::assignment`]).
 
-use crate::codes::CodesMeta;
+use crate::codes::{CodeBatch, CodesMeta};
 use crate::stats::CoactivationAccumulator;
 
 use super::assignment::{max_weight_matching, Edge};
@@ -46,25 +46,149 @@ pub fn one_to_one(acc: &CoactivationAccumulator) -> Vec<OneToOne> {
     .collect()
 }
 
-/// The `matches` rows of every layer pair of a comparison (`accumulators[source][target]`).
+/// The `matches` rows of every layer pair of a comparison (`accumulators[source][target]`),
+/// each with its co-firing rate where `aligned` holds every aligned code (sources first).
 pub(crate) fn match_rows(
     accumulators: &[Vec<CoactivationAccumulator>],
-    source: &[CodesMeta],
-    target: &[CodesMeta],
+    (source, target): (&[CodesMeta], &[CodesMeta]),
+    aligned: Option<&[CodeBatch]>,
 ) -> Vec<MatchRow> {
     let mut rows = Vec::new();
-    for (row, s) in accumulators.iter().zip(source) {
-        for (acc, t) in row.iter().zip(target) {
-            rows.extend(one_to_one(acc).into_iter().map(|m| MatchRow {
+    for (a, (row, s)) in accumulators.iter().zip(source).enumerate() {
+        for (b, (acc, t)) in row.iter().zip(target).enumerate() {
+            let matched = one_to_one(acc);
+            let jaccard = aligned.map(|kept| {
+                let codes = (&kept[a], &kept[source.len() + b]);
+                co_firing(&matched, codes, (acc.source().d(), acc.target().d()))
+            });
+            rows.extend(matched.into_iter().enumerate().map(|(m, pair)| MatchRow {
                 source: s.encoder.clone(),
                 target: t.encoder.clone(),
                 source_layer: s.layer.clone(),
                 target_layer: t.layer.clone(),
-                source_feature: m.source,
-                target_feature: m.target,
-                rho: m.rho,
+                source_feature: pair.source,
+                target_feature: pair.target,
+                rho: pair.rho,
+                jaccard: jaccard.as_ref().and_then(|j| j[m]),
             }));
         }
     }
     rows
+}
+
+/// Each match's co-firing rate over the aligned codes `x` (source, `d_a` features) and `y`
+/// (target, `d_b`): the Jaccard index of the samples where each fires, `both / either`; `None`
+/// where neither fires.
+fn co_firing(
+    matched: &[OneToOne],
+    (x, y): (&CodeBatch, &CodeBatch),
+    (d_a, d_b): (usize, usize),
+) -> Vec<Option<f64>> {
+    // The match each feature is in, on either side (`u32::MAX`: none).
+    let (mut of_source, mut of_target) = (vec![u32::MAX; d_a], vec![u32::MAX; d_b]);
+    for (m, pair) in matched.iter().enumerate() {
+        of_source[pair.source as usize] = m as u32;
+        of_target[pair.target as usize] = m as u32;
+    }
+    let fired = |of: &[u32], features: &[u32], values: &[f32]| -> Vec<usize> {
+        (features.iter().zip(values))
+            .filter(|&(&f, &v)| v != 0.0 && of[f as usize] != u32::MAX)
+            .map(|(&f, _)| of[f as usize] as usize)
+            .collect()
+    };
+    let (mut fires_x, mut fires_y, mut both) = (
+        vec![0u64; matched.len()],
+        vec![0u64; matched.len()],
+        vec![0u64; matched.len()],
+    );
+    for (cx, cy) in x.iter().zip(y.iter()) {
+        let in_x = fired(&of_source, cx.features, cx.values);
+        for &m in &in_x {
+            fires_x[m] += 1;
+        }
+        for m in fired(&of_target, cy.features, cy.values) {
+            fires_y[m] += 1;
+            both[m] += u64::from(in_x.contains(&m));
+        }
+    }
+    (0..matched.len())
+        .map(|m| {
+            let either = fires_x[m] + fires_y[m] - both[m];
+            (either > 0).then(|| both[m] as f64 / either as f64)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::SparseCode;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn each_match_carries_how_often_its_features_fire_together() {
+        // Source feature i's partner is target feature (i + 1) % d, firing with it 70% of the
+        // time; both fire at random too.
+        let (n, d) = (600, 12);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut rows = (vec![vec![0f32; d]; n], vec![vec![0f32; d]; n]);
+        for s in 0..n {
+            for i in 0..d {
+                if rng.random_bool(0.2) {
+                    rows.0[s][i] = rng.random_range(0.5..2.0);
+                    if rng.random_bool(0.7) {
+                        rows.1[s][(i + 1) % d] = rng.random_range(0.5..2.0);
+                    }
+                }
+                if rng.random_bool(0.05) {
+                    rows.1[s][i] = rng.random_range(0.5..2.0);
+                }
+            }
+        }
+        let batch = |rows: &[Vec<f32>]| {
+            let mut out = CodeBatch::new();
+            for (s, row) in rows.iter().enumerate() {
+                let (f, v): (Vec<u32>, Vec<f32>) = (row.iter().enumerate())
+                    .filter(|(_, &v)| v != 0.0)
+                    .map(|(i, &v)| (i as u32, v))
+                    .unzip();
+                let code = SparseCode {
+                    sample_id: s as u64,
+                    features: &f,
+                    values: &v,
+                };
+                out.push(code);
+            }
+            out
+        };
+        let kept = [batch(&rows.0), batch(&rows.1)];
+        let mut acc = CoactivationAccumulator::new(d, d);
+        acc.add_batch(&kept[0], &kept[1]);
+        let metas = (
+            [CodesMeta::topk("a", "0", d as u32, 4)],
+            [CodesMeta::topk("b", "0", d as u32, 4)],
+        );
+        let matched = match_rows(&[vec![acc.clone()]], (&metas.0, &metas.1), Some(&kept));
+        assert_eq!(matched.len(), d);
+        for m in &matched {
+            let (i, j) = (m.source_feature as usize, m.target_feature as usize);
+            assert_eq!(j, (i + 1) % d, "the planted partner");
+            let fires = |side: &[Vec<f32>], f: usize, s: usize| side[s][f] != 0.0;
+            let both = (0..n)
+                .filter(|&s| fires(&rows.0, i, s) && fires(&rows.1, j, s))
+                .count();
+            let either = (0..n)
+                .filter(|&s| fires(&rows.0, i, s) || fires(&rows.1, j, s))
+                .count();
+            let expected = both as f64 / either as f64;
+            assert!(
+                (m.jaccard.unwrap() - expected).abs() < 1e-12,
+                "{m:?} vs {expected}"
+            );
+            assert!(expected > 0.4, "{expected}");
+        }
+        // Without the codes, no rate.
+        let bare = match_rows(&[vec![acc]], (&metas.0, &metas.1), None);
+        assert!(bare.iter().all(|m| m.jaccard.is_none()));
+    }
 }

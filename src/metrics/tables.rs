@@ -377,7 +377,7 @@ pub fn read_wmppc(path: &Path) -> Result<Vec<WmppcRow>, MetricsError> {
             "baseline_ceiling_std",
         ]
         .iter()
-        .map(|n| batch.column_by_name(n).map(|_| column(n)).transpose())
+        .map(|n| optional_column(&batch, path, WMPPC, n, "a wmppc table"))
         .collect::<Result<_, _>>()?;
         let bootstrap: Vec<Option<&Float64Array>> = (bootstrap.iter())
             .map(|c| c.as_ref().map(|c| c.as_primitive::<Float64Type>()))
@@ -427,6 +427,20 @@ pub(crate) fn typed_column(
     })?;
     let (data_type, _) = column_type(columns, name);
     cast(c, &data_type).map_err(|e| FileError::wrong_column(path, name, e.to_string()))
+}
+
+/// The column `name` as [`typed_column`] gives it, or `None` where the batch has no such column:
+/// one a later version added, which tables of earlier versions lack.
+pub(crate) fn optional_column(
+    batch: &RecordBatch,
+    path: &Path,
+    columns: &Columns,
+    name: &str,
+    what: &str,
+) -> Result<Option<ArrayRef>, FileError> {
+    (batch.column_by_name(name))
+        .map(|_| typed_column(batch, path, columns, name, what))
+        .transpose()
 }
 
 /// The record batches of the table `path`, one at a time.

@@ -629,6 +629,12 @@ fn the_ceiling_equals_compare_ceiling_on_sae_train_codes() {
             (o.rho - t.rho).abs() <= 1e-9 && o.rho > 0.0 && o.rho <= 1.0,
             "{o:?} vs {t:?}"
         );
+        // Both kept the codes (the bootstrap): the same co-firing rate.
+        let (oj, tj) = (o.jaccard.unwrap(), t.jaccard.unwrap());
+        assert!(
+            (oj - tj).abs() <= 1e-12 && (0.0..=1.0).contains(&oj),
+            "{o:?} vs {t:?}"
+        );
     }
     assert_eq!(
         matches("piped/pairs/bert__dinov2/matches.parquet").len(),

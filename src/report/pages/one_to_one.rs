@@ -25,11 +25,12 @@ pub fn section(site: &Site) -> String {
         s.push_str(r#"<p class="note">No <code>matches.parquet</code> here (made by saeshare 0.1 runs and later).</p>"#);
         return s;
     }
-    s.push_str(&format!(r#"<p class="note">Each feature matched to at most one feature of the other SAE and each of those to at most one, the matching of largest total correlation (exact). A row counts the matched features at each correlation and their share of the source SAE's features; against a second seed of the same SAE (its ceiling pair), the features another seed finds again, by correlation and by the cosine of their decoder rows (Paulo &amp; Belrose 2025). <em>Decoder SVCCA</em>: for the pairs matched at ρ ≥ {PAIRED_AT}, SVCCA between the two SAEs' decoder rows of each pair, against the same with the pairing shuffled (Lan et al. 2024): the mean ± sd of the shuffles and the test's p-value.</p>"#));
+    s.push_str(&format!(r#"<p class="note">Each feature matched to at most one feature of the other SAE and each of those to at most one, the matching of largest total correlation (exact). A row counts the matched features at each correlation and their share of the source SAE's features; against a second seed of the same SAE (its ceiling pair), the features another seed finds again, by correlation and by the cosine of their decoder rows (Paulo &amp; Belrose 2025). <em>Co-firing</em>: the mean Jaccard index of the samples where each feature of a pair matched at ρ ≥ 0.5 fires. <em>Decoder SVCCA</em>: for the pairs matched at ρ ≥ {PAIRED_AT}, SVCCA between the two SAEs' decoder rows of each pair, against the same with the pairing shuffled (Lan et al. 2024): the mean ± sd of the shuffles and the test's p-value.</p>"#));
     let thresholds: Vec<String> = SHARED_AT.iter().map(|t| format!("ρ ≥ {t}")).collect();
     let mut headers = vec!["source", "layer", "target", "layer", "matched"];
     headers.extend(thresholds.iter().map(String::as_str));
     headers.push("mean ρ");
+    headers.push("co-firing, ρ ≥ 0.5");
     let cosines: Vec<String> = SHARED_AT.iter().map(|t| format!("cos ≥ {t}")).collect();
     headers.extend(cosines.iter().map(String::as_str));
     headers.push("decoder SVCCA");
@@ -55,6 +56,7 @@ pub fn section(site: &Site) -> String {
             ];
             row.extend(m.shared.iter().map(|&c| share(c)));
             row.push(format!("#{}", number(Some(m.mean_rho), 3)));
+            row.push(format!("#{}", number(m.shared_jaccard, 3)));
             let geometry = (site.inputs.decoders.iter())
                 .find(|d| {
                     (d.source == m.source && d.target == m.target)
