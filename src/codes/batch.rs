@@ -99,6 +99,23 @@ impl CodeBatch {
         self.offsets.push(self.features.len());
     }
 
+    /// The codes of dense rows, row `s` the sample `sample_ids[s]`: each row's nonzero entries.
+    pub fn from_dense(rows: &[Vec<f32>], sample_ids: &[u64]) -> CodeBatch {
+        let mut out = CodeBatch::new();
+        for (row, &sample_id) in rows.iter().zip(sample_ids) {
+            let (features, values): (Vec<u32>, Vec<f32>) = (row.iter().enumerate())
+                .filter(|(_, &v)| v != 0.0)
+                .map(|(i, &v)| (i as u32, v))
+                .unzip();
+            out.push(SparseCode {
+                sample_id,
+                features: &features,
+                values: &values,
+            });
+        }
+        out
+    }
+
     /// Empties the batch, keeping its allocations.
     pub fn clear(&mut self) {
         self.sample_ids.clear();

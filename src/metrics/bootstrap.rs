@@ -232,13 +232,15 @@ struct Candidates {
 impl Candidates {
     fn of(acc: &CoactivationAccumulator, best: &[FeatureMatch]) -> Candidates {
         let d_a = acc.source().d();
-        // Each row's best pairs that fired together, at most `CANDIDATES`, largest first.
+        // Each row's best pairs that fired together, at most `CANDIDATES`, largest first, ties
+        // by index: the same candidates whatever order the sums' tables are walked in.
         let mut by_source: Vec<Vec<(f64, u32)>> = vec![Vec::new(); d_a];
         for_each_held_correlation(acc, |i, j, rho| {
-            let row = &mut by_source[i];
-            if row.len() < CANDIDATES || rho > row[row.len() - 1].0 {
-                let at = row.partition_point(|x| x.0 >= rho);
-                row.insert(at, (rho, j as u32));
+            let (row, j) = (&mut by_source[i], j as u32);
+            let before = |x: &(f64, u32)| x.0 > rho || (x.0 == rho && x.1 < j);
+            let at = row.partition_point(before);
+            if at < CANDIDATES {
+                row.insert(at, (rho, j));
                 row.truncate(CANDIDATES);
             }
         });
@@ -327,7 +329,6 @@ fn replicate_mppc(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codes::SparseCode;
     use rand::Rng;
 
     /// Sparse non-negative codes, `n` samples of `d` features, each firing on about a
@@ -351,19 +352,8 @@ mod tests {
     }
 
     fn batch(rows: &[Vec<f32>]) -> CodeBatch {
-        let mut out = CodeBatch::new();
-        for (s, row) in rows.iter().enumerate() {
-            let (f, v): (Vec<u32>, Vec<f32>) = (row.iter().enumerate())
-                .filter(|(_, &v)| v != 0.0)
-                .map(|(i, &v)| (i as u32, v))
-                .unzip();
-            out.push(SparseCode {
-                sample_id: s as u64 * 5 + 2,
-                features: &f,
-                values: &v,
-            });
-        }
-        out
+        let ids: Vec<u64> = (0..rows.len() as u64).map(|s| s * 5 + 2).collect();
+        CodeBatch::from_dense(rows, &ids)
     }
 
     /// wMPPC of `a` against `b` with sample `n` counted `w[n]` times, every pair, in float64.

@@ -122,7 +122,6 @@ fn co_firing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codes::SparseCode;
     use rand::{Rng, SeedableRng};
 
     #[test]
@@ -145,22 +144,8 @@ mod tests {
                 }
             }
         }
-        let batch = |rows: &[Vec<f32>]| {
-            let mut out = CodeBatch::new();
-            for (s, row) in rows.iter().enumerate() {
-                let (f, v): (Vec<u32>, Vec<f32>) = (row.iter().enumerate())
-                    .filter(|(_, &v)| v != 0.0)
-                    .map(|(i, &v)| (i as u32, v))
-                    .unzip();
-                let code = SparseCode {
-                    sample_id: s as u64,
-                    features: &f,
-                    values: &v,
-                };
-                out.push(code);
-            }
-            out
-        };
+        let ids: Vec<u64> = (0..n as u64).collect();
+        let batch = |rows: &[Vec<f32>]| CodeBatch::from_dense(rows, &ids);
         let kept = [batch(&rows.0), batch(&rows.1)];
         let mut acc = CoactivationAccumulator::new(d, d);
         acc.add_batch(&kept[0], &kept[1]);

@@ -9,6 +9,7 @@ static ALLOCATOR: saeshare::allocator::SplitAllocator = saeshare::allocator::Spl
 
 mod align;
 mod allocator;
+mod baselines;
 mod browser;
 mod changed_data;
 mod checks_before_work;
