@@ -55,7 +55,7 @@ pub(crate) fn replicate_values(
     replicates: usize,
     seed: u64,
 ) -> Vec<Vec<Option<f64>>> {
-    if replicates == 0 || kept.is_empty() {
+    if replicates == 0 || kept.is_empty() || kept[0].is_empty() {
         return Vec::new();
     }
     let l_a = accumulators.len();
@@ -71,7 +71,8 @@ pub(crate) fn replicate_values(
             (row.iter().enumerate())
                 .map(|(b, acc)| {
                     let candidates = Candidates::of(acc, &matches[a][b]);
-                    let sums = candidates.cross_sums(&kept[a], &kept[l_a + b], &weights);
+                    let codes = (&kept[a], &kept[l_a + b]);
+                    let sums = candidates.cross_sums(codes, &weights, replicates);
                     replicate_mppc(&candidates, &sums, &moments[a], &moments[l_a + b])
                 })
                 .collect()
@@ -261,9 +262,14 @@ impl Candidates {
         }
     }
 
-    /// `sum w_r x_i y_j` of every candidate pair (`[candidate * replicates + r]`).
-    fn cross_sums(&self, source: &CodeBatch, target: &CodeBatch, weights: &[u8]) -> Vec<f64> {
-        let replicates = weights.len() / source.len().max(1);
+    /// `sum w_r x_i y_j` of every candidate pair (`[candidate * replicates + r]`), the weights
+    /// `replicates` a sample.
+    fn cross_sums(
+        &self,
+        (source, target): (&CodeBatch, &CodeBatch),
+        weights: &[u8],
+        replicates: usize,
+    ) -> Vec<f64> {
         let mut sums = vec![0.0; self.targets.len() * replicates];
         // Where each target feature sits in the sample's code, `u32::MAX` where absent.
         let mut slot = vec![u32::MAX; self.d_b];
