@@ -63,10 +63,43 @@ pub fn pair_key(source: &str, target: &str, all_layers: bool) -> String {
     key
 }
 
+/// The encoder name of `base`'s ceiling SAE set `set` (0 for the first ceiling seed):
+/// `<base>.ceiling`, then `<base>.ceiling3`, `<base>.ceiling4`, ... (the base's own SAEs being the
+/// first set).
+pub fn ceiling_set_name(base: &str, set: usize) -> String {
+    match set {
+        0 => format!("{base}.ceiling"),
+        _ => format!("{base}.ceiling{}", set + 2),
+    }
+}
+
+/// Which of `base`'s ceiling SAE sets the encoder `name` is ([`ceiling_set_name`] read back);
+/// `None` for any other encoder.
+pub fn ceiling_set_of(base: &str, name: &str) -> Option<usize> {
+    match name.strip_prefix(base)?.strip_prefix(".ceiling")? {
+        "" => Some(0),
+        k => k.parse::<usize>().ok().filter(|&k| k >= 3).map(|k| k - 2),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_ceiling_set_name_reads_back_as_its_set() {
+        for set in 0..4 {
+            assert_eq!(
+                ceiling_set_of("bert", &ceiling_set_name("bert", set)),
+                Some(set)
+            );
+        }
+        assert_eq!(ceiling_set_name("bert", 1), "bert.ceiling3");
+        for other in ["bert", "dinov2.ceiling", "bert.ceilingx", "bert.ceiling2"] {
+            assert_eq!(ceiling_set_of("bert", other), None, "{other}");
+        }
+    }
 
     #[test]
     fn names_that_would_escape_or_collide_are_refused() {

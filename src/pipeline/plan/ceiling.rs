@@ -6,17 +6,8 @@ use std::path::Path;
 
 use crate::digest::fingerprint;
 use crate::ids::{EncoderId, LayerId};
-use crate::names::pair_key;
+use crate::names::{ceiling_set_name, pair_key};
 use crate::pipeline::plan::{PlannedEncoder, PlannedPair};
-
-/// The name of a source encoder's ceiling SAE set `set` (0 for the first seed): `<base>.ceiling`,
-/// then `<base>.ceiling3`, `<base>.ceiling4`, ... (the base's own SAEs being the first set).
-pub(crate) fn twin_name(base: &str, set: usize) -> String {
-    match set {
-        0 => format!("{base}.ceiling"),
-        _ => format!("{base}.ceiling{}", set + 2),
-    }
-}
 
 /// Adds an SAE set per seed of `seeds` of every source encoder of `pairs`, each with its
 /// ceiling pair. An encoder with an imported layer that has no second SAE gets none: its
@@ -93,7 +84,7 @@ fn twin_of(
         base.name
     );
     let mut twin = base.clone();
-    twin.name = twin_name(&base.name, set);
+    twin.name = ceiling_set_name(&base.name, set);
     twin.sae.seed = seed;
     twin.imported = (base.imported.iter())
         .map(|i| i.as_ref().and_then(|i| i.ceiling.as_deref().cloned()))

@@ -206,7 +206,7 @@ fn check_ceiling(study: &Study, lines: &StudyLines, at: At) -> Result<(), StudyE
     });
     for name in sources {
         for (set, &seed) in seeds.iter().enumerate() {
-            let twin = crate::pipeline::ceiling::twin_name(name, set);
+            let twin = crate::names::ceiling_set_name(name, set);
             if study.encoders.contains_key(&twin) {
                 return Err(at(
                     span(&lines.baselines),

@@ -58,20 +58,14 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
         files.push(out);
     }
     // Every pair's, the ceilings' included (which features a second seed finds again).
-    let pair_tables = (plan.pair_ids()).map(|p| plan.pair_dir(p).join(MATCHES_FILE));
-    let matches = crate::metrics::merge_matches(pair_tables)?;
-    if !matches.is_empty() {
-        let out = plan.layout().matches();
-        crate::metrics::write_matches(&out, &matches)?;
-        files.push(out);
-    }
-    let pair_tables = (plan.pair_ids()).map(|p| plan.pair_dir(p).join(DECODERS_FILE));
-    let geometry = crate::metrics::merge_decoders(pair_tables)?;
-    if !geometry.is_empty() {
-        let out = plan.layout().decoders();
-        crate::metrics::write_decoders(&out, &geometry)?;
-        files.push(out);
-    }
+    let pair_tables =
+        |file: &'static str| plan.pair_ids().map(move |p| plan.pair_dir(p).join(file));
+    let matches = crate::metrics::merge_matches(pair_tables(MATCHES_FILE))?;
+    let out = plan.layout().matches();
+    files.extend(study_table(out, &matches, crate::metrics::write_matches)?);
+    let geometry = crate::metrics::merge_decoders(pair_tables(DECODERS_FILE))?;
+    let out = plan.layout().decoders();
+    files.extend(study_table(out, &geometry, crate::metrics::write_decoders)?);
     let pairs = plan.pair_ids().filter(|&p| plan.similarity_of(p));
     let measures = merge_similarity(pairs.map(|p| plan.pair_dir(p).join(SIMILARITY_FILE)))?;
     if !measures.is_empty() {
@@ -101,6 +95,20 @@ pub fn write(plan: &Plan) -> anyhow::Result<Outputs> {
     }
     OutputsRecord::of(root, &plan.layout().mppc(), queries, &files)?.write(root)?;
     Ok(Outputs { files, wmppc })
+}
+
+/// Writes the study-wide table `out` of the pairs' `rows` with `write`, where there are rows:
+/// the file written.
+fn study_table<R>(
+    out: PathBuf,
+    rows: &[R],
+    write: impl Fn(&Path, &[R]) -> Result<(), crate::metrics::MetricsError>,
+) -> anyhow::Result<Option<PathBuf>> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    write(&out, rows)?;
+    Ok(Some(out))
 }
 
 /// The study's wMPPC values and sharedness rankings, brought up to date by difference from the

@@ -10,11 +10,9 @@ use crate::report::Site;
 /// What a ceiling pair's target is to its source: `<source>.ceiling` its SAEs' second seed,
 /// `<source>.ceilingK` the K-th; `None` for another encoder.
 fn seed_of(source: &str, target: &str) -> Option<String> {
-    let rest = target.strip_prefix(source)?.strip_prefix(".ceiling")?;
-    match rest {
-        "" => Some("second seed".into()),
-        k if k.parse::<u32>().is_ok() => Some(format!("seed {k}")),
-        _ => None,
+    match crate::names::ceiling_set_of(source, target)? {
+        0 => Some("second seed".into()),
+        set => Some(format!("seed {}", set + 2)),
     }
 }
 
